@@ -1,0 +1,1 @@
+"""Blind stereoscopic image quality assessment: the multi-task CNN of Bourbia et al. (ICIP 2021)."""

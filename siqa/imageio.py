@@ -1,0 +1,70 @@
+"""Reading stereo views as grey images, with one-line errors for bad files.
+
+Two grey conversions are used on purpose, each where the original method used it:
+- `grey_cv2`: OpenCV's `imread(path, 0)` (the NSS targets, SPEC section 1);
+- `grey_pil`: PIL's `convert('L')` (the network's patches, SPEC section 2).
+A view is either its own file, or one half of a side-by-side file (left half = left view).
+"""
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from siqa.errors import UserError
+
+
+def read_bytes(path) -> bytes:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"image not found: {path}")
+    data = path.read_bytes()
+    if not data:
+        raise UserError(f"image file is empty (0 bytes): {path}")
+    return data
+
+
+def _decoded_pil(path, data: bytes) -> Image.Image:
+    """Fully decode with PIL so that a truncated or non-image file is caught here."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise UserError(f"cannot read image {path}: not an image or truncated ({err})") from None
+    return image
+
+
+def grey_pil(path) -> np.ndarray:
+    """uint8 H x W, PIL convert('L') (ITU-R 601 luma)."""
+    return np.asarray(_decoded_pil(path, read_bytes(path)).convert("L"))
+
+
+def grey_cv2(path) -> np.ndarray:
+    """uint8 H x W, exactly OpenCV's imread(path, IMREAD_GRAYSCALE)."""
+    import cv2
+
+    data = read_bytes(path)
+    _decoded_pil(path, data)  # OpenCV silently returns part of a truncated file
+    grey = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+    if grey is None:
+        raise UserError(f"cannot read image {path}: OpenCV cannot decode it")
+    return grey
+
+
+def split_side_by_side(image: np.ndarray):
+    """(left, right) halves of a side-by-side image; the left half is the left view."""
+    half = image.shape[1] // 2
+    return image[:, :half], image[:, half : 2 * half]
+
+
+def read_views(left, right=None, grey=grey_pil):
+    """The two grey views of a pair: files `left` and `right`, or side-by-side `left`."""
+    if right is None:
+        return split_side_by_side(grey(left))
+    lv, rv = grey(left), grey(right)
+    if lv.shape != rv.shape:
+        raise UserError(
+            f"left/right views differ in size: {left} is {lv.shape[1]}x{lv.shape[0]}, "
+            f"{right} is {rv.shape[1]}x{rv.shape[0]} (width x height)"
+        )
+    return lv, rv
