@@ -1,0 +1,159 @@
+"""The run configuration: `config.yaml` plus dotted command-line overrides.
+
+The schema is the repository's own `config.yaml`: its keys are the only valid keys and the
+type of each default is the type a value must have (an int where an int is, a number where
+a float is, a list of the same length where a list is). Keys whose default is null take a
+string or null; the few keys below with named choices or `auto` are checked against them.
+"""
+import copy
+from pathlib import Path
+
+import yaml
+
+from siqa.errors import UserError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
+
+CHOICES = {
+    "device": None,  # free string, checked when the device is opened
+    "dataset.name": ["demo", "live3d_phase1", "live3d_phase2", "waterloo3d_phase1",
+                     "waterloo3d_phase2", "csv"],
+    "nss.marginal": ["mle0", "scipy_free_loc"],
+    "nss.preprocess": ["reference", "global"],
+    "train.patch_dtype": ["float32", "float16"],
+}
+AUTO_INT = {"train.epochs"}  # `auto` or a positive int
+POSITIVE = {"train.batch_size", "train.val_every", "train.repeats"}
+
+
+def flatten(tree, prefix=""):
+    out = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def _set(tree, dotted, value):
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        tree = tree[key]
+    tree[leaf] = value
+
+
+def get(cfg, dotted):
+    for key in dotted.split("."):
+        cfg = cfg[key]
+    return cfg
+
+
+def _read_yaml(path):
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise UserError(f"config file {path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of keys")
+    return data
+
+
+def _check(key, value, default):
+    """Return `value` converted to the schema's type for `key`, or raise UserError."""
+    def bad(expected):
+        return UserError(f"config key {key}: expected {expected}, got {value!r}")
+
+    if key in AUTO_INT:
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise bad("'auto' or a positive integer")
+        return value
+    if key in CHOICES and CHOICES[key] is not None and value not in CHOICES[key]:
+        raise bad("one of " + ", ".join(CHOICES[key]))
+    if default is None:
+        if value is not None and not isinstance(value, str):
+            raise bad("a string (path) or null")
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+        if key in POSITIVE and value < 1:
+            raise bad("a positive integer")
+        if value < 0:
+            raise bad("a non-negative integer")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number")
+        return float(value)
+    if isinstance(default, list):
+        if not isinstance(value, list) or len(value) != len(default) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+        ):
+            raise bad(f"a list of {len(default)} numbers")
+        return [float(v) for v in value]
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    raise AssertionError(f"unhandled schema type for {key}")
+
+
+def parse_overrides(items):
+    """['a.b=1', ...] -> {'a.b': 1} (values parsed as YAML: 10, 0.5, null, [1, 2])."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"override {item!r} is not of the form key.sub=value")
+        key, text = item.split("=", 1)
+        try:
+            out[key.strip()] = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            out[key.strip()] = text
+    return out
+
+
+def validate(cfg, schema):
+    """Check a whole config tree against the schema; returns a validated deep copy."""
+    flat_schema = flatten(schema)
+    flat = flatten(cfg)
+    unknown = sorted(set(flat) - set(flat_schema))
+    if unknown:
+        raise UserError(f"unknown config key {unknown[0]}; valid keys: {', '.join(flat_schema)}")
+    out = copy.deepcopy(schema)
+    for key, value in flat.items():
+        _set(out, key, _check(key, value, flat_schema[key]))
+    return out
+
+
+def load_config(path=None, overrides=(), base=None):
+    """The validated config: schema defaults <- `base` (e.g. a checkpoint's) <- file <- overrides."""
+    schema = _read_yaml(DEFAULT_CONFIG)
+    cfg = validate(base, schema) if base is not None else copy.deepcopy(schema)
+    if path is not None and Path(path).resolve() != DEFAULT_CONFIG:
+        for key, value in flatten(_read_yaml(path)).items():
+            _set_checked(cfg, schema, key, value)
+    for key, value in parse_overrides(overrides).items():
+        _set_checked(cfg, schema, key, value)
+    return cfg
+
+
+def _set_checked(cfg, schema, key, value):
+    flat_schema = flatten(schema)
+    if key not in flat_schema:
+        raise UserError(f"unknown config key {key}; valid keys: {', '.join(flat_schema)}")
+    _set(cfg, key, _check(key, value, flat_schema[key]))
+
+
+def dump(cfg) -> str:
+    return yaml.safe_dump(cfg, sort_keys=False)

@@ -1,0 +1,72 @@
+"""The config schema: defaults, dotted overrides, and the errors a user sees."""
+import pytest
+
+from siqa.config import flatten, load_config, parse_overrides
+from siqa.errors import UserError
+
+
+def test_defaults_are_the_paper_protocol():
+    cfg = load_config()
+    assert cfg["train"]["batch_size"] == 128
+    assert cfg["train"]["lr"] == 0.001 and cfg["train"]["momentum"] == 0.9
+    assert cfg["train"]["weight_decay"] == 0.0001 and cfg["train"]["nss_weight"] == 25.0
+    assert cfg["train"]["lr_step"] == 0  # constant LR, as the original ran
+    assert cfg["dataset"]["split"] == [0.6, 0.2, 0.2]
+    assert cfg["nss"]["marginal"] == "mle0" and cfg["nss"]["preprocess"] == "reference"
+
+
+def test_interface_keys_exist():
+    keys = flatten(load_config())
+    for key in ("dataset.name", "dataset.root", "dataset.manifest", "train.epochs",
+                "train.seed", "train.repeats", "train.nss_weight", "out_dir"):
+        assert key in keys
+
+
+def test_overrides_are_parsed_as_yaml_and_typed():
+    cfg = load_config(overrides=["train.epochs=3", "train.nss_weight=0", "out_dir=runs/x",
+                                 "dataset.split=[0.5, 0.25, 0.25]", "dataset.root=null"])
+    assert cfg["train"]["epochs"] == 3
+    assert cfg["train"]["nss_weight"] == 0.0 and isinstance(cfg["train"]["nss_weight"], float)
+    assert cfg["out_dir"] == "runs/x" and cfg["dataset"]["root"] is None
+    assert cfg["dataset"]["split"] == [0.5, 0.25, 0.25]
+
+
+def test_unknown_key_lists_the_valid_ones():
+    with pytest.raises(UserError) as err:
+        load_config(overrides=["train.epoch=3"])
+    message = str(err.value)
+    assert "train.epoch" in message and "train.epochs" in message and "dataset.name" in message
+
+
+@pytest.mark.parametrize("item, needle", [
+    ("train.epochs=ten", "train.epochs"),
+    ("train.epochs=0", "train.epochs"),
+    ("train.lr=fast", "train.lr"),
+    ("train.batch_size=1.5", "train.batch_size"),
+    ("train.amp=maybe", "train.amp"),
+    ("dataset.name=live4d", "dataset.name"),
+    ("nss.marginal=free", "nss.marginal"),
+    ("dataset.split=[0.5, 0.5]", "dataset.split"),
+    ("train.repeats=0", "train.repeats"),
+])
+def test_wrong_type_names_the_key(item, needle):
+    with pytest.raises(UserError) as err:
+        load_config(overrides=[item])
+    assert needle in str(err.value)
+
+
+def test_config_file_overrides_and_its_errors(tmp_path):
+    good = tmp_path / "c.yaml"
+    good.write_text("train:\n  epochs: 7\n")
+    assert load_config(good)["train"]["epochs"] == 7
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochz: 7\n")
+    with pytest.raises(UserError, match="train.epochz"):
+        load_config(bad)
+    with pytest.raises(UserError, match="missing.yaml"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_override_without_equals_is_an_error():
+    with pytest.raises(UserError, match="key.sub=value"):
+        parse_overrides(["train.epochs"])
