@@ -1,0 +1,192 @@
+"""Training throughput: the project's training path vs a re-creation of the original loop.
+
+Synthetic LIVE-Phase-I-sized data: 365 pairs x 364 patch positions (640x360 views),
+batch 128, full training steps (forward, joint loss, backward, SGD step).
+
+(a) project: patches resident on the device as one tensor per view, index-sliced batches of
+    a seeded permutation, one forward pass per step (siqa.engine.train_epoch, as train.py runs it);
+(b) original: a Dataset holding one tensor per patch, DataLoader(batch_size=128,
+    shuffle=True, num_workers=0) with default collation, two forward passes per step.
+
+Each variant runs in its own process (so its peak memory is its own); both run in this
+one invocation and the ratio is printed. On CPU an epoch is projected from the measured
+steps (a full CPU epoch takes many minutes); with --full-epoch it is run.
+
+    python benchmarks/train_throughput.py [--device cpu|cuda] [--steps 20] [--amp] [--full-epoch]
+"""
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+PAIRS, PATCHES_PER_PAIR, VAL_PAIRS, BATCH = 365, 364, 73, 128
+
+
+def synthetic(num_pairs, device, dtype):
+    import torch
+
+    from siqa.engine import SplitData
+
+    g = torch.Generator().manual_seed(0)
+    n = num_pairs * PATCHES_PER_PAIR
+    return SplitData(
+        left=(0.1 * torch.randn(n, 1, 32, 32, generator=g)).to(dtype),
+        right=(0.1 * torch.randn(n, 1, 32, 32, generator=g)).to(dtype),
+        pair_index=torch.arange(num_pairs).repeat_interleave(PATCHES_PER_PAIR),
+        score=60 * torch.rand(num_pairs, generator=g),
+        nss=torch.rand(num_pairs, 108, generator=g),
+    ).to(device)
+
+
+def sync(device):
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_project(args, device):
+    import torch
+
+    from siqa.engine import epoch_order, predict_pairs, train_epoch
+    from siqa.model import MultiTaskSIQA
+
+    torch.manual_seed(0)
+    data = synthetic(PAIRS, device, getattr(torch, args.patch_dtype))
+    model = MultiTaskSIQA().to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
+    amp = torch.bfloat16 if args.amp else None
+    order = epoch_order(data.num_patches, 0, 0).to(device)
+    warm = order[: BATCH * args.warmup]
+    train_epoch(model, opt, data, warm, BATCH, 25.0, amp)
+    sync(device)
+    steps = order[BATCH * args.warmup : BATCH * (args.warmup + args.steps)]
+    t0 = time.perf_counter()
+    train_epoch(model, opt, data, steps, BATCH, 25.0, amp)
+    sync(device)
+    rate = len(steps) / (time.perf_counter() - t0)
+    val = synthetic(VAL_PAIRS, device, getattr(torch, args.patch_dtype))
+    predict_pairs(model, val, amp_dtype=amp)
+    sync(device)
+    t0 = time.perf_counter()
+    predict_pairs(model, val, amp_dtype=amp)
+    sync(device)
+    val_s = time.perf_counter() - t0
+    epoch_s = None
+    if args.full_epoch:
+        t0 = time.perf_counter()
+        train_epoch(model, opt, data, order, BATCH, 25.0, amp)
+        predict_pairs(model, val, amp_dtype=amp)
+        sync(device)
+        epoch_s = time.perf_counter() - t0
+    return rate, val_s, epoch_s
+
+
+def run_original(args, device):
+    import torch
+    from torch.utils.data import DataLoader, Dataset
+
+    from siqa.model import MultiTaskSIQA
+
+    class PatchList(Dataset):  # one tensor per patch, as the original kept them
+        def __init__(self, data):
+            self.items = [(data.left[i].float(), data.right[i].float(),
+                           data.score[data.pair_index[i]], data.nss[data.pair_index[i]])
+                          for i in range(data.num_patches)]
+
+        def __len__(self):
+            return len(self.items)
+
+        def __getitem__(self, i):
+            return self.items[i]
+
+    torch.manual_seed(0)
+    data = synthetic(PAIRS, torch.device("cpu"), torch.float32)
+    loader = DataLoader(PatchList(data), batch_size=BATCH, shuffle=True, num_workers=0)
+    model = MultiTaskSIQA().to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
+    l1 = torch.nn.L1Loss()
+    model.train()
+    it = iter(loader)
+
+    def step():
+        left, right, score, nss = (t.to(device) for t in next(it))
+        quality = model(left, right)[0]  # first forward: the quality output
+        features = model(left, right)[1]  # second forward: the NSS output
+        loss = l1(quality, score) + 25.0 * l1(features, nss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        loss.item()  # the original logged every step
+
+    for _ in range(args.warmup):
+        step()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    sync(device)
+    return BATCH * args.steps / (time.perf_counter() - t0), None, None
+
+
+def child(args):
+    import torch
+
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rate, val_s, epoch_s = (run_project if args.variant == "project" else run_original)(args, device)
+    out = {"rate": rate, "val_s": val_s, "epoch_s": epoch_s,
+           "peak_host_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
+           "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+           "threads": torch.get_num_threads()}
+    print("RESULT " + json.dumps(out))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per variant")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast (project path, CUDA)")
+    parser.add_argument("--patch-dtype", default="float32", choices=["float32", "float16"])
+    parser.add_argument("--full-epoch", action="store_true", help="also time one whole epoch")
+    parser.add_argument("--variant", choices=["project", "original"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.variant:
+        return child(args)
+    results = {}
+    for variant in ("project", "original"):
+        cmd = [sys.executable, __file__, "--variant", variant] + sys.argv[1:]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+        if proc.returncode or not line:
+            sys.exit(f"{variant} failed:\n{proc.stderr[-2000:]}")
+        results[variant] = json.loads(line[0][7:])
+    p, o = results["project"], results["original"]
+    precision = "bf16 autocast" if args.amp else "float32"
+    print(f"device: {p['device']} ({p['threads']} threads), batch {BATCH}, {precision}, "
+          f"patches stored as {args.patch_dtype}")
+    print(f"{'variant':<10}{'patch pairs/s':>16}{'peak host MiB':>16}{'peak GPU MiB':>14}")
+    for name, r in results.items():
+        gpu = "-" if r["peak_gpu_mib"] is None else f"{r['peak_gpu_mib']:.0f}"
+        print(f"{name:<10}{r['rate']:>16.1f}{r['peak_host_mib']:>16.0f}{gpu:>14}")
+    print(f"ratio project / original: {p['rate'] / o['rate']:.2f}x")
+    n = PAIRS * PATCHES_PER_PAIR
+    epoch = n / p["rate"] + p["val_s"]
+    print(f"validation scoring of {VAL_PAIRS} pairs: {p['val_s']:.2f} s")
+    print(f"one epoch ({n} patch pairs + validation): projected {epoch:.1f} s"
+          + (f", measured {p['epoch_s']:.1f} s" if p["epoch_s"] else ""))
+    per_epoch = p["epoch_s"] or epoch
+    print(f"paper protocol (500 epochs, validation every epoch): {500 * per_epoch / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
