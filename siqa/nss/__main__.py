@@ -1,0 +1,102 @@
+"""python -m siqa.nss: compute (or --check) the cached NSS targets of the pairs in a CSV."""
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from siqa.errors import UserError, run_cli
+
+# kept equal to siqa.nss.features (not imported here so that --help does not load torch)
+MARGINALS = ("mle0", "scipy_free_loc")
+PREPROCESS = ("reference", "global")
+PARAMETERS = ("a_R", "scale_R", "Sigma_RR", "Sigma_RL", "Sigma_LR", "Sigma_LL")
+
+
+def read_pairs_csv(path):
+    """[(left, right or None)] from a CSV with columns `left,right` or `sbs` (paths relative
+    to the CSV's folder)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"pairs CSV not found: {path}")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        fields = set(reader.fieldnames or ())
+        if {"left", "right"} <= fields:
+            columns = ("left", "right")
+        elif "sbs" in fields:
+            columns = ("sbs",)
+        else:
+            raise UserError(f"{path}: needs columns 'left,right' or 'sbs' "
+                            f"(found: {', '.join(sorted(fields)) or 'none'})")
+        pairs = []
+        for line, row in enumerate(reader, start=2):
+            values = [(row.get(c) or "").strip() for c in columns]
+            if not all(values):
+                raise UserError(f"{path} line {line}: empty {' or '.join(columns)} value")
+            paths = [str(path.parent / v) for v in values]
+            pairs.append((paths[0], paths[1] if len(paths) == 2 else None))
+    if not pairs:
+        raise UserError(f"{path}: no pairs listed")
+    return pairs
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="python -m siqa.nss",
+        description="Compute the 108 NSS targets (SPEC section 1) of the stereo pairs listed in "
+                    "a CSV file into the cache, or --check the cache without computing.")
+    p.add_argument("csv", help="CSV with columns left,right (two files per pair) or sbs "
+                               "(side-by-side files); paths relative to the CSV")
+    p.add_argument("--cache-dir", default="data/cache", help="cache folder (entries under <it>/nss/)")
+    p.add_argument("--marginal", default="mle0", choices=MARGINALS,
+                   help="Gamma marginal fit: mle0 (default) or scipy_free_loc (original, slow)")
+    p.add_argument("--preprocess", default="reference", choices=PREPROCESS,
+                   help="standardisation: reference (per column, default) or global")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes (default: all CPUs; 0 or 1: this process)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--check", action="store_true",
+                   help="only report which entries are valid, missing or corrupt (exit 1 if any "
+                        "is not valid)")
+    p.add_argument("--output", help="also save the (N, 108) targets to this .npy file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    pairs = read_pairs_csv(args.csv)
+    from siqa.nss.cache import check_targets, nss_targets
+    if args.check:
+        summary = check_targets(pairs, args.marginal, args.preprocess, args.cache_dir)
+        print(f"{len(pairs)} pairs: {summary['valid']} cached, {summary['missing']} missing, "
+              f"{summary['corrupt']} corrupt ({args.marginal}, {args.preprocess}, {args.cache_dir})")
+        for (left, right), problem in summary["problems"][:20]:
+            print(f"  {left}{'' if right is None else ' ' + right}: {problem}")
+        return 0 if summary["valid"] == len(pairs) else 1
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda asked for, but no CUDA device is available")
+    targets = nss_targets(pairs, args.marginal, args.preprocess, args.cache_dir, args.workers,
+                          args.device, progress=not args.no_progress)
+    if args.output:
+        from siqa.files import atomic_write
+        import io
+
+        buf = io.BytesIO()
+        np.save(buf, targets)
+        atomic_write(args.output, buf.getvalue())
+    blocks = targets.reshape(len(pairs), 6, 18)
+    print(f"{len(pairs)} pairs: targets in {args.cache_dir}/nss ({args.marginal}, {args.preprocess})")
+    for p, name in enumerate(PARAMETERS):
+        values = blocks[:, p]
+        print(f"  {name:9s} min {values.min():.4g}  median {np.median(values):.4g}  max {values.max():.4g}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,213 @@
+"""Offline computation of the NSS targets of many stereo pairs, with an on-disk cache.
+
+One entry per pair under `<cache_dir>/nss/`, named by a key: the SHA-256 of the image
+files' contents (left and right, or the side-by-side file) together with the NSS settings
+(marginal, preprocess) and NSS_VERSION. A changed image or setting therefore gives a new key
+and is recomputed; nothing else is. Bump NSS_VERSION whenever the computed numbers change.
+
+Entry format (written atomically with `siqa.files.atomic_write`): a first line
+`SIQA-NSS <version>`, a second line of JSON (key, settings, file hashes, the SHA-256 of the
+payload), then the payload: 108 little-endian float64. An entry whose header, key, length or
+checksum does not verify is reported with a warning and recomputed.
+"""
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from siqa.errors import UserError
+from siqa.files import atomic_write, sha256_bytes, sha256_file
+from siqa.nss.features import MARGINALS, N_FEATURES, PREPROCESS, nss_features, nss_features_batch
+
+NSS_VERSION = 1
+MAGIC = b"SIQA-NSS"
+GPU_BATCH = 16
+
+
+def _settings(marginal, preprocess):
+    if marginal not in MARGINALS:
+        raise UserError(f"unknown NSS marginal {marginal!r}: use one of {', '.join(MARGINALS)}")
+    if preprocess not in PREPROCESS:
+        raise UserError(f"unknown NSS preprocess {preprocess!r}: use one of {', '.join(PREPROCESS)}")
+    return {"marginal": marginal, "preprocess": preprocess, "version": NSS_VERSION}
+
+
+def _file_hash(path):
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"image not found: {path}")
+    return sha256_file(path)
+
+
+def entry_key(left, right, settings):
+    """(key, description) of one pair: hashes of the files' contents + the settings."""
+    desc = {"left": _file_hash(left), "right": None if right is None else _file_hash(right),
+            "sbs": right is None, **settings}
+    return sha256_bytes(json.dumps(desc, sort_keys=True).encode()), desc
+
+
+def entry_path(cache_dir, key):
+    return Path(cache_dir) / "nss" / key[:2] / f"{key}.nss"
+
+
+def encode_entry(key, desc, values):
+    payload = np.asarray(values, dtype="<f8").tobytes()
+    header = dict(desc, key=key, n=N_FEATURES, payload_sha256=sha256_bytes(payload))
+    return MAGIC + b" %d\n" % NSS_VERSION + json.dumps(header, sort_keys=True).encode() + b"\n" + payload
+
+
+def decode_entry(data: bytes, key):
+    """The 108 values of an entry, or raise ValueError saying what does not verify."""
+    first, sep, rest = data.partition(b"\n")
+    if not sep or first != MAGIC + b" %d" % NSS_VERSION:
+        raise ValueError("bad header line")
+    head, sep, payload = rest.partition(b"\n")
+    if not sep:
+        raise ValueError("truncated header")
+    try:
+        header = json.loads(head)
+    except ValueError:
+        raise ValueError("unreadable header") from None
+    if header.get("key") != key:
+        raise ValueError("key does not match")
+    if len(payload) != 8 * N_FEATURES:
+        raise ValueError(f"payload is {len(payload)} bytes, expected {8 * N_FEATURES}")
+    if sha256_bytes(payload) != header.get("payload_sha256"):
+        raise ValueError("checksum mismatch")
+    values = np.frombuffer(payload, dtype="<f8").astype(np.float64)
+    if not np.all(np.isfinite(values)):
+        raise ValueError("non-finite values")
+    return values
+
+
+def load_entry(path, key):
+    """(values or None, problem or None): None, None when absent."""
+    path = Path(path)
+    if not path.is_file():
+        return None, None
+    try:
+        return decode_entry(path.read_bytes(), key), None
+    except (ValueError, OSError) as err:
+        return None, str(err)
+
+
+def read_pair(left, right):
+    from siqa.imageio import grey_cv2, read_views
+
+    return read_views(left, right, grey=grey_cv2)
+
+
+def compute_pair(left, right, marginal="mle0", preprocess="reference", device="cpu"):
+    """Targets of one pair of files (a UserError naming the file if they cannot be used)."""
+    lv, rv = read_pair(left, right)
+    try:
+        return nss_features(lv, rv, marginal=marginal, preprocess=preprocess, device=device)
+    except ValueError as err:
+        raise UserError(f"cannot compute NSS targets of {left}"
+                        f"{'' if right is None else ' / ' + str(right)}: {err}") from None
+
+
+def _worker_init():
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _worker(job):
+    left, right, marginal, preprocess = job
+    return compute_pair(left, right, marginal, preprocess, "cpu")
+
+
+def _compute_missing(jobs, marginal, preprocess, workers, device, bar):
+    """Yield (index, values) for jobs [(index, left, right)] as they finish."""
+    if not jobs:
+        return
+    if str(device).startswith("cuda"):
+        by_size = {}
+        for index, left, right in jobs:
+            lv, rv = read_pair(left, right)
+            by_size.setdefault(lv.shape, []).append((index, left, right, lv, rv))
+        for group in by_size.values():
+            for start in range(0, len(group), GPU_BATCH):
+                chunk = group[start:start + GPU_BATCH]
+                try:
+                    values = nss_features_batch([c[3] for c in chunk], [c[4] for c in chunk],
+                                                marginal, preprocess, device)
+                except ValueError as err:
+                    raise UserError(f"cannot compute NSS targets of {chunk[0][1]}: {err}") from None
+                for c, v in zip(chunk, values):
+                    yield c[0], v
+                    bar.update(1)
+        return
+    workers = os.cpu_count() if workers is None else int(workers)
+    workers = max(1, min(workers, len(jobs)))
+    if workers == 1:
+        for index, left, right in jobs:
+            yield index, compute_pair(left, right, marginal, preprocess, "cpu")
+            bar.update(1)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool:
+        futures = {pool.submit(_worker, (left, right, marginal, preprocess)): index
+                   for index, left, right in jobs}
+        for fut in as_completed(futures):
+            yield futures[fut], fut.result()
+            bar.update(1)
+
+
+def nss_targets(pairs, marginal="mle0", preprocess="reference", cache_dir="data/cache",
+                workers=None, device="cpu", progress=True) -> np.ndarray:
+    """(N, 108) float64 targets of `pairs` [(left_path, right_path or None)], cached.
+
+    right None: `left` is a side-by-side file (left half = left view). Entries are reused
+    when valid; missing or corrupt ones are computed (in parallel over `workers` processes,
+    None: os.cpu_count(), 0 or 1: in this process; or batched on the GPU for device="cuda")
+    and written atomically.
+    """
+    from tqdm import tqdm
+
+    settings = _settings(marginal, preprocess)
+    pairs = [(str(p[0]), None if p[1] is None else str(p[1])) for p in pairs]
+    out = np.zeros((len(pairs), N_FEATURES), dtype=np.float64)
+    keys, jobs = [], []
+    for index, (left, right) in enumerate(pairs):
+        key, desc = entry_key(left, right, settings)
+        keys.append((key, desc))
+        values, problem = load_entry(entry_path(cache_dir, key), key)
+        if problem is not None:
+            warnings.warn(f"NSS cache entry {entry_path(cache_dir, key)} for {left} is corrupt "
+                          f"({problem}); recomputing", RuntimeWarning, stacklevel=2)
+        if values is None:
+            jobs.append((index, left, right))
+        else:
+            out[index] = values
+    with tqdm(total=len(jobs), desc="NSS targets", unit="pair", disable=not progress or not jobs) as bar:
+        for index, values in _compute_missing(jobs, marginal, preprocess, workers, device, bar):
+            key, desc = keys[index]
+            atomic_write(entry_path(cache_dir, key), encode_entry(key, desc, values))
+            out[index] = values
+    return out
+
+
+def check_targets(pairs, marginal="mle0", preprocess="reference", cache_dir="data/cache"):
+    """Count the pairs whose entry is valid / missing / corrupt, without computing anything.
+    Returns a dict with those three counts and the list of (pair, problem) not valid."""
+    settings = _settings(marginal, preprocess)
+    summary = {"valid": 0, "missing": 0, "corrupt": 0, "problems": []}
+    for left, right in pairs:
+        key, _ = entry_key(left, right, settings)
+        values, problem = load_entry(entry_path(cache_dir, key), key)
+        if values is not None:
+            summary["valid"] += 1
+        elif problem is None:
+            summary["missing"] += 1
+            summary["problems"].append(((left, right), "missing"))
+        else:
+            summary["corrupt"] += 1
+            summary["problems"].append(((left, right), problem))
+    return summary
