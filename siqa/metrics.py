@@ -1,0 +1,262 @@
+"""Quality-assessment metrics: SROCC, PLCC, KROCC, RMSE, raw and after the VQEG logistic.
+
+`evaluate_scores(pred, target)` returns a dict with exactly the keys
+"srocc", "plcc", "krocc", "rmse", "plcc_logistic", "rmse_logistic" (float or None) and
+"n" (int). Every value is a plain Python float/int/None, so the dict is JSON-serialisable.
+
+Conventions
+-----------
+- SROCC: Pearson correlation of the average ranks (ties share their mean rank), as
+  `scipy.stats.spearmanr`. PLCC: Pearson correlation. KROCC: Kendall's tau-b, as
+  `scipy.stats.kendalltau` (its default variant). RMSE: sqrt(mean((pred - target)^2)),
+  meaningful only when the predictions are on the subjective scale.
+- Undefined values are None (never NaN): the three correlations when there are fewer than
+  3 items (with 2 points any correlation is +-1 and says nothing) or when either the
+  predictions or the targets are constant; the RMSEs when there are no items.
+- "plcc_logistic" / "rmse_logistic": PLCC and RMSE between the target and the prediction
+  mapped by the 5-parameter logistic of SPEC section 4,
+      q(x) = b1 * (0.5 - 1 / (1 + exp(b2 * (x - b3)))) + b4 * x + b5,
+  fitted by least squares once, from one deterministic data-driven start (see
+  `fit_logistic`). There is no search over several starts and nothing is chosen by its
+  PLCC. When the fit cannot be used (fewer than 5 items, no convergence, a non-finite
+  result, or a local optimum worse than the straight line, which the logistic family
+  contains as b1 = 0) the mapping falls back to an ordinary least-squares straight line;
+  when the predictions are constant the mapping is the constant mean(target). Which
+  mapping was used is returned by `fit_logistic` (`LogisticFit.kind`, `.reason`) and by
+  `evaluate_scores(..., fit_info=True)` under the extra key "mapping".
+"""
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import optimize, special, stats
+
+METRIC_KEYS = ("srocc", "plcc", "krocc", "rmse", "plcc_logistic", "rmse_logistic", "n")
+MIN_CORRELATION_ITEMS = 3
+MIN_LOGISTIC_ITEMS = 5  # as many items as logistic parameters
+LOGISTIC_MAXFEV = 20000
+
+
+def _as_vector(values, name):
+    if hasattr(values, "detach"):  # torch tensor (any float dtype, bf16 included)
+        values = values.detach().cpu().double().numpy()
+    array = np.asarray(values, dtype=np.float64).reshape(-1)
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return array
+
+
+def score_arrays(pred, target):
+    """(pred, target) as equal-length float64 vectors; ValueError on NaN/inf or a length
+    mismatch. Accepts lists, numpy arrays and torch tensors."""
+    x = _as_vector(pred, "pred")
+    y = _as_vector(target, "target")
+    if x.shape != y.shape:
+        raise ValueError(f"pred and target differ in length: {x.size} vs {y.size}")
+    return x, y
+
+
+def _is_constant(v):
+    return v.size == 0 or bool(np.all(v == v[0]))
+
+
+def _pearson(x, y):
+    """Pearson correlation, or None when undefined (too few items or constant input)."""
+    if x.size < MIN_CORRELATION_ITEMS or _is_constant(x) or _is_constant(y):
+        return None
+    xc = x - x.mean()
+    yc = y - y.mean()
+    denom = np.sqrt(np.dot(xc, xc) * np.dot(yc, yc))
+    if not denom > 0:  # variance underflowed to zero
+        return None
+    return float(np.clip(np.dot(xc, yc) / denom, -1.0, 1.0))
+
+
+def srocc(pred, target):
+    x, y = score_arrays(pred, target)
+    if x.size < MIN_CORRELATION_ITEMS or _is_constant(x) or _is_constant(y):
+        return None
+    return _pearson(stats.rankdata(x), stats.rankdata(y))
+
+
+def plcc(pred, target):
+    return _pearson(*score_arrays(pred, target))
+
+
+def krocc(pred, target):
+    x, y = score_arrays(pred, target)
+    if x.size < MIN_CORRELATION_ITEMS or _is_constant(x) or _is_constant(y):
+        return None
+    tau = stats.kendalltau(x, y).statistic  # tau-b
+    return float(tau) if np.isfinite(tau) else None
+
+
+def rmse(pred, target):
+    x, y = score_arrays(pred, target)
+    if x.size == 0:
+        return None
+    return float(np.sqrt(np.mean((x - y) ** 2)))
+
+
+def logistic5(x, b1, b2, b3, b4, b5):
+    """q(x) = b1 * (0.5 - 1 / (1 + exp(b2 * (x - b3)))) + b4 * x + b5 (overflow-free)."""
+    x = np.asarray(x, dtype=np.float64)
+    # 1 / (1 + exp(z)) == expit(-z), which never overflows
+    return b1 * (0.5 - special.expit(-b2 * (x - b3))) + b4 * x + b5
+
+
+@dataclass(frozen=True)
+class LogisticFit:
+    """The pred -> target mapping used before "plcc_logistic" / "rmse_logistic".
+
+    kind: "logistic" (the 5-parameter fit), "linear" (fallback: least-squares line),
+    "constant" (constant predictions: mean(target)) or "none" (no items).
+    params: (b1, b2, b3, b4, b5) in the original units for "logistic"; (slope, intercept)
+    for "linear"; (mean,) for "constant"; () for "none".
+    reason: why a fallback was used ("" for the logistic).
+    """
+
+    kind: str
+    params: tuple
+    reason: str = ""
+
+    def __call__(self, x):
+        x = np.asarray(x, dtype=np.float64)
+        if self.kind == "logistic":
+            return logistic5(x, *self.params)
+        if self.kind == "linear":
+            return self.params[0] * x + self.params[1]
+        if self.kind == "constant":
+            return np.full_like(x, self.params[0])
+        raise ValueError("an empty fit cannot map predictions")
+
+
+def logistic_start(x, y):
+    """The documented data-driven start of the logistic fit, in the original units.
+
+    b1 = sign(r) * (max(y) - min(y))  full subjective range, oriented by the sign r of the
+                                      Pearson correlation (r = 0 counts as positive)
+    b2 = 1 / std(x)                   the sigmoid's transition spans about the data spread
+    b3 = median(x)                    centred on the predictions
+    b4 = 0                            no linear term
+    b5 = mean(y)                      centred on the subjective scores
+    """
+    r = _pearson(x, y)
+    sign = -1.0 if (r is not None and r < 0) else 1.0
+    sx = float(np.std(x))
+    return (sign * float(np.ptp(y)), 1.0 / sx if sx > 0 else 1.0,
+            float(np.median(x)), 0.0, float(np.mean(y)))
+
+
+def _linear_fit(x, y, reason):
+    slope, intercept = np.polyfit(x, y, 1)
+    return LogisticFit("linear", (float(slope), float(intercept)), reason)
+
+
+def fit_logistic(pred, target):
+    """Fit the 5-parameter logistic pred -> target once (see the module docstring).
+
+    The fit runs on standardised data (x and y shifted to mean 0 and scaled to std 1) for
+    conditioning, from `logistic_start` expressed in those units, with
+    `scipy.optimize.curve_fit` (Levenberg-Marquardt); the parameters are then converted
+    back to the original units. Deterministic: the same input gives the same fit.
+    """
+    x, y = score_arrays(pred, target)
+    if x.size == 0:
+        return LogisticFit("none", (), "no items")
+    if _is_constant(x):
+        return LogisticFit("constant", (float(np.mean(y)),), "constant predictions")
+    if x.size < MIN_LOGISTIC_ITEMS:
+        return _linear_fit(x, y, f"fewer than {MIN_LOGISTIC_ITEMS} items")
+    if _is_constant(y):
+        return _linear_fit(x, y, "constant targets")
+
+    mx, sx = float(np.mean(x)), float(np.std(x))
+    my, sy = float(np.mean(y)), float(np.std(y))
+    xs, ys = (x - mx) / sx, (y - my) / sy
+    b1, b2, b3, b4, b5 = logistic_start(x, y)
+    start = (b1 / sy, b2 * sx, (b3 - mx) / sx, b4 * sx / sy, (b5 - my) / sy)
+    try:
+        with warnings.catch_warnings():
+            # the covariance of the parameters is not used; its warning is noise
+            warnings.simplefilter("ignore", optimize.OptimizeWarning)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            c, _ = optimize.curve_fit(logistic5, xs, ys, p0=start, maxfev=LOGISTIC_MAXFEV)
+    except (RuntimeError, ValueError, FloatingPointError, np.linalg.LinAlgError) as err:
+        return _linear_fit(x, y, f"logistic fit did not converge ({type(err).__name__})")
+    c1, c2, c3, c4, c5 = (float(v) for v in c)
+    # back to the original units: q(x) = my + sy * qs((x - mx) / sx)
+    p4 = sy * c4 / sx
+    params = (sy * c1, c2 / sx, mx + sx * c3, p4, sy * c5 + my - p4 * mx)
+    if not np.all(np.isfinite(params)):
+        return _linear_fit(x, y, "logistic fit gave non-finite parameters")
+    fit = LogisticFit("logistic", params)
+    with np.errstate(all="ignore"):
+        fitted = fit(x)
+    if not np.all(np.isfinite(fitted)):
+        return _linear_fit(x, y, "logistic fit gave non-finite predictions")
+    line = _linear_fit(x, y, "logistic fit stopped at a worse optimum than a straight line")
+    sse_logistic = float(np.sum((fitted - y) ** 2))
+    sse_line = float(np.sum((line(x) - y) ** 2))
+    if sse_logistic > sse_line * (1 + 1e-9) + 1e-12:
+        return line
+    return fit
+
+
+def evaluate_scores(pred, target, fit_info=False):
+    """SROCC, PLCC, KROCC, RMSE raw and PLCC, RMSE after the logistic mapping.
+
+    Returns {"srocc", "plcc", "krocc", "rmse", "plcc_logistic", "rmse_logistic": float or
+    None, "n": int}. With fit_info=True one more key, "mapping", holds
+    {"kind", "params", "reason"} of the mapping used (see `fit_logistic`).
+    Raises ValueError on NaN/inf input or different lengths.
+    """
+    x, y = score_arrays(pred, target)
+    fit = fit_logistic(x, y)
+    if fit.kind == "none":
+        mapped = None
+    else:
+        mapped = fit(x)
+    result = {
+        "srocc": srocc(x, y),
+        "plcc": plcc(x, y),
+        "krocc": krocc(x, y),
+        "rmse": rmse(x, y),
+        "plcc_logistic": None if mapped is None else _pearson(mapped, y),
+        "rmse_logistic": None if mapped is None else rmse(mapped, y),
+        "n": int(x.size),
+    }
+    if fit_info:
+        result["mapping"] = {"kind": fit.kind, "params": [float(p) for p in fit.params],
+                             "reason": fit.reason}
+    return result
+
+
+def _plain_label(label):
+    return label.item() if isinstance(label, np.generic) else label
+
+
+def per_group(pred, target, groups, fit_info=False):
+    """`evaluate_scores` for each group (e.g. distortion type): {group: metrics dict}.
+
+    Groups appear in sorted order (in order of first appearance if the labels cannot be
+    sorted). Numpy scalar labels become plain Python values so that the result can go to
+    JSON. Small groups get None for what they cannot define (see the module docstring):
+    below 3 items the correlations, below 5 items the logistic (a straight line is fitted
+    instead).
+    """
+    x, y = score_arrays(pred, target)
+    if hasattr(groups, "detach"):
+        groups = groups.detach().cpu().numpy()
+    labels = [_plain_label(g) for g in np.asarray(groups, dtype=object).reshape(-1)]
+    if len(labels) != x.size:
+        raise ValueError(f"groups has {len(labels)} labels for {x.size} scores")
+    unique = list(dict.fromkeys(labels))
+    try:
+        unique = sorted(unique)
+    except TypeError:
+        pass
+    label_array = np.empty(len(labels), dtype=object)
+    label_array[:] = labels
+    return {g: evaluate_scores(x[label_array == g], y[label_array == g], fit_info=fit_info)
+            for g in unique}
