@@ -1,0 +1,543 @@
+"""Loaders for the stereo IQA databases, each in the layout of its official distribution.
+
+Every loader returns a list of `StereoPair` records (siqa/data/records.py); `load_database`
+picks one by name (config keys `dataset.name`, `dataset.root`, `dataset.manifest`).
+
+LIVE 3D IQA Phase I (`live3d_phase1`, root = the unpacked folder)
+    `data.mat` holds `img_names` (cell, e.g. ``jp2k\\im2_1.bmp``), `ref_names`
+    (``refimgs\\im2.bmp``) and `dmos`; the two views of ``jp2k\\im2_1.bmp`` are
+    ``jp2k/im2_1_l.bmp`` and ``jp2k/im2_1_r.bmp``. The distortion is the folder name
+    (`jp2k`, `jpeg`, `wn`, `blur`, `ff`; the renamed folders `gblur` and `fastfading`
+    of the authors' lists are accepted too), the scene is the reference name (``im2``),
+    every pair is symmetric. Scores are DMOS (higher = worse).
+
+LIVE 3D IQA Phase II (`live3d_phase2`)
+    `3DDmosRelease.mat` holds `Dmos`, `RefFilename`, `StiFilename`; each stimulus is one
+    side-by-side file in `Stimuli/` (left half = left view). The file name ends in
+    ``_{type}_{profile}`` (type 1 wn, 2 jp2k, 3 jpeg, 4 blur, 5 ff; profile 0 reference,
+    4/7/9 symmetric, 1/2/3/5/6/8 asymmetric). The scene is the stem of `RefFilename`.
+    Scores are DMOS (higher = worse).
+
+Waterloo-IVC 3D Phase I / II (`waterloo3d_phase1`, `waterloo3d_phase2`)
+    Side-by-side PNGs (``N0001.png`` ...) in session folders anywhere under the root, and
+    the scores in ``MOS.xlsx`` (read with openpyxl) or a CSV export of it (``MOS.csv``), or
+    the file given as `manifest`. Nobody on this project has seen the official file, so
+    these are the assumptions, all in one place (`_WATERLOO_COLUMNS`):
+    - the first sheet; the header row is the first of its first 20 rows that holds a
+      "name" column; header names are matched ignoring case, spaces, underscores,
+      hyphens and dots;
+    - required columns: the image name (``name`` / ``image`` / ``image name`` /
+      ``file name`` / ``filename`` / ``stimulus``), its reference (``reference`` / ``ref``
+      / ``reference name`` / ``ref name`` / ``content`` / ``scene``) and the 3D MOS
+      (``MOS 3D`` / ``3D MOS`` / ``MOS``); ``MOS left`` and ``MOS right`` are read when
+      present and otherwise unused;
+    - optional: a ``session`` / ``folder`` column (the name is looked up in that
+      sub-folder), a distortion ``type`` column (``distortion`` / ``type`` /
+      ``distortion type``), and per-view ``left type`` / ``right type`` / ``left level``
+      / ``right level`` columns;
+    - an image name without extension gets ``.png``; the file is found by its relative
+      path, or else by its base name anywhere under the root (an ambiguous base name is
+      an error that asks for a session column);
+    - the distortion is the type column (mapped to `wn`, `blur`, `jpeg`; other labels are
+      kept as written); failing that, the per-view types (the one that is not pristine,
+      or ``mixed`` when the views differ); a pair whose name equals its reference is
+      `pristine`; otherwise ``unknown``;
+    - symmetric: from the per-view type/level columns when present (same type and level
+      on both views); a pristine pair is symmetric; otherwise None (unknown).
+    Scores are MOS (higher = better).
+
+CSV manifest (`csv`, manifest = the CSV file)
+    Columns ``left,right,score`` or ``sbs,score``; optional ``ref`` (scene id; without it
+    each pair is its own scene, so splits are by image), ``distortion``, ``symmetric``
+    (true/false/1/0/yes/no, empty = unknown), ``name`` (default: the relative path of the
+    side-by-side file, or ``left|right``), ``higher_is_better`` (true for MOS; default
+    false = DMOS; must be the same on every row). Paths are relative to the CSV's folder.
+
+`demo`: the embedded demo database (siqa/data/demo.py), built on first use into `root`
+(default ``data/demo``) and read through the CSV loader.
+"""
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from siqa.data.records import StereoPair
+from siqa.errors import UserError
+
+DATABASES = (
+    "demo",
+    "live3d_phase1",
+    "live3d_phase2",
+    "waterloo3d_phase1",
+    "waterloo3d_phase2",
+    "csv",
+)
+
+
+# --------------------------------------------------------------------------- helpers
+def _require_dir(root, name):
+    if root is None:
+        raise UserError(f"dataset.root is required for database '{name}'")
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"database folder not found: {root} (dataset.root for '{name}')")
+    return root
+
+
+def _load_mat(path: Path):
+    import scipy.io
+
+    if not path.is_file():
+        raise UserError(f"score file not found: {path}")
+    try:
+        return scipy.io.loadmat(str(path))
+    except NotImplementedError:
+        raise UserError(
+            f"cannot read {path}: MATLAB v7.3 (HDF5) files are not supported; "
+            "re-save it in MATLAB with save(..., '-v7')"
+        ) from None
+    except Exception as err:  # scipy raises several types for a damaged file
+        raise UserError(f"cannot read {path}: not a valid .mat file ({err})") from None
+
+
+def _mat_var(mat, var, path):
+    if var not in mat:
+        found = sorted(k for k in mat if not k.startswith("__"))
+        raise UserError(f"variable '{var}' missing in {path} (variables found: {', '.join(found)})")
+    return mat[var]
+
+
+def _to_str(x):
+    """One string out of a loadmat cell element (nested object/char arrays)."""
+    while isinstance(x, np.ndarray):
+        if x.dtype.kind in "US":
+            return "".join(str(s) for s in x.ravel()).strip()
+        if x.size != 1:
+            raise ValueError(f"expected one string, got an array of shape {x.shape}")
+        x = x.ravel()[0]
+    return str(x).strip()
+
+
+def _mat_strings(mat, var, path):
+    arr = _mat_var(mat, var, path)
+    try:
+        if arr.dtype.kind in "US":  # a char matrix or a string array: one name per element
+            return [str(r).strip() for r in np.atleast_1d(arr).ravel()]
+        return [_to_str(x) for x in arr.ravel(order="F")]
+    except ValueError as err:
+        raise UserError(f"variable '{var}' in {path} is not a list of names: {err}") from None
+
+
+def _mat_numbers(mat, var, path):
+    arr = _mat_var(mat, var, path)
+    try:
+        return np.asarray(arr, dtype=np.float64).ravel(order="F")
+    except (TypeError, ValueError):
+        raise UserError(f"variable '{var}' in {path} is not numeric") from None
+
+
+def _check_lengths(path, **lists):
+    lengths = {k: len(v) for k, v in lists.items()}
+    if len(set(lengths.values())) != 1:
+        desc = ", ".join(f"{k}: {n}" for k, n in lengths.items())
+        raise UserError(f"variables in {path} differ in length ({desc})")
+
+
+def _posix(name: str) -> PurePosixPath:
+    return PurePosixPath(name.replace("\\", "/"))
+
+
+# --------------------------------------------------------------------------- LIVE I
+_LIVE1_FOLDERS = {
+    "jp2k": "jp2k",
+    "jpeg": "jpeg",
+    "wn": "wn",
+    "blur": "blur",
+    "gblur": "blur",
+    "ff": "ff",
+    "fastfading": "ff",
+}
+
+
+def load_live3d_phase1(root) -> list[StereoPair]:
+    root = _require_dir(root, "live3d_phase1")
+    mat_path = root / "data.mat"
+    mat = _load_mat(mat_path)
+    names = _mat_strings(mat, "img_names", mat_path)
+    refs = _mat_strings(mat, "ref_names", mat_path)
+    dmos = _mat_numbers(mat, "dmos", mat_path)
+    _check_lengths(mat_path, img_names=names, ref_names=refs, dmos=dmos)
+    pairs = []
+    for name, ref, score in zip(names, refs, dmos):
+        rel = _posix(name)
+        if len(rel.parts) < 2:
+            raise UserError(f"entry '{name}' in {mat_path} has no distortion folder")
+        folder = rel.parts[0]
+        kind = _LIVE1_FOLDERS.get(folder.lower())
+        if kind is None:
+            raise UserError(
+                f"entry '{name}' in {mat_path}: unknown distortion folder '{folder}' "
+                f"(expected one of {', '.join(sorted(set(_LIVE1_FOLDERS)))})"
+            )
+        folder_path = root.joinpath(*rel.parts[:-1])
+        if not folder_path.is_dir():  # the authors' lists rename blur/ff, the release does not
+            for alias, k in _LIVE1_FOLDERS.items():
+                if k == kind and (root / alias).is_dir():
+                    folder_path = root.joinpath(alias, *rel.parts[1:-1])
+                    break
+        stem, ext = rel.stem, rel.suffix or ".bmp"
+        pairs.append(
+            StereoPair(
+                name=str(rel),
+                left=folder_path / f"{stem}_l{ext}",
+                right=folder_path / f"{stem}_r{ext}",
+                score=float(score),
+                higher_is_better=False,
+                content=_posix(ref).stem,
+                distortion=kind,
+                symmetric=True,
+            )
+        )
+    return pairs
+
+
+# --------------------------------------------------------------------------- LIVE II
+LIVE2_TYPES = {1: "wn", 2: "jp2k", 3: "jpeg", 4: "blur", 5: "ff"}
+LIVE2_SYMMETRIC_PROFILES = {4, 7, 9}
+LIVE2_ASYMMETRIC_PROFILES = {1, 2, 3, 5, 6, 8}
+_LIVE2_NAME = re.compile(r"_(\d+)_(\d+)$")
+
+
+def live2_codes(filename: str):
+    """(distortion, symmetric) from a LIVE Phase II stimulus name ``..._{type}_{profile}.bmp``."""
+    m = _LIVE2_NAME.search(_posix(filename).stem)
+    if m is None:
+        raise UserError(f"LIVE Phase II stimulus name '{filename}' does not end in _<type>_<profile>")
+    kind, profile = int(m.group(1)), int(m.group(2))
+    if profile == 0:
+        return "pristine", True
+    if kind not in LIVE2_TYPES:
+        raise UserError(f"LIVE Phase II stimulus '{filename}': unknown type code {kind} (1..5)")
+    if profile in LIVE2_SYMMETRIC_PROFILES:
+        return LIVE2_TYPES[kind], True
+    if profile in LIVE2_ASYMMETRIC_PROFILES:
+        return LIVE2_TYPES[kind], False
+    raise UserError(f"LIVE Phase II stimulus '{filename}': unknown profile code {profile} (0..9)")
+
+
+def _resolve_in(root: Path, folder: str, name: str) -> Path:
+    rel = _posix(name)
+    direct = root.joinpath(*rel.parts)
+    if len(rel.parts) > 1 and direct.exists():
+        return direct
+    return root / folder / rel.name
+
+
+def load_live3d_phase2(root) -> list[StereoPair]:
+    root = _require_dir(root, "live3d_phase2")
+    mat_path = root / "3DDmosRelease.mat"
+    mat = _load_mat(mat_path)
+    dmos = _mat_numbers(mat, "Dmos", mat_path)
+    refs = _mat_strings(mat, "RefFilename", mat_path)
+    stims = _mat_strings(mat, "StiFilename", mat_path)
+    _check_lengths(mat_path, Dmos=dmos, RefFilename=refs, StiFilename=stims)
+    pairs = []
+    for stim, ref, score in zip(stims, refs, dmos):
+        kind, symmetric = live2_codes(stim)
+        pairs.append(
+            StereoPair(
+                name=_posix(stim).name,
+                left=_resolve_in(root, "Stimuli", stim),
+                right=None,
+                score=float(score),
+                higher_is_better=False,
+                content=_posix(ref).stem,
+                distortion=kind,
+                symmetric=symmetric,
+            )
+        )
+    return pairs
+
+
+# --------------------------------------------------------------------------- Waterloo
+def _norm_header(text) -> str:
+    return re.sub(r"[\s_\-.]+", "", str(text or "")).lower()
+
+
+_WATERLOO_COLUMNS = {
+    "name": ("name", "image", "imagename", "filename", "file", "stimulus", "stimuli"),
+    "reference": ("reference", "ref", "referencename", "refname", "content", "scene"),
+    "mos3d": ("mos3d", "3dmos", "mos"),
+    "mosleft": ("mosleft", "leftmos", "mosl"),
+    "mosright": ("mosright", "rightmos", "mosr"),
+    "session": ("session", "folder", "sessionfolder"),
+    "type": ("distortion", "type", "distortiontype"),
+    "lefttype": ("lefttype", "leftdistortion", "typeleft", "distortionleft"),
+    "righttype": ("righttype", "rightdistortion", "typeright", "distortionright"),
+    "leftlevel": ("leftlevel", "levelleft"),
+    "rightlevel": ("rightlevel", "levelright"),
+}
+_WATERLOO_REQUIRED = ("name", "reference", "mos3d")
+_WATERLOO_TYPES = {
+    "wn": "wn", "noise": "wn", "whitenoise": "wn", "gaussiannoise": "wn", "awgn": "wn",
+    "blur": "blur", "gblur": "blur", "gaussianblur": "blur",
+    "jpeg": "jpeg", "jpg": "jpeg",
+    "pristine": "pristine", "none": "pristine", "original": "pristine", "reference": "pristine",
+    "ref": "pristine", "0": "pristine", "": "pristine",
+}
+
+
+def _read_table(path: Path):
+    """Rows (lists of cell values) of the first sheet of an .xlsx, or of a CSV."""
+    if not path.is_file():
+        raise UserError(f"score file not found: {path}")
+    if path.suffix.lower() in (".xlsx", ".xlsm"):
+        import openpyxl
+
+        try:
+            wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
+        except Exception as err:
+            raise UserError(f"cannot read {path}: not a valid .xlsx file ({err})") from None
+        try:
+            return [list(r) for r in wb.worksheets[0].iter_rows(values_only=True)]
+        finally:
+            wb.close()
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        return [row for row in csv.reader(f)]
+
+
+def _find_waterloo_mos(root: Path, manifest):
+    if manifest is not None:
+        p = Path(manifest)
+        return p if p.is_absolute() or p.exists() else root / p
+    candidates = sorted(
+        p for p in root.rglob("*") if p.is_file() and p.name.lower() in ("mos.xlsx", "mos.csv")
+    )
+    if not candidates:
+        raise UserError(f"score file not found: no MOS.xlsx or MOS.csv under {root}")
+    candidates.sort(key=lambda p: (len(p.relative_to(root).parts), p.suffix.lower() != ".xlsx"))
+    return candidates[0]
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def _wl_type(label: str) -> str:
+    key = _norm_header(label)
+    return _WATERLOO_TYPES.get(key, label.strip())
+
+
+def load_waterloo3d(root, manifest=None, name="waterloo3d_phase1") -> list[StereoPair]:
+    root = _require_dir(root, name)
+    mos_path = _find_waterloo_mos(root, manifest)
+    rows = _read_table(mos_path)
+    header_at, columns = None, {}
+    for i, row in enumerate(rows[:20]):
+        normed = [_norm_header(c) for c in row]
+        if any(n in _WATERLOO_COLUMNS["name"] for n in normed):
+            header_at = i
+            for key, aliases in _WATERLOO_COLUMNS.items():
+                for alias in aliases:  # aliases are in priority order
+                    if alias in normed:
+                        columns[key] = normed.index(alias)
+                        break
+            break
+    found = [_cell(c) for c in rows[header_at]] if header_at is not None else (
+        [_cell(c) for c in rows[0]] if rows else []
+    )
+    missing = [k for k in _WATERLOO_REQUIRED if k not in columns]
+    if missing:
+        wanted = {"name": "name", "reference": "reference", "mos3d": "MOS 3D"}
+        raise UserError(
+            f"{mos_path}: required column(s) {', '.join(wanted[k] for k in missing)} not found "
+            f"(columns found: {', '.join(repr(c) for c in found if c) or 'none'})"
+        )
+
+    index = None  # base name -> paths, built only when needed
+    pairs = []
+    for line, row in enumerate(rows[header_at + 1 :], start=header_at + 2):
+        get = lambda key: _cell(row[columns[key]]) if key in columns and columns[key] < len(row) else ""
+        image = get("name")
+        if not image:
+            continue  # blank row
+        try:
+            score = float(get("mos3d"))
+        except ValueError:
+            raise UserError(f"{mos_path} row {line}: MOS 3D '{get('mos3d')}' is not a number") from None
+        rel = _posix(image)
+        if not rel.suffix:
+            rel = rel.with_suffix(".png")
+        session = get("session")
+        candidate = root.joinpath(session, *rel.parts) if session else root.joinpath(*rel.parts)
+        if not candidate.exists():
+            if index is None:
+                index = {}
+                for p in sorted(root.rglob("*")):
+                    if p.is_file():
+                        index.setdefault(p.name.lower(), []).append(p)
+            hits = index.get(rel.name.lower(), [])
+            if len(hits) > 1:
+                raise UserError(
+                    f"{mos_path} row {line}: '{image}' matches {len(hits)} files under {root} "
+                    f"({hits[0]}, {hits[1]}); add a session column to tell them apart"
+                )
+            if hits:
+                candidate = hits[0]
+        reference = get("reference")
+        ltype, rtype = get("lefttype"), get("righttype")
+        llevel, rlevel = get("leftlevel"), get("rightlevel")
+        if "type" in columns and get("type"):
+            kind = _wl_type(get("type"))
+        elif "lefttype" in columns and "righttype" in columns:
+            lt, rt = _wl_type(ltype), _wl_type(rtype)
+            kinds = {t for t in (lt, rt) if t != "pristine"}
+            kind = "pristine" if not kinds else (kinds.pop() if len(kinds) == 1 else "mixed")
+        elif _posix(reference).stem.lower() == rel.stem.lower():
+            kind = "pristine"
+        else:
+            kind = "unknown"
+        if kind == "pristine":
+            symmetric = True
+        elif "lefttype" in columns and "righttype" in columns:
+            same_level = ("leftlevel" not in columns or "rightlevel" not in columns) or llevel == rlevel
+            symmetric = _wl_type(ltype) == _wl_type(rtype) and same_level
+        elif "leftlevel" in columns and "rightlevel" in columns:
+            symmetric = llevel == rlevel
+        else:
+            symmetric = None
+        pairs.append(
+            StereoPair(
+                name=str(PurePosixPath(session, *rel.parts)) if session else str(rel),
+                left=candidate,
+                right=None,
+                score=score,
+                higher_is_better=True,
+                content=_posix(reference).stem if reference else "",
+                distortion=kind,
+                symmetric=symmetric,
+            )
+        )
+    if not pairs:
+        raise UserError(f"{mos_path}: no rows below the header")
+    missing_ref = [p.name for p in pairs if not p.content]
+    if missing_ref:
+        raise UserError(f"{mos_path}: {len(missing_ref)} row(s) without a reference, e.g. {missing_ref[0]}")
+    return pairs
+
+
+# --------------------------------------------------------------------------- CSV
+_TRUE = {"1", "true", "yes", "y", "t"}
+_FALSE = {"0", "false", "no", "n", "f"}
+
+
+def _parse_bool(value: str, what: str, path, line):
+    v = value.strip().lower()
+    if v == "":
+        return None
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise UserError(f"{path} row {line}: {what} '{value}' is not true/false")
+
+
+def load_csv(manifest) -> list[StereoPair]:
+    if manifest is None:
+        raise UserError("dataset.manifest (a CSV file) is required for database 'csv'")
+    path = Path(manifest)
+    if not path.is_file():
+        raise UserError(f"manifest not found: {path}")
+    base = path.parent
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        fields = [c.strip().lower() for c in (reader.fieldnames or [])]
+        reader.fieldnames = fields
+        rows = list(reader)
+    if "score" not in fields or not ({"left", "right"} <= set(fields) or "sbs" in fields):
+        raise UserError(
+            f"{path}: needs columns left,right,score or sbs,score "
+            f"(columns found: {', '.join(fields) or 'none'})"
+        )
+    sbs_mode = not ({"left", "right"} <= set(fields))
+    pairs, hib_values = [], set()
+    for line, row in enumerate(rows, start=2):
+        row = {k: (v or "").strip() for k, v in row.items() if k is not None}
+        if sbs_mode:
+            left_rel, right_rel = row.get("sbs", ""), ""
+        else:
+            left_rel, right_rel = row.get("left", ""), row.get("right", "")
+            if not left_rel and not right_rel and row.get("sbs"):
+                left_rel = row["sbs"]
+        if not left_rel:
+            raise UserError(f"{path} row {line}: no image path")
+        raw = row.get("score", "")
+        try:
+            score = float(raw)
+        except ValueError:
+            raise UserError(f"{path} row {line}: score '{raw}' is not a number") from None
+        hib = _parse_bool(row.get("higher_is_better", ""), "higher_is_better", path, line)
+        hib_values.add(bool(hib))
+        name = row.get("name") or (left_rel if not right_rel else f"{left_rel}|{right_rel}")
+        content = row.get("ref") or name
+        pairs.append(
+            StereoPair(
+                name=name,
+                left=base / left_rel,
+                right=(base / right_rel) if right_rel else None,
+                score=score,
+                higher_is_better=bool(hib),
+                content=content,
+                distortion=row.get("distortion") or "unknown",
+                symmetric=_parse_bool(row.get("symmetric", ""), "symmetric", path, line),
+            )
+        )
+    if not pairs:
+        raise UserError(f"{path}: the manifest has no rows")
+    if len(hib_values) > 1:
+        raise UserError(f"{path}: higher_is_better differs between rows; use one score convention")
+    return pairs
+
+
+# --------------------------------------------------------------------------- dispatch
+def load_database(name, root=None, manifest=None, validate=True) -> list[StereoPair]:
+    """The records of database `name` (see the module docstring), checked by
+    `siqa.data.validate.validate_pairs` unless `validate=False`."""
+    if name == "demo":
+        from siqa.data.demo import DEFAULT_ROOT, ensure_demo
+
+        folder = ensure_demo(root if root is not None else DEFAULT_ROOT)
+        pairs = load_csv(folder / "manifest.csv")
+    elif name == "live3d_phase1":
+        pairs = load_live3d_phase1(root)
+    elif name == "live3d_phase2":
+        pairs = load_live3d_phase2(root)
+    elif name in ("waterloo3d_phase1", "waterloo3d_phase2"):
+        pairs = load_waterloo3d(root, manifest, name=name)
+    elif name == "csv":
+        if manifest is None and root is not None and (Path(root) / "manifest.csv").is_file():
+            manifest = Path(root) / "manifest.csv"
+        pairs = load_csv(manifest)
+    else:
+        raise UserError(f"unknown dataset.name '{name}' (valid: {', '.join(DATABASES)})")
+    if validate:
+        from siqa.data.validate import validate_pairs
+
+        validate_pairs(pairs)
+    return pairs
+
+
+def load_database_from_config(cfg) -> list[StereoPair]:
+    """`load_database` with the keys `dataset.name`, `dataset.root`, `dataset.manifest`."""
+    ds = (cfg or {}).get("dataset") or {}
+    if "name" not in ds:
+        raise UserError("config key dataset.name is missing")
+    return load_database(ds["name"], root=ds.get("root"), manifest=ds.get("manifest"))
+

@@ -1,0 +1,85 @@
+"""The NSS (naturalness) regression targets of every pair, through the shared cache."""
+from __future__ import annotations
+
+import numpy as np
+
+from siqa.errors import UserError
+
+N_TARGETS = 108
+
+
+def nss_for_pairs(
+    pairs,
+    marginal="mle0",
+    preprocess="reference",
+    cache_dir="data/cache",
+    workers=None,
+    device="cpu",
+    progress=True,
+) -> np.ndarray:
+    """(N, 108) float64 targets, row i for pairs[i] (siqa.nss.cache.nss_targets)."""
+    from siqa.nss.cache import nss_targets
+
+    pairs = list(pairs)
+    targets = nss_targets(
+        [(p.left, p.right) for p in pairs],
+        marginal=marginal,
+        preprocess=preprocess,
+        cache_dir=cache_dir,
+        workers=workers,
+        device=device,
+        progress=progress,
+    )
+    targets = np.asarray(targets, dtype=np.float64)
+    if targets.shape != (len(pairs), N_TARGETS):
+        raise UserError(
+            f"NSS cache returned shape {targets.shape}, expected ({len(pairs)}, {N_TARGETS})"
+        )
+    return targets
+
+
+def nss_from_config(pairs, nss_cfg=None, progress=True, device="cpu") -> np.ndarray:
+    """The targets a config's `nss` section asks for: computed through the cache, or the
+    authors' published values when `published` names their folder (LIVE Phase I only).
+    `workers: 0` means one process per core."""
+    cfg = dict(nss_cfg or {})
+    if cfg.get("published"):
+        return published_targets(pairs, cfg["published"])
+    workers = cfg.get("workers") or None
+    known = {"marginal", "preprocess", "cache_dir"}
+    return nss_for_pairs(pairs, progress=progress, workers=workers, device=device,
+                         **{k: v for k, v in cfg.items() if k in known})
+
+
+def _live1_key(name: str) -> str:
+    """`gblur/im2_1.bmp` and `blur/im2_1.bmp` name the same LIVE Phase I pair."""
+    from siqa.data.databases import _LIVE1_FOLDERS
+
+    folder, _, file = name.replace("\\", "/").partition("/")
+    return f"{_LIVE1_FOLDERS.get(folder.lower(), folder.lower())}/{file.lower()}"
+
+
+def published_targets(pairs, folder) -> np.ndarray:
+    """The 108 targets the authors published for LIVE 3D Phase I (computed with the original
+    free-loc fit): `copula_parametre.txt` (108 lines per entry, in the order of
+    `im_names.txt`), matched to the pairs by name."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    names_file, values_file = folder / "im_names.txt", folder / "copula_parametre.txt"
+    for f in (names_file, values_file):
+        if not f.is_file():
+            raise UserError(f"nss.published: {f} not found (the folder must hold im_names.txt "
+                            "and copula_parametre.txt)")
+    names = names_file.read_text().split()
+    try:
+        values = np.loadtxt(values_file, dtype=np.float64).reshape(len(names), N_TARGETS)
+    except ValueError:
+        raise UserError(f"{values_file}: expected {len(names)} x {N_TARGETS} numbers, one per line "
+                        f"({len(names)} entries in {names_file.name})") from None
+    table = {_live1_key(n): row for n, row in zip(names, values)}
+    missing = [p.name for p in pairs if _live1_key(p.name) not in table]
+    if missing:
+        raise UserError(f"nss.published: {len(missing)} pairs have no published targets "
+                        f"(first: {missing[0]}); they exist for LIVE 3D Phase I only")
+    return np.stack([table[_live1_key(p.name)] for p in pairs])

@@ -1,0 +1,25 @@
+"""The one record type every database loader yields."""
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class StereoPair:
+    """One rated stereo pair.
+
+    `right is None` means `left` is a side-by-side file (left half = left view).
+    """
+
+    name: str  # unique within its database (relative path of the distorted file)
+    left: Path
+    right: Optional[Path]
+    score: float  # as the database gives it (DMOS or MOS)
+    higher_is_better: bool  # False for DMOS (LIVE, demo), True for MOS (Waterloo)
+    content: str  # reference scene id: splits never share one
+    distortion: str  # 'jp2k', 'jpeg', 'wn', 'blur', 'ff', 'pristine', or the CSV's label
+    symmetric: Optional[bool] = None  # None where the database does not say
+
+    @property
+    def files(self):
+        return (self.left,) if self.right is None else (self.left, self.right)

@@ -1,0 +1,123 @@
+"""Checks on a database before any work starts, reported as one UserError.
+
+`validate_pairs` reads only image headers (PIL `Image.open(...).size`, no decoding), so it
+is cheap; a truncated file passes here and is reported when it is decoded
+(siqa/imageio.py). All problems of one kind are collected and reported together: how many,
+and the first few files or values.
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from siqa.errors import UserError
+
+SHOW = 3  # how many examples a message lists
+MIN_VIEW = 33  # smallest view side that gives one 32x32 patch (positions range(0, n - 32, 24))
+
+
+def _examples(items):
+    items = list(items)
+    shown = ", ".join(str(x) for x in items[:SHOW])
+    return shown + (", ..." if len(items) > SHOW else "")
+
+
+def image_size(path):
+    """(width, height) from the header, or raise OSError/UnidentifiedImageError."""
+    with Image.open(path) as im:
+        return im.size
+
+
+def validate_pairs(pairs, ratios=None, min_view=MIN_VIEW):
+    """Check every record of `pairs`; return each pair's view size (width, height).
+
+    Problems found (all reported together in one UserError): no pairs; missing files;
+    files that are empty or not images; views of a pair that differ in size; views smaller
+    than one patch; scores that are not finite; duplicate names or duplicate file pairs;
+    and, when `ratios` is given, a split ratio that leaves a split with no scene.
+    """
+    pairs = list(pairs)
+    if not pairs:
+        raise UserError("the database has no pairs")
+    problems = []
+
+    bad_scores = [f"{p.name}={p.score!r}" for p in pairs if not _finite(p.score)]
+    if bad_scores:
+        problems.append(f"{len(bad_scores)} score(s) not finite: {_examples(bad_scores)}")
+
+    dup_names = [n for n, c in Counter(p.name for p in pairs).items() if c > 1]
+    if dup_names:
+        problems.append(f"{len(dup_names)} duplicate name(s): {_examples(dup_names)}")
+    dup_files = [
+        "+".join(str(f) for f in k)
+        for k, c in Counter(tuple(str(Path(f)) for f in p.files) for p in pairs).items()
+        if c > 1
+    ]
+    if dup_files:
+        problems.append(f"{len(dup_files)} duplicate entr(y/ies) for the same file(s): {_examples(dup_files)}")
+
+    missing, unreadable, mismatched, small = [], [], [], []
+    header = {}  # path -> size, each file read once
+    sizes = []
+    for p in pairs:
+        got = []
+        for f in p.files:
+            key = str(f)
+            if key not in header:
+                fp = Path(f)
+                if not fp.is_file():
+                    header[key] = "missing"
+                    missing.append(key)
+                elif fp.stat().st_size == 0:
+                    header[key] = "unreadable"
+                    unreadable.append(f"{key} (empty)")
+                else:
+                    try:
+                        header[key] = image_size(fp)
+                    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+                        header[key] = "unreadable"
+                        unreadable.append(f"{key} (not an image)")
+            got.append(header[key])
+        if any(isinstance(g, str) for g in got):
+            sizes.append(None)
+            continue
+        if p.right is None:
+            w, h = got[0]
+            view = (w // 2, h)
+        else:
+            if got[0] != got[1]:
+                mismatched.append(
+                    f"{p.left} is {got[0][0]}x{got[0][1]} but {p.right} is {got[1][0]}x{got[1][1]}"
+                )
+            view = got[0]
+        if view[0] < min_view or view[1] < min_view:
+            small.append(f"{p.left} (view {view[0]}x{view[1]})")
+        sizes.append(view)
+
+    if missing:
+        problems.append(f"{len(missing)} missing file(s): {_examples(missing)}")
+    if unreadable:
+        problems.append(f"{len(unreadable)} unreadable file(s): {_examples(unreadable)}")
+    if mismatched:
+        problems.append(f"{len(mismatched)} pair(s) with left/right views of different sizes: {_examples(mismatched)}")
+    if small:
+        problems.append(
+            f"{len(small)} view(s) smaller than {min_view}x{min_view} (no 32x32 patch fits): {_examples(small)}"
+        )
+    if ratios is not None and not problems:
+        from siqa.data.splits import scene_counts
+
+        scene_counts(len({p.content for p in pairs}), ratios)  # raises its own UserError
+    if problems:
+        raise UserError("invalid database: " + "; ".join(problems))
+    return sizes
+
+
+def _finite(x):
+    try:
+        return math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False

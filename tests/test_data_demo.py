@@ -1,0 +1,109 @@
+"""The embedded demo database: reproducible, labels ordered, binocular pooling."""
+import csv
+from collections import defaultdict
+
+import numpy as np
+import pytest
+
+from siqa.data import demo, load_database
+from siqa.errors import UserError
+from siqa.imageio import grey_pil
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    base = tmp_path_factory.mktemp("demo")
+    a = demo.ensure_demo(base / "a" / "demo", progress=False)
+    b = demo.ensure_demo(base / "b" / "demo", progress=False)
+    return a, b
+
+
+def rows(root):
+    with open(root / "manifest.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_two_builds_identical(built):
+    a, b = built
+    assert demo.folder_digest(a) == demo.folder_digest(b)
+    assert rows(a) == rows(b)
+    assert not [p for p in a.parent.iterdir() if p.name != "demo"]  # no temp folders left
+
+
+def test_loads_through_csv_loader(built):
+    a, _ = built
+    pairs = load_database("demo", root=a)
+    n_scenes = len(demo.source_scenes(demo.source_dir()))
+    per_scene = 1 + len(demo.TYPES) * (len(demo.SYMMETRIC_LEVELS) + len(demo.ASYMMETRIC_LEVELS))
+    assert len(pairs) == n_scenes * per_scene == 372
+    assert len({p.content for p in pairs}) == n_scenes == 12
+    assert {p.distortion for p in pairs} == {"pristine", "jp2k", "jpeg", "wn", "blur", "ff"}
+    assert all(p.score == 0 for p in pairs if p.distortion == "pristine")
+    assert all(p.score > 0 for p in pairs if p.distortion != "pristine")
+    assert all(not p.higher_is_better for p in pairs)
+    lv, rv = grey_pil(pairs[0].left), grey_pil(pairs[0].right)
+    assert lv.shape == rv.shape == (demo.VIEW_SIZE[1], demo.VIEW_SIZE[0])
+    sym = [p.symmetric for p in pairs if p.distortion != "pristine"]
+    assert sym.count(True) == sym.count(False) == 12 * 5 * 3
+
+
+def test_labels_rank_levels(built):
+    a, _ = built
+    score = {r["name"]: float(r["score"]) for r in rows(a)}
+    scenes = {r["ref"] for r in rows(a)}
+    for scene in scenes:
+        for kind in demo.TYPES:
+            sym = [score[f"{kind}/{scene}_s{lv}"] for lv in demo.SYMMETRIC_LEVELS]
+            assert sym == sorted(sym) and len(set(sym)) == 3, (kind, scene, sym)
+            # one pristine view: the stronger the other view, the worse
+            assert score[f"{kind}/{scene}_a02"] < score[f"{kind}/{scene}_a03"], (kind, scene)
+    # the pooled label is a weighted mean: it lies between the two views' own labels
+    with open(a / "labels.csv", newline="") as f:
+        for r in csv.DictReader(f):
+            d_l, d_r = 100 * (1 - float(r["q_l"])), 100 * (1 - float(r["q_r"]))
+            assert min(d_l, d_r) - 1e-3 <= score[r["name"]] <= max(d_l, d_r) + 1e-3
+
+
+def test_asymmetric_labels_are_not_the_mean(built):
+    a, _ = built
+    below, above = [], []
+    for r in rows(a):
+        if r["symmetric"] != "false":
+            continue
+        ref_l = grey_pil(a / f"refimgs/{r['ref']}_l.png")
+        ref_r = grey_pil(a / f"refimgs/{r['ref']}_r.png")
+        dl, dr = grey_pil(a / r["left"]), grey_pil(a / r["right"])
+        label, parts = demo.stereo_label(ref_l, ref_r, dl, dr)
+        assert label == pytest.approx(float(r["score"]), abs=1e-3)
+        mean_of_views = (100 * (1 - parts["q_l"]) + 100 * (1 - parts["q_r"])) / 2
+        if r["distortion"] == "blur":
+            below.append(label < mean_of_views - 0.5)
+        if r["distortion"] == "wn":
+            above.append(label > mean_of_views + 0.5)
+    assert below and all(below)  # a blurred view weighs less than the sharper one
+    assert above and all(above)  # a noisy view dominates
+
+
+def test_missing_package_message(tmp_path, monkeypatch):
+    monkeypatch.setattr(demo.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(UserError, match=r"pip install --no-deps stereodemo==0\.7"):
+        demo.ensure_demo(tmp_path / "demo")
+    assert not (tmp_path / "demo").exists()
+
+
+def test_interrupted_build_is_never_used(tmp_path, monkeypatch):
+    def crash(out, progress=False):
+        (out / "manifest.csv").write_text("half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "build_demo", crash)
+    with pytest.raises(KeyboardInterrupt):
+        demo.ensure_demo(tmp_path / "demo")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_refuses_to_overwrite_other_folder(tmp_path):
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "mine.txt").write_text("x")
+    with pytest.raises(UserError, match="not a demo database"):
+        demo.ensure_demo(tmp_path / "demo")
