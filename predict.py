@@ -1,0 +1,47 @@
+"""Score stereo pairs with a trained checkpoint (no reference needed).
+
+    python predict.py --checkpoint runs/demo/best.pt LEFT RIGHT
+    python predict.py --checkpoint runs/demo/best.pt --sbs SIDE_BY_SIDE
+    python predict.py --checkpoint runs/demo/best.pt --manifest pairs.csv [--out pred.csv]
+"""
+import argparse
+import sys
+
+from siqa.errors import UserError, run_cli
+
+
+def main(argv):
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("views", nargs="*", metavar="LEFT RIGHT", help="left and right view files")
+    parser.add_argument("--sbs", help="a side-by-side file (left half = left view)")
+    parser.add_argument("--manifest", help="CSV with left,right or sbs columns (paths relative to it)")
+    parser.add_argument("--out", help="with --manifest: write its rows plus a prediction column here")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    given = [bool(args.views), bool(args.sbs), bool(args.manifest)]
+    if sum(given) != 1:
+        raise UserError("give exactly one of: LEFT RIGHT, --sbs IMAGE, --manifest CSV")
+    if args.views and len(args.views) != 2:
+        raise UserError(f"LEFT RIGHT: expected two view files, got {len(args.views)}")
+    if args.out and not args.manifest:
+        raise UserError("--out goes with --manifest")
+
+    from siqa import predictor
+
+    if args.manifest:
+        rows, fields, pairs = predictor.read_manifest(args.manifest)
+    else:
+        pairs = [tuple(args.views)] if args.views else [(args.sbs, None)]
+    model, info, device = predictor.load(args.checkpoint, args.device)
+    scores = predictor.score_pairs(model, pairs, device)
+    print(f"# {predictor.describe_scale(info)}")
+    for (left, right), score in zip(pairs, scores):
+        print(f"{left}{'' if right is None else ' ' + str(right)}\t{score:.4f}")
+    if args.out:
+        predictor.write_predictions(args.out, rows, fields, scores)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

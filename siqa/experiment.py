@@ -1,0 +1,303 @@
+"""A whole training run and a whole evaluation, from the config to the files they write.
+
+train: database -> content splits -> NSS targets -> resident patches -> epochs
+(train, validate, checkpoint) -> test of the best-validation checkpoint -> reports.
+Everything the user can get wrong is checked before the run folder is created.
+"""
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from siqa import config as config_mod
+from siqa.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
+from siqa.data import content_splits, load_database
+from siqa.data.nss import nss_from_config
+from siqa.data.patches import extract_patch_set
+from siqa.distributed import Dist
+from siqa.engine import SplitData, epoch_order, predict_pairs, train_epoch
+from siqa.errors import UserError
+from siqa.files import atomic_write_text
+from siqa.metrics import evaluate_scores
+from siqa.model import MultiTaskSIQA
+from siqa.reports import predictions_csv, score_report, summarize, write_json
+
+PAPER_EPOCHS = 500
+DEMO_EPOCHS = 14  # sized so that `python train.py` ends within 10 minutes on a 2-core CPU
+
+
+def run_dir_of(cfg) -> Path:
+    return Path(cfg["out_dir"] or Path("runs") / cfg["dataset"]["name"])
+
+
+def epochs_of(cfg) -> int:
+    epochs = cfg["train"]["epochs"]
+    if epochs == "auto":
+        return DEMO_EPOCHS if cfg["dataset"]["name"] == "demo" else PAPER_EPOCHS
+    return epochs
+
+
+def database_info(cfg, pairs) -> dict:
+    scores = [p.score for p in pairs]
+    return {
+        "name": cfg["dataset"]["name"],
+        "higher_is_better": bool(pairs[0].higher_is_better),
+        "score_min": float(min(scores)),
+        "score_max": float(max(scores)),
+    }
+
+
+def describe_scale(info) -> str:
+    kind = "MOS, higher = better" if info["higher_is_better"] else "DMOS, higher = worse"
+    return (f"scores on the scale of the {info['name']} database ({kind}; "
+            f"its scores span {info['score_min']:.4g} .. {info['score_max']:.4g})")
+
+
+def load_pairs(cfg):
+    ds = cfg["dataset"]
+    return load_database(ds["name"], root=ds["root"], manifest=ds["manifest"])
+
+
+def split_data(pairs, nss, dtype, progress=True) -> SplitData:
+    patches = extract_patch_set(pairs, progress=progress, dtype=dtype)
+    return SplitData(
+        left=patches.left,
+        right=patches.right,
+        pair_index=patches.pair_index,
+        score=torch.tensor([p.score for p in pairs], dtype=torch.float32),
+        nss=torch.as_tensor(np.asarray(nss), dtype=torch.float32),
+    )
+
+
+def amp_dtype_of(cfg, device):
+    return torch.bfloat16 if cfg["train"]["amp"] and device.type == "cuda" else None
+
+
+def _pick(pairs, indices):
+    return [pairs[i] for i in indices]
+
+
+def _tensorboard(cfg, run_name, purge_step):
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(Path(cfg["tensorboard"]["dir"]) / run_name), purge_step=purge_step)
+
+
+def _scatter_to_tensorboard(writer, tag, pred, pairs, epoch, title):
+    from siqa.plots import figure_to_array, scatter_figure
+
+    fig = scatter_figure(pred, [p.score for p in pairs], [p.distortion for p in pairs], title=title)
+    writer.add_image(tag, figure_to_array(fig), epoch, dataformats="HWC")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def _better(val, best):
+    srocc = val.get("srocc")
+    return best is None or (srocc is not None and (best["val"].get("srocc") is None
+                                                   or srocc > best["val"]["srocc"]))
+
+
+def _finished(run_dir, epochs):
+    """A split whose run reached `epochs` and was tested (resume skips it)."""
+    return ((run_dir / "metrics.json").is_file() and (run_dir / "last.pt").is_file()
+            and load_checkpoint(run_dir / "last.pt")["epoch"] >= epochs)
+
+
+def train(cfg, resume=False, dist=Dist(), progress=True, log=print):
+    """Train (and test) on every configured split; returns the test report(s)."""
+    from tqdm.auto import tqdm
+
+    out_dir = run_dir_of(cfg)
+    pairs = load_pairs(cfg)
+    splits = content_splits(pairs, ratios=tuple(cfg["dataset"]["split"]),
+                            seed=cfg["train"]["seed"], repeats=cfg["train"]["repeats"])
+    nss = nss_from_config(pairs, cfg["nss"], progress=progress and dist.is_main,
+                          device=dist.device.type)
+    info = database_info(cfg, pairs)
+    dtype = getattr(torch, cfg["train"]["patch_dtype"])
+    if dist.is_main:
+        atomic_write_text(out_dir / "config.yaml", config_mod.dump(cfg))
+    reports = []
+    for r, split in enumerate(splits):
+        run_dir = out_dir if len(splits) == 1 else out_dir / f"split_{r}"
+        if resume and _finished(run_dir, epochs_of(cfg)):
+            reports.append(json.loads((run_dir / "metrics.json").read_text())["test"])
+            continue
+        run_name = out_dir.name if len(splits) == 1 else f"{out_dir.name}/split_{r}"
+        data = {name: _pick(pairs, split[name]) for name in ("train", "val", "test")}
+        targets = {name: nss[split[name]] for name in data}
+        report = train_split(cfg, data, targets, info, run_dir, run_name, dtype,
+                             seed=cfg["train"]["seed"] + r, resume=resume, dist=dist,
+                             progress=progress, log=log, tqdm=tqdm)
+        reports.append(report)
+    if len(splits) > 1 and dist.is_main:
+        write_json(out_dir / "summary.json", summarize(reports))
+    return reports
+
+
+def train_split(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resume, dist,
+                progress, log, tqdm):
+    t = cfg["train"]
+    device = dist.device
+    show = progress and dist.is_main
+    data = {name: split_data(pairs[name], targets[name], dtype, progress=show).to(device)
+            for name in pairs}
+    amp_dtype = amp_dtype_of(cfg, device)
+    epochs = epochs_of(cfg)
+
+    torch.manual_seed(seed)
+    model = MultiTaskSIQA().to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=t["lr"], momentum=t["momentum"],
+                                weight_decay=t["weight_decay"])
+    scheduler = (torch.optim.lr_scheduler.StepLR(optimizer, t["lr_step"], t["lr_gamma"])
+                 if t["lr_step"] else None)
+    split_names = {name: [p.name for p in pairs[name]] for name in pairs}
+    start_epoch, best = 0, None
+    if resume and (run_dir / "last.pt").is_file():
+        state = load_checkpoint(run_dir / "last.pt", map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        start_epoch, best = state["epoch"], state["best"]
+        restore_rng(state["rng"])
+        log(f"resuming {run_dir} after epoch {start_epoch}")
+    trained = model
+    if dist.world > 1:
+        trained = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def state_dict(epoch, with_optimizer):
+        state = {"model": model.state_dict(), "epoch": epoch, "best": best, "config": cfg,
+                 "split": split_names, "database": info}
+        if with_optimizer:
+            state.update(optimizer=optimizer.state_dict(), rng=rng_state(),
+                         scheduler=scheduler.state_dict() if scheduler else None)
+        return state
+
+    writer = _tensorboard(cfg, run_name, start_epoch + 1) if dist.is_main else None
+    val_scores = np.array([p.score for p in pairs["val"]])
+    batch = max(1, t["batch_size"] // dist.world)  # the global batch stays batch_size
+    for epoch in range(start_epoch, epochs):
+        started = time.perf_counter()
+        order = epoch_order(data["train"].num_patches, seed, epoch, dist.rank, dist.world)
+        bar = tqdm(total=len(order), desc=f"epoch {epoch + 1}/{epochs}", unit="patch",
+                   leave=False, disable=not show)
+        losses = train_epoch(trained, optimizer, data["train"], order.to(device), batch,
+                             t["nss_weight"], amp_dtype, progress=bar)
+        bar.close()
+        lr = optimizer.param_groups[0]["lr"]
+        if scheduler is not None:
+            scheduler.step()
+        line = (f"epoch {epoch + 1}/{epochs} loss {losses['total']:.4f} "
+                f"(quality {losses['quality']:.4f}, nss {losses['nss']:.4f})")
+        if (epoch + 1) % t["val_every"] == 0 or epoch + 1 == epochs:
+            pred = predict_pairs(model, data["val"], amp_dtype=amp_dtype)
+            val = evaluate_scores(pred, val_scores)
+            if _better(val, best):
+                best = {"epoch": epoch + 1, "val": val}
+                if dist.is_main:
+                    save_checkpoint(run_dir / "best.pt", state_dict(epoch + 1, False))
+            line += f" | val SROCC {_fmt(val['srocc'])} PLCC {_fmt(val['plcc'])} RMSE {val['rmse']:.3f}"
+            if writer is not None:
+                for key in ("srocc", "plcc", "rmse", "plcc_logistic"):
+                    if val.get(key) is not None:
+                        writer.add_scalar(f"val/{key}", val[key], epoch + 1)
+                _scatter_to_tensorboard(writer, "val/scatter", pred, pairs["val"], epoch + 1,
+                                        f"validation, epoch {epoch + 1}")
+        if writer is not None:
+            for key, value in losses.items():
+                writer.add_scalar(f"train/loss_{key}", value, epoch + 1)
+            writer.add_scalar("train/lr", lr, epoch + 1)
+            writer.flush()
+        if dist.is_main:
+            save_checkpoint(run_dir / "last.pt", state_dict(epoch + 1, True))
+            log(line + f" [{time.perf_counter() - started:.1f}s]")
+        dist.barrier()
+
+    # Test the checkpoint with the best validation SROCC (model selection on validation only).
+    best_state = load_checkpoint(run_dir / "best.pt", map_location=device)
+    model.load_state_dict(best_state["model"])
+    report = {"val": best_state["best"]["val"], "best_epoch": best_state["best"]["epoch"],
+              "epochs": epochs}
+    test_pred = predict_pairs(model, data["test"], amp_dtype=amp_dtype)
+    report["test"] = score_report(pairs["test"], test_pred)
+    report["pairs"] = {name: len(pairs[name]) for name in pairs}
+    report["scenes"] = {name: len({p.content for p in pairs[name]}) for name in pairs}
+    if dist.is_main:
+        val_pred = predict_pairs(model, data["val"], amp_dtype=amp_dtype)
+        split_of = {p.name: name for name in ("val", "test") for p in pairs[name]}
+        csv_text = predictions_csv(pairs["val"] + pairs["test"],
+                                   np.concatenate([val_pred, test_pred]), split_of)
+        atomic_write_text(run_dir / "predictions.csv", csv_text)
+        write_json(run_dir / "metrics.json", report)
+        _hparams(writer, cfg, report)
+        writer.close()
+        test = report["test"]
+        log(f"test ({report['pairs']['test']} pairs, {report['scenes']['test']} scenes, "
+            f"best epoch {report['best_epoch']}): SROCC {_fmt(test['srocc'])} "
+            f"PLCC {_fmt(test['plcc'])} KROCC {_fmt(test['krocc'])} RMSE {test['rmse']:.3f}")
+    return report["test"]
+
+
+def _fmt(x):
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+def _hparams(writer, cfg, report):
+    flat = config_mod.flatten(cfg)
+    hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in flat.items()}
+    metrics = {f"hparam/test_{k}": report["test"][k] for k in ("srocc", "plcc", "krocc", "rmse")
+               if report["test"].get(k) is not None}
+    writer.add_hparams(hparams, metrics, run_name=".")
+
+
+def evaluate(checkpoint, overrides=(), split="test", out=None, progress=True, log=print):
+    """Score a database with a checkpoint; write metrics.json, predictions.csv, scatter.png."""
+    state = load_checkpoint(checkpoint)
+    cfg = config_mod.load_config(overrides=overrides, base=state["config"])
+    from siqa.engine import select_device
+
+    device = select_device(cfg["device"])
+    pairs = load_pairs(cfg)
+    same_db = cfg["dataset"] == state["config"]["dataset"]
+    if split == "test" and same_db:
+        by_name = {p.name: p for p in pairs}
+        missing = [n for n in state["split"]["test"] if n not in by_name]
+        if missing:
+            raise UserError(f"{len(missing)} test pairs of the checkpoint are not in the database "
+                            f"(first: {missing[0]})")
+        pairs = [by_name[n] for n in state["split"]["test"]]
+    elif split == "test":
+        log("note: another database than the checkpoint's: evaluating all of its pairs")
+        split = "all"
+    model = load_model(state, device)
+    data = split_data(pairs, np.zeros((len(pairs), model.nss_dim)),
+                      getattr(torch, cfg["train"]["patch_dtype"]), progress=progress).to(device)
+    pred = predict_pairs(model, data, amp_dtype=amp_dtype_of(cfg, device))
+    report = score_report(pairs, pred)
+    out = Path(out) if out else Path(checkpoint).parent / f"eval_{cfg['dataset']['name']}_{split}"
+    write_json(out / "metrics.json", {split: report})
+    atomic_write_text(out / "predictions.csv", predictions_csv(pairs, pred))
+    from siqa.plots import save_scatter_png
+
+    save_scatter_png(out / "scatter.png", pred, [p.score for p in pairs],
+                     [p.distortion for p in pairs],
+                     title=f"{cfg['dataset']['name']} ({split}, {len(pairs)} pairs)")
+    log(f"{split}: {len(pairs)} pairs, SROCC {_fmt(report['srocc'])} PLCC {_fmt(report['plcc'])} "
+        f"KROCC {_fmt(report['krocc'])} RMSE {report['rmse']:.3f} -> {out}")
+    return report, out
+
+
+def load_model(state, device):
+    model = MultiTaskSIQA()
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise UserError(f"the checkpoint does not fit this model ({first})") from None
+    return model.to(device).eval()

@@ -1,0 +1,60 @@
+"""Shared fixtures: a tiny stereo database in the CSV-manifest layout, and a way to run the
+entry points as a user does (a subprocess, exit code and stderr)."""
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_tiny_database(folder: Path, scenes=8, levels=3, size=(80, 64), seed=0):
+    """`scenes` scenes x (`levels` noise levels) stereo pairs of `size` (W, H), with a CSV
+    manifest (left,right,score,ref,distortion,symmetric). Score = noise level (DMOS-like)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    w, h = size
+    for s in range(scenes):
+        yy, xx = np.mgrid[0:h, 0:w]
+        base = 128 + 60 * np.sin(xx / (3 + s)) * np.cos(yy / (4 + s)) + rng.normal(0, 5, (h, w))
+        for level in range(levels):
+            kind = "wn" if level % 2 else "blur"
+            for eye, shift in (("l", 0), ("r", 2)):
+                view = np.roll(base, shift, axis=1) + rng.normal(0, 12 * level, (h, w))
+                Image.fromarray(np.clip(view, 0, 255).astype(np.uint8)).save(
+                    folder / f"s{s}_{level}_{eye}.png")
+            rows.append({"left": f"s{s}_{level}_l.png", "right": f"s{s}_{level}_r.png",
+                         "score": 10.0 * level + s, "ref": f"scene{s}", "distortion": kind,
+                         "symmetric": "true" if level < 2 else "false"})
+    with open(folder / "manifest.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return folder / "manifest.csv"
+
+
+@pytest.fixture(scope="session")
+def tiny_manifest(tmp_path_factory):
+    return make_tiny_database(tmp_path_factory.mktemp("tinydb"))
+
+
+def run_entry(script, *args, cwd=None, timeout=600, env=None):
+    """Run `python <script> args...` as a user would; returns the CompletedProcess."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def tiny_overrides(manifest, work: Path, **extra):
+    """Overrides that point a run at the tiny database and keep every output inside `work`."""
+    items = {"dataset.name": "csv", "dataset.manifest": manifest, "out_dir": work / "run",
+             "nss.cache_dir": work / "cache", "nss.workers": 1, "tensorboard.dir": work / "tb",
+             "train.epochs": 2, "train.batch_size": 16, "train.threads": 1,
+             **extra}
+    return [f"{k}={v}" for k, v in items.items()]

@@ -1,0 +1,101 @@
+"""train.py / evaluate.py / predict.py end to end on a tiny fixture database (CPU)."""
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import run_entry, tiny_overrides
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_manifest, tmp_path_factory):
+    work = tmp_path_factory.mktemp("train")
+    proc = run_entry("train.py", *tiny_overrides(tiny_manifest, work))
+    assert proc.returncode == 0, proc.stderr
+    return work, proc
+
+
+def test_train_writes_every_file(trained):
+    work, proc = trained
+    run = work / "run"
+    for name in ("config.yaml", "best.pt", "last.pt", "metrics.json", "predictions.csv"):
+        assert (run / name).is_file(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("srocc", "plcc", "krocc", "rmse", "plcc_logistic", "rmse_logistic", "n", "per_distortion"):
+        assert key in metrics["test"], key
+    assert set(metrics["test"]["per_distortion"]) == {"blur", "wn"}
+    assert "srocc" in metrics["val"]
+    with open(run / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == metrics["test"]["n"] + metrics["pairs"]["val"]
+    assert {r["split"] for r in rows} == {"val", "test"}
+    assert list((work / "tb" / "run").glob("events.out.tfevents.*"))  # TensorBoard curves
+    assert "test (" in proc.stdout and "SROCC" in proc.stdout
+    assert not list(run.glob("*.tmp"))
+
+
+def test_checkpoint_holds_what_resume_needs(trained):
+    from siqa.checkpoint import load_checkpoint
+
+    work, _ = trained
+    last = load_checkpoint(work / "run" / "last.pt")
+    assert {"model", "optimizer", "epoch", "rng", "config", "split", "best"} <= set(last)
+    assert last["epoch"] == 2
+    assert set(last["split"]) == {"train", "val", "test"}
+
+
+def test_evaluate_reproduces_test_metrics(trained, tmp_path):
+    work, _ = trained
+    proc = run_entry("evaluate.py", "--checkpoint", work / "run" / "best.pt", "--out", tmp_path / "ev")
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads((tmp_path / "ev" / "metrics.json").read_text())["test"]
+    want = json.loads((work / "run" / "metrics.json").read_text())["test"]
+    for key in ("srocc", "plcc", "krocc", "rmse", "plcc_logistic", "rmse_logistic", "n"):
+        assert got[key] == pytest.approx(want[key], rel=1e-9, abs=1e-12), key
+    assert (tmp_path / "ev" / "scatter.png").stat().st_size > 1000
+    assert (tmp_path / "ev" / "predictions.csv").is_file()
+
+
+def test_predict_same_score_for_views_and_side_by_side(trained, tiny_manifest, tmp_path):
+    work, _ = trained
+    folder = tiny_manifest.parent
+    left, right = folder / "s0_1_l.png", folder / "s0_1_r.png"
+    sbs = np.concatenate([np.asarray(Image.open(left)), np.asarray(Image.open(right))], axis=1)
+    Image.fromarray(sbs).save(tmp_path / "sbs.png")
+    ckpt = work / "run" / "best.pt"
+    a = run_entry("predict.py", "--checkpoint", ckpt, left, right)
+    b = run_entry("predict.py", "--checkpoint", ckpt, "--sbs", tmp_path / "sbs.png")
+    assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
+    score = lambda out: float(out.strip().splitlines()[-1].split("\t")[-1])
+    assert score(a.stdout) == pytest.approx(score(b.stdout), abs=1e-6)
+    assert "higher = worse" in a.stdout  # says the scale and direction
+    # --manifest with --out: the manifest's rows plus a prediction column
+    c = run_entry("predict.py", "--checkpoint", ckpt, "--manifest", tiny_manifest, "--out", tmp_path / "p.csv")
+    assert c.returncode == 0, c.stderr
+    with open(tmp_path / "p.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 24 and "prediction" in rows[0] and "score" in rows[0]
+    row = next(r for r in rows if r["left"] == "s0_1_l.png")
+    assert float(row["prediction"]) == pytest.approx(score(a.stdout), abs=1e-4)
+
+
+def test_resume_after_epoch_one_equals_uninterrupted_run(trained, tiny_manifest, tmp_path):
+    work, _ = trained
+    first = run_entry("train.py", *tiny_overrides(tiny_manifest, tmp_path, **{"train.epochs": 1}))
+    assert first.returncode == 0, first.stderr
+    resumed = run_entry("train.py", "--resume", f"out_dir={tmp_path / 'run'}", "train.epochs=2")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout
+    got = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    want = json.loads((work / "run" / "metrics.json").read_text())
+    assert got["test"] == want["test"] and got["val"] == want["val"]
+
+
+def test_existing_run_is_not_overwritten(trained, tiny_manifest):
+    work, _ = trained
+    proc = run_entry("train.py", *tiny_overrides(tiny_manifest, work))
+    assert proc.returncode == 2
+    assert "already holds a run" in proc.stderr and "--resume" in proc.stderr
+    assert "Traceback" not in proc.stderr

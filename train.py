@@ -1,0 +1,50 @@
+"""Train the multi-task stereo IQA model and test it on held-out scenes.
+
+    python train.py [--config config.yaml] [key.sub=value ...] [--resume] [--debug]
+    torchrun --nproc_per_node=N train.py ...      (several GPUs, or several CPU processes)
+"""
+import argparse
+import functools
+import sys
+from pathlib import Path
+
+from siqa.errors import UserError, run_cli
+
+
+def main(argv):
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--config", help="a YAML file of overrides (default: config.yaml)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in out_dir from its last complete checkpoint")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from siqa import config, distributed, experiment
+
+    cfg = config.load_config(args.config, args.overrides)
+    out_dir = experiment.run_dir_of(cfg)
+    if args.resume:
+        if not (out_dir / "config.yaml").is_file():
+            raise UserError(f"nothing to resume in {out_dir} (no config.yaml); check out_dir")
+        saved = config.load_config(out_dir / "config.yaml")
+        cfg = config.load_config(args.config, args.overrides, base=saved)
+    elif any((out_dir / name).exists() for name in ("config.yaml", "last.pt", "metrics.json")):
+        raise UserError(f"{out_dir} already holds a run: add --resume to continue it, "
+                        f"or choose another out_dir=...")
+    if cfg["train"]["threads"]:
+        torch.set_num_threads(cfg["train"]["threads"])
+    dist = distributed.setup(cfg["device"])
+    try:
+        experiment.train(cfg, resume=args.resume, dist=dist, progress=sys.stderr.isatty(),
+                         log=functools.partial(print, flush=True) if dist.is_main else (lambda *a: None))
+    finally:
+        distributed.teardown()
+    if dist.is_main:
+        print(f"run written to {out_dir}; TensorBoard: tensorboard --logdir {cfg['tensorboard']['dir']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
