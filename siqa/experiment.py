@@ -112,11 +112,16 @@ def train(cfg, resume=False, dist=Dist(), progress=True, log=print):
     from tqdm.auto import tqdm
 
     out_dir = run_dir_of(cfg)
+    # Rank 0 builds the demo database and fills the NSS cache; the other ranks then read them.
+    if not dist.is_main:
+        dist.barrier()
     pairs = load_pairs(cfg)
     splits = content_splits(pairs, ratios=tuple(cfg["dataset"]["split"]),
                             seed=cfg["train"]["seed"], repeats=cfg["train"]["repeats"])
     nss = nss_from_config(pairs, cfg["nss"], progress=progress and dist.is_main,
                           device=dist.device.type)
+    if dist.is_main:
+        dist.barrier()
     info = database_info(cfg, pairs)
     dtype = getattr(torch, cfg["train"]["patch_dtype"])
     if dist.is_main:
