@@ -146,3 +146,15 @@ def test_cuda_equals_cpu():
     cpu = nss_features(left, right)
     gpu = nss_features(left, right, device="cuda")
     assert _close(gpu, cpu) <= 1e-8
+
+
+def test_repeated_calls_reuse_the_workspace_safely():
+    """The CPU workspace is reused between calls: sizes changing between calls, and results
+    kept from an earlier call, must not be affected."""
+    big = _pair("stairs", "jpeg", 200, 150)
+    small = _pair("cycles", "noise", 96, 64)
+    first = nss_features(*big)
+    kept = first.copy()
+    other = nss_features(*small)
+    assert np.array_equal(nss_features(*big), kept) and np.array_equal(first, kept)
+    assert np.array_equal(nss_features(*small), other)

@@ -20,26 +20,73 @@ def read_pairs_csv(path):
     path = Path(path)
     if not path.is_file():
         raise UserError(f"pairs CSV not found: {path}")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        fields = set(reader.fieldnames or ())
-        if {"left", "right"} <= fields:
-            columns = ("left", "right")
-        elif "sbs" in fields:
-            columns = ("sbs",)
-        else:
-            raise UserError(f"{path}: needs columns 'left,right' or 'sbs' "
-                            f"(found: {', '.join(sorted(fields)) or 'none'})")
-        pairs = []
-        for line, row in enumerate(reader, start=2):
-            values = [(row.get(c) or "").strip() for c in columns]
-            if not all(values):
-                raise UserError(f"{path} line {line}: empty {' or '.join(columns)} value")
-            paths = [str(path.parent / v) for v in values]
-            pairs.append((paths[0], paths[1] if len(paths) == 2 else None))
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            fields = {(c or "").strip() for c in reader.fieldnames or ()}
+            reader.fieldnames = [(c or "").strip() for c in reader.fieldnames or ()]
+            if {"left", "right"} <= fields:
+                columns = ("left", "right")
+            elif "sbs" in fields:
+                columns = ("sbs",)
+            else:
+                raise UserError(f"{path}: needs columns 'left,right' or 'sbs' "
+                                f"(found: {', '.join(sorted(fields)) or 'none'})")
+            pairs = []
+            for line, row in enumerate(reader, start=2):
+                values = [(row.get(c) or "").strip() for c in columns]
+                if not all(values):
+                    raise UserError(f"{path} line {line}: empty {' or '.join(columns)} value")
+                paths = [str(path.parent / v) for v in values]
+                pairs.append((paths[0], paths[1] if len(paths) == 2 else None))
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not a UTF-8 text file (byte {err.start}: {err.reason}); "
+                        "save it as UTF-8 CSV") from None
+    except csv.Error as err:
+        raise UserError(f"{path}: not a valid CSV file ({err})") from None
     if not pairs:
         raise UserError(f"{path}: no pairs listed")
     return pairs
+
+
+def check_files(pairs, source, min_side):
+    """UserError listing every file that cannot give NSS targets (missing, empty, not an
+    image, truncated, views of different sizes, a side under `min_side`), so that nothing
+    is computed or cached for a list with a bad file in it."""
+    from siqa.data.validate import _examples, check_image
+
+    found, unreadable, mismatched, small = {}, [], [], []
+    for left, right in pairs:
+        sizes = []
+        for f in (left,) if right is None else (left, right):
+            if f not in found:
+                found[f] = check_image(f)
+                if isinstance(found[f], str):
+                    unreadable.append(f"{f} ({found[f]})")
+            sizes.append(found[f])
+        if any(isinstance(x, str) for x in sizes):
+            continue
+        if right is None:
+            view = (sizes[0][0] // 2, sizes[0][1])
+        elif sizes[0] != sizes[1]:
+            mismatched.append(f"{left} is {sizes[0][0]}x{sizes[0][1]} but {right} is "
+                              f"{sizes[1][0]}x{sizes[1][1]}")
+            continue
+        else:
+            view = sizes[0]
+        if min(view) < min_side:
+            small.append(f"{left} (view {view[0]}x{view[1]})")
+    problems = []
+    if unreadable:
+        problems.append(f"{len(unreadable)} unusable file(s): {_examples(unreadable)}")
+    if mismatched:
+        problems.append(f"{len(mismatched)} pair(s) with left/right views of different sizes: "
+                        f"{_examples(mismatched)}")
+    if small:
+        problems.append(f"{len(small)} view(s) with a side under {min_side} pixels (too small "
+                        f"for the wavelet levels): {_examples(small)}")
+    if problems:
+        raise UserError(f"{source}: " + "; ".join(problems) + "; correct or remove these entries")
 
 
 def build_parser():
@@ -81,6 +128,9 @@ def main(argv=None):
 
         if not torch.cuda.is_available():
             raise UserError("--device cuda asked for, but no CUDA device is available")
+    from siqa.nss.features import MIN_SIDE
+
+    check_files(pairs, f"pairs CSV {args.csv}", MIN_SIDE)
     targets = nss_targets(pairs, args.marginal, args.preprocess, args.cache_dir, args.workers,
                           args.device, progress=not args.no_progress)
     if args.output:
