@@ -19,12 +19,10 @@ def main(argv):
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
     args = parser.parse_args(argv)
 
-    import torch
-
-    from siqa import config, distributed, experiment
+    from siqa import config  # config mistakes are reported before torch is imported
 
     cfg = config.load_config(args.config, args.overrides)
-    out_dir = experiment.run_dir_of(cfg)
+    out_dir = config.run_dir_of(cfg)
     if args.resume:
         if not (out_dir / "config.yaml").is_file():
             raise UserError(f"nothing to resume in {out_dir} (no config.yaml); check out_dir")
@@ -33,6 +31,10 @@ def main(argv):
     elif any((out_dir / name).exists() for name in ("config.yaml", "last.pt", "metrics.json")):
         raise UserError(f"{out_dir} already holds a run: add --resume to continue it, "
                         f"or choose another out_dir=...")
+    import torch
+
+    from siqa import distributed, experiment
+
     if cfg["train"]["threads"]:
         torch.set_num_threads(cfg["train"]["threads"])
     dist = distributed.setup(cfg["device"])

@@ -23,7 +23,8 @@ def save_checkpoint(path, state: dict):
     atomic_write(path, MAGIC + digest + b"\n" + payload)
 
 
-def load_checkpoint(path, map_location="cpu") -> dict:
+def load_checkpoint(path, map_location="cpu", required=()) -> dict:
+    """The verified contents of `path`; `required` keys must be present."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
@@ -34,7 +35,12 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     digest, payload = data[len(MAGIC) : header_len - 1], data[header_len:]
     if hashlib.sha256(payload).hexdigest().encode() != digest:
         raise UserError(f"checkpoint {path} is corrupt or truncated (checksum mismatch)")
-    return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+    state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+    missing = [key for key in required if key not in state]
+    if missing:
+        raise UserError(f"checkpoint {path} has no {', '.join(missing)}: "
+                        "use a best.pt or last.pt written by train.py")
+    return state
 
 
 def rng_state() -> dict:

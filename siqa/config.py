@@ -129,7 +129,7 @@ def validate(cfg, schema):
     flat = flatten(cfg)
     unknown = sorted(set(flat) - set(flat_schema))
     if unknown:
-        raise UserError(f"unknown config key {unknown[0]}; valid keys: {', '.join(flat_schema)}")
+        raise _unknown_key(unknown[0], flat_schema)
     out = copy.deepcopy(schema)
     for key, value in flat.items():
         _set(out, key, _check(key, value, flat_schema[key]))
@@ -151,8 +151,21 @@ def load_config(path=None, overrides=(), base=None):
 def _set_checked(cfg, schema, key, value):
     flat_schema = flatten(schema)
     if key not in flat_schema:
-        raise UserError(f"unknown config key {key}; valid keys: {', '.join(flat_schema)}")
+        raise _unknown_key(key, flat_schema)
     _set(cfg, key, _check(key, value, flat_schema[key]))
+
+
+def _unknown_key(key, flat_schema):
+    import difflib
+
+    close = difflib.get_close_matches(str(key), list(flat_schema), n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return UserError(f"unknown config key {key}{hint}; valid keys: {', '.join(flat_schema)}")
+
+
+def run_dir_of(cfg) -> Path:
+    """Where a run writes: `out_dir`, or runs/<dataset.name> when it is null."""
+    return Path(cfg["out_dir"] or Path("runs") / cfg["dataset"]["name"])
 
 
 def dump(cfg) -> str:

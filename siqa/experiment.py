@@ -28,10 +28,6 @@ PAPER_EPOCHS = 500
 DEMO_EPOCHS = 14  # sized so that `python train.py` ends within 10 minutes on a 2-core CPU
 
 
-def run_dir_of(cfg) -> Path:
-    return Path(cfg["out_dir"] or Path("runs") / cfg["dataset"]["name"])
-
-
 def epochs_of(cfg) -> int:
     epochs = cfg["train"]["epochs"]
     if epochs == "auto":
@@ -111,7 +107,7 @@ def train(cfg, resume=False, dist=Dist(), progress=True, log=print):
     """Train (and test) on every configured split; returns the test report(s)."""
     from tqdm.auto import tqdm
 
-    out_dir = run_dir_of(cfg)
+    out_dir = config_mod.run_dir_of(cfg)
     # Rank 0 builds the demo database and fills the NSS cache; the other ranks then read them.
     if not dist.is_main:
         dist.barrier()
@@ -124,8 +120,6 @@ def train(cfg, resume=False, dist=Dist(), progress=True, log=print):
         dist.barrier()
     info = database_info(cfg, pairs)
     dtype = getattr(torch, cfg["train"]["patch_dtype"])
-    if dist.is_main:
-        atomic_write_text(out_dir / "config.yaml", config_mod.dump(cfg))
     reports = []
     for r, split in enumerate(splits):
         run_dir = out_dir if len(splits) == 1 else out_dir / f"split_{r}"
@@ -151,6 +145,8 @@ def train_split(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resum
     show = progress and dist.is_main
     data = {name: split_data(pairs[name], targets[name], dtype, progress=show).to(device)
             for name in pairs}
+    if dist.is_main:  # every input has been read: from here on the run folder exists
+        atomic_write_text(config_mod.run_dir_of(cfg) / "config.yaml", config_mod.dump(cfg))
     amp_dtype = amp_dtype_of(cfg, device)
     epochs = epochs_of(cfg)
 
@@ -263,7 +259,7 @@ def _hparams(writer, cfg, report):
 
 def evaluate(checkpoint, overrides=(), split="test", out=None, progress=True, log=print):
     """Score a database with a checkpoint; write metrics.json, predictions.csv, scatter.png."""
-    state = load_checkpoint(checkpoint)
+    state = load_checkpoint(checkpoint, required=("model", "config", "split", "database"))
     cfg = config_mod.load_config(overrides=overrides, base=state["config"])
     from siqa.engine import select_device
 
@@ -280,7 +276,7 @@ def evaluate(checkpoint, overrides=(), split="test", out=None, progress=True, lo
     elif split == "test":
         log("note: another database than the checkpoint's: evaluating all of its pairs")
         split = "all"
-    model = load_model(state, device)
+    model = load_model(state, device, source=checkpoint)
     data = split_data(pairs, np.zeros((len(pairs), model.nss_dim)),
                       getattr(torch, cfg["train"]["patch_dtype"]), progress=progress).to(device)
     pred = predict_pairs(model, data, amp_dtype=amp_dtype_of(cfg, device))
@@ -298,11 +294,13 @@ def evaluate(checkpoint, overrides=(), split="test", out=None, progress=True, lo
     return report, out
 
 
-def load_model(state, device):
+def load_model(state, device, source="the checkpoint"):
     model = MultiTaskSIQA()
     try:
         model.load_state_dict(state["model"])
-    except (RuntimeError, KeyError) as err:
-        first = str(err).strip().splitlines()[0]
-        raise UserError(f"the checkpoint does not fit this model ({first})") from None
+    except (RuntimeError, KeyError, TypeError) as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        detail = (lines[1] if len(lines) > 1 else lines[0] if lines else repr(err))[:200]
+        raise UserError(f"checkpoint {source} does not fit this model ({detail}); it was written "
+                        "by another model version: retrain, or use a matching checkpoint") from None
     return model.to(device).eval()

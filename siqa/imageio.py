@@ -16,9 +16,14 @@ from siqa.errors import UserError
 
 def read_bytes(path) -> bytes:
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"image not found: {path}")
-    data = path.read_bytes()
+    try:
+        if path.is_dir():
+            raise UserError(f"expected an image file, got a folder: {path}")
+        if not path.is_file():
+            raise UserError(f"image not found: {path}")
+        data = path.read_bytes()
+    except OSError as err:  # e.g. a name too long, no permission
+        raise UserError(f"cannot read image {path}: {err.strerror or err}") from None
     if not data:
         raise UserError(f"image file is empty (0 bytes): {path}")
     return data
@@ -29,9 +34,26 @@ def _decoded_pil(path, data: bytes) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except UnidentifiedImageError:  # its message names the BytesIO, not the file
+        raise UserError(f"cannot read image {path}: not an image file "
+                        "(or a format PIL cannot read)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
         raise UserError(f"cannot read image {path}: not an image or truncated ({err})") from None
     return image
+
+
+def header_size(path):
+    """(width, height) from the image header (no decoding), or a UserError naming the file."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except UnidentifiedImageError:
+        read_bytes(path)  # "image not found" / "image file is empty" where that is the cause
+        raise UserError(f"cannot read image {path}: not an image file "
+                        "(or a format PIL cannot read)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        read_bytes(path)
+        raise UserError(f"cannot read image {path}: {err}") from None
 
 
 def grey_pil(path) -> np.ndarray:

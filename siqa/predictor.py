@@ -17,9 +17,9 @@ __all__ = ["load", "score_pairs", "read_manifest", "write_predictions", "describ
 
 
 def load(checkpoint, device_name="auto"):
-    state = load_checkpoint(checkpoint)
+    state = load_checkpoint(checkpoint, required=("model", "database"))
     device = select_device(device_name)
-    return load_model(state, device), state["database"], device
+    return load_model(state, device, source=checkpoint), state["database"], device
 
 
 def score_pairs(model, pairs, device, chunk=32):

@@ -59,6 +59,7 @@ CSV manifest (`csv`, manifest = the CSV file)
 from __future__ import annotations
 
 import csv
+import math
 import re
 from pathlib import Path, PurePosixPath
 
@@ -78,11 +79,20 @@ DATABASES = (
 
 
 # --------------------------------------------------------------------------- helpers
+def _exists(path: Path, kind="exists") -> bool:
+    """Path.exists / is_file / is_dir that says False (instead of raising) for a name the
+    file system refuses (too long, not encodable)."""
+    try:
+        return getattr(path, kind)()
+    except (OSError, ValueError):
+        return False
+
+
 def _require_dir(root, name):
     if root is None:
         raise UserError(f"dataset.root is required for database '{name}'")
     root = Path(root)
-    if not root.is_dir():
+    if not _exists(root, "is_dir"):
         raise UserError(f"database folder not found: {root} (dataset.root for '{name}')")
     return root
 
@@ -90,7 +100,7 @@ def _require_dir(root, name):
 def _load_mat(path: Path):
     import scipy.io
 
-    if not path.is_file():
+    if not _exists(path, "is_file"):
         raise UserError(f"score file not found: {path}")
     try:
         return scipy.io.loadmat(str(path))
@@ -106,8 +116,12 @@ def _load_mat(path: Path):
 def _mat_var(mat, var, path):
     if var not in mat:
         found = sorted(k for k in mat if not k.startswith("__"))
-        raise UserError(f"variable '{var}' missing in {path} (variables found: {', '.join(found)})")
-    return mat[var]
+        raise UserError(f"variable '{var}' missing in {path} (variables found: "
+                        f"{', '.join(found) or 'none'}); use the file of the official release")
+    arr = mat[var]
+    if not isinstance(arr, np.ndarray):  # e.g. a sparse matrix
+        raise UserError(f"variable '{var}' in {path} is a {type(arr).__name__}, not an array")
+    return arr
 
 
 def _to_str(x):
@@ -134,9 +148,21 @@ def _mat_strings(mat, var, path):
 def _mat_numbers(mat, var, path):
     arr = _mat_var(mat, var, path)
     try:
-        return np.asarray(arr, dtype=np.float64).ravel(order="F")
+        if arr.dtype.kind in "biuf":
+            values = arr.astype(np.float64).ravel(order="F")
+        elif arr.dtype.kind == "O":  # a cell of single numbers
+            values = np.array([np.asarray(x, dtype=np.float64).item() for x in arr.ravel(order="F")],
+                              dtype=np.float64)
+        else:
+            raise TypeError(arr.dtype)
     except (TypeError, ValueError):
-        raise UserError(f"variable '{var}' in {path} is not numeric") from None
+        raise UserError(f"variable '{var}' in {path} is not numeric (one number per image "
+                        f"expected, got {arr.dtype.name} of shape {arr.shape})") from None
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        raise UserError(f"variable '{var}' in {path}: {bad.size} value(s) not finite "
+                        f"(first: entry {bad[0] + 1} = {float(values[bad[0]])!r})")
+    return values
 
 
 def _check_lengths(path, **lists):
@@ -144,6 +170,8 @@ def _check_lengths(path, **lists):
     if len(set(lengths.values())) != 1:
         desc = ", ".join(f"{k}: {n}" for k, n in lengths.items())
         raise UserError(f"variables in {path} differ in length ({desc})")
+    if not next(iter(lengths.values())):
+        raise UserError(f"{path} lists no images ({', '.join(lengths)} are empty)")
 
 
 def _posix(name: str) -> PurePosixPath:
@@ -183,9 +211,9 @@ def load_live3d_phase1(root) -> list[StereoPair]:
                 f"(expected one of {', '.join(sorted(set(_LIVE1_FOLDERS)))})"
             )
         folder_path = root.joinpath(*rel.parts[:-1])
-        if not folder_path.is_dir():  # the authors' lists rename blur/ff, the release does not
+        if not _exists(folder_path, "is_dir"):  # the authors' lists rename blur/ff, the release does not
             for alias, k in _LIVE1_FOLDERS.items():
-                if k == kind and (root / alias).is_dir():
+                if k == kind and _exists(root / alias, "is_dir"):
                     folder_path = root.joinpath(alias, *rel.parts[1:-1])
                     break
         stem, ext = rel.stem, rel.suffix or ".bmp"
@@ -216,7 +244,10 @@ def live2_codes(filename: str):
     m = _LIVE2_NAME.search(_posix(filename).stem)
     if m is None:
         raise UserError(f"LIVE Phase II stimulus name '{filename}' does not end in _<type>_<profile>")
-    kind, profile = int(m.group(1)), int(m.group(2))
+    try:
+        kind, profile = int(m.group(1)), int(m.group(2))
+    except ValueError:  # more digits than int() takes
+        raise UserError(f"LIVE Phase II stimulus name '{filename}': type/profile codes too long") from None
     if profile == 0:
         return "pristine", True
     if kind not in LIVE2_TYPES:
@@ -231,7 +262,7 @@ def live2_codes(filename: str):
 def _resolve_in(root: Path, folder: str, name: str) -> Path:
     rel = _posix(name)
     direct = root.joinpath(*rel.parts)
-    if len(rel.parts) > 1 and direct.exists():
+    if len(rel.parts) > 1 and _exists(direct):
         return direct
     return root / folder / rel.name
 
@@ -453,14 +484,22 @@ def load_csv(manifest) -> list[StereoPair]:
     if manifest is None:
         raise UserError("dataset.manifest (a CSV file) is required for database 'csv'")
     path = Path(manifest)
-    if not path.is_file():
-        raise UserError(f"manifest not found: {path}")
+    if not _exists(path, "is_file"):
+        raise UserError(f"manifest not found: {path} (dataset.manifest)")
     base = path.parent
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        fields = [c.strip().lower() for c in (reader.fieldnames or [])]
-        reader.fieldnames = fields
-        rows = list(reader)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            fields = [(c or "").strip().lower() for c in (reader.fieldnames or [])]
+            reader.fieldnames = fields
+            rows = list(reader)
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not a UTF-8 text file (byte {err.start}: {err.reason}); "
+                        "save the manifest as UTF-8 CSV") from None
+    except csv.Error as err:
+        raise UserError(f"{path}: not a valid CSV file ({err})") from None
+    except OSError as err:
+        raise UserError(f"cannot read manifest {path}: {err.strerror or err}") from None
     if "score" not in fields or not ({"left", "right"} <= set(fields) or "sbs" in fields):
         raise UserError(
             f"{path}: needs columns left,right,score or sbs,score "
@@ -477,12 +516,17 @@ def load_csv(manifest) -> list[StereoPair]:
             if not left_rel and not right_rel and row.get("sbs"):
                 left_rel = row["sbs"]
         if not left_rel:
-            raise UserError(f"{path} row {line}: no image path")
+            raise UserError(f"{path} row {line}: no image path (fill its left and right, or sbs, column)")
         raw = row.get("score", "")
+        if not raw:
+            raise UserError(f"{path} row {line}: no score (the score column is empty); "
+                            "give every row a number")
         try:
             score = float(raw)
         except ValueError:
             raise UserError(f"{path} row {line}: score '{raw}' is not a number") from None
+        if not math.isfinite(score):
+            raise UserError(f"{path} row {line}: score '{raw}' is not a finite number")
         hib = _parse_bool(row.get("higher_is_better", ""), "higher_is_better", path, line)
         hib_values.add(bool(hib))
         name = row.get("name") or (left_rel if not right_rel else f"{left_rel}|{right_rel}")
@@ -530,7 +574,12 @@ def load_database(name, root=None, manifest=None, validate=True) -> list[StereoP
     if validate:
         from siqa.data.validate import validate_pairs
 
-        validate_pairs(pairs)
+        where = f"dataset.name={name}"
+        if manifest is not None:
+            where += f", dataset.manifest={manifest}"
+        if root is not None:
+            where += f", dataset.root={root}"
+        validate_pairs(pairs, source=where)
     return pairs
 
 

@@ -102,16 +102,13 @@ def extract_patch_set(pairs, progress=True, dtype=torch.float32, sizes=None) -> 
     `sizes` (each pair's view (width, height), as `validate_pairs` returns) saves reading
     the headers again.
     """
-    from siqa.data.validate import image_size
+    from siqa.imageio import header_size
 
     pairs = list(pairs)
     if sizes is None:
         sizes = []
         for p in pairs:
-            try:
-                w, h = image_size(p.left)
-            except (OSError, ValueError) as err:
-                raise UserError(f"cannot read image {p.left}: {err}") from None
+            w, h = header_size(p.left)
             sizes.append((w // 2, h) if p.right is None else (w, h))
     counts = []
     for p, (w, h) in zip(pairs, sizes):

@@ -22,11 +22,13 @@ def _check_ratios(ratios):
     try:
         r = [float(x) for x in ratios]
     except (TypeError, ValueError):
-        raise UserError(f"split ratios {ratios!r} must be three numbers (train, val, test)") from None
+        raise UserError(f"dataset.split: split ratios {ratios!r} must be three numbers "
+                        "(train, val, test)") from None
     if len(r) != 3 or any(not math.isfinite(x) or x < 0 for x in r):
-        raise UserError(f"split ratios {ratios!r} must be three non-negative numbers (train, val, test)")
+        raise UserError(f"dataset.split: split ratios {ratios!r} must be three non-negative numbers "
+                        "(train, val, test)")
     if abs(sum(r) - 1.0) > 1e-6:
-        raise UserError(f"split ratios {ratios!r} must sum to 1 (they sum to {sum(r):g})")
+        raise UserError(f"dataset.split: split ratios {ratios!r} must sum to 1 (they sum to {sum(r):g})")
     return r
 
 
@@ -36,8 +38,9 @@ def scene_counts(n_scenes: int, ratios=(0.6, 0.2, 0.2)) -> list[int]:
     positive = [i for i, x in enumerate(r) if x > 0]
     if n_scenes < len(positive):
         raise UserError(
-            f"split ratios {tuple(ratios)} leave a split with no scene: the database has "
-            f"{n_scenes} scene(s), {len(positive)} split(s) need at least one each"
+            f"dataset.split: split ratios {list(ratios)} leave a split with no scene: the "
+            f"database has {n_scenes} scene(s), {len(positive)} split(s) need at least one each "
+            f"(splits are by scene); use a database with at least {len(positive)} scenes"
         )
     raw = [x * n_scenes for x in r]
     counts = [math.floor(v) for v in raw]

@@ -1,9 +1,12 @@
 """Checks on a database before any work starts, reported as one UserError.
 
-`validate_pairs` reads only image headers (PIL `Image.open(...).size`, no decoding), so it
-is cheap; a truncated file passes here and is reported when it is decoded
-(siqa/imageio.py). All problems of one kind are collected and reported together: how many,
-and the first few files or values.
+`validate_pairs` decodes every image once (PIL `Image.load()`), so that a truncated or
+damaged file is reported here, before anything is computed, cached or written, and not
+halfway through the NSS targets or the patches. Decoding costs about 0.6 s for the 384
+files of the demo database (2-core machine); a file is also checked to be of a format
+OpenCV reads (`cv2.haveImageReader`, a header check), because the NSS targets are read
+with OpenCV. All problems of one kind are collected and reported together: how many, and
+the first few files or values.
 """
 from __future__ import annotations
 
@@ -31,8 +34,40 @@ def image_size(path):
         return im.size
 
 
-def validate_pairs(pairs, ratios=None, min_view=MIN_VIEW):
+def check_image(path):
+    """(width, height) of a file that both PIL and OpenCV can read, fully decoded once;
+    otherwise a short string saying what is wrong with it ("missing", "empty", ...)."""
+    fp = Path(path)
+    try:
+        if not fp.is_file():
+            return "missing"
+        if fp.stat().st_size == 0:
+            return "empty"
+    except (OSError, ValueError) as err:  # e.g. a name too long for the file system
+        return f"cannot be opened: {err.strerror if isinstance(err, OSError) else err}"
+    try:
+        with Image.open(fp) as im:
+            size, fmt = im.size, im.format
+            try:
+                im.load()
+            except (OSError, SyntaxError, ValueError, EOFError) as err:
+                return f"truncated or damaged: {err}"
+    except Image.DecompressionBombError as err:
+        return f"too large to decode: {err}"
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):
+        return "not an image"
+    import cv2
+
+    if not cv2.haveImageReader(str(fp)):
+        return f"{fmt} format, which OpenCV cannot read; convert it to PNG or BMP"
+    return size
+
+
+def validate_pairs(pairs, ratios=None, min_view=MIN_VIEW, source=None):
     """Check every record of `pairs`; return each pair's view size (width, height).
+
+    `source` (e.g. "dataset.name=csv, dataset.manifest=m.csv") says in the message where
+    the records came from.
 
     Problems found (all reported together in one UserError): no pairs; missing files;
     files that are empty or not images; views of a pair that differ in size; views smaller
@@ -40,8 +75,9 @@ def validate_pairs(pairs, ratios=None, min_view=MIN_VIEW):
     and, when `ratios` is given, a split ratio that leaves a split with no scene.
     """
     pairs = list(pairs)
+    where = f" ({source})" if source else ""
     if not pairs:
-        raise UserError("the database has no pairs")
+        raise UserError(f"the database{where} has no pairs")
     problems = []
 
     bad_scores = [f"{p.name}={p.score!r}" for p in pairs if not _finite(p.score)]
@@ -60,26 +96,18 @@ def validate_pairs(pairs, ratios=None, min_view=MIN_VIEW):
         problems.append(f"{len(dup_files)} duplicate entr(y/ies) for the same file(s): {_examples(dup_files)}")
 
     missing, unreadable, mismatched, small = [], [], [], []
-    header = {}  # path -> size, each file read once
+    header = {}  # path -> size or problem, each file read once
     sizes = []
     for p in pairs:
         got = []
         for f in p.files:
             key = str(f)
             if key not in header:
-                fp = Path(f)
-                if not fp.is_file():
-                    header[key] = "missing"
+                header[key] = check_image(f)
+                if header[key] == "missing":
                     missing.append(key)
-                elif fp.stat().st_size == 0:
-                    header[key] = "unreadable"
-                    unreadable.append(f"{key} (empty)")
-                else:
-                    try:
-                        header[key] = image_size(fp)
-                    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-                        header[key] = "unreadable"
-                        unreadable.append(f"{key} (not an image)")
+                elif isinstance(header[key], str):
+                    unreadable.append(f"{key} ({header[key]})")
             got.append(header[key])
         if any(isinstance(g, str) for g in got):
             sizes.append(None)
@@ -112,7 +140,8 @@ def validate_pairs(pairs, ratios=None, min_view=MIN_VIEW):
 
         scene_counts(len({p.content for p in pairs}), ratios)  # raises its own UserError
     if problems:
-        raise UserError("invalid database: " + "; ".join(problems))
+        raise UserError(f"invalid database{where}: " + "; ".join(problems)
+                        + "; correct or remove these entries")
     return sizes
 
 
