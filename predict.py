@@ -33,8 +33,8 @@ def main(argv):
         rows, fields, pairs = predictor.read_manifest(args.manifest)
     else:
         pairs = [tuple(args.views)] if args.views else [(args.sbs, None)]
-    model, info, device = predictor.load(args.checkpoint, args.device)
-    scores = predictor.score_pairs(model, pairs, device)
+    model, info, normalisation, device = predictor.load(args.checkpoint, args.device)
+    scores = predictor.score_pairs(model, pairs, device, normalisation)
     print(f"# {predictor.describe_scale(info)}")
     for (left, right), score in zip(pairs, scores):
         print(f"{left}{'' if right is None else ' ' + str(right)}\t{score:.4f}")

@@ -24,15 +24,11 @@ from siqa.metrics import evaluate_scores
 from siqa.model import MultiTaskSIQA
 from siqa.reports import predictions_csv, score_report, summarize, write_json
 
-PAPER_EPOCHS = 500
-DEMO_EPOCHS = 14  # sized so that `python train.py` ends within 10 minutes on a 2-core CPU
-
-
-def epochs_of(cfg) -> int:
-    epochs = cfg["train"]["epochs"]
-    if epochs == "auto":
-        return DEMO_EPOCHS if cfg["dataset"]["name"] == "demo" else PAPER_EPOCHS
-    return epochs
+def make_optimizer(model, t):
+    if t["optimizer"] == "adam":
+        return torch.optim.Adam(model.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
+    return torch.optim.SGD(model.parameters(), lr=t["lr"], momentum=t["momentum"],
+                           weight_decay=t["weight_decay"])
 
 
 def database_info(cfg, pairs) -> dict:
@@ -56,8 +52,11 @@ def load_pairs(cfg):
     return load_database(ds["name"], root=ds["root"], manifest=ds["manifest"])
 
 
-def split_data(pairs, nss, dtype, progress=True) -> SplitData:
-    patches = extract_patch_set(pairs, progress=progress, dtype=dtype)
+PATCH_C = {"reference": 1.0, "contrast": 1.0 / 255}  # C of (p - mean) / (std + C) on [0, 1]
+
+
+def split_data(pairs, nss, dtype, normalisation, progress=True) -> SplitData:
+    patches = extract_patch_set(pairs, progress=progress, dtype=dtype, c=PATCH_C[normalisation])
     return SplitData(
         left=patches.left,
         right=patches.right,
@@ -107,6 +106,7 @@ def train(cfg, resume=False, dist=Dist(), progress=True, log=print):
     """Train (and test) on every configured split; returns the test report(s)."""
     from tqdm.auto import tqdm
 
+    cfg = config_mod.resolve_auto(cfg)
     out_dir = config_mod.run_dir_of(cfg)
     # Rank 0 builds the demo database and fills the NSS cache; the other ranks then read them.
     if not dist.is_main:
@@ -123,7 +123,7 @@ def train(cfg, resume=False, dist=Dist(), progress=True, log=print):
     reports = []
     for r, split in enumerate(splits):
         run_dir = out_dir if len(splits) == 1 else out_dir / f"split_{r}"
-        if resume and _finished(run_dir, epochs_of(cfg)):
+        if resume and _finished(run_dir, cfg["train"]["epochs"]):
             reports.append(json.loads((run_dir / "metrics.json").read_text())["test"])
             continue
         run_name = out_dir.name if len(splits) == 1 else f"{out_dir.name}/split_{r}"
@@ -143,17 +143,17 @@ def train_split(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resum
     t = cfg["train"]
     device = dist.device
     show = progress and dist.is_main
-    data = {name: split_data(pairs[name], targets[name], dtype, progress=show).to(device)
+    data = {name: split_data(pairs[name], targets[name], dtype, cfg["patches"]["normalisation"],
+                             progress=show).to(device)
             for name in pairs}
     if dist.is_main:  # every input has been read: from here on the run folder exists
         atomic_write_text(config_mod.run_dir_of(cfg) / "config.yaml", config_mod.dump(cfg))
     amp_dtype = amp_dtype_of(cfg, device)
-    epochs = epochs_of(cfg)
+    epochs = cfg["train"]["epochs"]
 
     torch.manual_seed(seed)
     model = MultiTaskSIQA().to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=t["lr"], momentum=t["momentum"],
-                                weight_decay=t["weight_decay"])
+    optimizer = make_optimizer(model, t)
     scheduler = (torch.optim.lr_scheduler.StepLR(optimizer, t["lr_step"], t["lr_gamma"])
                  if t["lr_step"] else None)
     split_names = {name: [p.name for p in pairs[name]] for name in pairs}
@@ -261,6 +261,7 @@ def evaluate(checkpoint, overrides=(), split="test", out=None, progress=True, lo
     """Score a database with a checkpoint; write metrics.json, predictions.csv, scatter.png."""
     state = load_checkpoint(checkpoint, required=("model", "config", "split", "database"))
     cfg = config_mod.load_config(overrides=overrides, base=state["config"])
+    cfg["patches"] = state["config"]["patches"]  # the model only knows its own input normalisation
     from siqa.engine import select_device
 
     device = select_device(cfg["device"])
@@ -278,7 +279,8 @@ def evaluate(checkpoint, overrides=(), split="test", out=None, progress=True, lo
         split = "all"
     model = load_model(state, device, source=checkpoint)
     data = split_data(pairs, np.zeros((len(pairs), model.nss_dim)),
-                      getattr(torch, cfg["train"]["patch_dtype"]), progress=progress).to(device)
+                      getattr(torch, cfg["train"]["patch_dtype"]), cfg["patches"]["normalisation"],
+                      progress=progress).to(device)
     pred = predict_pairs(model, data, amp_dtype=amp_dtype_of(cfg, device))
     report = score_report(pairs, pred)
     out = Path(out) if out else Path(checkpoint).parent / f"eval_{cfg['dataset']['name']}_{split}"

@@ -17,12 +17,13 @@ __all__ = ["load", "score_pairs", "read_manifest", "write_predictions", "describ
 
 
 def load(checkpoint, device_name="auto"):
-    state = load_checkpoint(checkpoint, required=("model", "database"))
+    state = load_checkpoint(checkpoint, required=("model", "database", "config"))
     device = select_device(device_name)
-    return load_model(state, device, source=checkpoint), state["database"], device
+    model = load_model(state, device, source=checkpoint)
+    return model, state["database"], state["config"]["patches"]["normalisation"], device
 
 
-def score_pairs(model, pairs, device, chunk=32):
+def score_pairs(model, pairs, device, normalisation="reference", chunk=32):
     """One score per (left, right_or_None) pair; pairs are processed `chunk` at a time so that
     a long list of large images never holds all its patches at once."""
     scores = []
@@ -30,7 +31,8 @@ def score_pairs(model, pairs, device, chunk=32):
         records = [StereoPair(name=str(left), left=Path(left), right=None if right is None else Path(right),
                               score=float("nan"), higher_is_better=False, content="", distortion="")
                    for left, right in pairs[start : start + chunk]]
-        data = split_data(records, np.zeros((len(records), 108)), torch.float32, progress=False)
+        data = split_data(records, np.zeros((len(records), 108)), torch.float32, normalisation,
+                          progress=False)
         scores.extend(predict_pairs(model, data.to(device)).tolist())
     return scores
 

@@ -1,18 +1,30 @@
 """The config schema: defaults, dotted overrides, and the errors a user sees."""
 import pytest
 
-from siqa.config import flatten, load_config, parse_overrides
+from siqa.config import AUTO, flatten, load_config, parse_overrides, resolve_auto
 from siqa.errors import UserError
 
 
 def test_defaults_are_the_paper_protocol():
-    cfg = load_config()
+    cfg = resolve_auto(load_config(overrides=["dataset.name=live3d_phase1"]))
+    assert cfg["train"]["epochs"] == 500 and cfg["train"]["optimizer"] == "sgd"
     assert cfg["train"]["batch_size"] == 128
     assert cfg["train"]["lr"] == 0.001 and cfg["train"]["momentum"] == 0.9
     assert cfg["train"]["weight_decay"] == 0.0001 and cfg["train"]["nss_weight"] == 25.0
     assert cfg["train"]["lr_step"] == 0  # constant LR, as the original ran
     assert cfg["dataset"]["split"] == [0.6, 0.2, 0.2]
     assert cfg["nss"]["marginal"] == "mle0" and cfg["nss"]["preprocess"] == "reference"
+
+
+def test_auto_is_the_demo_profile_on_the_demo_and_explicit_values_win():
+    demo = resolve_auto(load_config())
+    assert demo["dataset"]["name"] == "demo"
+    for key, value in AUTO["demo"].items():
+        section, name = key.split(".")
+        assert demo[section][name] == value
+    mine = resolve_auto(load_config(overrides=["train.epochs=3", "train.optimizer=sgd"]))
+    assert mine["train"]["epochs"] == 3 and mine["train"]["optimizer"] == "sgd"
+    assert mine["train"]["lr"] == AUTO["demo"]["train.lr"]
 
 
 def test_interface_keys_exist():
@@ -41,6 +53,8 @@ def test_unknown_key_lists_the_valid_ones():
 @pytest.mark.parametrize("item, needle", [
     ("train.epochs=ten", "train.epochs"),
     ("train.epochs=0", "train.epochs"),
+    ("train.lr=-", "train.lr"),
+    ("train.optimizer=rmsprop", "train.optimizer"),
     ("train.lr=fast", "train.lr"),
     ("train.batch_size=1.5", "train.batch_size"),
     ("train.amp=maybe", "train.amp"),

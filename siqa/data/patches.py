@@ -46,8 +46,8 @@ def _symmetric_pad(x: torch.Tensor, k: int) -> torch.Tensor:
     return torch.cat([x[..., :k].flip(-1), x, x[..., -k:].flip(-1)], dim=-1)
 
 
-def normalise_patches(patches: torch.Tensor) -> torch.Tensor:
-    """(N, 32, 32) patches in [0, 1] -> (p - mean) / (std + 1), per patch (see module doc)."""
+def normalise_patches(patches: torch.Tensor, c=C) -> torch.Tensor:
+    """(N, 32, 32) patches in [0, 1] -> (p - mean) / (std + c), per patch (see module doc)."""
     # shifting each patch by its own mean changes neither p - mean nor the variance, and
     # keeps E[x^2] - E[x]^2 away from cancellation in float32
     centred = patches - patches.mean(dim=(-2, -1), keepdim=True)
@@ -55,10 +55,10 @@ def normalise_patches(patches: torch.Tensor) -> torch.Tensor:
     moments = F.avg_pool2d(torch.stack([padded, padded * padded], dim=1), WINDOW, stride=1)
     mean, mean_sq = moments[:, 0], moments[:, 1]
     std = (mean_sq - mean * mean).clamp_min(0).sqrt()
-    return (centred - mean) / (std + C)
+    return (centred - mean) / (std + c)
 
 
-def extract_patches(grey, dtype=torch.float32, source=None) -> torch.Tensor:
+def extract_patches(grey, dtype=torch.float32, source=None, c=C) -> torch.Tensor:
     """(P, 32, 32) normalised patches of one grey uint8 H x W view."""
     grey = np.asarray(grey)
     if grey.ndim != 2:
@@ -73,7 +73,7 @@ def extract_patches(grey, dtype=torch.float32, source=None) -> torch.Tensor:
     work = torch.float64 if dtype == torch.float64 else torch.float32
     x = torch.from_numpy(np.array(grey, dtype=np.uint8)).to(work) / 255.0
     cut = x.unfold(0, PATCH, STRIDE).unfold(1, PATCH, STRIDE)[:ny, :nx]
-    return normalise_patches(cut.reshape(-1, PATCH, PATCH)).to(dtype)
+    return normalise_patches(cut.reshape(-1, PATCH, PATCH), c).to(dtype)
 
 
 def _of(source):
@@ -96,7 +96,7 @@ class PatchSet:
         return torch.bincount(self.pair_index, minlength=n_pairs or 0)
 
 
-def extract_patch_set(pairs, progress=True, dtype=torch.float32, sizes=None) -> PatchSet:
+def extract_patch_set(pairs, progress=True, dtype=torch.float32, sizes=None, c=C) -> PatchSet:
     """Patches of both views of every pair, in one contiguous tensor per view.
 
     `sizes` (each pair's view (width, height), as `validate_pairs` returns) saves reading
@@ -133,8 +133,8 @@ def extract_patch_set(pairs, progress=True, dtype=torch.float32, sizes=None) -> 
     try:
         for p, n in zip(tqdm(pairs, desc="patches", unit="pair", disable=not progress), counts):
             lv, rv = read_views(p.left, p.right, grey=grey_pil)
-            a = extract_patches(lv, dtype, source=p.left)
-            b = extract_patches(rv, dtype, source=p.right or p.left)
+            a = extract_patches(lv, dtype, source=p.left, c=c)
+            b = extract_patches(rv, dtype, source=p.right or p.left, c=c)
             if a.shape[0] != n or b.shape[0] != n:
                 raise UserError(f"image {p.left}: decoded size differs from its header")
             left[start : start + n, 0] = a
