@@ -78,18 +78,18 @@ from PIL import Image
 from siqa.errors import UserError
 
 DEFAULT_ROOT = Path("data/demo")
-VIEW_SIZE = (256, 192)  # (width, height) of each view
+VIEW_SIZE = (128, 96)  # (width, height) of each view: 12 patches a view keep the demo run short
 SEED = 2021
 TYPES = ("jp2k", "jpeg", "wn", "blur", "ff")
 LEVELS = {  # strength of levels 1, 2, 3 (0 = pristine)
-    "jp2k": (20, 60, 160),  # compression ratio
+    "jp2k": (12, 30, 70),  # compression ratio
     "jpeg": (35, 14, 6),  # JPEG quality
     "wn": (6.0, 14.0, 30.0),  # noise std, grey levels
     "blur": (0.8, 1.6, 3.2),  # Gaussian std, pixels
     "ff": (1, 3, 6),  # JPEG2000 tiles hit by transmission errors
 }
 FF_RATE = 10  # compression ratio of the fast-fading codestream
-FF_TILE = (64, 64)  # JPEG2000 tile size (width, height) of the fast-fading codestream
+FF_TILE = (32, 32)  # JPEG2000 tile size (width, height) of the fast-fading codestream (12 tiles a view)
 FF_BYTES_PER_TILE = 3  # corrupted bytes in the packet data of each hit tile
 FF_ATTEMPTS = 20
 SYMMETRIC_LEVELS = (1, 2, 3)
