@@ -58,7 +58,7 @@ def run_project(args, device):
 
     torch.manual_seed(0)
     data = synthetic(PAIRS, device, getattr(torch, args.patch_dtype))
-    model = MultiTaskSIQA().to(device)
+    model = MultiTaskSIQA().to(device).to(memory_format=torch.channels_last)  # train.channels_last
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
     amp = torch.bfloat16 if args.amp else None
     order = epoch_order(data.num_patches, 0, 0).to(device)

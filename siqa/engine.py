@@ -94,8 +94,13 @@ def train_epoch(model, optimizer, data: SplitData, order, batch_size, nss_weight
 
 
 @torch.no_grad()
-def predict_pairs(model, data: SplitData, batch_size=4096, amp_dtype=None) -> np.ndarray:
-    """Image-level scores: the mean of each pair's patch predictions (SPEC section 2)."""
+def predict_pairs(model, data: SplitData, batch_size=None, amp_dtype=None) -> np.ndarray:
+    """Image-level scores: the mean of each pair's patch predictions (SPEC section 2).
+
+    Default batch: 4096 patches on a GPU; 128 on a CPU, where small batches stay in cache
+    (measured: 886 patch pairs/s at 128 vs 455 at 4096 on the 2-core build machine)."""
+    if batch_size is None:
+        batch_size = 128 if data.left.device.type == "cpu" else 4096
     model.eval()
     sums = torch.zeros(data.num_pairs, dtype=torch.float64, device=data.left.device)
     for start in range(0, data.num_patches, batch_size):

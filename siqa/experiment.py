@@ -153,6 +153,8 @@ def train_split(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resum
 
     torch.manual_seed(seed)
     model = MultiTaskSIQA().to(device)
+    if t["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, t)
     scheduler = (torch.optim.lr_scheduler.StepLR(optimizer, t["lr_step"], t["lr_gamma"])
                  if t["lr_step"] else None)

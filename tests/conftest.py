@@ -39,6 +39,18 @@ def make_tiny_database(folder: Path, scenes=8, levels=3, size=(80, 64), seed=0):
     return folder / "manifest.csv"
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module: on a 2-core machine running several test processes,
+    OpenMP threads that wait for each other are many times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_manifest(tmp_path_factory):
     return make_tiny_database(tmp_path_factory.mktemp("tinydb"))

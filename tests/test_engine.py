@@ -55,10 +55,13 @@ def fresh(seed=3):
     return model, opt
 
 
-def test_same_loss_trajectory_as_plain_dataloader_loop():
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_same_loss_trajectory_as_plain_dataloader_loop(channels_last):
     data = synthetic()
     order = epoch_order(data.num_patches, seed=0, epoch=0)
     model_a, opt_a = fresh()
+    if channels_last:  # the speed option of train.channels_last
+        model_a = model_a.to(memory_format=torch.channels_last)
     model_b, opt_b = fresh()
     torch.manual_seed(11)  # the dropout stream
     a = project_losses(model_a, opt_a, data, order, 64, 25.0)

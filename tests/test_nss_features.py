@@ -7,14 +7,7 @@ import nss_reference as ref
 from siqa.nss import nss_features, nss_features_batch, nss_features_torch
 from siqa.nss.features import gamma_mle0
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the 2-core test machine runs several test processes at once,
-    and OpenMP threads that wait for each other there are many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # (scene, distortion, crop W x H); desk has 17% black (saturated) pixels

@@ -7,14 +7,7 @@ import nss_reference as ref
 from siqa.nss import dtcwt_forward, dtcwt_forward_torch
 from siqa.nss.transform import dtcwt_magnitudes_torch
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the 2-core test machine runs several test processes at once,
-    and OpenMP threads that wait for each other there are many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SIZES = [(360, 640), (359, 641), (33, 47), (47, 33), (360, 641), (359, 640)]  # H x W
