@@ -152,9 +152,7 @@ def train_split(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resum
     epochs = cfg["train"]["epochs"]
 
     torch.manual_seed(seed)
-    model = MultiTaskSIQA().to(device)
-    if t["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)
+    model = build_model(cfg, device)
     optimizer = make_optimizer(model, t)
     scheduler = (torch.optim.lr_scheduler.StepLR(optimizer, t["lr_step"], t["lr_gamma"])
                  if t["lr_step"] else None)
@@ -298,8 +296,17 @@ def evaluate(checkpoint, overrides=(), split="test", out=None, progress=True, lo
     return report, out
 
 
+def build_model(cfg, device):
+    """The network in the memory layout the run trained it in (evaluation must use the same
+    layout to reproduce the run's numbers bit for bit)."""
+    model = MultiTaskSIQA().to(device)
+    if cfg["train"].get("channels_last"):
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
 def load_model(state, device, source="the checkpoint"):
-    model = MultiTaskSIQA()
+    model = build_model(state["config"], device)
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError, TypeError) as err:
@@ -307,4 +314,4 @@ def load_model(state, device, source="the checkpoint"):
         detail = (lines[1] if len(lines) > 1 else lines[0] if lines else repr(err))[:200]
         raise UserError(f"checkpoint {source} does not fit this model ({detail}); it was written "
                         "by another model version: retrain, or use a matching checkpoint") from None
-    return model.to(device).eval()
+    return model.eval()
