@@ -6,7 +6,6 @@
 import argparse
 import functools
 import sys
-from pathlib import Path
 
 from siqa.errors import UserError, run_cli
 

@@ -24,6 +24,7 @@ from siqa.metrics import evaluate_scores
 from siqa.model import MultiTaskSIQA
 from siqa.reports import predictions_csv, score_report, summarize, write_json
 
+
 def make_optimizer(model, t):
     if t["optimizer"] == "adam":
         return torch.optim.Adam(model.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])

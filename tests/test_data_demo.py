@@ -1,8 +1,6 @@
 """The embedded demo database: reproducible, labels ordered, binocular pooling."""
 import csv
-from collections import defaultdict
 
-import numpy as np
 import pytest
 
 from siqa.data import demo, load_database
