@@ -31,9 +31,9 @@ POSITIVE = {"train.epochs", "train.batch_size", "train.val_every", "train.repeat
 # reach (a documented decision, see README). An explicit value always wins.
 AUTO = {
     "paper": {"train.epochs": 500, "train.optimizer": "sgd", "train.lr": 0.001,
-              "patches.normalisation": "reference"},
-    "demo": {"train.epochs": 25, "train.optimizer": "adam", "train.lr": 0.001,
-             "patches.normalisation": "contrast"},
+              "train.lr_step": 0, "patches.normalisation": "reference"},
+    "demo": {"train.epochs": 28, "train.optimizer": "adam", "train.lr": 0.001,
+             "train.lr_step": 20, "patches.normalisation": "contrast"},
 }
 
 
