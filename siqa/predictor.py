@@ -31,7 +31,7 @@ def score_pairs(model, pairs, device, normalisation="reference", chunk=32):
         records = [StereoPair(name=str(left), left=Path(left), right=None if right is None else Path(right),
                               score=float("nan"), higher_is_better=False, content="", distortion="")
                    for left, right in pairs[start : start + chunk]]
-        data = split_data(records, np.zeros((len(records), 108)), torch.float32, normalisation,
+        data = split_data(records, np.zeros((len(records), model.nss_dim)), torch.float32, normalisation,
                           progress=False)
         scores.extend(predict_pairs(model, data.to(device)).tolist())
     return scores
