@@ -1,8 +1,8 @@
 """Reading stereo views as grey images, with one-line errors for bad files.
 
 Two grey conversions are used on purpose, each where the original method used it:
-- `grey_cv2`: OpenCV's `imread(path, 0)` (the NSS targets, SPEC section 1);
-- `grey_pil`: PIL's `convert('L')` (the network's patches, SPEC section 2).
+- `grey_cv2`: OpenCV's `imread(path, 0)` (the NSS targets, docs/method.md#the-nss-targets);
+- `grey_pil`: PIL's `convert('L')` (the network's patches, docs/method.md#patches).
 A view is either its own file, or one half of a side-by-side file (left half = left view).
 """
 import io

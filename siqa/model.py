@@ -1,4 +1,4 @@
-"""The multi-task CNN of Bourbia et al. (ICIP 2021), as laid out in SPEC section 3.
+"""The multi-task CNN of Bourbia et al. (ICIP 2021), as laid out in docs/method.md#the-network.
 
 Layout (every conv 3x3 / stride 1 / padding 1 followed by ReLU; every pool 2x2 max):
 
@@ -15,7 +15,8 @@ Every 512-wide branch ends in `FCBranch`: FC -> dropout 0.35 -> FC 512 -> dropou
 with no activation between the two FC layers (nor between the FC layers of the heads),
 as in the original code.
 
-Deviations from the authors' PyTorch 0.4 script, both decided in SPEC section 3:
+Deviations from the authors' PyTorch 0.4 script (docs/decisions.md#dropout-at-test-time and
+docs/decisions.md#one-forward-pass-per-training-step):
 - dropout is an `nn.Dropout` module, so it is active in `train()` mode only; the original
   applied it unconditionally, also when validating and testing. Test-time predictions are
   therefore deterministic here.

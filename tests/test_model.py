@@ -60,7 +60,7 @@ def test_output_shapes(model, batch):
 
 
 def _reference_forward(m, left, right):
-    """The SPEC section 3 table written out with torch.nn.functional and the model's own
+    """The layer table of docs/method.md#the-network written out with torch.nn.functional and the model's own
     parameters (eval mode: no dropout), to check the wiring and every cat() order."""
     def conv(x, layer):
         return F.relu(F.conv2d(x, layer.weight, layer.bias, padding=1))
@@ -158,7 +158,7 @@ def _loss(m, left, right, q_target, nss_target):
 
 
 def test_sgd_steps_reduce_the_loss_on_a_fixed_batch():
-    """The training recipe of SPEC section 4 (SGD lr 1e-3, momentum 0.9, weight decay
+    """The training recipe of docs/method.md#training (SGD lr 1e-3, momentum 0.9, weight decay
     1e-4; L1(quality) + 25 * L1(nss)) lowers the eval-mode loss of a fixed batch."""
     torch.manual_seed(4)
     m = MultiTaskSIQA()

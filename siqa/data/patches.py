@@ -1,4 +1,4 @@
-"""32x32 locally normalised patches of the two views (SPEC section 2).
+"""32x32 locally normalised patches of the two views (docs/method.md#patches).
 
 For one grey view (PIL `convert('L')`, uint8) scaled to [0, 1]:
 - top-left corners `range(0, H - 32, 24)` x `range(0, W - 32, 24)` (exclusive bound, as

@@ -1,6 +1,6 @@
 """Kingsbury's dual-tree complex wavelet transform (2-D, forward only), batched, in PyTorch.
 
-The transform is the one of SPEC section 1 step 3: level 1 uses the `near_sym_b`
+The transform is the one of docs/method.md#the-dual-tree-complex-wavelet-transform: level 1 uses the `near_sym_b`
 biorthogonal filters, levels >= 2 the `qshift_b` quarter-sample-shift filters, six
 orientations per level in the slice order of the `dtcwt` Python package
 (`highpasses[level][:, :, k]`), and the same handling of odd sizes:
