@@ -56,6 +56,11 @@ N_FEATURES = 6 * N_SUBBANDS
 MARGINALS = ("mle0", "scipy_free_loc")
 PREPROCESS = ("reference", "global")
 MAG_FLOOR = 1e-12
+CENSOR_K = 3e-3
+A_MIN = 1e-6
+A_MAX = 1e8
+Y_MAX = 40.0
+STANDARDISE_DTYPES = ("float64", "float32")
 S_FLOOR = 1e-12
 INTERP_NODES = 256
 INTERP_TOL = 1e-9
@@ -69,7 +74,10 @@ SIZE_RULE = (f"both sides must be at least {MIN_SIDE} pixels (2**(levels+2), lev
 PARAMETERS = ("a_R", "scale_R", "Sigma_RR", "Sigma_RL", "Sigma_LR", "Sigma_LL")
 
 
-def _check_settings(marginal, preprocess):
+def _check_settings(marginal, preprocess, standardise_dtype="float64"):
+    if standardise_dtype not in STANDARDISE_DTYPES:
+        raise ValueError(f"unknown standardise_dtype {standardise_dtype!r}: use one of "
+                         f"{', '.join(STANDARDISE_DTYPES)}")
     if marginal not in MARGINALS:
         raise ValueError(f"unknown marginal {marginal!r}: use one of {', '.join(MARGINALS)}")
     if preprocess not in PREPROCESS:
@@ -90,11 +98,14 @@ def check_pair_shapes(left_shape, right_shape):
                          f"{SIZE_RULE}")
 
 
-def preprocess_views(views: torch.Tensor, mode: str = "reference", workspace=None) -> torch.Tensor:
-    """(N, H, W) grey values -> float64 standardised views (see the module's zero-std guard).
+def preprocess_views(views: torch.Tensor, mode: str = "reference", workspace=None,
+                     dtype: str = "float64") -> torch.Tensor:
+    """(N, H, W) grey values -> standardised views in `dtype` (see the module's zero-std guard).
 
-    The division by 225 of SPEC step 2 cancels in the standardisation ((x/225 - m/225) /
-    (s/225) = (x - m) / s), so it is not carried out (the results differ by round-off)."""
+    float64: the division by 225 of SPEC step 2 cancels in the standardisation ((x/225 -
+    m/225) / (s/225) = (x - m) / s), so it is not carried out (the results differ by
+    round-off). float32: SPEC's reference pipeline as written (cast to float32, divide by
+    225, column mean and population std in float32)."""
     if mode == "reference":
         dims = (1,)
     elif mode == "global":
@@ -102,7 +113,11 @@ def preprocess_views(views: torch.Tensor, mode: str = "reference", workspace=Non
     else:
         raise ValueError(f"unknown preprocess {mode!r}")
     const = views.amax(dim=dims, keepdim=True) == views.amin(dim=dims, keepdim=True)
-    x = _scratch(workspace, "views", views.shape, views.new_empty((), dtype=torch.float64)).copy_(views)
+    if dtype == "float32":
+        x = _scratch(workspace, "views32", views.shape, views.new_empty((), dtype=torch.float32))
+        x.copy_(views).div_(225.0)
+    else:
+        x = _scratch(workspace, "views", views.shape, views.new_empty((), dtype=torch.float64)).copy_(views)
     x.sub_(x.mean(dim=dims, keepdim=True))
     count = math.prod(x.shape[d] for d in dims)
     std = torch.linalg.vector_norm(x, dim=dims, keepdim=True).div_(math.sqrt(count))
@@ -123,19 +138,21 @@ def _workspace(device):
     return _THREAD.workspace
 
 
-def subband_squared_magnitudes(views: torch.Tensor, mode: str = "reference", workspace=None):
+def subband_squared_magnitudes(views: torch.Tensor, mode: str = "reference", workspace=None,
+                                dtype: str = "float64"):
     """List of LEVELS tensors (6, N, H_l * W_l): |coefficients|^2 per orientation, the
     orientations in the order `COMPUTED_ORIENTATIONS` (package orientation
-    COMPUTED_ORIENTATIONS[j] at [j]). With a workspace the results live in it (valid until
-    its next use)."""
-    x = preprocess_views(views, mode, workspace)
+    COMPUTED_ORIENTATIONS[j] at [j]), in `dtype` (the precision of the standardisation and
+    of the transform). With a workspace the results live in it (valid until its next use)."""
+    x = preprocess_views(views, mode, workspace, dtype)
     return [sq.flatten(2) for sq in dtcwt_squared_magnitudes_torch(x, LEVELS, workspace)]
 
 
-def subband_magnitudes(views: torch.Tensor, mode: str = "reference"):
+def subband_magnitudes(views: torch.Tensor, mode: str = "reference", dtype: str = "float64"):
     """List of LEVELS tensors (N, 6, H_l * W_l): |coefficients| per orientation (package order)."""
     perm = [COMPUTED_ORIENTATIONS.index(k) for k in range(6)]
-    return [sq[perm].sqrt_().transpose(0, 1).contiguous() for sq in subband_squared_magnitudes(views, mode)]
+    return [sq[perm].sqrt_().transpose(0, 1).contiguous()
+            for sq in subband_squared_magnitudes(views, mode, dtype=dtype)]
 
 
 def gamma_mle0(mean_x: torch.Tensor, mean_log: torch.Tensor, steps: int = 30):
@@ -154,6 +171,121 @@ def gamma_mle0(mean_x: torch.Tensor, mean_log: torch.Tensor, steps: int = 30):
         if done:
             break
     return a, mean_x / a
+
+
+# ---- left-censored Gamma MLE (loc = 0): see the module docstring, "marginal mle0" ----
+# The solver works on a few numbers per subband row (no pixel data), so it runs in numpy on
+# the host: there a small-array operation costs ~1 us, a torch one 5-20 us.
+
+def _series_terms(y_max):
+    """Number of terms after which t_j <= y^j / j! < 1e-17 for every y <= y_max."""
+    terms, bound = 1, y_max
+    while bound > 1e-17 and terms < 2000:
+        terms += 1
+        bound *= y_max / terms
+    return max(terms, 4)
+
+
+def _gamma_series(a, y, derivatives):
+    """S(a, y) = sum_j t_j with t_0 = 1, t_j = t_{j-1} y / (a + j) (so that the regularised
+    lower incomplete gamma is P(a, y) = y^a e^-y S / Gamma(a + 1)), and its partial
+    derivatives, per row (numpy). Returns S, S_y and, if asked, S_a, S_aa, S_ay. As t_j <=
+    y^j / j!, the series is cut where that bound falls below 1e-17 for the largest y."""
+    j = np.arange(1.0, _series_terms(float(y.max())) + 1.0)
+    inv = 1.0 / (a[:, None] + j)
+    t = np.cumprod(y[:, None] * inv, axis=1)
+    jt = t * j
+    s = 1.0 + t.sum(axis=1)
+    s_y = jt.sum(axis=1) / y
+    if not derivatives:
+        return s, s_y
+    h1 = np.cumsum(inv, axis=1)
+    h2 = np.cumsum(inv * inv, axis=1)
+    s_a = -(t * h1).sum(axis=1)
+    s_aa = (t * (h1 * h1 + h2)).sum(axis=1)
+    s_ay = -(jt * h1).sum(axis=1) / y
+    return s, s_y, s_a, s_aa, s_ay
+
+
+def _censored_y(a, r, c, y, iterations=60):
+    """The root y = delta / theta of the scale equation at shape a: y = r (a + c a / S(a, y)),
+    with r = delta / mean of the observed x and c = n_c / n_o. The right side decreases in y,
+    so the root is unique and lies in [r a, r a (1 + c)]; Newton steps from y, kept inside."""
+    lo, hi = r * a, r * a * (1.0 + c)
+    y = np.clip(y, lo, hi)
+    for _ in range(iterations):
+        s, s_y = _gamma_series(a, y, derivatives=False)
+        f = y - r * (a + c * a / s)
+        df = 1.0 + r * c * a * s_y / (s * s)
+        new = np.clip(y - f / df, lo, hi)
+        done = np.all(np.abs(new - y) <= 1e-14 * y)
+        y = new
+        if done:
+            break
+    return y
+
+
+def _censored_score(a, r, c, log_delta, mean_log, y):
+    """Profile score G(a) = d/da [log-likelihood / n_o] at the best scale for this a, and
+    dG/da (implicit differentiation through y(a)). Returns G, dG/da, y."""
+    from scipy.special import digamma, zeta
+
+    y = _censored_y(a, r, c, y)
+    s, s_y, s_a, s_aa, s_ay = _gamma_series(a, y, derivatives=True)
+    log_y = np.log(y)
+    g = c * (log_y - digamma(a + 1.0) + s_a / s) + log_y - log_delta + mean_log - digamma(a)
+    h_a = 1.0 / s - a * s_a / (s * s)
+    h_y = -a * s_y / (s * s)
+    dy = r * (1.0 + c * h_a) / (1.0 - r * c * h_y)
+    d2_aa = -zeta(2.0, a + 1.0) + s_aa / s - (s_a / s) ** 2  # zeta(2, x) = trigamma(x)
+    d2_ay = 1.0 / y + s_ay / s - s_a * s_y / (s * s)
+    dg = c * (d2_aa + d2_ay * dy) + dy / y - zeta(2.0, a)
+    return g, dg, y
+
+
+def gamma_mle0_censored(n_obs, mean_obs, mean_log_obs, n_cens, delta, iterations=100):
+    """Shape and scale of the loc = 0 Gamma MLE with left-censoring at delta (float64 tensors,
+    per row): n_obs magnitudes >= delta with mean `mean_obs` and mean log `mean_log_obs`, and
+    n_cens > 0 magnitudes below delta known only as such.
+
+    Maximises l(a, theta) / n_o = c log P(a, delta / theta) + (a - 1) mean_log - mean / theta
+    - a log theta - lgamma(a) (c = n_c / n_o) by safeguarded Newton steps on log a of the
+    profile score (the scale solved for each a, `_censored_y`), inside [A_MIN, the a at
+    which delta / theta would exceed Y_MAX, at most A_MAX]; a root outside gives the bound."""
+    device = n_obs.device
+    n_obs, mean_obs, mean_log, n_cens, delta = (
+        v.detach().cpu().numpy().astype(np.float64) for v in (n_obs, mean_obs, mean_log_obs, n_cens, delta))
+    c = n_cens / n_obs
+    r = delta / mean_obs
+    log_delta = np.log(delta)
+    u_lo = np.full_like(c, math.log(A_MIN))
+    u_hi = np.log(np.minimum(Y_MAX / (r * (1.0 + c)), A_MAX))
+    u_max = u_hi.copy()
+    g_lo, _, _ = _censored_score(np.exp(u_lo), r, c, log_delta, mean_log, r * np.exp(u_lo))
+    g_hi, _, _ = _censored_score(np.exp(u_hi), r, c, log_delta, mean_log, r * np.exp(u_hi))
+    fixed = (g_lo <= 0) | (g_hi >= 0)  # the root is outside the range: the bound
+    # start: the uncensored MLE with the censored magnitudes set to delta
+    n = n_obs + n_cens
+    a0, _ = gamma_mle0(torch.from_numpy((n_obs * mean_obs + n_cens * delta) / n),
+                       torch.from_numpy((n_obs * mean_log + n_cens * log_delta) / n))
+    u = np.where(fixed, np.where(g_lo <= 0, u_lo, u_max), np.clip(np.log(a0.numpy()), u_lo, u_hi))
+    y = r * np.exp(u)
+    for _ in range(iterations):
+        a = np.exp(u)
+        g, dg, y = _censored_score(a, r, c, log_delta, mean_log, y)
+        u_lo = np.where(g > 0, u, u_lo)
+        u_hi = np.where(g > 0, u_hi, u)
+        with np.errstate(all="ignore"):
+            new = u - g / (a * dg)
+        inside = np.isfinite(new) & (new > u_lo) & (new < u_hi)
+        new = np.where(fixed, u, np.where(inside, new, 0.5 * (u_lo + u_hi)))
+        done = np.all((np.abs(new - u) <= 1e-11) | (u_hi - u_lo <= 1e-11))
+        u = new
+        if done:
+            break
+    a = np.exp(u)
+    y = _censored_y(a, r, c, y)
+    return (torch.from_numpy(a).to(device), torch.from_numpy(delta / y).to(device))
 
 
 def _scores_direct(a, y):
@@ -300,6 +432,64 @@ def _level_scores_mle0(sq, scores, workspace=None):
     return a.view(sq.shape[:2]), scale.view(sq.shape[:2]), sq
 
 
+
+def _censored_statistics(sq, censor_k, level, workspace=None):
+    """Per-row quantities of the censored fit of one level: sq (6, N, P) squared magnitudes
+    (any float dtype). Returns log_x (rows, P) float64, the log of max(x, delta) (in the
+    workspace; sq is overwritten when it is float64), the censored mask (x < delta) and the
+    row statistics dict (n_obs, n_cens, mean_obs, mean_log_obs, delta, lo, hi)."""
+    count = sq.shape[-1]
+    rows = sq.reshape(-1, count)
+    if rows.dtype != torch.float64:
+        rows = _scratch(workspace, f"mags{level}", rows.shape, rows.new_empty((), dtype=torch.float64)).copy_(rows)
+    delta = torch.sqrt(rows.mean(dim=-1)).mul_(censor_k)
+    x = rows.sqrt_().clamp_(min=MAG_FLOOR)
+    mask = _scratch(workspace, f"censored{level}", x.shape, x.new_empty((), dtype=torch.bool))
+    torch.lt(x, delta[:, None], out=mask)
+    n_cens = mask.sum(dim=-1).to(x.dtype)
+    torch.maximum(x, delta[:, None], out=x)
+    hi = x.amax(dim=-1)
+    lo = x.amin(dim=-1)
+    mean_x = x.mean(dim=-1)
+    log_x = x.log_()
+    mean_log = log_x.mean(dim=-1)
+    n_obs = count - n_cens
+    some = n_cens > 0
+    # the observed part (rows without censored values keep the plain means, bit for bit)
+    mean_obs = torch.where(some, (mean_x * count - n_cens * delta) / n_obs, mean_x)
+    mean_log_obs = torch.where(some, (mean_log * count - n_cens * torch.log(delta)) / n_obs, mean_log)
+    stats = {"n_obs": n_obs, "n_cens": n_cens, "mean_obs": mean_obs, "mean_log_obs": mean_log_obs,
+             "delta": delta, "lo": lo, "hi": hi}
+    return log_x, mask, stats
+
+
+def gamma_fit_censored(stats):
+    """a, scale per row from `_censored_statistics`: the plain loc = 0 MLE (`gamma_mle0`) on
+    rows without censored magnitudes, `gamma_mle0_censored` on the others."""
+    a, scale = gamma_mle0(stats["mean_obs"], stats["mean_log_obs"])
+    some = stats["n_cens"] > 0
+    if bool(some.any()):
+        idx = some.nonzero(as_tuple=True)[0]
+        ac, sc = gamma_mle0_censored(*(stats[k][idx] for k in ("n_obs", "mean_obs", "mean_log_obs", "n_cens", "delta")))
+        a, scale = a.clone(), scale.clone()
+        a[idx], scale[idx] = ac, sc
+    return a, scale
+
+
+def _censored_scores(log_x, mask, a, scale, stats, scores, workspace=None):
+    """Normal scores of one level (rows, P), written over log_x: step 7 on the observed
+    magnitudes, the fixed score Phi^-1(clip(P(a, delta / scale) / 2)) on the censored ones."""
+    count = log_x.shape[-1]
+    if scores == "direct" or count < 4 * INTERP_NODES:
+        log_x.copy_(_scores_direct(a[:, None], torch.exp(log_x - torch.log(scale)[:, None])))
+    else:
+        log_scale = torch.log(scale)
+        _normal_scores_tabulated(log_x, a, scale, torch.log(stats["lo"]) - log_scale,
+                                 torch.log(stats["hi"]) - log_scale, workspace=workspace)
+    p_delta = torch.special.gammainc(a, stats["delta"] / scale)
+    z_cens = torch.special.ndtri(torch.clamp(0.5 * p_delta, EPS32, 1.0 - EPS32))
+    return torch.where(mask, z_cens[:, None], log_x, out=log_x)
+
 def _sigma_gram(z, n):
     """Sample covariances (ddof=1) of (z_R, z_L) per orientation and pair, with the singular
     guard: z (6, 2n, P), right views first (overwritten: centred). Returns srr, srl, slr,
@@ -332,15 +522,22 @@ def _fit_scipy_free_loc(x: torch.Tensor):
 
 
 def nss_features_torch(left: torch.Tensor, right: torch.Tensor, marginal: str = "mle0",
-                       preprocess: str = "reference", scores: str = "tabulated") -> torch.Tensor:
+                       preprocess: str = "reference", scores: str = "tabulated",
+                       standardise_dtype: str = "float64", censor_k: float = CENSOR_K) -> torch.Tensor:
     """Batched targets: left, right (N, H, W) grey tensors -> (N, 108) float64 (same device).
 
     scores (mle0 only): "tabulated" (default, see `_normal_scores_tabulated`, equal to
     "direct" to within 1e-9; used for subbands of at least 4 * INTERP_NODES coefficients,
-    smaller ones are evaluated directly) or "direct" (gammainc + ndtri on every magnitude)."""
-    _check_settings(marginal, preprocess)
+    smaller ones are evaluated directly) or "direct" (gammainc + ndtri on every magnitude).
+    standardise_dtype: precision of the standardisation and of the DT-CWT ("float64",
+    default, or "float32" as SPEC's reference pipeline); fits and scores run in float64.
+    censor_k (mle0 only): delta = censor_k x RMS of the subband; 0 gives the uncensored fit
+    on magnitudes floored at MAG_FLOOR (the definition of NSS version 1)."""
+    _check_settings(marginal, preprocess, standardise_dtype)
     if scores not in ("tabulated", "direct"):
         raise ValueError(f"unknown scores {scores!r}: use tabulated or direct")
+    if not 0.0 <= censor_k < 1.0:
+        raise ValueError(f"censor_k must be in [0, 1), got {censor_k!r}")
     if left.dim() != 3 or right.dim() != 3:
         raise ValueError(f"expected batches (N, H, W), got {tuple(left.shape)} and {tuple(right.shape)}")
     check_pair_shapes(tuple(left.shape[1:]), tuple(right.shape[1:]))
@@ -348,13 +545,29 @@ def nss_features_torch(left: torch.Tensor, right: torch.Tensor, marginal: str = 
     views = torch.cat((right, left), dim=0)  # right views first: column 0 = right
     out = torch.empty((n, 6, N_SUBBANDS), dtype=torch.float64, device=views.device)
     ws = _workspace(views.device)
-    for level, sq in enumerate(subband_squared_magnitudes(views, preprocess, ws)):
-        # sq: (6, 2n, P) in the orientation order COMPUTED_ORIENTATIONS; one Gamma fit per
-        # (orientation, view) row
-        if marginal == "mle0":
+    levels = subband_squared_magnitudes(views, preprocess, ws, standardise_dtype)
+    # sq: (6, 2n, P) per level in the orientation order COMPUTED_ORIENTATIONS; one Gamma fit
+    # per (orientation, view) row
+    if marginal == "mle0" and censor_k > 0:
+        prepared = [_censored_statistics(sq, censor_k, level, ws) for level, sq in enumerate(levels)]
+        sizes = [p[0].shape[0] for p in prepared]
+        stats = {k: torch.cat([p[2][k] for p in prepared]) for k in prepared[0][2]}
+        a_all, scale_all = gamma_fit_censored(stats)
+    results = []
+    for level, sq in enumerate(levels):
+        if marginal == "mle0" and censor_k > 0:
+            log_x, mask, _ = prepared[level]
+            part = slice(sum(sizes[:level]), sum(sizes[:level + 1]))
+            row_stats = {k: v[part] for k, v in stats.items()}
+            a, scale = a_all[part], scale_all[part]
+            z = _censored_scores(log_x, mask, a, scale, row_stats, scores, ws).view(6, 2 * n, -1)
+            a, scale = a.view(6, 2 * n), scale.view(6, 2 * n)
+        elif marginal == "mle0":
+            if sq.dtype != torch.float64:
+                sq = _scratch(ws, f"mags{level}", sq.shape, sq.new_empty((), dtype=torch.float64)).copy_(sq)
             a, scale, z = _level_scores_mle0(sq, scores, ws)
         else:
-            x = sq.sqrt_()
+            x = sq.to(torch.float64).sqrt_()
             a, loc, scale = _fit_scipy_free_loc(x.reshape(-1, x.shape[-1]))
             a, loc, scale = (v.reshape(x.shape[:2]) for v in (a, loc, scale))
             z = _normal_scores(x, a, loc, scale)
@@ -373,10 +586,11 @@ def _as_view(image, name):
 
 
 def nss_features_batch(lefts, rights, marginal: str = "mle0", preprocess: str = "reference",
-                       device="cpu") -> np.ndarray:
+                       device="cpu", standardise_dtype: str = "float64",
+                       censor_k: float = CENSOR_K) -> np.ndarray:
     """Targets of several pairs of equal size at once: sequences of grey H x W images ->
-    (N, 108) float64."""
-    _check_settings(marginal, preprocess)
+    (N, 108) float64. standardise_dtype, censor_k: see `nss_features_torch`."""
+    _check_settings(marginal, preprocess, standardise_dtype)
     lefts = [_as_view(v, "left") for v in lefts]
     rights = [_as_view(v, "right") for v in rights]
     if len(lefts) != len(rights):
@@ -396,14 +610,17 @@ def nss_features_batch(lefts, rights, marginal: str = "mle0", preprocess: str = 
         for start in range(0, len(lefts), chunk):
             lt = torch.from_numpy(np.stack(lefts[start:start + chunk])).to(device)
             rt = torch.from_numpy(np.stack(rights[start:start + chunk])).to(device)
-            out.append(nss_features_torch(lt, rt, marginal, preprocess).cpu().numpy())
+            out.append(nss_features_torch(lt, rt, marginal, preprocess, standardise_dtype=standardise_dtype,
+                                          censor_k=censor_k).cpu().numpy())
     return np.concatenate(out)
 
 
 def nss_features(left, right, marginal: str = "mle0", preprocess: str = "reference",
-                 device="cpu") -> np.ndarray:
-    """The 108 targets (float64) of one pair of grey uint8 H x W views of equal size."""
-    _check_settings(marginal, preprocess)
+                 device="cpu", standardise_dtype: str = "float64", censor_k: float = CENSOR_K) -> np.ndarray:
+    """The 108 targets (float64) of one pair of grey uint8 H x W views of equal size.
+    standardise_dtype: "float64" (default) or "float32", the precision of the standardisation
+    and of the DT-CWT; censor_k: see `nss_features_torch`."""
+    _check_settings(marginal, preprocess, standardise_dtype)
     left, right = _as_view(left, "left"), _as_view(right, "right")
     check_pair_shapes(left.shape, right.shape)
-    return nss_features_batch([left], [right], marginal, preprocess, device)[0]
+    return nss_features_batch([left], [right], marginal, preprocess, device, standardise_dtype, censor_k)[0]
