@@ -6,35 +6,72 @@ orientation 0..5: s = 6*(level-1) + k). Per subband, a Gaussian copula with Gamm
 between the right (column 0) and left (column 1) magnitudes at the same positions.
 
 Numerical decisions (documented here because they change numbers):
-- The uint8 -> float cast is exact; the standardisation runs in float64 (SPEC casts to
-  float32 first; the difference is float32 round-off). The division by 225 cancels in the
-  standardisation and is not carried out (a round-off difference).
+- The uint8 -> float cast is exact; by default (standardise_dtype "float64") the
+  standardisation and the DT-CWT run in float64 (the division by 225 cancels in the
+  standardisation and is not carried out). standardise_dtype "float32" is SPEC's reference
+  pipeline: cast to float32, divide by 225, standardise in float32, and transform in
+  float32 (as the `dtcwt` package does with a float32 input); fits and scores are float64.
+  The two differ by round-off only, and the targets agree to 1e-4 (tests/test_nss_censored.py).
 - Zero-std guard: a constant column (max == min, i.e. population std exactly 0; e.g. the
   black border of a rectified view) becomes all zeros instead of 0/0. In "global" mode the
   same rule applies to a constant image.
-- marginal "mle0" (default): 2-parameter Gamma MLE with loc = 0 on the magnitudes floored at
-  MAG_FLOOR (1e-12, far below the coefficient scale of a standardised image; only exactly
-  flat regions reach it). The shape solves log a - digamma(a) = log mean(x) - mean(log x)
-  (Newton steps on 1/a, float64), scale = mean(x) / a. When the right-hand side is below
-  1e-12 (all magnitudes equal, e.g. a constant image) it is taken as 1e-12, which caps the
-  shape near 5e11 instead of infinity.
+- marginal "mle0" (default; NSS version 2): a LEFT-CENSORED 2-parameter Gamma MLE, loc = 0.
+  Why: flat areas (JPEG blocks, saturated or black regions) give highpass magnitudes that
+  are pure round-off (float64: below 1e-15 x RMS; float32: up to ~1e-6 x RMS). Their logs
+  dominate mean(log x) of the plain MLE, so version 1 (plain MLE on x floored at MAG_FLOOR)
+  moved by 5-15 % between float32 and float64 (level-1 shape of a JPEG q10 pair: 0.096 vs
+  0.139) and trained the auxiliary task on numerical noise. Definition, per subband row
+  (one view, one orientation, n magnitudes):
+    x = max(|c|, MAG_FLOOR);  delta = CENSOR_K * sqrt(mean |c|^2)  (CENSOR_K = 3e-3);
+    censored: x < delta (n_c of them); observed: x >= delta (n_o = n - n_c);
+    (a, scale) maximise  n_c log P(a, delta / scale) + sum_observed log f(x; a, scale),
+    P the regularised lower incomplete gamma, f the Gamma(a, loc 0, scale) density.
+  Normal scores (step 7): observed z = Phi^-1(clip(P(a, x / scale), eps, 1 - eps));
+  censored z = Phi^-1(clip(P(a, delta / scale) / 2, eps, 1 - eps)), one fixed score per
+  row: the normal score of the conditional median of the censored mass. A row with n_c = 0
+  is the plain MLE (`gamma_mle0`: log a - digamma(a) = log mean(x) - mean(log x), Newton
+  steps on 1/a from Minka's start, scale = mean(x) / a; the right side is floored at 1e-12,
+  which caps the shape near 5e11 for rows of equal magnitudes, e.g. a constant image).
+  Solver (`gamma_mle0_censored`, numpy on the per-row statistics n_o, n_c, mean and mean
+  log of the observed x, delta): for each a the scale equation has one root y = delta /
+  scale in [r a, r a (1 + c)] (r = delta / mean, c = n_c / n_o), found by Newton; the
+  profile score in a is solved by Newton steps on log a kept inside a bisection bracket
+  [A_MIN = 1e-6, a where y would exceed Y_MAX = 40 (at most A_MAX = 1e8)], a root outside
+  giving the bound. P and its derivatives in a come from the series P = y^a e^-y S /
+  Gamma(a + 1), S = sum_j y^j / ((a+1)...(a+j)). Checked against scipy.optimize
+  (Nelder-Mead on the same likelihood, tests/nss_reference.py) to 1e-5 on synthetic rows
+  with up to 99 % censored, shapes 1e-3 to 6.
+  Choice of CENSOR_K (benchmarks/nss_sensitivity.py, 640x360 stereodemo pairs stairs and
+  cycles: natural, JPEG q 5/10/20/30, blur, 15 % saturated). Largest float32-vs-float64
+  gap over the 108 targets and the 7 pairs, stairs / cycles: k = 0 (version 1) 1.4e-1 /
+  1.5e-1; 1e-6: 8.1e-3 / 1.1e-3 (round-off reaches delta); 1e-4: 5.1e-5 / 1.7e-5; 1e-3:
+  4.3e-4 / 3.0e-5; 3e-3: 4.4e-5 / 2.0e-5; 1e-2: 7.1e-5 / 2.8e-5; 3e-2: 9.3e-4 / 7.4e-5.
+  The fitted shapes have no plateau in k: level-1 shapes rise by 3-5 % per decade of k on
+  every pair (real small coefficients do not follow a Gamma law near 0), so no k leaves
+  the real coefficients untouched; k = 3e-3 is 3000x above the largest float32 round-off,
+  censors 0.5-3 % of the real level-1 magnitudes of a natural view, and gave the smallest
+  gap. The residual gap comes from single magnitudes close to delta that fall on the other
+  side of it in the other precision: each such crossing moves the fit by about 1 / n
+  (n = coefficients of the subband), so small views (few level-3 coefficients) are the
+  most sensitive.
 - marginal "scipy_free_loc": exactly `scipy.stats.gamma.fit(x)` (3 parameters, loc free) on
-  the unfloored magnitudes, as the original code; slow.
+  the unfloored, uncensored magnitudes, as the original code; slow.
 - Normal scores: u = GammaCDF((x - loc) / scale; a) clipped to [eps, 1 - eps] with eps the
-  float32 machine epsilon, z = Phi^-1(u). For mle0 on subbands of at least 4 * INTERP_NODES
-  coefficients z is evaluated through a per-subband quintic Hermite table of
-  Phi^-1(GammaCDF) in log x, verified against the exact values at every interval midpoint
-  (`_normal_scores_tabulated`: equal to the element-by-element evaluation to ~1e-11 on
-  natural images, never worse than INTERP_TOL = 1e-9, or that subband is evaluated exactly).
+  float32 machine epsilon, z = Phi^-1(u) (censored magnitudes: see mle0). For mle0 on
+  subbands of at least 4 * INTERP_NODES coefficients z is evaluated through a per-subband
+  quintic Hermite table of Phi^-1(GammaCDF) in log x over [log delta, log max x], verified
+  against the exact values at every interval midpoint (`_normal_scores_tabulated`: equal
+  to the element-by-element evaluation to ~1e-11 on natural images, never worse than
+  INTERP_TOL = 1e-9, or that subband is evaluated exactly).
 - Sigma: sample covariance (ddof = 1) of (z_R, z_L); if cond(Sigma) > 1 / float64 eps (or
   Sigma is singular) eps64 * I is added.
 - Output, parameter-major (index = 18*p + s): a_R, scale_R, Sigma_RR, Sigma_RL, Sigma_LR,
   Sigma_LL.
 
-Precision and speed: everything runs in float64. A float32 DT-CWT was tried for speed and
-rejected: exactly flat regions (zero highpass coefficients, floored at MAG_FLOOR in float64)
-get float32 round-off magnitudes instead, and the Gamma fits move by up to ~15% on natural
-views. On a CPU the temporaries (tens of MB for a 640x360 pair) live in a per-thread
+Precision and speed: by default everything runs in float64. A float32 DT-CWT was rejected
+for version 1 (flat regions get float32 round-off magnitudes instead of ~0 and the Gamma
+fits moved by up to ~15 %); with the censored fit it gives the same targets to ~1e-4
+(standardise_dtype="float32"), but the default stays float64. On a CPU the temporaries (tens of MB for a 640x360 pair) live in a per-thread
 `Workspace` kept between calls (~60 MB for a 640x360 pair), because first-touch page
 faults on fresh memory cost as much as several passes over it.
 
@@ -55,7 +92,7 @@ N_SUBBANDS = 6 * LEVELS
 N_FEATURES = 6 * N_SUBBANDS
 MARGINALS = ("mle0", "scipy_free_loc")
 PREPROCESS = ("reference", "global")
-MAG_FLOOR = 1e-12
+MAG_FLOOR = 1e-12  # kept: logs of exact zeros; only reached when delta < 1e-12 (a subband of round-off only) or censor_k = 0
 CENSOR_K = 3e-3
 A_MIN = 1e-6
 A_MAX = 1e8
