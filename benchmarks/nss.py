@@ -4,10 +4,13 @@ Pairs: centre crops (640x360) of the stereodemo OAK-D pairs, plus JPEG-compresse
 copies. Timed in the same run, interleaved pair by pair so that all variants see the same
 machine load:
 - project, CPU, one pair per call (`nss_features`);
+- project, CPU, one pair per call, the NSS version-1 definition (censor_k=0: uncensored
+  fit), to show what the censored fit of version 2 costs;
 - project, CPU, all pairs of the run in one batched call (`nss_features_batch`), per pair;
 - project, CUDA, batched (when a GPU is present);
-- numpy/scipy: the default mode (mle0) written plainly (dtcwt package + gamma.fit(floc=0) +
-  scipy cdf/ppf), tests/nss_reference.py;
+- numpy/scipy: the default mode (mle0) written plainly (dtcwt package + the censored fit by
+  scipy.optimize, gamma.fit(floc=0) where nothing is censored + scipy cdf/ppf),
+  tests/nss_reference.py; and the same with censor_k=0 (version 1, gamma.fit(floc=0) only);
 - original: dtcwt + free-loc gamma.fit (slow: on --original-pairs pairs only).
 Prints medians per pair and ratios, and the largest difference to the numpy/scipy values.
 
@@ -62,18 +65,24 @@ def main(argv=None):
     nss_features(pairs[0][1], pairs[0][2])
     ref.nss_reference(pairs[0][1], pairs[0][2], "mle0")
 
-    times = {"project CPU single": [], "numpy/scipy mle0": [], "original free-loc": []}
+    times = {"project CPU single": [], "project v1 (uncensored)": [], "numpy/scipy mle0": [],
+             "numpy/scipy v1": [], "original free-loc": []}
     worst = 0.0
     for i, (name, left, right) in enumerate(pairs):
         t_ours, ours = timed(lambda: nss_features(left, right))
+        t_old, _ = timed(lambda: nss_features(left, right, censor_k=0.0))
         t_ref, expected = timed(lambda: ref.nss_reference(left, right, "mle0"))
+        t_ref1, _ = timed(lambda: ref.nss_reference(left, right, "mle0", censor_k=0.0))
         times["project CPU single"].append(t_ours)
+        times["project v1 (uncensored)"].append(t_old)
         times["numpy/scipy mle0"].append(t_ref)
+        times["numpy/scipy v1"].append(t_ref1)
         worst = max(worst, float(np.max(np.abs(ours - expected) / np.maximum(1, np.abs(expected)))))
         if i < args.original_pairs:
             t_orig, _ = timed(lambda: ref.nss_reference(left, right, "scipy_free_loc"))
             times["original free-loc"].append(t_orig)
-        print(f"  {name:24s} project {t_ours * 1e3:7.1f} ms   numpy/scipy {t_ref * 1e3:7.1f} ms", flush=True)
+        print(f"  {name:24s} project {t_ours * 1e3:7.1f} ms (v1 {t_old * 1e3:6.1f})   numpy/scipy "
+              f"{t_ref * 1e3:7.1f} ms (v1 {t_ref1 * 1e3:6.1f})", flush=True)
 
     t_batch, batch = timed(lambda: nss_features_batch([q[1] for q in pairs], [q[2] for q in pairs]))
     times["project CPU batched"] = [t_batch / len(pairs)]
@@ -94,6 +103,10 @@ def main(argv=None):
         print(f"  {k:22s} {v * 1e3:9.1f} ms  ({n} pairs)")
     base = med["project CPU single"]
     print(f"  numpy/scipy mle0 / project CPU single   = {med['numpy/scipy mle0'] / base:6.1f}x (target >= 3)")
+    print(f"  numpy/scipy v1 / project CPU single     = {med['numpy/scipy v1'] / base:6.1f}x "
+          f"(version-2 project against the version-1 plain implementation)")
+    print(f"  project CPU single / project v1         = {base / med['project v1 (uncensored)']:6.2f}x "
+          f"(cost of the censored fit)")
     if "original free-loc" in med:
         print(f"  original free-loc / project CPU single  = {med['original free-loc'] / base:6.1f}x (target >= 50)")
     print(f"  numpy/scipy mle0 / project CPU batched  = {med['numpy/scipy mle0'] / med['project CPU batched']:6.1f}x")

@@ -18,12 +18,14 @@ if not hasattr(np, "issubsctype"):
     np.issubsctype = lambda arg1, arg2: np.issubdtype(np.result_type(arg1), arg2)
 
 import dtcwt  # noqa: E402
+import scipy.optimize  # noqa: E402
 import scipy.special  # noqa: E402
 import scipy.stats  # noqa: E402
 
 EPS32 = float(np.finfo(np.float32).eps)
 EPS64 = float(np.finfo(np.float64).eps)
 MAG_FLOOR = 1e-12  # the floor SPEC asks for before logs (same constant as siqa.nss)
+CENSOR_K = 3e-3  # delta = CENSOR_K x RMS of the subband's magnitudes (same constant as siqa.nss)
 
 _TRANSFORM = None
 
@@ -65,10 +67,36 @@ def _sigma(zr, zl):
     return sigma
 
 
-def nss_reference(left, right, marginal="mle0", preprocess_mode="reference"):
+def censored_gamma_fit(x, delta):
+    """(a, scale) of the loc = 0 Gamma MLE of x with the values below delta left-censored:
+    maximises n_c log P(a, delta / scale) + sum over x >= delta of log f(x; a, scale) with
+    scipy.optimize (Nelder-Mead on log a, log scale) from the uncensored scipy fit of x with
+    the censored values set to delta; the plain `gamma.fit(x, floc=0)` when none is censored."""
+    cens = x < delta
+    if not cens.any():
+        a, _, scale = scipy.stats.gamma.fit(x, floc=0)
+        return a, scale
+    obs = x[~cens]
+    n_c, n_o, sum_x, sum_log = cens.sum(), obs.size, obs.sum(), np.log(obs).sum()
+
+    def minus_loglik(p):
+        a, scale = np.exp(p)
+        return -(n_c * np.log(scipy.special.gammainc(a, delta / scale)) + (a - 1) * sum_log
+                 - sum_x / scale - n_o * (a * np.log(scale) + scipy.special.gammaln(a))) / x.size
+
+    a0, _, scale0 = scipy.stats.gamma.fit(np.maximum(x, delta), floc=0)
+    res = scipy.optimize.minimize(minus_loglik, np.log([a0, scale0]), method="Nelder-Mead",
+                                  options={"xatol": 1e-10, "fatol": 1e-14, "maxiter": 4000})
+    return tuple(np.exp(res.x))
+
+
+def nss_reference(left, right, marginal="mle0", preprocess_mode="reference", censor_k=CENSOR_K):
     """The 108-vector, parameter-major (index = 18*p + s), with scipy fits.
 
-    marginal="mle0": `gamma.fit(x, floc=0)` on magnitudes floored at MAG_FLOOR;
+    marginal="mle0" (NSS version 2, written from the siqa.nss.features docstring): x = the
+    magnitudes floored at MAG_FLOOR; delta = censor_k x sqrt(mean |c|^2); x < delta censored
+    (`censored_gamma_fit`), their normal score Phi^-1(clip(F(delta) / 2)), the others'
+    Phi^-1(clip(F(x))). censor_k=0: the version-1 definition (`gamma.fit(x, floc=0)` on x).
     marginal="scipy_free_loc": the original `gamma.fit(x)` (slow)."""
     mags_r = magnitudes(right, preprocess_mode)
     mags_l = magnitudes(left, preprocess_mode)
@@ -79,11 +107,15 @@ def nss_reference(left, right, marginal="mle0", preprocess_mode="reference"):
         zs = []
         for x in cols:
             if marginal == "mle0":
+                delta = censor_k * np.sqrt(np.mean(x ** 2))
                 x = np.maximum(x, MAG_FLOOR)
-                a, loc, scale = scipy.stats.gamma.fit(x, floc=0)
+                a, scale = censored_gamma_fit(x, delta)
+                loc = 0.0
+                u = scipy.stats.gamma.cdf(x, a, scale=scale)
+                u = np.where(x < delta, 0.5 * scipy.stats.gamma.cdf(delta, a, scale=scale), u)
             else:
                 a, loc, scale = scipy.stats.gamma.fit(x)
-            u = scipy.stats.gamma.cdf(x, a, loc=loc, scale=scale)
+                u = scipy.stats.gamma.cdf(x, a, loc=loc, scale=scale)
             u = np.clip(u, EPS32, 1 - EPS32)
             zs.append(scipy.stats.norm.ppf(u))
             params.append((a, scale))
@@ -121,8 +153,27 @@ def natural_pair(scene, width=640, height=360):
     return views[0], views[1]
 
 
+def jpeg(view, quality):
+    """A grey uint8 view JPEG-compressed at `quality` (OpenCV's encoder) and decoded."""
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", view, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    return cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
+
+
+def saturate(view, fraction=0.15):
+    """A copy of a grey uint8 view with `fraction` of its pixels saturated: the darkest
+    fraction / 2 of the pixels set to 0 and the brightest fraction / 2 to 255 (by rank)."""
+    order = np.argsort(view, axis=None, kind="stable")
+    part = int(round(view.size * fraction / 2))
+    out = view.copy().ravel()
+    out[order[:part]] = 0
+    out[order[view.size - part:]] = 255
+    return out.reshape(view.shape)
+
+
 def distort(view, kind, seed=0):
-    """A distorted copy of a grey uint8 view: pristine, jpeg, blur or noise."""
+    """A distorted copy of a grey uint8 view: pristine, jpeg (quality 10), blur or noise."""
     import cv2
 
     if kind == "pristine":

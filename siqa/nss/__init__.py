@@ -13,7 +13,8 @@ _EXPORTS = {
     "nss_features": "siqa.nss.features", "nss_features_batch": "siqa.nss.features",
     "nss_features_torch": "siqa.nss.features", "MARGINALS": "siqa.nss.features",
     "PREPROCESS": "siqa.nss.features", "PARAMETERS": "siqa.nss.features",
-    "N_FEATURES": "siqa.nss.features", "nss_targets": "siqa.nss.cache",
+    "N_FEATURES": "siqa.nss.features", "CENSOR_K": "siqa.nss.features",
+    "STANDARDISE_DTYPES": "siqa.nss.features", "nss_targets": "siqa.nss.cache",
 }
 __all__ = sorted(_EXPORTS)
 

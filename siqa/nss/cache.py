@@ -21,7 +21,7 @@ from siqa.errors import UserError
 from siqa.files import atomic_write, sha256_bytes, sha256_file
 from siqa.nss.features import MARGINALS, N_FEATURES, PREPROCESS, nss_features, nss_features_batch
 
-NSS_VERSION = 1
+NSS_VERSION = 2  # 2: left-censored mle0 marginals (siqa.nss.features); every cached target is recomputed
 MAGIC = b"SIQA-NSS"
 GPU_BATCH = 16
 

@@ -6,35 +6,72 @@ orientation 0..5: s = 6*(level-1) + k). Per subband, a Gaussian copula with Gamm
 between the right (column 0) and left (column 1) magnitudes at the same positions.
 
 Numerical decisions (documented here because they change numbers):
-- The uint8 -> float cast is exact; the standardisation runs in float64 (SPEC casts to
-  float32 first; the difference is float32 round-off). The division by 225 cancels in the
-  standardisation and is not carried out (a round-off difference).
+- The uint8 -> float cast is exact; by default (standardise_dtype "float64") the
+  standardisation and the DT-CWT run in float64 (the division by 225 cancels in the
+  standardisation and is not carried out). standardise_dtype "float32" is SPEC's reference
+  pipeline: cast to float32, divide by 225, standardise in float32, and transform in
+  float32 (as the `dtcwt` package does with a float32 input); fits and scores are float64.
+  The two differ by round-off only, and the targets agree to 1e-4 (tests/test_nss_censored.py).
 - Zero-std guard: a constant column (max == min, i.e. population std exactly 0; e.g. the
   black border of a rectified view) becomes all zeros instead of 0/0. In "global" mode the
   same rule applies to a constant image.
-- marginal "mle0" (default): 2-parameter Gamma MLE with loc = 0 on the magnitudes floored at
-  MAG_FLOOR (1e-12, far below the coefficient scale of a standardised image; only exactly
-  flat regions reach it). The shape solves log a - digamma(a) = log mean(x) - mean(log x)
-  (Newton steps on 1/a, float64), scale = mean(x) / a. When the right-hand side is below
-  1e-12 (all magnitudes equal, e.g. a constant image) it is taken as 1e-12, which caps the
-  shape near 5e11 instead of infinity.
+- marginal "mle0" (default; NSS version 2): a LEFT-CENSORED 2-parameter Gamma MLE, loc = 0.
+  Why: flat areas (JPEG blocks, saturated or black regions) give highpass magnitudes that
+  are pure round-off (float64: below 1e-15 x RMS; float32: up to ~1e-6 x RMS). Their logs
+  dominate mean(log x) of the plain MLE, so version 1 (plain MLE on x floored at MAG_FLOOR)
+  moved by 5-15 % between float32 and float64 (level-1 shape of a JPEG q10 pair: 0.096 vs
+  0.139) and trained the auxiliary task on numerical noise. Definition, per subband row
+  (one view, one orientation, n magnitudes):
+    x = max(|c|, MAG_FLOOR);  delta = CENSOR_K * sqrt(mean |c|^2)  (CENSOR_K = 3e-3);
+    censored: x < delta (n_c of them); observed: x >= delta (n_o = n - n_c);
+    (a, scale) maximise  n_c log P(a, delta / scale) + sum_observed log f(x; a, scale),
+    P the regularised lower incomplete gamma, f the Gamma(a, loc 0, scale) density.
+  Normal scores (step 7): observed z = Phi^-1(clip(P(a, x / scale), eps, 1 - eps));
+  censored z = Phi^-1(clip(P(a, delta / scale) / 2, eps, 1 - eps)), one fixed score per
+  row: the normal score of the conditional median of the censored mass. A row with n_c = 0
+  is the plain MLE (`gamma_mle0`: log a - digamma(a) = log mean(x) - mean(log x), Newton
+  steps on 1/a from Minka's start, scale = mean(x) / a; the right side is floored at 1e-12,
+  which caps the shape near 5e11 for rows of equal magnitudes, e.g. a constant image).
+  Solver (`gamma_mle0_censored`, numpy on the per-row statistics n_o, n_c, mean and mean
+  log of the observed x, delta): for each a the scale equation has one root y = delta /
+  scale in [r a, r a (1 + c)] (r = delta / mean, c = n_c / n_o), found by Newton; the
+  profile score in a is solved by Newton steps on log a kept inside a bisection bracket
+  [A_MIN = 1e-6, a where y would exceed Y_MAX = 40 (at most A_MAX = 1e8)], a root outside
+  giving the bound. P and its derivatives in a come from the series P = y^a e^-y S /
+  Gamma(a + 1), S = sum_j y^j / ((a+1)...(a+j)). Checked against scipy.optimize
+  (Nelder-Mead on the same likelihood, tests/nss_reference.py) to 1e-5 on synthetic rows
+  with up to 99 % censored, shapes 1e-3 to 6.
+  Choice of CENSOR_K (benchmarks/nss_sensitivity.py, 640x360 stereodemo pairs stairs and
+  cycles: natural, JPEG q 5/10/20/30, blur, 15 % saturated). Largest float32-vs-float64
+  gap over the 108 targets and the 7 pairs, stairs / cycles: k = 0 (version 1) 1.4e-1 /
+  1.5e-1; 1e-6: 8.1e-3 / 1.1e-3 (round-off reaches delta); 1e-4: 5.1e-5 / 1.7e-5; 1e-3:
+  4.3e-4 / 3.0e-5; 3e-3: 4.4e-5 / 2.0e-5; 1e-2: 7.1e-5 / 2.8e-5; 3e-2: 9.3e-4 / 7.4e-5.
+  The fitted shapes have no plateau in k: level-1 shapes rise by 3-5 % per decade of k on
+  every pair (real small coefficients do not follow a Gamma law near 0), so no k leaves
+  the real coefficients untouched; k = 3e-3 is 3000x above the largest float32 round-off,
+  censors 0.5-3 % of the real level-1 magnitudes of a natural view, and gave the smallest
+  gap. The residual gap comes from single magnitudes close to delta that fall on the other
+  side of it in the other precision: each such crossing moves the fit by about 1 / n
+  (n = coefficients of the subband), so small views (few level-3 coefficients) are the
+  most sensitive.
 - marginal "scipy_free_loc": exactly `scipy.stats.gamma.fit(x)` (3 parameters, loc free) on
-  the unfloored magnitudes, as the original code; slow.
+  the unfloored, uncensored magnitudes, as the original code; slow.
 - Normal scores: u = GammaCDF((x - loc) / scale; a) clipped to [eps, 1 - eps] with eps the
-  float32 machine epsilon, z = Phi^-1(u). For mle0 on subbands of at least 4 * INTERP_NODES
-  coefficients z is evaluated through a per-subband quintic Hermite table of
-  Phi^-1(GammaCDF) in log x, verified against the exact values at every interval midpoint
-  (`_normal_scores_tabulated`: equal to the element-by-element evaluation to ~1e-11 on
-  natural images, never worse than INTERP_TOL = 1e-9, or that subband is evaluated exactly).
+  float32 machine epsilon, z = Phi^-1(u) (censored magnitudes: see mle0). For mle0 on
+  subbands of at least 4 * INTERP_NODES coefficients z is evaluated through a per-subband
+  quintic Hermite table of Phi^-1(GammaCDF) in log x over [log delta, log max x], verified
+  against the exact values at every interval midpoint (`_normal_scores_tabulated`: equal
+  to the element-by-element evaluation to ~1e-11 on natural images, never worse than
+  INTERP_TOL = 1e-9, or that subband is evaluated exactly).
 - Sigma: sample covariance (ddof = 1) of (z_R, z_L); if cond(Sigma) > 1 / float64 eps (or
   Sigma is singular) eps64 * I is added.
 - Output, parameter-major (index = 18*p + s): a_R, scale_R, Sigma_RR, Sigma_RL, Sigma_LR,
   Sigma_LL.
 
-Precision and speed: everything runs in float64. A float32 DT-CWT was tried for speed and
-rejected: exactly flat regions (zero highpass coefficients, floored at MAG_FLOOR in float64)
-get float32 round-off magnitudes instead, and the Gamma fits move by up to ~15% on natural
-views. On a CPU the temporaries (tens of MB for a 640x360 pair) live in a per-thread
+Precision and speed: by default everything runs in float64. A float32 DT-CWT was rejected
+for version 1 (flat regions get float32 round-off magnitudes instead of ~0 and the Gamma
+fits moved by up to ~15 %); with the censored fit it gives the same targets to ~1e-4
+(standardise_dtype="float32"), but the default stays float64. On a CPU the temporaries (tens of MB for a 640x360 pair) live in a per-thread
 `Workspace` kept between calls (~60 MB for a 640x360 pair), because first-touch page
 faults on fresh memory cost as much as several passes over it.
 
@@ -55,7 +92,12 @@ N_SUBBANDS = 6 * LEVELS
 N_FEATURES = 6 * N_SUBBANDS
 MARGINALS = ("mle0", "scipy_free_loc")
 PREPROCESS = ("reference", "global")
-MAG_FLOOR = 1e-12
+MAG_FLOOR = 1e-12  # kept: logs of exact zeros; only reached when delta < 1e-12 (a subband of round-off only) or censor_k = 0
+CENSOR_K = 3e-3
+A_MIN = 1e-6
+A_MAX = 1e8
+Y_MAX = 40.0
+STANDARDISE_DTYPES = ("float64", "float32")
 S_FLOOR = 1e-12
 INTERP_NODES = 256
 INTERP_TOL = 1e-9
@@ -69,7 +111,10 @@ SIZE_RULE = (f"both sides must be at least {MIN_SIDE} pixels (2**(levels+2), lev
 PARAMETERS = ("a_R", "scale_R", "Sigma_RR", "Sigma_RL", "Sigma_LR", "Sigma_LL")
 
 
-def _check_settings(marginal, preprocess):
+def _check_settings(marginal, preprocess, standardise_dtype="float64"):
+    if standardise_dtype not in STANDARDISE_DTYPES:
+        raise ValueError(f"unknown standardise_dtype {standardise_dtype!r}: use one of "
+                         f"{', '.join(STANDARDISE_DTYPES)}")
     if marginal not in MARGINALS:
         raise ValueError(f"unknown marginal {marginal!r}: use one of {', '.join(MARGINALS)}")
     if preprocess not in PREPROCESS:
@@ -90,11 +135,14 @@ def check_pair_shapes(left_shape, right_shape):
                          f"{SIZE_RULE}")
 
 
-def preprocess_views(views: torch.Tensor, mode: str = "reference", workspace=None) -> torch.Tensor:
-    """(N, H, W) grey values -> float64 standardised views (see the module's zero-std guard).
+def preprocess_views(views: torch.Tensor, mode: str = "reference", workspace=None,
+                     dtype: str = "float64") -> torch.Tensor:
+    """(N, H, W) grey values -> standardised views in `dtype` (see the module's zero-std guard).
 
-    The division by 225 of SPEC step 2 cancels in the standardisation ((x/225 - m/225) /
-    (s/225) = (x - m) / s), so it is not carried out (the results differ by round-off)."""
+    float64: the division by 225 of SPEC step 2 cancels in the standardisation ((x/225 -
+    m/225) / (s/225) = (x - m) / s), so it is not carried out (the results differ by
+    round-off). float32: SPEC's reference pipeline as written (cast to float32, divide by
+    225, column mean and population std in float32)."""
     if mode == "reference":
         dims = (1,)
     elif mode == "global":
@@ -102,7 +150,11 @@ def preprocess_views(views: torch.Tensor, mode: str = "reference", workspace=Non
     else:
         raise ValueError(f"unknown preprocess {mode!r}")
     const = views.amax(dim=dims, keepdim=True) == views.amin(dim=dims, keepdim=True)
-    x = _scratch(workspace, "views", views.shape, views.new_empty((), dtype=torch.float64)).copy_(views)
+    if dtype == "float32":
+        x = _scratch(workspace, "views32", views.shape, views.new_empty((), dtype=torch.float32))
+        x.copy_(views).div_(225.0)
+    else:
+        x = _scratch(workspace, "views", views.shape, views.new_empty((), dtype=torch.float64)).copy_(views)
     x.sub_(x.mean(dim=dims, keepdim=True))
     count = math.prod(x.shape[d] for d in dims)
     std = torch.linalg.vector_norm(x, dim=dims, keepdim=True).div_(math.sqrt(count))
@@ -123,19 +175,21 @@ def _workspace(device):
     return _THREAD.workspace
 
 
-def subband_squared_magnitudes(views: torch.Tensor, mode: str = "reference", workspace=None):
+def subband_squared_magnitudes(views: torch.Tensor, mode: str = "reference", workspace=None,
+                                dtype: str = "float64"):
     """List of LEVELS tensors (6, N, H_l * W_l): |coefficients|^2 per orientation, the
     orientations in the order `COMPUTED_ORIENTATIONS` (package orientation
-    COMPUTED_ORIENTATIONS[j] at [j]). With a workspace the results live in it (valid until
-    its next use)."""
-    x = preprocess_views(views, mode, workspace)
+    COMPUTED_ORIENTATIONS[j] at [j]), in `dtype` (the precision of the standardisation and
+    of the transform). With a workspace the results live in it (valid until its next use)."""
+    x = preprocess_views(views, mode, workspace, dtype)
     return [sq.flatten(2) for sq in dtcwt_squared_magnitudes_torch(x, LEVELS, workspace)]
 
 
-def subband_magnitudes(views: torch.Tensor, mode: str = "reference"):
+def subband_magnitudes(views: torch.Tensor, mode: str = "reference", dtype: str = "float64"):
     """List of LEVELS tensors (N, 6, H_l * W_l): |coefficients| per orientation (package order)."""
     perm = [COMPUTED_ORIENTATIONS.index(k) for k in range(6)]
-    return [sq[perm].sqrt_().transpose(0, 1).contiguous() for sq in subband_squared_magnitudes(views, mode)]
+    return [sq[perm].sqrt_().transpose(0, 1).contiguous()
+            for sq in subband_squared_magnitudes(views, mode, dtype=dtype)]
 
 
 def gamma_mle0(mean_x: torch.Tensor, mean_log: torch.Tensor, steps: int = 30):
@@ -154,6 +208,121 @@ def gamma_mle0(mean_x: torch.Tensor, mean_log: torch.Tensor, steps: int = 30):
         if done:
             break
     return a, mean_x / a
+
+
+# ---- left-censored Gamma MLE (loc = 0): see the module docstring, "marginal mle0" ----
+# The solver works on a few numbers per subband row (no pixel data), so it runs in numpy on
+# the host: there a small-array operation costs ~1 us, a torch one 5-20 us.
+
+def _series_terms(y_max):
+    """Number of terms after which t_j <= y^j / j! < 1e-17 for every y <= y_max."""
+    terms, bound = 1, y_max
+    while bound > 1e-17 and terms < 2000:
+        terms += 1
+        bound *= y_max / terms
+    return max(terms, 4)
+
+
+def _gamma_series(a, y, derivatives):
+    """S(a, y) = sum_j t_j with t_0 = 1, t_j = t_{j-1} y / (a + j) (so that the regularised
+    lower incomplete gamma is P(a, y) = y^a e^-y S / Gamma(a + 1)), and its partial
+    derivatives, per row (numpy). Returns S, S_y and, if asked, S_a, S_aa, S_ay. As t_j <=
+    y^j / j!, the series is cut where that bound falls below 1e-17 for the largest y."""
+    j = np.arange(1.0, _series_terms(float(y.max())) + 1.0)
+    inv = 1.0 / (a[:, None] + j)
+    t = np.cumprod(y[:, None] * inv, axis=1)
+    jt = t * j
+    s = 1.0 + t.sum(axis=1)
+    s_y = jt.sum(axis=1) / y
+    if not derivatives:
+        return s, s_y
+    h1 = np.cumsum(inv, axis=1)
+    h2 = np.cumsum(inv * inv, axis=1)
+    s_a = -(t * h1).sum(axis=1)
+    s_aa = (t * (h1 * h1 + h2)).sum(axis=1)
+    s_ay = -(jt * h1).sum(axis=1) / y
+    return s, s_y, s_a, s_aa, s_ay
+
+
+def _censored_y(a, r, c, y, iterations=60):
+    """The root y = delta / theta of the scale equation at shape a: y = r (a + c a / S(a, y)),
+    with r = delta / mean of the observed x and c = n_c / n_o. The right side decreases in y,
+    so the root is unique and lies in [r a, r a (1 + c)]; Newton steps from y, kept inside."""
+    lo, hi = r * a, r * a * (1.0 + c)
+    y = np.clip(y, lo, hi)
+    for _ in range(iterations):
+        s, s_y = _gamma_series(a, y, derivatives=False)
+        f = y - r * (a + c * a / s)
+        df = 1.0 + r * c * a * s_y / (s * s)
+        new = np.clip(y - f / df, lo, hi)
+        done = np.all(np.abs(new - y) <= 1e-14 * y)
+        y = new
+        if done:
+            break
+    return y
+
+
+def _censored_score(a, r, c, log_delta, mean_log, y):
+    """Profile score G(a) = d/da [log-likelihood / n_o] at the best scale for this a, and
+    dG/da (implicit differentiation through y(a)). Returns G, dG/da, y."""
+    from scipy.special import digamma, zeta
+
+    y = _censored_y(a, r, c, y)
+    s, s_y, s_a, s_aa, s_ay = _gamma_series(a, y, derivatives=True)
+    log_y = np.log(y)
+    g = c * (log_y - digamma(a + 1.0) + s_a / s) + log_y - log_delta + mean_log - digamma(a)
+    h_a = 1.0 / s - a * s_a / (s * s)
+    h_y = -a * s_y / (s * s)
+    dy = r * (1.0 + c * h_a) / (1.0 - r * c * h_y)
+    d2_aa = -zeta(2.0, a + 1.0) + s_aa / s - (s_a / s) ** 2  # zeta(2, x) = trigamma(x)
+    d2_ay = 1.0 / y + s_ay / s - s_a * s_y / (s * s)
+    dg = c * (d2_aa + d2_ay * dy) + dy / y - zeta(2.0, a)
+    return g, dg, y
+
+
+def gamma_mle0_censored(n_obs, mean_obs, mean_log_obs, n_cens, delta, iterations=100):
+    """Shape and scale of the loc = 0 Gamma MLE with left-censoring at delta (float64 tensors,
+    per row): n_obs magnitudes >= delta with mean `mean_obs` and mean log `mean_log_obs`, and
+    n_cens > 0 magnitudes below delta known only as such.
+
+    Maximises l(a, theta) / n_o = c log P(a, delta / theta) + (a - 1) mean_log - mean / theta
+    - a log theta - lgamma(a) (c = n_c / n_o) by safeguarded Newton steps on log a of the
+    profile score (the scale solved for each a, `_censored_y`), inside [A_MIN, the a at
+    which delta / theta would exceed Y_MAX, at most A_MAX]; a root outside gives the bound."""
+    device = n_obs.device
+    n_obs, mean_obs, mean_log, n_cens, delta = (
+        v.detach().cpu().numpy().astype(np.float64) for v in (n_obs, mean_obs, mean_log_obs, n_cens, delta))
+    c = n_cens / n_obs
+    r = delta / mean_obs
+    log_delta = np.log(delta)
+    u_lo = np.full_like(c, math.log(A_MIN))
+    u_hi = np.log(np.minimum(Y_MAX / (r * (1.0 + c)), A_MAX))
+    u_max = u_hi.copy()
+    g_lo, _, _ = _censored_score(np.exp(u_lo), r, c, log_delta, mean_log, r * np.exp(u_lo))
+    g_hi, _, _ = _censored_score(np.exp(u_hi), r, c, log_delta, mean_log, r * np.exp(u_hi))
+    fixed = (g_lo <= 0) | (g_hi >= 0)  # the root is outside the range: the bound
+    # start: the uncensored MLE with the censored magnitudes set to delta
+    n = n_obs + n_cens
+    a0, _ = gamma_mle0(torch.from_numpy((n_obs * mean_obs + n_cens * delta) / n),
+                       torch.from_numpy((n_obs * mean_log + n_cens * log_delta) / n))
+    u = np.where(fixed, np.where(g_lo <= 0, u_lo, u_max), np.clip(np.log(a0.numpy()), u_lo, u_hi))
+    y = r * np.exp(u)
+    for _ in range(iterations):
+        a = np.exp(u)
+        g, dg, y = _censored_score(a, r, c, log_delta, mean_log, y)
+        u_lo = np.where(g > 0, u, u_lo)
+        u_hi = np.where(g > 0, u_hi, u)
+        with np.errstate(all="ignore"):
+            new = u - g / (a * dg)
+        inside = np.isfinite(new) & (new > u_lo) & (new < u_hi)
+        new = np.where(fixed, u, np.where(inside, new, 0.5 * (u_lo + u_hi)))
+        done = np.all((np.abs(new - u) <= 1e-11) | (u_hi - u_lo <= 1e-11))
+        u = new
+        if done:
+            break
+    a = np.exp(u)
+    y = _censored_y(a, r, c, y)
+    return (torch.from_numpy(a).to(device), torch.from_numpy(delta / y).to(device))
 
 
 def _scores_direct(a, y):
@@ -300,6 +469,64 @@ def _level_scores_mle0(sq, scores, workspace=None):
     return a.view(sq.shape[:2]), scale.view(sq.shape[:2]), sq
 
 
+
+def _censored_statistics(sq, censor_k, level, workspace=None):
+    """Per-row quantities of the censored fit of one level: sq (6, N, P) squared magnitudes
+    (any float dtype). Returns log_x (rows, P) float64, the log of max(x, delta) (in the
+    workspace; sq is overwritten when it is float64), the censored mask (x < delta) and the
+    row statistics dict (n_obs, n_cens, mean_obs, mean_log_obs, delta, lo, hi)."""
+    count = sq.shape[-1]
+    rows = sq.reshape(-1, count)
+    if rows.dtype != torch.float64:
+        rows = _scratch(workspace, f"mags{level}", rows.shape, rows.new_empty((), dtype=torch.float64)).copy_(rows)
+    delta = torch.sqrt(rows.mean(dim=-1)).mul_(censor_k)
+    x = rows.sqrt_().clamp_(min=MAG_FLOOR)
+    mask = _scratch(workspace, f"censored{level}", x.shape, x.new_empty((), dtype=torch.bool))
+    torch.lt(x, delta[:, None], out=mask)
+    n_cens = mask.sum(dim=-1).to(x.dtype)
+    torch.maximum(x, delta[:, None], out=x)
+    hi = x.amax(dim=-1)
+    lo = x.amin(dim=-1)
+    mean_x = x.mean(dim=-1)
+    log_x = x.log_()
+    mean_log = log_x.mean(dim=-1)
+    n_obs = count - n_cens
+    some = n_cens > 0
+    # the observed part (rows without censored values keep the plain means, bit for bit)
+    mean_obs = torch.where(some, (mean_x * count - n_cens * delta) / n_obs, mean_x)
+    mean_log_obs = torch.where(some, (mean_log * count - n_cens * torch.log(delta)) / n_obs, mean_log)
+    stats = {"n_obs": n_obs, "n_cens": n_cens, "mean_obs": mean_obs, "mean_log_obs": mean_log_obs,
+             "delta": delta, "lo": lo, "hi": hi}
+    return log_x, mask, stats
+
+
+def gamma_fit_censored(stats):
+    """a, scale per row from `_censored_statistics`: the plain loc = 0 MLE (`gamma_mle0`) on
+    rows without censored magnitudes, `gamma_mle0_censored` on the others."""
+    a, scale = gamma_mle0(stats["mean_obs"], stats["mean_log_obs"])
+    some = stats["n_cens"] > 0
+    if bool(some.any()):
+        idx = some.nonzero(as_tuple=True)[0]
+        ac, sc = gamma_mle0_censored(*(stats[k][idx] for k in ("n_obs", "mean_obs", "mean_log_obs", "n_cens", "delta")))
+        a, scale = a.clone(), scale.clone()
+        a[idx], scale[idx] = ac, sc
+    return a, scale
+
+
+def _censored_scores(log_x, mask, a, scale, stats, scores, workspace=None):
+    """Normal scores of one level (rows, P), written over log_x: step 7 on the observed
+    magnitudes, the fixed score Phi^-1(clip(P(a, delta / scale) / 2)) on the censored ones."""
+    count = log_x.shape[-1]
+    if scores == "direct" or count < 4 * INTERP_NODES:
+        log_x.copy_(_scores_direct(a[:, None], torch.exp(log_x - torch.log(scale)[:, None])))
+    else:
+        log_scale = torch.log(scale)
+        _normal_scores_tabulated(log_x, a, scale, torch.log(stats["lo"]) - log_scale,
+                                 torch.log(stats["hi"]) - log_scale, workspace=workspace)
+    p_delta = torch.special.gammainc(a, stats["delta"] / scale)
+    z_cens = torch.special.ndtri(torch.clamp(0.5 * p_delta, EPS32, 1.0 - EPS32))
+    return torch.where(mask, z_cens[:, None], log_x, out=log_x)
+
 def _sigma_gram(z, n):
     """Sample covariances (ddof=1) of (z_R, z_L) per orientation and pair, with the singular
     guard: z (6, 2n, P), right views first (overwritten: centred). Returns srr, srl, slr,
@@ -332,15 +559,22 @@ def _fit_scipy_free_loc(x: torch.Tensor):
 
 
 def nss_features_torch(left: torch.Tensor, right: torch.Tensor, marginal: str = "mle0",
-                       preprocess: str = "reference", scores: str = "tabulated") -> torch.Tensor:
+                       preprocess: str = "reference", scores: str = "tabulated",
+                       standardise_dtype: str = "float64", censor_k: float = CENSOR_K) -> torch.Tensor:
     """Batched targets: left, right (N, H, W) grey tensors -> (N, 108) float64 (same device).
 
     scores (mle0 only): "tabulated" (default, see `_normal_scores_tabulated`, equal to
     "direct" to within 1e-9; used for subbands of at least 4 * INTERP_NODES coefficients,
-    smaller ones are evaluated directly) or "direct" (gammainc + ndtri on every magnitude)."""
-    _check_settings(marginal, preprocess)
+    smaller ones are evaluated directly) or "direct" (gammainc + ndtri on every magnitude).
+    standardise_dtype: precision of the standardisation and of the DT-CWT ("float64",
+    default, or "float32" as SPEC's reference pipeline); fits and scores run in float64.
+    censor_k (mle0 only): delta = censor_k x RMS of the subband; 0 gives the uncensored fit
+    on magnitudes floored at MAG_FLOOR (the definition of NSS version 1)."""
+    _check_settings(marginal, preprocess, standardise_dtype)
     if scores not in ("tabulated", "direct"):
         raise ValueError(f"unknown scores {scores!r}: use tabulated or direct")
+    if not 0.0 <= censor_k < 1.0:
+        raise ValueError(f"censor_k must be in [0, 1), got {censor_k!r}")
     if left.dim() != 3 or right.dim() != 3:
         raise ValueError(f"expected batches (N, H, W), got {tuple(left.shape)} and {tuple(right.shape)}")
     check_pair_shapes(tuple(left.shape[1:]), tuple(right.shape[1:]))
@@ -348,13 +582,29 @@ def nss_features_torch(left: torch.Tensor, right: torch.Tensor, marginal: str = 
     views = torch.cat((right, left), dim=0)  # right views first: column 0 = right
     out = torch.empty((n, 6, N_SUBBANDS), dtype=torch.float64, device=views.device)
     ws = _workspace(views.device)
-    for level, sq in enumerate(subband_squared_magnitudes(views, preprocess, ws)):
-        # sq: (6, 2n, P) in the orientation order COMPUTED_ORIENTATIONS; one Gamma fit per
-        # (orientation, view) row
-        if marginal == "mle0":
+    levels = subband_squared_magnitudes(views, preprocess, ws, standardise_dtype)
+    # sq: (6, 2n, P) per level in the orientation order COMPUTED_ORIENTATIONS; one Gamma fit
+    # per (orientation, view) row
+    if marginal == "mle0" and censor_k > 0:
+        prepared = [_censored_statistics(sq, censor_k, level, ws) for level, sq in enumerate(levels)]
+        sizes = [p[0].shape[0] for p in prepared]
+        stats = {k: torch.cat([p[2][k] for p in prepared]) for k in prepared[0][2]}
+        a_all, scale_all = gamma_fit_censored(stats)
+    results = []
+    for level, sq in enumerate(levels):
+        if marginal == "mle0" and censor_k > 0:
+            log_x, mask, _ = prepared[level]
+            part = slice(sum(sizes[:level]), sum(sizes[:level + 1]))
+            row_stats = {k: v[part] for k, v in stats.items()}
+            a, scale = a_all[part], scale_all[part]
+            z = _censored_scores(log_x, mask, a, scale, row_stats, scores, ws).view(6, 2 * n, -1)
+            a, scale = a.view(6, 2 * n), scale.view(6, 2 * n)
+        elif marginal == "mle0":
+            if sq.dtype != torch.float64:
+                sq = _scratch(ws, f"mags{level}", sq.shape, sq.new_empty((), dtype=torch.float64)).copy_(sq)
             a, scale, z = _level_scores_mle0(sq, scores, ws)
         else:
-            x = sq.sqrt_()
+            x = sq.to(torch.float64).sqrt_()
             a, loc, scale = _fit_scipy_free_loc(x.reshape(-1, x.shape[-1]))
             a, loc, scale = (v.reshape(x.shape[:2]) for v in (a, loc, scale))
             z = _normal_scores(x, a, loc, scale)
@@ -373,10 +623,11 @@ def _as_view(image, name):
 
 
 def nss_features_batch(lefts, rights, marginal: str = "mle0", preprocess: str = "reference",
-                       device="cpu") -> np.ndarray:
+                       device="cpu", standardise_dtype: str = "float64",
+                       censor_k: float = CENSOR_K) -> np.ndarray:
     """Targets of several pairs of equal size at once: sequences of grey H x W images ->
-    (N, 108) float64."""
-    _check_settings(marginal, preprocess)
+    (N, 108) float64. standardise_dtype, censor_k: see `nss_features_torch`."""
+    _check_settings(marginal, preprocess, standardise_dtype)
     lefts = [_as_view(v, "left") for v in lefts]
     rights = [_as_view(v, "right") for v in rights]
     if len(lefts) != len(rights):
@@ -396,14 +647,17 @@ def nss_features_batch(lefts, rights, marginal: str = "mle0", preprocess: str = 
         for start in range(0, len(lefts), chunk):
             lt = torch.from_numpy(np.stack(lefts[start:start + chunk])).to(device)
             rt = torch.from_numpy(np.stack(rights[start:start + chunk])).to(device)
-            out.append(nss_features_torch(lt, rt, marginal, preprocess).cpu().numpy())
+            out.append(nss_features_torch(lt, rt, marginal, preprocess, standardise_dtype=standardise_dtype,
+                                          censor_k=censor_k).cpu().numpy())
     return np.concatenate(out)
 
 
 def nss_features(left, right, marginal: str = "mle0", preprocess: str = "reference",
-                 device="cpu") -> np.ndarray:
-    """The 108 targets (float64) of one pair of grey uint8 H x W views of equal size."""
-    _check_settings(marginal, preprocess)
+                 device="cpu", standardise_dtype: str = "float64", censor_k: float = CENSOR_K) -> np.ndarray:
+    """The 108 targets (float64) of one pair of grey uint8 H x W views of equal size.
+    standardise_dtype: "float64" (default) or "float32", the precision of the standardisation
+    and of the DT-CWT; censor_k: see `nss_features_torch`."""
+    _check_settings(marginal, preprocess, standardise_dtype)
     left, right = _as_view(left, "left"), _as_view(right, "right")
     check_pair_shapes(left.shape, right.shape)
-    return nss_features_batch([left], [right], marginal, preprocess, device)[0]
+    return nss_features_batch([left], [right], marginal, preprocess, device, standardise_dtype, censor_k)[0]
