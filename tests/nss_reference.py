@@ -1,4 +1,4 @@
-"""Plain numpy/scipy implementations of the NSS targets (SPEC section 1), independent of
+"""Plain numpy/scipy implementations of the NSS targets (docs/method.md#the-nss-targets), independent of
 `siqa.nss`: the `dtcwt` package for the transform and scipy for the fits, CDFs and normal
 scores. Used as test oracles and as the baselines of `benchmarks/nss.py`.
 
@@ -24,7 +24,7 @@ import scipy.stats  # noqa: E402
 
 EPS32 = float(np.finfo(np.float32).eps)
 EPS64 = float(np.finfo(np.float64).eps)
-MAG_FLOOR = 1e-12  # the floor SPEC asks for before logs (same constant as siqa.nss)
+MAG_FLOOR = 1e-12  # the floor before logs (docs/method.md#gamma-marginals) (same constant as siqa.nss)
 CENSOR_K = 3e-3  # delta = CENSOR_K x RMS of the subband's magnitudes (same constant as siqa.nss)
 
 _TRANSFORM = None

@@ -1,4 +1,4 @@
-"""The 108 NSS targets equal plain numpy/scipy implementations of SPEC section 1."""
+"""The 108 NSS targets equal plain numpy/scipy implementations of docs/method.md#the-nss-targets."""
 import numpy as np
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Naturalness (NSS) targets of SPEC section 1: DT-CWT + Gaussian copula with Gamma marginals.
+"""Naturalness (NSS) targets (docs/method.md#the-nss-targets): DT-CWT + Gaussian copula with Gamma marginals.
 
 Public API: `dtcwt_forward` (numpy, one image), `dtcwt_forward_torch` (batched),
 `nss_features` (one pair), `nss_features_batch` (pairs of one size), `nss_features_torch`

@@ -92,7 +92,7 @@ def check_files(pairs, source, min_side):
 def build_parser():
     p = argparse.ArgumentParser(
         prog="python -m siqa.nss",
-        description="Compute the 108 NSS targets (SPEC section 1) of the stereo pairs listed in "
+        description="Compute the 108 NSS targets (docs/method.md#the-nss-targets) of the stereo pairs listed in "
                     "a CSV file into the cache, or --check the cache without computing.")
     p.add_argument("csv", help="CSV with columns left,right (two files per pair) or sbs "
                                "(side-by-side files); paths relative to the CSV")

@@ -1,4 +1,4 @@
-"""The 108 naturalness targets of one stereo pair (SPEC section 1), batched in PyTorch.
+"""The 108 naturalness targets of one stereo pair (docs/method.md#the-nss-targets), batched in PyTorch.
 
 Pipeline per view: grey uint8 -> float64 / 225 -> standardisation (per column by default)
 -> DT-CWT, 3 levels (near_sym_b, qshift_b) -> magnitudes of the 18 subbands (level 1..3,
@@ -8,7 +8,7 @@ between the right (column 0) and left (column 1) magnitudes at the same position
 Numerical decisions (documented here because they change numbers):
 - The uint8 -> float cast is exact; by default (standardise_dtype "float64") the
   standardisation and the DT-CWT run in float64 (the division by 225 cancels in the
-  standardisation and is not carried out). standardise_dtype "float32" is SPEC's reference
+  standardisation and is not carried out). standardise_dtype "float32" is the original's reference
   pipeline: cast to float32, divide by 225, standardise in float32, and transform in
   float32 (as the `dtcwt` package does with a float32 input); fits and scores are float64.
   The two differ by round-off only, and the targets agree to 1e-4 (tests/test_nss_censored.py).
@@ -139,9 +139,9 @@ def preprocess_views(views: torch.Tensor, mode: str = "reference", workspace=Non
                      dtype: str = "float64") -> torch.Tensor:
     """(N, H, W) grey values -> standardised views in `dtype` (see the module's zero-std guard).
 
-    float64: the division by 225 of SPEC step 2 cancels in the standardisation ((x/225 -
+    float64: the division by 225 of docs/method.md#grey-views-and-standardisation cancels in the standardisation ((x/225 -
     m/225) / (s/225) = (x - m) / s), so it is not carried out (the results differ by
-    round-off). float32: SPEC's reference pipeline as written (cast to float32, divide by
+    round-off). float32: the original reference pipeline as written (cast to float32, divide by
     225, column mean and population std in float32)."""
     if mode == "reference":
         dims = (1,)
@@ -338,7 +338,7 @@ def _normal_scores(x, a, loc, scale):
 
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
-# the clip bounds of SPEC step 7 as normal scores: Phi^-1 is increasing, so
+# the clip bounds of docs/method.md#normal-scores-and-the-copula as normal scores: Phi^-1 is increasing, so
 # Phi^-1(clip(u, eps, 1 - eps)) = clip(Phi^-1(u), Z_LO, Z_HI)
 Z_LO = float(torch.special.ndtri(torch.tensor(EPS32, dtype=torch.float64)))
 Z_HI = float(torch.special.ndtri(torch.tensor(1.0 - EPS32, dtype=torch.float64)))
@@ -402,7 +402,7 @@ def _scratch(workspace, key, shape, like):
 
 def _normal_scores_tabulated(log_x, a, scale, t_lo, t_hi, nodes=INTERP_NODES, tol=INTERP_TOL,
                              chunk=SCORE_CHUNK, workspace=None):
-    """Normal scores (SPEC step 7, loc = 0) of each row of log_x (rows, P) through a per-row
+    """Normal scores (docs/method.md#normal-scores-and-the-copula, loc = 0) of each row of log_x (rows, P) through a per-row
     table; log_x is overwritten. t_lo, t_hi: per row, the range of t = log(x / scale).
 
     h(t) = Phi^-1(P(a, e^t)) is smooth in t (the clip of step 7 is applied after the
@@ -567,7 +567,7 @@ def nss_features_torch(left: torch.Tensor, right: torch.Tensor, marginal: str = 
     "direct" to within 1e-9; used for subbands of at least 4 * INTERP_NODES coefficients,
     smaller ones are evaluated directly) or "direct" (gammainc + ndtri on every magnitude).
     standardise_dtype: precision of the standardisation and of the DT-CWT ("float64",
-    default, or "float32" as SPEC's reference pipeline); fits and scores run in float64.
+    default, or "float32" as the original reference pipeline); fits and scores run in float64.
     censor_k (mle0 only): delta = censor_k x RMS of the subband; 0 gives the uncensored fit
     on magnitudes floored at MAG_FLOOR (the definition of NSS version 1)."""
     _check_settings(marginal, preprocess, standardise_dtype)
