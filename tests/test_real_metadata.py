@@ -146,6 +146,14 @@ def test_waterloo_headerless_public_table(tmp_path, phase):
         block = [p for p in pairs if p.content == ref]
         assert max(block, key=lambda p: p.score).name == f"{ref}.png"
 
+    # symmetric/asymmetric results now exist for Waterloo (a prediction = the MOS here)
+    from siqa.reports import score_report
+
+    report = score_report(pairs, [p.score for p in pairs])
+    assert {k: v["n"] for k, v in report["per_symmetry"].items()} == {
+        "symmetric": n_sym, "asymmetric": n_asym}
+    assert set(report["per_distortion"]) == {"pristine", "type1", "type2", "type3", "mixed"}
+
 
 # Per-view MOS that disagree with the block positions, and why they are not trusted:
 UNRELIABLE = {
