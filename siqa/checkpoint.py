@@ -1,46 +1,180 @@
-"""Checkpoints that are verified on load.
+"""Checkpoints that any PyTorch user can open, verified on load.
 
-A checkpoint file is a magic line, the SHA-256 of the payload, then the payload (a plain
-`torch.save` of a dict of tensors, numbers, strings and lists, loadable with
-`weights_only=True`). It is written atomically, so a run killed while saving leaves the
-previous file intact; a truncated or corrupted file fails the checksum and is reported.
+A checkpoint file is a plain `torch.save` archive of a dict of tensors, numbers, strings,
+lists and dicts, so that what every PyTorch user (and every tool) tries first works:
+
+    state = torch.load("best.pt", weights_only=True)
+    model = MultiTaskSIQA(); model.load_state_dict(state["model"])
+
+Integrity lives inside the archive: the key ``sha256`` holds a SHA-256 over the contents
+of every other entry (each tensor's dtype, shape and raw bytes; every number, string and
+container with its type and key), computed when saving and checked when loading. It
+covers what is loaded, not the zip bytes around it, so it does not depend on how a
+PyTorch version lays out the archive; a file that cannot be unpacked at all (truncated,
+empty, bytes flipped in the zip structure) is reported as corrupt just the same.
+
+Before saving, values that `torch.load(weights_only=True)` would refuse are made plain:
+numpy scalars become Python numbers, numpy arrays tensors, paths strings; anything else
+is a programming error (TypeError naming the entry). Files are written atomically, so a
+run killed while saving leaves the previous file intact.
+
+Files of the first format (a magic line, the SHA-256 of the payload, then the payload)
+still load.
 """
 import hashlib
 import io
+import os
+import pickle
+import struct
+from collections import OrderedDict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from siqa.errors import UserError
 from siqa.files import atomic_write, serialize_torch
 
-MAGIC = b"SIQA-CHECKPOINT-1\n"
+DIGEST_KEY = "sha256"
+MAGIC = b"SIQA-CHECKPOINT-1\n"  # the first format: MAGIC, hex digest, newline, payload
+
+_SCALARS = (type(None), bool, int, float, complex, str, bytes)
+_ATOMS = (torch.Size, torch.dtype, torch.device)
 
 
 def save_checkpoint(path, state: dict):
-    payload = serialize_torch(state)
-    digest = hashlib.sha256(payload).hexdigest().encode()
-    atomic_write(path, MAGIC + digest + b"\n" + payload)
+    """Write `state` (a dict) to `path` as a plain torch.save archive with its SHA-256."""
+    if not isinstance(state, dict):
+        raise TypeError(f"a checkpoint is a dict, not a {type(state).__name__}")
+    if DIGEST_KEY in state:
+        raise TypeError(f"key '{DIGEST_KEY}' is reserved for the checkpoint's checksum")
+    plain = {key: _plain(value, key) for key, value in state.items()}
+    plain[DIGEST_KEY] = content_digest(plain)
+    atomic_write(path, serialize_torch(plain))
 
 
 def load_checkpoint(path, map_location="cpu", required=()) -> dict:
-    """The verified contents of `path`; `required` keys must be present."""
+    """The verified contents of `path` (without the checksum entry); `required` keys must
+    be present."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
-    data = path.read_bytes()
-    header_len = len(MAGIC) + 65
-    if not data.startswith(MAGIC) or len(data) < header_len:
-        raise UserError(f"{path} is not a checkpoint written by this project (or it is truncated)")
-    digest, payload = data[len(MAGIC) : header_len - 1], data[header_len:]
-    if hashlib.sha256(payload).hexdigest().encode() != digest:
-        raise UserError(f"checkpoint {path} is corrupt or truncated (checksum mismatch)")
-    state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+    with open(path, "rb") as f:
+        old_format = f.read(len(MAGIC)) == MAGIC
+    state = _load_first_format(path, map_location) if old_format else _load(path, map_location)
     missing = [key for key in required if key not in state]
     if missing:
         raise UserError(f"checkpoint {path} has no {', '.join(missing)}: "
                         "use a best.pt or last.pt written by train.py")
     return state
+
+
+def _load(path, map_location):
+    if os.path.getsize(path) == 0:
+        raise UserError(f"checkpoint {path} is corrupt or truncated (the file is empty)")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(f"checkpoint {path} is corrupt, or holds objects that "
+                        "torch.load(weights_only=True) refuses") from None
+    except Exception as err:  # a damaged zip or pickle raises many types (RuntimeError, EOFError, ...)
+        raise UserError(f"checkpoint {path} is corrupt or truncated (not a readable PyTorch "
+                        f"archive: {type(err).__name__})") from None
+    if not isinstance(state, dict) or not isinstance(state.get(DIGEST_KEY), str):
+        raise UserError(f"{path} is not a checkpoint written by this project (no '{DIGEST_KEY}' "
+                        "entry), or it is corrupt")
+    stored = state.pop(DIGEST_KEY)
+    try:
+        actual = content_digest(state)
+    except TypeError:  # a type save_checkpoint never writes
+        raise UserError(f"{path} is not a checkpoint written by this project (it holds values "
+                        "save_checkpoint does not write)") from None
+    if actual != stored:
+        raise UserError(f"checkpoint {path} is corrupt or truncated (checksum mismatch)")
+    return state
+
+
+def _load_first_format(path, map_location):
+    data = path.read_bytes()
+    header_len = len(MAGIC) + 65
+    if len(data) < header_len:
+        raise UserError(f"{path} is not a checkpoint written by this project (or it is truncated)")
+    digest, payload = data[len(MAGIC) : header_len - 1], data[header_len:]
+    if hashlib.sha256(payload).hexdigest().encode() != digest:
+        raise UserError(f"checkpoint {path} is corrupt or truncated (checksum mismatch)")
+    return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
+
+
+# --------------------------------------------------------------------------- contents
+def _plain(value, where):
+    """`value` with every leaf of a type that `torch.load(weights_only=True)` accepts."""
+    kind = type(value)  # exact types: np.float64 and np.str_ subclass float and str
+    if isinstance(value, torch.Tensor):
+        if value.layout != torch.strided:
+            raise TypeError(f"checkpoint entry {where}: {value.layout} tensors are not supported")
+        return value
+    if kind in _SCALARS or kind in _ATOMS:
+        return value
+    if isinstance(value, np.generic):  # np.float64(0.5) -> 0.5
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.array(value))
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if kind in (dict, OrderedDict):
+        return kind((_plain(k, f"{where} key"), _plain(v, f"{where}.{k}")) for k, v in value.items())
+    if kind in (list, tuple, set, frozenset):
+        return kind(_plain(v, f"{where}[{i}]") for i, v in enumerate(value))
+    raise TypeError(f"checkpoint entry {where} is a {kind.__module__}.{kind.__qualname__}, "
+                    "which torch.load(weights_only=True) refuses")
+
+
+def content_digest(value) -> str:
+    """SHA-256 (hex) over `value`: types, keys in order, numbers exactly, tensors as
+    dtype, shape and raw bytes. Equal for a state and its torch.save/torch.load copy."""
+    h = hashlib.sha256()
+    _feed(h, value)
+    return h.hexdigest()
+
+
+def _token(h, tag: bytes, data: bytes = b""):
+    h.update(tag + struct.pack("<Q", len(data)) + data)
+
+
+def _feed(h, value):
+    if isinstance(value, torch.Tensor):
+        t = value.detach().to("cpu").contiguous().reshape(-1)
+        _token(h, b"T", f"{t.dtype}{tuple(value.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().data if t.numel() else b"")
+    elif value is None:
+        _token(h, b"N")
+    elif isinstance(value, bool):
+        _token(h, b"B", b"1" if value else b"0")
+    elif isinstance(value, int):
+        _token(h, b"I", str(value).encode())
+    elif isinstance(value, float):
+        _token(h, b"F", value.hex().encode())
+    elif isinstance(value, complex):
+        _token(h, b"C", f"{value.real.hex()},{value.imag.hex()}".encode())
+    elif isinstance(value, str):
+        _token(h, b"S", value.encode("utf-8", "surrogatepass"))
+    elif isinstance(value, bytes):
+        _token(h, b"Y", value)
+    elif isinstance(value, _ATOMS):
+        _token(h, b"A", f"{type(value).__name__}:{value}".encode())
+    elif isinstance(value, dict):
+        _token(h, b"D", str(len(value)).encode())
+        for key, item in value.items():
+            _feed(h, key)
+            _feed(h, item)
+    elif isinstance(value, (list, tuple)):
+        _token(h, b"L" if isinstance(value, list) else b"U", str(len(value)).encode())
+        for item in value:
+            _feed(h, item)
+    elif isinstance(value, (set, frozenset)):  # no stable order: hash the sorted item digests
+        _token(h, b"E", b"".join(sorted(bytes.fromhex(content_digest(v)) for v in value)))
+    else:
+        raise TypeError(f"cannot checksum a {type(value).__name__}")
 
 
 def rng_state() -> dict:

@@ -44,7 +44,9 @@ def db(tmp_path_factory):
 @pytest.fixture(scope="module")
 def checkpoints(db, tmp_path_factory):
     """best.pt whose tensors have the wrong shapes for the model (but the right keys), and a
-    copy of it with bytes flipped in the payload."""
+    copy of it with the bytes of one tensor flipped (a plain torch.load reads it anyway)."""
+    import zipfile
+
     import torch
 
     from siqa import config
@@ -65,7 +67,12 @@ def checkpoints(db, tmp_path_factory):
     wrong = work / "other_model" / "best.pt"
     save_checkpoint(wrong, state)
     data = bytearray(wrong.read_bytes())
-    for i in range(len(data) // 2, len(data) // 2 + 16):
+    with zipfile.ZipFile(wrong) as zf:  # the record of the first tensor's bytes
+        record = next(i for i in zf.infolist() if "/data/" in i.filename)
+    header = record.header_offset
+    start = header + 30 + int.from_bytes(data[header + 26 : header + 28], "little") \
+        + int.from_bytes(data[header + 28 : header + 30], "little")
+    for i in range(start, start + record.file_size):
         data[i] ^= 0xFF
     corrupt = work / "flipped.pt"
     corrupt.write_bytes(bytes(data))

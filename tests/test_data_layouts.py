@@ -189,6 +189,7 @@ def test_waterloo_xlsx(tmp_path):
     assert len(pairs) == 5
     assert [p.score for p in pairs] == [90.0, 40.0, 60.5, 88.0, 30.0]
     assert [p.distortion for p in pairs] == ["pristine", "wn", "blur", "pristine", "jpeg"]
+    assert [p.symmetric for p in pairs] == [True, None, None, True, None]  # no levels, no blocks
     assert [p.content for p in pairs] == ["N0001"] * 3 + ["N0004"] * 2
     assert all(p.higher_is_better for p in pairs)
     assert pairs[4].left == tmp_path / "session2" / "N0005.png"
@@ -196,15 +197,65 @@ def test_waterloo_xlsx(tmp_path):
     assert lv.mean() > 150 and rv.mean() < 100
 
 
-def test_waterloo_csv_export_without_type(tmp_path):
+def test_waterloo_short_table_without_type_is_refused(tmp_path):
+    """Without distortion columns the structure comes from block positions: a table that is
+    not 10 blocks of 46 rows is refused rather than mislabelled."""
     header, rows = make_waterloo(tmp_path, with_type=False)
     with open(tmp_path / "MOS.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header)
         w.writerows(rows)
+    with pytest.raises(UserError, match=r"MOS\.csv.*Phase II cannot be inferred.*N0001: 3, N0004: 2 rows"
+                                        r".*10 references x 46 rows"):
+        load_database("waterloo3d_phase2", root=tmp_path)
+
+
+# One Phase II block (46 rows), written out by hand: offset 0 pristine; 1-12 symmetric
+# (3 types x 4 levels); 13-24 one view distorted; 25-33 one type at two levels (3 x 3);
+# 34-45 two types.
+PHASE2_BLOCK = (["pristine"] + ["type1"] * 4 + ["type2"] * 4 + ["type3"] * 4
+                + ["type1"] * 4 + ["type2"] * 4 + ["type3"] * 4
+                + ["type1"] * 3 + ["type2"] * 3 + ["type3"] * 3 + ["mixed"] * 12)
+
+
+def write_phase2_table(root, header):
+    """A Phase II-shaped table (10 references x 46 rows), images in 3D/Session3DIQ/."""
+    rows = []
+    for scene in range(10):
+        ref = f"N{46 * scene + 1:04d}"
+        for offset in range(46):
+            rows.append([f"N{46 * scene + offset + 1:04d}", ref, 90.0 - offset, 80.0, 70.0])
+    image = np.hstack([view(200, 1), view(50, 2)])
+    save(root / "3D" / "Session3DIQ" / "N0001.png", image)
+    data = (root / "3D" / "Session3DIQ" / "N0001.png").read_bytes()
+    for row in rows[1:]:
+        (root / "3D" / "Session3DIQ" / f"{row[0]}.png").write_bytes(data)
+    with open(root / "MOS.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        if header:
+            w.writerow(header)
+        w.writerows(rows)
+    return rows
+
+
+@pytest.mark.parametrize("header", [None, ["Name", "Reference", "3D MOS", "Left MOS", "Right MOS"]])
+def test_waterloo_structure_from_block_positions(tmp_path, header):
+    rows = write_phase2_table(tmp_path, header)
     pairs = load_database("waterloo3d_phase2", root=tmp_path)
-    assert [p.distortion for p in pairs] == ["pristine", "unknown", "unknown", "pristine", "unknown"]
-    assert [p.symmetric for p in pairs] == [True, None, None, True, None]
+    assert len(pairs) == 460 and len({p.content for p in pairs}) == 10
+    assert [p.distortion for p in pairs] == PHASE2_BLOCK * 10
+    assert [p.symmetric for p in pairs] == ([True] * 13 + [False] * 33) * 10
+    assert [p.score for p in pairs] == [r[2] for r in rows]
+    assert pairs[47].content == "N0047" and pairs[47].name == "N0048.png"
+    assert pairs[47].left == tmp_path / "3D" / "Session3DIQ" / "N0048.png"
+    with pytest.raises(UserError, match=r"Phase I cannot be inferred.*dataset\.name=waterloo3d_phase2"):
+        load_database("waterloo3d_phase1", root=tmp_path)
+
+
+def test_waterloo_headerless_needs_five_columns(tmp_path):
+    (tmp_path / "MOS.csv").write_text("N0001,N0001,95.6\nN0002,N0001,61.3\n")
+    with pytest.raises(UserError, match=r"MOS\.csv.*'N0001', 'N0001', '95\.6'.*header-less 5 columns"):
+        load_database("waterloo3d_phase1", root=tmp_path)
 
 
 def test_waterloo_missing_columns(tmp_path):

@@ -19,32 +19,55 @@ LIVE 3D IQA Phase II (`live3d_phase2`)
     Scores are DMOS (higher = worse).
 
 Waterloo-IVC 3D Phase I / II (`waterloo3d_phase1`, `waterloo3d_phase2`)
-    Side-by-side PNGs (``N0001.png`` ...) in session folders anywhere under the root, and
-    the scores in ``MOS.xlsx`` (read with openpyxl) or a CSV export of it (``MOS.csv``), or
-    the file given as `manifest`. Nobody on this project has seen the official file, so
-    these are the assumptions, all in one place (`_WATERLOO_COLUMNS`):
-    - the first sheet; the header row is the first of its first 20 rows that holds a
-      "name" column; header names are matched ignoring case, spaces, underscores,
-      hyphens and dots;
-    - required columns: the image name (``name`` / ``image`` / ``image name`` /
-      ``file name`` / ``filename`` / ``stimulus``), its reference (``reference`` / ``ref``
-      / ``reference name`` / ``ref name`` / ``content`` / ``scene``) and the 3D MOS
-      (``MOS 3D`` / ``3D MOS`` / ``MOS``); ``MOS left`` and ``MOS right`` are read when
-      present and otherwise unused;
-    - optional: a ``session`` / ``folder`` column (the name is looked up in that
-      sub-folder), a distortion ``type`` column (``distortion`` / ``type`` /
-      ``distortion type``), and per-view ``left type`` / ``right type`` / ``left level``
-      / ``right level`` columns;
-    - an image name without extension gets ``.png``; the file is found by its relative
-      path, or else by its base name anywhere under the root (an ambiguous base name is
-      an error that asks for a session column);
-    - the distortion is the type column (mapped to `wn`, `blur`, `jpeg`; other labels are
-      kept as written); failing that, the per-view types (the one that is not pristine,
-      or ``mixed`` when the views differ); a pair whose name equals its reference is
-      `pristine`; otherwise ``unknown``;
-    - symmetric: from the per-view type/level columns when present (same type and level
-      on both views); a pristine pair is symmetric; otherwise None (unknown).
-    Scores are MOS (higher = better).
+    Side-by-side PNGs (``N0001.png`` ...; left half = left view) and a score table: the
+    ``MOS.xlsx`` of the release (read with openpyxl), a CSV export of it (``MOS.csv``), or
+    the file given as `manifest`. MOS: higher = better.
+
+    Documented (the databases' papers and page, and the public conversion of the table in
+    ../shared/reference/database_metadata/): Phase I has 6 references and 330 pairs, Phase
+    II 10 references and 460 pairs; three distortion types (white noise, Gaussian blur,
+    JPEG) at four levels, applied to either view; the images are numbered ``N0001`` ...,
+    restarting per phase, in ``3D/Session3DIQ/``; the only public copy of the table is
+    header-less with 5 columns: name, reference, 3D MOS, left-view MOS, right-view MOS.
+    The official file's sheet and headers have never been seen in public.
+
+    Reading the table:
+    - the first sheet; a header row is the first of its first 20 rows that holds a "name"
+      column (header names matched ignoring case, spaces, underscores, hyphens, dots;
+      aliases in `_WATERLOO_COLUMNS`: name, reference and MOS 3D are required; session,
+      distortion type and per-view type/level columns are optional); without a header row
+      the table must be the 5-column layout above;
+    - an image name without extension gets ``.png``; the file is looked for in its
+      session folder (if the table has that column), else in ``3D/Session3DIQ/`` first,
+      then at its relative path, then by base name anywhere under the root (a base name
+      found twice is an error that asks for a session column);
+    - the scene (`content`) is the stem of the reference column.
+
+    Inferred (not documented; from the per-view MOS of the public table, where each view's
+    MOS is the 2D MOS of that single-view image, so a pristine view carries the
+    reference's value): each reference's rows form one consecutive block whose position
+    gives the pair's structure (`waterloo_structure`):
+    - offset 0: the pristine pair (its name is its reference's);
+    - 1-12: symmetric, both views the same image: types in groups of four levels (1-4,
+      5-8, 9-12);
+    - 13-24: one view distorted, the other pristine (same type/level order as 1-12; which
+      view is distorted is not in the position);
+    - then both views distorted by one type at two levels (Phase I: 3 x 6 rows, 25-42;
+      Phase II: 3 x 3 rows, 25-33, one group per type),
+    - then both views distorted by two different types (12 rows: 43-54 / 34-45).
+    The per-view MOS agree with this in every block where they are reliable (Phase I
+    scene 5, N0227-N0263, looks like a spreadsheet autofill; tests/test_real_metadata.py
+    checks the rest). Which of white noise, blur and JPEG is group 1, 2 or 3 is nowhere
+    documented, so the distortion is labelled ``type1`` / ``type2`` / ``type3`` (``mixed``
+    for two types, ``pristine`` at offset 0); every pair except the pristine ones and
+    offsets 1-12 is asymmetric.
+    The blocks are checked against the phase's shape (6 x 55 or 10 x 46 consecutive rows,
+    each block starting with its pristine pair); a table of another shape is an error
+    rather than a mislabelled database, unless it names the distortion itself: a
+    distortion type column (mapped to `wn`, `blur`, `jpeg`; other labels are kept as
+    written) or per-view type columns (the type that is not pristine, ``mixed`` when the
+    views differ); symmetric then comes from the per-view type/level columns, else from
+    the position when the blocks fit, else it is None (unknown).
 
 CSV manifest (`csv`, manifest = the CSV file)
     Columns ``left,right,score`` or ``sbs,score``; optional ``ref`` (scene id; without it
@@ -61,6 +84,7 @@ from __future__ import annotations
 import csv
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -312,6 +336,8 @@ _WATERLOO_COLUMNS = {
     "rightlevel": ("rightlevel", "levelright"),
 }
 _WATERLOO_REQUIRED = ("name", "reference", "mos3d")
+_WATERLOO_HEADERLESS = {"name": 0, "reference": 1, "mos3d": 2, "mosleft": 3, "mosright": 4}
+_WATERLOO_3D_FOLDER = ("3D", "Session3DIQ")
 _WATERLOO_TYPES = {
     "wn": "wn", "noise": "wn", "whitenoise": "wn", "gaussiannoise": "wn", "awgn": "wn",
     "blur": "blur", "gblur": "blur", "gaussianblur": "blur",
@@ -366,101 +392,235 @@ def _wl_type(label: str) -> str:
     return _WATERLOO_TYPES.get(key, label.strip())
 
 
-def load_waterloo3d(root, manifest=None, name="waterloo3d_phase1") -> list[StereoPair]:
-    root = _require_dir(root, name)
-    mos_path = _find_waterloo_mos(root, manifest)
-    rows = _read_table(mos_path)
-    header_at, columns = None, {}
+@dataclass(frozen=True)
+class WaterlooLayout:
+    """The block shape of one phase's table: `scenes` references x `block` rows each."""
+
+    phase: str
+    scenes: int
+    block: int
+    per_type_two_levels: int  # rows per distortion type where both views differ in level
+
+
+WATERLOO_LAYOUTS = {
+    "waterloo3d_phase1": WaterlooLayout("Phase I", 6, 55, 6),  # 1 + 12 + 12 + 3 x 6 + 12
+    "waterloo3d_phase2": WaterlooLayout("Phase II", 10, 46, 3),  # 1 + 12 + 12 + 3 x 3 + 12
+}
+_LEVELS = 4  # distortion levels per type
+_TYPES = 3  # distortion types (WN, Gaussian blur, JPEG; which block is which: not documented)
+
+
+def waterloo_structure(layout: WaterlooLayout, offset: int):
+    """(structure, distortion, symmetric) of the row at `offset` in its reference's block.
+
+    structure: 'pristine', 'symmetric', 'one_view' (the other view pristine), 'two_levels'
+    (both views distorted by one type at different levels) or 'two_types'; distortion:
+    'pristine', 'type1'..'type3' (the position of the type's group in the block) or 'mixed'.
+    """
+    group = _LEVELS * _TYPES
+    two_levels = 1 + 2 * group
+    two_types = two_levels + _TYPES * layout.per_type_two_levels
+    if not 0 <= offset < layout.block:
+        raise ValueError(f"offset {offset} outside a {layout.phase} block of {layout.block} rows")
+    if offset == 0:
+        return "pristine", "pristine", True
+    if offset <= group:
+        return "symmetric", f"type{(offset - 1) // _LEVELS + 1}", True
+    if offset <= 2 * group:
+        return "one_view", f"type{(offset - 1 - group) // _LEVELS + 1}", False
+    if offset < two_types:
+        return "two_levels", f"type{(offset - two_levels) // layout.per_type_two_levels + 1}", False
+    return "two_types", "mixed", False
+
+
+def _block_offsets(images, references, layout: WaterlooLayout):
+    """Each row's offset in its reference's block, or (None, what does not fit the layout)."""
+    blocks, order = {}, []
+    for i, ref in enumerate(references):
+        if ref not in blocks:
+            blocks[ref] = []
+            order.append(ref)
+        elif blocks[ref][-1] != i - 1:
+            return None, f"the rows of reference {ref} are not consecutive (table rows " \
+                         f"{blocks[ref][-1] + 1} and {i + 1})"
+        blocks[ref].append(i)
+    sizes = [len(blocks[ref]) for ref in order]
+    if len(order) != layout.scenes or set(sizes) != {layout.block}:
+        found = ", ".join(f"{ref}: {n}" for ref, n in zip(order[:4], sizes[:4]))
+        found += ", ..." if len(order) > 4 else ""
+        other = [name for name, lay in WATERLOO_LAYOUTS.items()
+                 if lay != layout and len(order) == lay.scenes and set(sizes) == {lay.block}]
+        hint = f" (that is the shape of {WATERLOO_LAYOUTS[other[0]].phase}: dataset.name=" \
+               f"{other[0]})" if other else ""
+        return None, f"it has {len(order)} reference(s) with {found} rows{hint}"
+    for ref in order:
+        first = blocks[ref][0]
+        if images[first].lower() != ref.lower():
+            return None, f"the block of reference {ref} starts with {images[first]}, not with " \
+                         "its pristine pair"
+    offsets = [0] * len(references)
+    for ref in order:
+        for k, i in enumerate(blocks[ref]):
+            offsets[i] = k
+    return offsets, None
+
+
+def _headerless(row) -> bool:
+    """The public conversion's row: name, reference, 3D MOS, left MOS, right MOS."""
+    cells = [_cell(c) for c in row]
+    while cells and not cells[-1]:
+        cells.pop()
+    if len(cells) != 5 or not cells[0] or not cells[1]:
+        return False
+    try:
+        [float(c) for c in cells[2:]]
+    except ValueError:
+        return False
+    return True
+
+
+def _waterloo_columns(rows, mos_path):
+    """(index of the first data row, {key: column}) of a headed or header-less table."""
     for i, row in enumerate(rows[:20]):
         normed = [_norm_header(c) for c in row]
         if any(n in _WATERLOO_COLUMNS["name"] for n in normed):
-            header_at = i
+            columns = {}
             for key, aliases in _WATERLOO_COLUMNS.items():
                 for alias in aliases:  # aliases are in priority order
                     if alias in normed:
                         columns[key] = normed.index(alias)
                         break
-            break
-    found = [_cell(c) for c in rows[header_at]] if header_at is not None else (
-        [_cell(c) for c in rows[0]] if rows else []
+            missing = [k for k in _WATERLOO_REQUIRED if k not in columns]
+            if missing:
+                wanted = {"name": "name", "reference": "reference", "mos3d": "MOS 3D"}
+                found = [_cell(c) for c in row]
+                raise UserError(
+                    f"{mos_path}: required column(s) {', '.join(wanted[k] for k in missing)} "
+                    f"not found (columns found: {', '.join(repr(c) for c in found if c) or 'none'})"
+                )
+            return i + 1, columns
+    if rows and _headerless(rows[0]):
+        return 0, dict(_WATERLOO_HEADERLESS)
+    found = [_cell(c) for c in rows[0]] if rows else []
+    raise UserError(
+        f"{mos_path}: required column(s) name, reference, MOS 3D not found (columns found: "
+        f"{', '.join(repr(c) for c in found if c) or 'none'}); give a header row, or the "
+        "header-less 5 columns name, reference, 3D MOS, left MOS, right MOS"
     )
-    missing = [k for k in _WATERLOO_REQUIRED if k not in columns]
-    if missing:
-        wanted = {"name": "name", "reference": "reference", "mos3d": "MOS 3D"}
+
+
+class _NameIndex:
+    """Files under a root by lower-case base name; the tree is walked once, when first asked."""
+
+    def __init__(self, root: Path):
+        self.root, self.paths = root, None
+
+    def __call__(self, name: str) -> list:
+        if self.paths is None:
+            self.paths = {}
+            for p in sorted(self.root.rglob("*")):
+                if p.is_file():
+                    self.paths.setdefault(p.name.lower(), []).append(p)
+        return self.paths.get(name.lower(), [])
+
+
+def _find_image(root: Path, rel: PurePosixPath, session: str, by_name: _NameIndex, where, image):
+    """The file of a table row: in its session folder if the table names one, else first in
+    3D/Session3DIQ/ (the release's 3D folder), then by its relative path, then by its base
+    name anywhere under the root."""
+    if session:
+        candidates = [root.joinpath(session, *rel.parts)]
+    else:
+        candidates = [root.joinpath(*_WATERLOO_3D_FOLDER, *rel.parts), root.joinpath(*rel.parts)]
+    for candidate in candidates:
+        if _exists(candidate, "is_file"):
+            return candidate
+    hits = by_name(rel.name)
+    if len(hits) > 1:
         raise UserError(
-            f"{mos_path}: required column(s) {', '.join(wanted[k] for k in missing)} not found "
-            f"(columns found: {', '.join(repr(c) for c in found if c) or 'none'})"
+            f"{where}: '{image}' matches {len(hits)} files under {root} "
+            f"({hits[0]}, {hits[1]}); add a session column to tell them apart"
+        )
+    return hits[0] if hits else candidates[0]  # a missing file is reported by validation
+
+
+def load_waterloo3d(root, manifest=None, name="waterloo3d_phase1") -> list[StereoPair]:
+    root = _require_dir(root, name)
+    layout = WATERLOO_LAYOUTS.get(name, WATERLOO_LAYOUTS["waterloo3d_phase1"])
+    mos_path = _find_waterloo_mos(root, manifest)
+    rows = _read_table(mos_path)
+    start, columns = _waterloo_columns(rows, mos_path)
+
+    entries = []  # (line, {key: cell})
+    for line, row in enumerate(rows[start:], start=start + 1):
+        cells = {key: _cell(row[c]) if c < len(row) else "" for key, c in columns.items()}
+        if cells["name"]:  # blank rows are skipped
+            entries.append((line, cells))
+    if not entries:
+        raise UserError(f"{mos_path}: no rows below the header")
+    for line, cells in entries:
+        if not cells["reference"]:
+            raise UserError(f"{mos_path} row {line}: no reference for {cells['name']}")
+
+    has_view_types = "lefttype" in columns and "righttype" in columns
+    has_view_levels = "leftlevel" in columns and "rightlevel" in columns
+    images = [_posix(c["name"]).stem for _, c in entries]
+    references = [_posix(c["reference"]).stem for _, c in entries]
+    offsets, problem = _block_offsets(images, references, layout)
+    if offsets is None and "type" not in columns and not has_view_types:
+        raise UserError(
+            f"{mos_path}: the pair structure of Waterloo-IVC 3D {layout.phase} cannot be inferred: "
+            f"{problem}; the official table has {layout.scenes} references x {layout.block} rows, "
+            "each block starting with its pristine pair (or add distortion type columns)"
         )
 
-    index = None  # base name -> paths, built only when needed
+    by_name = _NameIndex(root)
     pairs = []
-    for line, row in enumerate(rows[header_at + 1 :], start=header_at + 2):
-        get = lambda key: _cell(row[columns[key]]) if key in columns and columns[key] < len(row) else ""
-        image = get("name")
-        if not image:
-            continue  # blank row
+    for i, (line, cells) in enumerate(entries):
         try:
-            score = float(get("mos3d"))
+            score = float(cells["mos3d"])
         except ValueError:
-            raise UserError(f"{mos_path} row {line}: MOS 3D '{get('mos3d')}' is not a number") from None
-        rel = _posix(image)
+            raise UserError(f"{mos_path} row {line}: MOS 3D '{cells['mos3d']}' is not a number") from None
+        rel = _posix(cells["name"])
         if not rel.suffix:
             rel = rel.with_suffix(".png")
-        session = get("session")
-        candidate = root.joinpath(session, *rel.parts) if session else root.joinpath(*rel.parts)
-        if not candidate.exists():
-            if index is None:
-                index = {}
-                for p in sorted(root.rglob("*")):
-                    if p.is_file():
-                        index.setdefault(p.name.lower(), []).append(p)
-            hits = index.get(rel.name.lower(), [])
-            if len(hits) > 1:
-                raise UserError(
-                    f"{mos_path} row {line}: '{image}' matches {len(hits)} files under {root} "
-                    f"({hits[0]}, {hits[1]}); add a session column to tell them apart"
-                )
-            if hits:
-                candidate = hits[0]
-        reference = get("reference")
-        ltype, rtype = get("lefttype"), get("righttype")
-        llevel, rlevel = get("leftlevel"), get("rightlevel")
-        if "type" in columns and get("type"):
-            kind = _wl_type(get("type"))
-        elif "lefttype" in columns and "righttype" in columns:
-            lt, rt = _wl_type(ltype), _wl_type(rtype)
-            kinds = {t for t in (lt, rt) if t != "pristine"}
+        session = cells.get("session", "")
+        position = waterloo_structure(layout, offsets[i]) if offsets is not None else None
+        ltype, rtype = _wl_type(cells.get("lefttype", "")), _wl_type(cells.get("righttype", ""))
+        if cells.get("type"):
+            kind = _wl_type(cells["type"])
+        elif has_view_types:
+            kinds = {t for t in (ltype, rtype) if t != "pristine"}
             kind = "pristine" if not kinds else (kinds.pop() if len(kinds) == 1 else "mixed")
-        elif _posix(reference).stem.lower() == rel.stem.lower():
+        elif position is not None:
+            kind = position[1]
+        elif images[i].lower() == references[i].lower():
             kind = "pristine"
         else:
             kind = "unknown"
         if kind == "pristine":
             symmetric = True
-        elif "lefttype" in columns and "righttype" in columns:
-            same_level = ("leftlevel" not in columns or "rightlevel" not in columns) or llevel == rlevel
-            symmetric = _wl_type(ltype) == _wl_type(rtype) and same_level
-        elif "leftlevel" in columns and "rightlevel" in columns:
-            symmetric = llevel == rlevel
+        elif has_view_types:
+            same_level = not has_view_levels or cells["leftlevel"] == cells["rightlevel"]
+            symmetric = ltype == rtype and same_level
+        elif has_view_levels:
+            symmetric = cells["leftlevel"] == cells["rightlevel"]
+        elif position is not None:
+            symmetric = position[2]
         else:
             symmetric = None
         pairs.append(
             StereoPair(
                 name=str(PurePosixPath(session, *rel.parts)) if session else str(rel),
-                left=candidate,
+                left=_find_image(root, rel, session, by_name, f"{mos_path} row {line}", cells["name"]),
                 right=None,
                 score=score,
                 higher_is_better=True,
-                content=_posix(reference).stem if reference else "",
+                content=references[i],
                 distortion=kind,
                 symmetric=symmetric,
             )
         )
-    if not pairs:
-        raise UserError(f"{mos_path}: no rows below the header")
-    missing_ref = [p.name for p in pairs if not p.content]
-    if missing_ref:
-        raise UserError(f"{mos_path}: {len(missing_ref)} row(s) without a reference, e.g. {missing_ref[0]}")
     return pairs
 
 
