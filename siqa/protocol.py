@@ -97,7 +97,7 @@ def card(cfg, split_info, device, started, test_reports, repeat=None) -> dict:
     t = cfg["train"]
     count = split_info["count"]
     indices = range(count) if repeat is None else [repeat]
-    card = {
+    out = {
         "code": git_state(),
         "versions": versions(device),
         "config": cfg,
@@ -110,10 +110,10 @@ def card(cfg, split_info, device, started, test_reports, repeat=None) -> dict:
         "wall_time_s": round(time.perf_counter() - started, 3),
     }
     if repeat is not None:
-        card["logistic"] = logistic_status(test_reports[0])
+        out["logistic"] = logistic_status(test_reports[0])
     else:
-        card["logistic"] = [logistic_status(r) for r in test_reports]
-    return card
+        out["logistic"] = [logistic_status(r) for r in test_reports]
+    return out
 
 
 def split_info(cfg, doc) -> dict:
@@ -131,8 +131,6 @@ def evaluation_card(cfg, checkpoint, device, started, report, pairs) -> dict:
     """The card of `evaluate.py`: the checkpoint instead of the training splits."""
     from siqa.data.splits import scene_table
     from siqa.files import sha256_file
-
-    import hashlib
 
     names = "\n".join(sorted(p.name for p in pairs)).encode("utf-8")
     return {

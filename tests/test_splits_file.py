@@ -128,3 +128,14 @@ def test_a_file_of_another_database_names_the_file_and_the_scene(tmp_path):
         read_split_file(tmp_path / "bad.json")
     with pytest.raises(UserError, match="split file not found"):
         read_split_file(tmp_path / "none.json")
+
+
+def test_train_with_a_split_file_of_another_database_stops_before_writing(tiny_manifest, tmp_path):
+    from conftest import run_entry, tiny_overrides
+
+    proc = run_entry("train.py", *tiny_overrides(
+        tiny_manifest, tmp_path, **{"dataset.split_file": SHIPPED / "live3d_phase1.json"}))
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: split file") and "live3d_phase1.json" in proc.stderr
+    assert "scene 'im10'" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
