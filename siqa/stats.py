@@ -57,6 +57,7 @@ from scipy import special
 BOOTSTRAP_METRICS = ("srocc", "krocc", "plcc", "rmse")
 DEFAULT_RESAMPLES = 2000
 KENDALL_MAX_ITEMS = 3000  # the (n, n) sign matrix of KROCC: 72 MB at this size
+CHUNK_ELEMENTS = 4_000_000  # resamples x pairs per block of the bootstrap (32 MB per matrix)
 EXACT_WILCOXON_MAX = 50
 SIGN_FLIP_MAX = 13
 
@@ -208,7 +209,9 @@ def bootstrap_metrics(pred, target, groups=None, *, n_resamples=DEFAULT_RESAMPLE
     if len(labels) != x.size:
         raise ValueError(f"groups has {len(labels)} labels for {x.size} scores")
     weights = resample_weights(labels, n_resamples, seed)
-    dist = resample_metrics(x, y, weights)
+    chunk = max(64, CHUNK_ELEMENTS // max(1, x.size))  # bounds memory on large test sets
+    parts = [resample_metrics(x, y, weights[i:i + chunk]) for i in range(0, len(weights), chunk)]
+    dist = {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
     tail = 100 * (1 - confidence_level) / 2
     intervals, undefined = {}, {}
     for key in BOOTSTRAP_METRICS:
