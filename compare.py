@@ -25,20 +25,17 @@ def main(argv):
     args = parser.parse_args(argv)
     if len(args.runs) < 2:
         raise UserError("compare.py needs at least two run folders")
+    if not 0 < args.alpha < 1:
+        raise UserError(f"--alpha {args.alpha}: a significance level between 0 and 1, e.g. 0.05")
     if args.label and len(args.label) != len(args.runs):
         raise UserError(f"{len(args.label)} --label for {len(args.runs)} runs: give one per run")
 
     from siqa import comparison
     from siqa.files import atomic_write_text
-    from siqa.metrics import metric_name
 
-    try:
-        metrics = [metric_name(m) for m in args.metric] or comparison.DEFAULT_METRICS
-    except ValueError as err:
-        raise UserError(f"--metric: {err}") from None
     labels = args.label or [None] * len(args.runs)
     runs = [comparison.load_run(r, label) for r, label in zip(args.runs, labels)]
-    result = comparison.compare(runs, metrics, alpha=args.alpha)
+    result = comparison.compare(runs, args.metric or comparison.DEFAULT_METRICS, alpha=args.alpha)
     text = comparison.tables(result, latex=args.latex)
     if args.json:
         from siqa.reports import write_json

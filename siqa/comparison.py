@@ -98,7 +98,10 @@ def _residuals(predictions, names):
 
 def compare(runs, metrics=DEFAULT_METRICS, alpha=0.05) -> dict:
     """The paired statistics of every run against runs[0] (plain dict, JSON-ready)."""
-    metrics = [metric_name(m) for m in metrics]
+    try:
+        metrics = [metric_name(m) for m in metrics]
+    except ValueError as err:
+        raise UserError(f"--metric: {err}") from None
     check_same_splits(runs)
     base = runs[0]
     out = {"alpha": alpha, "splits": len(base.tests), "database": base.splits.get("database"),
