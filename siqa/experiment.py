@@ -13,7 +13,9 @@ import torch
 
 from siqa import config as config_mod
 from siqa.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
-from siqa.data import content_splits, load_database
+from siqa import protocol
+from siqa.data import load_database
+from siqa.data.splits import splits_for_run, write_split_file
 from siqa.data.nss import nss_from_config
 from siqa.data.patches import extract_patch_set
 from siqa.distributed import Dist
@@ -107,14 +109,15 @@ def train(cfg, resume=False, dist=Dist(), progress=True, log=print):
     """Train (and test) on every configured split; returns the test report(s)."""
     from tqdm.auto import tqdm
 
+    started = time.perf_counter()
     cfg = config_mod.resolve_auto(cfg)
     out_dir = config_mod.run_dir_of(cfg)
     # Rank 0 builds the demo database and fills the NSS cache; the other ranks then read them.
     if not dist.is_main:
         dist.barrier()
     pairs = load_pairs(cfg)
-    splits = content_splits(pairs, ratios=tuple(cfg["dataset"]["split"]),
-                            seed=cfg["train"]["seed"], repeats=cfg["train"]["repeats"])
+    splits, split_doc = splits_for_run(pairs, cfg)  # seeded, or dataset.split_file
+    record = {"splits": split_doc, "split_info": protocol.split_info(cfg, split_doc)}
     nss = nss_from_config(pairs, cfg["nss"], progress=progress and dist.is_main,
                           device=dist.device.type)
     if dist.is_main:
@@ -132,15 +135,17 @@ def train(cfg, resume=False, dist=Dist(), progress=True, log=print):
         targets = {name: nss[split[name]] for name in data}
         report = train_split(cfg, data, targets, info, run_dir, run_name, dtype,
                              seed=cfg["train"]["seed"] + r, resume=resume, dist=dist,
-                             progress=progress, log=log, tqdm=tqdm)
+                             progress=progress, log=log, tqdm=tqdm,
+                             record={**record, "repeat": r, "started": time.perf_counter()})
         reports.append(report)
     if len(splits) > 1 and dist.is_main:
-        write_json(out_dir / "summary.json", summarize(reports))
+        card = protocol.card(cfg, record["split_info"], dist.device, started, reports)
+        write_json(out_dir / "summary.json", {**summarize(reports), "protocol": card})
     return reports
 
 
 def train_split(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resume, dist,
-                progress, log, tqdm):
+                progress, log, tqdm, record=None):
     t = cfg["train"]
     device = dist.device
     show = progress and dist.is_main
@@ -149,6 +154,8 @@ def train_split(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resum
             for name in pairs}
     if dist.is_main:  # every input has been read: from here on the run folder exists
         atomic_write_text(config_mod.run_dir_of(cfg) / "config.yaml", config_mod.dump(cfg))
+        if record is not None:
+            write_split_file(config_mod.run_dir_of(cfg) / "splits.json", record["splits"])
     amp_dtype = amp_dtype_of(cfg, device)
     epochs = cfg["train"]["epochs"]
 
@@ -236,6 +243,9 @@ def train_split(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resum
         csv_text = predictions_csv(pairs["val"] + pairs["test"],
                                    np.concatenate([val_pred, test_pred]), split_of)
         atomic_write_text(run_dir / "predictions.csv", csv_text)
+        if record is not None:
+            report["protocol"] = protocol.card(cfg, record["split_info"], device, record["started"],
+                                               [report["test"]], repeat=record["repeat"])
         write_json(run_dir / "metrics.json", report)
         _hparams(writer, cfg, report)
         writer.close()
@@ -260,6 +270,7 @@ def _hparams(writer, cfg, report):
 
 def evaluate(checkpoint, overrides=(), split="test", out=None, progress=True, log=print):
     """Score a database with a checkpoint; write metrics.json, predictions.csv, scatter.png."""
+    started = time.perf_counter()
     state = load_checkpoint(checkpoint, required=("model", "config", "split", "database"))
     cfg = config_mod.load_config(overrides=overrides, base=state["config"])
     cfg["patches"] = state["config"]["patches"]  # the model only knows its own input normalisation
@@ -285,7 +296,8 @@ def evaluate(checkpoint, overrides=(), split="test", out=None, progress=True, lo
     pred = predict_pairs(model, data, amp_dtype=amp_dtype_of(cfg, device))
     report = score_report(pairs, pred)
     out = Path(out) if out else Path(checkpoint).parent / f"eval_{cfg['dataset']['name']}_{split}"
-    write_json(out / "metrics.json", {split: report})
+    write_json(out / "metrics.json", {split: report, "protocol": protocol.evaluation_card(
+        cfg, checkpoint, device, started, report, pairs)})
     atomic_write_text(out / "predictions.csv", predictions_csv(pairs, pred))
     from siqa.plots import save_scatter_png
 

@@ -32,6 +32,8 @@ import numpy as np
 from scipy import optimize, special, stats
 
 METRIC_KEYS = ("srocc", "plcc", "krocc", "rmse", "plcc_logistic", "rmse_logistic", "n")
+METRIC_ALIASES = {"srcc": "srocc", "krcc": "krocc"}  # spellings other papers and tools use
+LOWER_IS_BETTER = {"rmse", "rmse_logistic"}
 MIN_CORRELATION_ITEMS = 3
 MIN_LOGISTIC_ITEMS = 5  # as many items as logistic parameters
 LOGISTIC_MAXFEV = 20000
@@ -260,3 +262,14 @@ def per_group(pred, target, groups, fit_info=False):
     label_array[:] = labels
     return {g: evaluate_scores(x[label_array == g], y[label_array == g], fit_info=fit_info)
             for g in unique}
+
+
+def metric_name(name) -> str:
+    """The metric key for a user-given name: case-insensitive, aliases `srcc` and `krcc`
+    accepted; ValueError for an unknown name."""
+    key = str(name).strip().lower().replace("-", "_")
+    key = METRIC_ALIASES.get(key, key)
+    if key not in METRIC_KEYS or key == "n":
+        valid = ", ".join(k for k in METRIC_KEYS if k != "n")
+        raise ValueError(f"unknown metric '{name}' (valid: {valid}; aliases: srcc, krcc)")
+    return key

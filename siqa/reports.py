@@ -8,13 +8,39 @@ import numpy as np
 
 from siqa.files import atomic_write_text
 from siqa.metrics import evaluate_scores, per_group
+from siqa.stats import BOOTSTRAP_METRICS, DEFAULT_RESAMPLES, bootstrap_metrics, median_interval
+
+
+BOOTSTRAP_SEED = 0
+
+
+def intervals(pred, target, scenes, n_resamples=DEFAULT_RESAMPLES, seed=BOOTSTRAP_SEED) -> dict:
+    """95 % percentile bootstrap intervals of SROCC, KROCC, PLCC and RMSE (raw predictions):
+    "ci95" resamples scenes (the independent unit; none with fewer than 2 scenes),
+    "ci95_pair_level" resamples pairs (narrower: pairs of one scene are not independent)."""
+    by_scene = bootstrap_metrics(pred, target, scenes, n_resamples=n_resamples, seed=seed)
+    by_pair = bootstrap_metrics(pred, target, None, n_resamples=n_resamples, seed=seed)
+    several = by_scene.n_units >= 2
+    return {
+        "ci95": {k: (ci.as_list() if several else [None, None])
+                 for k, ci in by_scene.confidence_interval.items()},
+        "ci95_pair_level": {k: ci.as_list() for k, ci in by_pair.confidence_interval.items()},
+        "bootstrap": {"method": "percentile", "resamples": int(n_resamples), "seed": seed,
+                      "unit": "scene (ci95); pair (ci95_pair_level)",
+                      "scenes": by_scene.n_units, "metrics": list(BOOTSTRAP_METRICS),
+                      "undefined_resamples": by_scene.undefined},
+    }
 
 
 def score_report(pairs, predictions) -> dict:
-    """Overall metrics, per distortion type and, where the database says it, per symmetry."""
+    """Overall metrics with bootstrap intervals and the logistic fit used, per distortion
+    type and, where the database says it, per symmetry."""
     target = np.array([p.score for p in pairs], dtype=np.float64)
     pred = np.asarray(predictions, dtype=np.float64)
-    report = evaluate_scores(pred, target)
+    report = evaluate_scores(pred, target, fit_info=True)
+    report["logistic"] = report.pop("mapping")
+    if len(pairs) >= 3:
+        report.update(intervals(pred, target, [p.content for p in pairs]))
     report["per_distortion"] = per_group(pred, target, [p.distortion for p in pairs])
     known = [i for i, p in enumerate(pairs) if p.symmetric is not None]
     if known:
@@ -43,17 +69,24 @@ SUMMARY_KEYS = ("srocc", "plcc", "krocc", "rmse", "plcc_logistic", "rmse_logisti
 
 
 def summarize(test_reports) -> dict:
-    """Median, mean and std (ddof=1 where defined) of each test metric over repeated splits."""
+    """Median, mean, std (ddof=1 where defined), min, max of each test metric over repeated
+    splits, and the distribution-free interval of the median (order statistics; its
+    coverage is given: below 6 splits no interval reaches 95 %, see siqa.stats)."""
     out = {"repeats": len(test_reports)}
     for key in SUMMARY_KEYS:
         values = [r[key] for r in test_reports if r.get(key) is not None]
         if not values:
             out[key] = None
             continue
+        low, high, coverage = median_interval(values)
         out[key] = {
             "median": statistics.median(values),
             "mean": statistics.fmean(values),
             "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values),
+            "max": max(values),
+            "median_ci": [low, high],
+            "median_ci_coverage": coverage,
             "values": values,
         }
     return out

@@ -1,0 +1,226 @@
+"""Compare runs made on the same splits: paired tests, and a table that goes into a paper.
+
+    run A (N splits) ─┐   same splits.json (scene ids per split, pair-list hash)? else refuse
+    run B (N splits) ─┘
+        │
+        ├─ per metric: the N per-split test values of each run; paired differences X - A;
+        │  Wilcoxon signed-rank test (siqa.stats), two-sided
+        └─ per split: residuals target - logistic(prediction) of each run on the same test
+           pairs (each run's own fit, siqa.metrics.fit_logistic); VQEG F-test of their
+           variances
+
+A winner is named only where p < alpha (default 0.05); otherwise the cell says "n.s.".
+The first run is the baseline every other run is compared with. Tables: Markdown, or LaTeX
+(`tabular`) with --latex.
+"""
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from siqa.errors import UserError
+from siqa.metrics import LOWER_IS_BETTER, fit_logistic, metric_name
+from siqa.stats import f_test, median_interval, wilcoxon_signed_rank
+
+DEFAULT_METRICS = ("srocc", "krocc", "plcc", "rmse", "plcc_logistic", "rmse_logistic")
+TITLES = {"srocc": "SROCC", "krocc": "KROCC", "plcc": "PLCC", "rmse": "RMSE",
+          "plcc_logistic": "PLCC (logistic)", "rmse_logistic": "RMSE (logistic)"}
+
+
+@dataclass
+class Run:
+    folder: Path
+    label: str
+    splits: dict  # the splits.json document
+    tests: list  # per split: the "test" dict of metrics.json
+    predictions: list  # per split: {pair name: (score, prediction)} of the test pairs
+
+
+def _read_json(path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read {path}: {err}") from None
+
+
+def _test_predictions(path):
+    if not path.is_file():
+        raise UserError(f"{path} is missing: the run folder is incomplete")
+    with open(path, newline="") as f:
+        return {row["name"]: (float(row["score"]), float(row["prediction"]))
+                for row in csv.DictReader(f) if row["split"] == "test"}
+
+
+def load_run(folder, label=None) -> Run:
+    """A finished run folder (one split, or `train.repeats=N` with split_0 .. split_N-1)."""
+    folder = Path(folder)
+    if not (folder / "splits.json").is_file():
+        raise UserError(f"{folder} is not a finished run folder of this version (no splits.json)")
+    doc = _read_json(folder / "splits.json")
+    count = len(doc.get("splits", []))
+    dirs = [folder] if count == 1 else [folder / f"split_{r}" for r in range(count)]
+    tests, preds = [], []
+    for d in dirs:
+        if not (d / "metrics.json").is_file():
+            raise UserError(f"{d / 'metrics.json'} is missing: the run has not finished "
+                            "(finish it with train.py --resume)")
+        tests.append(_read_json(d / "metrics.json")["test"])
+        preds.append(_test_predictions(d / "predictions.csv"))
+    return Run(folder, label or folder.name, doc, tests, preds)
+
+
+def check_same_splits(runs):
+    """UserError (one line) unless every run used the same splits as the first."""
+    base = runs[0]
+    for run in runs[1:]:
+        if run.splits.get("pairs_sha256") != base.splits.get("pairs_sha256"):
+            raise UserError(f"runs {base.folder} and {run.folder} were made on different pair "
+                            "lists (pair-list hashes differ): they cannot be compared")
+        a, b = base.splits["splits"], run.splits["splits"]
+        if len(a) != len(b):
+            raise UserError(f"runs {base.folder} and {run.folder} have {len(a)} and {len(b)} "
+                            "splits: train both with the same train.repeats and dataset.split_file")
+        for r, (sa, sb) in enumerate(zip(a, b)):
+            if sa != sb:
+                part = next(k for k in ("train", "val", "test") if sorted(sa[k]) != sorted(sb[k]))
+                raise UserError(f"runs {base.folder} and {run.folder} differ in split {r} "
+                                f"({part} scenes {sorted(sa[part])} vs {sorted(sb[part])}): train "
+                                f"both with dataset.split_file={base.folder / 'splits.json'}")
+
+
+def _residuals(predictions, names):
+    score = np.array([predictions[n][0] for n in names])
+    pred = np.array([predictions[n][1] for n in names])
+    return score - fit_logistic(pred, score)(pred)
+
+
+def compare(runs, metrics=DEFAULT_METRICS, alpha=0.05) -> dict:
+    """The paired statistics of every run against runs[0] (plain dict, JSON-ready)."""
+    try:
+        metrics = [metric_name(m) for m in metrics]
+    except ValueError as err:
+        raise UserError(f"--metric: {err}") from None
+    check_same_splits(runs)
+    base = runs[0]
+    out = {"alpha": alpha, "splits": len(base.tests), "database": base.splits.get("database"),
+           "pairs_sha256": base.splits.get("pairs_sha256"), "runs": [], "comparisons": []}
+    for run in runs:
+        summary = {}
+        for m in metrics:
+            values = [t.get(m) for t in run.tests]
+            finite = [v for v in values if v is not None]
+            low, high, coverage = median_interval(finite)
+            summary[m] = {"values": values,
+                          "median": float(np.median(finite)) if finite else None,
+                          "median_ci": [low, high], "median_ci_coverage": coverage}
+        out["runs"].append({"label": run.label, "folder": str(run.folder), "metrics": summary})
+    for run in runs[1:]:
+        comp = {"label": run.label, "baseline": base.label, "metrics": {}, "f_tests": []}
+        for m in metrics:
+            pairs = [(a.get(m), b.get(m)) for a, b in zip(base.tests, run.tests)]
+            pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+            a = np.array([p[0] for p in pairs])
+            b = np.array([p[1] for p in pairs])
+            res = wilcoxon_signed_rank(a, b)
+            sign = -1 if m in LOWER_IS_BETTER else 1
+            better = int(np.sum(sign * (b - a) > 0))
+            winner = None
+            if np.isfinite(res.pvalue) and res.pvalue < alpha:
+                winner = run.label if sign * res.median_difference > 0 else base.label
+            comp["metrics"][m] = {"median_difference": res.median_difference,
+                                  "better_on": better, "n": len(pairs),
+                                  "statistic": res.statistic, "pvalue": res.pvalue,
+                                  "method": res.method, "winner": winner}
+        for r, (pa, pb) in enumerate(zip(base.predictions, run.predictions)):
+            if set(pa) != set(pb):
+                raise UserError(f"split {r}: the test pairs of {base.folder} and {run.folder} "
+                                "differ (predictions.csv)")
+            names = sorted(pa)
+            res = f_test(_residuals(pb, names), _residuals(pa, names))  # F = var(X) / var(A)
+            winner = None
+            if np.isfinite(res.pvalue) and res.pvalue < alpha:
+                winner = run.label if res.statistic < 1 else base.label
+            comp["f_tests"].append({"split": r, "pairs": len(names), "var_baseline": res.var_b,
+                                    "var_other": res.var_a, "F": res.statistic,
+                                    "pvalue": res.pvalue, "winner": winner})
+        out["comparisons"].append(comp)
+    return _finite(out)
+
+
+def _finite(obj):
+    """NaN and infinities (an undefined test) become None, so that the result is JSON."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+# ----------------------------------------------------------------------------- tables
+def _num(x, digits=4):
+    return "n/a" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
+
+
+def _p(x):
+    if x is None or not np.isfinite(x):
+        return "n/a"
+    return f"{x:.2g}" if x < 0.001 else f"{x:.3f}"
+
+
+def _render(header, rows, latex, bold):
+    """rows of cells; bold(i, j) says which cells to emphasise."""
+    if latex:
+        esc = lambda s: str(s).replace("_", r"\_").replace("%", r"\%").replace("−", "$-$")
+        cell = lambda i, j, s: rf"\textbf{{{esc(s)}}}" if bold(i, j) else esc(s)
+        lines = [r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\hline",
+                 " & ".join(esc(h) for h in header) + r" \\", r"\hline"]
+        lines += [" & ".join(cell(i, j, s) for j, s in enumerate(r)) + r" \\"
+                  for i, r in enumerate(rows)]
+        return "\n".join(lines + [r"\hline", r"\end{tabular}"])
+    cell = lambda i, j, s: f"**{s}**" if bold(i, j) else str(s)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(i, j, s) for j, s in enumerate(r)) + " |"
+              for i, r in enumerate(rows)]
+    return "\n".join(lines)
+
+
+def tables(result, latex=False) -> str:
+    metrics = list(result["runs"][0]["metrics"])
+    alpha = result["alpha"]
+    coverage = result["runs"][0]["metrics"][metrics[0]]["median_ci_coverage"]
+    parts = [f"{result['splits']} split(s) of {result['database']} "
+             f"(pair list {str(result['pairs_sha256'])[:12]}). Test metrics: median over the "
+             f"splits [distribution-free interval of the median, coverage "
+             f"{_num(coverage and 100 * coverage, 1)} %]; winners only where p < {alpha:g}."]
+    header = ["run"] + [TITLES[m] for m in metrics]
+
+    def cell(s):
+        low, high = s["median_ci"]
+        return f"{_num(s['median'])} [{_num(low, 3)}, {_num(high, 3)}]"
+
+    rows = [[r["label"]] + [cell(r["metrics"][m]) for m in metrics] for r in result["runs"]]
+    parts.append(_render(header, rows, latex, lambda i, j: False))
+    for comp in result["comparisons"]:
+        name = f"{comp['label']} vs {comp['baseline']}"
+        parts.append(f"Paired differences across splits ({name}), Wilcoxon signed-rank test:")
+        header = ["metric", "median difference", f"{comp['label']} better on", "Wilcoxon p",
+                  "significant winner"]
+        rows = [[TITLES[m], _num(c["median_difference"]), f"{c['better_on']}/{c['n']}",
+                 _p(c["pvalue"]), c["winner"] or "n.s."] for m, c in comp["metrics"].items()]
+        parts.append(_render(header, rows, latex,
+                             lambda i, j, rows=rows: j == 4 and rows[i][4] != "n.s."))
+        parts.append(f"Per split, F-test on the residuals after each run's logistic ({name}):")
+        header = ["split", "test pairs", f"residual var {comp['baseline']}",
+                  f"residual var {comp['label']}", "F", "p", "significant winner"]
+        rows = [[str(f["split"]), str(f["pairs"]), _num(f["var_baseline"], 3),
+                 _num(f["var_other"], 3), _num(f["F"], 3), _p(f["pvalue"]), f["winner"] or "n.s."]
+                for f in comp["f_tests"]]
+        parts.append(_render(header, rows, latex,
+                             lambda i, j, rows=rows: j == 6 and rows[i][6] != "n.s."))
+    return "\n\n".join(parts) + "\n"

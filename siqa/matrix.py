@@ -1,0 +1,136 @@
+"""Cross-database matrix: checkpoints trained on several databases x test databases.
+
+                     test: live3d_phase1   live3d_phase2   waterloo3d_phase1 ...
+    train: live1 (DMOS)    0.93*            0.81            0.74
+    train: ivc1  (MOS)     0.70             0.66            0.95*
+
+A cell is the SROCC (and PLCC) of the checkpoint's predictions against the test
+database's scores. Direction: a checkpoint predicts on the scale of its training database,
+DMOS (higher = worse: LIVE, demo) or MOS (higher = better: Waterloo). Where the two
+directions differ, the correlations are negated, so that 1 always means agreement and -1
+disagreement; the raw values are kept in the JSON beside the oriented ones. RMSE is not
+reported: the scales differ. A test database that is the checkpoint's own (same name, root
+and manifest) is scored on the checkpoint's test split only (marked *), never on the pairs
+it was trained on; any other database on all its pairs.
+"""
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from siqa import config as config_mod
+from siqa.checkpoint import load_checkpoint
+from siqa.errors import UserError
+from siqa.metrics import krocc, plcc, srocc
+
+DATASET_KEYS = ("name", "root", "manifest")
+
+
+def parse_test(spec):
+    """'NAME=PATH' -> (label, dataset overrides): PATH is the root (a CSV file for csv)."""
+    if "=" not in spec:
+        raise UserError(f"--test {spec!r}: expected NAME=PATH, e.g. live3d_phase2=/data/LIVE3D-II")
+    name, path = (s.strip() for s in spec.split("=", 1))
+    key = "manifest" if name == "csv" and path.lower().endswith(".csv") else "root"
+    return name, {"name": name, "root": None, "manifest": None, key: path}
+
+
+def oriented(pred, pairs, trained_higher_is_better) -> dict:
+    """Correlations of `pred` with the pairs' scores, sign-corrected for the direction."""
+    score = np.array([p.score for p in pairs], dtype=np.float64)
+    tested_hib = {bool(p.higher_is_better) for p in pairs}
+    if len(tested_hib) != 1:
+        raise UserError("the test database mixes MOS and DMOS pairs")
+    flip = tested_hib.pop() != bool(trained_higher_is_better)
+    raw = {"srocc": srocc(pred, score), "plcc": plcc(pred, score), "krocc": krocc(pred, score)}
+    cell = {k: (None if v is None else (-v if flip else v)) for k, v in raw.items()}
+    cell.update({f"raw_{k}": v for k, v in raw.items()})
+    cell.update(n=len(pairs), flipped=flip)
+    return cell
+
+
+def _checkpoint_label(path, state, used):
+    label = f"{state['database']['name']} ({Path(path).parent.name})"
+    while label in used:
+        label += "'"
+    used.add(label)
+    return label
+
+
+def cross_database_matrix(checkpoints, tests, out, overrides=(), progress=False, log=print):
+    """Score every checkpoint on every test database; write matrix.json and matrix.md.
+    `overrides` (key.sub=value) apply to every evaluation (e.g. device=cpu)."""
+    from siqa.engine import predict_pairs, select_device
+    from siqa.experiment import amp_dtype_of, load_model, load_pairs, split_data
+    from siqa.reports import write_json
+
+    if not checkpoints or not tests:
+        raise UserError("--matrix needs at least one --checkpoint and one --test NAME=PATH")
+    specs = [parse_test(t) for t in tests]
+    labels = []
+    for name, _ in specs:
+        label = name
+        while label in labels:
+            label += "'"
+        labels.append(label)
+    rows, cells, used = [], [], set()
+    for path in checkpoints:
+        state = load_checkpoint(path, required=("model", "config", "split", "database"))
+        row = _checkpoint_label(path, state, used)
+        rows.append(row)
+        for label, (_, dataset) in zip(labels, specs):
+            cfg = config_mod.load_config(overrides=overrides, base=state["config"])
+            cfg["dataset"].update(dataset)
+            cfg["patches"] = state["config"]["patches"]
+            device = select_device(cfg["device"])
+            model = load_model(state, device, source=path)
+            pairs = load_pairs(cfg)
+            own = all(cfg["dataset"][k] == state["config"]["dataset"][k] for k in DATASET_KEYS)
+            if own:
+                by_name = {p.name: p for p in pairs}
+                pairs = [by_name[n] for n in state["split"]["test"] if n in by_name]
+                if len(pairs) != len(state["split"]["test"]):
+                    raise UserError(f"the test pairs of {path} are not all in {label}")
+            data = split_data(pairs, np.zeros((len(pairs), model.nss_dim)),
+                              getattr(torch, cfg["train"]["patch_dtype"]),
+                              cfg["patches"]["normalisation"], progress=progress).to(device)
+            pred = predict_pairs(model, data, amp_dtype=amp_dtype_of(cfg, device))
+            cell = oriented(pred, pairs, state["database"]["higher_is_better"])
+            cell.update(train=row, test=label, checkpoint=str(path),
+                        split="checkpoint test split" if own else "all")
+            cells.append(cell)
+            log(f"{row} -> {label}: SROCC {_fmt(cell['srocc'])} PLCC {_fmt(cell['plcc'])} "
+                f"({cell['n']} pairs{', own test split' if own else ''}"
+                f"{', direction flipped' if cell['flipped'] else ''})")
+    result = {"rows": rows, "columns": labels, "cells": cells,
+              "note": "correlations oriented so that 1 means agreement (MOS vs DMOS handled); "
+                      "raw_* are before orientation; * = the checkpoint's own test split"}
+    out = Path(out)
+    write_json(out / "matrix.json", result)
+    from siqa.files import atomic_write_text
+
+    atomic_write_text(out / "matrix.md", markdown(result))
+    return result, out
+
+
+def _fmt(x):
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+def markdown(result) -> str:
+    by = {(c["train"], c["test"]): c for c in result["cells"]}
+    parts = []
+    for key, title in (("srocc", "SROCC"), ("plcc", "PLCC")):
+        lines = [f"{title}, train (rows) x test (columns); 1 = agreement whatever the score "
+                 "direction; * = the checkpoint's own test split", "",
+                 "| train \\ test | " + " | ".join(result["columns"]) + " |",
+                 "|---|" + "---|" * len(result["columns"])]
+        for row in result["rows"]:
+            values = []
+            for col in result["columns"]:
+                c = by[(row, col)]
+                star = "*" if c["split"] != "all" else ""
+                values.append(f"{_fmt(c[key])}{star}")
+            lines.append(f"| {row} | " + " | ".join(values) + " |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"

@@ -1,0 +1,314 @@
+"""Uncertainty and significance for IQA results: bootstrap intervals, Wilcoxon, F-test.
+
+    test pairs (pred, target, scene)            N repeated splits of runs A and B
+            |                                              |
+    resample scenes with replacement           paired differences d = B - A per split
+    (B x k multinomial counts -> weights              |
+     on pairs, one matrix for all resamples)   Wilcoxon signed-rank: statistic, p-value
+            |                                              |
+    SROCC, KROCC, PLCC, RMSE of every          per split: F = var(res_A) / var(res_B) of the
+    resample at once (weighted statistics)     residuals after each run's logistic (VQEG)
+            |
+    percentile interval [2.5 %, 97.5 %]
+
+Results are named, as in `scipy.stats`: `.statistic`, `.pvalue`, `.confidence_interval`.
+
+Bootstrap. A resample of the test set draws its k scenes (or, for the pair-level interval,
+its n pairs) with replacement; a scene drawn twice contributes all its pairs twice. A
+resample is therefore a vector of integer weights on the pairs, and all resamples are one
+(B, n) matrix, so that every statistic is computed for all B resamples in a few matrix
+operations (no Python loop per resample):
+- PLCC: the weighted Pearson correlation (weights = multiplicities);
+- SROCC: the Pearson correlation of the mid-ranks of the resampled multiset. The order of
+  the values does not change between resamples, so x and y are sorted once; the mid-rank of
+  a tie group is (weight of the smaller values) + (weight of the group + 1) / 2;
+- KROCC: Kendall's tau-b of the multiset, sum_ij w_i w_j sign(dx_ij) sign(dy_ij) /
+  sqrt((W^2 - sum_g Wx_g^2)(W^2 - sum_g Wy_g^2)) over tie groups g: one (B, n) x (n, n)
+  product (n <= KENDALL_MAX_ITEMS, otherwise no KROCC interval);
+- RMSE: sqrt(weighted mean squared error) of the raw predictions.
+Each equals the scipy statistic of the expanded resample (tested). PLCC and RMSE after the
+logistic get no interval: refitting the logistic in every resample would be a Python loop of
+curve_fit calls. The scene is the independent unit (pairs of one scene share their content,
+and test sets hold few scenes): the scene-level interval is the one to quote; the
+pair-level interval is reported beside it, labelled, for comparison with papers that
+resample pairs. Percentile intervals; resamples where a statistic is undefined (constant
+predictions or targets) are left out and counted.
+
+Wilcoxon signed-rank test (paired, two-sided), with scipy's conventions
+(`scipy.stats.wilcoxon` defaults): zero differences are dropped; statistic =
+min(R+, R-); exact null distribution when n <= 50 without ties or zeros; with ties or
+zeros and n <= 13, the exact distribution over the 2^n sign flips of the mid-ranks;
+otherwise the normal approximation with the tie correction and no continuity correction.
+With n = 5 splits the smallest two-sided p-value is 2/32 = 0.0625: at least 6 splits are
+needed for p < 0.05.
+
+F-test (VQEG): F = var(residuals A) / var(residuals B) (ddof = 1) on the same test items,
+F(n-1, n-1) under the null hypothesis of equal variances, two-sided p-value. Assumes
+residuals that are roughly Gaussian and independent, as VQEG does.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import special
+
+BOOTSTRAP_METRICS = ("srocc", "krocc", "plcc", "rmse")
+DEFAULT_RESAMPLES = 2000
+KENDALL_MAX_ITEMS = 3000  # the (n, n) sign matrix of KROCC: 72 MB at this size
+CHUNK_ELEMENTS = 4_000_000  # resamples x pairs per block of the bootstrap (32 MB per matrix)
+EXACT_WILCOXON_MAX = 50
+SIGN_FLIP_MAX = 13
+
+
+@dataclass(frozen=True)
+class ConfidenceInterval:
+    low: float | None
+    high: float | None
+
+    def as_list(self):
+        return [self.low, self.high]
+
+
+@dataclass
+class BootstrapResult:
+    """confidence_interval[metric] (ConfidenceInterval); bootstrap_distribution[metric]
+    (the B resampled values, NaN where undefined); unit: 'scene' or 'pair'."""
+
+    confidence_interval: dict
+    bootstrap_distribution: dict = field(repr=False)
+    unit: str
+    n_units: int
+    n_resamples: int
+    confidence_level: float
+    undefined: dict
+
+
+@dataclass(frozen=True)
+class WilcoxonResult:
+    statistic: float  # min(R+, R-)
+    pvalue: float
+    n: int  # differences left after dropping zeros
+    method: str  # 'exact', 'sign-flip' or 'normal'
+    median_difference: float  # median of b - a (all pairs, zeros included)
+
+
+@dataclass(frozen=True)
+class FTestResult:
+    statistic: float  # var(a) / var(b)
+    pvalue: float  # two-sided
+    df: tuple
+    var_a: float
+    var_b: float
+
+
+def _rng(seed):
+    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+
+
+def resample_weights(groups, n_resamples=DEFAULT_RESAMPLES, seed=0):
+    """(B, n) integer weights: each row resamples the distinct `groups` with replacement
+    (every pair its own group for a pair-level bootstrap) and counts how often each pair is
+    drawn. `groups` holds one label per pair."""
+    labels, index = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)
+    k = labels.size
+    counts = _rng(seed).multinomial(k, np.full(k, 1.0 / k), size=int(n_resamples))
+    return counts[:, index].astype(np.float64)
+
+
+def _weighted_pearson(x, y, w):
+    """Row-wise weighted Pearson correlation; x, y: (n,) or (B, n); w: (B, n). NaN where
+    undefined."""
+    total = w.sum(axis=1, keepdims=True)
+    mx = (w * x).sum(axis=1, keepdims=True) / total
+    my = (w * y).sum(axis=1, keepdims=True) / total
+    dx, dy = x - mx, y - my
+    sxy = (w * dx * dy).sum(axis=1)
+    sxx = (w * dx * dx).sum(axis=1)
+    syy = (w * dy * dy).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = sxy / np.sqrt(sxx * syy)
+    # a constant resample leaves only round-off in dx or dy: relative std below 1e-12
+    bad = ((sxx <= 1e-24 * total[:, 0] * mx[:, 0] ** 2) | ~(sxx > 0)
+           | (syy <= 1e-24 * total[:, 0] * my[:, 0] ** 2) | ~(syy > 0))
+    r = np.clip(r, -1.0, 1.0)
+    r[bad] = np.nan
+    return r
+
+
+def _tie_groups(v):
+    """Sorting order of v, start of each tie group in that order, group of every item."""
+    order = np.argsort(v, kind="stable")
+    sv = v[order]
+    starts = np.flatnonzero(np.r_[True, sv[1:] != sv[:-1]])
+    group_sorted = np.cumsum(np.r_[True, sv[1:] != sv[:-1]]) - 1
+    group = np.empty(v.size, dtype=np.int64)
+    group[order] = group_sorted
+    return order, starts, group
+
+
+def _weighted_midranks(v, w):
+    """(B, n) mid-ranks of v in each resampled multiset (weights w)."""
+    order, starts, group = _tie_groups(v)
+    group_weight = np.add.reduceat(w[:, order], starts, axis=1)  # (B, G)
+    before = np.cumsum(group_weight, axis=1) - group_weight
+    midrank = before + (group_weight + 1.0) / 2.0
+    return midrank[:, group], group_weight
+
+
+def _weighted_kendall(x, y, w, gx_weight, gy_weight):
+    sign = np.sign(x[:, None] - x[None, :]) * np.sign(y[:, None] - y[None, :])
+    s = np.einsum("bi,bi->b", w @ sign, w)
+    total = w.sum(axis=1)
+    nx = total ** 2 - (gx_weight ** 2).sum(axis=1)
+    ny = total ** 2 - (gy_weight ** 2).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tau = s / np.sqrt(nx * ny)
+    tau[~((nx > 0) & (ny > 0))] = np.nan
+    return np.clip(tau, -1.0, 1.0)
+
+
+def resample_metrics(pred, target, weights) -> dict:
+    """SROCC, KROCC, PLCC, RMSE of every resample: {metric: (B,) array, NaN where
+    undefined}. `weights` (B, n) are the multiplicities of the pairs in each resample."""
+    x = np.asarray(pred, dtype=np.float64).reshape(-1)
+    y = np.asarray(target, dtype=np.float64).reshape(-1)
+    w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    rank_x, gx = _weighted_midranks(x, w)
+    rank_y, gy = _weighted_midranks(y, w)
+    out = {
+        "srocc": _weighted_pearson(rank_x, rank_y, w),
+        "plcc": _weighted_pearson(x, y, w),
+        "rmse": np.sqrt((w * (x - y) ** 2).sum(axis=1) / w.sum(axis=1)),
+    }
+    if x.size <= KENDALL_MAX_ITEMS:
+        out["krocc"] = _weighted_kendall(x, y, w, gx, gy)
+    else:
+        out["krocc"] = np.full(w.shape[0], np.nan)
+    # fewer than 3 distinct items drawn: correlations undefined, as in siqa.metrics
+    few = (w > 0).sum(axis=1) < 3
+    for key in ("srocc", "plcc", "krocc"):
+        out[key][few] = np.nan
+    return out
+
+
+def bootstrap_metrics(pred, target, groups=None, *, n_resamples=DEFAULT_RESAMPLES,
+                      confidence_level=0.95, seed=0) -> BootstrapResult:
+    """Percentile bootstrap intervals of SROCC, KROCC, PLCC and RMSE (raw predictions).
+
+    groups: the scene of every pair (scene-level bootstrap), or None to resample pairs.
+    seed: an int or a numpy Generator; the same seed gives the same interval.
+    """
+    x = np.asarray(pred, dtype=np.float64).reshape(-1)
+    y = np.asarray(target, dtype=np.float64).reshape(-1)
+    if x.shape != y.shape:
+        raise ValueError(f"pred and target differ in length: {x.size} vs {y.size}")
+    unit = "pair" if groups is None else "scene"
+    labels = np.arange(x.size) if groups is None else groups
+    if len(labels) != x.size:
+        raise ValueError(f"groups has {len(labels)} labels for {x.size} scores")
+    weights = resample_weights(labels, n_resamples, seed)
+    chunk = max(64, CHUNK_ELEMENTS // max(1, x.size))  # bounds memory on large test sets
+    parts = [resample_metrics(x, y, weights[i:i + chunk]) for i in range(0, len(weights), chunk)]
+    dist = {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
+    tail = 100 * (1 - confidence_level) / 2
+    intervals, undefined = {}, {}
+    for key in BOOTSTRAP_METRICS:
+        values = dist[key]
+        finite = values[np.isfinite(values)]
+        undefined[key] = int(values.size - finite.size)
+        if finite.size < max(2, values.size // 2):  # mostly undefined: no interval
+            intervals[key] = ConfidenceInterval(None, None)
+            continue
+        low, high = np.percentile(finite, [tail, 100 - tail])
+        intervals[key] = ConfidenceInterval(float(low), float(high))
+    n_units = len(set(np.asarray(labels, dtype=object).astype(str).tolist()))
+    return BootstrapResult(intervals, dist, unit, n_units, int(n_resamples),
+                           float(confidence_level), undefined)
+
+
+def median_interval(values, confidence_level=0.95):
+    """Distribution-free interval of the median of `values`: the order statistics
+    [x_(j), x_(n+1-j)] with the largest j whose coverage 1 - 2 P(Bin(n, 1/2) < j) is at
+    least `confidence_level`; with too few values for that, [min, max] and its (smaller)
+    coverage. Returns (low, high, coverage); (None, None, None) below 2 values."""
+    x = np.sort(np.asarray(values, dtype=np.float64))
+    n = x.size
+    if n < 2:
+        return None, None, None
+    cdf = np.cumsum([math.comb(n, i) for i in range(n + 1)]) / 2.0 ** n  # P(Bin <= i)
+    j = 1
+    while j + 1 <= n // 2 and 1 - 2 * cdf[j] >= confidence_level:
+        j += 1  # x_(j+1) .. x_(n-j) still covers
+    coverage = 1 - 2 * cdf[j - 1]  # P(j <= Bin(n, 1/2) <= n - j)
+    return float(x[j - 1]), float(x[n - j]), float(coverage)
+
+
+# ----------------------------------------------------------------------------- tests
+def _midranks(v):
+    order, starts, group = _tie_groups(v)
+    ends = np.r_[starts[1:], v.size]
+    return ((starts + ends + 1) / 2.0)[group]
+
+
+def _wilcoxon_counts(n):
+    """Number of subsets of {1..n} with each rank sum 0..n(n+1)/2 (exact null of R+)."""
+    counts = np.zeros(n * (n + 1) // 2 + 1, dtype=np.float64)
+    counts[0] = 1
+    for k in range(1, n + 1):
+        counts[k:] = counts[k:] + counts[:-k].copy()
+    return counts
+
+
+def wilcoxon_signed_rank(a, b) -> WilcoxonResult:
+    """Two-sided Wilcoxon signed-rank test of the paired differences b - a (see the module
+    docstring for the conventions; they are scipy.stats.wilcoxon's defaults)."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1)
+    b = np.asarray(b, dtype=np.float64).reshape(-1)
+    if a.shape != b.shape:
+        raise ValueError(f"paired samples differ in length: {a.size} vs {b.size}")
+    d_all = b - a
+    median_diff = float(np.median(d_all)) if d_all.size else math.nan
+    d = d_all[d_all != 0]
+    n = d.size
+    if n == 0:
+        return WilcoxonResult(math.nan, math.nan, 0, "none", median_diff)
+    r = _midranks(np.abs(d))
+    r_plus, r_minus = float(r[d > 0].sum()), float(r[d < 0].sum())
+    stat = min(r_plus, r_minus)
+    ties = np.unique(np.abs(d)).size < n
+    zeros = d.size < d_all.size
+    if n <= EXACT_WILCOXON_MAX and not ties and not zeros:
+        counts = _wilcoxon_counts(n)
+        p = 2 * counts[: int(math.floor(stat)) + 1].sum() / 2.0 ** n
+        method = "exact"
+    elif n <= SIGN_FLIP_MAX:
+        signs = ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1).astype(bool)
+        plus = (signs * r).sum(axis=1)
+        p = 2 * min(np.mean(plus <= r_plus + 1e-9), np.mean(plus >= r_plus - 1e-9))
+        method = "sign-flip"
+    else:
+        mean = n * (n + 1) / 4.0
+        _, tie_counts = np.unique(np.abs(d), return_counts=True)
+        var = (n * (n + 1) * (2 * n + 1) - np.sum(tie_counts ** 3 - tie_counts) / 2.0) / 24.0
+        z = (r_plus - mean) / math.sqrt(var)
+        p = 2 * special.ndtr(-abs(z))
+        method = "normal"
+    return WilcoxonResult(stat, float(min(1.0, p)), int(n), method, median_diff)
+
+
+def f_test(residuals_a, residuals_b) -> FTestResult:
+    """VQEG F-test of residual variances: F = var(a) / var(b), two-sided p-value."""
+    ra = np.asarray(residuals_a, dtype=np.float64).reshape(-1)
+    rb = np.asarray(residuals_b, dtype=np.float64).reshape(-1)
+    if ra.size < 2 or rb.size < 2:
+        raise ValueError("the F-test needs at least 2 residuals per model")
+    va, vb = float(np.var(ra, ddof=1)), float(np.var(rb, ddof=1))
+    dfa, dfb = ra.size - 1, rb.size - 1
+    if vb == 0 or va == 0:
+        return FTestResult(math.inf if vb == 0 else 0.0, math.nan, (dfa, dfb), va, vb)
+    f = va / vb
+    cdf = special.fdtr(dfa, dfb, f)
+    p = 2 * min(cdf, 1 - cdf)
+    return FTestResult(f, float(min(1.0, p)), (dfa, dfb), va, vb)

@@ -1,0 +1,120 @@
+"""compare.py on two real tiny runs (train.repeats=2, one epoch), the second trained with
+dataset.split_file of the first; the protocol card and the intervals they write."""
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import make_tiny_database, run_entry, tiny_overrides
+from siqa.checkpoint import load_checkpoint
+from siqa.comparison import compare, load_run
+from siqa.data.splits import content_splits, split_document, write_split_file
+from siqa.stats import f_test, wilcoxon_signed_rank
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    work = tmp_path_factory.mktemp("compare")
+    manifest = make_tiny_database(work / "db", scenes=10)
+    common = {"train.epochs": 1, "train.repeats": 2, "dataset.split": "[0.4,0.2,0.4]"}
+    a = run_entry("train.py", *tiny_overrides(manifest, work, **common, out_dir=work / "a"))
+    assert a.returncode == 0, a.stderr
+    b = run_entry("train.py", *tiny_overrides(
+        manifest, work, **{**common, "train.seed": 7, "train.nss_weight": 0,
+                           "dataset.split_file": work / "a" / "splits.json"}, out_dir=work / "b"))
+    assert b.returncode == 0, b.stderr
+    return work
+
+
+def names_in_order(path):
+    with open(path, newline="") as f:
+        return [(r["split"], r["name"]) for r in csv.DictReader(f)]
+
+
+def test_split_file_run_trains_on_identical_splits(runs):
+    a, b = runs / "a", runs / "b"
+    doc_a, doc_b = (json.loads((d / "splits.json").read_text()) for d in (a, b))
+    assert doc_b["splits"] == doc_a["splits"] and doc_b["pairs_sha256"] == doc_a["pairs_sha256"]
+    assert doc_b["seed"] == 0  # the file's seed, not train.seed=7
+    for r in range(2):
+        sa = load_checkpoint(a / f"split_{r}" / "last.pt")["split"]
+        sb = load_checkpoint(b / f"split_{r}" / "last.pt")["split"]
+        assert sa == sb  # pair names of train/val/test, in order
+        assert names_in_order(a / f"split_{r}" / "predictions.csv") == \
+            names_in_order(b / f"split_{r}" / "predictions.csv")
+    assert doc_a["splits"][0] != doc_a["splits"][1]
+
+
+def test_runs_carry_protocol_cards_and_intervals(runs):
+    for d in ("a", "b"):
+        metrics = json.loads((runs / d / "split_1" / "metrics.json").read_text())
+        card = metrics["protocol"]
+        assert card["selection"] == "best validation SROCC, test evaluated once"
+        assert card["splits"]["repeat"] == 1 and card["splits"]["count"] == 2
+        assert card["config"]["train"]["epochs"] == 1 and len(card["config_sha256"]) == 64
+        assert set(card["versions"]) >= {"torch", "numpy", "scipy"}
+        assert card["logistic"]["mapping"] in ("logistic", "linear", "constant")
+        assert card["wall_time_s"] > 0 and card["device"].startswith("cpu")
+        test = metrics["test"]
+        assert set(test["ci95"]) == {"srocc", "krocc", "plcc", "rmse"}
+        assert test["bootstrap"]["scenes"] == 4 and test["bootstrap"]["resamples"] >= 1000
+        low, high = test["ci95"]["rmse"]
+        assert low <= test["rmse"] <= high
+        summary = json.loads((runs / d / "summary.json").read_text())
+        assert summary["protocol"]["splits"]["repeat"] is None
+        assert summary["srocc"]["min"] <= summary["srocc"]["median"] <= summary["srocc"]["max"]
+    card_b = json.loads((runs / "b" / "summary.json").read_text())["protocol"]
+    assert card_b["splits"]["file"].endswith("splits.json") and len(card_b["splits"]["file_sha256"]) == 64
+    card_a = json.loads((runs / "a" / "summary.json").read_text())["protocol"]
+    assert card_a["splits"]["document_sha256"] == card_b["splits"]["document_sha256"]
+
+
+def test_compare_markdown_latex_and_statistics(runs, tmp_path):
+    proc = run_entry("compare.py", runs / "a", runs / "b", "--label", "nss25", "--label", "nss0",
+                     "--json", tmp_path / "c.json")
+    assert proc.returncode == 0, proc.stderr
+    assert "| SROCC |" in proc.stdout and "Wilcoxon" in proc.stdout and "F-test" in proc.stdout
+    result = json.loads((tmp_path / "c.json").read_text())
+    got = result["comparisons"][0]
+    # the Wilcoxon of the per-split SROCC and the F-test of split 0, recomputed here
+    ta = [json.loads((runs / "a" / f"split_{r}" / "metrics.json").read_text())["test"] for r in range(2)]
+    tb = [json.loads((runs / "b" / f"split_{r}" / "metrics.json").read_text())["test"] for r in range(2)]
+    want = wilcoxon_signed_rank([t["srocc"] for t in ta], [t["srocc"] for t in tb])
+    assert got["metrics"]["srocc"]["pvalue"] == pytest.approx(want.pvalue)
+    assert got["metrics"]["srocc"]["winner"] is None  # two splits: p >= 0.5, never significant
+    from siqa.metrics import fit_logistic
+
+    res = {}
+    for d in ("a", "b"):
+        with open(runs / d / "split_0" / "predictions.csv") as f:
+            rows = sorted((r["name"], float(r["score"]), float(r["prediction"]))
+                          for r in csv.DictReader(f) if r["split"] == "test")
+        y, x = np.array([r[1] for r in rows]), np.array([r[2] for r in rows])
+        res[d] = y - fit_logistic(x, y)(x)
+    f0 = f_test(res["b"], res["a"])
+    assert got["f_tests"][0]["F"] == pytest.approx(f0.statistic)
+    assert got["f_tests"][0]["pvalue"] == pytest.approx(f0.pvalue)
+    latex = run_entry("compare.py", runs / "a", runs / "b", "--latex", "--metric", "srcc")
+    assert latex.returncode == 0 and r"\begin{tabular}" in latex.stdout
+    assert "KROCC" not in latex.stdout  # --metric with the alias srcc kept SROCC only
+
+
+def test_compare_refuses_runs_on_other_splits(runs, tmp_path):
+    other = tmp_path / "c"
+    shutil.copytree(runs / "a", other)
+    doc = json.loads((other / "splits.json").read_text())
+    from siqa.data.databases import load_csv
+
+    pairs = load_csv(runs / "db" / "manifest.csv")
+    seeded = content_splits(pairs, ratios=(0.4, 0.2, 0.4), seed=1, repeats=2)
+    write_split_file(other / "splits.json", split_document(pairs, seeded, "csv", 1, doc["ratios"]))
+    proc = run_entry("compare.py", runs / "a", other)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error:") and len(proc.stderr.strip().splitlines()) == 1
+    assert "differ in split 0" in proc.stderr and "dataset.split_file" in proc.stderr
+    bad = run_entry("compare.py", runs / "a", runs / "b", "--metric", "accuracy")
+    assert bad.returncode == 2 and "unknown metric" in bad.stderr
+    with pytest.raises(Exception, match="different pair lists|differ"):
+        compare([load_run(runs / "a"), load_run(other)])

@@ -1,0 +1,73 @@
+"""evaluate.py --matrix: train x test table with the score direction handled."""
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import make_tiny_database, run_entry, tiny_overrides
+from siqa.data.records import StereoPair
+from siqa.matrix import oriented
+
+
+def test_right_dmos_predictions_on_a_mos_database_give_positive_correlations():
+    rng = np.random.default_rng(0)
+    dmos = rng.uniform(0, 60, 40)
+    mos_pairs = [StereoPair(f"p{i}", Path("x"), None, 100.0 - d, True, f"s{i % 5}", "wn")
+                 for i, d in enumerate(dmos)]
+    cell = oriented(dmos, mos_pairs, trained_higher_is_better=False)  # predicts DMOS exactly
+    assert cell["flipped"] and cell["srocc"] == pytest.approx(1.0) and cell["plcc"] == pytest.approx(1.0)
+    assert cell["raw_srocc"] == pytest.approx(-1.0)
+    same = oriented(100.0 - dmos, mos_pairs, trained_higher_is_better=True)
+    assert not same["flipped"] and same["srocc"] == pytest.approx(1.0)
+    wrong = oriented(-dmos, mos_pairs, trained_higher_is_better=False)
+    assert wrong["srocc"] == pytest.approx(-1.0)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    work = tmp_path_factory.mktemp("matrix")
+    manifest = make_tiny_database(work / "db")
+    proc = run_entry("train.py", *tiny_overrides(manifest, work, **{"train.epochs": 1}))
+    assert proc.returncode == 0, proc.stderr
+    with open(manifest, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for name, flip in (("mos.csv", True), ("dmos_copy.csv", False)):
+        with open(manifest.parent / name, "w", newline="") as f:
+            fields = list(rows[0]) + ["higher_is_better"]
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            for r in rows:
+                score = 100 - float(r["score"]) if flip else float(r["score"])
+                writer.writerow({**r, "score": score, "higher_is_better": str(flip).lower()})
+    return work, manifest
+
+
+def test_matrix_on_own_mos_and_dmos_databases(checkpoint, tmp_path):
+    work, manifest = checkpoint
+    folder = manifest.parent
+    proc = run_entry("evaluate.py", "--matrix", "--checkpoint", work / "run" / "best.pt",
+                     "--test", f"csv={manifest}", "--test", f"csv={folder / 'mos.csv'}",
+                     "--test", f"csv={folder / 'dmos_copy.csv'}", "--out", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "matrix.json").read_text())
+    own, mos, dmos = result["cells"]
+    run_test = json.loads((work / "run" / "metrics.json").read_text())["test"]
+    assert own["split"] == "checkpoint test split" and own["n"] == run_test["n"]
+    assert own["srocc"] == pytest.approx(run_test["srocc"]) and not own["flipped"]
+    assert mos["n"] == dmos["n"] == 24 and mos["flipped"] and not dmos["flipped"]
+    for key in ("srocc", "plcc"):  # same images, reversed scale: same oriented correlation
+        assert mos[key] == pytest.approx(dmos[key], abs=1e-12)
+        assert mos[f"raw_{key}"] == pytest.approx(-dmos[f"raw_{key}"], abs=1e-12)
+    text = (tmp_path / "matrix.md").read_text()
+    assert "| train \\ test | csv | csv' | csv'' |" in text and "*" in text
+
+
+def test_matrix_needs_a_test_database(checkpoint):
+    work, _ = checkpoint
+    proc = run_entry("evaluate.py", "--matrix", "--checkpoint", work / "run" / "best.pt")
+    assert proc.returncode == 2 and "--test" in proc.stderr
+    two = run_entry("evaluate.py", "--checkpoint", work / "run" / "best.pt",
+                    "--checkpoint", work / "run" / "best.pt")
+    assert two.returncode == 2 and "--matrix" in two.stderr

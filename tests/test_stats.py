@@ -1,0 +1,126 @@
+"""siqa.stats against scipy on hand-made inputs: bootstrap statistics, Wilcoxon, F-test."""
+import numpy as np
+import pytest
+from scipy import stats
+
+from siqa.stats import (bootstrap_metrics, f_test, median_interval, resample_metrics,
+                        resample_weights, wilcoxon_signed_rank)
+
+
+def tied_scores(n=30, seed=0):
+    rng = np.random.default_rng(seed)
+    target = np.round(rng.uniform(0, 10, n))  # integer scores: many ties
+    pred = np.round(target + rng.normal(0, 3, n), 1)
+    pred[:4] = pred[4]  # a tie group in the predictions too
+    scenes = [f"s{i % 6}" for i in range(n)]
+    return pred, target, scenes
+
+
+def test_every_resample_equals_scipy_on_the_expanded_sample():
+    pred, target, scenes = tied_scores()
+    weights = resample_weights(scenes, n_resamples=25, seed=4)
+    got = resample_metrics(pred, target, weights)
+    for b in range(25):
+        counts = weights[b].astype(int)
+        x, y = np.repeat(pred, counts), np.repeat(target, counts)
+        assert got["srocc"][b] == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
+        assert got["krocc"][b] == pytest.approx(stats.kendalltau(x, y).statistic, abs=1e-12)
+        assert got["plcc"][b] == pytest.approx(stats.pearsonr(x, y).statistic, abs=1e-12)
+        assert got["rmse"][b] == pytest.approx(np.sqrt(np.mean((x - y) ** 2)), rel=1e-12)
+
+
+def test_scene_resamples_take_whole_scenes():
+    _, _, scenes = tied_scores()
+    weights = resample_weights(scenes, n_resamples=50, seed=1)
+    labels = np.array(scenes)
+    for row in weights:
+        for s in set(scenes):
+            assert len(set(row[labels == s])) == 1  # all pairs of a scene drawn together
+        drawn = sum(row[labels == s][0] for s in set(scenes))
+        assert drawn == 6  # k scenes drawn with replacement
+    pair_weights = resample_weights(np.arange(30), n_resamples=50, seed=1)
+    assert (pair_weights.sum(axis=1) == 30).all()
+
+
+def test_monotone_prediction_interval_is_one_one():
+    rng = np.random.default_rng(2)
+    target = rng.uniform(0, 100, 60)
+    pred = np.exp(target / 30)  # monotone, not linear
+    scenes = [f"s{i % 8}" for i in range(60)]
+    for groups in (scenes, None):
+        res = bootstrap_metrics(pred, target, groups, n_resamples=1000, seed=0)
+        for key in ("srocc", "krocc"):
+            assert res.confidence_interval[key].low == pytest.approx(1.0, abs=1e-12)
+            assert res.confidence_interval[key].high == pytest.approx(1.0, abs=1e-12)
+        assert res.confidence_interval["plcc"].high < 1.0  # not linear
+    assert res.unit == "pair" and res.n_units == 60
+
+
+def test_random_prediction_interval_contains_zero_and_is_seeded():
+    rng = np.random.default_rng(3)
+    target, pred = rng.normal(size=80), rng.normal(size=80)
+    scenes = [f"s{i % 10}" for i in range(80)]
+    res = bootstrap_metrics(pred, target, scenes, n_resamples=2000, seed=7)
+    assert res.unit == "scene" and res.n_units == 10 and res.n_resamples == 2000
+    for key in ("srocc", "krocc", "plcc"):
+        ci = res.confidence_interval[key]
+        assert ci.low < 0 < ci.high, key
+    again = bootstrap_metrics(pred, target, scenes, n_resamples=2000, seed=7)
+    other = bootstrap_metrics(pred, target, scenes, n_resamples=2000, seed=8)
+    assert again.confidence_interval == res.confidence_interval
+    assert other.confidence_interval != res.confidence_interval
+    # the percentile rule, by hand
+    dist = res.bootstrap_distribution["srocc"]
+    assert res.confidence_interval["srocc"].low == pytest.approx(np.percentile(dist, 2.5))
+
+
+def test_median_interval_order_statistics():
+    x = np.array([9.0, 1, 8, 2, 7, 3, 6, 4, 5, 10])
+    low, high, coverage = median_interval(x)
+    assert (low, high) == (2.0, 9.0)  # x_(2), x_(9) for n = 10
+    assert coverage == pytest.approx(1 - 2 * stats.binom.cdf(1, 10, 0.5))
+    ci = stats.quantile_test(x, q=np.median(x), p=0.5).confidence_interval(0.95)
+    assert (ci.low, ci.high) == (low, high)
+    low, high, coverage = median_interval([3.0, 1, 2, 5, 4])
+    assert (low, high) == (1.0, 5.0) and coverage == pytest.approx(0.9375)  # n = 5: below 95 %
+    assert median_interval([1.0]) == (None, None, None)
+
+
+@pytest.mark.parametrize("a,b", [
+    ([0.80, 0.82, 0.79, 0.85, 0.81], [0.84, 0.83, 0.86, 0.88, 0.80]),  # n = 5, exact
+    ([1, 2, 3, 4, 5, 6, 7, 8, 9], [1.5, 2.7, 2.1, 4.9, 6.2, 5.4, 8.8, 7.1, 10.3]),  # exact
+    ([1, 2, 3, 4, 5, 6, 7], [2, 3, 1, 6, 7, 4, 9]),  # ties in |d|: sign flips
+    ([1, 2, 3, 4, 5, 6, 7, 8], [1, 3, 5, 4, 8, 6, 7, 12]),  # zeros and ties
+    ([0.0] * 20, [0.5, -0.5, 1, 1, 2, -1, 3, 0.5, 1.5, 2, 2, -0.25, 1, 4, 3, 0.75, 1, 2, -2, 5]),
+])
+def test_wilcoxon_equals_scipy(a, b):
+    got = wilcoxon_signed_rank(a, b)
+    want = stats.wilcoxon(np.asarray(b, float) - np.asarray(a, float))
+    assert got.statistic == pytest.approx(want.statistic)
+    assert got.pvalue == pytest.approx(want.pvalue, rel=1e-9)
+    assert got.median_difference == pytest.approx(np.median(np.subtract(b, a)))
+
+
+def test_wilcoxon_large_sample_and_floor_at_five_splits():
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(size=60), rng.normal(0.3, 1, size=60)
+    got, want = wilcoxon_signed_rank(a, b), stats.wilcoxon(b - a)
+    assert got.method == "normal"
+    assert got.pvalue == pytest.approx(want.pvalue, rel=1e-9)
+    # five splits, B better on every one: the smallest two-sided p-value, 2 / 2^5
+    best = wilcoxon_signed_rank([0.1, 0.2, 0.3, 0.4, 0.5], [0.2, 0.4, 0.6, 0.8, 1.0])
+    assert best.pvalue == pytest.approx(0.0625) and best.method == "exact"
+
+
+def test_f_test_equals_scipy_f_distribution():
+    ra = np.array([1.2, -0.7, 0.3, 2.1, -1.8, 0.4, -0.2, 1.1])
+    rb = np.array([0.2, -0.3, 0.1, 0.5, -0.4, 0.3, -0.1, 0.2])
+    res = f_test(ra, rb)
+    f = np.var(ra, ddof=1) / np.var(rb, ddof=1)
+    assert res.statistic == pytest.approx(f, rel=1e-12)
+    assert res.df == (7, 7)
+    p = 2 * min(stats.f.cdf(f, 7, 7), stats.f.sf(f, 7, 7))
+    assert res.pvalue == pytest.approx(p, rel=1e-9)
+    assert res.pvalue < 0.05  # B's residuals are clearly smaller
+    swapped = f_test(rb, ra)
+    assert swapped.statistic == pytest.approx(1 / f) and swapped.pvalue == pytest.approx(res.pvalue)
