@@ -16,7 +16,12 @@ from siqa.checkpoint import load_checkpoint, restore_rng, rng_state
 from siqa.distributed import Dist
 from siqa.errors import UserError
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def needs_cuda(test):
+    """Marked `cuda` (benchmarks/gpu_check.py runs `pytest -m cuda`) and skipped without a GPU."""
+    return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(),
+                                               reason="needs a CUDA GPU")(test))
 
 
 @pytest.fixture
