@@ -5,6 +5,7 @@
 """
 import argparse
 import functools
+import os
 import sys
 
 from siqa.errors import UserError, run_cli
@@ -30,6 +31,8 @@ def main(argv):
     elif any((out_dir / name).exists() for name in ("config.yaml", "last.pt", "metrics.json")):
         raise UserError(f"{out_dir} already holds a run: add --resume to continue it, "
                         f"or choose another out_dir=...")
+    if cfg["train"]["deterministic"] is True:  # cuBLAS reads it once, when CUDA starts
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     import torch
 
     from siqa import distributed, experiment

@@ -177,14 +177,37 @@ def _feed(h, value):
         raise TypeError(f"cannot checksum a {type(value).__name__}")
 
 
-def rng_state() -> dict:
+def rng_state(device=None) -> dict:
+    """This process's random number generator states: the CPU generator, and on CUDA the
+    generator of `device` only (the GPU this process trains on). Under DDP every rank saves
+    its own (see siqa.experiment), so a machine with another number of GPUs can still load it."""
     state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and torch.device(device).type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(torch.device(device))
     return state
 
 
-def restore_rng(state: dict):
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def _cpu_bytes(tensor, what):
+    """`torch.set_rng_state` and `torch.cuda.set_rng_state` take CPU byte tensors only; a
+    checkpoint loaded with map_location=<a GPU> holds them on the GPU."""
+    if tensor.is_meta:
+        raise UserError(f"the saved {what} RNG state has no data (loaded onto the meta device); "
+                        "load the checkpoint with map_location='cpu'")
+    return tensor.to("cpu", torch.uint8)
+
+
+def restore_rng(state: dict, device=None):
+    """Restore what `rng_state(device)` saved. A CUDA state is restored onto `device`; one
+    saved by an older version (a list with one state per visible GPU) gives `device` its
+    own entry when there is one."""
+    torch.set_rng_state(_cpu_bytes(state["torch"], "CPU"))
+    if device is None or torch.device(device).type != "cuda" or state.get("cuda") is None:
+        return
+    device = torch.device(device)
+    cuda = state["cuda"]
+    if isinstance(cuda, (list, tuple)):
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if index >= len(cuda):
+            return
+        cuda = cuda[index]
+    torch.cuda.set_rng_state(_cpu_bytes(cuda, "CUDA"), device)

@@ -23,8 +23,11 @@ CHOICES = {
     "train.patch_dtype": ["float32", "float16"],
     "train.optimizer": ["sgd", "adam"],
     "patches.normalisation": ["reference", "contrast"],
+    "dataset.demo_size": ["small", "full"],
 }
-POSITIVE = {"train.epochs", "train.batch_size", "train.val_every", "train.repeats"}
+POSITIVE = {"train.epochs", "train.batch_size", "train.val_every", "train.repeats",
+            "train.checkpoint_every", "train.scatter_every"}
+AUTO_OR_BOOL = {"train.deterministic", "train.tf32"}  # auto (decided per device), true or false
 
 # Keys that may be `auto`: the paper's protocol on the real databases; on the demo database a
 # profile that ends within 10 minutes on a 2-core CPU, where 500 epochs of SGD are out of
@@ -79,6 +82,10 @@ def _check(key, value, default):
     def bad(expected):
         return UserError(f"config key {key}: expected {expected}, got {value!r}")
 
+    if key in AUTO_OR_BOOL:
+        if value != "auto" and not isinstance(value, bool):
+            raise bad("auto, true or false")
+        return value
     if key in AUTO["paper"]:
         if value == "auto":
             return value

@@ -1,15 +1,25 @@
-"""Multi-process training with PyTorch's own engine (`torchrun --nproc_per_node=N train.py`).
+"""The training process: its device, its numerics, and its place among several processes.
 
+Multi-process training uses PyTorch's own engine (`torchrun --nproc_per_node=N train.py`):
 torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; without them this is a single process.
 NCCL on CUDA, gloo on CPU. Only rank 0 writes (checkpoints, logs, metrics).
+
+Two process groups under torchrun: the default one (NCCL or gloo) for the gradients and the
+short waits between epochs, and a gloo group on the host with a long timeout (`HOST_TIMEOUT`)
+for the long wait while rank 0 builds the data and fills the NSS cache (NCCL's default
+timeout, 10 minutes, is shorter than a cold cache of a large database takes) and for the
+small Python objects the ranks exchange (each rank's RNG state for the checkpoint).
 """
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 from siqa.engine import select_device
+
+HOST_TIMEOUT = timedelta(hours=12)  # a cold NSS cache of a large database with scipy_free_loc
 
 
 @dataclass
@@ -17,30 +27,70 @@ class Dist:
     rank: int = 0
     world: int = 1
     device: torch.device = torch.device("cpu")
+    host_group: object = None  # the gloo group with HOST_TIMEOUT (None in a single process)
 
     @property
     def is_main(self):
         return self.rank == 0
 
     def barrier(self):
+        """A short wait on the default group (between epochs)."""
         if self.world > 1:
             dist.barrier()
 
+    def wait_for_main(self):
+        """A long wait on the host group: rank 0 may spend an hour preparing data."""
+        if self.world > 1:
+            dist.barrier(group=self.host_group)
+
+    def gather(self, obj) -> list:
+        """Every rank's `obj`, in rank order (a list of one in a single process)."""
+        if self.world == 1:
+            return [obj]
+        out = [None] * self.world
+        dist.all_gather_object(out, obj, group=self.host_group)
+        return out
+
 
 def setup(device_name: str) -> Dist:
+    """This process's device (made current on CUDA) and, under torchrun, its process groups."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return Dist(0, 1, select_device(device_name))
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     device = select_device(device_name)
+    if world == 1:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)  # cuda:1 must not run its kernels on cuda:0
+        return Dist(0, 1, device)
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         device = select_device(f"cuda:{local_rank}")
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(rank, world, device)
+    host_group = dist.new_group(backend="gloo", timeout=HOST_TIMEOUT)
+    return Dist(rank, world, device, host_group)
 
 
 def teardown():
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def configure_numerics(deterministic, tf32, device) -> dict:
+    """Set the process-wide determinism and TF32 switches; returns what was set.
+
+    deterministic: torch.use_deterministic_algorithms(True) (warn_only: an operation without a
+    deterministic kernel warns instead of stopping a long run), CUBLAS_WORKSPACE_CONFIG=:4096:8
+    (read when cuBLAS starts, i.e. before the first CUDA matmul of this process), cuDNN
+    deterministic and benchmark off. Not deterministic: cuDNN picks its fastest kernels
+    (benchmark on; the patch shape is static). TF32 (CUDA matmul and cuDNN convolutions) is set
+    explicitly either way, since PyTorch's defaults differ between the two."""
+    deterministic = device.type != "cuda" if deterministic == "auto" else bool(deterministic)
+    tf32 = (not deterministic and device.type == "cuda") if tf32 == "auto" else bool(tf32)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic and device.type == "cuda"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    return {"deterministic": deterministic, "tf32": tf32}

@@ -5,6 +5,8 @@ train: database -> content splits -> NSS targets -> resident patches -> epochs
 Everything the user can get wrong is checked before the run folder is created.
 """
 import json
+import queue
+import threading
 import time
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from siqa.data import load_database
 from siqa.data.splits import splits_for_run, write_split_file
 from siqa.data.nss import nss_from_config
 from siqa.data.patches import extract_patch_set
-from siqa.distributed import Dist
+from siqa.distributed import Dist, configure_numerics
 from siqa.engine import SplitData, epoch_order, predict_pairs, train_epoch
 from siqa.errors import UserError
 from siqa.files import atomic_write_text
@@ -52,7 +54,8 @@ def describe_scale(info) -> str:
 
 def load_pairs(cfg):
     ds = cfg["dataset"]
-    return load_database(ds["name"], root=ds["root"], manifest=ds["manifest"])
+    return load_database(ds["name"], root=ds["root"], manifest=ds["manifest"],
+                         demo_size=ds["demo_size"])
 
 
 PATCH_C = {"reference": 1.0, "contrast": 1.0 / 255}  # C of (p - mean) / (std + C) on [0, 1]
@@ -112,16 +115,18 @@ def train(cfg, resume=False, dist=Dist(), progress=True, log=print):
     started = time.perf_counter()
     cfg = config_mod.resolve_auto(cfg)
     out_dir = config_mod.run_dir_of(cfg)
-    # Rank 0 builds the demo database and fills the NSS cache; the other ranks then read them.
+    configure_numerics(cfg["train"]["deterministic"], cfg["train"]["tf32"], dist.device)
+    # Rank 0 builds the demo database and fills the NSS cache; the other ranks then read them
+    # (a long wait: on the host group, whose timeout fits a cold cache of a large database).
     if not dist.is_main:
-        dist.barrier()
+        dist.wait_for_main()
     pairs = load_pairs(cfg)
     splits, split_doc = splits_for_run(pairs, cfg)  # seeded, or dataset.split_file
     record = {"splits": split_doc, "split_info": protocol.split_info(cfg, split_doc)}
     nss = nss_from_config(pairs, cfg["nss"], progress=progress and dist.is_main,
-                          device=dist.device.type)
+                          device=dist.device)  # the device itself: cuda:1 computes on cuda:1
     if dist.is_main:
-        dist.barrier()
+        dist.wait_for_main()
     info = database_info(cfg, pairs)
     dtype = getattr(torch, cfg["train"]["patch_dtype"])
     reports = []
@@ -160,20 +165,25 @@ def train_split(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resum
     epochs = cfg["train"]["epochs"]
 
     torch.manual_seed(seed)
-    model = build_model(cfg, device)
+    model = build_model(cfg, device)  # the same initial weights on every rank
+    seed_rank_stream(seed, dist.rank)  # then each rank its own dropout masks
     optimizer = make_optimizer(model, t)
     scheduler = (torch.optim.lr_scheduler.StepLR(optimizer, t["lr_step"], t["lr_gamma"])
                  if t["lr_step"] else None)
     split_names = {name: [p.name for p in pairs[name]] for name in pairs}
     start_epoch, best = 0, None
     if resume and (run_dir / "last.pt").is_file():
-        state = load_checkpoint(run_dir / "last.pt", map_location=device)
+        # On the CPU whatever the device: the RNG states must stay CPU byte tensors;
+        # load_state_dict moves the weights and the optimizer state to the device.
+        state = load_checkpoint(run_dir / "last.pt", map_location="cpu")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
         start_epoch, best = state["epoch"], state["best"]
-        restore_rng(state["rng"])
+        if not restore_rank_rng(state["rng"], dist, seed, start_epoch):
+            log(f"note: {run_dir} was written by {len(rank_states(state['rng']))} process(es), "
+                f"this run has {dist.world}: dropout streams restart (the resume is not exact)")
         log(f"resuming {run_dir} after epoch {start_epoch}")
     trained = model
     if dist.world > 1:
@@ -184,52 +194,63 @@ def train_split(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resum
         state = {"model": model.state_dict(), "epoch": epoch, "best": best, "config": cfg,
                  "split": split_names, "database": info}
         if with_optimizer:
-            state.update(optimizer=optimizer.state_dict(), rng=rng_state(),
+            state.update(optimizer=optimizer.state_dict(),
                          scheduler=scheduler.state_dict() if scheduler else None)
         return state
 
     writer = _tensorboard(cfg, run_name, start_epoch + 1) if dist.is_main else None
+    saver = BackgroundSaver()
     val_scores = np.array([p.score for p in pairs["val"]])
     batch = max(1, t["batch_size"] // dist.world)  # the global batch stays batch_size
-    for epoch in range(start_epoch, epochs):
-        started = time.perf_counter()
-        order = epoch_order(data["train"].num_patches, seed, epoch, dist.rank, dist.world)
-        bar = tqdm(total=len(order), desc=f"epoch {epoch + 1}/{epochs}", unit="patch",
-                   leave=False, disable=not show)
-        losses = train_epoch(trained, optimizer, data["train"], order.to(device), batch,
-                             t["nss_weight"], amp_dtype, progress=bar)
-        bar.close()
-        lr = optimizer.param_groups[0]["lr"]
-        if scheduler is not None:
-            scheduler.step()
-        line = (f"epoch {epoch + 1}/{epochs} loss {losses['total']:.4f} "
-                f"(quality {losses['quality']:.4f}, nss {losses['nss']:.4f})")
-        if (epoch + 1) % t["val_every"] == 0 or epoch + 1 == epochs:
-            pred = predict_pairs(model, data["val"], amp_dtype=amp_dtype)
-            val = evaluate_scores(pred, val_scores)
-            if _better(val, best):
-                best = {"epoch": epoch + 1, "val": val}
-                if dist.is_main:
-                    save_checkpoint(run_dir / "best.pt", state_dict(epoch + 1, False))
-            line += f" | val SROCC {_fmt(val['srocc'])} PLCC {_fmt(val['plcc'])} RMSE {val['rmse']:.3f}"
+    try:  # a run stopped by an error still finishes writing its last checkpoints
+        for epoch in range(start_epoch, epochs):
+            started = time.perf_counter()
+            last_epoch = epoch + 1 == epochs
+            order = epoch_order(data["train"].num_patches, seed, epoch, dist.rank, dist.world)
+            bar = tqdm(total=len(order), desc=f"epoch {epoch + 1}/{epochs}", unit="patch",
+                       leave=False, disable=not show)
+            losses = train_epoch(trained, optimizer, data["train"], order.to(device), batch,
+                                 t["nss_weight"], amp_dtype, progress=bar)
+            bar.close()
+            lr = optimizer.param_groups[0]["lr"]
+            if scheduler is not None:
+                scheduler.step()
+            line = (f"epoch {epoch + 1}/{epochs} loss {losses['total']:.4f} "
+                    f"(quality {losses['quality']:.4f}, nss {losses['nss']:.4f})")
+            if (epoch + 1) % t["val_every"] == 0 or last_epoch:
+                pred = predict_pairs(model, data["val"], amp_dtype=amp_dtype)
+                val = evaluate_scores(pred, val_scores)
+                if _better(val, best):
+                    best = {"epoch": epoch + 1, "val": val}
+                    if dist.is_main:
+                        saver.save(run_dir / "best.pt", state_dict(epoch + 1, False))
+                line += f" | val SROCC {_fmt(val['srocc'])} PLCC {_fmt(val['plcc'])} RMSE {val['rmse']:.3f}"
+                if writer is not None:
+                    for key in ("srocc", "plcc", "rmse", "plcc_logistic"):
+                        if val.get(key) is not None:
+                            writer.add_scalar(f"val/{key}", val[key], epoch + 1)
+                    # numbered by epoch, so that a resumed run draws the same ones
+                    if ((epoch + 1) // t["val_every"]) % t["scatter_every"] == 0 or last_epoch:
+                        _scatter_to_tensorboard(writer, "val/scatter", pred, pairs["val"], epoch + 1,
+                                                f"validation, epoch {epoch + 1}")
             if writer is not None:
-                for key in ("srocc", "plcc", "rmse", "plcc_logistic"):
-                    if val.get(key) is not None:
-                        writer.add_scalar(f"val/{key}", val[key], epoch + 1)
-                _scatter_to_tensorboard(writer, "val/scatter", pred, pairs["val"], epoch + 1,
-                                        f"validation, epoch {epoch + 1}")
-        if writer is not None:
-            for key, value in losses.items():
-                writer.add_scalar(f"train/loss_{key}", value, epoch + 1)
-            writer.add_scalar("train/lr", lr, epoch + 1)
-            writer.flush()
-        if dist.is_main:
-            save_checkpoint(run_dir / "last.pt", state_dict(epoch + 1, True))
-            log(line + f" [{time.perf_counter() - started:.1f}s]")
-        dist.barrier()
+                for key, value in losses.items():
+                    writer.add_scalar(f"train/loss_{key}", value, epoch + 1)
+                writer.add_scalar("train/lr", lr, epoch + 1)
+                writer.flush()
+            if (epoch + 1) % t["checkpoint_every"] == 0 or last_epoch:
+                rng = dist.gather(rng_state(device))  # every rank's own streams (a collective)
+                if dist.is_main:
+                    saver.save(run_dir / "last.pt", dict(state_dict(epoch + 1, True), rng=rng))
+            if dist.is_main:
+                log(line + f" [{time.perf_counter() - started:.1f}s]")
+            dist.barrier()
+    finally:
+        saver.wait()
+    dist.barrier()  # best.pt is on disk before any rank reads it
 
     # Test the checkpoint with the best validation SROCC (model selection on validation only).
-    best_state = load_checkpoint(run_dir / "best.pt", map_location=device)
+    best_state = load_checkpoint(run_dir / "best.pt", map_location="cpu")
     model.load_state_dict(best_state["model"])
     report = {"val": best_state["best"]["val"], "best_epoch": best_state["best"]["epoch"],
               "epochs": epochs}
@@ -256,6 +277,82 @@ def train_split(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resum
     return report["test"]
 
 
+def seed_rank_stream(seed, rank):
+    """Give this rank its own random stream once the model is initialised (identically on
+    every rank, from `seed`): rank 0 continues the initialisation's stream, so a single
+    process trains exactly as before DDP support; rank r > 0 is reseeded from (seed, r), so
+    the ranks draw different dropout masks (with one seed they all drew the same)."""
+    if rank:
+        torch.manual_seed(int(np.random.SeedSequence([seed, rank]).generate_state(1)[0]))
+
+
+def rank_states(saved):
+    """The per-rank list of RNG states of a checkpoint (an older one holds one dict)."""
+    return [saved] if isinstance(saved, dict) else list(saved)
+
+
+def restore_rank_rng(saved, dist, seed, epoch) -> bool:
+    """Restore this rank's own RNG state from a checkpoint; False (and a fresh stream
+    seeded by seed, epoch and rank) when it was written by another number of processes."""
+    states = rank_states(saved)
+    if len(states) == dist.world:
+        restore_rng(states[dist.rank], dist.device)
+        return True
+    torch.manual_seed(int(np.random.SeedSequence([seed, epoch, dist.rank]).generate_state(1)[0]))
+    return False
+
+
+def _cpu_copy(obj):
+    """A copy of a state dict with every tensor copied to the CPU (detached from training)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu_copy(v) for v in obj)
+    return obj
+
+
+class BackgroundSaver:
+    """Checkpoints written off the critical path: the state is copied to the CPU at once (so
+    it is the state at this epoch's end), then hashed and written atomically by one thread,
+    in order, while the next epoch trains (at most two copies wait: the memory stays bounded).
+    A failed write is raised at the next `save` or at `wait`."""
+
+    def __init__(self):
+        self._queue = queue.Queue(maxsize=2)
+        self._error = None
+        self._thread = None
+
+    def save(self, path, state):
+        self._raise()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="checkpoint-writer", daemon=True)
+            self._thread.start()
+        self._queue.put((path, _cpu_copy(state)))
+
+    def _run(self):
+        while True:
+            path, snapshot = self._queue.get()
+            try:
+                if self._error is None:
+                    save_checkpoint(path, snapshot)
+            except BaseException as err:  # handed to the training thread
+                self._error = err
+            finally:
+                self._queue.task_done()
+
+    def _raise(self):
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+
+    def wait(self):
+        """Return once every queued checkpoint is on disk."""
+        self._queue.join()
+        self._raise()
+
+
 def _fmt(x):
     return "n/a" if x is None else f"{x:.4f}"
 
@@ -278,7 +375,8 @@ def evaluate(checkpoint, overrides=(), split="test", out=None, progress=True, lo
 
     device = select_device(cfg["device"])
     pairs = load_pairs(cfg)
-    same_db = cfg["dataset"] == state["config"]["dataset"]
+    # both through the schema: a checkpoint written before a dataset key existed has its default
+    same_db = cfg["dataset"] == config_mod.load_config(base=state["config"])["dataset"]
     if split == "test" and same_db:
         by_name = {p.name: p for p in pairs}
         missing = [n for n in state["split"]["test"] if n not in by_name]

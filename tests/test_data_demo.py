@@ -1,7 +1,11 @@
-"""The embedded demo database: reproducible, labels ordered, binocular pooling."""
+"""The embedded demo database: reproducible, labels ordered, binocular pooling; the
+full-size variant at native resolution."""
 import csv
+import json
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from siqa.data import demo, load_database
 from siqa.errors import UserError
@@ -90,7 +94,7 @@ def test_missing_package_message(tmp_path, monkeypatch):
 
 
 def test_interrupted_build_is_never_used(tmp_path, monkeypatch):
-    def crash(out, progress=False):
+    def crash(out, progress=False, **settings):
         (out / "manifest.csv").write_text("half")
         raise KeyboardInterrupt
 
@@ -105,3 +109,49 @@ def test_refuses_to_overwrite_other_folder(tmp_path):
     (tmp_path / "demo" / "mine.txt").write_text("x")
     with pytest.raises(UserError, match="not a demo database"):
         demo.ensure_demo(tmp_path / "demo")
+
+
+# ----------------------------------------------------------------- dataset.demo_size=full
+def _first_scene():
+    folder = demo.source_dir()
+    scene, left, right = demo.source_scenes(folder)[0]
+    with Image.open(left) as im:
+        rect = demo._valid_rect(folder, *im.size)
+    return folder, scene, left, right, rect
+
+
+def test_full_size_views_are_native_crops():
+    """No resampling: a full-size view is the valid area's pixels, centre-cropped to 16:9."""
+    folder, _, left, _, rect = _first_scene()
+    calib = json.loads((folder / "stereodemo_calibration.json").read_text())
+    x0, y0, x1, y1 = calib["left_image_rect_normalized"]
+    source = np.asarray(Image.open(left).convert("L"))
+    h, w = source.shape
+    valid = source[round(y0 * h):round(y1 * h), round(x0 * w):round(x1 * w)]
+    width = valid.shape[1]
+    height = round(width * 9 / 16)
+    top = (valid.shape[0] - height) // 2
+    size = demo.native_size(rect)
+    assert size == (width, height) == (611, 344)
+    np.testing.assert_array_equal(demo.prepare_view(left, rect, size), valid[top:top + height])
+    # about as many patch pairs as LIVE 3D Phase I (365 pairs x 364 patches of 640x360 views)
+    per_view = len(range(0, height - 32, 24)) * len(range(0, width - 32, 24))
+    assert per_view == 325 and 0.85 < 372 * per_view / (365 * 364) < 1.15
+
+
+def test_full_size_scene_is_built_at_native_resolution(tmp_path):
+    _, scene, left, right, rect = _first_scene()
+    rows_, details = demo.build_scene(tmp_path, 0, scene, left, right, size="full")
+    assert len(rows_) == len(details) == 1 + len(demo.TYPES) * 6
+    for r in rows_:
+        for view in (r["left"], r["right"]):
+            assert Image.open(tmp_path / view).size == (611, 344), view
+    score = {r["name"]: r["score"] for r in rows_}
+    for kind in demo.TYPES:
+        sym = [score[f"{kind}/{scene}_s{lv}"] for lv in demo.SYMMETRIC_LEVELS]
+        assert sym == sorted(sym) and len(set(sym)) == 3, (kind, sym)
+    # the full size has its own settings, root and JPEG2000 / fast-fading profile
+    assert demo.settings("full") != demo.settings("small")
+    assert demo.default_root("full") != demo.default_root("small")
+    with pytest.raises(UserError, match="demo_size"):
+        demo.settings("huge")

@@ -64,3 +64,56 @@ def test_torchrun_two_processes_gloo(tiny_manifest, tmp_path):
     single = json.loads((tmp_path / "ev" / "metrics.json").read_text())["test"]
     for key in ("srocc", "plcc", "krocc", "rmse", "n"):
         assert single[key] == pytest.approx(metrics["test"][key], rel=1e-9, abs=1e-12), key
+
+
+def _torchrun(*args, timeout=600):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_ddp_ranks_share_initial_weights_but_not_dropout_masks(tmp_path):
+    out = tmp_path / "probe.json"
+    proc = _torchrun(ROOT / "tests" / "ddp_rng_probe.py", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    probe = json.loads(out.read_text())
+    r0, r1 = probe["ranks"]
+    assert probe["world"] == 2
+    # the model is initialised from the one seed on every rank ...
+    assert r0["weights"] == r1["weights"] and r0["weights_head"] == r1["weights_head"]
+    # ... and each rank then draws its own dropout masks (with one seed they were equal)
+    assert r0["mask"] != r1["mask"]
+    assert 0.4 < sum(r0["mask"]) / len(r0["mask"]) < 0.6
+    assert r0["quality"] != r1["quality"]  # the model's dropout layers included
+    # each rank's state is saved and restored as its own
+    for r in (r0, r1):
+        assert r["exact"] is True and r["again"] == r["after"]
+        assert r["mismatched"] is False  # a checkpoint of another world size: a fresh stream
+    assert r0["after"] != r1["after"]
+
+
+def test_torchrun_resume_restores_each_ranks_rng(tiny_manifest, tmp_path):
+    """2 ranks: 1 epoch, then --resume to 2 epochs, equals 2 epochs uninterrupted. Rank 1
+    draws its own dropout masks, so giving it rank 0's saved state would change the result."""
+    whole = _torchrun(ROOT / "train.py", *tiny_overrides(tiny_manifest, tmp_path / "a"))
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    part = _torchrun(ROOT / "train.py", *tiny_overrides(tiny_manifest, tmp_path / "b", **{"train.epochs": 1}))
+    assert part.returncode == 0, part.stderr[-3000:]
+    from siqa.checkpoint import load_checkpoint
+
+    rng = load_checkpoint(tmp_path / "b" / "run" / "last.pt")["rng"]
+    assert len(rng) == 2 and not torch_equal(rng[0]["torch"], rng[1]["torch"])
+    resumed = _torchrun(ROOT / "train.py", "--resume", f"out_dir={tmp_path / 'b' / 'run'}",
+                        "train.epochs=2")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "after epoch 1" in resumed.stdout
+    got = json.loads((tmp_path / "b" / "run" / "metrics.json").read_text())
+    want = json.loads((tmp_path / "a" / "run" / "metrics.json").read_text())
+    assert got == want
+
+
+def torch_equal(a, b):
+    import torch
+
+    return torch.equal(a, b)

@@ -711,13 +711,13 @@ def load_csv(manifest) -> list[StereoPair]:
 
 
 # --------------------------------------------------------------------------- dispatch
-def load_database(name, root=None, manifest=None, validate=True) -> list[StereoPair]:
+def load_database(name, root=None, manifest=None, validate=True, demo_size="small") -> list[StereoPair]:
     """The records of database `name` (see the module docstring), checked by
     `siqa.data.validate.validate_pairs` unless `validate=False`."""
     if name == "demo":
-        from siqa.data.demo import DEFAULT_ROOT, ensure_demo
+        from siqa.data.demo import default_root, ensure_demo
 
-        folder = ensure_demo(root if root is not None else DEFAULT_ROOT)
+        folder = ensure_demo(root if root is not None else default_root(demo_size), size=demo_size)
         pairs = load_csv(folder / "manifest.csv")
     elif name == "live3d_phase1":
         pairs = load_live3d_phase1(root)
@@ -748,5 +748,6 @@ def load_database_from_config(cfg) -> list[StereoPair]:
     ds = (cfg or {}).get("dataset") or {}
     if "name" not in ds:
         raise UserError("config key dataset.name is missing")
-    return load_database(ds["name"], root=ds.get("root"), manifest=ds.get("manifest"))
+    return load_database(ds["name"], root=ds.get("root"), manifest=ds.get("manifest"),
+                         demo_size=ds.get("demo_size", "small"))
 

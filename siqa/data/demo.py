@@ -9,7 +9,14 @@ Build (deterministic, seeded by `SEED`; about 10 s on 2 cores):
 1. Both views are cropped to the valid rectified area given by the package's
    `stereodemo_calibration.json` (`left_image_rect_normalized` = x0, y0, x1, y1; outside it
    the rectification left smeared border pixels), then centre-cropped to the aspect ratio of
-   `VIEW_SIZE` and downscaled (Lanczos) to `VIEW_SIZE` (width, height).
+   the view size and, for `size="small"` (the default, `dataset.demo_size`), downscaled
+   (Lanczos) to `VIEW_SIZE` (width, height). `size="full"` keeps the native resolution: the
+   valid area (611 pixels wide) centre-cropped to LIVE 3D Phase I's 16:9 aspect, 611x344,
+   no resampling: 325 patches a view, 372 x 325 = 120,900 patch pairs (LIVE 3D Phase I:
+   132,860), so that the paper's protocol can be timed and its learning curve seen without
+   the licensed databases. The full size codes JPEG2000 at the higher compression ratios of
+   `FULL["jp2k"]` and fast fading in `FULL["ff_tile"]` tiles (15 a view, as 12 at the small
+   size); the other strengths are those of `LEVELS`.
 2. Five distortion types as in LIVE 3D, each at the three strengths of `LEVELS`:
    `jp2k` (Pillow/OpenJPEG JPEG2000, irreversible, compression ratios), `jpeg` (Pillow
    JPEG qualities), `wn` (additive white Gaussian noise, std in grey levels, one noise field
@@ -78,6 +85,7 @@ from PIL import Image
 from siqa.errors import UserError
 
 DEFAULT_ROOT = Path("data/demo")
+FULL_ROOT = Path("data/demo_full")
 VIEW_SIZE = (128, 96)  # (width, height) of each view: 12 patches a view keep the demo run short
 SEED = 2021
 TYPES = ("jp2k", "jpeg", "wn", "blur", "ff")
@@ -92,6 +100,12 @@ FF_RATE = 10  # compression ratio of the fast-fading codestream
 FF_TILE = (32, 32)  # JPEG2000 tile size (width, height) of the fast-fading codestream (12 tiles a view)
 FF_BYTES_PER_TILE = 3  # corrupted bytes in the packet data of each hit tile
 FF_ATTEMPTS = 20
+FULL = {  # demo_size=full: native views; JPEG2000 ratios and fast-fading tiles for that size
+    "aspect": (16, 9),  # LIVE 3D Phase I's 640x360
+    "jp2k": (20, 60, 160),  # compression ratio
+    "ff_tile": (128, 128),
+}
+SIZES = ("small", "full")
 SYMMETRIC_LEVELS = (1, 2, 3)
 ASYMMETRIC_LEVELS = ((0, 2), (0, 3), (1, 3))  # (weaker view level, stronger view level)
 SSIM_SIGMA = 1.5
@@ -130,8 +144,26 @@ def _valid_rect(folder: Path, width: int, height: int):
     return (round(x0 * width), round(y0 * height), round(x1 * width), round(y1 * height))
 
 
+def default_root(size="small") -> Path:
+    _check_size(size)
+    return FULL_ROOT if size == "full" else DEFAULT_ROOT
+
+
+def _check_size(size):
+    if size not in SIZES:
+        raise UserError(f"dataset.demo_size: expected one of {', '.join(SIZES)}, got {size!r}")
+
+
+def native_size(rect):
+    """(width, height) of a full-size view: the valid area's width at FULL's aspect."""
+    w, h = rect[2] - rect[0], rect[3] - rect[1]
+    aw, ah = FULL["aspect"]
+    return (w, round(w * ah / aw)) if w * ah <= h * aw else (round(h * aw / ah), h)
+
+
 def prepare_view(path: Path, rect, size=VIEW_SIZE) -> np.ndarray:
-    """Grey uint8 view: valid area, centre crop to the aspect of `size`, Lanczos resize."""
+    """Grey uint8 view: valid area, centre crop to the aspect of `size`, Lanczos resize
+    (none when the crop already has that size: the full-size demo's native views)."""
     im = Image.open(path).convert("L").crop(rect)
     w, h = im.size
     target = size[0] / size[1]
@@ -140,7 +172,9 @@ def prepare_view(path: Path, rect, size=VIEW_SIZE) -> np.ndarray:
     else:
         cw, ch = w, round(w / target)
     left, top = (w - cw) // 2, (h - ch) // 2
-    im = im.crop((left, top, left + cw, top + ch)).resize(size, Image.LANCZOS)
+    im = im.crop((left, top, left + cw, top + ch))
+    if im.size != tuple(size):
+        im = im.resize(size, Image.LANCZOS)
     return np.asarray(im)
 
 
@@ -196,12 +230,12 @@ def _tile_segments(stream: bytes):
     return segments
 
 
-def fast_fading(image, n_tiles, seed):
+def fast_fading(image, n_tiles, seed, tile=FF_TILE):
     """Decoded JPEG2000 codestream whose packet data is hit by errors in `n_tiles` tiles."""
-    stream = _jp2k_codestream(image, FF_RATE, FF_TILE)
+    stream = _jp2k_codestream(image, FF_RATE, tile)
     clean = _decode(stream)
     h, w = image.shape
-    tw, th = FF_TILE
+    tw, th = tile
     per_row = -(-w // tw)
     segments = _tile_segments(stream)
     order = np.random.default_rng([*seed, 0]).permutation(sorted(segments))
@@ -232,11 +266,12 @@ def fast_fading(image, n_tiles, seed):
     return out
 
 
-def distort(kind, image, level, seed, noise_field=None):
-    """`image` (grey uint8) with distortion `kind` at `level` (1..3); level 0 = unchanged."""
+def distort(kind, image, level, seed, noise_field=None, size="small"):
+    """`image` (grey uint8) with distortion `kind` at `level` (1..3); level 0 = unchanged.
+    `size`: the demo size, whose JPEG2000 ratios and fast-fading tiles are used."""
     if level == 0:
         return image
-    strength = LEVELS[kind][level - 1]
+    strength = (FULL["jp2k"] if size == "full" and kind == "jp2k" else LEVELS[kind])[level - 1]
     if kind == "jp2k":
         return jp2k(image, strength)
     if kind == "jpeg":
@@ -247,7 +282,7 @@ def distort(kind, image, level, seed, noise_field=None):
         return gaussian_blur(image, strength)
     if kind == "ff":
         # the same seed at every level: stronger levels corrupt a superset of the positions
-        return fast_fading(image, strength, seed)
+        return fast_fading(image, strength, seed, FULL["ff_tile"] if size == "full" else FF_TILE)
     raise ValueError(kind)
 
 
@@ -291,15 +326,21 @@ def stereo_label(ref_l, ref_r, dist_l, dist_r):
 
 
 # --------------------------------------------------------------------------- build
-def settings() -> dict:
+def settings(size="small") -> dict:
+    _check_size(size)
+    full = size == "full"
+    levels = {k: list(v) for k, v in LEVELS.items()}
+    if full:
+        levels["jp2k"] = list(FULL["jp2k"])
     return dict(
         version=BUILD_VERSION,
-        view_size=list(VIEW_SIZE),
+        **({"size": "full", "aspect": list(FULL["aspect"])} if full else {}),
+        view_size="native" if full else list(VIEW_SIZE),
         seed=SEED,
         types=list(TYPES),
-        levels={k: list(v) for k, v in LEVELS.items()},
+        levels=levels,
         ff_rate=FF_RATE,
-        ff_tile=list(FF_TILE),
+        ff_tile=list(FULL["ff_tile"] if full else FF_TILE),
         ff_bytes_per_tile=FF_BYTES_PER_TILE,
         symmetric_levels=list(SYMMETRIC_LEVELS),
         asymmetric_levels=[list(a) for a in ASYMMETRIC_LEVELS],
@@ -311,55 +352,87 @@ def _save_png(path: Path, image: np.ndarray):
     Image.fromarray(image).save(path, "PNG", optimize=False, compress_level=6)
 
 
-def build_demo(out_dir, progress=False) -> Path:
-    """Write the demo database into `out_dir` (created; should be empty). Returns it."""
+def build_scene(out: Path, s_idx: int, scene: str, lpath: Path, rpath: Path, size="small"):
+    """Write one scene's pristine and distorted views into `out`; returns its (manifest
+    rows, label details). Each scene is seeded by its index: scenes can be built apart."""
+    out = Path(out)
+    with Image.open(lpath) as im:
+        rect = _valid_rect(Path(lpath).parent, *im.size)
+    view_size = native_size(rect) if size == "full" else VIEW_SIZE
+    ref = {"l": prepare_view(lpath, rect, view_size), "r": prepare_view(rpath, rect, view_size)}
+    rows, details = [], []
+    files = {(0, e): f"refimgs/{scene}_{e}.png" for e in "lr"}
+    for e in "lr":
+        _save_png(out / files[(0, e)], ref[e])
+    rows.append(dict(name=f"pristine/{scene}", left=files[(0, "l")], right=files[(0, "r")],
+                     score=0.0, ref=scene, distortion="pristine", symmetric="true"))
+    details.append(dict(name=f"pristine/{scene}", q_l=1.0, q_r=1.0, g_l=1.0, g_r=1.0))
+    for t_idx, kind in enumerate(TYPES):
+        views = {(0, e): ref[e] for e in "lr"}
+        quality = {(0, e): (1.0, 1.0) for e in "lr"}  # (SSIM, energy weight) per view
+        levels = sorted({lv for lv in SYMMETRIC_LEVELS} | {lv for pr in ASYMMETRIC_LEVELS for lv in pr} - {0})
+        for e_idx, e in enumerate("lr"):
+            seed = [SEED, s_idx, t_idx, e_idx]
+            field = np.random.default_rng(seed).standard_normal(ref[e].shape) if kind == "wn" else None
+            for lv in levels:
+                views[(lv, e)] = distort(kind, ref[e], lv, seed, field, size)
+                files[(lv, e)] = f"{kind}/{scene}_{lv}_{e}.png"
+                _save_png(out / files[(lv, e)], views[(lv, e)])
+                quality[(lv, e)] = view_quality(ref[e], views[(lv, e)])
+        profiles = [(f"s{lv}", lv, lv, True) for lv in SYMMETRIC_LEVELS]
+        stronger_left = bool(np.random.default_rng([SEED, s_idx, t_idx, 99]).integers(2))
+        for weak, strong in ASYMMETRIC_LEVELS:
+            ll, rl = (strong, weak) if stronger_left else (weak, strong)
+            profiles.append((f"a{weak}{strong}", ll, rl, False))
+        for tag, ll, rl, sym in profiles:
+            name = f"{kind}/{scene}_{tag}"
+            (q_l, g_l), (q_r, g_r) = quality[(ll, "l")], quality[(rl, "r")]
+            score = pooled_label(q_l, g_l, q_r, g_r)
+            parts = dict(q_l=q_l, q_r=q_r, g_l=g_l, g_r=g_r)
+            rows.append(dict(name=name, left=files[(ll, "l")], right=files[(rl, "r")], score=score,
+                             ref=scene, distortion=kind, symmetric="true" if sym else "false"))
+            details.append(dict(name=name, **{k: round(v, 6) for k, v in parts.items()}))
+    return rows, details
+
+
+def _build_scene_job(job):
+    return build_scene(*job)
+
+
+def build_demo(out_dir, progress=False, size="small", workers=1) -> Path:
+    """Write the demo database into `out_dir` (created; should be empty). Returns it.
+    `workers` > 1 builds the scenes in that many processes (the same files)."""
+    _check_size(size)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     folder = source_dir()
     scenes = source_scenes(folder)
     if not scenes:
         raise UserError(f"no stereo pairs found in {folder}: run `{INSTALL_HINT}`")
-    rows, details = [], []
     from tqdm import tqdm
 
-    for s_idx, (scene, lpath, rpath) in enumerate(tqdm(scenes, desc="demo", disable=not progress)):
-        with Image.open(lpath) as im:
-            rect = _valid_rect(folder, *im.size)
-        ref = {"l": prepare_view(lpath, rect), "r": prepare_view(rpath, rect)}
-        files = {(0, e): f"refimgs/{scene}_{e}.png" for e in "lr"}
-        for e in "lr":
-            _save_png(out / files[(0, e)], ref[e])
-        rows.append(dict(name=f"pristine/{scene}", left=files[(0, "l")], right=files[(0, "r")],
-                         score=0.0, ref=scene, distortion="pristine", symmetric="true"))
-        details.append(dict(name=f"pristine/{scene}", q_l=1.0, q_r=1.0, g_l=1.0, g_r=1.0))
-        for t_idx, kind in enumerate(TYPES):
-            views = {(0, e): ref[e] for e in "lr"}
-            quality = {(0, e): (1.0, 1.0) for e in "lr"}  # (SSIM, energy weight) per view
-            levels = sorted({lv for lv in SYMMETRIC_LEVELS} | {lv for pr in ASYMMETRIC_LEVELS for lv in pr} - {0})
-            for e_idx, e in enumerate("lr"):
-                seed = [SEED, s_idx, t_idx, e_idx]
-                field = np.random.default_rng(seed).standard_normal(ref[e].shape) if kind == "wn" else None
-                for lv in levels:
-                    views[(lv, e)] = distort(kind, ref[e], lv, seed, field)
-                    files[(lv, e)] = f"{kind}/{scene}_{lv}_{e}.png"
-                    _save_png(out / files[(lv, e)], views[(lv, e)])
-                    quality[(lv, e)] = view_quality(ref[e], views[(lv, e)])
-            profiles = [(f"s{lv}", lv, lv, True) for lv in SYMMETRIC_LEVELS]
-            stronger_left = bool(np.random.default_rng([SEED, s_idx, t_idx, 99]).integers(2))
-            for weak, strong in ASYMMETRIC_LEVELS:
-                ll, rl = (strong, weak) if stronger_left else (weak, strong)
-                profiles.append((f"a{weak}{strong}", ll, rl, False))
-            for tag, ll, rl, sym in profiles:
-                name = f"{kind}/{scene}_{tag}"
-                (q_l, g_l), (q_r, g_r) = quality[(ll, "l")], quality[(rl, "r")]
-                score = pooled_label(q_l, g_l, q_r, g_r)
-                parts = dict(q_l=q_l, q_r=q_r, g_l=g_l, g_r=g_r)
-                rows.append(dict(name=name, left=files[(ll, "l")], right=files[(rl, "r")], score=score,
-                                 ref=scene, distortion=kind, symmetric="true" if sym else "false"))
-                details.append(dict(name=name, **{k: round(v, 6) for k, v in parts.items()}))
+    jobs = [(out, s_idx, scene, lpath, rpath, size) for s_idx, (scene, lpath, rpath) in enumerate(scenes)]
+    bar = tqdm(total=len(jobs), desc="demo", disable=not progress)
+    if workers > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = []
+            for result in pool.map(_build_scene_job, jobs):
+                results.append(result)
+                bar.update(1)
+    else:
+        results = []
+        for job in jobs:
+            results.append(build_scene(*job))
+            bar.update(1)
+    bar.close()
+    rows = [row for scene_rows, _ in results for row in scene_rows]
+    details = [d for _, scene_details in results for d in scene_details]
     _write_csv(out / "manifest.csv", rows, ["name", "left", "right", "score", "ref", "distortion", "symmetric"])
     _write_csv(out / "labels.csv", details, ["name", "q_l", "q_r", "g_l", "g_r"])
-    (out / "demo_info.json").write_text(json.dumps(dict(settings=settings(), pairs=len(rows)), indent=1) + "\n")
+    (out / "demo_info.json").write_text(json.dumps(dict(settings=settings(size), pairs=len(rows)), indent=1) + "\n")
     return out
 
 
@@ -371,20 +444,22 @@ def _write_csv(path, rows, fields):
             w.writerow({k: (f"{r[k]:.4f}" if k == "score" else r[k]) for k in fields})
 
 
-def _is_current(root: Path) -> bool:
+def _is_current(root: Path, size="small") -> bool:
     info = root / "demo_info.json"
     if not (info.is_file() and (root / "manifest.csv").is_file()):
         return False
     try:
-        return json.loads(info.read_text()).get("settings") == settings()
+        return json.loads(info.read_text()).get("settings") == settings(size)
     except (ValueError, OSError):
         return False
 
 
-def ensure_demo(root=DEFAULT_ROOT, progress=True) -> Path:
-    """The demo database folder, built first if it is missing or built with other settings."""
+def ensure_demo(root=DEFAULT_ROOT, progress=True, size="small") -> Path:
+    """The demo database folder, built first if it is missing or built with other settings
+    (another `size` included). The full size is built by one process per core."""
+    _check_size(size)
     root = Path(root)
-    if _is_current(root):
+    if _is_current(root, size):
         return root
     if root.exists() and any(root.iterdir()) and not (root / "demo_info.json").exists():
         raise UserError(f"{root} exists and is not a demo database: remove it or choose another dataset.root")
@@ -392,7 +467,8 @@ def ensure_demo(root=DEFAULT_ROOT, progress=True) -> Path:
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}-build-"))
     try:
-        build_demo(tmp, progress=progress)
+        build_demo(tmp, progress=progress, size=size,
+                   workers=(os.cpu_count() or 1) if size == "full" else 1)
         if root.exists():  # empty, or an older build: move it aside, then swap
             old = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}-old-"))
             os.replace(root, old / root.name)
@@ -400,7 +476,7 @@ def ensure_demo(root=DEFAULT_ROOT, progress=True) -> Path:
         try:
             os.replace(tmp, root)
         except OSError:
-            if not _is_current(root):  # not a concurrent build that finished first
+            if not _is_current(root, size):  # not a concurrent build that finished first
                 raise
     finally:
         if tmp.exists():

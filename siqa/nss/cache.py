@@ -109,6 +109,12 @@ def compute_pair(left, right, marginal="mle0", preprocess="reference", device="c
                         f"{'' if right is None else ' / ' + str(right)}: {err}") from None
 
 
+def torch_device_type(device) -> str:
+    """'cuda' for 'cuda', 'cuda:1' or a torch.device of a GPU; the device is passed on whole,
+    so that cuda:1 computes on cuda:1."""
+    return str(device).split(":")[0]
+
+
 def _worker_init():
     import torch
 
@@ -124,7 +130,9 @@ def _compute_missing(jobs, marginal, preprocess, workers, device, bar):
     """Yield (index, values) for jobs [(index, left, right)] as they finish."""
     if not jobs:
         return
-    if str(device).startswith("cuda"):
+    # scipy_free_loc fits on the CPU whatever the device (scipy, ~9 s a pair): the CPU pool
+    # runs `workers` pairs at once, where the GPU path would fit one pair after another
+    if torch_device_type(device) == "cuda" and marginal != "scipy_free_loc":
         by_size = {}
         for index, left, right in jobs:
             lv, rv = read_pair(left, right)
@@ -166,7 +174,8 @@ def nss_targets(pairs, marginal="mle0", preprocess="reference", cache_dir="data/
 
     right None: `left` is a side-by-side file (left half = left view). Entries are reused
     when valid; missing or corrupt ones are computed (in parallel over `workers` processes,
-    None: os.cpu_count(), 0 or 1: in this process; or batched on the GPU for device="cuda")
+    None: os.cpu_count(), 0 or 1: in this process; or batched on the GPU for device="cuda" or
+    "cuda:N", except marginal="scipy_free_loc", whose scipy fits always go to the CPU workers)
     and written atomically.
     """
     from tqdm import tqdm

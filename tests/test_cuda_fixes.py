@@ -1,0 +1,326 @@
+"""The CUDA bugs of the GPU box, each shown on the CPU where its mechanism exists there:
+resume with RNG states loaded onto another device, the device index passed on, the
+single-process CUDA device made current, scipy_free_loc sent to the CPU pool, the
+determinism switches, last.pt every k epochs and written in the background. The tests
+marked `cuda` run the same on a GPU and are skipped without one."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_overrides
+from siqa import config as config_mod
+from siqa import distributed, experiment
+from siqa.checkpoint import load_checkpoint, restore_rng, rng_state
+from siqa.distributed import Dist
+from siqa.errors import UserError
+
+
+
+def needs_cuda(test):
+    """Marked `cuda` (benchmarks/gpu_check.py runs `pytest -m cuda`) and skipped without a GPU."""
+    return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(),
+                                               reason="needs a CUDA GPU")(test))
+
+
+@pytest.fixture
+def process_numerics():
+    """configure_numerics changes process-wide switches: put them back after the test."""
+    saved = (torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    yield
+    torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+    (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) = saved[2:]
+
+
+def tiny_cfg(manifest, work, **extra):
+    return config_mod.load_config(overrides=tiny_overrides(manifest, work, **extra))
+
+
+def run(cfg, resume=False, device="cpu"):
+    lines = []
+    experiment.train(cfg, resume=resume, dist=Dist(device=torch.device(device)), progress=False,
+                     log=lines.append)
+    return lines
+
+
+def metrics(work):
+    return json.loads((work / "run" / "metrics.json").read_text())
+
+
+# ----------------------------------------------------------------- resume and RNG states
+def test_rng_state_loaded_onto_another_device_is_the_crash(tmp_path):
+    """The mechanism of the CUDA resume crash: set_rng_state takes CPU byte tensors only.
+    map_location='meta' stands for the GPU: states loaded there cannot be restored."""
+    from siqa.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "c.pt", {"rng": rng_state()})
+    moved = load_checkpoint(tmp_path / "c.pt", map_location="meta")["rng"]
+    with pytest.raises(UserError, match="map_location='cpu'"):
+        restore_rng(moved)
+    with pytest.raises((RuntimeError, TypeError)):
+        torch.set_rng_state(moved["torch"])
+
+
+EXTRA = {"train.epochs": 3, "train.checkpoint_every": 2, "train.scatter_every": 2}
+
+
+@pytest.fixture(scope="module")
+def whole_run(tiny_manifest, tmp_path_factory):
+    """3 epochs uninterrupted, last.pt every 2 epochs, a scatter plot every 2 validations;
+    returns (run folder, epochs whose scatter plot was drawn)."""
+    work = tmp_path_factory.mktemp("whole")
+    drawn = []
+    real = experiment._scatter_to_tensorboard
+    experiment._scatter_to_tensorboard = lambda w, tag, pred, pairs, epoch, title: drawn.append(epoch)
+    before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
+    try:
+        torch.set_num_threads(1)
+        run(tiny_cfg(tiny_manifest, work, **EXTRA))
+    finally:
+        experiment._scatter_to_tensorboard = real
+        torch.set_num_threads(before[0])
+        torch.use_deterministic_algorithms(before[1])
+    return work, drawn
+
+
+def test_scatter_every_k_validations(whole_run):
+    assert whole_run[1] == [2, 3]  # every 2nd validation, and the last
+
+
+def test_checkpoint_holds_one_rng_state_per_rank_of_this_device_only(whole_run):
+    rng = load_checkpoint(whole_run[0] / "run" / "last.pt")["rng"]
+    assert isinstance(rng, list) and len(rng) == 1  # one process: one rank
+    assert set(rng[0]) == {"torch"}  # a CPU run saves no CUDA state, not even with GPUs present
+    assert rng[0]["torch"].dtype == torch.uint8
+
+
+def test_checkpoint_every_k_then_resume_on_cpu_whatever_the_device(whole_run, tiny_manifest,
+                                                                  tmp_path, monkeypatch,
+                                                                  one_torch_thread,
+                                                                  process_numerics):
+    """A run stopped inside epoch 3 with last.pt every 2 epochs resumes from epoch 2 and ends
+    exactly as the uninterrupted run. The resume never maps last.pt onto the training
+    device: a loader that sends every device-mapped load to 'meta' (as map_location=<the
+    GPU> left the RNG states on the GPU, where set_rng_state cannot take them) still resumes."""
+    real_epoch = experiment.train_epoch
+    calls = []
+
+    def stopped_in_epoch_3(*args, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kw)
+
+    monkeypatch.setattr(experiment, "train_epoch", stopped_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_cfg(tiny_manifest, tmp_path, **EXTRA))
+    monkeypatch.setattr(experiment, "train_epoch", real_epoch)
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 2  # not 1, not 3
+
+    real_load = experiment.load_checkpoint
+    seen = []
+
+    def load_as_on_gpu(path, map_location="cpu", **kw):
+        seen.append(map_location)
+        return real_load(path, map_location="meta" if map_location != "cpu" else "cpu", **kw)
+
+    monkeypatch.setattr(experiment, "load_checkpoint", load_as_on_gpu)
+    lines = run(tiny_cfg(tiny_manifest, tmp_path, **EXTRA), resume=True)
+    assert any("after epoch 2" in line for line in lines)
+    assert seen and all(m == "cpu" for m in seen)
+    assert metrics(tmp_path) == metrics(whole_run[0])
+
+
+def test_resume_from_an_older_single_state_checkpoint():
+    """Checkpoints written before per-rank states hold one dict: it is rank 0's."""
+    torch.manual_seed(5)
+    old = rng_state()
+    want = torch.rand(4)
+    assert experiment.restore_rank_rng(old, Dist(), seed=0, epoch=1)
+    assert torch.equal(torch.rand(4), want)
+
+
+def test_background_saver_writes_in_order_and_reports_a_failed_write(tmp_path):
+    saver = experiment.BackgroundSaver()
+    weights = torch.arange(4.0)
+    saver.save(tmp_path / "a.pt", {"w": weights})
+    weights += 100  # training goes on: the checkpoint keeps the state at save time
+    saver.save(tmp_path / "a.pt", {"w": weights.clone(), "second": 1})
+    saver.wait()
+    state = load_checkpoint(tmp_path / "a.pt")
+    assert state["second"] == 1 and torch.equal(state["w"], torch.arange(4.0) + 100)
+    (tmp_path / "file").write_text("x")
+    saver.save(tmp_path / "file" / "b.pt", {"w": weights})  # a folder that is a file
+    with pytest.raises(OSError):
+        saver.wait()
+
+
+# ----------------------------------------------------------------- devices
+def test_nss_precompute_gets_the_device_with_its_index(tiny_manifest, tmp_path, monkeypatch):
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_nss(pairs, nss_cfg=None, progress=True, device="cpu"):
+        seen["device"] = device
+        raise Stop
+
+    monkeypatch.setattr(experiment, "nss_from_config", fake_nss)
+    monkeypatch.setattr(experiment, "configure_numerics", lambda *a: None)
+    with pytest.raises(Stop):
+        experiment.train(tiny_cfg(tiny_manifest, tmp_path), dist=Dist(device=torch.device("cuda", 1)),
+                         progress=False, log=lambda *a: None)
+    assert str(seen["device"]) == "cuda:1"
+
+
+def test_nss_cache_batches_on_the_named_gpu(tiny_manifest, tmp_path, monkeypatch):
+    from siqa.data import load_database
+    from siqa.nss import cache
+
+    pairs = load_database("csv", manifest=tiny_manifest)[:3]
+    seen = []
+
+    def fake_batch(lefts, rights, marginal, preprocess, device):
+        seen.append(device)
+        return np.ones((len(lefts), 108))
+
+    monkeypatch.setattr(cache, "nss_features_batch", fake_batch)
+    cache.nss_targets([(p.left, p.right) for p in pairs], cache_dir=tmp_path, device="cuda:1",
+                      progress=False)
+    assert seen and all(str(d) == "cuda:1" for d in seen)
+
+
+def test_single_process_makes_its_cuda_device_current(monkeypatch):
+    made_current = []
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(distributed, "select_device", lambda name: torch.device(name))
+    monkeypatch.setattr(torch.cuda, "set_device", made_current.append)
+    d = distributed.setup("cuda:1")
+    assert d.device == torch.device("cuda", 1) and made_current == [torch.device("cuda", 1)]
+    assert distributed.setup("cpu").device.type == "cpu" and len(made_current) == 1
+
+
+class InProcessPool:
+    """Stands in for ProcessPoolExecutor: runs the jobs here, records that it was used."""
+
+    used = []
+
+    def __init__(self, workers, **kw):
+        InProcessPool.used.append(workers)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def submit(self, fn, *args):
+        from concurrent.futures import Future
+
+        fut = Future()
+        fut.set_result(fn(*args))
+        return fut
+
+
+def test_scipy_free_loc_on_cuda_goes_to_the_cpu_pool(tiny_manifest, tmp_path, monkeypatch):
+    import concurrent.futures
+
+    from siqa.data import load_database
+    from siqa.nss import cache
+
+    pairs = [(p.left, p.right) for p in load_database("csv", manifest=tiny_manifest)[:2]]
+
+    def no_gpu(*a, **kw):
+        raise AssertionError("scipy_free_loc must not take the GPU path")
+
+    monkeypatch.setattr(cache, "nss_features_batch", no_gpu)
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", InProcessPool)
+    InProcessPool.used.clear()
+    got = cache.nss_targets(pairs, marginal="scipy_free_loc", cache_dir=tmp_path / "gpu",
+                            workers=2, device="cuda", progress=False)
+    assert InProcessPool.used == [2]
+    want = np.stack([cache.compute_pair(left, right, "scipy_free_loc") for left, right in pairs])
+    np.testing.assert_array_equal(got, want)
+
+
+# ----------------------------------------------------------------- determinism
+def test_determinism_auto_is_on_for_cpu_off_for_cuda(monkeypatch, process_numerics):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    assert distributed.configure_numerics("auto", "auto", torch.device("cpu")) == {
+        "deterministic": True, "tf32": False}
+    assert torch.are_deterministic_algorithms_enabled()
+    assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    import os
+
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    # the switches only: no CUDA call is made, so a CPU machine can check the CUDA choice
+    assert distributed.configure_numerics("auto", "auto", torch.device("cuda")) == {
+        "deterministic": False, "tf32": True}
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert torch.backends.cudnn.benchmark and torch.backends.cuda.matmul.allow_tf32
+    assert torch.backends.cudnn.allow_tf32
+    assert distributed.configure_numerics(True, False, torch.device("cuda")) == {
+        "deterministic": True, "tf32": False}
+    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+
+
+@pytest.mark.parametrize("key,value,ok", [
+    ("train.deterministic", "auto", True), ("train.deterministic", "false", True),
+    ("train.deterministic", "maybe", False), ("train.deterministic", "1", False),
+    ("train.tf32", "true", True), ("train.checkpoint_every", "0", False),
+    ("train.scatter_every", "3", True), ("dataset.demo_size", "full", True),
+    ("dataset.demo_size", "huge", False),
+])
+def test_new_config_keys(key, value, ok):
+    if ok:
+        config_mod.load_config(overrides=[f"{key}={value}"])
+    else:
+        with pytest.raises(UserError, match=key):
+            config_mod.load_config(overrides=[f"{key}={value}"])
+
+
+# ----------------------------------------------------------------- on a GPU
+@needs_cuda
+def test_cuda_rng_state_of_this_device_restores_after_a_gpu_load(tmp_path):
+    from siqa.checkpoint import save_checkpoint
+
+    device = torch.device("cuda", torch.cuda.device_count() - 1)
+    torch.manual_seed(7)
+    state = rng_state(device)
+    assert state["cuda"].dtype == torch.uint8 and state["cuda"].device.type == "cpu"
+    want = torch.rand(8, device=device)
+    save_checkpoint(tmp_path / "c.pt", {"rng": state})
+    on_gpu = load_checkpoint(tmp_path / "c.pt", map_location=device)["rng"]  # the old crash
+    restore_rng(on_gpu, device)
+    assert torch.equal(torch.rand(8, device=device), want)
+    # an older checkpoint's list of every visible GPU's state
+    restore_rng({"torch": state["torch"], "cuda": [state["cuda"]] * (device.index + 1)}, device)
+    assert torch.equal(torch.rand(8, device=device), want)
+
+
+@needs_cuda
+def test_cuda_deterministic_resume_equals_uninterrupted(tiny_manifest, tmp_path, process_numerics):
+    extra = {"device": "cuda", "train.deterministic": True, "train.tf32": False}
+    run(tiny_cfg(tiny_manifest, tmp_path / "whole", **extra, **{"train.epochs": 2}), device="cuda")
+    run(tiny_cfg(tiny_manifest, tmp_path / "cut", **extra, **{"train.epochs": 1}), device="cuda")
+    run(tiny_cfg(tiny_manifest, tmp_path / "cut", **extra, **{"train.epochs": 2}), resume=True,
+        device="cuda")
+    assert metrics(tmp_path / "cut") == metrics(tmp_path / "whole")
+
+
+@needs_cuda
+def test_cuda_nss_on_the_named_device_equals_cpu(tiny_manifest, tmp_path):
+    from siqa.data import load_database
+    from siqa.nss import cache
+
+    pairs = [(p.left, p.right) for p in load_database("csv", manifest=tiny_manifest)[:4]]
+    device = f"cuda:{torch.cuda.device_count() - 1}"
+    gpu = cache.nss_targets(pairs, cache_dir=tmp_path / "gpu", device=device, progress=False)
+    cpu = cache.nss_targets(pairs, cache_dir=tmp_path / "cpu", workers=1, progress=False)
+    np.testing.assert_allclose(gpu, cpu, rtol=0, atol=1e-8)
