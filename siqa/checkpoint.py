@@ -73,7 +73,8 @@ def _load(path, map_location):
     if os.path.getsize(path) == 0:
         raise UserError(f"checkpoint {path} is corrupt or truncated (the file is empty)")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        # Loaded on the CPU: the digest is over the bytes, which a GPU or meta copy would hide.
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise UserError(f"checkpoint {path} is corrupt, or holds objects that "
                         "torch.load(weights_only=True) refuses") from None
@@ -91,7 +92,20 @@ def _load(path, map_location):
                         "save_checkpoint does not write)") from None
     if actual != stored:
         raise UserError(f"checkpoint {path} is corrupt or truncated (checksum mismatch)")
-    return state
+    return _to(state, map_location)
+
+
+def _to(value, map_location):
+    """`value` with every tensor moved to `map_location` (a device or its name)."""
+    if map_location is None or str(map_location) == "cpu":
+        return value
+    if isinstance(value, torch.Tensor):
+        return value.to(map_location)
+    if isinstance(value, dict):
+        return type(value)((k, _to(v, map_location)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to(v, map_location) for v in value)
+    return value
 
 
 def _load_first_format(path, map_location):

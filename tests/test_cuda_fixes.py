@@ -49,7 +49,10 @@ def run(cfg, resume=False, device="cpu"):
 
 
 def metrics(work):
-    return json.loads((work / "run" / "metrics.json").read_text())
+    """metrics.json without its protocol card (out_dir and wall time differ between runs)."""
+    m = json.loads((work / "run" / "metrics.json").read_text())
+    assert m.pop("protocol")["selection"]
+    return m
 
 
 # ----------------------------------------------------------------- resume and RNG states
