@@ -9,7 +9,8 @@ PYTHON="${PYTHON:-python3}"
 die() { echo "setup.sh: $*" >&2; exit 2; }
 
 command -v "$PYTHON" >/dev/null 2>&1 || die "no interpreter named $PYTHON (set PYTHON=python3.X)"
-version=$("$PYTHON" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])')
+version=$("$PYTHON" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null) \
+    || die "$PYTHON does not run (a pyenv shim of a version that is not selected? give its full path)"
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] < (3, 10))' \
     || die "Python $version ($PYTHON) is too old: 3.10 to 3.13 are supported"
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] > (3, 13))' \

@@ -44,7 +44,7 @@ for minor in $pythons; do
     fi
     version=$("$py" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])')
     clone="$work/py$minor"
-    git clone -q "$repo" "$clone"
+    git clone -q "$repo" "$clone" && git -C "$clone" checkout -q "$commit"  # the same commit for all
     echo "== Python $version ($py): setup, log in $work/setup-$minor.log"
     start=$(date +%s)
     if (cd "$clone" && PYTHON="$py" bash setup.sh) >"$work/setup-$minor.log" 2>&1; then
