@@ -12,7 +12,8 @@ import yaml
 
 from siqa.errors import UserError
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.yaml"
+# siqa/config.yaml links to the repository's config.yaml; an installed package carries a copy.
+DEFAULT_CONFIG = (Path(__file__).resolve().parent / "config.yaml").resolve()
 
 CHOICES = {
     "device": None,  # free string, checked when the device is opened
