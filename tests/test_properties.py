@@ -121,7 +121,7 @@ def plausible_manifests(draw):
                 row[i] = draw(body_cell(c))
         rows.append(row)
     buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerows(rows)
+    csv.writer(buf, lineterminator="\n", escapechar="\\").writerows(rows)
     return buf.getvalue().encode(draw(st.sampled_from(["utf-8", "utf-8-sig"])))
 
 
@@ -147,7 +147,7 @@ def random_manifests(draw):
     # else: no header row (the first data row is read as the header)
     buf = io.StringIO()
     if draw(st.booleans()):
-        csv.writer(buf, lineterminator=draw(st.sampled_from(["\n", "\r\n"]))).writerows(rows)
+        csv.writer(buf, lineterminator=draw(st.sampled_from(["\n", "\r\n"])), escapechar="\\").writerows(rows)
     else:  # naive joining: unbalanced quotes, stray commas
         buf.write("\n".join(",".join(r) for r in rows))
     encoding = draw(st.sampled_from(["utf-8", "utf-8-sig", "latin-1", "utf-16"]))
