@@ -1,1 +1,11 @@
 """Blind stereoscopic image quality assessment: the multi-task CNN of Bourbia et al. (ICIP 2021)."""
+
+__all__ = ["load"]
+
+
+def __getattr__(name):  # siqa.load, imported on first use so that `import siqa.x` stays torch-free
+    if name == "load":
+        from siqa.api import load
+
+        return load
+    raise AttributeError(f"module 'siqa' has no attribute {name!r}")
