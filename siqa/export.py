@@ -97,7 +97,7 @@ def export(checkpoint, fmt, out, batch="dynamic", check=True) -> ExportResult:
     batch = parse_batch(batch)
     out = Path(out)
     if out.is_dir():
-        raise UserError(f"--out {out} is a folder: give a file name (e.g. {out / 'siqa.' + fmt[:4]})")
+        raise UserError(f"--out {out} is a folder: give a file name (e.g. {out / ('siqa.onnx' if fmt == 'onnx' else 'siqa.pt')})")
     if fmt == "onnx":
         missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
         if missing:
