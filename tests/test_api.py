@@ -42,6 +42,12 @@ def test_scale_comes_from_the_checkpoint(model, manifest_rows):
     assert "higher = worse" in model.describe_scale()
 
 
+def test_auto_device_picks_cuda_when_available(checkpoint):
+    chosen = siqa.load(checkpoint)  # device="auto"
+    assert chosen.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert all(p.device.type == chosen.device.type for p in chosen.network.parameters())
+
+
 def test_score_equals_evaluate_on_its_test_split(checkpoint, model, tiny_manifest, tmp_path):
     proc = run_entry("evaluate.py", "--checkpoint", checkpoint, "--out", tmp_path / "ev")
     assert proc.returncode == 0, proc.stderr
