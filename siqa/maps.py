@@ -103,9 +103,9 @@ def _scale(model, *grids):
     low, high = min(low, float(values.min())), max(high, float(values.max()))
     if high <= low:
         high = low + 1.0
-    kind = "DMOS (higher = worse)" if model.lower_better else "MOS (higher = better)"
+    kind, direction = ("DMOS", "higher = worse") if model.lower_better else ("MOS", "higher = better")
     cmap = "RdYlGn_r" if model.lower_better else "RdYlGn"  # red = worse either way
-    return low, high, cmap, f"predicted {kind}, {model.database['name']} scale"
+    return low, high, cmap, f"predicted {kind}, {model.database['name']} scale\n({direction})"
 
 
 def _overlay(ax, view, grid, vmin, vmax, cmap, title):

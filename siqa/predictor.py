@@ -39,9 +39,11 @@ def write_predictions(out, rows, fields, scores):
 
 
 def map_names(pairs):
-    """One file-name stem per pair for --maps: the left (or side-by-side) file's stem, with
-    its position appended where two pairs would share one."""
-    stems = [Path(left).stem for left, _ in pairs]
+    """One file-name stem per pair for --maps: LEFTSTEM_RIGHTSTEM (a reference view is often
+    shared by many pairs), or the side-by-side file's stem; the pair's position is appended
+    where two pairs would still share one."""
+    stems = [Path(left).stem if right is None else f"{Path(left).stem}_{Path(right).stem}"
+             for left, right in pairs]
     seen = {}
     for stem in stems:
         seen[stem] = seen.get(stem, 0) + 1

@@ -122,6 +122,14 @@ def test_naturalness_figure_has_one_panel_per_statistic():
     np.testing.assert_array_equal(computed_line.get_ydata(), np.arange(108.0)[::-1][18:36])
 
 
+def test_map_names_are_unique_per_pair():
+    from siqa.predictor import map_names
+
+    pairs = [("a/ref_l.png", "b/x_r.png"), ("a/ref_l.png", "c/y_r.png"), ("s/p.png", None),
+             ("t/p.png", None)]
+    assert map_names(pairs) == ["ref_l_x_r", "ref_l_y_r", "p_2", "p_3"]
+
+
 def test_predict_maps_from_the_command_line(tiny_run, tiny_manifest, tmp_path):
     checkpoint = tiny_run[0] / "run" / "best.pt"
     folder = tiny_manifest.parent
@@ -132,8 +140,8 @@ def test_predict_maps_from_the_command_line(tiny_run, tiny_manifest, tmp_path):
                      "--maps", tmp_path / "maps")
     assert proc.returncode == 0, proc.stderr
     model = siqa.load(checkpoint, device="cpu")
-    for stem, (left, right) in (("s1_2_l", ("s1_2_l.png", "s1_2_r.png")),
-                                ("s2_0_l", ("s2_0_l.png", "s2_0_r.png"))):
+    for stem, (left, right) in (("s1_2_l_s1_2_r", ("s1_2_l.png", "s1_2_r.png")),
+                                ("s2_0_l_s2_0_r", ("s2_0_l.png", "s2_0_r.png"))):
         grid = np.load(tmp_path / "maps" / f"{stem}_quality.npy")
         np.testing.assert_allclose(grid, model.patch_scores(folder / left, folder / right), atol=1e-6)
         self_left = np.load(tmp_path / "maps" / f"{stem}_self_left.npy")
