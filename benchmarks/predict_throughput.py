@@ -7,6 +7,9 @@ Lines measured (the network is untrained: its speed does not depend on its weigh
   API, files     model.score(lefts, rights) on PNG paths: decoding, patches, network, mean
   API, arrays    the same on views already decoded to uint8 arrays (what a caller holding
                  images in memory gets)
+  evaluate path  the same files through evaluate.py's route (all patches stacked with
+                 siqa.experiment.split_data, then siqa.engine.predict_pairs): the reference the
+                 API must match in speed as it does in value
   predict.py     the command on a manifest of the same pairs, as a new process; "per pair"
                  subtracts a one-pair run (start-up, imports, checkpoint load), "whole" does not
   --sbs adds the API on 1920x1080 side-by-side PNGs (two 960x1080 views)
@@ -68,6 +71,19 @@ def predict_cli(checkpoint, manifest, device, threads):
     return time.perf_counter() - t0
 
 
+def evaluate_path(model, pairs):
+    """evaluate.py's scoring route on the same files (what the API reproduces)."""
+    from siqa.data.records import StereoPair
+    from siqa.engine import predict_pairs
+    from siqa.experiment import split_data
+
+    records = [StereoPair(name=str(a), left=a, right=b, score=0.0, higher_is_better=False,
+                          content="", distortion="") for a, b in pairs]
+    data = split_data(records, np.zeros((len(records), 108)), model.patch_dtype, model.normalisation,
+                      progress=False)
+    return predict_pairs(model.network, data.to(model.device), amp_dtype=model.amp_dtype)
+
+
 def write_manifest(path, pairs):
     path.write_text("left,right\n" + "".join(f"{a},{b}\n" for a, b in pairs))
     return path
@@ -112,6 +128,8 @@ def main():
             n = len(pairs)
             rows.append((label, "API, files", n / timed(lambda: model.score(lefts, rights), sync)))
             rows.append((label, "API, arrays", n / timed(lambda: model.score(arrays_l, arrays_r), sync)))
+            rows.append((label, "evaluate path, files",
+                         n / timed(lambda: evaluate_path(model, pairs), sync)))
             whole = predict_cli(checkpoint, many, name, args.threads)
             start = predict_cli(checkpoint, one, name, args.threads)
             per_pair = (n - 1) / max(whole - start, 1e-9) if n > 1 else float("nan")
