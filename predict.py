@@ -1,8 +1,8 @@
 """Score stereo pairs with a trained checkpoint (no reference needed).
 
-    python predict.py --checkpoint runs/demo/best.pt LEFT RIGHT
-    python predict.py --checkpoint runs/demo/best.pt --sbs SIDE_BY_SIDE
-    python predict.py --checkpoint runs/demo/best.pt --manifest pairs.csv [--out pred.csv]
+    python predict.py --checkpoint runs/demo/best.pt LEFT RIGHT [--maps DIR]
+    python predict.py --checkpoint runs/demo/best.pt --sbs SIDE_BY_SIDE [--maps DIR]
+    python predict.py --checkpoint runs/demo/best.pt --manifest pairs.csv [--out pred.csv] [--maps DIR]
 """
 import argparse
 import sys
@@ -17,6 +17,7 @@ def main(argv):
     parser.add_argument("--sbs", help="a side-by-side file (left half = left view)")
     parser.add_argument("--manifest", help="CSV with left,right or sbs columns (paths relative to it)")
     parser.add_argument("--out", help="with --manifest: write its rows plus a prediction column here")
+    parser.add_argument("--maps", metavar="DIR", help="write quality, asymmetry and naturalness maps here")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     given = [bool(args.views), bool(args.sbs), bool(args.manifest)]
@@ -27,19 +28,25 @@ def main(argv):
     if args.out and not args.manifest:
         raise UserError("--out goes with --manifest")
 
+    import siqa
     from siqa import predictor
 
     if args.manifest:
         rows, fields, pairs = predictor.read_manifest(args.manifest)
     else:
         pairs = [tuple(args.views)] if args.views else [(args.sbs, None)]
-    model, info, normalisation, device = predictor.load(args.checkpoint, args.device)
-    scores = predictor.score_pairs(model, pairs, device, normalisation)
-    print(f"# {predictor.describe_scale(info)}")
+    model = siqa.load(args.checkpoint, device=args.device)
+    scores = model.score_pairs(pairs)  # reads every file before anything is written
+    print(f"# {model.describe_scale()}")
     for (left, right), score in zip(pairs, scores):
-        print(f"{left}{'' if right is None else ' ' + str(right)}\t{score:.4f}")
+        print(f"{left}{'' if right is None else ' ' + str(right)}\t{score:.6f}")
     if args.out:
         predictor.write_predictions(args.out, rows, fields, scores)
+    if args.maps:
+        from siqa.maps import write_maps
+
+        written = write_maps(model, pairs, predictor.map_names(pairs), args.maps)
+        print(f"# maps: {len(written)} files in {args.maps}")
     return 0
 
 

@@ -1,44 +1,17 @@
-"""Scoring stereo pairs from files with a trained checkpoint (what predict.py runs)."""
+"""What predict.py does around the Python API (siqa.api): manifests in and out, and the maps."""
 import csv
 import io
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from siqa.checkpoint import load_checkpoint
-from siqa.data.records import StereoPair
-from siqa.engine import predict_pairs, select_device
 from siqa.errors import UserError
-from siqa.experiment import describe_scale, load_model, split_data
 from siqa.files import atomic_write_text
 
-__all__ = ["load", "score_pairs", "read_manifest", "write_predictions", "describe_scale"]
-
-
-def load(checkpoint, device_name="auto"):
-    state = load_checkpoint(checkpoint, required=("model", "database", "config"))
-    device = select_device(device_name)
-    model = load_model(state, device, source=checkpoint)
-    return model, state["database"], state["config"]["patches"]["normalisation"], device
-
-
-def score_pairs(model, pairs, device, normalisation="reference", chunk=32):
-    """One score per (left, right_or_None) pair; pairs are processed `chunk` at a time so that
-    a long list of large images never holds all its patches at once."""
-    scores = []
-    for start in range(0, len(pairs), chunk):
-        records = [StereoPair(name=str(left), left=Path(left), right=None if right is None else Path(right),
-                              score=float("nan"), higher_is_better=False, content="", distortion="")
-                   for left, right in pairs[start : start + chunk]]
-        data = split_data(records, np.zeros((len(records), model.nss_dim)), torch.float32, normalisation,
-                          progress=False)
-        scores.extend(predict_pairs(model, data.to(device)).tolist())
-    return scores
+__all__ = ["read_manifest", "write_predictions", "map_names"]
 
 
 def read_manifest(path):
-    """Rows of a CSV with `left,right` or `sbs` columns; paths are relative to the CSV."""
+    """Rows of a CSV with `left,right` or `sbs` columns; paths are relative to the CSV.
+    Returns (rows, fields, pairs) with pairs as (left, right_or_None) paths."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"manifest not found: {path}")
@@ -63,3 +36,15 @@ def write_predictions(out, rows, fields, scores):
     for row, score in zip(rows, scores):
         writer.writerow({**row, "prediction": repr(float(score))})
     atomic_write_text(out, buf.getvalue())
+
+
+def map_names(pairs):
+    """One file-name stem per pair for --maps: LEFTSTEM_RIGHTSTEM (a reference view is often
+    shared by many pairs), or the side-by-side file's stem; the pair's position is appended
+    where two pairs would still share one."""
+    stems = [Path(left).stem if right is None else f"{Path(left).stem}_{Path(right).stem}"
+             for left, right in pairs]
+    seen = {}
+    for stem in stems:
+        seen[stem] = seen.get(stem, 0) + 1
+    return [stem if seen[stem] == 1 else f"{stem}_{i}" for i, stem in enumerate(stems)]

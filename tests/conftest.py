@@ -70,3 +70,13 @@ def tiny_overrides(manifest, work: Path, **extra):
              "train.epochs": 2, "train.batch_size": 16, "train.threads": 1,
              **extra}
     return [f"{k}={v}" for k, v in items.items()]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_manifest, tmp_path_factory):
+    """A 2-epoch train.py run on the tiny database, built once per session and shared:
+    (work folder, CompletedProcess); the checkpoints are work/run/best.pt and last.pt."""
+    work = tmp_path_factory.mktemp("train")
+    proc = run_entry("train.py", *tiny_overrides(tiny_manifest, work))
+    assert proc.returncode == 0, proc.stderr
+    return work, proc

@@ -10,11 +10,8 @@ from conftest import run_entry, tiny_overrides
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_manifest, tmp_path_factory):
-    work = tmp_path_factory.mktemp("train")
-    proc = run_entry("train.py", *tiny_overrides(tiny_manifest, work))
-    assert proc.returncode == 0, proc.stderr
-    return work, proc
+def trained(tiny_run):
+    return tiny_run  # the session's shared tiny run (conftest.py)
 
 
 def test_train_writes_every_file(trained):

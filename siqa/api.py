@@ -1,0 +1,361 @@
+"""Using a trained model from Python: `siqa.load(checkpoint)` and the model object it returns.
+
+    model = siqa.load("runs/demo/best.pt", device="auto")
+    model.score("l.png", "r.png")            -> float, on the database's scale
+    model.score([l1, l2], [r1, r2])          -> numpy array, one score per pair
+    model.score(sbs="pair.png")              -> float (left half = left view)
+    model.patch_scores(l, r)                 -> (rows, cols) grid of patch predictions
+    model.naturalness(l, r)                  -> Naturalness(predicted, computed): 108 + 108
+    model.lower_better, model.score_range, model.database
+
+What one call does (the same steps, in the same order, as `predict.py` and `evaluate.py`,
+so the numbers agree to float round-off):
+
+    path | numpy array | PIL image | tensor            (one pair, or a list of pairs)
+      -> two 8-bit grey views (PIL convert('L'), as files are read for training)
+      -> 32x32 patches, stride 24, the run's local normalisation    (P, 1, 32, 32) x 2
+      -> the network, batches of 128 patches (CPU) / 4096 (GPU)
+           task 2: quality (P,)         task 1: naturalness (P, 108)
+      -> mean over the pair's patches: the score    |  mean over patches: predicted NSS
+      -> in grid order (rows, cols): the patch map  |  siqa.nss on the views: computed NSS
+
+Inputs: a file path; a numpy array H x W (grey) or H x W x 3/4 (RGB/RGBA); a PIL image; a
+tensor H x W or C x H x W (C = 1 or 3). uint8 values are used as they are; float values are
+taken as [0, 1] intensities and rounded to 8 bits (x * 255), because the network only ever
+saw 8-bit views. Colour goes through PIL's convert('L') like a colour file. A list (or a
+4-D array/tensor: N x H x W x C for numpy, N x C x H x W for torch) is a batch of pairs.
+
+Patches are streamed: a list of any length is cut, decoded and scored in pieces, but the
+batches the network sees are the same as if every patch had been stacked at once (what
+`evaluate.py` does), so the scores are bit-for-bit the same on one device.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from siqa.data.patches import extract_patches, patch_grid
+from siqa.errors import UserError
+from siqa.imageio import grey_pil, split_side_by_side
+
+__all__ = ["load", "StereoIQA", "Naturalness", "PairViews"]
+
+def load(checkpoint, device="auto") -> "StereoIQA":
+    """The model of a checkpoint written by train.py (best.pt or last.pt), ready to score.
+
+    device: "auto" (CUDA when available), "cpu", "cuda", "cuda:N" or a torch.device.
+    """
+    from siqa.checkpoint import load_checkpoint
+    from siqa.engine import select_device
+    from siqa.experiment import amp_dtype_of, load_model
+
+    device = device if isinstance(device, torch.device) else select_device(str(device))
+    state = load_checkpoint(checkpoint, map_location=device, required=("model", "database", "config"))
+    cfg = state["config"]
+    network = load_model(state, device, source=checkpoint)
+    return StereoIQA(network, state["database"], normalisation=cfg["patches"]["normalisation"],
+                     device=device, nss=cfg.get("nss"),
+                     patch_dtype=getattr(torch, cfg["train"].get("patch_dtype", "float32")),
+                     amp_dtype=amp_dtype_of(cfg, device), source=str(checkpoint))
+
+
+@dataclass
+class PairViews:
+    """The two 8-bit grey views of one pair and a name for messages and file names."""
+
+    left: np.ndarray  # uint8 H x W
+    right: np.ndarray
+    name: str
+
+
+@dataclass
+class Naturalness:
+    """The 108 NSS statistics of SPEC section 1 (index 18 * p + s, p in `PARAMETERS`,
+    s = 6 * (level - 1) + orientation), predicted by task 1 (mean over the pair's patches)
+    and computed from the views. Shapes (108,) for one pair, (N, 108) for a list."""
+
+    predicted: np.ndarray
+    computed: np.ndarray
+
+    PARAMETERS = ("a_R", "scale_R", "Sigma_RR", "Sigma_RL", "Sigma_LR", "Sigma_LL")
+
+    @classmethod
+    def labels(cls):
+        """'a_R L1 o0' ... 'Sigma_LL L3 o5', in index order."""
+        return [f"{p} L{s // 6 + 1} o{s % 6}" for p in cls.PARAMETERS for s in range(18)]
+
+
+class StereoIQA:
+    """A trained stereo IQA network with what is needed to use it: the patch normalisation
+    of its run and the scale of the database it learnt (see the module docstring).
+
+    Any module with forward(left, right) -> (quality (B,), nss (B, K)) on (B, 1, 32, 32)
+    patches can be wrapped, which is how the tests build models with known answers.
+    """
+
+    def __init__(self, network, database, normalisation="reference", device="cpu", nss=None,
+                 patch_dtype=torch.float32, amp_dtype=None, source="the model"):
+        from siqa.experiment import PATCH_C
+
+        if normalisation not in PATCH_C:
+            raise UserError(f"{source}: unknown patch normalisation {normalisation!r} "
+                            f"(expected one of {', '.join(PATCH_C)})")
+        self.device = torch.device(device)
+        self.network = network.to(self.device).eval()
+        self.database = dict(database)
+        self.normalisation = normalisation
+        self.nss_settings = {"marginal": "mle0", "preprocess": "reference",
+                             **{k: v for k, v in (nss or {}).items() if k in ("marginal", "preprocess")}}
+        self.patch_dtype = patch_dtype
+        self.amp_dtype = amp_dtype
+        self.source = source
+        self._c = PATCH_C[normalisation]
+
+    # -- what the scores mean -------------------------------------------------------------
+    @property
+    def lower_better(self) -> bool:
+        """True for DMOS-like databases (LIVE, the demo): a higher score is a worse pair."""
+        return not self.database["higher_is_better"]
+
+    @property
+    def score_range(self):
+        """(min, max) of the subjective scores of the database the model was trained on."""
+        return float(self.database["score_min"]), float(self.database["score_max"])
+
+    def describe_scale(self) -> str:
+        from siqa.experiment import describe_scale
+
+        return describe_scale(self.database)
+
+    def __repr__(self):
+        return (f"StereoIQA({self.source}, database={self.database['name']!r}, "
+                f"lower_better={self.lower_better}, device={self.device})")
+
+    # -- scoring --------------------------------------------------------------------------
+    def score(self, left=None, right=None, *, sbs=None):
+        """Score of one pair (a float) or of a list of pairs (a float64 array)."""
+        single, pairs = _pairs_of(left, right, sbs)
+        scores = np.array([q.mean(dtype=np.float64) for q, _, _ in self._run_pairs(pairs)])
+        return float(scores[0]) if single else scores
+
+    def score_pairs(self, pairs):
+        """Scores of (left, right_or_None) items, None meaning `left` is side-by-side (the
+        shape of a manifest, where both kinds may be mixed)."""
+        items = [PairSource(left, right, None) for left, right in pairs]
+        return np.array([q.mean(dtype=np.float64) for q, _, _ in self._run_pairs(items)])
+
+    def patch_scores(self, left=None, right=None, *, sbs=None):
+        """The (rows, cols) grid of patch predictions (row-major over the stride-24 patch
+        corners); its mean is the pair's score. A list gives a list of grids."""
+        single, pairs = _pairs_of(left, right, sbs)
+        grids = [q.astype(np.float64).reshape(grid) for q, _, grid in self._run_pairs(pairs)]
+        return grids[0] if single else grids
+
+    def naturalness(self, left=None, right=None, *, sbs=None) -> Naturalness:
+        """Task 1's 108 predicted statistics (mean over patches) next to the 108 computed
+        from the pair (siqa.nss with the run's settings; views read as the training targets
+        were: OpenCV's grey conversion for files, PIL's for arrays and tensors)."""
+        from siqa.nss.features import nss_features
+
+        single, pairs = _pairs_of(left, right, sbs)
+        predicted, computed = [], []
+        for (_, nss, _), pair in zip(self._run_pairs(pairs), pairs):
+            predicted.append(nss.mean(axis=0, dtype=np.float64))
+            views = pair.views(for_nss=True)
+            try:
+                computed.append(nss_features(views.left, views.right, **self.nss_settings))
+            except ValueError as err:
+                raise UserError(f"cannot compute NSS statistics of {pair.name}: {err}") from None
+        predicted, computed = np.stack(predicted), np.stack(computed)
+        return Naturalness(predicted[0], computed[0]) if single else Naturalness(predicted, computed)
+
+    # -- the one path every method goes through -------------------------------------------
+    def _run_pairs(self, pairs):
+        """Yields, per pair and in order, (quality (P,), nss (P, K), (rows, cols)) with the
+        network's float32 outputs as numpy arrays.
+
+        Patches go through a buffer and the network runs on full batches as they fill, so
+        batch boundaries fall exactly where they would for one stacked tensor (evaluate.py)."""
+        batch = 128 if self.device.type == "cpu" else 4096
+        pending = []  # [pair position, left patches, right patches] not yet through the network
+        results = {}  # pair position -> [quality pieces, nss pieces, patches still missing, grid]
+        next_out = 0
+        threads = torch.get_num_threads()
+        for position, pair in enumerate(pairs):
+            views = pair.views()
+            torch.set_num_threads(1)  # per-image ops are small: one thread is faster (measured)
+            try:
+                a = extract_patches(views.left, self.patch_dtype, source=views.name, c=self._c)
+                b = extract_patches(views.right, self.patch_dtype, source=views.name, c=self._c)
+            finally:
+                torch.set_num_threads(threads)
+            results[position] = [[], [], a.shape[0], patch_grid(*views.left.shape)]
+            pending.append([position, a, b])
+            while sum(item[1].shape[0] for item in pending) >= batch:
+                pending = self._run_batch(pending, batch, results)
+            while next_out < len(pairs) and next_out in results and results[next_out][2] == 0:
+                yield _finish(results.pop(next_out))
+                next_out += 1
+        if pending:
+            self._run_batch(pending, sum(item[1].shape[0] for item in pending), results)
+        while next_out < len(pairs):
+            yield _finish(results.pop(next_out))
+            next_out += 1
+
+    def _run_batch(self, pending, n, results):
+        """Runs the first n pending patches; returns what is left pending."""
+        taken, rest, left_n = [], [], n
+        for position, a, b in pending:
+            k = min(left_n, a.shape[0])
+            if k:
+                taken.append((position, a[:k], b[:k]))
+            if k < a.shape[0]:
+                rest.append([position, a[k:], b[k:]])
+            left_n -= k
+        quality, nss = self._forward(torch.cat([t[1] for t in taken]).unsqueeze(1),
+                                     torch.cat([t[2] for t in taken]).unsqueeze(1))
+        start = 0
+        for position, a, _ in taken:
+            k = a.shape[0]
+            entry = results[position]
+            entry[0].append(quality[start : start + k])
+            entry[1].append(nss[start : start + k])
+            entry[2] -= k
+            start += k
+        return rest
+
+    @torch.no_grad()
+    def _forward(self, left, right):
+        dev = self.device
+        with torch.autocast(dev.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            quality, nss = self.network(left.to(dev).float(), right.to(dev).float())
+        return quality.float().cpu().numpy(), nss.float().cpu().numpy()
+
+
+# -- inputs -------------------------------------------------------------------------------
+class PairSource:
+    """One pair as the user gave it (left + right, or a side-by-side `left` with right None);
+    decoded on demand, so that a long list is never held in memory at once."""
+
+    def __init__(self, left, right, name):
+        self.left, self.right = left, right
+        self.name = name or _describe(left, right)
+
+    def views(self, for_nss=False) -> PairViews:
+        grey = _grey_cv2 if for_nss else grey_pil
+        if self.right is None:
+            lv, rv = split_side_by_side(_as_grey(self.left, "side-by-side image", grey))
+        else:
+            lv, rv = _as_grey(self.left, "left view", grey), _as_grey(self.right, "right view", grey)
+            if lv.shape != rv.shape:
+                raise UserError(f"left/right views differ in size: {_short(self.left)} is "
+                                f"{lv.shape[1]}x{lv.shape[0]}, {_short(self.right)} is "
+                                f"{rv.shape[1]}x{rv.shape[0]} (width x height)")
+        return PairViews(lv, rv, self.name)
+
+
+
+def _finish(entry):
+    quality, nss, _, grid = entry
+    return np.concatenate(quality), np.concatenate(nss), grid
+
+
+def _grey_cv2(path):
+    from siqa.imageio import grey_cv2
+
+    return grey_cv2(path)
+
+
+def _pairs_of(left, right, sbs):
+    """(single, [PairSource]) from score()'s arguments."""
+    if sbs is not None:
+        if left is not None or right is not None:
+            raise UserError("give either left and right views, or sbs=, not both")
+        items = _as_list(sbs)
+        single = items is None
+        items = [sbs] if single else items
+        return single, [PairSource(x, None, None) for x in items]
+    if left is None or right is None:
+        raise UserError("give a left and a right view (or a side-by-side image as sbs=)")
+    lefts, rights = _as_list(left), _as_list(right)
+    if (lefts is None) != (rights is None):
+        raise UserError("left and right must both be single views or both be lists of views")
+    if lefts is None:
+        return True, [PairSource(left, right, None)]
+    if len(lefts) != len(rights):
+        raise UserError(f"{len(lefts)} left views but {len(rights)} right views")
+    if not lefts:
+        raise UserError("no pairs to score (empty lists)")
+    return False, [PairSource(a, b, None) for a, b in zip(lefts, rights)]
+
+
+def _as_list(x):
+    """The items of a batch, or None for one image."""
+    if isinstance(x, (list, tuple)):
+        return list(x)
+    if isinstance(x, (np.ndarray, torch.Tensor)) and x.ndim == 4:
+        return list(x)
+    return None
+
+
+def _describe(left, right):
+    if right is None:
+        return _short(left)
+    return f"{_short(left)} / {_short(right)}"
+
+
+def _short(x):
+    if isinstance(x, (str, Path)):
+        return str(x)
+    shape = "x".join(map(str, getattr(x, "shape", getattr(x, "size", ()))))
+    return f"{type(x).__name__} {shape}".strip()
+
+
+def _as_grey(image, what, grey_file=grey_pil) -> np.ndarray:
+    """8-bit grey H x W view of one input (see the module docstring for the rules)."""
+    from PIL import Image
+
+    if isinstance(image, (str, Path)):
+        return grey_file(image)
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("L"))
+    if isinstance(image, torch.Tensor):
+        arr = image.detach().cpu()
+        if arr.ndim == 3:
+            if arr.shape[0] not in (1, 3, 4):
+                raise UserError(f"{what}: a tensor must be H x W or C x H x W with C = 1, 3 or 4; "
+                                f"got shape {tuple(arr.shape)}")
+            arr = arr.permute(1, 2, 0)
+        arr = arr.numpy()
+    elif isinstance(image, np.ndarray):
+        arr = image
+    else:
+        raise UserError(f"{what}: expected a file path, numpy array, PIL image or tensor, "
+                        f"got {type(image).__name__}")
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+        raise UserError(f"{what}: expected a grey H x W or colour H x W x 3 image "
+                        f"(C x H x W for tensors), got shape {tuple(arr.shape)}")
+    arr = _to_uint8(arr, what)
+    if arr.ndim == 3:
+        mode = "RGB" if arr.shape[2] == 3 else "RGBA"
+        arr = np.asarray(Image.fromarray(np.ascontiguousarray(arr), mode).convert("L"))
+    return np.ascontiguousarray(arr)
+
+
+def _to_uint8(arr, what):
+    if arr.dtype == np.uint8:
+        return arr
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all():
+            raise UserError(f"{what}: the image holds NaN or infinite values")
+        low, high = float(arr.min()), float(arr.max())
+        if low < 0 or high > 1:
+            raise UserError(f"{what}: float images must hold [0, 1] intensities (found "
+                            f"{low:.4g} .. {high:.4g}); divide 8-bit values by 255")
+        return np.rint(arr.astype(np.float64) * 255).astype(np.uint8)
+    raise UserError(f"{what}: unsupported pixel type {arr.dtype} (use uint8, or floats in [0, 1])")
