@@ -14,7 +14,7 @@ Conventions
   3 items (with 2 points any correlation is +-1 and says nothing) or when either the
   predictions or the targets are constant; the RMSEs when there are no items.
 - "plcc_logistic" / "rmse_logistic": PLCC and RMSE between the target and the prediction
-  mapped by the 5-parameter logistic of SPEC section 4,
+  mapped by the 5-parameter logistic of docs/method.md#evaluation,
       q(x) = b1 * (0.5 - 1 / (1 + exp(b2 * (x - b3)))) + b4 * x + b5,
   fitted by least squares once, from one deterministic data-driven start (see
   `fit_logistic`). There is no search over several starts and nothing is chosen by its
