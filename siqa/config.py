@@ -23,6 +23,7 @@ CHOICES = {
     "train.patch_dtype": ["float32", "float16"],
     "train.optimizer": ["sgd", "adam"],
     "patches.normalisation": ["reference", "contrast"],
+    "train.step": ["eager", "compile", "graph"],
 }
 POSITIVE = {"train.epochs", "train.batch_size", "train.val_every", "train.repeats"}
 
