@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import run_entry, tiny_overrides
 
 from siqa.config import load_config
 from siqa.engine import (SplitData, TrainStep, check_step_mode, epoch_order, predict_pairs,
@@ -72,6 +73,15 @@ def max_weight_difference(a, b):
     return max((pa - pb).abs().max().item() for pa, pb in zip(a.parameters(), b.parameters()))
 
 
+def relative_difference(a, b, start):
+    """|a - b| over |a - start| (all parameters): how far two trained copies are apart,
+    relative to how far training moved them (Adam's sign-like steps on near-zero gradients
+    make an absolute bound meaningless)."""
+    vec = torch.nn.utils.parameters_to_vector
+    return ((vec(a.parameters()) - vec(b.parameters())).norm()
+            / (vec(a.parameters()) - vec(start.parameters())).norm()).item()
+
+
 def test_compiled_step_and_scoring_equal_eager_on_cpu(one_torch_thread, monkeypatch):
     """torch.compile on CPU (inductor). Tolerance: inductor fuses element-wise ops and
     reorders float32 reductions (the L1 means, the bias gradients), so every step differs
@@ -108,6 +118,15 @@ def test_graph_step_on_cpu_is_a_user_error_naming_the_key():
         load_config(overrides=["train.step=fast"])
     assert load_config(overrides=["train.step=compile"])["train"]["step"] == "compile"
     assert load_config()["train"]["step"] == "eager"
+
+
+def test_train_py_with_graph_step_on_cpu_exits_2_before_writing(tiny_manifest, tmp_path):
+    proc = run_entry("train.py", *tiny_overrides(tiny_manifest, tmp_path, device="cpu",
+                                                 **{"train.step": "graph"}))
+    assert proc.returncode == 2
+    assert "train.step=graph needs CUDA" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
 
 
 # --- DDP: equal shares, no Join, reduced losses (2 gloo processes on CPU) ---------------
@@ -184,6 +203,7 @@ def test_graph_step_equals_eager_step_with_a_tail_batch(optimizer):
     device = torch.device("cuda")
     data = synthetic(num_pairs=4, per_pair=138, device=device)  # 552 = 4 x 128 + 40
     eager, graphed = _real_pair(device)
+    start = copy.deepcopy(eager)
     make = (sgd if optimizer == "sgd" else
             lambda m: torch.optim.Adam(m.parameters(), lr=1e-4, weight_decay=1e-4))
     opt_e, opt_g = make(eager), make(graphed)
@@ -191,7 +211,7 @@ def test_graph_step_equals_eager_step_with_a_tail_batch(optimizer):
     want = run_epochs(eager, opt_e, data, 128, 3)
     got = run_epochs(graphed, opt_g, data, 128, 3, step=step)
     np.testing.assert_allclose(got, want, rtol=1e-4)
-    assert max_weight_difference(eager, graphed) < 1e-4
+    assert relative_difference(eager, graphed, start) < 1e-2
     assert got[0] != got[-1]
     np.testing.assert_allclose(predict_pairs(graphed, data, 128, scorer=step.scorer),
                                predict_pairs(eager, data, 128), rtol=1e-4)
