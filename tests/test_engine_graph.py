@@ -241,6 +241,11 @@ def test_capture_does_not_train():
     device = torch.device("cuda")
     data = synthetic(num_pairs=2, per_pair=128, device=device)
     model, untouched = _real_pair(device)
-    step = TrainStep("graph", model, sgd(model), 128, 25.0)
+    optimizer = sgd(model)
+    step = TrainStep("graph", model, optimizer, 128, 25.0)
+    rng = torch.cuda.get_rng_state()
     step._graph = step._capture(data)
     assert max_weight_difference(model, untouched) == 0
+    assert torch.equal(torch.cuda.get_rng_state(), rng)
+    buffers = [optimizer.state[p]["momentum_buffer"] for p in model.parameters()]
+    assert all(b.abs().max().item() == 0 for b in buffers)  # acts as a fresh momentum
