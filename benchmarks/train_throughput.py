@@ -12,7 +12,16 @@ Each variant runs in its own process (so its peak memory is its own); both run i
 one invocation and the ratio is printed. On CPU an epoch is projected from the measured
 steps (a full CPU epoch takes many minutes); with --full-epoch it is run.
 
-    python benchmarks/train_throughput.py [--device cpu|cuda] [--steps 20] [--amp] [--full-epoch]
+The project path runs as `train.step` does (--step eager | compile | graph) at a precision:
+fp32 (TF32 off), tf32 (TF32 matmuls and convolutions, CUDA), bf16 (bfloat16 autocast; the
+quality output and the losses in float32, see siqa.engine.joint_loss). The first steps
+(--warmup) include compiling or capturing; their time is printed apart. --json PATH writes
+the project's figures (patch_pairs_per_s, step, precision, device, ...); with --json the
+original loop is not run unless --original is given (benchmarks/gpu_check.py runs one
+variant per call this way).
+
+    python benchmarks/train_throughput.py [--device cpu|cuda] [--step eager|compile|graph]
+        [--precision fp32|tf32|bf16] [--steps 20] [--json PATH] [--full-epoch]
 """
 import argparse
 import json
@@ -50,41 +59,61 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+def set_precision(precision, device):
+    """TF32 set explicitly either way (PyTorch's default differs between matmul and cuDNN);
+    returns the autocast dtype."""
+    import torch
+
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+        torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    return torch.bfloat16 if precision == "bf16" else None
+
+
 def run_project(args, device):
     import torch
 
-    from siqa.engine import epoch_order, predict_pairs, train_epoch
+    from siqa.engine import TrainStep, epoch_order, predict_pairs, train_epoch
     from siqa.model import MultiTaskSIQA
 
     torch.manual_seed(0)
     data = synthetic(PAIRS, device, getattr(torch, args.patch_dtype))
     model = MultiTaskSIQA().to(device).to(memory_format=torch.channels_last)  # train.channels_last
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
-    amp = torch.bfloat16 if args.amp else None
+    amp = set_precision(args.precision, device)
+    step = TrainStep(args.step, model, opt, BATCH, 25.0, amp)
+
+    def epoch(order):
+        train_epoch(model, opt, data, order, BATCH, 25.0, amp, step=step)
+
     order = epoch_order(data.num_patches, 0, 0).to(device)
-    warm = order[: BATCH * args.warmup]
-    train_epoch(model, opt, data, warm, BATCH, 25.0, amp)
+    t0 = time.perf_counter()
+    epoch(order[: BATCH * args.warmup])  # compiles or captures on the first step
     sync(device)
+    warmup_s = time.perf_counter() - t0
     steps = order[BATCH * args.warmup : BATCH * (args.warmup + args.steps)]
     t0 = time.perf_counter()
-    train_epoch(model, opt, data, steps, BATCH, 25.0, amp)
+    epoch(steps)
     sync(device)
     rate = len(steps) / (time.perf_counter() - t0)
-    val = synthetic(VAL_PAIRS, device, getattr(torch, args.patch_dtype))
-    predict_pairs(model, val, amp_dtype=amp)
-    sync(device)
-    t0 = time.perf_counter()
-    predict_pairs(model, val, amp_dtype=amp)
-    sync(device)
-    val_s = time.perf_counter() - t0
+    val_s = None
+    if args.val_pairs:
+        val = synthetic(args.val_pairs, device, getattr(torch, args.patch_dtype))
+        predict_pairs(model, val, amp_dtype=amp, scorer=step.scorer)
+        sync(device)
+        t0 = time.perf_counter()
+        predict_pairs(model, val, amp_dtype=amp, scorer=step.scorer)
+        sync(device)
+        val_s = (time.perf_counter() - t0) * VAL_PAIRS / args.val_pairs  # as for 73 pairs
     epoch_s = None
     if args.full_epoch:
         t0 = time.perf_counter()
-        train_epoch(model, opt, data, order, BATCH, 25.0, amp)
-        predict_pairs(model, val, amp_dtype=amp)
+        epoch(order)
+        if args.val_pairs:
+            predict_pairs(model, val, amp_dtype=amp, scorer=step.scorer)
         sync(device)
         epoch_s = time.perf_counter() - t0
-    return rate, val_s, epoch_s
+    return rate, val_s, epoch_s, warmup_s
 
 
 def run_original(args, device):
@@ -131,7 +160,7 @@ def run_original(args, device):
     for _ in range(args.steps):
         step()
     sync(device)
-    return BATCH * args.steps / (time.perf_counter() - t0), None, None
+    return BATCH * args.steps / (time.perf_counter() - t0), None, None, None
 
 
 def child(args):
@@ -140,8 +169,9 @@ def child(args):
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    rate, val_s, epoch_s = (run_project if args.variant == "project" else run_original)(args, device)
-    out = {"rate": rate, "val_s": val_s, "epoch_s": epoch_s,
+    rate, val_s, epoch_s, warmup_s = (run_project if args.variant == "project"
+                                      else run_original)(args, device)
+    out = {"rate": rate, "val_s": val_s, "epoch_s": epoch_s, "warmup_s": warmup_s,
            "peak_host_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
            "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -151,41 +181,66 @@ def child(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    parser.add_argument("--step", default="eager", choices=["eager", "compile", "graph"],
+                        help="how the project's step runs (train.step)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"])
     parser.add_argument("--steps", type=int, default=20, help="timed steps per variant")
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps (compile/capture)")
     parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--amp", action="store_true", help="bf16 autocast (project path, CUDA)")
+    parser.add_argument("--val-pairs", type=int, default=VAL_PAIRS,
+                        help="pairs scored to time validation (0 = skip; figures scaled to 73)")
+    parser.add_argument("--json", help="write the project's figures to this JSON file")
+    parser.add_argument("--original", action=argparse.BooleanOptionalAction, default=None,
+                        help="also time the original loop (default: yes, unless --json)")
+    parser.add_argument("--amp", action="store_true", help=argparse.SUPPRESS)  # = --precision bf16
     parser.add_argument("--patch-dtype", default="float32", choices=["float32", "float16"])
     parser.add_argument("--full-epoch", action="store_true", help="also time one whole epoch")
     parser.add_argument("--variant", choices=["project", "original"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.amp:
+        args.precision = "bf16"
+    if args.step == "graph" and not args.device.startswith("cuda"):
+        sys.exit("--step graph needs --device cuda (CUDA graphs)")
     if args.variant:
         return child(args)
     results = {}
-    for variant in ("project", "original"):
+    compare = args.original if args.original is not None else args.json is None
+    for variant in ("project", "original") if compare else ("project",):
         cmd = [sys.executable, __file__, "--variant", variant] + sys.argv[1:]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
         if proc.returncode or not line:
             sys.exit(f"{variant} failed:\n{proc.stderr[-2000:]}")
         results[variant] = json.loads(line[0][7:])
-    p, o = results["project"], results["original"]
-    precision = "bf16 autocast" if args.amp else "float32"
-    print(f"device: {p['device']} ({p['threads']} threads), batch {BATCH}, {precision}, "
-          f"patches stored as {args.patch_dtype}")
+    p = results["project"]
+    print(f"device: {p['device']} ({p['threads']} threads), batch {BATCH}, {args.precision}, "
+          f"step {args.step}, patches stored as {args.patch_dtype}")
     print(f"{'variant':<10}{'patch pairs/s':>16}{'peak host MiB':>16}{'peak GPU MiB':>14}")
     for name, r in results.items():
         gpu = "-" if r["peak_gpu_mib"] is None else f"{r['peak_gpu_mib']:.0f}"
         print(f"{name:<10}{r['rate']:>16.1f}{r['peak_host_mib']:>16.0f}{gpu:>14}")
-    print(f"ratio project / original: {p['rate'] / o['rate']:.2f}x")
+    if "original" in results:
+        print(f"ratio project / original: {p['rate'] / results['original']['rate']:.2f}x")
+    print(f"first {args.warmup} steps (compile / capture included): {p['warmup_s']:.1f} s")
     n = PAIRS * PATCHES_PER_PAIR
-    epoch = n / p["rate"] + p["val_s"]
-    print(f"validation scoring of {VAL_PAIRS} pairs: {p['val_s']:.2f} s")
+    val_s = p["val_s"] or 0.0
+    epoch = n / p["rate"] + val_s
+    if p["val_s"] is not None:
+        print(f"validation scoring of {VAL_PAIRS} pairs: {val_s:.2f} s")
     print(f"one epoch ({n} patch pairs + validation): projected {epoch:.1f} s"
           + (f", measured {p['epoch_s']:.1f} s" if p["epoch_s"] else ""))
     per_epoch = p["epoch_s"] or epoch
     print(f"paper protocol (500 epochs, validation every epoch): {500 * per_epoch / 60:.1f} min")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({
+            "patch_pairs_per_s": p["rate"], "step": args.step, "precision": args.precision,
+            "device": args.device, "device_name": p["device"], "threads": p["threads"],
+            "batch": BATCH, "steps": args.steps, "warmup_s": p["warmup_s"],
+            "val_patch_pairs_per_s": VAL_PAIRS * PATCHES_PER_PAIR / val_s if val_s else None,
+            "epoch_s_projected": epoch, "peak_gpu_mib": p["peak_gpu_mib"],
+            "original_patch_pairs_per_s": results.get("original", {}).get("rate")}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ class PairViews:
 
 @dataclass
 class Naturalness:
-    """The 108 NSS statistics of SPEC section 1 (index 18 * p + s, p in `PARAMETERS`,
+    """The 108 NSS statistics of docs/method.md#the-108-numbers (index 18 * p + s, p in `PARAMETERS`,
     s = 6 * (level - 1) + orientation), predicted by task 1 (mean over the pair's patches)
     and computed from the views. Shapes (108,) for one pair, (N, 108) for a list."""
 

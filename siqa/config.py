@@ -25,6 +25,7 @@ CHOICES = {
     "train.optimizer": ["sgd", "adam"],
     "patches.normalisation": ["reference", "contrast"],
     "dataset.demo_size": ["small", "full"],
+    "train.step": ["eager", "compile", "graph"],
 }
 POSITIVE = {"train.epochs", "train.batch_size", "train.val_every", "train.repeats",
             "train.checkpoint_every", "train.scatter_every"}

@@ -3,9 +3,22 @@
 A split's patches live on the device as two contiguous tensors; a batch is an index
 slice of a seeded permutation (no Dataset, no collation, no host sync inside the loop).
 One forward pass per step gives both outputs; the joint loss is
-L1(quality) + nss_weight * L1(nss) (SPEC section 4).
+L1(quality) + nss_weight * L1(nss) (docs/method.md#training).
+
+How a step runs is `train.step`:
+
+    eager    forward, loss, backward, optimizer step as plain PyTorch calls (the reference)
+    compile  the same with the model under torch.compile (fused kernels; on CUDA with
+             mode="reduce-overhead", i.e. CUDA graphs managed by the compiler)
+    graph    CUDA only: one full step (index gather, forward, joint loss, backward,
+             optimizer step) captured once as a CUDA graph at the static batch size and
+             replayed; each step then costs one launch instead of ~240 kernel launches.
+
+    epoch order (seeded permutation) --> batches of batch_size --> replay the graph
+                                     \-> last partial batch    --> eager step
+    (so every patch pair is still seen once per epoch; the graph reads the batch's
+    indices from a static buffer and the learning rate from a tensor the scheduler fills)
 """
-import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +26,9 @@ import torch
 import torch.nn.functional as F
 
 from siqa.errors import UserError
+
+STEP_MODES = ("eager", "compile", "graph")
+GRAPH_WARMUP_STEPS = 3  # eager steps on a side stream before capture (PyTorch's CUDA-graph recipe)
 
 
 def select_device(name: str) -> torch.device:
@@ -55,58 +71,252 @@ class SplitData:
 
 def epoch_order(num_patches, seed, epoch, rank=0, world=1):
     """The patch order of one epoch: a permutation seeded by (seed, epoch), so a resumed run
-    sees the same order; with several ranks each takes an equal-as-possible contiguous share."""
+    sees the same order.
+
+    With several ranks every rank gets an equal contiguous share of ceil(N / world) patches:
+    the permutation is padded by wrapping around to its start, so each patch is seen at
+    least once per epoch and at most world - 1 patches twice. Equal shares mean every rank
+    runs the same number of steps of the same sizes, so DDP's gradient all-reduces always
+    pair up (no Join, whose shadowed steps left momentum buffers out of step)."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     order = torch.randperm(num_patches, generator=generator)
-    return order.tensor_split(world)[rank]
+    if world == 1:
+        return order
+    share = -(-num_patches // world)
+    padded = order.repeat(-(-share * world // num_patches))[: share * world]
+    return padded[rank * share : (rank + 1) * share]
 
 
-def joint_loss(model, data: SplitData, idx, nss_weight, amp_dtype=None):
+def joint_loss(model, data: SplitData, idx, nss_weight, amp_dtype=None, cache_enabled=True):
+    """(total, quality, nss) L1 losses of the patches `idx`; in float32 under bf16 autocast
+    (the outputs are cast up before the loss, so DMOS values are not rounded to bf16)."""
     pairs = data.pair_index[idx]
-    with torch.autocast(data.left.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+    with torch.autocast(data.left.device.type, dtype=amp_dtype, enabled=amp_dtype is not None,
+                        cache_enabled=cache_enabled):
         quality, nss = model(data.left[idx].float(), data.right[idx].float())
     loss_q = F.l1_loss(quality.float(), data.score[pairs])
     loss_n = F.l1_loss(nss.float(), data.nss[pairs])
     return loss_q + nss_weight * loss_n, loss_q, loss_n
 
 
+def _is_ddp(model):
+    return isinstance(model, torch.nn.parallel.DistributedDataParallel)
+
+
+def _device_of(model):
+    return next(model.parameters()).device
+
+
+def check_step_mode(mode, device, world=1):
+    """A UserError, before any work starts, for a train.step this run cannot use."""
+    if mode not in STEP_MODES:
+        raise UserError(f"config key train.step: expected one of {', '.join(STEP_MODES)}, got {mode!r}")
+    if mode == "graph" and torch.device(device).type != "cuda":
+        raise UserError(f"train.step=graph needs CUDA (this run is on {device}); "
+                        "use train.step=eager or train.step=compile")
+    if mode == "graph" and world > 1:
+        raise UserError("train.step=graph is for one process; under torchrun use "
+                        "train.step=eager or train.step=compile")
+
+
+class TrainStep:
+    """One training step of `model` with `optimizer`, run as `mode` (see the module docstring).
+
+    step(data, idx) -> the detached (total, quality, nss) losses of that batch, shape (3,).
+    Build it once per run (compile and graph keep what they compiled or captured), after
+    the optimizer state has been restored on resume: the graph holds the addresses of the
+    parameters, gradients, optimizer state and learning-rate tensors it captured."""
+
+    def __init__(self, mode, model, optimizer, batch_size, nss_weight, amp_dtype=None):
+        check_step_mode(mode, _device_of(model), world=2 if _is_ddp(model) else 1)
+        self.mode, self.model, self.optimizer = mode, model, optimizer
+        self.batch_size, self.nss_weight, self.amp_dtype = batch_size, nss_weight, amp_dtype
+        self.device = _device_of(model)
+        self.forward = model
+        if mode == "compile":
+            # dynamic=False: the full batch and the epoch's tail batch each get a static graph.
+            self.forward = torch.compile(model, dynamic=False,
+                                         mode="reduce-overhead" if self.device.type == "cuda" else None)
+        if mode == "graph":
+            _make_capturable(optimizer, self.device)
+        self._graph = None  # (data, graph, static index buffer, static losses)
+        self.scorer = Scorer(mode, model.module if _is_ddp(model) else model, amp_dtype)
+
+    def __call__(self, data: SplitData, idx):
+        if self.mode == "graph" and len(idx) == self.batch_size:
+            if self._graph is None or self._graph[0] is not data:
+                self._graph = self._capture(data)
+            _, graph, static_idx, static_losses = self._graph
+            static_idx.copy_(idx)
+            graph.replay()
+            return static_losses.clone()  # the buffer is overwritten by the next replay
+        return self._eager(data, idx)
+
+    def _eager(self, data, idx, cache_enabled=True):
+        loss, loss_q, loss_n = joint_loss(self.forward, data, idx, self.nss_weight, self.amp_dtype,
+                                          cache_enabled)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return torch.stack([loss.detach(), loss_q.detach(), loss_n.detach()])
+
+    def _capture(self, data):
+        """Warm up on a side stream, capture one step, then put back the parameters,
+        optimizer state and RNG state the warm-up changed: capturing does not train."""
+        saved = _snapshot(self.model, self.optimizer)
+        rng = torch.cuda.get_rng_state(self.device)
+        static_idx = torch.arange(self.batch_size, device=self.device) % data.num_patches
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(GRAPH_WARMUP_STEPS):
+                self._eager(data, static_idx, cache_enabled=False)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        self.optimizer.zero_grad(set_to_none=True)  # backward in the capture allocates the grads
+        with torch.cuda.graph(graph):
+            loss, loss_q, loss_n = joint_loss(self.model, data, static_idx, self.nss_weight,
+                                              self.amp_dtype, cache_enabled=False)
+            loss.backward()
+            self.optimizer.step()
+            static_losses = torch.stack([loss.detach(), loss_q.detach(), loss_n.detach()])
+        _restore(self.model, self.optimizer, saved)
+        torch.cuda.set_rng_state(rng, self.device)
+        return data, graph, static_idx, static_losses
+
+
+def _make_capturable(optimizer, device):
+    """Make the optimizer's step capturable: the learning rate becomes a device tensor (a
+    scheduler then fills it in place, so a captured step honours a StepLR schedule); SGD
+    uses its fused kernel (the foreach path reads a tensor lr back to the host), Adam its
+    capturable path (step counters on the device)."""
+    for group in optimizer.param_groups:
+        group["lr"] = torch.as_tensor(group["lr"], dtype=torch.float32).to(device)
+        if isinstance(optimizer, torch.optim.SGD):
+            group["fused"], group["foreach"] = True, False
+        elif "capturable" in group:
+            group["capturable"] = True
+            for p in group["params"]:
+                state = optimizer.state.get(p, {})
+                if torch.is_tensor(state.get("step")):
+                    state["step"] = state["step"].to(device, torch.float32)
+        else:
+            raise UserError(f"train.step=graph: {type(optimizer).__name__} cannot be captured")
+
+
+def _snapshot(model, optimizer):
+    params = [p.detach().clone() for p in model.parameters()]
+    state = {p: {k: v.clone() for k, v in s.items() if torch.is_tensor(v)}
+             for p, s in optimizer.state.items()}
+    return params, state
+
+
+def _restore(model, optimizer, saved):
+    """Copy back in place (the graph holds these addresses). State the warm-up created is
+    zeroed: zero momentum / Adam moments and step 0 act as a fresh state does (SGD with
+    dampening 0, which is all train.py builds)."""
+    params, state = saved
+    with torch.no_grad():
+        for p, value in zip(model.parameters(), params):
+            p.copy_(value)
+        for p, s in optimizer.state.items():
+            for k, v in s.items():
+                if not torch.is_tensor(v):
+                    continue
+                if k in state.get(p, {}):
+                    v.copy_(state[p][k])
+                else:
+                    v.zero_()
+
+
 def train_epoch(model, optimizer, data: SplitData, order, batch_size, nss_weight,
-                amp_dtype=None, progress=None):
-    """One pass over `order` (patch indices on data's device); returns mean losses (floats)."""
+                amp_dtype=None, progress=None, step=None):
+    """One pass over `order` (patch indices on data's device); returns mean losses (floats).
+
+    `step`: a TrainStep built for this model and optimizer (compile, graph); None = eager.
+    Under DDP the epoch means are averaged across ranks (every rank runs as many steps)."""
     model.train()
+    if step is None:
+        step = TrainStep("eager", model, optimizer, batch_size, nss_weight, amp_dtype)
     sums = torch.zeros(3, device=data.left.device)
     steps = 0
-    # Uneven shares across DDP ranks: Join lets a rank that ran out shadow the others' steps.
-    join = model.join() if hasattr(model, "join") else contextlib.nullcontext()
-    with join:
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            loss, loss_q, loss_n = joint_loss(model, data, idx, nss_weight, amp_dtype)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            sums += torch.stack([loss.detach(), loss_q.detach(), loss_n.detach()])
-            steps += 1
-            if progress is not None:
-                progress.update(len(idx))
-    means = (sums / max(steps, 1)).tolist()
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        sums += step(data, idx)
+        steps += 1
+        if progress is not None:
+            progress.update(len(idx))
+    sums /= max(steps, 1)
+    if _is_ddp(model):
+        torch.distributed.all_reduce(sums, group=model.process_group)  # SUM: gloo has no AVG
+        sums /= torch.distributed.get_world_size(model.process_group)
+    means = sums.tolist()
     return {"total": means[0], "quality": means[1], "nss": means[2]}
 
 
+class Scorer:
+    """The eval-mode forward of predict_pairs, run as `mode`: eager, compiled, or (graph, on
+    CUDA) captured once per full batch size on static input buffers; the tail batch of a
+    split runs eagerly. Weights are read in place, so training between calls is seen."""
+
+    def __init__(self, mode="eager", model=None, amp_dtype=None):
+        self.mode, self.model, self.amp_dtype = mode, model, amp_dtype
+        self.forward = model
+        if mode == "compile":
+            self.forward = torch.compile(model, dynamic=False,
+                                         mode="reduce-overhead" if _device_of(model).type == "cuda" else None)
+        self._graphs = {}  # batch size -> (graph, static left, static right, static quality)
+
+    def __call__(self, left, right, full=True):
+        """Quality of a batch; `full`: a batch of the static size (graph mode captures it)."""
+        if self.mode != "graph" or left.device.type != "cuda" or not full:
+            return self._eager(self.forward, left, right)
+        n = left.shape[0]
+        if n not in self._graphs:
+            self._graphs[n] = self._capture(left, right)
+        graph, static_left, static_right, static_quality = self._graphs[n]
+        static_left.copy_(left)
+        static_right.copy_(right)
+        graph.replay()
+        return static_quality.clone()
+
+    def _eager(self, forward, left, right, cache_enabled=True):
+        with torch.autocast(left.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None,
+                            cache_enabled=cache_enabled):
+            quality, _ = forward(left, right)
+        return quality
+
+    def _capture(self, left, right):
+        static_left, static_right = left.clone(), right.clone()
+        side = torch.cuda.Stream(left.device)
+        side.wait_stream(torch.cuda.current_stream(left.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._eager(self.model, static_left, static_right, cache_enabled=False)
+        torch.cuda.current_stream(left.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_quality = self._eager(self.model, static_left, static_right, cache_enabled=False)
+        return graph, static_left, static_right, static_quality
+
+
 @torch.no_grad()
-def predict_pairs(model, data: SplitData, batch_size=None, amp_dtype=None) -> np.ndarray:
-    """Image-level scores: the mean of each pair's patch predictions (SPEC section 2).
+def predict_pairs(model, data: SplitData, batch_size=None, amp_dtype=None, scorer=None) -> np.ndarray:
+    """Image-level scores: the mean of each pair's patch predictions (docs/method.md#patches).
 
     Default batch: 4096 patches on a GPU; 128 on a CPU, where small batches stay in cache
-    (measured: 886 patch pairs/s at 128 vs 455 at 4096 on the 2-core build machine)."""
+    (measured: 886 patch pairs/s at 128 vs 455 at 4096 on the 2-core build machine).
+    `scorer`: a Scorer of this model (a TrainStep's .scorer); None = eager."""
     if batch_size is None:
         batch_size = 128 if data.left.device.type == "cpu" else 4096
+    if scorer is None:
+        scorer = Scorer("eager", model, amp_dtype)
     model.eval()
     sums = torch.zeros(data.num_pairs, dtype=torch.float64, device=data.left.device)
     for start in range(0, data.num_patches, batch_size):
         sl = slice(start, start + batch_size)
-        with torch.autocast(data.left.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            quality, _ = model(data.left[sl].float(), data.right[sl].float())
+        quality = scorer(data.left[sl].float(), data.right[sl].float(),
+                         full=start + batch_size <= data.num_patches)
         sums.index_add_(0, data.pair_index[sl], quality.double())
     counts = torch.bincount(data.pair_index, minlength=data.num_pairs).double()
     return (sums / counts).cpu().numpy()

@@ -21,7 +21,7 @@ from siqa.data.splits import splits_for_run, write_split_file
 from siqa.data.nss import nss_from_config
 from siqa.data.patches import extract_patch_set
 from siqa.distributed import Dist, configure_numerics
-from siqa.engine import SplitData, epoch_order, predict_pairs, train_epoch
+from siqa.engine import SplitData, TrainStep, check_step_mode, epoch_order, predict_pairs, train_epoch
 from siqa.errors import UserError
 from siqa.files import atomic_write_text
 from siqa.metrics import evaluate_scores
@@ -115,6 +115,7 @@ def train(cfg, resume=False, dist=Dist(), progress=True, log=print):
     started = time.perf_counter()
     cfg = config_mod.resolve_auto(cfg)
     out_dir = config_mod.run_dir_of(cfg)
+    check_step_mode(cfg["train"]["step"], dist.device, dist.world)  # before any work
     configure_numerics(cfg["train"]["deterministic"], cfg["train"]["tf32"], dist.device)
     # Rank 0 builds the demo database and fills the NSS cache; the other ranks then read them
     # (a long wait: on the host group, whose timeout fits a cold cache of a large database).
@@ -202,6 +203,7 @@ def train_split(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resum
     saver = BackgroundSaver()
     val_scores = np.array([p.score for p in pairs["val"]])
     batch = max(1, t["batch_size"] // dist.world)  # the global batch stays batch_size
+    step = TrainStep(t["step"], trained, optimizer, batch, t["nss_weight"], amp_dtype)
     try:  # a run stopped by an error still finishes writing its last checkpoints
         for epoch in range(start_epoch, epochs):
             started = time.perf_counter()
@@ -210,15 +212,15 @@ def train_split(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resum
             bar = tqdm(total=len(order), desc=f"epoch {epoch + 1}/{epochs}", unit="patch",
                        leave=False, disable=not show)
             losses = train_epoch(trained, optimizer, data["train"], order.to(device), batch,
-                                 t["nss_weight"], amp_dtype, progress=bar)
+                                 t["nss_weight"], amp_dtype, progress=bar, step=step)
             bar.close()
-            lr = optimizer.param_groups[0]["lr"]
+            lr = float(optimizer.param_groups[0]["lr"])  # a tensor under train.step=graph
             if scheduler is not None:
                 scheduler.step()
             line = (f"epoch {epoch + 1}/{epochs} loss {losses['total']:.4f} "
                     f"(quality {losses['quality']:.4f}, nss {losses['nss']:.4f})")
             if (epoch + 1) % t["val_every"] == 0 or last_epoch:
-                pred = predict_pairs(model, data["val"], amp_dtype=amp_dtype)
+                pred = predict_pairs(model, data["val"], amp_dtype=amp_dtype, scorer=step.scorer)
                 val = evaluate_scores(pred, val_scores)
                 if _better(val, best):
                     best = {"epoch": epoch + 1, "val": val}
@@ -254,12 +256,12 @@ def train_split(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resum
     model.load_state_dict(best_state["model"])
     report = {"val": best_state["best"]["val"], "best_epoch": best_state["best"]["epoch"],
               "epochs": epochs}
-    test_pred = predict_pairs(model, data["test"], amp_dtype=amp_dtype)
+    test_pred = predict_pairs(model, data["test"], amp_dtype=amp_dtype, scorer=step.scorer)
     report["test"] = score_report(pairs["test"], test_pred)
     report["pairs"] = {name: len(pairs[name]) for name in pairs}
     report["scenes"] = {name: len({p.content for p in pairs[name]}) for name in pairs}
     if dist.is_main:
-        val_pred = predict_pairs(model, data["val"], amp_dtype=amp_dtype)
+        val_pred = predict_pairs(model, data["val"], amp_dtype=amp_dtype, scorer=step.scorer)
         split_of = {p.name: name for name in ("val", "test") for p in pairs[name]}
         csv_text = predictions_csv(pairs["val"] + pairs["test"],
                                    np.concatenate([val_pred, test_pred]), split_of)

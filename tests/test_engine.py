@@ -9,6 +9,8 @@ from siqa.engine import SplitData, epoch_order, predict_pairs, select_device, tr
 from siqa.errors import UserError
 from siqa.model import MultiTaskSIQA
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # 2 shared cores: no OpenMP contention
+
 
 def synthetic(num_pairs=6, per_pair=50, seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -96,12 +98,24 @@ def test_predict_pairs_is_the_mean_of_patch_predictions():
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
-def test_epoch_order_is_seeded_and_ranks_partition_it():
+def test_epoch_order_is_seeded_and_one_rank_is_the_permutation():
     a = epoch_order(1001, seed=2, epoch=7)
     assert torch.equal(a, epoch_order(1001, seed=2, epoch=7))
     assert not torch.equal(a, epoch_order(1001, seed=2, epoch=8))
-    shares = [epoch_order(1001, 2, 7, rank=r, world=3) for r in range(3)]
-    assert torch.equal(torch.cat(shares), a)  # every patch once per epoch across ranks
+    assert torch.equal(torch.sort(a).values, torch.arange(1001))  # every patch exactly once
+
+
+@pytest.mark.parametrize("num_patches,world", [(1001, 3), (1000, 4), (7, 2), (5, 8), (128, 1), (129, 2)])
+def test_ranks_get_equal_shares_that_cover_every_patch(num_patches, world):
+    full = epoch_order(num_patches, seed=2, epoch=7)
+    shares = [epoch_order(num_patches, 2, 7, rank=r, world=world) for r in range(world)]
+    size = -(-num_patches // world)  # ceil
+    assert [len(s) for s in shares] == [size] * world  # same steps of the same sizes on every rank
+    counts = torch.bincount(torch.cat(shares), minlength=num_patches)
+    assert counts.min() >= 1  # every patch at least once per epoch
+    assert counts.sum() - num_patches == size * world - num_patches  # only the padding repeats
+    # the padding wraps around to the start of the same permutation
+    assert torch.equal(torch.cat(shares)[:num_patches], full)
 
 
 def test_cuda_request_without_gpu_is_a_user_error():
