@@ -82,7 +82,7 @@ def relative_difference(a, b, start):
             / (vec(a.parameters()) - vec(start.parameters())).norm()).item()
 
 
-def test_compiled_step_and_scoring_equal_eager_on_cpu(one_torch_thread, monkeypatch):
+def test_compiled_step_and_scoring_equal_eager_on_cpu(one_torch_thread):
     """torch.compile on CPU (inductor). Tolerance: inductor fuses element-wise ops and
     reorders float32 reductions (the L1 means, the bias gradients), so every step differs
     from eager by float32 rounding, ~1e-7 relative; over 6 SGD steps that stays far below
@@ -90,20 +90,22 @@ def test_compiled_step_and_scoring_equal_eager_on_cpu(one_torch_thread, monkeypa
     advise for comparing the two; without it only the masks would differ."""
     import torch._inductor.config as inductor_config
 
-    monkeypatch.setattr(inductor_config, "fallback_random", True)
-    data = synthetic(num_pairs=4, per_pair=24)  # 96 patches: 3 full steps of 32 per epoch
-    torch.manual_seed(0)
-    eager_model = SmallNet()
-    compiled_model = copy.deepcopy(eager_model)
-    eager_opt, compiled_opt = sgd(eager_model, 1e-2), sgd(compiled_model, 1e-2)
-    step = TrainStep("compile", compiled_model, compiled_opt, 32, 25.0)
-    want = run_epochs(eager_model, eager_opt, data, 32, 2)
-    got = run_epochs(compiled_model, compiled_opt, data, 32, 2, step=step)
-    np.testing.assert_allclose(got, want, rtol=1e-5)
-    assert max_weight_difference(eager_model, compiled_model) < 1e-6
-    assert max_weight_difference(eager_model, SmallNet()) > 1e-3  # the steps trained the model
-    np.testing.assert_allclose(predict_pairs(compiled_model, data, 32, scorer=step.scorer),
-                               predict_pairs(eager_model, data, 32), rtol=1e-5)
+    # config.patch, not monkeypatch: undoing a monkeypatch deletes the option from the
+    # config module, which later compiles (the ONNX exporter) then fail to find.
+    with inductor_config.patch(fallback_random=True):
+        data = synthetic(num_pairs=4, per_pair=24)  # 96 patches: 3 full steps of 32 per epoch
+        torch.manual_seed(0)
+        eager_model = SmallNet()
+        compiled_model = copy.deepcopy(eager_model)
+        eager_opt, compiled_opt = sgd(eager_model, 1e-2), sgd(compiled_model, 1e-2)
+        step = TrainStep("compile", compiled_model, compiled_opt, 32, 25.0)
+        want = run_epochs(eager_model, eager_opt, data, 32, 2)
+        got = run_epochs(compiled_model, compiled_opt, data, 32, 2, step=step)
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+        assert max_weight_difference(eager_model, compiled_model) < 1e-6
+        assert max_weight_difference(eager_model, SmallNet()) > 1e-3  # the steps trained the model
+        np.testing.assert_allclose(predict_pairs(compiled_model, data, 32, scorer=step.scorer),
+                                   predict_pairs(eager_model, data, 32), rtol=1e-5)
 
 
 def test_graph_step_on_cpu_is_a_user_error_naming_the_key():
