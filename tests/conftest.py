@@ -80,3 +80,34 @@ def tiny_run(tiny_manifest, tmp_path_factory):
     proc = run_entry("train.py", *tiny_overrides(tiny_manifest, work))
     assert proc.returncode == 0, proc.stderr
     return work, proc
+
+
+def synthetic_split(num_pairs=6, per_pair=50, device="cpu", seed=0):
+    """A seeded random SplitData: patches ~ N(0, 0.2^2), scores in [0, 60), NSS in [0, 1)."""
+    import torch
+
+    from siqa.engine import SplitData
+
+    g = torch.Generator().manual_seed(seed)
+    n = num_pairs * per_pair
+    return SplitData(
+        left=torch.randn(n, 1, 32, 32, generator=g) * 0.2,
+        right=torch.randn(n, 1, 32, 32, generator=g) * 0.2,
+        pair_index=torch.arange(num_pairs).repeat_interleave(per_pair),
+        score=torch.rand(num_pairs, generator=g) * 60,
+        nss=torch.rand(num_pairs, 108, generator=g),
+    ).to(device)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_run):
+    """best.pt of the session's tiny run (the API and export tests)."""
+    return tiny_run[0] / "run" / "best.pt"
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint):
+    """That checkpoint loaded through the Python API, on the CPU."""
+    import siqa
+
+    return siqa.load(checkpoint, device="cpu")

@@ -15,16 +15,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tiny_run):
-    return tiny_run[0] / "run" / "best.pt"
-
-
-@pytest.fixture(scope="module")
-def model(checkpoint):
-    return siqa.load(checkpoint, device="cpu")
-
-
-@pytest.fixture(scope="module")
 def manifest_rows(tiny_manifest):
     with open(tiny_manifest) as f:
         return list(csv.DictReader(f))

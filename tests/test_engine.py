@@ -5,23 +5,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from conftest import synthetic_split
 from siqa.engine import SplitData, epoch_order, predict_pairs, select_device, train_epoch
 from siqa.errors import UserError
 from siqa.model import MultiTaskSIQA
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # 2 shared cores: no OpenMP contention
-
-
-def synthetic(num_pairs=6, per_pair=50, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    n = num_pairs * per_pair
-    return SplitData(
-        left=torch.randn(n, 1, 32, 32, generator=g) * 0.2,
-        right=torch.randn(n, 1, 32, 32, generator=g) * 0.2,
-        pair_index=torch.arange(num_pairs).repeat_interleave(per_pair),
-        score=torch.rand(num_pairs, generator=g) * 60,
-        nss=torch.rand(num_pairs, 108, generator=g),
-    )
 
 
 def reference_losses(model, optimizer, data, order, batch_size, nss_weight, dropout_seed):
@@ -59,7 +48,7 @@ def fresh(seed=3):
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_same_loss_trajectory_as_plain_dataloader_loop(channels_last):
-    data = synthetic()
+    data = synthetic_split()
     order = epoch_order(data.num_patches, seed=0, epoch=0)
     model_a, opt_a = fresh()
     if channels_last:  # the speed option of train.channels_last
@@ -76,7 +65,7 @@ def test_same_loss_trajectory_as_plain_dataloader_loop(channels_last):
 
 
 def test_epoch_means_match_per_step_losses():
-    data = synthetic()
+    data = synthetic_split()
     order = epoch_order(data.num_patches, 0, 0)
     model_a, opt_a = fresh()
     model_b, opt_b = fresh()
@@ -88,7 +77,7 @@ def test_epoch_means_match_per_step_losses():
 
 
 def test_predict_pairs_is_the_mean_of_patch_predictions():
-    data = synthetic(num_pairs=4, per_pair=7)
+    data = synthetic_split(num_pairs=4, per_pair=7)
     model, _ = fresh()
     got = predict_pairs(model, data, batch_size=5)  # batches straddle pairs
     model.eval()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import run_entry, tiny_overrides
+from conftest import run_entry, synthetic_split, tiny_overrides
 
 from siqa.config import load_config
 from siqa.engine import (SplitData, TrainStep, check_step_mode, epoch_order, predict_pairs,
@@ -40,17 +40,6 @@ class SmallNet(torch.nn.Module):
         h = self.drop(self.fc(x))
         return self.quality(h).squeeze(-1), self.nss(h)
 
-
-def synthetic(num_pairs, per_pair, device="cpu", seed=0):
-    g = torch.Generator().manual_seed(seed)
-    n = num_pairs * per_pair
-    return SplitData(
-        left=torch.randn(n, 1, 32, 32, generator=g) * 0.2,
-        right=torch.randn(n, 1, 32, 32, generator=g) * 0.2,
-        pair_index=torch.arange(num_pairs).repeat_interleave(per_pair),
-        score=torch.rand(num_pairs, generator=g) * 60,
-        nss=torch.rand(num_pairs, 108, generator=g),
-    ).to(device)
 
 
 def sgd(model, lr=1e-3):
@@ -93,7 +82,7 @@ def test_compiled_step_and_scoring_equal_eager_on_cpu(one_torch_thread):
     # config.patch, not monkeypatch: undoing a monkeypatch deletes the option from the
     # config module, which later compiles (the ONNX exporter) then fail to find.
     with inductor_config.patch(fallback_random=True):
-        data = synthetic(num_pairs=4, per_pair=24)  # 96 patches: 3 full steps of 32 per epoch
+        data = synthetic_split(num_pairs=4, per_pair=24)  # 96 patches: 3 full steps of 32 per epoch
         torch.manual_seed(0)
         eager_model = SmallNet()
         compiled_model = copy.deepcopy(eager_model)
@@ -140,7 +129,7 @@ def _ddp_worker(rank, world, port, result_dir):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world)
     try:
-        data = synthetic(num_pairs=5, per_pair=15)  # 75 patches: 38 + 37, padded to 38 + 38
+        data = synthetic_split(num_pairs=5, per_pair=15)  # 75 patches: 38 + 37, padded to 38 + 38
         torch.manual_seed(0)
         model = torch.nn.parallel.DistributedDataParallel(SmallNet())
         optimizer = sgd(model, 1e-2)
@@ -203,7 +192,7 @@ def test_graph_step_equals_eager_step_with_a_tail_batch(optimizer):
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     device = torch.device("cuda")
-    data = synthetic(num_pairs=4, per_pair=138, device=device)  # 552 = 4 x 128 + 40
+    data = synthetic_split(num_pairs=4, per_pair=138, device=device)  # 552 = 4 x 128 + 40
     eager, graphed = _real_pair(device)
     start = copy.deepcopy(eager)
     make = (sgd if optimizer == "sgd" else
@@ -224,7 +213,7 @@ def test_graph_step_honours_a_step_lr_schedule():
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     device = torch.device("cuda")
-    data = synthetic(num_pairs=2, per_pair=128, device=device)  # 2 full steps, no tail
+    data = synthetic_split(num_pairs=2, per_pair=128, device=device)  # 2 full steps, no tail
     eager, graphed = _real_pair(device)
     opt_e, opt_g = sgd(eager, 1e-2), sgd(graphed, 1e-2)
     sched_e = torch.optim.lr_scheduler.StepLR(opt_e, 1, 0.1)
@@ -241,7 +230,7 @@ def test_graph_step_honours_a_step_lr_schedule():
 def test_capture_does_not_train():
     """The warm-up steps before capture are undone: weights, momentum and RNG as before."""
     device = torch.device("cuda")
-    data = synthetic(num_pairs=2, per_pair=128, device=device)
+    data = synthetic_split(num_pairs=2, per_pair=128, device=device)
     model, untouched = _real_pair(device)
     optimizer = sgd(model)
     step = TrainStep("graph", model, optimizer, 128, 25.0)

@@ -19,16 +19,6 @@ needs_onnx = pytest.mark.skipif(not (HAVE_ONNX and HAVE_ORT),
                                 reason="ONNX test skipped: pip install onnx onnxscript onnxruntime")
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tiny_run):
-    return tiny_run[0] / "run" / "best.pt"
-
-
-@pytest.fixture(scope="module")
-def model(checkpoint):
-    return siqa.load(checkpoint, device="cpu")
-
-
 def patches(n, seed):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, 1, 32, 32, generator=g) * 0.3, torch.randn(n, 1, 32, 32, generator=g) * 0.3
