@@ -92,19 +92,19 @@ def _load(path, map_location):
                         "save_checkpoint does not write)") from None
     if actual != stored:
         raise UserError(f"checkpoint {path} is corrupt or truncated (checksum mismatch)")
-    return _to(state, map_location)
-
-
-def _to(value, map_location):
-    """`value` with every tensor moved to `map_location` (a device or its name)."""
     if map_location is None or str(map_location) == "cpu":
-        return value
+        return state
+    return map_tensors(state, lambda tensor: tensor.to(map_location))
+
+
+def map_tensors(value, fn):
+    """`value` (nested dicts, lists and tuples) with `fn` applied to every tensor."""
     if isinstance(value, torch.Tensor):
-        return value.to(map_location)
+        return fn(value)
     if isinstance(value, dict):
-        return type(value)((k, _to(v, map_location)) for k, v in value.items())
+        return type(value)((k, map_tensors(v, fn)) for k, v in value.items())
     if isinstance(value, (list, tuple)):
-        return type(value)(_to(v, map_location) for v in value)
+        return type(value)(map_tensors(v, fn) for v in value)
     return value
 
 

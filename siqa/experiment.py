@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from siqa import config as config_mod
-from siqa.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
+from siqa.checkpoint import load_checkpoint, map_tensors, restore_rng, rng_state, save_checkpoint
 from siqa import protocol
 from siqa.data import load_database
 from siqa.data.splits import splits_for_run, write_split_file
@@ -304,17 +304,6 @@ def restore_rank_rng(saved, dist, seed, epoch) -> bool:
     return False
 
 
-def _cpu_copy(obj):
-    """A copy of a state dict with every tensor copied to the CPU (detached from training)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: _cpu_copy(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_cpu_copy(v) for v in obj)
-    return obj
-
-
 class BackgroundSaver:
     """Checkpoints written off the critical path: the state is copied to the CPU at once (so
     it is the state at this epoch's end), then hashed and written atomically by one thread,
@@ -331,7 +320,8 @@ class BackgroundSaver:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="checkpoint-writer", daemon=True)
             self._thread.start()
-        self._queue.put((path, _cpu_copy(state)))
+        # detached copies on the CPU: training goes on changing the live tensors
+        self._queue.put((path, map_tensors(state, lambda x: x.detach().to("cpu", copy=True))))
 
     def _run(self):
         while True:
@@ -380,20 +370,12 @@ def evaluate(checkpoint, overrides=(), split="test", out=None, progress=True, lo
     # both through the schema: a checkpoint written before a dataset key existed has its default
     same_db = cfg["dataset"] == config_mod.load_config(base=state["config"])["dataset"]
     if split == "test" and same_db:
-        by_name = {p.name: p for p in pairs}
-        missing = [n for n in state["split"]["test"] if n not in by_name]
-        if missing:
-            raise UserError(f"{len(missing)} test pairs of the checkpoint are not in the database "
-                            f"(first: {missing[0]})")
-        pairs = [by_name[n] for n in state["split"]["test"]]
+        pairs = checkpoint_test_pairs(pairs, state)
     elif split == "test":
         log("note: another database than the checkpoint's: evaluating all of its pairs")
         split = "all"
     model = load_model(state, device, source=checkpoint)
-    data = split_data(pairs, np.zeros((len(pairs), model.nss_dim)),
-                      getattr(torch, cfg["train"]["patch_dtype"]), cfg["patches"]["normalisation"],
-                      progress=progress).to(device)
-    pred = predict_pairs(model, data, amp_dtype=amp_dtype_of(cfg, device))
+    pred = predict_database(model, pairs, cfg, device, progress=progress)
     report = score_report(pairs, pred)
     out = Path(out) if out else Path(checkpoint).parent / f"eval_{cfg['dataset']['name']}_{split}"
     write_json(out / "metrics.json", {split: report, "protocol": protocol.evaluation_card(
@@ -407,6 +389,24 @@ def evaluate(checkpoint, overrides=(), split="test", out=None, progress=True, lo
     log(f"{split}: {len(pairs)} pairs, SROCC {_fmt(report['srocc'])} PLCC {_fmt(report['plcc'])} "
         f"KROCC {_fmt(report['krocc'])} RMSE {report['rmse']:.3f} -> {out}")
     return report, out
+
+
+def checkpoint_test_pairs(pairs, state):
+    """The checkpoint's own test pairs, in its order, out of `pairs` (its database)."""
+    by_name = {p.name: p for p in pairs}
+    missing = [n for n in state["split"]["test"] if n not in by_name]
+    if missing:
+        raise UserError(f"{len(missing)} test pairs of the checkpoint are not in the database "
+                        f"(first: {missing[0]})")
+    return [by_name[n] for n in state["split"]["test"]]
+
+
+def predict_database(model, pairs, cfg, device, progress=True):
+    """Image-level predictions of `model` for `pairs`, with the patches the config asks for."""
+    data = split_data(pairs, np.zeros((len(pairs), model.nss_dim)),
+                      getattr(torch, cfg["train"]["patch_dtype"]), cfg["patches"]["normalisation"],
+                      progress=progress).to(device)
+    return predict_pairs(model, data, amp_dtype=amp_dtype_of(cfg, device))
 
 
 def build_model(cfg, device):

@@ -16,7 +16,6 @@ it was trained on; any other database on all its pairs.
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from siqa import config as config_mod
 from siqa.checkpoint import load_checkpoint
@@ -60,8 +59,8 @@ def _checkpoint_label(path, state, used):
 def cross_database_matrix(checkpoints, tests, out, overrides=(), progress=False, log=print):
     """Score every checkpoint on every test database; write matrix.json and matrix.md.
     `overrides` (key.sub=value) apply to every evaluation (e.g. device=cpu)."""
-    from siqa.engine import predict_pairs, select_device
-    from siqa.experiment import amp_dtype_of, load_model, load_pairs, split_data
+    from siqa.engine import select_device
+    from siqa.experiment import checkpoint_test_pairs, load_model, load_pairs, predict_database
     from siqa.reports import write_json
 
     if not checkpoints or not tests:
@@ -78,23 +77,17 @@ def cross_database_matrix(checkpoints, tests, out, overrides=(), progress=False,
         state = load_checkpoint(path, required=("model", "config", "split", "database"))
         row = _checkpoint_label(path, state, used)
         rows.append(row)
+        device = select_device(config_mod.load_config(overrides=overrides, base=state["config"])["device"])
+        model = load_model(state, device, source=path)  # once per checkpoint
         for label, (_, dataset) in zip(labels, specs):
             cfg = config_mod.load_config(overrides=overrides, base=state["config"])
             cfg["dataset"].update(dataset)
             cfg["patches"] = state["config"]["patches"]
-            device = select_device(cfg["device"])
-            model = load_model(state, device, source=path)
             pairs = load_pairs(cfg)
             own = all(cfg["dataset"][k] == state["config"]["dataset"][k] for k in DATASET_KEYS)
             if own:
-                by_name = {p.name: p for p in pairs}
-                pairs = [by_name[n] for n in state["split"]["test"] if n in by_name]
-                if len(pairs) != len(state["split"]["test"]):
-                    raise UserError(f"the test pairs of {path} are not all in {label}")
-            data = split_data(pairs, np.zeros((len(pairs), model.nss_dim)),
-                              getattr(torch, cfg["train"]["patch_dtype"]),
-                              cfg["patches"]["normalisation"], progress=progress).to(device)
-            pred = predict_pairs(model, data, amp_dtype=amp_dtype_of(cfg, device))
+                pairs = checkpoint_test_pairs(pairs, state)
+            pred = predict_database(model, pairs, cfg, device, progress=progress)
             cell = oriented(pred, pairs, state["database"]["higher_is_better"])
             cell.update(train=row, test=label, checkpoint=str(path),
                         split="checkpoint test split" if own else "all")
