@@ -257,7 +257,6 @@ class PairSource:
         return PairViews(lv, rv, self.name)
 
 
-
 def _finish(entry):
     quality, nss, _, grid = entry
     return np.concatenate(quality), np.concatenate(nss), grid
