@@ -27,6 +27,7 @@ import numpy as np
 
 from siqa.data.patches import PATCH, STRIDE
 from siqa.files import atomic_write
+from siqa.plots import figure_png_bytes
 
 __all__ = ["heatmap", "Asymmetry", "asymmetry", "write_maps", "quality_figure",
            "asymmetry_figure", "naturalness_figure"]
@@ -175,12 +176,6 @@ def naturalness_figure(result, name=""):
     return fig
 
 
-def save_png(path, fig):
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    atomic_write(path, buf.getvalue())
-
-
 def write_maps(model, pairs, names, folder):
     """For each (left, right_or_None) pair: <name>_quality.png, _asymmetry.png,
     _naturalness.png and the raw grids <name>_quality.npy, _self_left.npy, _self_right.npy,
@@ -206,6 +201,6 @@ def write_maps(model, pairs, names, folder):
         for suffix, fig in (("quality", quality_figure(model, views, grid)),
                             ("asymmetry", asymmetry_figure(model, views, result)),
                             ("naturalness", naturalness_figure(nat, name))):
-            save_png(folder / f"{name}_{suffix}.png", fig)
+            atomic_write(folder / f"{name}_{suffix}.png", figure_png_bytes(fig))
             written.append(folder / f"{name}_{suffix}.png")
     return written
