@@ -124,3 +124,24 @@ def test_f_test_equals_scipy_f_distribution():
     assert res.pvalue < 0.05  # B's residuals are clearly smaller
     swapped = f_test(rb, ra)
     assert swapped.statistic == pytest.approx(1 / f) and swapped.pvalue == pytest.approx(res.pvalue)
+
+
+def test_scene_interval_is_a_property_of_the_data_not_of_precision_or_order():
+    """The scene-level interval depends on the scores and their scenes only: float32
+    predictions (what the network outputs) give the float64 interval to 1e-5, and listing
+    the pairs in another order gives the same interval (scenes are resampled by label)."""
+    rng = np.random.default_rng(3)
+    target = rng.uniform(0, 80, 120)
+    pred = target + rng.normal(0, 12, 120)
+    scenes = np.repeat([f"s{i}" for i in range(8)], 15)
+    want = bootstrap_metrics(pred, target, scenes, n_resamples=1000, seed=0).confidence_interval
+    low_precision = bootstrap_metrics(pred.astype(np.float32), target, scenes,
+                                      n_resamples=1000, seed=0).confidence_interval
+    order = rng.permutation(120)
+    shuffled = bootstrap_metrics(pred[order], target[order], scenes[order],
+                                 n_resamples=1000, seed=0).confidence_interval
+    for key in ("srocc", "krocc", "plcc", "rmse"):
+        scale = max(1.0, abs(want[key].high))
+        for got in (low_precision[key], shuffled[key]):
+            assert abs(got.low - want[key].low) <= 1e-5 * scale, key
+            assert abs(got.high - want[key].high) <= 1e-5 * scale, key
