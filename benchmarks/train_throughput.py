@@ -20,8 +20,12 @@ the project's figures (patch_pairs_per_s, step, precision, device, ...); with --
 original loop is not run unless --original is given (benchmarks/gpu_check.py runs one
 variant per call this way).
 
+With --splits N, N models train at once on the same patches, a step of each in turn, as
+train.concurrent_repeats=true runs the N content splits (siqa.concurrent: on CUDA a stream
+and a generator state per split); the project's rate is then the sum over the N splits.
+
     python benchmarks/train_throughput.py [--device cpu|cuda] [--step eager|compile|graph]
-        [--precision fp32|tf32|bf16] [--steps 20] [--json PATH] [--full-epoch]
+        [--precision fp32|tf32|bf16] [--steps 20] [--splits 1] [--json PATH] [--full-epoch]
 """
 import argparse
 import json
@@ -73,18 +77,23 @@ def set_precision(precision, device):
 def run_project(args, device):
     import torch
 
-    from siqa.engine import TrainStep, epoch_order, predict_pairs, train_epoch
+    from siqa.concurrent import finish, interleave
+    from siqa.engine import TrainStep, epoch_order, epoch_steps, predict_pairs
     from siqa.model import MultiTaskSIQA
 
     torch.manual_seed(0)
-    data = synthetic(PAIRS, device, getattr(torch, args.patch_dtype))
-    model = MultiTaskSIQA().to(device).to(memory_format=torch.channels_last)  # train.channels_last
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
+    data = synthetic(args.pairs, device, getattr(torch, args.patch_dtype))  # shared by the splits
     amp = set_precision(args.precision, device)
-    step = TrainStep(args.step, model, opt, BATCH, 25.0, amp)
+    splits = []  # (model, optimizer, step) of each split trained at once
+    for _ in range(args.splits):
+        model = MultiTaskSIQA().to(device).to(memory_format=torch.channels_last)  # train.channels_last
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
+        splits.append((model, opt, TrainStep(args.step, model, opt, BATCH, 25.0, amp)))
+    model, opt, step = splits[0]
 
-    def epoch(order):
-        train_epoch(model, opt, data, order, BATCH, 25.0, amp, step=step)
+    def epoch(order):  # every split one pass over `order`, a step of each in turn
+        runs = [epoch_steps(m, o, data, order, BATCH, 25.0, amp, step=s) for m, o, s in splits]
+        interleave(runs, device) if len(runs) > 1 else finish(runs[0])  # finish: as train.py alone
 
     order = epoch_order(data.num_patches, 0, 0).to(device)
     t0 = time.perf_counter()
@@ -95,7 +104,7 @@ def run_project(args, device):
     t0 = time.perf_counter()
     epoch(steps)
     sync(device)
-    rate = len(steps) / (time.perf_counter() - t0)
+    rate = args.splits * len(steps) / (time.perf_counter() - t0)  # all splits together
     val_s = None
     if args.val_pairs:
         val = synthetic(args.val_pairs, device, getattr(torch, args.patch_dtype))
@@ -135,7 +144,7 @@ def run_original(args, device):
             return self.items[i]
 
     torch.manual_seed(0)
-    data = synthetic(PAIRS, torch.device("cpu"), torch.float32)
+    data = synthetic(args.pairs, torch.device("cpu"), torch.float32)
     loader = DataLoader(PatchList(data), batch_size=BATCH, shuffle=True, num_workers=0)
     model = MultiTaskSIQA().to(device)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
@@ -188,6 +197,12 @@ def main():
     parser.add_argument("--steps", type=int, default=20, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps (compile/capture)")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--splits", type=int, default=1,
+                        help="models trained at once, a step of each in turn (train.concurrent_repeats);"
+                             " the rate is their sum")
+    parser.add_argument("--pairs", type=int, default=PAIRS,
+                        help="synthetic training pairs held (364 patch pairs each; a smoke test needs "
+                             "(warmup + steps) x 128 patches); epochs are projected for 365")
     parser.add_argument("--val-pairs", type=int, default=VAL_PAIRS,
                         help="pairs scored to time validation (0 = skip; figures scaled to 73)")
     parser.add_argument("--json", help="write the project's figures to this JSON file")
@@ -215,7 +230,8 @@ def main():
         results[variant] = json.loads(line[0][7:])
     p = results["project"]
     print(f"device: {p['device']} ({p['threads']} threads), batch {BATCH}, {args.precision}, "
-          f"step {args.step}, patches stored as {args.patch_dtype}")
+          f"step {args.step}, patches stored as {args.patch_dtype}"
+          + (f", {args.splits} splits at once (rates summed)" if args.splits > 1 else ""))
     print(f"{'variant':<10}{'patch pairs/s':>16}{'peak host MiB':>16}{'peak GPU MiB':>14}")
     for name, r in results.items():
         gpu = "-" if r["peak_gpu_mib"] is None else f"{r['peak_gpu_mib']:.0f}"
@@ -237,7 +253,7 @@ def main():
         Path(args.json).write_text(json.dumps({
             "patch_pairs_per_s": p["rate"], "step": args.step, "precision": args.precision,
             "device": args.device, "device_name": p["device"], "threads": p["threads"],
-            "batch": BATCH, "steps": args.steps, "warmup_s": p["warmup_s"],
+            "batch": BATCH, "steps": args.steps, "splits": args.splits, "warmup_s": p["warmup_s"],
             "val_patch_pairs_per_s": VAL_PAIRS * PATCHES_PER_PAIR / val_s if val_s else None,
             "epoch_s_projected": epoch, "peak_gpu_mib": p["peak_gpu_mib"],
             "original_patch_pairs_per_s": results.get("original", {}).get("rate")}, indent=1) + "\n")

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from siqa.concurrent import finish
 from siqa.errors import UserError
 
 STEP_MODES = ("eager", "compile", "graph")
@@ -235,6 +236,14 @@ def train_epoch(model, optimizer, data: SplitData, order, batch_size, nss_weight
 
     `step`: a TrainStep built for this model and optimizer (compile, graph); None = eager.
     Under DDP the epoch means are averaged across ranks (every rank runs as many steps)."""
+    return finish(epoch_steps(model, optimizer, data, order, batch_size, nss_weight, amp_dtype,
+                              progress, step))
+
+
+def epoch_steps(model, optimizer, data: SplitData, order, batch_size, nss_weight,
+                amp_dtype=None, progress=None, step=None):
+    """train_epoch as a generator that yields after every step and returns the mean losses
+    (the form in which siqa.concurrent interleaves the steps of several splits)."""
     model.train()
     if step is None:
         step = TrainStep("eager", model, optimizer, batch_size, nss_weight, amp_dtype)
@@ -246,6 +255,7 @@ def train_epoch(model, optimizer, data: SplitData, order, batch_size, nss_weight
         steps += 1
         if progress is not None:
             progress.update(len(idx))
+        yield
     sums /= max(steps, 1)
     if _is_ddp(model):
         torch.distributed.all_reduce(sums, group=model.process_group)  # SUM: gloo has no AVG

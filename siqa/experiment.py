@@ -21,7 +21,8 @@ from siqa.data.splits import splits_for_run, write_split_file
 from siqa.data.nss import nss_from_config
 from siqa.data.patches import extract_patch_set
 from siqa.distributed import Dist, configure_numerics
-from siqa.engine import SplitData, TrainStep, check_step_mode, epoch_order, predict_pairs, train_epoch
+from siqa.concurrent import finish, interleave
+from siqa.engine import SplitData, TrainStep, check_step_mode, epoch_order, epoch_steps, predict_pairs
 from siqa.errors import UserError
 from siqa.files import atomic_write_text
 from siqa.metrics import evaluate_scores
@@ -116,6 +117,9 @@ def train(cfg, resume=False, dist=Dist(), progress=True, log=print):
     cfg = config_mod.resolve_auto(cfg)
     out_dir = config_mod.run_dir_of(cfg)
     check_step_mode(cfg["train"]["step"], dist.device, dist.world)  # before any work
+    if cfg["train"]["concurrent_repeats"] and dist.world > 1:
+        raise UserError("train.concurrent_repeats=true is for one process; under torchrun "
+                        "the repeats run one after another (train.concurrent_repeats=false)")
     configure_numerics(cfg["train"]["deterministic"], cfg["train"]["tf32"], dist.device)
     # Rank 0 builds the demo database and fills the NSS cache; the other ranks then read them
     # (a long wait: on the host group, whose timeout fits a cold cache of a large database).
@@ -130,28 +134,45 @@ def train(cfg, resume=False, dist=Dist(), progress=True, log=print):
         dist.wait_for_main()
     info = database_info(cfg, pairs)
     dtype = getattr(torch, cfg["train"]["patch_dtype"])
-    reports = []
-    for r, split in enumerate(splits):
-        run_dir = out_dir if len(splits) == 1 else out_dir / f"split_{r}"
-        if resume and _finished(run_dir, cfg["train"]["epochs"]):
-            reports.append(json.loads((run_dir / "metrics.json").read_text())["test"])
-            continue
+    concurrent = cfg["train"]["concurrent_repeats"] and len(splits) > 1
+
+    def run_dir_of(r):
+        return out_dir if len(splits) == 1 else out_dir / f"split_{r}"
+
+    def run_of(r):  # split r's run: a generator of its training steps, returning its report
         run_name = out_dir.name if len(splits) == 1 else f"{out_dir.name}/split_{r}"
-        data = {name: _pick(pairs, split[name]) for name in ("train", "val", "test")}
-        targets = {name: nss[split[name]] for name in data}
-        report = train_split(cfg, data, targets, info, run_dir, run_name, dtype,
-                             seed=cfg["train"]["seed"] + r, resume=resume, dist=dist,
-                             progress=progress, log=log, tqdm=tqdm,
-                             record={**record, "repeat": r, "started": time.perf_counter()})
-        reports.append(report)
+        data = {name: _pick(pairs, splits[r][name]) for name in ("train", "val", "test")}
+        targets = {name: nss[splits[r][name]] for name in data}
+        # concurrently, the splits' lines interleave: each says whose it is (and no bars)
+        split_log = (lambda line: log(f"split {r}: {line}")) if concurrent else log
+        return split_run(cfg, data, targets, info, run_dir_of(r), run_name, dtype,
+                         seed=cfg["train"]["seed"] + r, resume=resume, dist=dist,
+                         progress=progress and not concurrent, log=split_log, tqdm=tqdm,
+                         record={**record, "repeat": r, "started": time.perf_counter()})
+
+    reports = [None] * len(splits)
+    todo = []
+    for r in range(len(splits)):
+        if resume and _finished(run_dir_of(r), cfg["train"]["epochs"]):
+            reports[r] = json.loads((run_dir_of(r) / "metrics.json").read_text())["test"]
+        else:
+            todo.append(r)
+    if concurrent:
+        for r, report in zip(todo, interleave([run_of(r) for r in todo], dist.device)):
+            reports[r] = report
+    else:
+        for r in todo:
+            reports[r] = finish(run_of(r))
     if len(splits) > 1 and dist.is_main:
         card = protocol.card(cfg, record["split_info"], dist.device, started, reports)
         write_json(out_dir / "summary.json", {**summarize(reports), "protocol": card})
     return reports
 
 
-def train_split(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resume, dist,
-                progress, log, tqdm, record=None):
+def split_run(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resume, dist,
+              progress, log, tqdm, record=None):
+    """Train, validate and test one split: a generator that yields after every training
+    step (siqa.concurrent runs several at once) and returns the split's test report."""
     t = cfg["train"]
     device = dist.device
     show = progress and dist.is_main
@@ -211,8 +232,8 @@ def train_split(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resum
             order = epoch_order(data["train"].num_patches, seed, epoch, dist.rank, dist.world)
             bar = tqdm(total=len(order), desc=f"epoch {epoch + 1}/{epochs}", unit="patch",
                        leave=False, disable=not show)
-            losses = train_epoch(trained, optimizer, data["train"], order.to(device), batch,
-                                 t["nss_weight"], amp_dtype, progress=bar, step=step)
+            losses = yield from epoch_steps(trained, optimizer, data["train"], order.to(device),
+                                            batch, t["nss_weight"], amp_dtype, progress=bar, step=step)
             bar.close()
             lr = float(optimizer.param_groups[0]["lr"])  # a tensor under train.step=graph
             if scheduler is not None:

@@ -39,6 +39,14 @@ def make_tiny_database(folder: Path, scenes=8, levels=3, size=(80, 64), seed=0):
     return folder / "manifest.csv"
 
 
+def needs_cuda(test):
+    """Marked `cuda` (benchmarks/gpu_check.py runs `pytest -m cuda`) and skipped without a GPU."""
+    import torch
+
+    return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(),
+                                               reason="needs a CUDA GPU")(test))
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One intra-op thread for a module: on a 2-core machine running several test processes,

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 import siqa
-from conftest import run_entry
+from conftest import needs_cuda, run_entry
 from siqa.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -152,7 +152,7 @@ def test_naturalness_computed_equals_the_training_targets(model, tiny_run, tiny_
     assert len(labels) == 108 and labels[0] == "a_R L1 o0" and labels[107] == "Sigma_LL L3 o5"
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@needs_cuda
 def test_cuda_scores_equal_cpu_scores(checkpoint, model, tiny_manifest, manifest_rows):
     gpu = siqa.load(checkpoint, device="cuda")
     assert gpu.device.type == "cuda" and next(gpu.network.parameters()).is_cuda

@@ -9,19 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_overrides
+from conftest import needs_cuda, tiny_overrides
 from siqa import config as config_mod
 from siqa import distributed, experiment
 from siqa.checkpoint import load_checkpoint, restore_rng, rng_state
 from siqa.distributed import Dist
 from siqa.errors import UserError
 
-
-
-def needs_cuda(test):
-    """Marked `cuda` (benchmarks/gpu_check.py runs `pytest -m cuda`) and skipped without a GPU."""
-    return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(),
-                                               reason="needs a CUDA GPU")(test))
 
 
 @pytest.fixture
@@ -110,19 +104,19 @@ def test_checkpoint_every_k_then_resume_on_cpu_whatever_the_device(whole_run, ti
     exactly as the uninterrupted run. The resume never maps last.pt onto the training
     device: a loader that sends every device-mapped load to 'meta' (as map_location=<the
     GPU> left the RNG states on the GPU, where set_rng_state cannot take them) still resumes."""
-    real_epoch = experiment.train_epoch
+    real_epoch = experiment.epoch_steps
     calls = []
 
     def stopped_in_epoch_3(*args, **kw):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real_epoch(*args, **kw)
+        return (yield from real_epoch(*args, **kw))
 
-    monkeypatch.setattr(experiment, "train_epoch", stopped_in_epoch_3)
+    monkeypatch.setattr(experiment, "epoch_steps", stopped_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
         run(tiny_cfg(tiny_manifest, tmp_path, **EXTRA))
-    monkeypatch.setattr(experiment, "train_epoch", real_epoch)
+    monkeypatch.setattr(experiment, "epoch_steps", real_epoch)
     assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 2  # not 1, not 3
 
     real_load = experiment.load_checkpoint

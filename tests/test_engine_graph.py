@@ -13,16 +13,13 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import run_entry, synthetic_split, tiny_overrides
+from conftest import needs_cuda, run_entry, synthetic_split, tiny_overrides
 
 from siqa.config import load_config
 from siqa.engine import (SplitData, TrainStep, check_step_mode, epoch_order, predict_pairs,
                          train_epoch)
 from siqa.errors import UserError
 from siqa.model import MultiTaskSIQA
-
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-
 
 class SmallNet(torch.nn.Module):
     """forward(left, right) -> (quality (B,), nss (B, 108)), with a conv, pooling and dropout."""

@@ -65,3 +65,19 @@ def test_quick_cpu_run_writes_its_reports(tmp_path):
         assert run["epochs_done"] == 2 and run["test"] is not None
     md = (out / "gpu_check.md").read_text()
     assert "| resume | ok |" in md and "| projection | failed |" in md
+
+
+def test_quick_cpu_throughput_times_one_split_and_two_at_once(tmp_path):
+    """The throughput step runs benchmarks/train_throughput.py per variant, and --splits for
+    the splits trained at once (on the CPU two, eagerly: a smoke test of that path)."""
+    out = tmp_path / "check"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), str(out),
+                           "--device", "cpu", "--quick", "--only", "throughput"],
+                          capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rates = json.loads((out / "gpu_check.json").read_text())["steps"]["throughput"]["result"]
+    assert set(rates) == {"eager/fp32", "concurrent x2 eager/fp32"}
+    together = rates["concurrent x2 eager/fp32"]
+    assert together["splits"] == 2 and together["patch_pairs_per_s"] > 0
+    assert rates["eager/fp32"]["splits"] == 1

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import nss_reference as ref
+from conftest import needs_cuda
 from siqa.nss import nss_features, nss_features_batch, nss_features_torch
 from siqa.nss.features import gamma_mle0
 
@@ -133,7 +134,7 @@ def test_unknown_settings_raise():
         nss_features(img, img, preprocess="none")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@needs_cuda
 def test_cuda_equals_cpu():
     left, right = _pair("stairs", "jpeg")
     cpu = nss_features(left, right)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import nss_reference as ref
+from conftest import needs_cuda
 from siqa.nss import dtcwt_forward, dtcwt_forward_torch
 from siqa.nss.transform import dtcwt_magnitudes_torch
 
@@ -81,7 +82,7 @@ def test_orientations_respond_to_their_direction():
     assert set(np.argsort(energy)[-2:]) == {0, 5}
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@needs_cuda
 def test_cuda_equals_cpu():
     images = torch.from_numpy(np.stack([_random((359, 641), seed=s) for s in range(2)]))
     low, high = dtcwt_forward_torch(images, 3)

@@ -1,0 +1,192 @@
+"""train.concurrent_repeats: the splits trained at once equal the splits trained one after
+another (2 splits x 2 epochs on the CPU), down to the checkpoints and TensorBoard curves."""
+import json
+
+import pytest
+import torch
+
+from conftest import needs_cuda, tiny_overrides
+from siqa import config as config_mod
+from siqa import experiment
+from siqa.checkpoint import load_checkpoint
+from siqa.concurrent import finish, interleave
+from siqa.distributed import Dist
+from siqa.errors import UserError
+
+SPLITS = 2
+
+
+def train(manifest, work, resume=False, **extra):
+    cfg = config_mod.load_config(overrides=tiny_overrides(
+        manifest, work, **{"train.repeats": SPLITS, "train.scatter_every": 1000, **extra}))
+    lines = []
+    experiment.train(cfg, resume=resume, dist=Dist(), progress=False, log=lines.append)
+    return lines
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_manifest, tmp_path_factory, one_torch_thread):
+    """The same two splits trained one after another and at once: {mode: (work, log)}."""
+    out = {}
+    for concurrent in (False, True):
+        work = tmp_path_factory.mktemp(f"concurrent_{concurrent}")
+        out[concurrent] = work, train(tiny_manifest, work, **{"train.concurrent_repeats": concurrent})
+    return out
+
+
+def without_card(path):
+    doc = json.loads(path.read_text())
+    doc.pop("protocol")  # wall time and out_dir differ
+    return doc
+
+
+def scalars(work, split):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(work / "tb" / "run" / f"split_{split}")).Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+@pytest.mark.parametrize("split", range(SPLITS))
+def test_each_split_ends_exactly_as_when_trained_alone(runs, split):
+    (alone, _), (together, _) = runs[False], runs[True]
+    a, b = alone / "run" / f"split_{split}", together / "run" / f"split_{split}"
+    assert without_card(a / "metrics.json") == without_card(b / "metrics.json")
+    assert (a / "predictions.csv").read_bytes() == (b / "predictions.csv").read_bytes()
+    for name in ("last.pt", "best.pt"):
+        sa, sb = load_checkpoint(a / name), load_checkpoint(b / name)
+        assert sa["epoch"] == sb["epoch"] and sa["best"] == sb["best"]
+        for key, value in sa["model"].items():
+            assert torch.equal(value, sb["model"][key]), (name, key)
+    # the dropout stream each split carries on is its own, as if it had trained alone
+    ra, rb = load_checkpoint(a / "last.pt")["rng"], load_checkpoint(b / "last.pt")["rng"]
+    assert torch.equal(ra[0]["torch"], rb[0]["torch"])
+    momentum_a = load_checkpoint(a / "last.pt")["optimizer"]["state"]
+    momentum_b = load_checkpoint(b / "last.pt")["optimizer"]["state"]
+    assert all(torch.equal(momentum_a[k]["momentum_buffer"], momentum_b[k]["momentum_buffer"])
+               for k in momentum_a)
+    curves = scalars(alone, split)
+    assert curves["val/srocc"] and curves == scalars(together, split)
+
+
+def test_the_summary_and_split_file_are_the_same(runs):
+    (alone, _), (together, _) = runs[False], runs[True]
+    assert without_card(alone / "run" / "summary.json") == without_card(together / "run" / "summary.json")
+    assert (alone / "run" / "splits.json").read_bytes() == (together / "run" / "splits.json").read_bytes()
+
+
+def test_the_splits_really_alternate_and_say_whose_line_it_is(runs):
+    def untimed(line):
+        return line.rsplit(" [", 1)[0]
+
+    _, log = runs[True]
+    epochs = [line for line in log if ": epoch " in line]
+    assert [line.split(":")[0] for line in epochs] == ["split 0", "split 1"] * 2
+    _, alone = runs[False]
+    one_after_another = [untimed(line) for line in alone if line.startswith("epoch ")]
+    at_once = [untimed(line.split(": ", 1)[1]) for r in range(SPLITS)
+               for line in epochs if line.startswith(f"split {r}: ")]
+    assert at_once == one_after_another
+
+
+def test_a_stopped_concurrent_run_resumes_to_the_same_end(runs, tiny_manifest, tmp_path,
+                                                         monkeypatch, one_torch_thread):
+    """Stopped as split 1 starts its second epoch (both splits have written last.pt after
+    epoch 1), resumed concurrently: every split ends as the uninterrupted sequential run."""
+    real = experiment.epoch_steps
+    started = []
+
+    def stopping(*args, **kw):
+        started.append(1)
+        if len(started) == SPLITS + 2:
+            raise KeyboardInterrupt
+        return (yield from real(*args, **kw))
+
+    monkeypatch.setattr(experiment, "epoch_steps", stopping)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_manifest, tmp_path, **{"train.concurrent_repeats": True})
+    monkeypatch.setattr(experiment, "epoch_steps", real)
+    for r in range(SPLITS):
+        assert load_checkpoint(tmp_path / "run" / f"split_{r}" / "last.pt")["epoch"] == 1
+    train(tiny_manifest, tmp_path, resume=True, **{"train.concurrent_repeats": True})
+    alone, _ = runs[False]
+    for r in range(SPLITS):
+        a, b = alone / "run" / f"split_{r}", tmp_path / "run" / f"split_{r}"
+        assert without_card(a / "metrics.json") == without_card(b / "metrics.json")
+        assert (a / "predictions.csv").read_bytes() == (b / "predictions.csv").read_bytes()
+
+
+def test_concurrent_repeats_refuse_several_processes(tiny_manifest, tmp_path):
+    cfg = config_mod.load_config(overrides=tiny_overrides(
+        tiny_manifest, tmp_path, **{"train.repeats": 2, "train.concurrent_repeats": True}))
+    with pytest.raises(UserError, match="train.concurrent_repeats=true is for one process"):
+        experiment.train(cfg, dist=Dist(world=2), progress=False, log=lambda line: None)
+    assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------- the interleaving itself
+
+
+def drawing(n, log, name, fail_at=None):
+    """A run of n steps, each drawing one number from the global stream; returns the draws."""
+    draws = []
+    try:
+        for i in range(n):
+            if i == fail_at:
+                raise ValueError(name)
+            draws.append(torch.rand(1).item())
+            log.append(name)
+            yield
+    finally:
+        log.append(f"{name} closed")
+    return draws
+
+
+def test_each_run_draws_its_own_stream_and_the_global_one_is_put_back():
+    torch.manual_seed(7)
+    start = torch.get_rng_state()
+    alone = []
+    for n in (3, 5):  # each alone, from the same start
+        torch.set_rng_state(start)
+        alone.append(finish(drawing(n, [], "alone")))
+    torch.set_rng_state(start)
+    order = []
+    assert interleave([drawing(3, order, "a"), drawing(5, order, "b")], "cpu") == alone
+    assert order == ["a", "b"] * 3 + ["a closed", "b", "b", "b closed"]
+    assert torch.equal(torch.get_rng_state(), start)  # the caller's stream is untouched
+
+
+def test_an_error_in_one_run_stops_all_and_each_cleans_up():
+    start = torch.get_rng_state()
+    order = []
+    with pytest.raises(ValueError, match="b"):
+        interleave([drawing(5, order, "a"), drawing(5, order, "b", fail_at=2)], "cpu")
+    assert order == ["a", "b"] * 2 + ["a", "b closed", "a closed"]
+    assert torch.equal(torch.get_rng_state(), start)
+
+
+@needs_cuda
+def test_on_cuda_each_run_draws_its_own_stream_on_its_own_cuda_stream():
+    device = torch.device("cuda")
+
+    def cuda_drawing(n):
+        draws, streams = [], set()
+        for _ in range(n):
+            draws.append(torch.rand(4, device=device))
+            streams.add(torch.cuda.current_stream(device).cuda_stream)
+            yield
+        return torch.cat(draws).cpu(), streams
+
+    torch.manual_seed(3)
+    start = torch.cuda.get_rng_state(device)
+    alone = []
+    for n in (2, 4):
+        torch.cuda.set_rng_state(start, device)
+        alone.append(finish(cuda_drawing(n))[0])
+    torch.cuda.set_rng_state(start, device)
+    (a, streams_a), (b, streams_b) = interleave([cuda_drawing(2), cuda_drawing(4)], device)
+    assert torch.equal(a, alone[0]) and torch.equal(b, alone[1])
+    default = torch.cuda.current_stream(device).cuda_stream
+    assert len(streams_a) == len(streams_b) == 1 and streams_a != streams_b
+    assert default not in streams_a | streams_b
+    assert torch.equal(torch.cuda.get_rng_state(device), start)
