@@ -127,7 +127,8 @@ def train(cfg, resume=False, dist=Dist(), progress=True, log=print):
         dist.wait_for_main()
     pairs = load_pairs(cfg)
     splits, split_doc = splits_for_run(pairs, cfg)  # seeded, or dataset.split_file
-    record = {"splits": split_doc, "split_info": protocol.split_info(cfg, split_doc)}
+    record = {"splits": split_doc, "split_info": protocol.split_info(cfg, split_doc),
+              "code": protocol.git_state()}
     nss = nss_from_config(pairs, cfg["nss"], progress=progress and dist.is_main,
                           device=dist.device)  # the device itself: cuda:1 computes on cuda:1
     if dist.is_main:
@@ -164,7 +165,8 @@ def train(cfg, resume=False, dist=Dist(), progress=True, log=print):
         for r in todo:
             reports[r] = finish(run_of(r))
     if len(splits) > 1 and dist.is_main:
-        card = protocol.card(cfg, record["split_info"], dist.device, started, reports)
+        card = protocol.card(cfg, record["split_info"], dist.device, started, reports,
+                             code=record["code"])
         write_json(out_dir / "summary.json", {**summarize(reports), "protocol": card})
     return reports
 
@@ -289,7 +291,8 @@ def split_run(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resume,
         atomic_write_text(run_dir / "predictions.csv", csv_text)
         if record is not None:
             report["protocol"] = protocol.card(cfg, record["split_info"], device, record["started"],
-                                               [report["test"]], repeat=record["repeat"])
+                                               [report["test"]], repeat=record["repeat"],
+                                               code=record["code"])
         write_json(run_dir / "metrics.json", report)
         _hparams(writer, cfg, report)
         writer.close()

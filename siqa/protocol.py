@@ -87,18 +87,20 @@ def logistic_status(test_report) -> dict:
             "converged": fit.get("kind") == "logistic", "reason": fit.get("reason", "")}
 
 
-def card(cfg, split_info, device, started, test_reports, repeat=None) -> dict:
+def card(cfg, split_info, device, started, test_reports, repeat=None, code=None) -> dict:
     """The protocol card (see the module docstring).
 
     split_info: {"file", "file_sha256", "document_sha256", "pairs_sha256", "count"};
     started: time.perf_counter() when the timed work began; test_reports: the test
-    report(s) whose logistic fit is recorded; repeat: the split (None for a summary).
+    report(s) whose logistic fit is recorded; repeat: the split (None for a summary);
+    code: git_state() taken when the run began (the code it imported: the checkout may
+    be edited or committed to while a long run trains); None = now.
     """
     t = cfg["train"]
     count = split_info["count"]
     indices = range(count) if repeat is None else [repeat]
     out = {
-        "code": git_state(),
+        "code": code if code is not None else git_state(),
         "versions": versions(device),
         "config": cfg,
         "config_sha256": config_sha256(cfg),

@@ -63,3 +63,22 @@ def test_card_fields(tmp_path):
     assert [c["converged"] for c in summary["logistic"]] == [False, True]
     assert summary["seeds"]["init_and_order"] == [3, 4]
     json.dumps(card, allow_nan=False)  # JSON as it is
+
+
+def test_a_run_records_the_code_it_started_with(tiny_manifest, tmp_path, monkeypatch,
+                                               one_torch_thread):
+    """The checkout may be edited or committed to while a long run trains: the cards of the
+    splits and of the summary give the git state taken when the run began."""
+    from conftest import tiny_overrides
+    from siqa import experiment
+    from siqa.distributed import Dist
+
+    states = iter([{"commit": "a" * 40, "dirty": False}])
+    monkeypatch.setattr(protocol, "git_state", lambda folder=None: next(
+        states, {"commit": "b" * 40, "dirty": True}))
+    cfg = load_config(overrides=tiny_overrides(tiny_manifest, tmp_path, **{
+        "train.repeats": 2, "train.epochs": 1}))
+    experiment.train(cfg, dist=Dist(), progress=False, log=lambda line: None)
+    cards = [json.loads((tmp_path / "run" / name).read_text())["protocol"]
+             for name in ("split_0/metrics.json", "split_1/metrics.json", "summary.json")]
+    assert [card["code"] for card in cards] == [{"commit": "a" * 40, "dirty": False}] * 3
