@@ -10,6 +10,13 @@ import os
 import tempfile
 from pathlib import Path
 
+# mkstemp creates 0600 files; what we write gets the mode open() would give (0666 less the
+# umask), so a run folder on a shared machine reads like any other. The umask can only be
+# read by setting it: done once, at import, before any writer thread exists.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
+
 
 def atomic_write(path, data: bytes):
     """Write `data` to `path` atomically (temporary file + fsync + rename)."""
@@ -21,6 +28,7 @@ def atomic_write(path, data: bytes):
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
