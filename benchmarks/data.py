@@ -5,8 +5,8 @@ Each stage runs in its own child process so that its peak resident memory
 (resource.getrusage ru_maxrss) is its own; the peak of Python-level allocations
 (tracemalloc, which sees numpy but not torch buffers) is reported too.
 
-    /work/venv/bin/python benchmarks/data.py            # both stages
-    /work/venv/bin/python benchmarks/data.py --stage patches --pairs 365
+    python benchmarks/data.py            # both stages
+    python benchmarks/data.py --stage patches --pairs 365
 """
 import argparse
 import json
