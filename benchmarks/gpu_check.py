@@ -34,11 +34,12 @@ a patch pair; an eager step costs ~2-3 ms of host time, so eager training is bou
   demo         ~45 s  (demo build 8 s the first time, 3 process starts ~10 s each)
   resume       ~50 s  (3 trainings of the small demo, 20 epochs of 2,604 patch pairs)
   nss          ~20 s
-  throughput  ~120 s  (one process per variant, ~20 s each incl. 1 GB of synthetic patches)
+  throughput  ~150 s  (one process per variant, ~20 s each incl. 1 GB of synthetic patches;
+                       10 splits at once: 10 captures, ~30 s)
   protocol    ~230 s  (full-size demo build ~20 s on 16 cores, NSS ~10 s; then 2 runs side by
                        side, 100 epochs x 70,525 training patch pairs = 1.8 PFLOP each,
                        ~1.5 s an epoch when eager; the curves so far are kept if time runs out)
-  total       ~525 s
+  total       ~555 s  (the protocol step is cut to what --budget leaves)
 A rerun that must fit what is left of a 15-minute allowance: `--skip tests,demo,resume`
 (or `--only protocol --budget 300`); rerunning finds the demo databases and NSS cache built.
 
