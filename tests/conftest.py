@@ -47,6 +47,22 @@ def needs_cuda(test):
                                                reason="needs a CUDA GPU")(test))
 
 
+@pytest.fixture
+def process_numerics():
+    """siqa.distributed.configure_numerics changes process-wide switches: put them back after
+    the test."""
+    import torch
+
+    saved = (torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    yield
+    torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+    (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) = saved[2:]
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One intra-op thread for a module: on a 2-core machine running several test processes,

@@ -18,19 +18,6 @@ from siqa.errors import UserError
 
 
 
-@pytest.fixture
-def process_numerics():
-    """configure_numerics changes process-wide switches: put them back after the test."""
-    saved = (torch.are_deterministic_algorithms_enabled(),
-             torch.is_deterministic_algorithms_warn_only_enabled(),
-             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
-             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    yield
-    torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
-    (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
-     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) = saved[2:]
-
-
 def tiny_cfg(manifest, work, **extra):
     return config_mod.load_config(overrides=tiny_overrides(manifest, work, **extra))
 
