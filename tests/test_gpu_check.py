@@ -44,13 +44,19 @@ def test_unknown_step_is_refused(tmp_path):
     assert proc.returncode != 0 and "unknown step" in proc.stderr
 
 
-def test_quick_cpu_run_writes_its_reports(tmp_path):
+def quick_cpu_check(tmp_path, *flags):
+    """Run `gpu_check.py OUT --device cpu --quick FLAGS` to its end; returns OUT."""
     out = tmp_path / "check"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), str(out),
-                           "--device", "cpu", "--quick", "--skip", "tests,throughput"],
+                           "--device", "cpu", "--quick", *flags],
                           capture_output=True, text=True, timeout=900,
                           env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
+    return out
+
+
+def test_quick_cpu_run_writes_its_reports(tmp_path):
+    out = quick_cpu_check(tmp_path, "--skip", "tests,throughput")
     report = json.loads((out / "gpu_check.json").read_text())
     steps = report["steps"]
     assert list(steps) == ["demo", "resume", "nss", "projection", "protocol"]
@@ -70,12 +76,7 @@ def test_quick_cpu_run_writes_its_reports(tmp_path):
 def test_quick_cpu_throughput_times_one_split_and_two_at_once(tmp_path):
     """The throughput step runs benchmarks/train_throughput.py per variant, and --splits for
     the splits trained at once (on the CPU two, eagerly: a smoke test of that path)."""
-    out = tmp_path / "check"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), str(out),
-                           "--device", "cpu", "--quick", "--only", "throughput"],
-                          capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = quick_cpu_check(tmp_path, "--only", "throughput")
     rates = json.loads((out / "gpu_check.json").read_text())["steps"]["throughput"]["result"]
     assert set(rates) == {"eager/fp32", "concurrent x2 eager/fp32"}
     together = rates["concurrent x2 eager/fp32"]
