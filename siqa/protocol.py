@@ -14,7 +14,9 @@ Every `metrics.json` and `summary.json` of a run carries it under the key "proto
     selection   how the tested checkpoint was chosen
     logistic    the mapping fitted before PLCC/RMSE "after the logistic", and whether the
                 fit on the test set converged (or fell back to a straight line, and why)
-    device      the device name; wall_time_s the seconds this process spent on the split
+    device      the device name and cpu_threads, torch's intra-op threads (a trained network
+                moves with the arithmetic: CPU reductions split another way over another
+                number of threads); wall_time_s the seconds this process spent on the split
                 (on the whole run in summary.json)
 """
 import hashlib
@@ -29,6 +31,12 @@ LOGISTIC = ("q(x) = b1 * (0.5 - 1 / (1 + exp(b2 * (x - b3)))) + b4 * x + b5 (VQE
             "one least-squares fit (scipy curve_fit, Levenberg-Marquardt) from a data-driven "
             "start, no search over starts; straight-line fallback (siqa/metrics.py)")
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def config_sha256(cfg) -> str:
@@ -109,6 +117,7 @@ def card(cfg, split_info, device, started, test_reports, repeat=None, code=None)
                   "init_and_order": [t["seed"] + r for r in indices]},
         "selection": SELECTION_RULE,
         "device": device_name(device),
+        "cpu_threads": _threads(),
         "wall_time_s": round(time.perf_counter() - started, 3),
     }
     if repeat is not None:

@@ -57,6 +57,7 @@ def test_card_fields(tmp_path):
     assert card["selection"] == protocol.SELECTION_RULE
     assert card["versions"]["torch"] == torch.__version__ and "cuda" not in card["versions"]
     assert card["wall_time_s"] >= 2.0
+    assert card["cpu_threads"] == torch.get_num_threads() >= 1
     assert card["config_sha256"] == protocol.config_sha256(cfg)
     summary = protocol.card(cfg, info, torch.device("cpu"), time.perf_counter(),
                             [test, {"logistic": {"kind": "logistic"}}])
