@@ -217,7 +217,7 @@ def number_var():
         values.map(lambda v: _cell(v, (len(v), 1))),  # cell of numbers
         values.map(lambda v: _cell([str(x) for x in v], (1, len(v)))),  # cell of strings
         st.text(max_size=6).filter(bool).map(np.array),  # char array
-        values.map(lambda v: np.array(v, dtype=np.complex128) * 1j),
+        values.map(lambda v: np.array([complex(0, x) for x in v], dtype=np.complex128)),  # no inf * 1j warning
         st.lists(st.booleans(), max_size=4).map(np.array),
         st.just({"dmos": 1.0}),
     )
