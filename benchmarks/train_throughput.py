@@ -93,7 +93,10 @@ def run_project(args, device):
 
     def epoch(order):  # every split one pass over `order`, a step of each in turn
         runs = [epoch_steps(m, o, data, order, BATCH, 25.0, amp, step=s) for m, o, s in splits]
-        interleave(runs, device) if len(runs) > 1 else finish(runs[0])  # finish: as train.py alone
+        if len(runs) == 1:
+            finish(runs[0])  # as train.py runs a split alone
+        else:
+            interleave(runs, device)
 
     order = epoch_order(data.num_patches, 0, 0).to(device)
     t0 = time.perf_counter()

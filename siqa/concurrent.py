@@ -35,14 +35,14 @@ def finish(run):
 
 
 class _SplitSlot:
-    """One split's random states and CUDA stream, all cloned from the current ones."""
+    """One split's random states and CUDA stream, all cloned from the current ones;
+    `generator`: the CUDA device's default generator (None on the CPU)."""
 
-    def __init__(self, device):
+    def __init__(self, device, generator):
         self.cpu_state = torch.get_rng_state()
-        self.generator = self.cuda_state = self.stream = None
-        if device.type == "cuda":
-            self.generator = torch.cuda.default_generators[device.index]
-            self.cuda_state = self.generator.clone_state()
+        self.generator, self.cuda_state, self.stream = generator, None, None
+        if generator is not None:
+            self.cuda_state = generator.clone_state()
             self.stream = torch.cuda.Stream(device)
             self.stream.wait_stream(torch.cuda.current_stream(device))
 
@@ -70,7 +70,7 @@ def interleave(runs, device):
     cpu_before = torch.get_rng_state()
     generator = torch.cuda.default_generators[device.index] if device.type == "cuda" else None
     cuda_before = generator.graphsafe_get_state() if generator is not None else None
-    slots = [_SplitSlot(device) for _ in runs]
+    slots = [_SplitSlot(device, generator) for _ in runs]
     results = [None] * len(runs)
     running = list(range(len(runs)))
     try:
