@@ -8,7 +8,6 @@ import unicodedata
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 THIS = Path(__file__).resolve()

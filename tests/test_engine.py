@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import synthetic_split
-from siqa.engine import SplitData, epoch_order, predict_pairs, select_device, train_epoch
+from siqa.engine import epoch_order, predict_pairs, select_device, train_epoch
 from siqa.errors import UserError
 from siqa.model import MultiTaskSIQA
 

@@ -16,8 +16,7 @@ import torch.multiprocessing as mp
 from conftest import needs_cuda, run_entry, synthetic_split, tiny_overrides
 
 from siqa.config import load_config
-from siqa.engine import (SplitData, TrainStep, check_step_mode, epoch_order, predict_pairs,
-                         train_epoch)
+from siqa.engine import TrainStep, check_step_mode, epoch_order, predict_pairs, train_epoch
 from siqa.errors import UserError
 from siqa.model import MultiTaskSIQA
 

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-import siqa
 from conftest import run_entry
 from siqa.errors import UserError
 from siqa.export import export, read_metadata

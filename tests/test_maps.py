@@ -10,7 +10,7 @@ from scipy import ndimage
 import siqa
 from conftest import run_entry
 from siqa.api import StereoIQA
-from siqa.maps import Asymmetry, asymmetry, heatmap, naturalness_figure, write_maps
+from siqa.maps import asymmetry, heatmap, naturalness_figure, write_maps
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

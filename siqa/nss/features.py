@@ -590,7 +590,6 @@ def nss_features_torch(left: torch.Tensor, right: torch.Tensor, marginal: str = 
         sizes = [p[0].shape[0] for p in prepared]
         stats = {k: torch.cat([p[2][k] for p in prepared]) for k in prepared[0][2]}
         a_all, scale_all = gamma_fit_censored(stats)
-    results = []
     for level, sq in enumerate(levels):
         if marginal == "mle0" and censor_k > 0:
             log_x, mask, _ = prepared[level]
