@@ -61,7 +61,8 @@ def timed(fn, sync):
 
 
 def predict_cli(checkpoint, manifest, device, threads):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # the repository first, then the caller's path (wheels installed with pip --target)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     t0 = time.perf_counter()

@@ -47,12 +47,15 @@ def load(checkpoint, device="auto") -> "StereoIQA":
     """The model of a checkpoint written by train.py (best.pt or last.pt), ready to score.
 
     device: "auto" (CUDA when available), "cpu", "cuda", "cuda:N" or a torch.device.
+    On CUDA, the run's TF32 and cuDNN switches (train.tf32, train.deterministic) are set for
+    the process, as evaluate.py sets them: PyTorch holds them process-wide, so the model
+    loaded last decides them.
     """
     from siqa.checkpoint import load_checkpoint
     from siqa.engine import select_device
     from siqa.experiment import amp_dtype_of, load_model
 
-    device = device if isinstance(device, torch.device) else select_device(str(device))
+    device = select_device(device)  # a CUDA device with its index, or a one-line UserError
     state = load_checkpoint(checkpoint, map_location=device, required=("model", "database", "config"))
     cfg = state["config"]
     network = load_model(state, device, source=checkpoint)

@@ -94,3 +94,17 @@ def configure_numerics(deterministic, tf32, device) -> dict:
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
     return {"deterministic": deterministic, "tf32": tf32}
+
+
+def configure_run_numerics(cfg, device):
+    """The switches a run trained under (its config's train.deterministic and train.tf32),
+    set for evaluating or scoring its model on `device`; None on the CPU.
+
+    On CUDA they change the numbers (TF32 convolutions, cuDNN's choice of kernels), so
+    evaluate.py reproduces a run's metrics.json only under them. On the CPU they change no
+    result of a forward pass, and the process's switches are left as they are (a library
+    call such as siqa.load should not turn on deterministic algorithms for its caller)."""
+    if torch.device(device).type != "cuda":
+        return None
+    t = cfg.get("train", {})
+    return configure_numerics(t.get("deterministic", "auto"), t.get("tf32", "auto"), torch.device(device))

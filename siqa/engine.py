@@ -8,8 +8,10 @@ L1(quality) + nss_weight * L1(nss) (docs/method.md#training).
 How a step runs is `train.step`:
 
     eager    forward, loss, backward, optimizer step as plain PyTorch calls (the reference)
-    compile  the same with the model under torch.compile (fused kernels; on CUDA with
-             mode="reduce-overhead", i.e. CUDA graphs managed by the compiler)
+    compile  the same with the model under torch.compile (fused kernels; on CUDA in one
+             process training one split, mode="reduce-overhead", i.e. CUDA graphs managed
+             by the compiler; under torchrun or with concurrent splits the default mode,
+             see `compile_mode`)
     graph    CUDA only: one full step (index gather, forward, joint loss, backward,
              optimizer step) captured once as a CUDA graph at the static batch size and
              replayed; each step then costs one launch instead of ~240 kernel launches.
@@ -32,17 +34,31 @@ STEP_MODES = ("eager", "compile", "graph")
 GRAPH_WARMUP_STEPS = 3  # eager steps on a side stream before capture (PyTorch's CUDA-graph recipe)
 
 
-def select_device(name: str) -> torch.device:
-    """'auto' -> CUDA when available, else CPU; a CUDA request without a GPU is a user error."""
+def select_device(name) -> torch.device:
+    """The device of a `device` setting, always with its index on CUDA.
+
+    'auto' -> the current CUDA device when a GPU is available, else the CPU; 'cuda' -> the
+    current CUDA device (cuda:0 unless the process chose another); 'cuda:N' as it is. A CUDA
+    request without a GPU, or an index past the GPUs there are, is a user error. The index
+    matters: torch.cuda.set_device, the CUDA RNG calls and DDP's device_ids refuse a CUDA
+    device without one."""
+    if isinstance(name, torch.device):
+        name = str(name)
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
         raise UserError(f"config key device: unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"config key device: {name!r} is not supported here (use auto, cpu, cuda or cuda:N)")
+    if device.type == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
         raise UserError(f"device={name} was requested but no CUDA GPU is available; use device=cpu")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+    if device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    if device.index >= torch.cuda.device_count():
         raise UserError(f"device={name}: only {torch.cuda.device_count()} CUDA device(s) here")
     return device
 
@@ -108,6 +124,18 @@ def _device_of(model):
     return next(model.parameters()).device
 
 
+def compile_mode(device, ddp=False, concurrent=False):
+    """torch.compile's mode for train.step=compile: "reduce-overhead" (the compiler's own CUDA
+    graphs) for one CUDA process training one split, else None (the default mode: fused
+    kernels, no graphs). The compiler's graphs replay from one memory pool per device and
+    assume one stream, so concurrent splits on their own streams would share and overwrite
+    each other's buffers; under DDP the gradient all-reduce runs in hooks between the graphs'
+    pieces, which the compiler's graphs do not capture safely."""
+    if torch.device(device).type == "cuda" and not ddp and not concurrent:
+        return "reduce-overhead"
+    return None
+
+
 def check_step_mode(mode, device, world=1):
     """A UserError, before any work starts, for a train.step this run cannot use."""
     if mode not in STEP_MODES:
@@ -128,7 +156,8 @@ class TrainStep:
     the optimizer state has been restored on resume: the graph holds the addresses of the
     parameters, gradients, optimizer state and learning-rate tensors it captured."""
 
-    def __init__(self, mode, model, optimizer, batch_size, nss_weight, amp_dtype=None):
+    def __init__(self, mode, model, optimizer, batch_size, nss_weight, amp_dtype=None,
+                 concurrent=False):
         check_step_mode(mode, _device_of(model), world=2 if _is_ddp(model) else 1)
         self.mode, self.model, self.optimizer = mode, model, optimizer
         self.batch_size, self.nss_weight, self.amp_dtype = batch_size, nss_weight, amp_dtype
@@ -137,11 +166,12 @@ class TrainStep:
         if mode == "compile":
             # dynamic=False: the full batch and the epoch's tail batch each get a static graph.
             self.forward = torch.compile(model, dynamic=False,
-                                         mode="reduce-overhead" if self.device.type == "cuda" else None)
+                                         mode=compile_mode(self.device, _is_ddp(model), concurrent))
         if mode == "graph":
             _make_capturable(optimizer, self.device)
         self._graph = None  # (data, graph, static index buffer, static losses)
-        self.scorer = Scorer(mode, model.module if _is_ddp(model) else model, amp_dtype)
+        self.scorer = Scorer(mode, model.module if _is_ddp(model) else model, amp_dtype,
+                             concurrent=concurrent)
 
     def __call__(self, data: SplitData, idx):
         if self.mode == "graph" and len(idx) == self.batch_size:
@@ -269,12 +299,12 @@ class Scorer:
     CUDA) captured once per full batch size on static input buffers; the tail batch of a
     split runs eagerly. Weights are read in place, so training between calls is seen."""
 
-    def __init__(self, mode="eager", model=None, amp_dtype=None):
+    def __init__(self, mode="eager", model=None, amp_dtype=None, concurrent=False):
         self.mode, self.model, self.amp_dtype = mode, model, amp_dtype
         self.forward = model
-        if mode == "compile":
+        if mode == "compile":  # scoring has no all-reduce: only concurrency rules the graphs out
             self.forward = torch.compile(model, dynamic=False,
-                                         mode="reduce-overhead" if _device_of(model).type == "cuda" else None)
+                                         mode=compile_mode(_device_of(model), concurrent=concurrent))
         self._graphs = {}  # batch size -> (graph, static left, static right, static quality)
 
     def __call__(self, left, right, full=True):
@@ -328,5 +358,8 @@ def predict_pairs(model, data: SplitData, batch_size=None, amp_dtype=None, score
         quality = scorer(data.left[sl].float(), data.right[sl].float(),
                          full=start + batch_size <= data.num_patches)
         sums.index_add_(0, data.pair_index[sl], quality.double())
-    counts = torch.bincount(data.pair_index, minlength=data.num_pairs).double()
+    # patches per pair by index_add_ rather than bincount: the same integers, and an output
+    # whose shape does not depend on the data, so the scoring path also runs on fake CUDA
+    # tensors (tests/test_cuda_host.py)
+    counts = torch.zeros_like(sums).index_add_(0, data.pair_index, torch.ones_like(data.pair_index, dtype=sums.dtype))
     return (sums / counts).cpu().numpy()

@@ -20,7 +20,7 @@ from siqa.data import load_database
 from siqa.data.splits import splits_for_run, write_split_file
 from siqa.data.nss import nss_from_config
 from siqa.data.patches import extract_patch_set
-from siqa.distributed import Dist, configure_numerics
+from siqa.distributed import Dist, configure_numerics, configure_run_numerics
 from siqa.concurrent import finish, interleave
 from siqa.engine import SplitData, TrainStep, check_step_mode, epoch_order, epoch_steps, predict_pairs
 from siqa.errors import UserError
@@ -149,7 +149,8 @@ def train(cfg, resume=False, dist=Dist(), progress=True, log=print):
         return split_run(cfg, data, targets, info, run_dir_of(r), run_name, dtype,
                          seed=cfg["train"]["seed"] + r, resume=resume, dist=dist,
                          progress=progress and not concurrent, log=split_log, tqdm=tqdm,
-                         record={**record, "repeat": r, "started": time.perf_counter()})
+                         record={**record, "repeat": r, "started": time.perf_counter()},
+                         concurrent=concurrent)
 
     reports = [None] * len(splits)
     todo = []
@@ -172,9 +173,10 @@ def train(cfg, resume=False, dist=Dist(), progress=True, log=print):
 
 
 def split_run(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resume, dist,
-              progress, log, tqdm, record=None):
+              progress, log, tqdm, record=None, concurrent=False):
     """Train, validate and test one split: a generator that yields after every training
-    step (siqa.concurrent runs several at once) and returns the split's test report."""
+    step (siqa.concurrent runs several at once, `concurrent`) and returns the split's test
+    report."""
     t = cfg["train"]
     device = dist.device
     show = progress and dist.is_main
@@ -201,7 +203,7 @@ def split_run(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resume,
         # load_state_dict moves the weights and the optimizer state to the device.
         state = load_checkpoint(run_dir / "last.pt", map_location="cpu")
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(optimizer, state["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
         start_epoch, best = state["epoch"], state["best"]
@@ -226,7 +228,8 @@ def split_run(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resume,
     saver = BackgroundSaver()
     val_scores = np.array([p.score for p in pairs["val"]])
     batch = max(1, t["batch_size"] // dist.world)  # the global batch stays batch_size
-    step = TrainStep(t["step"], trained, optimizer, batch, t["nss_weight"], amp_dtype)
+    step = TrainStep(t["step"], trained, optimizer, batch, t["nss_weight"], amp_dtype,
+                     concurrent=concurrent)
     try:  # a run stopped by an error still finishes writing its last checkpoints
         for epoch in range(start_epoch, epochs):
             started = time.perf_counter()
@@ -301,6 +304,32 @@ def split_run(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resume,
             f"best epoch {report['best_epoch']}): SROCC {_fmt(test['srocc'])} "
             f"PLCC {_fmt(test['plcc'])} KROCC {_fmt(test['krocc'])} RMSE {test['rmse']:.3f}")
     return report["test"]
+
+
+# How a step runs its optimizer, not what the optimizer is: train.step=graph sets these (and
+# makes the learning rate a device tensor), and a checkpoint of such a run stores them.
+STEP_MODE_OPTIONS = ("fused", "foreach", "capturable")
+
+
+def load_optimizer_state(optimizer, saved):
+    """optimizer.load_state_dict(saved), keeping how this run's steps execute.
+
+    load_state_dict replaces every group option with the saved one, so a checkpoint of a
+    train.step=graph run would make a resumed eager run keep the fused SGD kernel, Adam's
+    capturable path and a tensor learning rate. The saved hyper-parameters and state stay
+    (the learning rate as a float, with its scheduled value); the execution options are
+    this optimizer's own, and a graph step re-applies its own when it is built."""
+    own = [{k: g[k] for k in STEP_MODE_OPTIONS if k in g} for g in optimizer.param_groups]
+    optimizer.load_state_dict(saved)
+    for group, options in zip(optimizer.param_groups, own):
+        group.update(options)
+        if torch.is_tensor(group["lr"]):
+            group["lr"] = float(group["lr"])
+        if not group.get("capturable") and not group.get("fused"):
+            for p in group["params"]:  # a capturable Adam's step counters live on the device
+                state = optimizer.state.get(p, {})
+                if torch.is_tensor(state.get("step")) and state["step"].device.type != "cpu":
+                    state["step"] = state["step"].to("cpu", torch.float32)
 
 
 def seed_rank_stream(seed, rank):
@@ -443,6 +472,10 @@ def build_model(cfg, device):
 
 
 def load_model(state, device, source="the checkpoint"):
+    """The checkpoint's network on `device`, in evaluation mode, with the numerics its run
+    trained under (siqa.distributed.configure_run_numerics: evaluate.py, the matrix and
+    siqa.load all come through here)."""
+    configure_run_numerics(state["config"], device)
     model = build_model(state["config"], device)
     try:
         model.load_state_dict(state["model"])

@@ -80,9 +80,15 @@ def tiny_manifest(tmp_path_factory):
     return make_tiny_database(tmp_path_factory.mktemp("tinydb"))
 
 
+def python_path():
+    """PYTHONPATH for a subprocess: the repository first, then the caller's own (packages
+    installed with `pip install --target DIR` reach the process only through it)."""
+    return os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+
+
 def run_entry(script, *args, cwd=None, timeout=600, env=None):
     """Run `python <script> args...` as a user would; returns the CompletedProcess."""
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    full_env = {**os.environ, "PYTHONPATH": python_path(), **(env or {})}
     return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout, env=full_env)
 

@@ -7,20 +7,10 @@ back before it is imported (`six` is installed from requirements-nodeps.txt).
 """
 
 import numpy as np
+import scipy.optimize
+import scipy.special
+import scipy.stats
 
-if not hasattr(np, "asfarray"):
-    def _asfarray(a, dtype=np.float64):
-        dtype = np.dtype(dtype)
-        return np.asarray(a, dtype=dtype if np.issubdtype(dtype, np.inexact) else np.float64)
-
-    np.asfarray = _asfarray
-if not hasattr(np, "issubsctype"):
-    np.issubsctype = lambda arg1, arg2: np.issubdtype(np.result_type(arg1), arg2)
-
-import dtcwt  # noqa: E402
-import scipy.optimize  # noqa: E402
-import scipy.special  # noqa: E402
-import scipy.stats  # noqa: E402
 
 EPS32 = float(np.finfo(np.float32).eps)
 EPS64 = float(np.finfo(np.float64).eps)
@@ -30,10 +20,26 @@ CENSOR_K = 3e-3  # delta = CENSOR_K x RMS of the subband's magnitudes (same cons
 _TRANSFORM = None
 
 
+def import_dtcwt():
+    """The dtcwt package, imported when a test first needs it: a machine without it (the GPU
+    box) still collects the modules that import this file, so `pytest -m cuda` runs there."""
+    if not hasattr(np, "asfarray"):
+        def _asfarray(a, dtype=np.float64):
+            dtype = np.dtype(dtype)
+            return np.asarray(a, dtype=dtype if np.issubdtype(dtype, np.inexact) else np.float64)
+
+        np.asfarray = _asfarray
+    if not hasattr(np, "issubsctype"):
+        np.issubsctype = lambda arg1, arg2: np.issubdtype(np.result_type(arg1), arg2)
+    import dtcwt
+
+    return dtcwt
+
+
 def transform():
     global _TRANSFORM
     if _TRANSFORM is None:
-        _TRANSFORM = dtcwt.Transform2d("near_sym_b", "qshift_b")
+        _TRANSFORM = import_dtcwt().Transform2d("near_sym_b", "qshift_b")
     return _TRANSFORM
 
 

@@ -1,6 +1,7 @@
 """The CUDA bugs of the GPU box, each shown on the CPU where its mechanism exists there:
 resume with RNG states loaded onto another device, the device index passed on, the
-single-process CUDA device made current, scipy_free_loc sent to the CPU pool, the
+single-process CUDA device made current (tests/test_cuda_host.py, under torch's own checks),
+a graph-mode optimizer state resumed by an eager step, scipy_free_loc sent to the CPU pool, the
 determinism switches, last.pt every k epochs and written in the background. The tests
 marked `cuda` run the same on a GPU and are skipped without one."""
 import json
@@ -14,6 +15,7 @@ from siqa import config as config_mod
 from siqa import distributed, experiment
 from siqa.checkpoint import load_checkpoint, restore_rng, rng_state
 from siqa.distributed import Dist
+from siqa.engine import select_device
 from siqa.errors import UserError
 
 
@@ -24,7 +26,7 @@ def tiny_cfg(manifest, work, **extra):
 
 def run(cfg, resume=False, device="cpu"):
     lines = []
-    experiment.train(cfg, resume=resume, dist=Dist(device=torch.device(device)), progress=False,
+    experiment.train(cfg, resume=resume, dist=Dist(device=select_device(device)), progress=False,
                      log=lines.append)
     return lines
 
@@ -120,6 +122,71 @@ def test_checkpoint_every_k_then_resume_on_cpu_whatever_the_device(whole_run, ti
     assert metrics(tmp_path) == metrics(whole_run[0])
 
 
+def test_a_graph_runs_optimizer_state_resumes_as_this_runs_own(tiny_manifest, tmp_path, monkeypatch,
+                                                                one_torch_thread, process_numerics):
+    """train.step=graph makes the learning rate a device tensor and turns on fused SGD, and
+    its last.pt stores both. A resume with train.step=eager must step as an eager run does
+    (float learning rate, the default kernels), with the saved learning rate and momentum."""
+    run(tiny_cfg(tiny_manifest, tmp_path, **{"train.epochs": 1}))
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    momentum = {k: v["momentum_buffer"].clone() for k, v in state["optimizer"]["state"].items()}
+    for group in state["optimizer"]["param_groups"]:  # what _make_capturable leaves (on a GPU)
+        group.update(lr=torch.tensor(group["lr"], dtype=torch.float32), fused=True, foreach=False)
+    from siqa.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "run" / "last.pt", state)
+    seen = []
+    real_step = experiment.TrainStep
+    monkeypatch.setattr(experiment, "TrainStep",
+                        lambda mode, model, optimizer, *a, **kw: seen.append(optimizer) or
+                        real_step(mode, model, optimizer, *a, **kw))
+    run(tiny_cfg(tiny_manifest, tmp_path, **{"train.epochs": 1}), resume=True)  # finished: skipped
+    run(tiny_cfg(tiny_manifest, tmp_path, **{"train.epochs": 2}), resume=True)
+    (optimizer,) = seen
+    fresh = torch.optim.SGD([torch.zeros(1)], lr=0.5, momentum=0.9)
+    for group in optimizer.param_groups:
+        assert type(group["lr"]) is float and group["lr"] == pytest.approx(1e-3)
+        for key in ("fused", "foreach", "capturable"):
+            assert group.get(key) == fresh.param_groups[0].get(key), key
+    assert len(momentum) == len(optimizer.state) > 0  # the saved momentum was loaded (then stepped)
+
+
+def test_load_optimizer_state_keeps_the_saved_numbers():
+    """The saved learning rate (a tensor from a graph run), momentum and weight decay are
+    kept; only the execution options become this optimizer's own."""
+    from siqa.engine import _make_capturable
+
+    w = torch.nn.Parameter(torch.ones(3))
+    captured = torch.optim.SGD([w], lr=0.25, momentum=0.9, weight_decay=0.01)
+    _make_capturable(captured, torch.device("cpu"))
+    w.grad = torch.full((3,), 2.0)
+    captured.step()
+    saved = captured.state_dict()
+    v = torch.nn.Parameter(torch.zeros(3))
+    eager = torch.optim.SGD([v], lr=1.0, momentum=0.5)
+    experiment.load_optimizer_state(eager, saved)
+    group = eager.param_groups[0]
+    assert group["lr"] == 0.25 and type(group["lr"]) is float
+    assert (group["momentum"], group["weight_decay"]) == (0.9, 0.01)
+    assert group["fused"] is None and group["foreach"] is None
+    assert torch.equal(eager.state[v]["momentum_buffer"], captured.state[w]["momentum_buffer"])
+
+
+def test_concurrent_splits_tell_their_step_so(tiny_manifest, tmp_path, monkeypatch, one_torch_thread,
+                                             process_numerics):
+    """train.concurrent_repeats hands `concurrent=True` to each split's TrainStep (compile
+    then leaves out the compiler's CUDA graphs, siqa.engine.compile_mode); one split alone
+    does not."""
+    flags = []
+    real_step = experiment.TrainStep
+    monkeypatch.setattr(experiment, "TrainStep",
+                        lambda *a, concurrent=False, **kw: flags.append(concurrent) or real_step(*a, **kw))
+    run(tiny_cfg(tiny_manifest, tmp_path / "a", **{"train.epochs": 1, "train.repeats": 2,
+                                                   "train.concurrent_repeats": True}))
+    run(tiny_cfg(tiny_manifest, tmp_path / "b", **{"train.epochs": 1}))
+    assert flags == [True, True, False]
+
+
 def test_resume_from_an_older_single_state_checkpoint():
     """Checkpoints written before per-rank states hold one dict: it is rank 0's."""
     torch.manual_seed(5)
@@ -178,16 +245,6 @@ def test_nss_cache_batches_on_the_named_gpu(tiny_manifest, tmp_path, monkeypatch
     cache.nss_targets([(p.left, p.right) for p in pairs], cache_dir=tmp_path, device="cuda:1",
                       progress=False)
     assert seen and all(str(d) == "cuda:1" for d in seen)
-
-
-def test_single_process_makes_its_cuda_device_current(monkeypatch):
-    made_current = []
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
-    monkeypatch.setattr(distributed, "select_device", lambda name: torch.device(name))
-    monkeypatch.setattr(torch.cuda, "set_device", made_current.append)
-    d = distributed.setup("cuda:1")
-    assert d.device == torch.device("cuda", 1) and made_current == [torch.device("cuda", 1)]
-    assert distributed.setup("cpu").device.type == "cpu" and len(made_current) == 1
 
 
 class InProcessPool:

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, make_tiny_database, run_entry, tiny_overrides
+from conftest import ROOT, make_tiny_database, python_path, run_entry, tiny_overrides
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(larger_manifest, tmp
     work = tmp_path / "b"
     args = [sys.executable, str(ROOT / "train.py"), *tiny_overrides(larger_manifest, work, **extra)]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            env={**os.environ, "PYTHONPATH": python_path()})
     last = work / "run" / "last.pt"
     deadline = time.time() + 300
     while not last.exists() and time.time() < deadline and proc.poll() is None:
@@ -51,7 +51,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(larger_manifest, tmp
 
 
 def test_torchrun_two_processes_gloo(tiny_manifest, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": python_path(), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(ROOT / "train.py"), *tiny_overrides(tiny_manifest, tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
@@ -67,7 +67,7 @@ def test_torchrun_two_processes_gloo(tiny_manifest, tmp_path):
 
 
 def _torchrun(*args, timeout=600):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": python_path(), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
