@@ -103,7 +103,7 @@ def build_parser():
                    help="standardisation: reference (per column, default) or global")
     p.add_argument("--workers", type=int, default=None,
                    help="processes (default: all CPUs; 0 or 1: this process)")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     p.add_argument("--check", action="store_true",
                    help="only report which entries are valid, missing or corrupt (exit 1 if any "
                         "is not valid)")
@@ -123,16 +123,14 @@ def main(argv=None):
         for (left, right), problem in summary["problems"][:20]:
             print(f"  {left}{'' if right is None else ' ' + right}: {problem}")
         return 0 if summary["valid"] == len(pairs) else 1
-    if args.device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda asked for, but no CUDA device is available")
+    from siqa.engine import select_device
     from siqa.nss.features import MIN_SIDE
+
+    device = select_device(args.device)  # cuda:N on a GPU, or one line (no GPU, no such index)
 
     check_files(pairs, f"pairs CSV {args.csv}", MIN_SIDE)
     targets = nss_targets(pairs, args.marginal, args.preprocess, args.cache_dir, args.workers,
-                          args.device, progress=not args.no_progress)
+                          device, progress=not args.no_progress)
     if args.output:
         from siqa.files import atomic_write
         import io
