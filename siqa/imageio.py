@@ -37,9 +37,19 @@ def _decoded_pil(path, data: bytes) -> Image.Image:
     except UnidentifiedImageError:  # its message names the BytesIO, not the file
         raise UserError(f"cannot read image {path}: not an image file "
                         "(or a format PIL cannot read)") from None
+    except Image.DecompressionBombError as err:
+        raise UserError(_too_large(path, err)) from None
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         raise UserError(f"cannot read image {path}: not an image or truncated ({err})") from None
     return image
+
+
+def _too_large(path, err):
+    """A file whose header claims more pixels than PIL decodes (twice Image.MAX_IMAGE_PIXELS):
+    a decompression bomb, or an image far beyond any stereo database."""
+    return (f"cannot read image {path}: {' '.join(str(err).split())} "
+            "(PIL refuses images this large; split it, or raise PIL.Image.MAX_IMAGE_PIXELS "
+            "if it is genuine)")
 
 
 def header_size(path):
@@ -51,6 +61,8 @@ def header_size(path):
         read_bytes(path)  # "image not found" / "image file is empty" where that is the cause
         raise UserError(f"cannot read image {path}: not an image file "
                         "(or a format PIL cannot read)") from None
+    except Image.DecompressionBombError as err:
+        raise UserError(_too_large(path, err)) from None
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         read_bytes(path)
         raise UserError(f"cannot read image {path}: {err}") from None

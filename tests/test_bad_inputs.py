@@ -42,9 +42,10 @@ def db(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def checkpoints(db, tmp_path_factory):
-    """best.pt whose tensors have the wrong shapes for the model (but the right keys), and a
-    copy of it with the bytes of one tensor flipped (a plain torch.load reads it anyway)."""
+def checkpoints(db, tmp_path_factory, checkpoint):
+    """best.pt whose tensors have the wrong shapes for the model (but the right keys), a
+    copy of it with the bytes of one tensor flipped (a plain torch.load reads it anyway),
+    and the session's good best.pt (tests/conftest.py: tiny_run)."""
     import zipfile
 
     import torch
@@ -76,7 +77,7 @@ def checkpoints(db, tmp_path_factory):
         data[i] ^= 0xFF
     corrupt = work / "flipped.pt"
     corrupt.write_bytes(bytes(data))
-    return wrong, corrupt
+    return wrong, corrupt, checkpoint
 
 
 # ------------------------------------------------------------------ helpers
@@ -125,6 +126,23 @@ def truncated_image(tmp, db, ckpt):
     data = (db[0] / "s2_1_r.png").read_bytes()
     (tmp / "half_r.png").write_bytes(data[: len(data) // 2])
     return train_case(tmp, with_row(db[2], -1, right=str(tmp / "half_r.png")), ("half_r.png", "truncated"))
+
+
+def decompression_bomb(path: Path):
+    """A valid 20000 x 20000 PNG of a few hundred KB: over twice PIL's pixel limit, which
+    PIL refuses with its own DecompressionBombError."""
+    Image.new("1", (20000, 20000)).save(path)
+    return path
+
+
+def decompression_bomb_predict(tmp, db, ckpt):
+    bomb = decompression_bomb(tmp / "bomb.png")
+    return Case("predict.py", ["--checkpoint", ckpt[2], bomb, bomb], ("bomb.png", "decompression bomb"))
+
+
+def decompression_bomb_train(tmp, db, ckpt):
+    bomb = decompression_bomb(tmp / "bomb_l.png")
+    return train_case(tmp, with_row(db[2], 0, left=str(bomb)), ("bomb_l.png", "decompression bomb"))
 
 
 def not_an_image(tmp, db, ckpt):
@@ -232,7 +250,8 @@ def corrupted_checkpoint_predict(tmp, db, ckpt):
 
 
 CASES = [
-    missing_image, zero_byte_image, truncated_image, not_an_image, size_mismatch,
+    missing_image, zero_byte_image, truncated_image, decompression_bomb_predict,
+    decompression_bomb_train, not_an_image, size_mismatch,
     smaller_than_patch, too_small_for_wavelet, side_by_side_too_narrow, non_finite_score,
     missing_score, duplicate_rows, unknown_database, missing_database_folder,
     missing_mat_variable, unknown_config_key, wrong_value_type, split_without_scene,
