@@ -1,14 +1,15 @@
-"""Uncertainty and significance for IQA results: bootstrap intervals, Wilcoxon, F-test.
+"""Uncertainty and significance for IQA results: bootstrap intervals, Wilcoxon, Holm,
+paired variance tests.
 
     test pairs (pred, target, scene)            N repeated splits of runs A and B
             |                                              |
     resample scenes with replacement           paired differences d = B - A per split
     (B x k multinomial counts -> weights              |
-     on pairs, one matrix for all resamples)   Wilcoxon signed-rank: statistic, p-value
-            |                                              |
-    SROCC, KROCC, PLCC, RMSE of every          per split: F = var(res_A) / var(res_B) of the
-    resample at once (weighted statistics)     residuals after each run's logistic (VQEG)
-            |
+     on pairs, one matrix for all resamples)   Wilcoxon signed-rank: statistic, p-value,
+            |                                  direction = sign(R+ - R-); Holm per family
+    SROCC, KROCC, PLCC, RMSE of every                  |
+    resample at once (weighted statistics)     per split: Pitman-Morgan test of the paired
+            |                                  residuals after each run's logistic
     percentile interval [2.5 %, 97.5 %]
 
 Results are named, as in `scipy.stats`: `.statistic`, `.pvalue`, `.confidence_interval`.
@@ -34,17 +35,39 @@ pair-level interval is reported beside it, labelled, for comparison with papers 
 resample pairs. Percentile intervals; resamples where a statistic is undefined (constant
 predictions or targets) are left out and counted.
 
-Wilcoxon signed-rank test (paired, two-sided), with scipy's conventions
-(`scipy.stats.wilcoxon` defaults): zero differences are dropped; statistic =
-min(R+, R-); exact null distribution when n <= 50 without ties or zeros; with ties or
-zeros and n <= 13, the exact distribution over the 2^n sign flips of the mid-ranks;
-otherwise the normal approximation with the tie correction and no continuity correction.
-With n = 5 splits the smallest two-sided p-value is 2/32 = 0.0625: at least 6 splits are
-needed for p < 0.05.
+Wilcoxon signed-rank test (paired, two-sided). Zero differences are dropped (scipy's
+"wilcox" zero method); statistic = min(R+, R-); the direction of the difference is the sign
+of R+ - R- (`.direction`), never the median of all differences, which with many zeros can
+point the other way. The p-value is chosen by this project's rule, on n = the number of
+non-zero differences: exact null distribution when n <= 50 without ties or zeros; with
+ties or zeros and n <= 13, the exact distribution over the 2^n sign flips of the
+mid-ranks; otherwise the normal approximation with the tie correction and no continuity
+correction. scipy.stats.wilcoxon's default (method="auto") decides on len(d) *with* the
+zeros: with zeros or ties it flips signs only when len(d) <= 13, so with 14-19 differences
+of which some are zero, scipy uses the normal approximation where this rule is exact (p
+differs by up to about 0.1); without zeros and ties the two agree. Assumes independent,
+symmetrically distributed differences (one per split; overlapping splits are not
+independent: see docs/statistics.md). With n differences the smallest two-sided p is
+2 / 2^n (`min_wilcoxon_pvalue`): 0.25 with 3 splits, 0.0625 with 5; at least 6 are needed
+for p < 0.05.
 
-F-test (VQEG): F = var(residuals A) / var(residuals B) (ddof = 1) on the same test items,
-F(n-1, n-1) under the null hypothesis of equal variances, two-sided p-value. Assumes
-residuals that are roughly Gaussian and independent, as VQEG does.
+Holm's step-down correction (`holm`) adjusts the p-values of one family of tests (the
+metrics of one comparison; the per-split variance tests of one comparison); winners are
+named on the adjusted p only.
+
+Pitman-Morgan test of equal variances of two *paired* samples (`pitman_morgan`): on the
+same test items, var(a) = var(b) exactly when a + b and a - b are uncorrelated, and the
+Pearson correlation of (a + b, a - b) is tested with t = r sqrt(n - 2) / sqrt(1 - r^2),
+n - 2 degrees of freedom (Pitman 1939, Morgan 1939). Used on the residuals of two runs after
+their logistics, it respects the pairing that the F-test ignores. Assumes bivariate normal
+residuals and independent items: pairs of one scene are not independent, so on test sets of
+a few scenes its level is not guaranteed (it is a per-split, descriptive test; the
+scene-level tests below are the ones to quote).
+
+F-test (`f_test`, kept for comparison with papers): F = var(a) / var(b) (ddof = 1),
+F(n-1, n-1), two-sided. It is the two-sample variant: it assumes two *independent* samples
+of Gaussian residuals, which the residuals of two models on the same items are not, and it
+is neither VQEG's one-sided variant nor ITU-T P.1401's. compare.py no longer uses it.
 """
 from __future__ import annotations
 
@@ -91,7 +114,20 @@ class WilcoxonResult:
     pvalue: float
     n: int  # differences left after dropping zeros
     method: str  # 'exact', 'sign-flip' or 'normal'
-    median_difference: float  # median of b - a (all pairs, zeros included)
+    median_difference: float  # median of b - a (all pairs, zeros included): descriptive only
+    r_plus: float = math.nan  # rank sum of the positive differences b - a
+    r_minus: float = math.nan
+    direction: int = 0  # sign(R+ - R-): +1 when b tends to exceed a; the winner's sign
+
+
+@dataclass(frozen=True)
+class PitmanMorganResult:
+    statistic: float  # t of the correlation of (a + b, a - b)
+    pvalue: float  # two-sided
+    df: int  # n - 2
+    var_a: float
+    var_b: float
+    correlation: float  # Pearson r of (a, b)
 
 
 @dataclass(frozen=True)
@@ -262,8 +298,9 @@ def _wilcoxon_counts(n):
 
 
 def wilcoxon_signed_rank(a, b) -> WilcoxonResult:
-    """Two-sided Wilcoxon signed-rank test of the paired differences b - a (see the module
-    docstring for the conventions; they are scipy.stats.wilcoxon's defaults)."""
+    """Two-sided Wilcoxon signed-rank test of the paired differences b - a. The conventions
+    (zeros dropped, this project's exact / sign-flip / normal rule, which differs from
+    scipy's default when there are zeros) are in the module docstring."""
     a = np.asarray(a, dtype=np.float64).reshape(-1)
     b = np.asarray(b, dtype=np.float64).reshape(-1)
     if a.shape != b.shape:
@@ -295,11 +332,60 @@ def wilcoxon_signed_rank(a, b) -> WilcoxonResult:
         z = (r_plus - mean) / math.sqrt(var)
         p = 2 * special.ndtr(-abs(z))
         method = "normal"
-    return WilcoxonResult(stat, float(min(1.0, p)), int(n), method, median_diff)
+    direction = int(np.sign(r_plus - r_minus))
+    return WilcoxonResult(stat, float(min(1.0, p)), int(n), method, median_diff,
+                          r_plus, r_minus, direction)
+
+
+def min_wilcoxon_pvalue(n):
+    """The smallest two-sided p-value of the signed-rank test on n non-zero differences,
+    all of one sign and no ties: 2 / 2^n (1 for n = 0)."""
+    return min(1.0, 2.0 / 2.0 ** int(n))
+
+
+def holm(pvalues):
+    """Holm's step-down adjusted p-values of one family of tests (same order as given).
+    NaN (undefined tests) stay NaN and do not count in the family. Adjusted p_(i) =
+    max over j <= i of min(1, (m - j + 1) p_(j)) for the ascending p_(1) <= ... <= p_(m)."""
+    p = np.asarray(pvalues, dtype=np.float64).reshape(-1)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = ok.size
+    if m == 0:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    adjusted = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    out[order] = np.maximum.accumulate(adjusted)
+    return out
+
+
+def pitman_morgan(a, b) -> PitmanMorganResult:
+    """Pitman-Morgan test of var(a) = var(b) for paired samples (see the module
+    docstring for its assumptions), two-sided."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1)
+    b = np.asarray(b, dtype=np.float64).reshape(-1)
+    if a.shape != b.shape:
+        raise ValueError(f"paired samples differ in length: {a.size} vs {b.size}")
+    n = a.size
+    if n < 3:
+        raise ValueError("the Pitman-Morgan test needs at least 3 paired values")
+    va, vb = float(np.var(a, ddof=1)), float(np.var(b, ddof=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r_ab = float(np.corrcoef(a, b)[0, 1]) if va > 0 and vb > 0 else math.nan
+    s, d = a + b, a - b
+    if np.var(s) == 0 or np.var(d) == 0:
+        return PitmanMorganResult(math.nan, math.nan, n - 2, va, vb, r_ab)
+    r = float(np.clip(np.corrcoef(s, d)[0, 1], -1.0, 1.0))
+    if abs(r) == 1.0:
+        return PitmanMorganResult(math.copysign(math.inf, r), 0.0, n - 2, va, vb, r_ab)
+    t = r * math.sqrt((n - 2) / (1.0 - r * r))
+    p = 2 * special.stdtr(n - 2, -abs(t))
+    return PitmanMorganResult(t, float(min(1.0, p)), n - 2, va, vb, r_ab)
 
 
 def f_test(residuals_a, residuals_b) -> FTestResult:
-    """VQEG F-test of residual variances: F = var(a) / var(b), two-sided p-value."""
+    """Two-sample F-test of residual variances: F = var(a) / var(b), two-sided p-value.
+    Assumes independent samples (not true of two models' residuals on the same items)."""
     ra = np.asarray(residuals_a, dtype=np.float64).reshape(-1)
     rb = np.asarray(residuals_b, dtype=np.float64).reshape(-1)
     if ra.size < 2 or rb.size < 2:
