@@ -27,7 +27,7 @@ from siqa.errors import UserError
 from siqa.files import atomic_write_text
 from siqa.metrics import evaluate_scores
 from siqa.model import MultiTaskSIQA
-from siqa.reports import predictions_csv, score_report, summarize, write_json
+from siqa.reports import pooled_out_of_fold, predictions_csv, score_report, summarize, write_json
 
 
 def make_optimizer(model, t):
@@ -167,7 +167,16 @@ def train(cfg, resume=False, dist=Dist(), progress=True, log=print):
     if len(splits) > 1 and dist.is_main:
         card = protocol.card(cfg, record["split_info"], dist.device, started, reports,
                              code=record["code"])
-        write_json(out_dir / "summary.json", {**summarize(reports), "protocol": card})
+        summary = {**summarize(reports), "protocol": card}
+        if split_doc.get("folds"):  # k-fold: out-of-fold predictions pooled per repetition
+            summary["pooled"] = pooled_out_of_fold(
+                pairs, [run_dir_of(r) / "predictions.csv" for r in range(len(splits))],
+                split_doc["folds"])
+            for rep in summary["pooled"]["repetitions"]:
+                log(f"pooled out-of-fold, repetition {rep['repetition']} ({rep['pairs']} pairs, "
+                    f"{rep['scenes']} scenes): SROCC {_fmt(rep['srocc'])} PLCC {_fmt(rep['plcc'])} "
+                    f"KROCC {_fmt(rep['krocc'])} RMSE {rep['rmse']:.3f}")
+        write_json(out_dir / "summary.json", summary)
     return reports
 
 

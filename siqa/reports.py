@@ -65,6 +65,31 @@ def write_json(path, obj):
     atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
+def test_predictions(path) -> dict:
+    """{pair name: prediction} of the test rows of a predictions.csv."""
+    with open(path, newline="") as f:
+        return {row["name"]: float(row["prediction"]) for row in csv.DictReader(f)
+                if row["split"] == "test"}
+
+
+def pooled_out_of_fold(pairs, prediction_files, folds) -> dict:
+    """The k-fold design's report: per repetition (`folds` consecutive splits), the test
+    predictions of its folds pooled, one per pair, and every metric computed on all pairs
+    at once (score_report: intervals, per distortion); then their summary over the
+    repetitions. The folds of one repetition test every scene once, so the pooled set is
+    the whole database."""
+    repetitions = []
+    for r, start in enumerate(range(0, len(prediction_files), int(folds))):
+        preds = {}
+        for path in prediction_files[start:start + int(folds)]:
+            preds.update(test_predictions(path))
+        chosen = [p for p in pairs if p.name in preds]  # database order
+        report = score_report(chosen, [preds[p.name] for p in chosen])
+        report.update(repetition=r, pairs=len(chosen), scenes=len({p.content for p in chosen}))
+        repetitions.append(report)
+    return {"folds": int(folds), "repetitions": repetitions, "summary": summarize(repetitions)}
+
+
 SUMMARY_KEYS = ("srocc", "plcc", "krocc", "rmse", "plcc_logistic", "rmse_logistic")
 
 
