@@ -28,8 +28,8 @@ import numpy as np
 
 from siqa.errors import UserError
 from siqa.metrics import LOWER_IS_BETTER, fit_logistic, metric_name
-from siqa.stats import (holm, median_interval, min_wilcoxon_pvalue, pitman_morgan,
-                        wilcoxon_signed_rank)
+from siqa.stats import (PAIRED_TEST_METRICS, holm, median_interval, min_wilcoxon_pvalue,
+                        paired_scene_test, pitman_morgan, wilcoxon_signed_rank)
 
 DEFAULT_METRICS = ("srocc", "krocc", "plcc", "rmse", "plcc_logistic", "rmse_logistic")
 TITLES = {"srocc": "SROCC", "krocc": "KROCC", "plcc": "PLCC", "rmse": "RMSE",
@@ -56,7 +56,7 @@ def _test_predictions(path):
     if not path.is_file():
         raise UserError(f"{path} is missing: the run folder is incomplete")
     with open(path, newline="") as f:
-        return {row["name"]: (float(row["score"]), float(row["prediction"]))
+        return {row["name"]: (float(row["score"]), float(row["prediction"]), row.get("content"))
                 for row in csv.DictReader(f) if row["split"] == "test"}
 
 
@@ -157,8 +157,44 @@ def compare(runs, metrics=DEFAULT_METRICS, alpha=0.05) -> dict:
                 "var_other": float(np.var(res_b, ddof=1)), "t": t, "pvalue": p,
                 "direction": direction})
         _holm_winners(comp["variance_tests"], alpha, run.label, base.label)
+        folds = base.splits.get("folds")
+        if folds:
+            comp["scene_tests"] = scene_tests(base, run, int(folds))
+            _holm_winners(list(comp["scene_tests"].values()), alpha, run.label, base.label)
         out["comparisons"].append(comp)
     return _finite(out)
+
+
+def pooled_predictions(run, folds) -> dict:
+    """{pair: (score, mean out-of-fold prediction over the repetitions, scene)} of a k-fold
+    run: each repetition's folds test every pair once."""
+    sums = {}
+    for predictions in run.predictions:
+        for name, (score, pred, scene) in predictions.items():
+            total = sums.setdefault(name, [score, 0.0, scene, 0])
+            total[1] += pred
+            total[3] += 1
+    return {name: (v[0], v[1] / v[3], v[2]) for name, v in sums.items()}
+
+
+def scene_tests(base, run, folds, seed=0) -> dict:
+    """Paired scene permutation tests (siqa.stats.paired_scene_test) of run - base on the
+    pooled out-of-fold predictions, per metric of PAIRED_TEST_METRICS."""
+    pa, pb = pooled_predictions(base, folds), pooled_predictions(run, folds)
+    names = sorted(pa)
+    if sorted(pb) != names:
+        raise UserError(f"the pooled test pairs of {base.folder} and {run.folder} differ")
+    y = np.array([pa[n][0] for n in names])
+    a, b = np.array([pa[n][1] for n in names]), np.array([pb[n][1] for n in names])
+    scenes = [str(pa[n][2]) for n in names]
+    out = {}
+    for m in PAIRED_TEST_METRICS:
+        res = paired_scene_test(a, b, y, scenes, m, seed=seed)
+        sign = -1 if m in LOWER_IS_BETTER else 1
+        out[m] = {"difference": res.statistic, "scenes": res.n_scenes, "pairs": len(names),
+                  "pvalue": res.pvalue, "method": res.method, "swaps": res.n_swaps,
+                  "direction": sign * int(np.sign(res.statistic))}
+    return out
 
 
 def _holm_winners(tests, alpha, label, baseline):
@@ -267,4 +303,15 @@ def tables(result, latex=False) -> str:
                 for f in comp["variance_tests"]]
         parts.append(_render(header, rows, latex,
                              lambda i, j, rows=rows: j == 7 and rows[i][7] != "n.s."))
+        if comp.get("scene_tests"):
+            parts.append(f"Pooled out-of-fold predictions (k-fold, mean over the repetitions), "
+                         f"paired scene permutation test ({name}), Holm over the metrics; the "
+                         "test to quote for a k-fold comparison:")
+            header = ["metric", f"difference ({comp['label']} - {comp['baseline']})", "scenes",
+                      "p", "Holm p", "significant winner"]
+            rows = [[TITLES[m], _num(c["difference"]), str(c["scenes"]), _p(c["pvalue"]),
+                     _p(c["pvalue_holm"]), c["winner"] or "n.s."]
+                    for m, c in comp["scene_tests"].items()]
+            parts.append(_render(header, rows, latex,
+                                 lambda i, j, rows=rows: j == 5 and rows[i][5] != "n.s."))
     return "\n\n".join(parts) + "\n"

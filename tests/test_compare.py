@@ -61,7 +61,12 @@ def test_runs_carry_protocol_cards_and_intervals(runs):
         test = metrics["test"]
         assert set(test["ci95"]) == {"srocc", "krocc", "plcc", "rmse"}
         assert test["bootstrap"]["scenes"] == 4 and test["bootstrap"]["resamples"] >= 1000
-        low, high = test["ci95"]["rmse"]
+        # 4 test scenes: below the scene count where the interval means something
+        assert all(v == [None, None] for v in test["ci95"].values())
+        assert test["ci95_note"].startswith("4 scene(s), no interval")
+        assert len(test["per_scene"]) == 4
+        assert sum(v["pairs"] for v in test["per_scene"].values()) == metrics["pairs"]["test"]
+        low, high = test["ci95_pair_level"]["rmse"]
         assert low <= test["rmse"] <= high
         summary = json.loads((runs / d / "summary.json").read_text())
         assert summary["protocol"]["splits"]["repeat"] is None
@@ -187,3 +192,42 @@ def test_one_split_table_says_no_interval_instead_of_na_percent():
     text = tables(compare(runs, metrics=["srocc"]))
     assert "n/a %" not in text and "one split: no interval of the median" in text
     assert "2/2^1 = 1: no difference across splits can be significant" in text
+
+
+def test_kfold_runs_get_the_paired_scene_test_on_pooled_predictions():
+    """Two k-fold runs (2 folds x 2 repetitions) of 8 scenes: the pooled out-of-fold
+    predictions (mean over the repetitions) go through the paired scene permutation test,
+    Holm over SROCC, PLCC and RMSE; the better run wins by the sign of the difference."""
+    from siqa.stats import paired_scene_test
+
+    rng = np.random.default_rng(5)
+    scenes = np.repeat([f"s{i}" for i in range(8)], 6)
+    y = rng.uniform(0, 60, scenes.size)
+    names = [f"p{i}" for i in range(scenes.size)]
+    doc = {"database": "toy", "pairs_sha256": "0" * 64, "folds": 2,
+           "splits": [{"train": ["a"], "val": ["b"], "test": ["c"]}] * 4}
+    half = [set(names[:24]), set(names[24:])]
+    runs, pooled = [], {}
+    for label, noise in (("base", 15.0), ("other", 3.0)):
+        preds, per_rep = [], []
+        for rep in range(2):
+            x = y + rng.normal(0, noise, y.size)
+            per_rep.append(x)
+            for fold in range(2):
+                preds.append({n: (float(y[i]), float(x[i]), str(scenes[i]))
+                              for i, n in enumerate(names) if n in half[fold]})
+        runs.append(Run(Path(label), label, doc, [{"srocc": 0.5}] * 4, preds))
+        pooled[label] = np.mean(per_rep, axis=0)
+    result = compare(runs, metrics=["srocc"])
+    tests = result["comparisons"][0]["scene_tests"]
+    order = np.argsort(names)
+    want = paired_scene_test(pooled["base"][order], pooled["other"][order], y[order],
+                             scenes[order], "srocc")
+    assert tests["srocc"]["pvalue"] == pytest.approx(want.pvalue)
+    assert tests["srocc"]["difference"] == pytest.approx(want.statistic)
+    assert tests["srocc"]["scenes"] == 8 and tests["srocc"]["method"] == "exact"
+    assert tests["srocc"]["pvalue"] == pytest.approx(2 / 2 ** 8)  # every swap is worse
+    assert tests["rmse"]["winner"] == "other" and tests["srocc"]["winner"] == "other"
+    assert [t["pvalue_holm"] for t in tests.values()] == pytest.approx(
+        list(holm([t["pvalue"] for t in tests.values()])))
+    assert "paired scene permutation test" in tables(result)

@@ -202,3 +202,24 @@ def test_pitman_morgan_equals_the_correlation_test_of_sum_and_difference():
     assert swapped.pvalue == pytest.approx(res.pvalue)
     with pytest.raises(ValueError):
         pitman_morgan([1.0, 2.0], [1.0, 3.0])
+
+
+def test_constant_predictions_use_one_tolerance_in_metrics_and_bootstrap():
+    """Predictions that differ only by round-off (relative spread 1e-13) are constant for
+    the metrics and for every bootstrap resample, the rank correlations included; a
+    relative spread of 1e-6 is not constant for either."""
+    from siqa.metrics import evaluate_scores
+
+    target = np.linspace(0, 50, 40)
+    scenes = [f"s{i % 8}" for i in range(40)]
+    flat = 1000.0 + np.arange(40) * 1e-11
+    assert not np.all(flat == flat[0])
+    got = evaluate_scores(flat, target)
+    assert got["srocc"] is None and got["plcc"] is None and got["krocc"] is None
+    res = bootstrap_metrics(flat, target, scenes, n_resamples=200, seed=0)
+    assert all(res.undefined[k] == 200 for k in ("srocc", "krocc", "plcc"))
+    assert res.confidence_interval["srocc"].low is None
+    varied = 1000.0 + np.arange(40) * 1e-3
+    assert evaluate_scores(varied, target)["srocc"] == pytest.approx(1.0)
+    res = bootstrap_metrics(varied, target, scenes, n_resamples=200, seed=0)
+    assert res.undefined["srocc"] == 0 and res.confidence_interval["srocc"].low == pytest.approx(1.0)
