@@ -410,6 +410,9 @@ def evaluate(checkpoint, overrides=(), split="test", out=None, progress=True, lo
     model = load_model(state, device, source=checkpoint)
     pred = predict_database(model, pairs, cfg, device, progress=progress)
     report = score_report(pairs, pred)
+    from siqa.matrix import oriented  # MOS against DMOS, as --matrix: 1 means agreement
+
+    report["oriented"] = oriented(pred, pairs, state["database"]["higher_is_better"])
     out = Path(out) if out else Path(checkpoint).parent / f"eval_{cfg['dataset']['name']}_{split}"
     write_json(out / "metrics.json", {split: report, "protocol": protocol.evaluation_card(
         cfg, checkpoint, device, started, report, pairs)})
@@ -421,6 +424,10 @@ def evaluate(checkpoint, overrides=(), split="test", out=None, progress=True, lo
                      title=f"{cfg['dataset']['name']} ({split}, {len(pairs)} pairs)")
     log(f"{split}: {len(pairs)} pairs, SROCC {_fmt(report['srocc'])} PLCC {_fmt(report['plcc'])} "
         f"KROCC {_fmt(report['krocc'])} RMSE {report['rmse']:.3f} -> {out}")
+    if report["oriented"]["flipped"]:
+        log(f"note: the checkpoint predicts {'MOS' if state['database']['higher_is_better'] else 'DMOS'}"
+            f", the database gives the other: oriented SROCC {_fmt(report['oriented']['srocc'])} "
+            f"PLCC {_fmt(report['oriented']['plcc'])} (metrics.json: oriented)")
     return report, out
 
 

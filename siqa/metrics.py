@@ -1,4 +1,5 @@
-"""Quality-assessment metrics: SROCC, PLCC, KROCC, RMSE, raw and after the VQEG logistic.
+"""Quality-assessment metrics: SROCC, PLCC, KROCC, RMSE, raw and after the 5-parameter
+logistic of Sheikh, Sabir & Bovik (IEEE TIP 2006).
 
 `evaluate_scores(pred, target)` returns a dict with exactly the keys
 "srocc", "plcc", "krocc", "rmse", "plcc_logistic", "rmse_logistic" (float or None) and
