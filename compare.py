@@ -1,4 +1,5 @@
-"""Compare runs trained on the same splits: Wilcoxon across splits, F-test per split.
+"""Compare runs trained on the same splits: Wilcoxon across splits, a paired variance test
+per split (Holm-corrected).
 
     python compare.py RUN_A RUN_B [RUN_C ...] [--metric srocc ...] [--alpha 0.05] [--latex] [--out FILE]
 

@@ -54,6 +54,7 @@ def run_one(out: Path, variant: str, seed: int, epochs_sgd: int, threads: int) -
     if not any(o.startswith("train.epochs=") for o in overrides):
         overrides.append(f"train.epochs={epochs_sgd}")
     cmd = [sys.executable, "train.py", f"out_dir={run_dir}", f"train.seed={seed}",
+           f"dataset.split_seed={seed}",
            f"tensorboard.dir={tb_dir}", f"train.threads={threads}", *overrides]
     started = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)

@@ -4,12 +4,18 @@
     run B (N splits) ─┘
         │
         ├─ per metric: the N per-split test values of each run; paired differences X - A;
-        │  Wilcoxon signed-rank test (siqa.stats), two-sided
+        │  Wilcoxon signed-rank test (siqa.stats), two-sided; Holm over the metrics
         └─ per split: residuals target - logistic(prediction) of each run on the same test
-           pairs (each run's own fit, siqa.metrics.fit_logistic); VQEG F-test of their
-           variances
+           pairs (each run's own fit, siqa.metrics.fit_logistic); Pitman-Morgan test of
+           their variances (paired); Holm over the splits
 
-A winner is named only where p < alpha (default 0.05); otherwise the cell says "n.s.".
+Two families of tests per comparison, each Holm-corrected: the metrics (Wilcoxon) and the
+splits (Pitman-Morgan). A winner is named only where the Holm-adjusted p < alpha (default
+0.05), by the sign of the test statistic (R+ - R- for the Wilcoxon, in the direction in
+which the metric is better; the smaller residual variance for Pitman-Morgan); otherwise the
+cell says "n.s.". The Pitman-Morgan test assumes independent test pairs, which pairs of one
+scene are not: it is a per-split description, not a scene-level test. With N splits no
+Wilcoxon p can fall below 2 / 2^N (`min_wilcoxon_pvalue`): the tables say so.
 The first run is the baseline every other run is compared with. Tables: Markdown, or LaTeX
 (`tabular`) with --latex.
 """
@@ -22,7 +28,8 @@ import numpy as np
 
 from siqa.errors import UserError
 from siqa.metrics import LOWER_IS_BETTER, fit_logistic, metric_name
-from siqa.stats import f_test, median_interval, wilcoxon_signed_rank
+from siqa.stats import (PAIRED_TEST_METRICS, holm, median_interval, min_wilcoxon_pvalue,
+                        paired_scene_test, pitman_morgan, wilcoxon_signed_rank)
 
 DEFAULT_METRICS = ("srocc", "krocc", "plcc", "rmse", "plcc_logistic", "rmse_logistic")
 TITLES = {"srocc": "SROCC", "krocc": "KROCC", "plcc": "PLCC", "rmse": "RMSE",
@@ -49,7 +56,7 @@ def _test_predictions(path):
     if not path.is_file():
         raise UserError(f"{path} is missing: the run folder is incomplete")
     with open(path, newline="") as f:
-        return {row["name"]: (float(row["score"]), float(row["prediction"]))
+        return {row["name"]: (float(row["score"]), float(row["prediction"]), row.get("content"))
                 for row in csv.DictReader(f) if row["split"] == "test"}
 
 
@@ -105,6 +112,7 @@ def compare(runs, metrics=DEFAULT_METRICS, alpha=0.05) -> dict:
     check_same_splits(runs)
     base = runs[0]
     out = {"alpha": alpha, "splits": len(base.tests), "database": base.splits.get("database"),
+           "min_wilcoxon_pvalue": min_wilcoxon_pvalue(len(base.tests)),
            "pairs_sha256": base.splits.get("pairs_sha256"), "runs": [], "comparisons": []}
     for run in runs:
         summary = {}
@@ -117,7 +125,8 @@ def compare(runs, metrics=DEFAULT_METRICS, alpha=0.05) -> dict:
                           "median_ci": [low, high], "median_ci_coverage": coverage}
         out["runs"].append({"label": run.label, "folder": str(run.folder), "metrics": summary})
     for run in runs[1:]:
-        comp = {"label": run.label, "baseline": base.label, "metrics": {}, "f_tests": []}
+        comp = {"label": run.label, "baseline": base.label, "metrics": {}, "variance_tests": [],
+                "variance_test": "Pitman-Morgan (paired residuals, independent pairs assumed)"}
         for m in metrics:
             pairs = [(a.get(m), b.get(m)) for a, b in zip(base.tests, run.tests)]
             pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
@@ -125,28 +134,77 @@ def compare(runs, metrics=DEFAULT_METRICS, alpha=0.05) -> dict:
             b = np.array([p[1] for p in pairs])
             res = wilcoxon_signed_rank(a, b)
             sign = -1 if m in LOWER_IS_BETTER else 1
-            better = int(np.sum(sign * (b - a) > 0))
-            winner = None
-            if np.isfinite(res.pvalue) and res.pvalue < alpha:
-                winner = run.label if sign * res.median_difference > 0 else base.label
             comp["metrics"][m] = {"median_difference": res.median_difference,
-                                  "better_on": better, "n": len(pairs),
-                                  "statistic": res.statistic, "pvalue": res.pvalue,
-                                  "method": res.method, "winner": winner}
+                                  "better_on": int(np.sum(sign * (b - a) > 0)),
+                                  "worse_on": int(np.sum(sign * (b - a) < 0)), "n": len(pairs),
+                                  "statistic": res.statistic, "r_plus": res.r_plus,
+                                  "r_minus": res.r_minus, "pvalue": res.pvalue,
+                                  "method": res.method, "direction": sign * res.direction}
+        _holm_winners(list(comp["metrics"].values()), alpha, run.label, base.label)
         for r, (pa, pb) in enumerate(zip(base.predictions, run.predictions)):
             if set(pa) != set(pb):
                 raise UserError(f"split {r}: the test pairs of {base.folder} and {run.folder} "
                                 "differ (predictions.csv)")
             names = sorted(pa)
-            res = f_test(_residuals(pb, names), _residuals(pa, names))  # F = var(X) / var(A)
-            winner = None
-            if np.isfinite(res.pvalue) and res.pvalue < alpha:
-                winner = run.label if res.statistic < 1 else base.label
-            comp["f_tests"].append({"split": r, "pairs": len(names), "var_baseline": res.var_b,
-                                    "var_other": res.var_a, "F": res.statistic,
-                                    "pvalue": res.pvalue, "winner": winner})
+            res_a, res_b = _residuals(pa, names), _residuals(pb, names)
+            if len(names) >= 3:
+                res = pitman_morgan(res_b, res_a)  # statistic > 0: X's residuals vary more
+                t, p, direction = res.statistic, res.pvalue, -int(np.sign(res.statistic))
+            else:
+                t, p, direction = None, None, 0
+            comp["variance_tests"].append({
+                "split": r, "pairs": len(names), "var_baseline": float(np.var(res_a, ddof=1)),
+                "var_other": float(np.var(res_b, ddof=1)), "t": t, "pvalue": p,
+                "direction": direction})
+        _holm_winners(comp["variance_tests"], alpha, run.label, base.label)
+        folds = base.splits.get("folds")
+        if folds:
+            comp["scene_tests"] = scene_tests(base, run, int(folds))
+            _holm_winners(list(comp["scene_tests"].values()), alpha, run.label, base.label)
         out["comparisons"].append(comp)
     return _finite(out)
+
+
+def pooled_predictions(run, folds) -> dict:
+    """{pair: (score, mean out-of-fold prediction over the repetitions, scene)} of a k-fold
+    run: each repetition's folds test every pair once."""
+    sums = {}
+    for predictions in run.predictions:
+        for name, (score, pred, scene) in predictions.items():
+            total = sums.setdefault(name, [score, 0.0, scene, 0])
+            total[1] += pred
+            total[3] += 1
+    return {name: (v[0], v[1] / v[3], v[2]) for name, v in sums.items()}
+
+
+def scene_tests(base, run, folds, seed=0) -> dict:
+    """Paired scene permutation tests (siqa.stats.paired_scene_test) of run - base on the
+    pooled out-of-fold predictions, per metric of PAIRED_TEST_METRICS."""
+    pa, pb = pooled_predictions(base, folds), pooled_predictions(run, folds)
+    names = sorted(pa)
+    if sorted(pb) != names:
+        raise UserError(f"the pooled test pairs of {base.folder} and {run.folder} differ")
+    y = np.array([pa[n][0] for n in names])
+    a, b = np.array([pa[n][1] for n in names]), np.array([pb[n][1] for n in names])
+    scenes = [str(pa[n][2]) for n in names]
+    out = {}
+    for m in PAIRED_TEST_METRICS:
+        res = paired_scene_test(a, b, y, scenes, m, seed=seed)
+        sign = -1 if m in LOWER_IS_BETTER else 1
+        out[m] = {"difference": res.statistic, "scenes": res.n_scenes, "pairs": len(names),
+                  "pvalue": res.pvalue, "method": res.method, "swaps": res.n_swaps,
+                  "direction": sign * int(np.sign(res.statistic))}
+    return out
+
+
+def _holm_winners(tests, alpha, label, baseline):
+    """Add "pvalue_holm" (Holm over this family) and "winner" (by "direction": +1 = the
+    other run is better) to every test dict of one family."""
+    raw = [np.nan if t["pvalue"] is None else t["pvalue"] for t in tests]
+    for t, adjusted in zip(tests, holm(raw)):
+        t["pvalue_holm"] = adjusted
+        significant = np.isfinite(adjusted) and adjusted < alpha and t["direction"] != 0
+        t["winner"] = (label if t["direction"] > 0 else baseline) if significant else None
 
 
 def _finite(obj):
@@ -190,37 +248,70 @@ def _render(header, rows, latex, bold):
     return "\n".join(lines)
 
 
+def _header_line(result) -> str:
+    metrics = list(result["runs"][0]["metrics"])
+    alpha, n = result["alpha"], result["splits"]
+    coverage = result["runs"][0]["metrics"][metrics[0]]["median_ci_coverage"]
+    if coverage is None:
+        interval = "one split: no interval of the median, and no test across splits"
+    else:
+        interval = (f"distribution-free interval of the median, coverage "
+                    f"{_num(100 * coverage, 1)} %")
+    floor = result["min_wilcoxon_pvalue"]
+    line = (f"{n} split(s) of {result['database']} (pair list {str(result['pairs_sha256'])[:12]}). "
+            f"Test metrics: median over the splits [{interval}]; winners only where the "
+            f"Holm-adjusted p < {alpha:g} (each family: the metrics; the splits). With {n} "
+            f"split(s) the smallest possible two-sided Wilcoxon p is 2/2^{n} = {floor:.3g}")
+    if floor >= alpha:
+        line += f": no difference across splits can be significant at {alpha:g}"
+    return line + "."
+
+
 def tables(result, latex=False) -> str:
     metrics = list(result["runs"][0]["metrics"])
-    alpha = result["alpha"]
-    coverage = result["runs"][0]["metrics"][metrics[0]]["median_ci_coverage"]
-    parts = [f"{result['splits']} split(s) of {result['database']} "
-             f"(pair list {str(result['pairs_sha256'])[:12]}). Test metrics: median over the "
-             f"splits [distribution-free interval of the median, coverage "
-             f"{_num(coverage and 100 * coverage, 1)} %]; winners only where p < {alpha:g}."]
+    parts = [_header_line(result)]
     header = ["run"] + [TITLES[m] for m in metrics]
 
     def cell(s):
         low, high = s["median_ci"]
+        if low is None:
+            return _num(s["median"])
         return f"{_num(s['median'])} [{_num(low, 3)}, {_num(high, 3)}]"
 
     rows = [[r["label"]] + [cell(r["metrics"][m]) for m in metrics] for r in result["runs"]]
     parts.append(_render(header, rows, latex, lambda i, j: False))
     for comp in result["comparisons"]:
         name = f"{comp['label']} vs {comp['baseline']}"
-        parts.append(f"Paired differences across splits ({name}), Wilcoxon signed-rank test:")
-        header = ["metric", "median difference", f"{comp['label']} better on", "Wilcoxon p",
-                  "significant winner"]
-        rows = [[TITLES[m], _num(c["median_difference"]), f"{c['better_on']}/{c['n']}",
-                 _p(c["pvalue"]), c["winner"] or "n.s."] for m, c in comp["metrics"].items()]
-        parts.append(_render(header, rows, latex,
-                             lambda i, j, rows=rows: j == 4 and rows[i][4] != "n.s."))
-        parts.append(f"Per split, F-test on the residuals after each run's logistic ({name}):")
-        header = ["split", "test pairs", f"residual var {comp['baseline']}",
-                  f"residual var {comp['label']}", "F", "p", "significant winner"]
-        rows = [[str(f["split"]), str(f["pairs"]), _num(f["var_baseline"], 3),
-                 _num(f["var_other"], 3), _num(f["F"], 3), _p(f["pvalue"]), f["winner"] or "n.s."]
-                for f in comp["f_tests"]]
+        parts.append(f"Paired differences across splits ({name}), Wilcoxon signed-rank test "
+                     "(winner by the sign of R+ - R-), Holm over the metrics:")
+        header = ["metric", "median difference", f"{comp['label']} better / worse on",
+                  "R+ / R-", "Wilcoxon p", "Holm p", "significant winner"]
+        rows = [[TITLES[m], _num(c["median_difference"]),
+                 f"{c['better_on']}/{c['worse_on']} of {c['n']}",
+                 f"{_num(c['r_plus'], 1)} / {_num(c['r_minus'], 1)}", _p(c["pvalue"]),
+                 _p(c["pvalue_holm"]), c["winner"] or "n.s."] for m, c in comp["metrics"].items()]
         parts.append(_render(header, rows, latex,
                              lambda i, j, rows=rows: j == 6 and rows[i][6] != "n.s."))
+        parts.append(f"Per split, Pitman-Morgan test of the paired residual variances after each "
+                     f"run's logistic ({name}), Holm over the splits; it assumes independent "
+                     "test pairs (pairs of one scene are not): a per-split description:")
+        header = ["split", "test pairs", f"residual var {comp['baseline']}",
+                  f"residual var {comp['label']}", "t", "p", "Holm p", "significant winner"]
+        rows = [[str(f["split"]), str(f["pairs"]), _num(f["var_baseline"], 3),
+                 _num(f["var_other"], 3), _num(f["t"], 3), _p(f["pvalue"]),
+                 _p(f["pvalue_holm"]), f["winner"] or "n.s."]
+                for f in comp["variance_tests"]]
+        parts.append(_render(header, rows, latex,
+                             lambda i, j, rows=rows: j == 7 and rows[i][7] != "n.s."))
+        if comp.get("scene_tests"):
+            parts.append(f"Pooled out-of-fold predictions (k-fold, mean over the repetitions), "
+                         f"paired scene permutation test ({name}), Holm over the metrics; the "
+                         "test to quote for a k-fold comparison:")
+            header = ["metric", f"difference ({comp['label']} - {comp['baseline']})", "scenes",
+                      "p", "Holm p", "significant winner"]
+            rows = [[TITLES[m], _num(c["difference"]), str(c["scenes"]), _p(c["pvalue"]),
+                     _p(c["pvalue_holm"]), c["winner"] or "n.s."]
+                    for m, c in comp["scene_tests"].items()]
+            parts.append(_render(header, rows, latex,
+                                 lambda i, j, rows=rows: j == 5 and rows[i][5] != "n.s."))
     return "\n\n".join(parts) + "\n"

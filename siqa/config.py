@@ -26,9 +26,10 @@ CHOICES = {
     "patches.normalisation": ["reference", "contrast"],
     "dataset.demo_size": ["small", "full"],
     "train.step": ["eager", "compile", "graph"],
+    "protocol.design": ["random", "kfold"],
 }
 POSITIVE = {"train.epochs", "train.batch_size", "train.val_every", "train.repeats",
-            "train.checkpoint_every", "train.scatter_every"}
+            "train.checkpoint_every", "train.scatter_every", "protocol.folds"}
 AUTO_OR_BOOL = {"train.deterministic", "train.tf32"}  # auto (decided per device), true or false
 
 # Keys that may be `auto`: the paper's protocol on the real databases; on the demo database a

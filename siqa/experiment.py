@@ -27,7 +27,7 @@ from siqa.errors import UserError
 from siqa.files import atomic_write_text
 from siqa.metrics import evaluate_scores
 from siqa.model import MultiTaskSIQA
-from siqa.reports import predictions_csv, score_report, summarize, write_json
+from siqa.reports import pooled_out_of_fold, predictions_csv, score_report, summarize, write_json
 
 
 def make_optimizer(model, t):
@@ -168,7 +168,16 @@ def train(cfg, resume=False, dist=Dist(), progress=True, log=print):
     if len(splits) > 1 and dist.is_main:
         card = protocol.card(cfg, record["split_info"], dist.device, started, reports,
                              code=record["code"])
-        write_json(out_dir / "summary.json", {**summarize(reports), "protocol": card})
+        summary = {**summarize(reports), "protocol": card}
+        if split_doc.get("folds"):  # k-fold: out-of-fold predictions pooled per repetition
+            summary["pooled"] = pooled_out_of_fold(
+                pairs, [run_dir_of(r) / "predictions.csv" for r in range(len(splits))],
+                split_doc["folds"])
+            for rep in summary["pooled"]["repetitions"]:
+                log(f"pooled out-of-fold, repetition {rep['repetition']} ({rep['pairs']} pairs, "
+                    f"{rep['scenes']} scenes): SROCC {_fmt(rep['srocc'])} PLCC {_fmt(rep['plcc'])} "
+                    f"KROCC {_fmt(rep['krocc'])} RMSE {rep['rmse']:.3f}")
+        write_json(out_dir / "summary.json", summary)
     return reports
 
 
@@ -430,6 +439,9 @@ def evaluate(checkpoint, overrides=(), split="test", out=None, progress=True, lo
     model = load_model(state, device, source=checkpoint)
     pred = predict_database(model, pairs, cfg, device, progress=progress)
     report = score_report(pairs, pred)
+    from siqa.matrix import oriented  # MOS against DMOS, as --matrix: 1 means agreement
+
+    report["oriented"] = oriented(pred, pairs, state["database"]["higher_is_better"])
     out = Path(out) if out else Path(checkpoint).parent / f"eval_{cfg['dataset']['name']}_{split}"
     write_json(out / "metrics.json", {split: report, "protocol": protocol.evaluation_card(
         cfg, checkpoint, device, started, report, pairs)})
@@ -441,6 +453,10 @@ def evaluate(checkpoint, overrides=(), split="test", out=None, progress=True, lo
                      title=f"{cfg['dataset']['name']} ({split}, {len(pairs)} pairs)")
     log(f"{split}: {len(pairs)} pairs, SROCC {_fmt(report['srocc'])} PLCC {_fmt(report['plcc'])} "
         f"KROCC {_fmt(report['krocc'])} RMSE {report['rmse']:.3f} -> {out}")
+    if report["oriented"]["flipped"]:
+        log(f"note: the checkpoint predicts {'MOS' if state['database']['higher_is_better'] else 'DMOS'}"
+            f", the database gives the other: oriented SROCC {_fmt(report['oriented']['srocc'])} "
+            f"PLCC {_fmt(report['oriented']['plcc'])} (metrics.json: oriented)")
     return report, out
 
 

@@ -1,4 +1,5 @@
-"""Quality-assessment metrics: SROCC, PLCC, KROCC, RMSE, raw and after the VQEG logistic.
+"""Quality-assessment metrics: SROCC, PLCC, KROCC, RMSE, raw and after the 5-parameter
+logistic of Sheikh, Sabir & Bovik (IEEE TIP 2006).
 
 `evaluate_scores(pred, target)` returns a dict with exactly the keys
 "srocc", "plcc", "krocc", "rmse", "plcc_logistic", "rmse_logistic" (float or None) and
@@ -58,8 +59,14 @@ def score_arrays(pred, target):
     return x, y
 
 
+CONSTANT_RTOL = 1e-12  # constant: std <= CONSTANT_RTOL * |mean| (the bootstrap's rule too)
+
+
 def _is_constant(v):
-    return v.size == 0 or bool(np.all(v == v[0]))
+    """Constant up to round-off, with the same tolerance as siqa.stats' bootstrap."""
+    if v.size == 0 or bool(np.all(v == v[0])):
+        return True
+    return bool(np.std(v) <= CONSTANT_RTOL * abs(np.mean(v)))
 
 
 def _pearson(x, y):

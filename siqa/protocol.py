@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 SELECTION_RULE = "best validation SROCC, test evaluated once"
-LOGISTIC = ("q(x) = b1 * (0.5 - 1 / (1 + exp(b2 * (x - b3)))) + b4 * x + b5 (VQEG 5-parameter), "
+LOGISTIC = ("q(x) = b1 * (0.5 - 1 / (1 + exp(b2 * (x - b3)))) + b4 * x + b5 (the 5-parameter form of Sheikh et al. 2006), "
             "one least-squares fit (scipy curve_fit, Levenberg-Marquardt) from a data-driven "
             "start, no search over starts; straight-line fallback (siqa/metrics.py)")
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,28 +8,52 @@ import numpy as np
 
 from siqa.files import atomic_write_text
 from siqa.metrics import evaluate_scores, per_group
-from siqa.stats import BOOTSTRAP_METRICS, DEFAULT_RESAMPLES, bootstrap_metrics, median_interval
+from siqa.metrics import krocc, plcc, rmse, srocc
+from siqa.stats import (BOOTSTRAP_METRICS, DEFAULT_RESAMPLES, MIN_SCENES_FOR_INTERVAL,
+                        SCENE_INTERVAL_COVERAGE, bootstrap_metrics, median_interval)
 
 
 BOOTSTRAP_SEED = 0
 
 
+def per_scene(pred, target, scenes) -> dict:
+    """{scene: {"pairs", "srocc", "krocc", "plcc", "rmse"}} (raw predictions; None where
+    undefined)."""
+    labels = np.asarray([str(s) for s in scenes], dtype=object)
+    out = {}
+    for scene in sorted(set(labels.tolist())):
+        x, y = pred[labels == scene], target[labels == scene]
+        out[scene] = {"pairs": int(x.size), "srocc": srocc(x, y), "krocc": krocc(x, y),
+                      "plcc": plcc(x, y), "rmse": rmse(x, y)}
+    return out
+
+
 def intervals(pred, target, scenes, n_resamples=DEFAULT_RESAMPLES, seed=BOOTSTRAP_SEED) -> dict:
-    """95 % percentile bootstrap intervals of SROCC, KROCC, PLCC and RMSE (raw predictions):
-    "ci95" resamples scenes (the independent unit; none with fewer than 2 scenes),
-    "ci95_pair_level" resamples pairs (narrower: pairs of one scene are not independent)."""
+    """Bootstrap intervals of SROCC, KROCC, PLCC and RMSE (raw predictions):
+    "ci95" resamples scenes (the independent unit), only from MIN_SCENES_FOR_INTERVAL scenes
+    on (below, [None, None], "ci95_note" says "n scenes, no interval" and "per_scene" gives
+    each scene's values); "ci95_pair_level" resamples pairs (narrower than the truth: pairs
+    of one scene are not independent)."""
     by_scene = bootstrap_metrics(pred, target, scenes, n_resamples=n_resamples, seed=seed)
     by_pair = bootstrap_metrics(pred, target, None, n_resamples=n_resamples, seed=seed)
-    several = by_scene.n_units >= 2
-    return {
-        "ci95": {k: (ci.as_list() if several else [None, None])
+    enough = by_scene.n_units >= MIN_SCENES_FOR_INTERVAL
+    out = {
+        "ci95": {k: (ci.as_list() if enough else [None, None])
                  for k, ci in by_scene.confidence_interval.items()},
+        "ci95_note": (SCENE_INTERVAL_COVERAGE if enough else
+                      f"{by_scene.n_units} scene(s), no interval (a scene-level interval needs "
+                      f"at least {MIN_SCENES_FOR_INTERVAL} scenes: docs/statistics.md)"),
         "ci95_pair_level": {k: ci.as_list() for k, ci in by_pair.confidence_interval.items()},
         "bootstrap": {"method": "percentile", "resamples": int(n_resamples), "seed": seed,
                       "unit": "scene (ci95); pair (ci95_pair_level)",
-                      "scenes": by_scene.n_units, "metrics": list(BOOTSTRAP_METRICS),
+                      "scenes": by_scene.n_units, "min_scenes": MIN_SCENES_FOR_INTERVAL,
+                      "metrics": list(BOOTSTRAP_METRICS),
                       "undefined_resamples": by_scene.undefined},
     }
+    if not enough:
+        out["per_scene"] = per_scene(np.asarray(pred, dtype=np.float64),
+                                     np.asarray(target, dtype=np.float64), scenes)
+    return out
 
 
 def score_report(pairs, predictions) -> dict:
@@ -63,6 +87,31 @@ def predictions_csv(pairs, predictions, split_of=None) -> str:
 
 def write_json(path, obj):
     atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+
+
+def test_predictions(path) -> dict:
+    """{pair name: prediction} of the test rows of a predictions.csv."""
+    with open(path, newline="") as f:
+        return {row["name"]: float(row["prediction"]) for row in csv.DictReader(f)
+                if row["split"] == "test"}
+
+
+def pooled_out_of_fold(pairs, prediction_files, folds) -> dict:
+    """The k-fold design's report: per repetition (`folds` consecutive splits), the test
+    predictions of its folds pooled, one per pair, and every metric computed on all pairs
+    at once (score_report: intervals, per distortion); then their summary over the
+    repetitions. The folds of one repetition test every scene once, so the pooled set is
+    the whole database."""
+    repetitions = []
+    for r, start in enumerate(range(0, len(prediction_files), int(folds))):
+        preds = {}
+        for path in prediction_files[start:start + int(folds)]:
+            preds.update(test_predictions(path))
+        chosen = [p for p in pairs if p.name in preds]  # database order
+        report = score_report(chosen, [preds[p.name] for p in chosen])
+        report.update(repetition=r, pairs=len(chosen), scenes=len({p.content for p in chosen}))
+        repetitions.append(report)
+    return {"folds": int(folds), "repetitions": repetitions, "summary": summarize(repetitions)}
 
 
 SUMMARY_KEYS = ("srocc", "plcc", "krocc", "rmse", "plcc_logistic", "rmse_logistic")

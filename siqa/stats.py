@@ -1,14 +1,15 @@
-"""Uncertainty and significance for IQA results: bootstrap intervals, Wilcoxon, F-test.
+"""Uncertainty and significance for IQA results: bootstrap intervals, Wilcoxon, Holm,
+paired variance tests.
 
     test pairs (pred, target, scene)            N repeated splits of runs A and B
             |                                              |
     resample scenes with replacement           paired differences d = B - A per split
     (B x k multinomial counts -> weights              |
-     on pairs, one matrix for all resamples)   Wilcoxon signed-rank: statistic, p-value
-            |                                              |
-    SROCC, KROCC, PLCC, RMSE of every          per split: F = var(res_A) / var(res_B) of the
-    resample at once (weighted statistics)     residuals after each run's logistic (VQEG)
-            |
+     on pairs, one matrix for all resamples)   Wilcoxon signed-rank: statistic, p-value,
+            |                                  direction = sign(R+ - R-); Holm per family
+    SROCC, KROCC, PLCC, RMSE of every                  |
+    resample at once (weighted statistics)     per split: Pitman-Morgan test of the paired
+            |                                  residuals after each run's logistic
     percentile interval [2.5 %, 97.5 %]
 
 Results are named, as in `scipy.stats`: `.statistic`, `.pvalue`, `.confidence_interval`.
@@ -34,17 +35,49 @@ pair-level interval is reported beside it, labelled, for comparison with papers 
 resample pairs. Percentile intervals; resamples where a statistic is undefined (constant
 predictions or targets) are left out and counted.
 
-Wilcoxon signed-rank test (paired, two-sided), with scipy's conventions
-(`scipy.stats.wilcoxon` defaults): zero differences are dropped; statistic =
-min(R+, R-); exact null distribution when n <= 50 without ties or zeros; with ties or
-zeros and n <= 13, the exact distribution over the 2^n sign flips of the mid-ranks;
-otherwise the normal approximation with the tie correction and no continuity correction.
-With n = 5 splits the smallest two-sided p-value is 2/32 = 0.0625: at least 6 splits are
-needed for p < 0.05.
+Wilcoxon signed-rank test (paired, two-sided). Zero differences are dropped (scipy's
+"wilcox" zero method); statistic = min(R+, R-); the direction of the difference is the sign
+of R+ - R- (`.direction`), never the median of all differences, which with many zeros can
+point the other way. The p-value is chosen by this project's rule, on n = the number of
+non-zero differences: exact null distribution when n <= 50 without ties or zeros; with
+ties or zeros and n <= 13, the exact distribution over the 2^n sign flips of the
+mid-ranks; otherwise the normal approximation with the tie correction and no continuity
+correction. scipy.stats.wilcoxon's default (method="auto") decides on len(d) *with* the
+zeros: with zeros or ties it flips signs only when len(d) <= 13, so with 14-19 differences
+of which some are zero, scipy uses the normal approximation where this rule is exact (p
+differs by up to about 0.1); without zeros and ties the two agree. Assumes independent,
+symmetrically distributed differences (one per split; overlapping splits are not
+independent: see docs/statistics.md). With n differences the smallest two-sided p is
+2 / 2^n (`min_wilcoxon_pvalue`): 0.25 with 3 splits, 0.0625 with 5; at least 6 are needed
+for p < 0.05.
 
-F-test (VQEG): F = var(residuals A) / var(residuals B) (ddof = 1) on the same test items,
-F(n-1, n-1) under the null hypothesis of equal variances, two-sided p-value. Assumes
-residuals that are roughly Gaussian and independent, as VQEG does.
+Holm's step-down correction (`holm`) adjusts the p-values of one family of tests (the
+metrics of one comparison; the per-split variance tests of one comparison); winners are
+named on the adjusted p only.
+
+Pitman-Morgan test of equal variances of two *paired* samples (`pitman_morgan`): on the
+same test items, var(a) = var(b) exactly when a + b and a - b are uncorrelated, and the
+Pearson correlation of (a + b, a - b) is tested with t = r sqrt(n - 2) / sqrt(1 - r^2),
+n - 2 degrees of freedom (Pitman 1939, Morgan 1939). Used on the residuals of two runs after
+their logistics, it respects the pairing that the F-test ignores. Assumes bivariate normal
+residuals and independent items: pairs of one scene are not independent, so on test sets of
+a few scenes its level is not guaranteed (it is a per-split, descriptive test; the
+scene-level tests below are the ones to quote).
+
+Paired scene permutation test (`paired_scene_test`): two runs' predictions on the same
+pairs (e.g. the pooled out-of-fold predictions of the k-fold design), the difference
+D = metric(B) - metric(A) over all pairs. Under the null hypothesis that within every scene
+the two runs' predictions are exchangeable, swapping them on any subset of scenes leaves the
+distribution of D unchanged; the p-value is the share of the 2^k scene swaps (all of them
+for k <= EXACT_SWAP_MAX_SCENES, else `n_resamples` random ones plus the observed one) with
+|D*| >= |D|. The scene is the unit, so scene-to-scene variation cannot inflate the level
+(simulated in docs/statistics.md); it needs no independence between the pairs of a scene.
+With k scenes the smallest p is 2 / 2^k: 0.031 with 6 scenes.
+
+F-test (`f_test`, kept for comparison with papers): F = var(a) / var(b) (ddof = 1),
+F(n-1, n-1), two-sided. It is the two-sample variant: it assumes two *independent* samples
+of Gaussian residuals, which the residuals of two models on the same items are not, and it
+is neither VQEG's one-sided variant nor ITU-T P.1401's. compare.py no longer uses it.
 """
 from __future__ import annotations
 
@@ -54,11 +87,23 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import special
 
+from siqa.metrics import CONSTANT_RTOL
+
 BOOTSTRAP_METRICS = ("srocc", "krocc", "plcc", "rmse")
 DEFAULT_RESAMPLES = 2000
 KENDALL_MAX_ITEMS = 3000  # the (n, n) sign matrix of KROCC: 72 MB at this size
 CHUNK_ELEMENTS = 4_000_000  # resamples x pairs per block of the bootstrap (32 MB per matrix)
 EXACT_WILCOXON_MAX = 50
+# No scene-level interval below this many scenes: the simulated coverage of the nominal 95 %
+# percentile scene bootstrap (benchmarks/scene_statistics.py, 400 simulations, seed 0) is
+# 29-44 % with 2 scenes, 64-77 % with 4, 70-80 % with 6, 81-86 % with 8, 79-85 % with 12
+# and 88-91 % with 20 (SROCC, KROCC, PLCC, RMSE): from 8 scenes on it is reported, with
+# that coverage stated; below, the per-scene values instead.
+MIN_SCENES_FOR_INTERVAL = 8
+SCENE_INTERVAL_COVERAGE = ("nominal 95 %; simulated coverage 81-86 % at 8 scenes, 79-85 % at "
+                           "12, 88-91 % at 20 (docs/statistics.md)")
+EXACT_SWAP_MAX_SCENES = 12  # paired_scene_test: all 2^k scene swaps up to here
+PAIRED_TEST_METRICS = ("srocc", "plcc", "rmse")
 SIGN_FLIP_MAX = 13
 
 
@@ -91,7 +136,30 @@ class WilcoxonResult:
     pvalue: float
     n: int  # differences left after dropping zeros
     method: str  # 'exact', 'sign-flip' or 'normal'
-    median_difference: float  # median of b - a (all pairs, zeros included)
+    median_difference: float  # median of b - a (all pairs, zeros included): descriptive only
+    r_plus: float = math.nan  # rank sum of the positive differences b - a
+    r_minus: float = math.nan
+    direction: int = 0  # sign(R+ - R-): +1 when b tends to exceed a; the winner's sign
+
+
+@dataclass(frozen=True)
+class PitmanMorganResult:
+    statistic: float  # t of the correlation of (a + b, a - b)
+    pvalue: float  # two-sided
+    df: int  # n - 2
+    var_a: float
+    var_b: float
+    correlation: float  # Pearson r of (a, b)
+
+
+@dataclass(frozen=True)
+class PairedSceneTestResult:
+    statistic: float  # metric(B) - metric(A) on all pairs
+    pvalue: float  # two-sided
+    n_scenes: int
+    n_swaps: int  # scene swaps evaluated (2^k when exact)
+    method: str  # 'exact' or 'monte-carlo'
+    metric: str
 
 
 @dataclass(frozen=True)
@@ -129,12 +197,22 @@ def _weighted_pearson(x, y, w):
     syy = (w * dy * dy).sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         r = sxy / np.sqrt(sxx * syy)
-    # a constant resample leaves only round-off in dx or dy: relative std below 1e-12
-    bad = ((sxx <= 1e-24 * total[:, 0] * mx[:, 0] ** 2) | ~(sxx > 0)
-           | (syy <= 1e-24 * total[:, 0] * my[:, 0] ** 2) | ~(syy > 0))
+    # a constant resample leaves only round-off in dx or dy: relative std below
+    # CONSTANT_RTOL, the rule of siqa.metrics (var <= rtol^2 mean^2, var = sxx / total)
+    tol = CONSTANT_RTOL ** 2
+    bad = ((sxx <= tol * total[:, 0] * mx[:, 0] ** 2) | ~(sxx > 0)
+           | (syy <= tol * total[:, 0] * my[:, 0] ** 2) | ~(syy > 0))
     r = np.clip(r, -1.0, 1.0)
     r[bad] = np.nan
     return r
+
+
+def _constant_rows(v, w):
+    """Rows of weights w under which v is constant: weighted std <= CONSTANT_RTOL |mean|."""
+    total = w.sum(axis=1)
+    mean = (w * v).sum(axis=1) / total
+    var = (w * (v - mean[:, None]) ** 2).sum(axis=1) / total
+    return ~(var > CONSTANT_RTOL ** 2 * mean ** 2)
 
 
 def _tie_groups(v):
@@ -186,8 +264,9 @@ def resample_metrics(pred, target, weights) -> dict:
         out["krocc"] = _weighted_kendall(x, y, w, gx, gy)
     else:
         out["krocc"] = np.full(w.shape[0], np.nan)
-    # fewer than 3 distinct items drawn: correlations undefined, as in siqa.metrics
-    few = (w > 0).sum(axis=1) < 3
+    # fewer than 3 distinct items drawn, or raw predictions or targets constant up to
+    # round-off (siqa.metrics' rule, also for the rank correlations): undefined
+    few = ((w > 0).sum(axis=1) < 3) | _constant_rows(x, w) | _constant_rows(y, w)
     for key in ("srocc", "plcc", "krocc"):
         out[key][few] = np.nan
     return out
@@ -262,8 +341,9 @@ def _wilcoxon_counts(n):
 
 
 def wilcoxon_signed_rank(a, b) -> WilcoxonResult:
-    """Two-sided Wilcoxon signed-rank test of the paired differences b - a (see the module
-    docstring for the conventions; they are scipy.stats.wilcoxon's defaults)."""
+    """Two-sided Wilcoxon signed-rank test of the paired differences b - a. The conventions
+    (zeros dropped, this project's exact / sign-flip / normal rule, which differs from
+    scipy's default when there are zeros) are in the module docstring."""
     a = np.asarray(a, dtype=np.float64).reshape(-1)
     b = np.asarray(b, dtype=np.float64).reshape(-1)
     if a.shape != b.shape:
@@ -295,11 +375,120 @@ def wilcoxon_signed_rank(a, b) -> WilcoxonResult:
         z = (r_plus - mean) / math.sqrt(var)
         p = 2 * special.ndtr(-abs(z))
         method = "normal"
-    return WilcoxonResult(stat, float(min(1.0, p)), int(n), method, median_diff)
+    direction = int(np.sign(r_plus - r_minus))
+    return WilcoxonResult(stat, float(min(1.0, p)), int(n), method, median_diff,
+                          r_plus, r_minus, direction)
+
+
+def min_wilcoxon_pvalue(n):
+    """The smallest two-sided p-value of the signed-rank test on n non-zero differences,
+    all of one sign and no ties: 2 / 2^n (1 for n = 0)."""
+    return min(1.0, 2.0 / 2.0 ** int(n))
+
+
+def holm(pvalues):
+    """Holm's step-down adjusted p-values of one family of tests (same order as given).
+    NaN (undefined tests) stay NaN and do not count in the family. Adjusted p_(i) =
+    max over j <= i of min(1, (m - j + 1) p_(j)) for the ascending p_(1) <= ... <= p_(m)."""
+    p = np.asarray(pvalues, dtype=np.float64).reshape(-1)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = ok.size
+    if m == 0:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    adjusted = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    out[order] = np.maximum.accumulate(adjusted)
+    return out
+
+
+def pitman_morgan(a, b) -> PitmanMorganResult:
+    """Pitman-Morgan test of var(a) = var(b) for paired samples (see the module
+    docstring for its assumptions), two-sided."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1)
+    b = np.asarray(b, dtype=np.float64).reshape(-1)
+    if a.shape != b.shape:
+        raise ValueError(f"paired samples differ in length: {a.size} vs {b.size}")
+    n = a.size
+    if n < 3:
+        raise ValueError("the Pitman-Morgan test needs at least 3 paired values")
+    va, vb = float(np.var(a, ddof=1)), float(np.var(b, ddof=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r_ab = float(np.corrcoef(a, b)[0, 1]) if va > 0 and vb > 0 else math.nan
+    s, d = a + b, a - b
+    if np.var(s) == 0 or np.var(d) == 0:
+        return PitmanMorganResult(math.nan, math.nan, n - 2, va, vb, r_ab)
+    r = float(np.clip(np.corrcoef(s, d)[0, 1], -1.0, 1.0))
+    if abs(r) == 1.0:
+        return PitmanMorganResult(math.copysign(math.inf, r), 0.0, n - 2, va, vb, r_ab)
+    t = r * math.sqrt((n - 2) / (1.0 - r * r))
+    p = 2 * special.stdtr(n - 2, -abs(t))
+    return PitmanMorganResult(t, float(min(1.0, p)), n - 2, va, vb, r_ab)
+
+
+def _row_ranks(x):
+    """Mid-ranks along the rows of x (B, n); a plain double argsort where no row has ties."""
+    order = np.argsort(x, axis=1, kind="stable")
+    sx = np.take_along_axis(x, order, axis=1)
+    if np.any(sx[:, 1:] == sx[:, :-1]):
+        from scipy.stats import rankdata
+
+        return rankdata(x, axis=1)
+    ranks = np.empty_like(x)
+    np.put_along_axis(ranks, order, np.arange(1, x.shape[1] + 1, dtype=np.float64)[None], axis=1)
+    return ranks
+
+
+def _rowwise_metric(x, y, metric):
+    """metric(x[b], y) for every row b of x (B, n); y (n,)."""
+    if metric == "rmse":
+        return np.sqrt(np.mean((x - y) ** 2, axis=1))
+    if metric == "srocc":
+        x, y = _row_ranks(x), _row_ranks(y[None])[0]
+    elif metric != "plcc":
+        raise ValueError(f"paired_scene_test: metric {metric!r} is not one of {PAIRED_TEST_METRICS}")
+    dx = x - x.mean(axis=1, keepdims=True)
+    dy = y - y.mean()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (dx @ dy) / np.sqrt((dx * dx).sum(axis=1) * (dy @ dy))
+
+
+def paired_scene_test(pred_a, pred_b, target, scenes, metric="srocc", *,
+                      n_resamples=9999, seed=0) -> PairedSceneTestResult:
+    """Two-sided paired permutation test over scenes of metric(B) - metric(A) (see the
+    module docstring). metric: 'srocc', 'plcc' or 'rmse' (raw predictions). seed: an int or
+    a numpy Generator (used only when the swaps are sampled)."""
+    a = np.asarray(pred_a, dtype=np.float64).reshape(-1)
+    b = np.asarray(pred_b, dtype=np.float64).reshape(-1)
+    y = np.asarray(target, dtype=np.float64).reshape(-1)
+    if not a.shape == b.shape == y.shape or len(scenes) != a.size:
+        raise ValueError("pred_a, pred_b, target and scenes must have one entry per pair")
+    labels, index = np.unique(np.asarray(scenes, dtype=object).astype(str), return_inverse=True)
+    k = labels.size
+    observed = float(_rowwise_metric(b[None], y, metric)[0] - _rowwise_metric(a[None], y, metric)[0])
+    if k <= EXACT_SWAP_MAX_SCENES:
+        swaps = ((np.arange(2 ** k)[:, None] >> np.arange(k)) & 1).astype(bool)
+        method = "exact"
+    else:
+        drawn = _rng(seed).integers(0, 2, size=(int(n_resamples), k)).astype(bool)
+        swaps = np.vstack([np.zeros((1, k), dtype=bool), drawn])  # the observed assignment
+        method = "monte-carlo"
+    null = np.empty(len(swaps))
+    chunk = max(1, CHUNK_ELEMENTS // max(1, a.size))
+    for i in range(0, len(swaps), chunk):
+        swap = swaps[i:i + chunk][:, index]
+        xa, xb = np.where(swap, b, a), np.where(swap, a, b)
+        null[i:i + chunk] = _rowwise_metric(xb, y, metric) - _rowwise_metric(xa, y, metric)
+    if not np.isfinite(observed):
+        return PairedSceneTestResult(observed, math.nan, k, len(swaps), method, metric)
+    tol = 1e-12 * max(1.0, abs(observed))
+    p = float(np.mean(np.abs(null) >= abs(observed) - tol))
+    return PairedSceneTestResult(observed, p, k, len(swaps), method, metric)
 
 
 def f_test(residuals_a, residuals_b) -> FTestResult:
-    """VQEG F-test of residual variances: F = var(a) / var(b), two-sided p-value."""
+    """Two-sample F-test of residual variances: F = var(a) / var(b), two-sided p-value.
+    Assumes independent samples (not true of two models' residuals on the same items)."""
     ra = np.asarray(residuals_a, dtype=np.float64).reshape(-1)
     rb = np.asarray(residuals_b, dtype=np.float64).reshape(-1)
     if ra.size < 2 or rb.size < 2:

@@ -3,15 +3,16 @@ dataset.split_file of the first; the protocol card and the intervals they write.
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import make_tiny_database, run_entry, tiny_overrides
 from siqa.checkpoint import load_checkpoint
-from siqa.comparison import compare, load_run
+from siqa.comparison import Run, compare, load_run, tables
 from siqa.data.splits import content_splits, split_document, write_split_file
-from siqa.stats import f_test, wilcoxon_signed_rank
+from siqa.stats import holm, pitman_morgan, wilcoxon_signed_rank
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,12 @@ def test_runs_carry_protocol_cards_and_intervals(runs):
         test = metrics["test"]
         assert set(test["ci95"]) == {"srocc", "krocc", "plcc", "rmse"}
         assert test["bootstrap"]["scenes"] == 4 and test["bootstrap"]["resamples"] >= 1000
-        low, high = test["ci95"]["rmse"]
+        # 4 test scenes: below the scene count where the interval means something
+        assert all(v == [None, None] for v in test["ci95"].values())
+        assert test["ci95_note"].startswith("4 scene(s), no interval")
+        assert len(test["per_scene"]) == 4
+        assert sum(v["pairs"] for v in test["per_scene"].values()) == metrics["pairs"]["test"]
+        low, high = test["ci95_pair_level"]["rmse"]
         assert low <= test["rmse"] <= high
         summary = json.loads((runs / d / "summary.json").read_text())
         assert summary["protocol"]["splits"]["repeat"] is None
@@ -75,7 +81,8 @@ def test_compare_markdown_latex_and_statistics(runs, tmp_path):
     proc = run_entry("compare.py", runs / "a", runs / "b", "--label", "nss25", "--label", "nss0",
                      "--json", tmp_path / "c.json")
     assert proc.returncode == 0, proc.stderr
-    assert "| SROCC |" in proc.stdout and "Wilcoxon" in proc.stdout and "F-test" in proc.stdout
+    assert "| SROCC |" in proc.stdout and "Wilcoxon" in proc.stdout and "Pitman-Morgan" in proc.stdout
+    assert "2/2^2 = 0.5: no difference across splits can be significant" in proc.stdout
     result = json.loads((tmp_path / "c.json").read_text())
     got = result["comparisons"][0]
     # the Wilcoxon of the per-split SROCC and the F-test of split 0, recomputed here
@@ -93,9 +100,11 @@ def test_compare_markdown_latex_and_statistics(runs, tmp_path):
                           for r in csv.DictReader(f) if r["split"] == "test")
         y, x = np.array([r[1] for r in rows]), np.array([r[2] for r in rows])
         res[d] = y - fit_logistic(x, y)(x)
-    f0 = f_test(res["b"], res["a"])
-    assert got["f_tests"][0]["F"] == pytest.approx(f0.statistic)
-    assert got["f_tests"][0]["pvalue"] == pytest.approx(f0.pvalue)
+    v0 = pitman_morgan(res["b"], res["a"])
+    assert got["variance_tests"][0]["t"] == pytest.approx(v0.statistic)
+    assert got["variance_tests"][0]["pvalue"] == pytest.approx(v0.pvalue)
+    raw = [t["pvalue"] for t in got["variance_tests"]]
+    assert [t["pvalue_holm"] for t in got["variance_tests"]] == pytest.approx(list(holm(raw)))
     latex = run_entry("compare.py", runs / "a", runs / "b", "--latex", "--metric", "srcc")
     assert latex.returncode == 0 and r"\begin{tabular}" in latex.stdout
     assert "KROCC" not in latex.stdout  # --metric with the alias srcc kept SROCC only
@@ -118,3 +127,107 @@ def test_compare_refuses_runs_on_other_splits(runs, tmp_path):
     assert bad.returncode == 2 and "unknown metric" in bad.stderr
     with pytest.raises(Exception, match="different pair lists|differ"):
         compare([load_run(runs / "a"), load_run(other)])
+
+
+def synthetic_runs(values_a, values_b, metric="srocc", pairs=8, seed=0):
+    """Two Run objects on the same made-up splits: per-split test values of one metric and
+    test predictions (so that the per-split variance tests run too)."""
+    rng = np.random.default_rng(seed)
+    doc = {"database": "toy", "pairs_sha256": "0" * 64,
+           "splits": [{"train": ["a"], "val": ["b"], "test": ["c"]}] * len(values_a)}
+    runs = []
+    for label, values, noise in (("base", values_a, 5.0), ("other", values_b, 5.0)):
+        preds = []
+        for r in range(len(values)):
+            y = np.linspace(0, 60, pairs)
+            x = y + rng.normal(0, noise, pairs)
+            preds.append({f"p{i}": (float(y[i]), float(x[i])) for i in range(pairs)})
+        runs.append(Run(Path(label), label, doc, [{metric: v} for v in values], preds))
+    return runs
+
+
+def test_winner_by_the_sign_of_the_rank_sums_with_eleven_zero_differences():
+    """11 splits tie, 9 favour the other run: Wilcoxon p = 2/2^9 = 0.0039 and the other run
+    wins, although the median of the 20 differences is 0 (the former rule named the
+    baseline). Holm over one metric leaves p unchanged."""
+    a = np.full(20, 0.80)
+    b = np.r_[np.full(11, 0.80), 0.80 + np.arange(1, 10) * 0.01]
+    result = compare(synthetic_runs(a, b), metrics=["srocc"])
+    cell = result["comparisons"][0]["metrics"]["srocc"]
+    assert cell["median_difference"] == 0.0
+    assert round(cell["pvalue"], 4) == 0.0039 and cell["pvalue_holm"] == cell["pvalue"]
+    assert cell["winner"] == "other" and cell["better_on"] == 9 and cell["worse_on"] == 0
+    # lower is better for RMSE: the same numbers make the baseline the winner
+    rmse = compare(synthetic_runs(a, b, metric="rmse"), metrics=["rmse"])
+    assert rmse["comparisons"][0]["metrics"]["rmse"]["winner"] == "base"
+    assert result["min_wilcoxon_pvalue"] == pytest.approx(2 / 2 ** 20)
+
+
+def test_holm_over_metrics_removes_a_star_that_raw_p_would_give():
+    """Six metrics; one with raw p = 0.0313 (2/2^6, 6 splits all one way) and five with
+    p >= 0.4: Holm multiplies the smallest by 6 -> 0.19, no winner; alone it would be one."""
+    a = np.linspace(0.70, 0.80, 6)
+    strong = a + 0.01
+    metrics = ["srocc", "krocc", "plcc", "plcc_logistic", "rmse", "rmse_logistic"]
+    runs = synthetic_runs(a, strong, metric="srocc")
+    flip = np.array([1, -1, 1, -1, 1, -1]) * 0.01
+    for base_t, other_t in zip(runs[0].tests, runs[1].tests):
+        for m in metrics[1:]:
+            base_t[m] = 0.5
+    for r, other_t in enumerate(runs[1].tests):
+        for m in metrics[1:]:
+            other_t[m] = 0.5 + flip[r] * (r + 1)
+    result = compare(runs, metrics=metrics)
+    cell = result["comparisons"][0]["metrics"]["srocc"]
+    assert cell["pvalue"] == pytest.approx(2 / 2 ** 6)
+    assert cell["pvalue_holm"] == pytest.approx(6 * 2 / 2 ** 6) and cell["winner"] is None
+    alone = compare(runs, metrics=["srocc"])["comparisons"][0]["metrics"]["srocc"]
+    assert alone["winner"] == "other"
+    text = tables(result)
+    assert "Holm" in text and "2/2^6 = 0.0312" in text
+
+
+def test_one_split_table_says_no_interval_instead_of_na_percent():
+    runs = synthetic_runs([0.8], [0.9])
+    text = tables(compare(runs, metrics=["srocc"]))
+    assert "n/a %" not in text and "one split: no interval of the median" in text
+    assert "2/2^1 = 1: no difference across splits can be significant" in text
+
+
+def test_kfold_runs_get_the_paired_scene_test_on_pooled_predictions():
+    """Two k-fold runs (2 folds x 2 repetitions) of 8 scenes: the pooled out-of-fold
+    predictions (mean over the repetitions) go through the paired scene permutation test,
+    Holm over SROCC, PLCC and RMSE; the better run wins by the sign of the difference."""
+    from siqa.stats import paired_scene_test
+
+    rng = np.random.default_rng(5)
+    scenes = np.repeat([f"s{i}" for i in range(8)], 6)
+    y = rng.uniform(0, 60, scenes.size)
+    names = [f"p{i}" for i in range(scenes.size)]
+    doc = {"database": "toy", "pairs_sha256": "0" * 64, "folds": 2,
+           "splits": [{"train": ["a"], "val": ["b"], "test": ["c"]}] * 4}
+    half = [set(names[:24]), set(names[24:])]
+    runs, pooled = [], {}
+    for label, noise in (("base", 15.0), ("other", 3.0)):
+        preds, per_rep = [], []
+        for rep in range(2):
+            x = y + rng.normal(0, noise, y.size)
+            per_rep.append(x)
+            for fold in range(2):
+                preds.append({n: (float(y[i]), float(x[i]), str(scenes[i]))
+                              for i, n in enumerate(names) if n in half[fold]})
+        runs.append(Run(Path(label), label, doc, [{"srocc": 0.5}] * 4, preds))
+        pooled[label] = np.mean(per_rep, axis=0)
+    result = compare(runs, metrics=["srocc"])
+    tests = result["comparisons"][0]["scene_tests"]
+    order = np.argsort(names)
+    want = paired_scene_test(pooled["base"][order], pooled["other"][order], y[order],
+                             scenes[order], "srocc")
+    assert tests["srocc"]["pvalue"] == pytest.approx(want.pvalue)
+    assert tests["srocc"]["difference"] == pytest.approx(want.statistic)
+    assert tests["srocc"]["scenes"] == 8 and tests["srocc"]["method"] == "exact"
+    assert tests["srocc"]["pvalue"] == pytest.approx(2 / 2 ** 8)  # every swap is worse
+    assert tests["rmse"]["winner"] == "other" and tests["srocc"]["winner"] == "other"
+    assert [t["pvalue_holm"] for t in tests.values()] == pytest.approx(
+        list(holm([t["pvalue"] for t in tests.values()])))
+    assert "paired scene permutation test" in tables(result)

@@ -44,7 +44,12 @@ def test_shipped_files_are_content_disjoint_and_reproducible_from_their_seed(nam
     pairs = stand_in_pairs(doc["scenes"])
     again = content_splits(pairs, ratios=doc["ratios"], seed=doc["seed"], repeats=10)
     regenerated = split_document(pairs, again, name, doc["seed"], doc["ratios"])
-    assert regenerated["splits"] == doc["splits"]
+    assert regenerated["splits"] == doc["splits"] and doc["design"] == "balanced-test/2"
+    # no split twice, every scene tested at least once, the rounding's remainder in test
+    assert len({json.dumps(sp, sort_keys=True) for sp in doc["splits"]}) == 10
+    assert {s for sp in doc["splits"] for s in sp["test"]} == scenes
+    sizes = {(len(sp["train"]), len(sp["val"]), len(sp["test"])) for sp in doc["splits"]}
+    assert sizes == {{20: (12, 4, 4), 8: (5, 1, 2), 6: (4, 1, 1), 10: (6, 2, 2)}[len(scenes)]}
 
 
 @needs_metadata
@@ -93,7 +98,7 @@ def toy_pairs():
 
 def test_run_document_round_trip_and_split_file_key(tmp_path):
     pairs = toy_pairs()
-    cfg = load_config(overrides=["dataset.name=csv", "train.seed=5", "train.repeats=3"])
+    cfg = load_config(overrides=["dataset.name=csv", "dataset.split_seed=5", "train.repeats=3"])
     splits, doc = splits_for_run(pairs, cfg)
     write_split_file(tmp_path / "splits.json", doc)
     assert read_split_file(tmp_path / "splits.json") == doc

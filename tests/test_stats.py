@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from siqa.stats import (bootstrap_metrics, f_test, median_interval, resample_metrics,
-                        resample_weights, wilcoxon_signed_rank)
+from siqa.stats import (bootstrap_metrics, f_test, holm, median_interval, min_wilcoxon_pvalue,
+                        pitman_morgan, resample_metrics, resample_weights, wilcoxon_signed_rank)
 
 
 def tied_scores(n=30, seed=0):
@@ -145,3 +145,81 @@ def test_scene_interval_is_a_property_of_the_data_not_of_precision_or_order():
         for got in (low_precision[key], shuffled[key]):
             assert abs(got.low - want[key].low) <= 1e-5 * scale, key
             assert abs(got.high - want[key].high) <= 1e-5 * scale, key
+
+
+def test_wilcoxon_winner_is_the_sign_of_the_rank_sums_not_the_median_with_zeros():
+    """The issue's case: 11 zero and 9 positive differences. The median of all 20
+    differences is 0 (the former rule named the baseline), but every non-zero difference
+    favours b: R+ = 45, R- = 0, exact p = 2 / 2^9."""
+    a = np.zeros(20)
+    b = np.r_[np.zeros(11), np.arange(1, 10) * 0.01]
+    got = wilcoxon_signed_rank(a, b)
+    assert got.median_difference == 0.0
+    assert (got.r_plus, got.r_minus, got.direction) == (45.0, 0.0, 1)
+    assert got.pvalue == pytest.approx(2 / 2 ** 9) and round(got.pvalue, 4) == 0.0039
+    # zeros dropped first, then scipy's exact test: the same p; scipy's default on all 20
+    # differences (zeros present, len(d) = 20 > 13) takes the normal approximation instead
+    assert got.pvalue == pytest.approx(stats.wilcoxon(b[b != 0]).pvalue, rel=1e-12)
+    assert stats.wilcoxon(b - a).pvalue == pytest.approx(0.00769, abs=1e-4)
+    assert wilcoxon_signed_rank(b, a).direction == -1
+
+
+def test_minimum_wilcoxon_pvalue_by_number_of_splits():
+    assert min_wilcoxon_pvalue(3) == 0.25
+    assert min_wilcoxon_pvalue(5) == 0.0625
+    for n in (3, 6, 8):  # attained when all differences have one sign (exact distribution)
+        got = wilcoxon_signed_rank(np.zeros(n), np.arange(1, n + 1) * 0.1)
+        assert got.pvalue == pytest.approx(min_wilcoxon_pvalue(n))
+        assert got.pvalue == pytest.approx(stats.wilcoxon(np.arange(1, n + 1) * 0.1).pvalue)
+
+
+def test_holm_by_hand():
+    # sorted 0.01, 0.02, 0.03, 0.04 -> 4 x 0.01, 3 x 0.02, 2 x 0.03, 1 x 0.04, running max
+    got = holm([0.03, 0.01, 0.04, 0.02])
+    assert got == pytest.approx([0.06, 0.04, 0.06, 0.06])
+    # a NaN is not part of the family; capped at 1
+    got = holm([0.5, np.nan, 0.01])
+    assert np.isnan(got[1]) and got[0] == pytest.approx(0.5) and got[2] == pytest.approx(0.02)
+    assert holm([0.04, 0.3]) == pytest.approx([0.08, 0.3])
+    assert holm([0.9, 0.8]) == pytest.approx([1.0, 1.0])  # 2 x 0.8 capped at 1, then the running max
+    assert np.isnan(holm([np.nan])).all()
+
+
+def test_pitman_morgan_equals_the_correlation_test_of_sum_and_difference():
+    rng = np.random.default_rng(11)
+    shared = rng.normal(size=40)  # paired residuals: strongly correlated
+    ra = shared + rng.normal(0, 0.6, 40)
+    rb = shared + rng.normal(0, 0.3, 40)
+    res = pitman_morgan(ra, rb)
+    want = stats.pearsonr(ra + rb, ra - rb)
+    assert res.pvalue == pytest.approx(want.pvalue, rel=1e-9)
+    assert res.df == 38 and res.statistic > 0  # a varies more
+    assert res.var_a == pytest.approx(np.var(ra, ddof=1))
+    # the unpaired F-test on the same residuals cannot see the difference as clearly
+    assert res.pvalue < f_test(ra, rb).pvalue
+    swapped = pitman_morgan(rb, ra)
+    assert swapped.statistic == pytest.approx(-res.statistic)
+    assert swapped.pvalue == pytest.approx(res.pvalue)
+    with pytest.raises(ValueError):
+        pitman_morgan([1.0, 2.0], [1.0, 3.0])
+
+
+def test_constant_predictions_use_one_tolerance_in_metrics_and_bootstrap():
+    """Predictions that differ only by round-off (relative spread 1e-13) are constant for
+    the metrics and for every bootstrap resample, the rank correlations included; a
+    relative spread of 1e-6 is not constant for either."""
+    from siqa.metrics import evaluate_scores
+
+    target = np.linspace(0, 50, 40)
+    scenes = [f"s{i % 8}" for i in range(40)]
+    flat = 1000.0 + np.arange(40) * 1e-11
+    assert not np.all(flat == flat[0])
+    got = evaluate_scores(flat, target)
+    assert got["srocc"] is None and got["plcc"] is None and got["krocc"] is None
+    res = bootstrap_metrics(flat, target, scenes, n_resamples=200, seed=0)
+    assert all(res.undefined[k] == 200 for k in ("srocc", "krocc", "plcc"))
+    assert res.confidence_interval["srocc"].low is None
+    varied = 1000.0 + np.arange(40) * 1e-3
+    assert evaluate_scores(varied, target)["srocc"] == pytest.approx(1.0)
+    res = bootstrap_metrics(varied, target, scenes, n_resamples=200, seed=0)
+    assert res.undefined["srocc"] == 0 and res.confidence_interval["srocc"].low == pytest.approx(1.0)

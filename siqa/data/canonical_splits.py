@@ -14,8 +14,12 @@ II are read with the project's own loaders (the .mat file copied into a temporar
 Waterloo: the loader of this version needs a header row, so column 1 (image name, `.png`
 added when it has no extension, as the loader names a pair) and the stem of column 2
 (reference, as the loader's scene id) are read directly. The splits are
-`content_splits(pairs, (0.6, 0.2, 0.2), seed=0, repeats=10)`: a run with `train.seed=0`
-and `train.repeats=10` on the real database makes the same splits.
+`content_splits(pairs, (0.6, 0.2, 0.2), seed=0, repeats=10)` (design "balanced-test/2":
+no duplicate split, remainder scenes to test before validation, every scene tested at least
+once in the 10 splits): a run with `dataset.split_seed=0` (the default) and
+`train.repeats=10` on the real database makes the same splits. The files shipped before
+this design (commit 8343d43 and earlier) are in the git history; runs made on them can be
+repeated with `dataset.split_file` pointing to that version of the file.
 """
 import argparse
 import csv

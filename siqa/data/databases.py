@@ -715,10 +715,13 @@ def load_database(name, root=None, manifest=None, validate=True, demo_size="smal
     """The records of database `name` (see the module docstring), checked by
     `siqa.data.validate.validate_pairs` unless `validate=False`."""
     if name == "demo":
-        from siqa.data.demo import default_root, ensure_demo
+        from dataclasses import replace
+
+        from siqa.data.demo import content_group, default_root, ensure_demo
 
         folder = ensure_demo(root if root is not None else default_root(demo_size), size=demo_size)
-        pairs = load_csv(folder / "manifest.csv")
+        # near-duplicate scenes share one content id (siqa.data.demo.CONTENT_GROUPS)
+        pairs = [replace(p, content=content_group(p.content)) for p in load_csv(folder / "manifest.csv")]
     elif name == "live3d_phase1":
         pairs = load_live3d_phase1(root)
     elif name == "live3d_phase2":

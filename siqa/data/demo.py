@@ -114,6 +114,17 @@ INSTALL_HINT = "pip install --no-deps stereodemo==0.7"
 
 
 # --------------------------------------------------------------------------- sources
+# Near-duplicate scenes of the source share one content id, so that splits never separate
+# them: `desk`, `pov_hands` and `pov_controllers` show the same desk from nearly the same
+# viewpoint; `kid_bedroom` and `donkey_toy` share a crib. 12 scenes, 9 content groups. The
+# manifest keeps each scene's own `ref`; the loader (load_database) maps it to its group.
+CONTENT_GROUPS = {"pov_hands": "desk", "pov_controllers": "desk", "donkey_toy": "kid_bedroom"}
+
+
+def content_group(scene: str) -> str:
+    return CONTENT_GROUPS.get(scene, scene)
+
+
 def source_dir() -> Path:
     spec = importlib.util.find_spec("stereodemo")
     if spec is None or not spec.submodule_search_locations:

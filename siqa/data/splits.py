@@ -1,11 +1,30 @@
-"""Content-disjoint train/validation/test splits (by reference scene), seeded.
+"""Content-disjoint train/validation/test splits (by scene, or content group), seeded.
 
-The scenes (`StereoPair.content`) are sorted, shuffled with a generator seeded by
-(seed, repeat) and cut into three groups whose sizes follow `ratios`; every pair goes to the
-group of its scene, so no scene is in two splits. Group sizes: the largest-remainder
-rounding of ratio * number of scenes, then every split with a positive ratio gets at least
-one scene (taken from the largest group). A ratio of 0 gives an empty split on purpose;
-when there are fewer scenes than splits with a positive ratio, it is a UserError.
+Every pair goes to the part of its scene (`StereoPair.content`; near-duplicate scenes share
+one content id, see siqa/data/demo.py), so no scene is in two parts. Two designs:
+
+random (the paper's repeated 60/20/20 splits, `content_splits`), drawn one after another
+from one generator seeded by `dataset.split_seed`:
+- part sizes: the largest-remainder rounding of ratio * number of scenes, ties of the
+  remainder going to train, then test, then validation (8 scenes at 60/20/20: 5/1/2, not
+  5/2/1, so that a test set is as large as the rounding allows); then every part with a
+  positive ratio gets at least one scene (taken from the largest part). A ratio of 0 gives
+  an empty part on purpose; fewer scenes than parts with a positive ratio is a UserError;
+- test scenes balanced: each split tests the scenes tested least so far (ties in a random
+  order), so every scene is tested once within the first ceil(k / n_test) splits and no
+  scene is tested twice before every other scene has been tested once;
+- validation scenes drawn at random from the others, the rest train;
+- no split drawn twice: a split whose (test, validation) scenes equal an earlier one's is
+  redrawn (after REDRAWS balanced draws that were all used, without the balance); asking
+  for more splits than there are distinct ones is a UserError.
+Split r depends on splits 0..r-1 only: the first 5 of 10 splits are those of repeats=5.
+
+kfold (`kfold_splits`, `protocol.design: kfold`): see its docstring.
+
+Splits drawn by versions before this design (one generator per split, remainders to
+validation first, seeded by `train.seed`) stay valid as split files
+(`dataset.split_file=runs/X/splits.json` trains on exactly their scenes); their seed no
+longer regenerates them.
 """
 from __future__ import annotations
 
@@ -16,6 +35,10 @@ import numpy as np
 from siqa.errors import UserError
 
 SPLITS = ("train", "val", "test")
+REMAINDER_ORDER = (0, 2, 1)  # equal remainders: a scene goes to train, then test, then val
+SPLIT_DESIGN = "balanced-test/2"  # recorded in split files drawn by `content_splits`
+KFOLD_DESIGN = "kfold/1"  # recorded in split files drawn by `kfold_splits` (with "folds")
+REDRAWS = 200  # attempts per split before the balance of test scenes is given up
 
 
 def _check_ratios(ratios):
@@ -44,7 +67,7 @@ def scene_counts(n_scenes: int, ratios=(0.6, 0.2, 0.2)) -> list[int]:
         )
     raw = [x * n_scenes for x in r]
     counts = [math.floor(v) for v in raw]
-    order = sorted(range(3), key=lambda i: (-(raw[i] - counts[i]), i))
+    order = sorted(range(3), key=lambda i: (-(raw[i] - counts[i]), REMAINDER_ORDER[i]))
     for i in order[: n_scenes - sum(counts)]:
         counts[i] += 1
     for i in positive:
@@ -55,27 +78,85 @@ def scene_counts(n_scenes: int, ratios=(0.6, 0.2, 0.2)) -> list[int]:
     return counts
 
 
+def distinct_splits(n_scenes, counts) -> int:
+    """Number of distinct (train, val, test) partitions of n_scenes with these part sizes."""
+    a, b, c = counts
+    return math.comb(n_scenes, c) * math.comb(n_scenes - c, b)
+
+
+def _index_split(contents, scenes, parts):
+    out = {}
+    for name in SPLITS:
+        chosen = {scenes[i] for i in parts[name]}
+        out[name] = np.flatnonzero([c in chosen for c in contents]).astype(np.int64)
+    return out
+
+
 def content_splits(pairs, ratios=(0.6, 0.2, 0.2), seed=0, repeats=1) -> list[dict]:
-    """`repeats` independent splits of `pairs` by scene.
+    """`repeats` distinct splits of `pairs` by scene (the random design of the module
+    docstring: balanced test scenes, random validation scenes, no duplicate).
 
     Each split is dict(train=, val=, test=) of sorted int64 index arrays into `pairs`.
-    Split r is drawn with numpy's default_rng([seed, r]): the same seed gives the same splits.
+    seed: an int (`dataset.split_seed`); the same seed gives the same splits.
     """
     contents = np.array([p.content for p in pairs], dtype=object)
     scenes = sorted(set(contents.tolist()))
-    counts = scene_counts(len(scenes), ratios)
+    n = len(scenes)
+    counts = scene_counts(n, ratios)
     if int(repeats) < 1:
         raise UserError(f"number of splits must be >= 1, got {repeats}")
+    available = distinct_splits(n, counts)
+    if int(repeats) > available:
+        raise UserError(f"train.repeats={repeats}: {n} scenes split {counts[0]}/{counts[1]}/"
+                        f"{counts[2]} allow only {available} distinct splits")
+    n_test, n_val = counts[2], counts[1]
+    rng = np.random.default_rng(int(seed))
+    tested = np.zeros(n, dtype=np.int64)
+    seen, out = set(), []
+    for _ in range(int(repeats)):
+        attempt = 0
+        while True:
+            order = rng.permutation(n)
+            if attempt < REDRAWS:  # the least-tested scenes first, ties in random order
+                order = order[np.argsort(tested[order], kind="stable")]
+            test, rest = order[:n_test], rng.permutation(order[n_test:])
+            val, train = rest[:n_val], rest[n_val:]
+            key = (frozenset(test.tolist()), frozenset(val.tolist()))
+            if key not in seen:
+                break
+            attempt += 1
+        seen.add(key)
+        tested[test] += 1
+        out.append(_index_split(contents, scenes, {"train": train, "val": val, "test": test}))
+    return out
+
+
+def kfold_splits(pairs, folds=5, repetitions=1, seed=0, val_fraction=0.25) -> list[dict]:
+    """Cross-validation by scene: `repetitions` random partitions of the scenes into `folds`
+    folds (sizes differ by at most one); split r * folds + f tests fold f of repetition r,
+    so every scene is tested exactly once per repetition. Its validation scenes are drawn at
+    random from the other folds (round(val_fraction * their number), at least 1), the rest
+    train. Index dicts as `content_splits`; seeded by `seed` (`dataset.split_seed`).
+    With folds = number of scenes every repetition has the same test sets (leave one scene
+    out); only the validation scenes differ."""
+    contents = np.array([p.content for p in pairs], dtype=object)
+    scenes = sorted(set(contents.tolist()))
+    n, k = len(scenes), int(folds)
+    if k < 2 or k > n:
+        raise UserError(f"protocol.folds={folds}: needs 2 <= folds <= the number of scenes ({n})")
+    if n - math.ceil(n / k) < 2:
+        raise UserError(f"protocol.folds={folds}: {n} scenes leave fewer than 2 scenes outside a "
+                        "fold (at least one to train, one to validate): use fewer folds")
+    if int(repetitions) < 1:
+        raise UserError(f"number of repetitions must be >= 1, got {repetitions}")
+    rng = np.random.default_rng(int(seed))
     out = []
-    for r in range(int(repeats)):
-        rng = np.random.default_rng([int(seed), r])
-        order = rng.permutation(len(scenes))
-        bounds = np.cumsum([0] + counts)
-        split = {}
-        for name, a, b in zip(SPLITS, bounds[:-1], bounds[1:]):
-            chosen = {scenes[i] for i in order[a:b]}
-            split[name] = np.flatnonzero([c in chosen for c in contents]).astype(np.int64)
-        out.append(split)
+    for _ in range(int(repetitions)):
+        for test in np.array_split(rng.permutation(n), k):
+            rest = rng.permutation(np.setdiff1d(np.arange(n), test))
+            n_val = min(rest.size - 1, max(1, round(val_fraction * rest.size)))
+            out.append(_index_split(contents, scenes,
+                                    {"train": rest[n_val:], "val": rest[:n_val], "test": test}))
     return out
 
 
@@ -116,12 +197,16 @@ def scene_table(pairs) -> dict:
             for s, names in sorted(by_scene.items())}
 
 
-def split_document(pairs, splits, database, seed, ratios) -> dict:
-    """The split-file dict of `splits` (index dicts of `content_splits`) over `pairs`."""
+def split_document(pairs, splits, database, seed, ratios, design=SPLIT_DESIGN, folds=None) -> dict:
+    """The split-file dict of `splits` (index dicts of `content_splits`) over `pairs`.
+    design: how they were drawn ("balanced-test/2" for content_splits, "kfold/1" for
+    kfold_splits, with `folds`); files without it were drawn by an earlier version."""
+    extra = {"design": design} if folds is None else {"design": design, "folds": int(folds)}
     return {
         "format": SPLIT_FORMAT,
         "database": database,
         "seed": int(seed),
+        **extra,
         "ratios": [float(r) for r in ratios],
         "pairs": len(pairs),
         "pairs_sha256": _digest(p.name for p in pairs),
@@ -237,13 +322,23 @@ def splits_from_document(pairs, doc, source, repeats=None) -> list[dict]:
 def splits_for_run(pairs, cfg):
     """(splits, document) of a run: from `dataset.split_file` when set (its first
     `train.repeats` splits; its ratios and seed replace `dataset.split` and the split seed),
-    else `content_splits` with `dataset.split`, `train.seed`, `train.repeats`."""
+    else `content_splits` with `dataset.split`, `dataset.split_seed`, `train.repeats`."""
     ds, t = cfg["dataset"], cfg["train"]
     path = ds.get("split_file")
     if path:
         doc = read_split_file(path)
-        splits = splits_from_document(pairs, doc, path, repeats=t["repeats"])
+        count = t["repeats"] * int(doc.get("folds") or 1)  # kfold: whole repetitions
+        splits = splits_from_document(pairs, doc, path, repeats=count)
         doc = {**doc, "splits": doc["splits"][: len(splits)]}
         return splits, doc
-    splits = content_splits(pairs, ratios=tuple(ds["split"]), seed=t["seed"], repeats=t["repeats"])
-    return splits, split_document(pairs, splits, ds["name"], t["seed"], ds["split"])
+    seed = ds["split_seed"]
+    design = cfg.get("protocol", {}).get("design", "random")
+    if design == "kfold":
+        r = ds["split"]
+        folds = cfg["protocol"]["folds"]
+        val_fraction = r[1] / (r[0] + r[1]) if r[0] + r[1] > 0 else 0.25
+        splits = kfold_splits(pairs, folds, t["repeats"], seed, val_fraction)
+        return splits, split_document(pairs, splits, ds["name"], seed, ds["split"],
+                                      design=KFOLD_DESIGN, folds=folds)
+    splits = content_splits(pairs, ratios=tuple(ds["split"]), seed=seed, repeats=t["repeats"])
+    return splits, split_document(pairs, splits, ds["name"], seed, ds["split"])
