@@ -108,3 +108,14 @@ def configure_run_numerics(cfg, device):
         return None
     t = cfg.get("train", {})
     return configure_numerics(t.get("deterministic", "auto"), t.get("tf32", "auto"), torch.device(device))
+
+
+def use_run_threads(cfg):
+    """torch's CPU thread count for evaluating a run's checkpoint in a process of ours
+    (evaluate.py): the run's `train.threads` where it set one (0 leaves torch's default, or
+    what the command line overrides). A CPU convolution splits its float32 sums across
+    threads, so the predictions equal the run's bit for bit only with its count."""
+    threads = cfg.get("train", {}).get("threads") or 0
+    if threads:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()

@@ -425,9 +425,11 @@ def evaluate(checkpoint, overrides=(), split="test", out=None, progress=True, lo
     state = load_checkpoint(checkpoint, required=("model", "config", "split", "database"))
     cfg = config_mod.load_config(overrides=overrides, base=state["config"])
     cfg["patches"] = state["config"]["patches"]  # the model only knows its own input normalisation
+    from siqa.distributed import use_run_threads
     from siqa.engine import select_device
 
     device = select_device(cfg["device"])
+    use_run_threads(cfg)
     pairs = load_pairs(cfg)
     # both through the schema: a checkpoint written before a dataset key existed has its default
     same_db = cfg["dataset"] == config_mod.load_config(base=state["config"])["dataset"]

@@ -59,6 +59,7 @@ def _checkpoint_label(path, state, used):
 def cross_database_matrix(checkpoints, tests, out, overrides=(), progress=False, log=print):
     """Score every checkpoint on every test database; write matrix.json and matrix.md.
     `overrides` (key.sub=value) apply to every evaluation (e.g. device=cpu)."""
+    from siqa.distributed import use_run_threads
     from siqa.engine import select_device
     from siqa.experiment import checkpoint_test_pairs, load_model, load_pairs, predict_database
     from siqa.reports import write_json
@@ -77,7 +78,9 @@ def cross_database_matrix(checkpoints, tests, out, overrides=(), progress=False,
         state = load_checkpoint(path, required=("model", "config", "split", "database"))
         row = _checkpoint_label(path, state, used)
         rows.append(row)
-        device = select_device(config_mod.load_config(overrides=overrides, base=state["config"])["device"])
+        own = config_mod.load_config(overrides=overrides, base=state["config"])
+        device = select_device(own["device"])
+        use_run_threads(own)  # the run's arithmetic on the CPU (siqa.distributed)
         model = load_model(state, device, source=path)  # once per checkpoint
         for label, (_, dataset) in zip(labels, specs):
             cfg = config_mod.load_config(overrides=overrides, base=state["config"])
