@@ -65,7 +65,10 @@ def setup(device_name: str) -> Dist:
         device = select_device(f"cuda:{local_rank}")
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # device_id binds NCCL to this rank's GPU (without it every barrier warns that it
+        # guesses the current device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                device_id=device if device.type == "cuda" else None)
     host_group = dist.new_group(backend="gloo", timeout=HOST_TIMEOUT)
     return Dist(rank, world, device, host_group)
 
@@ -107,7 +110,11 @@ def configure_run_numerics(cfg, device):
     if torch.device(device).type != "cuda":
         return None
     t = cfg.get("train", {})
-    return configure_numerics(t.get("deterministic", "auto"), t.get("tf32", "auto"), torch.device(device))
+    numerics = configure_numerics(t.get("deterministic", "auto"), t.get("tf32", "auto"), torch.device(device))
+    # scoring only: cuDNN's kernels by heuristics, the same in every process (see
+    # siqa.engine.cudnn_heuristics, which training's validation and test scoring use)
+    torch.backends.cudnn.benchmark = False
+    return numerics
 
 
 def use_run_threads(cfg):

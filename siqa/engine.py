@@ -21,6 +21,7 @@ How a step runs is `train.step`:
     (so every patch pair is still seen once per epoch; the graph reads the batch's
     indices from a static buffer and the learning rate from a tensor the scheduler fills)
 """
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -340,6 +341,21 @@ class Scorer:
         return graph, static_left, static_right, static_quality
 
 
+@contextmanager
+def cudnn_heuristics():
+    """Scoring picks cuDNN's convolution kernels by its heuristics, not by timing them
+    (benchmark mode, on for training on CUDA): timing can pick another kernel in another
+    process, and with TF32 another precision, so a run's validation and test scores and
+    evaluate.py's would differ beyond round-off. The heuristics give every process the same
+    kernels for the same shapes."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
 @torch.no_grad()
 def predict_pairs(model, data: SplitData, batch_size=None, amp_dtype=None, scorer=None) -> np.ndarray:
     """Image-level scores: the mean of each pair's patch predictions (docs/method.md#patches).
@@ -353,11 +369,12 @@ def predict_pairs(model, data: SplitData, batch_size=None, amp_dtype=None, score
         scorer = Scorer("eager", model, amp_dtype)
     model.eval()
     sums = torch.zeros(data.num_pairs, dtype=torch.float64, device=data.left.device)
-    for start in range(0, data.num_patches, batch_size):
-        sl = slice(start, start + batch_size)
-        quality = scorer(data.left[sl].float(), data.right[sl].float(),
-                         full=start + batch_size <= data.num_patches)
-        sums.index_add_(0, data.pair_index[sl], quality.double())
+    with cudnn_heuristics():
+        for start in range(0, data.num_patches, batch_size):
+            sl = slice(start, start + batch_size)
+            quality = scorer(data.left[sl].float(), data.right[sl].float(),
+                             full=start + batch_size <= data.num_patches)
+            sums.index_add_(0, data.pair_index[sl], quality.double())
     # patches per pair by index_add_ rather than bincount: the same integers, and an output
     # whose shape does not depend on the data, so the scoring path also runs on fake CUDA
     # tensors (tests/test_cuda_host.py)

@@ -13,7 +13,8 @@ manual_seed, init) runs its own Python code, argument checks included, exactly a
     torch._C._cuda_init              does nothing (the driver would start here)
     torch.cuda.default_generators    holds one `Generator` standing for cuda:0's Philox
                                      generator, with the state checks of PyTorch's own
-                                     (CUDAGeneratorImpl: a CPU ByteTensor of 16 or 8 bytes)
+                                     (CUDAGeneratorImpl: a CPU ByteTensor of 16 or 8 bytes,
+                                     offset a multiple of 4) and its shared graph-safe states
 
 Nothing else is replaced. The first real CUDA work (a tensor allocated on the GPU, a stream
 created, a storage moved there) raises PyTorch's own RuntimeError about the missing driver:
@@ -32,15 +33,20 @@ FIRST_KERNEL = r"NVIDIA driver|CUDA driver|no CUDA-capable device|Torch not comp
 
 class Generator:
     """cuda:0's default generator as the host code sees it: a Philox seed and offset, with
-    the checks CUDAGeneratorImpl makes on what it is given."""
+    the checks CUDAGeneratorImpl makes on what it is given.
+
+    As in PyTorch, the seed and offset live in a state object that `graphsafe_get_state`
+    hands out and `graphsafe_set_state` installs by reference (the generator then draws from
+    that very object, which is how a captured graph stays bound to it); `clone_state` copies
+    it."""
 
     device = torch.device("cuda", 0)
 
-    def __init__(self, seed=67280421310721, offset=0):
-        self._seed, self._offset = seed, offset
+    def __init__(self, seed=67280421310721, offset=0, state=None):
+        self._state = state if state is not None else [seed, offset]
 
     def manual_seed(self, seed):
-        self._seed, self._offset = int(seed) & 0xFFFF_FFFF_FFFF_FFFF, 0
+        self._state[:] = [int(seed) & 0xFFFF_FFFF_FFFF_FFFF, 0]
         return self
 
     def seed(self):
@@ -49,10 +55,10 @@ class Generator:
         return self.manual_seed(random.getrandbits(63)).initial_seed()
 
     def initial_seed(self):
-        return self._seed
+        return self._state[0]
 
     def get_state(self):
-        return torch.tensor(list(struct.pack("<Qq", self._seed, self._offset)), dtype=torch.uint8)
+        return torch.tensor(list(struct.pack("<Qq", *self._state)), dtype=torch.uint8)
 
     def set_state(self, state):
         if not (isinstance(state, torch.Tensor) and state.layout == torch.strided
@@ -61,20 +67,22 @@ class Generator:
         if state.numel() not in (16, 8):
             raise RuntimeError("RNG state is wrong size")
         raw = bytes(state.tolist())
-        self._seed = struct.unpack("<Q", raw[:8])[0]
-        self._offset = struct.unpack("<q", raw[8:])[0] if len(raw) == 16 else 0
+        offset = struct.unpack("<q", raw[8:])[0] if len(raw) == 16 else 0
+        if offset % 4:
+            raise RuntimeError("offset must be a multiple of 4")
+        self._state[:] = [struct.unpack("<Q", raw[:8])[0], offset]
         return self
 
     def clone_state(self):
-        return Generator(self._seed, self._offset)
+        return Generator(*self._state)
 
     def graphsafe_get_state(self):
-        return Generator(self._seed, self._offset)
+        return Generator(state=self._state)
 
     def graphsafe_set_state(self, other):
         if not isinstance(other, Generator):
             raise RuntimeError(f"expected a CUDA generator state, got {type(other).__name__}")
-        self._seed, self._offset = other._seed, other._offset
+        self._state = other._state
 
 
 def install(monkeypatch):

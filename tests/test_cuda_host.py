@@ -56,6 +56,13 @@ def test_harness_keeps_torchs_own_checks(one_gpu):
         torch.cuda.set_rng_state(state.float(), CUDA0)
     with pytest.raises(RuntimeError, match=cuda_harness.FIRST_KERNEL):
         torch.zeros(1, device=CUDA0)
+    generator = torch.cuda.default_generators[0]  # graph-safe states are shared, clones are not
+    shared, clone = generator.graphsafe_get_state(), generator.clone_state()
+    generator.manual_seed(11)
+    assert shared.initial_seed() == 11 and clone.initial_seed() == 3
+    generator.graphsafe_set_state(clone)
+    generator.manual_seed(12)
+    assert clone.initial_seed() == 12 and shared.initial_seed() == 11
 
 
 def test_harness_is_gone_after_the_test():
@@ -114,9 +121,10 @@ def test_evaluate_py_applies_the_runs_numerics_and_runs_to_the_first_kernel(one_
     where = stops_at_first_kernel(lambda: evaluate.main(["--checkpoint", str(checkpoint),
                                                          "--out", str(tmp_path / "eval")]))
     assert where[:2] == ("experiment.py", "build_model")
-    # the run's train.tf32=auto / deterministic=auto, resolved for CUDA as train.py does
+    # the run's train.tf32=auto / deterministic=auto, resolved for CUDA as train.py does;
+    # scoring picks cuDNN's kernels by heuristics (the same in every process), not by timing
     assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
-    assert torch.backends.cudnn.benchmark
+    assert not torch.backends.cudnn.benchmark and not torch.backends.cudnn.deterministic
     assert not (tmp_path / "eval").exists()
 
 
@@ -178,6 +186,26 @@ def test_training_loss_on_fake_cuda_tensors():
         idx = epoch_order(data.num_patches, seed=0, epoch=0)[:8].to(CUDA0)
         total, quality, nss = joint_loss(network, data, idx, 25.0)
         assert total.device == CUDA0 and total.dtype == torch.float32 and total.dim() == 0
+
+
+def test_scoring_picks_cudnn_kernels_by_heuristics_and_puts_the_switch_back(process_numerics):
+    """Training on CUDA times cuDNN's kernels (benchmark mode); validation, test and
+    evaluate.py scoring must not, or two processes may score with different kernels."""
+    from siqa.engine import Scorer, predict_pairs
+    from siqa.model import MultiTaskSIQA
+
+    class Recording(Scorer):
+        seen = []
+
+        def __call__(self, left, right, full=True):
+            Recording.seen.append(torch.backends.cudnn.benchmark)
+            return super().__call__(left, right, full)
+
+    network = MultiTaskSIQA()
+    torch.backends.cudnn.benchmark = True
+    predict_pairs(network, synthetic_split(num_pairs=2, per_pair=3), batch_size=4,
+                  scorer=Recording("eager", network))
+    assert Recording.seen == [False, False] and torch.backends.cudnn.benchmark
 
 
 # ------------------------------------------------------------------ combinations
