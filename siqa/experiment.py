@@ -27,6 +27,7 @@ from siqa.errors import UserError
 from siqa.files import atomic_write_text
 from siqa.metrics import evaluate_scores
 from siqa.model import MultiTaskSIQA
+from siqa.overlap import evaluation_pairs, split_identities
 from siqa.reports import predictions_csv, score_report, summarize, write_json
 
 
@@ -195,6 +196,7 @@ def split_run(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resume,
     scheduler = (torch.optim.lr_scheduler.StepLR(optimizer, t["lr_step"], t["lr_gamma"])
                  if t["lr_step"] else None)
     split_names = {name: [p.name for p in pairs[name]] for name in pairs}
+    split_sha = split_identities(pairs)  # evaluation recognises these pairs by content
     start_epoch, best = 0, None
     if resume and (run_dir / "last.pt").is_file():
         # On the CPU whatever the device: the RNG states must stay CPU byte tensors;
@@ -216,7 +218,7 @@ def split_run(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resume,
 
     def state_dict(epoch, with_optimizer):
         state = {"model": model.state_dict(), "epoch": epoch, "best": best, "config": cfg,
-                 "split": split_names, "database": info}
+                 "split": split_names, "pair_sha256": split_sha, "database": info}
         if with_optimizer:
             state.update(optimizer=optimizer.state_dict(),
                          scheduler=scheduler.state_dict() if scheduler else None)
@@ -391,19 +393,23 @@ def evaluate(checkpoint, overrides=(), split="test", out=None, progress=True, lo
 
     device = select_device(cfg["device"])
     pairs = load_pairs(cfg)
-    # both through the schema: a checkpoint written before a dataset key existed has its default
-    same_db = cfg["dataset"] == config_mod.load_config(base=state["config"])["dataset"]
-    if split == "test" and same_db:
-        pairs = checkpoint_test_pairs(pairs, state)
-    elif split == "test":
-        log("note: another database than the checkpoint's: evaluating all of its pairs")
-        split = "all"
+    # which pairs the checkpoint trained, validated and tested on: by content (siqa.overlap)
+    chosen = evaluation_pairs(pairs, state, split)
+    if split == "test" and chosen.split != "test":
+        log(f"note: not the checkpoint's database (its test split is not in it): "
+            f"evaluating {chosen.describe()}")
+    pairs, split = chosen.pairs, chosen.split.replace(" ", "_")
+    if not pairs:
+        raise UserError("every pair of this database is a training or validation pair of the "
+                        "checkpoint: nothing to evaluate")
     model = load_model(state, device, source=checkpoint)
     pred = predict_database(model, pairs, cfg, device, progress=progress)
     report = score_report(pairs, pred)
     out = Path(out) if out else Path(checkpoint).parent / f"eval_{cfg['dataset']['name']}_{split}"
-    write_json(out / "metrics.json", {split: report, "protocol": protocol.evaluation_card(
-        cfg, checkpoint, device, started, report, pairs)})
+    write_json(out / "metrics.json", {split: report, "evaluated": chosen.describe(),
+                                      "dropped_seen_pairs": chosen.dropped,
+                                      "protocol": protocol.evaluation_card(
+                                          cfg, checkpoint, device, started, report, pairs)})
     atomic_write_text(out / "predictions.csv", predictions_csv(pairs, pred))
     from siqa.plots import save_scatter_png
 
@@ -413,16 +419,6 @@ def evaluate(checkpoint, overrides=(), split="test", out=None, progress=True, lo
     log(f"{split}: {len(pairs)} pairs, SROCC {_fmt(report['srocc'])} PLCC {_fmt(report['plcc'])} "
         f"KROCC {_fmt(report['krocc'])} RMSE {report['rmse']:.3f} -> {out}")
     return report, out
-
-
-def checkpoint_test_pairs(pairs, state):
-    """The checkpoint's own test pairs, in its order, out of `pairs` (its database)."""
-    by_name = {p.name: p for p in pairs}
-    missing = [n for n in state["split"]["test"] if n not in by_name]
-    if missing:
-        raise UserError(f"{len(missing)} test pairs of the checkpoint are not in the database "
-                        f"(first: {missing[0]})")
-    return [by_name[n] for n in state["split"]["test"]]
 
 
 def predict_database(model, pairs, cfg, device, progress=True):
