@@ -110,8 +110,18 @@ def _finished(run_dir, epochs):
             and load_checkpoint(run_dir / "last.pt")["epoch"] >= epochs)
 
 
-def train(cfg, resume=False, dist=Dist(), progress=True, log=print):
-    """Train (and test) on every configured split; returns the test report(s)."""
+def finished(cfg) -> bool:
+    """Every split of the run in out_dir trained its train.epochs and was tested."""
+    cfg = config_mod.resolve_auto(cfg)
+    out_dir, n = config_mod.run_dir_of(cfg), cfg["train"]["repeats"]
+    dirs = [out_dir] if n == 1 else [out_dir / f"split_{r}" for r in range(n)]
+    return all(_finished(d, cfg["train"]["epochs"]) for d in dirs)
+
+
+def train(cfg, resume=False, dist=Dist(), progress=True, log=print, changes=None):
+    """Train (and test) on every configured split; returns the test report(s).
+    `changes`: {key: [recorded, now]} of a resume's allowed changes (siqa.config.RESUME_FREE),
+    kept with the run's checkpoints and protocol card."""
     from tqdm.auto import tqdm
 
     started = time.perf_counter()
@@ -129,7 +139,7 @@ def train(cfg, resume=False, dist=Dist(), progress=True, log=print):
     pairs = load_pairs(cfg)
     splits, split_doc = splits_for_run(pairs, cfg)  # seeded, or dataset.split_file
     record = {"splits": split_doc, "split_info": protocol.split_info(cfg, split_doc),
-              "code": protocol.git_state()}
+              "code": protocol.git_state(), "changes": changes or {}}
     nss = nss_from_config(pairs, cfg["nss"], progress=progress and dist.is_main,
                           device=dist.device)  # the device itself: cuda:1 computes on cuda:1
     if dist.is_main:
@@ -197,7 +207,7 @@ def split_run(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resume,
                  if t["lr_step"] else None)
     split_names = {name: [p.name for p in pairs[name]] for name in pairs}
     split_sha = split_identities(pairs)  # evaluation recognises these pairs by content
-    start_epoch, best = 0, None
+    start_epoch, best, resumes = 0, None, []
     if resume and (run_dir / "last.pt").is_file():
         # On the CPU whatever the device: the RNG states must stay CPU byte tensors;
         # load_state_dict moves the weights and the optimizer state to the device.
@@ -207,6 +217,8 @@ def split_run(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resume,
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
         start_epoch, best = state["epoch"], state["best"]
+        resumes = list(state.get("resumes", [])) + [
+            {"after_epoch": start_epoch, "changed": (record or {}).get("changes", {})}]
         if not restore_rank_rng(state["rng"], dist, seed, start_epoch):
             log(f"note: {run_dir} was written by {len(rank_states(state['rng']))} process(es), "
                 f"this run has {dist.world}: dropout streams restart (the resume is not exact)")
@@ -218,7 +230,8 @@ def split_run(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resume,
 
     def state_dict(epoch, with_optimizer):
         state = {"model": model.state_dict(), "epoch": epoch, "best": best, "config": cfg,
-                 "split": split_names, "pair_sha256": split_sha, "database": info}
+                 "split": split_names, "pair_sha256": split_sha, "database": info,
+                 "resumes": resumes}
         if with_optimizer:
             state.update(optimizer=optimizer.state_dict(),
                          scheduler=scheduler.state_dict() if scheduler else None)
@@ -295,6 +308,7 @@ def split_run(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resume,
             report["protocol"] = protocol.card(cfg, record["split_info"], device, record["started"],
                                                [report["test"]], repeat=record["repeat"],
                                                code=record["code"])
+            report["protocol"]["resumes"] = resumes  # each resume: its epoch and changes
         write_json(run_dir / "metrics.json", report)
         _hparams(writer, cfg, report)
         writer.close()
@@ -388,6 +402,7 @@ def evaluate(checkpoint, overrides=(), split="test", out=None, progress=True, lo
     started = time.perf_counter()
     state = load_checkpoint(checkpoint, required=("model", "config", "split", "database"))
     cfg = config_mod.load_config(overrides=overrides, base=state["config"])
+    config_mod.check_effect(cfg, overrides)  # no key without an effect
     cfg["patches"] = state["config"]["patches"]  # the model only knows its own input normalisation
     from siqa.engine import select_device
 
