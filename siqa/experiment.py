@@ -82,6 +82,16 @@ def _pick(pairs, indices):
     return [pairs[i] for i in indices]
 
 
+def tensorboard_name(out_dir) -> str:
+    """A run's TensorBoard folder: the last component of out_dir and 8 hex digits of its
+    absolute path, so that runs/a/exp and runs/b/exp do not write into one folder, and a
+    resumed run (from any working directory) writes into its own."""
+    import hashlib
+
+    path = str(Path(out_dir).resolve())
+    return f"{Path(path).name}-{hashlib.sha256(path.encode('utf-8')).hexdigest()[:8]}"
+
+
 def _tensorboard(cfg, run_name, purge_step):
     from torch.utils.tensorboard import SummaryWriter
 
@@ -152,7 +162,7 @@ def train(cfg, resume=False, dist=Dist(), progress=True, log=print, changes=None
         return out_dir if len(splits) == 1 else out_dir / f"split_{r}"
 
     def run_of(r):  # split r's run: a generator of its training steps, returning its report
-        run_name = out_dir.name if len(splits) == 1 else f"{out_dir.name}/split_{r}"
+        run_name = tensorboard_name(out_dir) + ("" if len(splits) == 1 else f"/split_{r}")
         data = {name: _pick(pairs, splits[r][name]) for name in ("train", "val", "test")}
         targets = {name: nss[splits[r][name]] for name in data}
         # concurrently, the splits' lines interleave: each says whose it is (and no bars)
