@@ -165,8 +165,8 @@ def train(cfg, resume=False, dist=Dist(), progress=True, log=print, changes=None
         run_name = tensorboard_name(out_dir) + ("" if len(splits) == 1 else f"/split_{r}")
         data = {name: _pick(pairs, splits[r][name]) for name in ("train", "val", "test")}
         targets = {name: nss[splits[r][name]] for name in data}
-        # concurrently, the splits' lines interleave: each says whose it is (and no bars)
-        split_log = (lambda line: log(f"split {r}: {line}")) if concurrent else log
+        # several splits: each line says whose it is (concurrently they interleave, no bars)
+        split_log = (lambda line: log(f"split {r}: {line}")) if len(splits) > 1 else log
         return split_run(cfg, data, targets, info, run_dir_of(r), run_name, dtype,
                          seed=cfg["train"]["seed"] + r, resume=resume, dist=dist,
                          progress=progress and not concurrent, log=split_log, tqdm=tqdm,

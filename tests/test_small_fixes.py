@@ -29,3 +29,9 @@ def test_predict_scores_several_pairs_as_each_alone(checkpoint, tiny_manifest):
     assert [float(line.split("\t")[-1]) for line in lines] == pytest.approx(scores, abs=1e-6)
     odd = run_entry("predict.py", "--checkpoint", checkpoint, *one, two[0])
     assert odd.returncode == 2 and "in pairs" in odd.stderr
+
+
+def test_a_run_folder_as_checkpoint_points_at_its_best_pt(checkpoint, tmp_path):
+    proc = run_entry("evaluate.py", "--checkpoint", checkpoint.parent, "--out", tmp_path / "ev")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "is a folder" in proc.stderr and str(checkpoint) in proc.stderr
