@@ -16,7 +16,7 @@ def main(argv):
     parser.add_argument("--config", help="a YAML file of overrides (default: config.yaml)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in out_dir from its last complete checkpoint "
-                             "(only the settings listed in docs/usage.md#resuming may change)")
+                             "(the settings that may change: docs/usage.md, Resuming)")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
     args = parser.parse_intermixed_args(argv)  # key=value before and after --resume
 

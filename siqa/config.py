@@ -80,9 +80,9 @@ def check_effect(cfg, overrides):
 
 
 # Settings `train.py --resume` may change: they decide where and how fast the run computes,
-# not what it computes (docs/usage.md#resuming). Any other difference from the run's recorded
-# config.yaml is a UserError: the resumed run and its protocol card would claim one setting
-# for epochs trained with another. train.epochs may grow (a longer run, recorded in the card).
+# not what it computes (docs/usage.md#resuming-and-several-processes). Any other difference
+# from the run's recorded config.yaml is a UserError: the resumed run and its protocol card
+# would claim one setting for epochs trained with another. train.epochs may grow (a longer run, recorded in the card).
 RESUME_FREE = {
     "device": "where it computes (the arithmetic may differ as between machines)",
     "train.threads": "CPU threads (the card records them)",
