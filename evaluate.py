@@ -20,7 +20,8 @@ def main(argv):
                         help="train x test table of SROCC/PLCC (writes matrix.md and matrix.json)")
     parser.add_argument("--test", action="append", default=[], metavar="NAME=ROOT",
                         help="with --matrix: a test database (csv=MANIFEST.csv for a manifest)")
-    parser.add_argument("--out", help="output folder (default: next to the checkpoint; runs/matrix)")
+    parser.add_argument("--out", help="output folder (default: <run>/eval_<database>_<split>/ "
+                        "beside the checkpoint; runs/matrix with --matrix)")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
                         help="e.g. dataset.name=live3d_phase2 dataset.root=/data/LIVE3D-II")
     args = parser.parse_args(argv)

@@ -57,6 +57,10 @@ def load_checkpoint(path, map_location="cpu", required=()) -> dict:
     """The verified contents of `path` (without the checksum entry); `required` keys must
     be present."""
     path = Path(path)
+    if path.is_dir():  # a run folder: its checkpoints are inside
+        inside = [p for p in (path / "best.pt", path / "split_0" / "best.pt") if p.is_file()]
+        hint = f"give {inside[0]}" if inside else "give the best.pt a run wrote"
+        raise UserError(f"checkpoint {path} is a folder, not a checkpoint file: {hint}")
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     with open(path, "rb") as f:

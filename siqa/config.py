@@ -45,6 +45,74 @@ AUTO = {
 }
 
 
+# Keys that only some runs use. A key given on the command line to a run that does not use
+# it is a UserError naming what would use it (issue 22: `dataset.manifest=pairs.csv` without
+# `dataset.name=csv` trained on the demo without a word). key: (does this resolved config
+# use it?, what would use it).
+USED_WHEN = {
+    "dataset.manifest": (lambda c: c["dataset"]["name"] in ("csv", "waterloo3d_phase1",
+                                                            "waterloo3d_phase2"),
+                         "dataset.name=csv (or a Waterloo database)"),
+    "dataset.root": (lambda c: not (c["dataset"]["name"] == "csv" and c["dataset"]["manifest"]),
+                     "a database without a manifest (dataset.name=csv reads the manifest's "
+                     "own folder)"),
+    "dataset.demo_size": (lambda c: c["dataset"]["name"] == "demo", "dataset.name=demo"),
+    "dataset.split": (lambda c: not c["dataset"]["split_file"],
+                      "a run without dataset.split_file (the file's splits replace the ratios)"),
+    "train.momentum": (lambda c: c["train"]["optimizer"] == "sgd", "train.optimizer=sgd"),
+    "train.lr_gamma": (lambda c: c["train"]["lr_step"] > 0, "train.lr_step > 0"),
+    "train.concurrent_repeats": (lambda c: c["train"]["repeats"] > 1, "train.repeats > 1"),
+}
+
+
+def check_effect(cfg, overrides):
+    """UserError for the first override (key=value, value not null) that `cfg` does not
+    use, naming what would use it (`USED_WHEN`); `auto` values are resolved first."""
+    resolved = resolve_auto(cfg)
+    for key, value in parse_overrides(overrides).items():
+        if value is None or key not in USED_WHEN:
+            continue
+        used, user = USED_WHEN[key]
+        if not used(resolved):
+            raise UserError(f"{key}={value} has no effect in this run (dataset.name="
+                            f"{resolved['dataset']['name']}, train.optimizer="
+                            f"{resolved['train']['optimizer']}): it is used with {user}; "
+                            "remove it or set what uses it")
+
+
+# Settings `train.py --resume` may change: they decide where and how fast the run computes,
+# not what it computes (docs/usage.md#resuming-and-several-processes). Any other difference
+# from the run's recorded config.yaml is a UserError: the resumed run and its protocol card
+# would claim one setting for epochs trained with another. train.epochs may grow (a longer run, recorded in the card).
+RESUME_FREE = {
+    "device": "where it computes (the arithmetic may differ as between machines)",
+    "train.threads": "CPU threads (the card records them)",
+    "train.step": "eager, compile or graph: the same step, compiled or captured",
+    "train.concurrent_repeats": "the splits one after another or at once: the same runs",
+    "train.checkpoint_every": "how often last.pt is written",
+    "nss.workers": "processes for the NSS precompute: the same targets",
+    "nss.cache_dir": "where the content-addressed NSS targets are cached",
+    "tensorboard.dir": "where the curves are written",
+}
+
+
+def resume_changes(saved, cfg) -> dict:
+    """{key: [recorded, now]} of the settings that `cfg` changes in a run whose recorded
+    config is `saved`; UserError for any change outside `RESUME_FREE` (and for fewer epochs)."""
+    old, new = flatten(resolve_auto(saved)), flatten(resolve_auto(cfg))
+    changes = {k: [old[k], new[k]] for k in new if old.get(k) != new[k]}
+    for key, (was, now) in changes.items():
+        if key == "train.epochs" and now > was:
+            continue
+        if key not in RESUME_FREE:
+            more = (" (train.epochs may only grow)" if key == "train.epochs" else "")
+            raise UserError(f"--resume continues the run as recorded in its config.yaml: {key}="
+                            f"{now} differs from the recorded {was}{more}; start a new run "
+                            f"(another out_dir=...) to change it. Settings that may change "
+                            f"on resume: {', '.join(RESUME_FREE)}, a larger train.epochs")
+    return changes
+
+
 def flatten(tree, prefix=""):
     out = {}
     for key, value in tree.items():

@@ -27,6 +27,7 @@ from siqa.errors import UserError
 from siqa.files import atomic_write_text
 from siqa.metrics import evaluate_scores
 from siqa.model import MultiTaskSIQA
+from siqa.overlap import evaluation_pairs, split_identities
 from siqa.reports import pooled_out_of_fold, predictions_csv, score_report, summarize, write_json
 
 
@@ -81,6 +82,16 @@ def _pick(pairs, indices):
     return [pairs[i] for i in indices]
 
 
+def tensorboard_name(out_dir) -> str:
+    """A run's TensorBoard folder: the last component of out_dir and 8 hex digits of its
+    absolute path, so that runs/a/exp and runs/b/exp do not write into one folder, and a
+    resumed run (from any working directory) writes into its own."""
+    import hashlib
+
+    path = str(Path(out_dir).resolve())
+    return f"{Path(path).name}-{hashlib.sha256(path.encode('utf-8')).hexdigest()[:8]}"
+
+
 def _tensorboard(cfg, run_name, purge_step):
     from torch.utils.tensorboard import SummaryWriter
 
@@ -109,8 +120,18 @@ def _finished(run_dir, epochs):
             and load_checkpoint(run_dir / "last.pt")["epoch"] >= epochs)
 
 
-def train(cfg, resume=False, dist=Dist(), progress=True, log=print):
-    """Train (and test) on every configured split; returns the test report(s)."""
+def finished(cfg) -> bool:
+    """Every split of the run in out_dir trained its train.epochs and was tested."""
+    cfg = config_mod.resolve_auto(cfg)
+    out_dir, n = config_mod.run_dir_of(cfg), cfg["train"]["repeats"]
+    dirs = [out_dir] if n == 1 else [out_dir / f"split_{r}" for r in range(n)]
+    return all(_finished(d, cfg["train"]["epochs"]) for d in dirs)
+
+
+def train(cfg, resume=False, dist=Dist(), progress=True, log=print, changes=None):
+    """Train (and test) on every configured split; returns the test report(s).
+    `changes`: {key: [recorded, now]} of a resume's allowed changes (siqa.config.RESUME_FREE),
+    kept with the run's checkpoints and protocol card."""
     from tqdm.auto import tqdm
 
     started = time.perf_counter()
@@ -128,7 +149,7 @@ def train(cfg, resume=False, dist=Dist(), progress=True, log=print):
     pairs = load_pairs(cfg)
     splits, split_doc = splits_for_run(pairs, cfg)  # seeded, or dataset.split_file
     record = {"splits": split_doc, "split_info": protocol.split_info(cfg, split_doc),
-              "code": protocol.git_state()}
+              "code": protocol.git_state(), "changes": changes or {}}
     nss = nss_from_config(pairs, cfg["nss"], progress=progress and dist.is_main,
                           device=dist.device)  # the device itself: cuda:1 computes on cuda:1
     if dist.is_main:
@@ -141,11 +162,11 @@ def train(cfg, resume=False, dist=Dist(), progress=True, log=print):
         return out_dir if len(splits) == 1 else out_dir / f"split_{r}"
 
     def run_of(r):  # split r's run: a generator of its training steps, returning its report
-        run_name = out_dir.name if len(splits) == 1 else f"{out_dir.name}/split_{r}"
+        run_name = tensorboard_name(out_dir) + ("" if len(splits) == 1 else f"/split_{r}")
         data = {name: _pick(pairs, splits[r][name]) for name in ("train", "val", "test")}
         targets = {name: nss[splits[r][name]] for name in data}
-        # concurrently, the splits' lines interleave: each says whose it is (and no bars)
-        split_log = (lambda line: log(f"split {r}: {line}")) if concurrent else log
+        # several splits: each line says whose it is (concurrently they interleave, no bars)
+        split_log = (lambda line: log(f"split {r}: {line}")) if len(splits) > 1 else log
         return split_run(cfg, data, targets, info, run_dir_of(r), run_name, dtype,
                          seed=cfg["train"]["seed"] + r, resume=resume, dist=dist,
                          progress=progress and not concurrent, log=split_log, tqdm=tqdm,
@@ -206,7 +227,8 @@ def split_run(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resume,
     scheduler = (torch.optim.lr_scheduler.StepLR(optimizer, t["lr_step"], t["lr_gamma"])
                  if t["lr_step"] else None)
     split_names = {name: [p.name for p in pairs[name]] for name in pairs}
-    start_epoch, best = 0, None
+    split_sha = split_identities(pairs)  # evaluation recognises these pairs by content
+    start_epoch, best, resumes = 0, None, []
     if resume and (run_dir / "last.pt").is_file():
         # On the CPU whatever the device: the RNG states must stay CPU byte tensors;
         # load_state_dict moves the weights and the optimizer state to the device.
@@ -216,6 +238,8 @@ def split_run(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resume,
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
         start_epoch, best = state["epoch"], state["best"]
+        resumes = list(state.get("resumes", [])) + [
+            {"after_epoch": start_epoch, "changed": (record or {}).get("changes", {})}]
         if not restore_rank_rng(state["rng"], dist, seed, start_epoch):
             log(f"note: {run_dir} was written by {len(rank_states(state['rng']))} process(es), "
                 f"this run has {dist.world}: dropout streams restart (the resume is not exact)")
@@ -227,7 +251,8 @@ def split_run(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resume,
 
     def state_dict(epoch, with_optimizer):
         state = {"model": model.state_dict(), "epoch": epoch, "best": best, "config": cfg,
-                 "split": split_names, "database": info}
+                 "split": split_names, "pair_sha256": split_sha, "database": info,
+                 "resumes": resumes}
         if with_optimizer:
             state.update(optimizer=optimizer.state_dict(),
                          scheduler=scheduler.state_dict() if scheduler else None)
@@ -305,6 +330,7 @@ def split_run(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resume,
             report["protocol"] = protocol.card(cfg, record["split_info"], device, record["started"],
                                                [report["test"]], repeat=record["repeat"],
                                                code=record["code"])
+            report["protocol"]["resumes"] = resumes  # each resume: its epoch and changes
         write_json(run_dir / "metrics.json", report)
         _hparams(writer, cfg, report)
         writer.close()
@@ -424,6 +450,7 @@ def evaluate(checkpoint, overrides=(), split="test", out=None, progress=True, lo
     started = time.perf_counter()
     state = load_checkpoint(checkpoint, required=("model", "config", "split", "database"))
     cfg = config_mod.load_config(overrides=overrides, base=state["config"])
+    config_mod.check_effect(cfg, overrides)  # no key without an effect
     cfg["patches"] = state["config"]["patches"]  # the model only knows its own input normalisation
     from siqa.distributed import use_run_threads
     from siqa.engine import select_device
@@ -431,13 +458,15 @@ def evaluate(checkpoint, overrides=(), split="test", out=None, progress=True, lo
     device = select_device(cfg["device"])
     use_run_threads(cfg)
     pairs = load_pairs(cfg)
-    # both through the schema: a checkpoint written before a dataset key existed has its default
-    same_db = cfg["dataset"] == config_mod.load_config(base=state["config"])["dataset"]
-    if split == "test" and same_db:
-        pairs = checkpoint_test_pairs(pairs, state)
-    elif split == "test":
-        log("note: another database than the checkpoint's: evaluating all of its pairs")
-        split = "all"
+    # which pairs the checkpoint trained, validated and tested on: by content (siqa.overlap)
+    chosen = evaluation_pairs(pairs, state, split)
+    if split == "test" and chosen.split != "test":
+        log(f"note: not the checkpoint's database (its test split is not in it): "
+            f"evaluating {chosen.describe()}")
+    pairs, split = chosen.pairs, chosen.split.replace(" ", "_")
+    if not pairs:
+        raise UserError("every pair of this database is a training or validation pair of the "
+                        "checkpoint: nothing to evaluate")
     model = load_model(state, device, source=checkpoint)
     pred = predict_database(model, pairs, cfg, device, progress=progress)
     report = score_report(pairs, pred)
@@ -445,8 +474,10 @@ def evaluate(checkpoint, overrides=(), split="test", out=None, progress=True, lo
 
     report["oriented"] = oriented(pred, pairs, state["database"]["higher_is_better"])
     out = Path(out) if out else Path(checkpoint).parent / f"eval_{cfg['dataset']['name']}_{split}"
-    write_json(out / "metrics.json", {split: report, "protocol": protocol.evaluation_card(
-        cfg, checkpoint, device, started, report, pairs)})
+    write_json(out / "metrics.json", {split: report, "evaluated": chosen.describe(),
+                                      "dropped_seen_pairs": chosen.dropped,
+                                      "protocol": protocol.evaluation_card(
+                                          cfg, checkpoint, device, started, report, pairs)})
     atomic_write_text(out / "predictions.csv", predictions_csv(pairs, pred))
     from siqa.plots import save_scatter_png
 
@@ -460,16 +491,6 @@ def evaluate(checkpoint, overrides=(), split="test", out=None, progress=True, lo
             f", the database gives the other: oriented SROCC {_fmt(report['oriented']['srocc'])} "
             f"PLCC {_fmt(report['oriented']['plcc'])} (metrics.json: oriented)")
     return report, out
-
-
-def checkpoint_test_pairs(pairs, state):
-    """The checkpoint's own test pairs, in its order, out of `pairs` (its database)."""
-    by_name = {p.name: p for p in pairs}
-    missing = [n for n in state["split"]["test"] if n not in by_name]
-    if missing:
-        raise UserError(f"{len(missing)} test pairs of the checkpoint are not in the database "
-                        f"(first: {missing[0]})")
-    return [by_name[n] for n in state["split"]["test"]]
 
 
 def predict_database(model, pairs, cfg, device, progress=True):

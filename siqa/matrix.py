@@ -9,9 +9,11 @@ database's scores. Direction: a checkpoint predicts on the scale of its training
 DMOS (higher = worse: LIVE, demo) or MOS (higher = better: Waterloo). Where the two
 directions differ, the correlations are negated, so that 1 always means agreement and -1
 disagreement; the raw values are kept in the JSON beside the oriented ones. RMSE is not
-reported: the scales differ. A test database that is the checkpoint's own (same name, root
-and manifest) is scored on the checkpoint's test split only (marked *), never on the pairs
-it was trained on; any other database on all its pairs.
+reported: the scales differ. Which pairs the checkpoint has seen is decided from the pairs
+themselves (siqa.overlap: content hashes, never paths): a test database that holds the
+checkpoint's test split is its own and is scored on that split only (marked *); one that
+shares some training or validation pairs is scored without them (marked +, the number
+dropped in the JSON); any other database on all its pairs.
 """
 from pathlib import Path
 
@@ -22,7 +24,10 @@ from siqa.checkpoint import load_checkpoint
 from siqa.errors import UserError
 from siqa.metrics import krocc, plcc, srocc
 
-DATASET_KEYS = ("name", "root", "manifest")
+SPLIT_LABELS = {"test": "checkpoint test split", "all": "all",
+                "all less seen": "all less the checkpoint's training/validation pairs"}
+MARKS = ("* = the checkpoint's own test split; + = without the checkpoint's training and "
+         "validation pairs, which this database shares")
 
 
 def parse_test(spec):
@@ -61,7 +66,8 @@ def cross_database_matrix(checkpoints, tests, out, overrides=(), progress=False,
     `overrides` (key.sub=value) apply to every evaluation (e.g. device=cpu)."""
     from siqa.distributed import use_run_threads
     from siqa.engine import select_device
-    from siqa.experiment import checkpoint_test_pairs, load_model, load_pairs, predict_database
+    from siqa.experiment import load_model, load_pairs, predict_database
+    from siqa.overlap import evaluation_pairs
     from siqa.reports import write_json
 
     if not checkpoints or not tests:
@@ -86,21 +92,21 @@ def cross_database_matrix(checkpoints, tests, out, overrides=(), progress=False,
             cfg = config_mod.load_config(overrides=overrides, base=state["config"])
             cfg["dataset"].update(dataset)
             cfg["patches"] = state["config"]["patches"]
-            pairs = load_pairs(cfg)
-            own = all(cfg["dataset"][k] == state["config"]["dataset"][k] for k in DATASET_KEYS)
-            if own:
-                pairs = checkpoint_test_pairs(pairs, state)
-            pred = predict_database(model, pairs, cfg, device, progress=progress)
-            cell = oriented(pred, pairs, state["database"]["higher_is_better"])
-            cell.update(train=row, test=label, checkpoint=str(path),
-                        split="checkpoint test split" if own else "all")
+            chosen = evaluation_pairs(load_pairs(cfg), state, "test")  # by content
+            if not chosen.pairs:
+                raise UserError(f"--test {label}: every pair is a training or validation pair "
+                                f"of {path}: nothing to score")
+            pred = predict_database(model, chosen.pairs, cfg, device, progress=progress)
+            cell = oriented(pred, chosen.pairs, state["database"]["higher_is_better"])
+            cell.update(train=row, test=label, checkpoint=str(path), mark=chosen.mark,
+                        split=SPLIT_LABELS[chosen.split], dropped_seen_pairs=chosen.dropped)
             cells.append(cell)
             log(f"{row} -> {label}: SROCC {_fmt(cell['srocc'])} PLCC {_fmt(cell['plcc'])} "
-                f"({cell['n']} pairs{', own test split' if own else ''}"
+                f"({cell['n']} pairs, {chosen.describe()}"
                 f"{', direction flipped' if cell['flipped'] else ''})")
     result = {"rows": rows, "columns": labels, "cells": cells,
               "note": "correlations oriented so that 1 means agreement (MOS vs DMOS handled); "
-                      "raw_* are before orientation; * = the checkpoint's own test split"}
+                      "raw_* are before orientation; " + MARKS}
     out = Path(out)
     write_json(out / "matrix.json", result)
     from siqa.files import atomic_write_text
@@ -118,15 +124,14 @@ def markdown(result) -> str:
     parts = []
     for key, title in (("srocc", "SROCC"), ("plcc", "PLCC")):
         lines = [f"{title}, train (rows) x test (columns); 1 = agreement whatever the score "
-                 "direction; * = the checkpoint's own test split", "",
+                 "direction; " + MARKS, "",
                  "| train \\ test | " + " | ".join(result["columns"]) + " |",
                  "|---|" + "---|" * len(result["columns"])]
         for row in result["rows"]:
             values = []
             for col in result["columns"]:
                 c = by[(row, col)]
-                star = "*" if c["split"] != "all" else ""
-                values.append(f"{_fmt(c[key])}{star}")
+                values.append(f"{_fmt(c[key])}{c.get('mark', '')}")
             lines.append(f"| {row} | " + " | ".join(values) + " |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"

@@ -18,13 +18,20 @@ Conventions
   mapped by the 5-parameter logistic of docs/method.md#evaluation,
       q(x) = b1 * (0.5 - 1 / (1 + exp(b2 * (x - b3)))) + b4 * x + b5,
   fitted by least squares once, from one deterministic data-driven start (see
-  `fit_logistic`). There is no search over several starts and nothing is chosen by its
-  PLCC. When the fit cannot be used (fewer than 5 items, no convergence, a non-finite
-  result, or a local optimum worse than the straight line, which the logistic family
-  contains as b1 = 0) the mapping falls back to an ordinary least-squares straight line;
-  when the predictions are constant the mapping is the constant mean(target). Which
+  `fit_logistic`), under the constraint b1, b2, b4 >= 0: the map never decreases. Every
+  network here predicts on its database's own scale, so a good predictor increases with
+  the score; a decreasing or non-monotone map would make a predictor that ranks backwards
+  look good (issue 22: a step plus a steep line sloping the other way turned SROCC -0.22
+  into plcc_logistic 0.778). There is no search over several starts and nothing is chosen
+  by its PLCC. When the predictions rank backwards (SROCC < 0) no increasing map can
+  linearise them: the mapping is flat, mean(target). It falls back to the least-squares
+  straight line with a non-negative slope (flat where the unconstrained slope is negative)
+  when there are fewer than 5 items, when the fit fails or gives non-finite values, or when
+  it stops at a worse optimum than that line; when the predictions are constant the mapping
+  is the constant mean(target). A flat mapping leaves plcc_logistic undefined (None). Which
   mapping was used is returned by `fit_logistic` (`LogisticFit.kind`, `.reason`) and by
-  `evaluate_scores(..., fit_info=True)` under the extra key "mapping".
+  `evaluate_scores(..., fit_info=True)` under the extra key "mapping"; the protocol card
+  records it.
 """
 import warnings
 from dataclasses import dataclass
@@ -118,7 +125,8 @@ def logistic5(x, b1, b2, b3, b4, b5):
 class LogisticFit:
     """The pred -> target mapping used before "plcc_logistic" / "rmse_logistic".
 
-    kind: "logistic" (the 5-parameter fit), "linear" (fallback: least-squares line),
+    kind: "logistic" (the non-decreasing 5-parameter fit), "linear" (fallback: the
+    least-squares line with a non-negative slope, or flat),
     "constant" (constant predictions: mean(target)) or "none" (no items).
     params: (b1, b2, b3, b4, b5) in the original units for "logistic"; (slope, intercept)
     for "linear"; (mean,) for "constant"; () for "none".
@@ -143,32 +151,36 @@ class LogisticFit:
 def logistic_start(x, y):
     """The documented data-driven start of the logistic fit, in the original units.
 
-    b1 = sign(r) * (max(y) - min(y))  full subjective range, oriented by the sign r of the
-                                      Pearson correlation (r = 0 counts as positive)
-    b2 = 1 / std(x)                   the sigmoid's transition spans about the data spread
-    b3 = median(x)                    centred on the predictions
-    b4 = 0                            no linear term
-    b5 = mean(y)                      centred on the subjective scores
+    b1 = max(y) - min(y)   full subjective range (b1 >= 0: an increasing step)
+    b2 = 1 / std(x)        the sigmoid's transition spans about the data spread
+    b3 = median(x)         centred on the predictions
+    b4 = 0                 no linear term
+    b5 = mean(y)           centred on the subjective scores
     """
-    r = _pearson(x, y)
-    sign = -1.0 if (r is not None and r < 0) else 1.0
     sx = float(np.std(x))
-    return (sign * float(np.ptp(y)), 1.0 / sx if sx > 0 else 1.0,
+    return (float(np.ptp(y)), 1.0 / sx if sx > 0 else 1.0,
             float(np.median(x)), 0.0, float(np.mean(y)))
 
 
 def _linear_fit(x, y, reason):
+    """The least-squares line with a non-negative slope (flat at mean(y) where the
+    unconstrained slope is negative)."""
     slope, intercept = np.polyfit(x, y, 1)
+    if slope < 0:
+        return LogisticFit("linear", (0.0, float(np.mean(y))),
+                           reason + "; the predictions do not increase with the target: flat")
     return LogisticFit("linear", (float(slope), float(intercept)), reason)
 
 
 def fit_logistic(pred, target):
-    """Fit the 5-parameter logistic pred -> target once (see the module docstring).
+    """Fit the non-decreasing 5-parameter logistic pred -> target once (see the module
+    docstring).
 
     The fit runs on standardised data (x and y shifted to mean 0 and scaled to std 1) for
     conditioning, from `logistic_start` expressed in those units, with
-    `scipy.optimize.curve_fit` (Levenberg-Marquardt); the parameters are then converted
-    back to the original units. Deterministic: the same input gives the same fit.
+    `scipy.optimize.curve_fit` bounded to b1, b2, b4 >= 0 (trust-region reflective); the
+    parameters are then converted back to the original units (positive scalings: the
+    bounds hold there too). Deterministic: the same input gives the same fit.
     """
     x, y = score_arrays(pred, target)
     if x.size == 0:
@@ -179,18 +191,30 @@ def fit_logistic(pred, target):
         return _linear_fit(x, y, f"fewer than {MIN_LOGISTIC_ITEMS} items")
     if _is_constant(y):
         return _linear_fit(x, y, "constant targets")
+    rho = srocc(x, y)
+    if rho is not None and rho < 0:  # no increasing map fits a backwards ranking: flat
+        return LogisticFit("linear", (0.0, float(np.mean(y))),
+                           f"the predictions rank backwards (SROCC {rho:.3f} < 0): flat")
 
     mx, sx = float(np.mean(x)), float(np.std(x))
     my, sy = float(np.mean(y)), float(np.std(y))
+    if not (sx > 0 and sy > 0):  # the spread underflowed
+        return _linear_fit(x, y, "no measurable spread")
     xs, ys = (x - mx) / sx, (y - my) / sy
     b1, b2, b3, b4, b5 = logistic_start(x, y)
     start = (b1 / sy, b2 * sx, (b3 - mx) / sx, b4 * sx / sy, (b5 - my) / sy)
+    # b1, b2, b4 >= 0: non-decreasing. b1 and b2 are also bounded above (in standardised
+    # units: a step of 10 target ranges, a transition over 1e-4 standard deviations), so
+    # that a straight line, the limit b2 -> 0 with b1 * b2 fixed, is reached at a finite point
+    lower = (0.0, 0.0, -np.inf, 0.0, -np.inf)
+    upper = (10.0 * float(np.ptp(ys)), 1e4, np.inf, np.inf, np.inf)
     try:
         with warnings.catch_warnings():
             # the covariance of the parameters is not used; its warning is noise
             warnings.simplefilter("ignore", optimize.OptimizeWarning)
             warnings.simplefilter("ignore", RuntimeWarning)
-            c, _ = optimize.curve_fit(logistic5, xs, ys, p0=start, maxfev=LOGISTIC_MAXFEV)
+            c, _ = optimize.curve_fit(logistic5, xs, ys, p0=start, maxfev=LOGISTIC_MAXFEV,
+                                      bounds=(lower, upper), method="trf")
     except (RuntimeError, ValueError, FloatingPointError, np.linalg.LinAlgError) as err:
         return _linear_fit(x, y, f"logistic fit did not converge ({type(err).__name__})")
     c1, c2, c3, c4, c5 = (float(v) for v in c)
@@ -205,6 +229,8 @@ def fit_logistic(pred, target):
     if not np.all(np.isfinite(fitted)):
         return _linear_fit(x, y, "logistic fit gave non-finite predictions")
     line = _linear_fit(x, y, "logistic fit stopped at a worse optimum than a straight line")
+    if np.cov(fitted, y)[0, 1] <= 0:  # a least-squares optimum cannot anti-correlate
+        return LogisticFit("linear", (0.0, my), "the non-decreasing fit explains nothing: flat")
     sse_logistic = float(np.sum((fitted - y) ** 2))
     sse_line = float(np.sum((line(x) - y) ** 2))
     if sse_logistic > sse_line * (1 + 1e-9) + 1e-12:

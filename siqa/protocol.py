@@ -12,8 +12,9 @@ Every `metrics.json` and `summary.json` of a run carries it under the key "proto
                 the pair list, which split of how many
     seeds       the split seed and the initialisation / patch-order seed of each split
     selection   how the tested checkpoint was chosen
-    logistic    the mapping fitted before PLCC/RMSE "after the logistic", and whether the
-                fit on the test set converged (or fell back to a straight line, and why)
+    logistic    the mapping fitted before PLCC/RMSE "after the logistic" (non-decreasing),
+                its parameters, and whether the fit on the test set converged (or fell
+                back to a straight line with a non-negative slope, or flat, and why)
     device      the device name and cpu_threads, torch's intra-op threads (a trained network
                 moves with the arithmetic: CPU reductions split another way over another
                 number of threads); wall_time_s the seconds this process spent on the split
@@ -27,9 +28,11 @@ import time
 from pathlib import Path
 
 SELECTION_RULE = "best validation SROCC, test evaluated once"
-LOGISTIC = ("q(x) = b1 * (0.5 - 1 / (1 + exp(b2 * (x - b3)))) + b4 * x + b5 (the 5-parameter form of Sheikh et al. 2006), "
-            "one least-squares fit (scipy curve_fit, Levenberg-Marquardt) from a data-driven "
-            "start, no search over starts; straight-line fallback (siqa/metrics.py)")
+LOGISTIC = ("q(x) = b1 * (0.5 - 1 / (1 + exp(b2 * (x - b3)))) + b4 * x + b5 (the 5-parameter form "
+            "of Sheikh et al. 2006), non-decreasing: b1, b2, b4 >= 0; one bounded least-squares fit "
+            "(scipy curve_fit, trust-region reflective) from a data-driven start, no search over "
+            "starts; flat when SROCC < 0; fallback: the straight line with a non-negative slope "
+            "(siqa/metrics.py)")
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -91,7 +94,7 @@ def device_name(device) -> str:
 
 def logistic_status(test_report) -> dict:
     fit = (test_report or {}).get("logistic") or {}
-    return {"function": LOGISTIC, "mapping": fit.get("kind"),
+    return {"function": LOGISTIC, "mapping": fit.get("kind"), "params": fit.get("params"),
             "converged": fit.get("kind") == "logistic", "reason": fit.get("reason", "")}
 
 

@@ -28,7 +28,7 @@ def test_train_writes_every_file(trained):
         rows = list(csv.DictReader(f))
     assert len(rows) == metrics["test"]["n"] + metrics["pairs"]["val"]
     assert {r["split"] for r in rows} == {"val", "test"}
-    assert list((work / "tb" / "run").glob("events.out.tfevents.*"))  # TensorBoard curves
+    assert list((work / "tb").glob("run-*/events.out.tfevents.*"))  # TensorBoard curves
     assert "test (" in proc.stdout and "SROCC" in proc.stdout
     assert not list(run.glob("*.tmp"))
 

@@ -83,7 +83,9 @@ def test_the_splits_really_alternate_and_say_whose_line_it_is(runs):
     epochs = [line for line in log if ": epoch " in line]
     assert [line.split(":")[0] for line in epochs] == ["split 0", "split 1"] * 2
     _, alone = runs[False]
-    one_after_another = [untimed(line) for line in alone if line.startswith("epoch ")]
+    sequential = [line for line in alone if ": epoch " in line]  # issue 22: named there too
+    assert [line.split(":")[0] for line in sequential] == ["split 0"] * 2 + ["split 1"] * 2
+    one_after_another = [untimed(line.split(": ", 1)[1]) for line in sequential]
     at_once = [untimed(line.split(": ", 1)[1]) for r in range(SPLITS)
                for line in epochs if line.startswith(f"split {r}: ")]
     assert at_once == one_after_another

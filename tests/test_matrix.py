@@ -8,7 +8,7 @@ import pytest
 
 from conftest import make_tiny_database, run_entry, tiny_overrides
 from siqa.data.records import StereoPair
-from siqa.matrix import oriented
+from siqa.matrix import _fmt, oriented
 
 
 def test_right_dmos_predictions_on_a_mos_database_give_positive_correlations():
@@ -45,6 +45,8 @@ def checkpoint(tmp_path_factory):
 
 
 def test_matrix_on_own_mos_and_dmos_databases(checkpoint, tmp_path):
+    """mos.csv and dmos_copy.csv rate the checkpoint's own images: by content they are its
+    database, scored on its test split (marked *), the MOS one with the direction flipped."""
     work, manifest = checkpoint
     folder = manifest.parent
     proc = run_entry("evaluate.py", "--matrix", "--checkpoint", work / "run" / "best.pt",
@@ -56,12 +58,60 @@ def test_matrix_on_own_mos_and_dmos_databases(checkpoint, tmp_path):
     run_test = json.loads((work / "run" / "metrics.json").read_text())["test"]
     assert own["split"] == "checkpoint test split" and own["n"] == run_test["n"]
     assert own["srocc"] == pytest.approx(run_test["srocc"]) and not own["flipped"]
-    assert mos["n"] == dmos["n"] == 24 and mos["flipped"] and not dmos["flipped"]
+    assert mos["n"] == dmos["n"] == run_test["n"] and mos["flipped"] and not dmos["flipped"]
+    assert {c["mark"] for c in result["cells"]} == {"*"}
     for key in ("srocc", "plcc"):  # same images, reversed scale: same oriented correlation
         assert mos[key] == pytest.approx(dmos[key], abs=1e-12)
         assert mos[f"raw_{key}"] == pytest.approx(-dmos[f"raw_{key}"], abs=1e-12)
     text = (tmp_path / "matrix.md").read_text()
     assert "| train \\ test | csv | csv' | csv'' |" in text and "*" in text
+
+
+def _seen_names(work):
+    from siqa.checkpoint import load_checkpoint
+
+    split = load_checkpoint(work / "run" / "best.pt")["split"]
+    return set(split["train"]) | set(split["val"]), split["test"]
+
+
+def test_matrix_recognises_its_database_by_a_relative_manifest_path(checkpoint, tmp_path):
+    """Issue 22, finding 1: the run was given an absolute manifest path; the same manifest by
+    a relative path scored all pairs, training pairs included, unmarked."""
+    work, manifest = checkpoint
+    relative = manifest.relative_to(work)  # db/manifest.csv, from the run's work folder
+    proc = run_entry("evaluate.py", "--matrix", "--checkpoint", work / "run" / "best.pt",
+                     "--test", f"csv={relative}", "--out", tmp_path, cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    (cell,) = json.loads((tmp_path / "matrix.json").read_text())["cells"]
+    _, test = _seen_names(work)
+    assert cell["split"] == "checkpoint test split" and cell["n"] == len(test) < 24
+    assert f"| {_fmt(cell['srocc'])}* |" in (tmp_path / "matrix.md").read_text()
+
+
+def test_matrix_drops_and_marks_the_training_pairs_another_database_shares(checkpoint, tmp_path):
+    """A database with some of the checkpoint's pairs (not its whole test split): scored
+    without its training and validation pairs, and the cell marked +."""
+    work, manifest = checkpoint
+    seen, test = _seen_names(work)
+    with open(manifest, newline="") as f:
+        rows = list(csv.DictReader(f))
+    names = [f"{r['left']}|{r['right']}" for r in rows]
+    kept = [r for r, n in zip(rows, names) if n != test[0]]  # one test pair left out
+    other = tmp_path / "other"
+    other.mkdir()
+    with open(other / "shared.csv", "w", newline="") as f:  # the same images, other paths
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({**r, "left": manifest.parent / r["left"],
+                          "right": manifest.parent / r["right"]} for r in kept)
+    out = tmp_path / "m"
+    proc = run_entry("evaluate.py", "--matrix", "--checkpoint", work / "run" / "best.pt",
+                     "--test", f"csv={other / 'shared.csv'}", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    (cell,) = json.loads((out / "matrix.json").read_text())["cells"]
+    assert cell["mark"] == "+" and cell["dropped_seen_pairs"] == len(seen)
+    assert cell["n"] == len(kept) - len(seen) == len(test) - 1
+    assert f"| {_fmt(cell['srocc'])}+ |" in (out / "matrix.md").read_text()
 
 
 def test_matrix_needs_a_test_database(checkpoint):

@@ -1,0 +1,105 @@
+"""No key without an effect, and a resume is the same run (issue 22, findings 3 and 4)."""
+import json
+
+import pytest
+
+from conftest import run_entry, tiny_overrides
+from siqa import config
+from siqa.errors import UserError
+
+
+def _check(*overrides):
+    cfg = config.load_config(overrides=overrides)
+    config.check_effect(cfg, overrides)
+
+
+@pytest.mark.parametrize("overrides,user", [
+    (["dataset.manifest=pairs.csv"], "dataset.name=csv"),  # the demo, by default
+    (["dataset.name=live3d_phase1", "dataset.manifest=pairs.csv"], "dataset.name=csv"),
+    (["dataset.name=csv", "dataset.manifest=a/pairs.csv", "dataset.root=a"], "without a manifest"),
+    (["dataset.name=csv", "dataset.manifest=p.csv", "dataset.demo_size=full"], "dataset.name=demo"),
+    (["dataset.split_file=s.json", "dataset.split=[0.5,0.25,0.25]"], "dataset.split_file"),
+    (["train.optimizer=adam", "train.momentum=0.5"], "train.optimizer=sgd"),
+    (["train.lr_gamma=0.5"], "train.lr_step > 0"),  # auto: constant on the demo
+    (["train.concurrent_repeats=true"], "train.repeats > 1"),
+])
+def test_a_key_the_run_does_not_use_is_refused_naming_what_uses_it(overrides, user):
+    with pytest.raises(UserError, match=overrides[-1].split("=")[0]) as err:
+        _check(*overrides)
+    assert user in str(err.value)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["dataset.name=csv", "dataset.manifest=pairs.csv"],
+    ["dataset.name=waterloo3d_phase1", "dataset.root=/d", "dataset.manifest=m.csv"],
+    ["dataset.name=csv", "dataset.root=folder"],
+    ["dataset.root=data/demo", "dataset.demo_size=full"],  # where the demo is built
+    ["train.momentum=0.5"], ["train.optimizer=sgd", "train.momentum=0.5"],
+    ["train.lr_step=10", "train.lr_gamma=0.5"],
+    ["train.repeats=2", "train.concurrent_repeats=true"],
+    ["dataset.manifest=null"],  # asks for nothing
+])
+def test_a_key_the_run_uses_passes(overrides):
+    _check(*overrides)
+
+
+def test_train_refuses_a_manifest_without_dataset_name_csv(tiny_manifest, tmp_path):
+    """Issue 22, finding 3: this trained and tested on the demo, exit 0."""
+    proc = run_entry("train.py", f"dataset.manifest={tiny_manifest}", "train.epochs=1",
+                     f"out_dir={tmp_path / 'run'}", f"nss.cache_dir={tmp_path / 'cache'}",
+                     f"tensorboard.dir={tmp_path / 'tb'}", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "dataset.manifest" in proc.stderr and "dataset.name=csv" in proc.stderr
+    assert not (tmp_path / "run").exists() and not (tmp_path / "data").exists()
+
+
+def test_train_refuses_sgd_momentum_with_adam(tiny_manifest, tmp_path):
+    proc = run_entry("train.py", *tiny_overrides(tiny_manifest, tmp_path, **{
+        "train.optimizer": "adam", "train.momentum": 0.5}))
+    assert proc.returncode == 2 and "train.optimizer=sgd" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture(scope="module")
+def one_epoch(tiny_manifest, tmp_path_factory):
+    work = tmp_path_factory.mktemp("resume")
+    proc = run_entry("train.py", *tiny_overrides(tiny_manifest, work, **{"train.epochs": 1}))
+    assert proc.returncode == 0, proc.stderr
+    return work / "run"
+
+
+def test_resume_refuses_a_changed_setting(one_epoch):
+    """Issue 22, finding 4: lr and nss_weight changed on resume were taken silently."""
+    before = (one_epoch / "metrics.json").read_bytes()
+    proc = run_entry("train.py", f"out_dir={one_epoch}", "--resume", "train.epochs=2",
+                     "train.lr=0.01", "train.nss_weight=0")
+    assert proc.returncode == 2, proc.stdout
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "train.lr=0.01" in proc.stderr and "0.001" in proc.stderr
+    fewer = run_entry("train.py", f"out_dir={one_epoch}", "--resume", "train.epochs=0")
+    assert fewer.returncode == 2  # (0 is not a valid epoch count either way)
+    assert (one_epoch / "metrics.json").read_bytes() == before
+
+
+def test_resume_extends_with_overrides_after_the_flag_and_records_it(one_epoch):
+    """Overrides after --resume (argparse said 'unrecognized arguments'); a larger
+    train.epochs and an allowed setting are recorded in the protocol card; a finished run
+    says it is finished."""
+    proc = run_entry("train.py", f"out_dir={one_epoch}", "--resume", "train.epochs=2",
+                     "train.checkpoint_every=2")
+    assert proc.returncode == 0, proc.stderr
+    assert "resuming" in proc.stdout and "epoch 2/2" in proc.stdout
+    card = json.loads((one_epoch / "metrics.json").read_text())["protocol"]
+    assert card["config"]["train"]["epochs"] == 2
+    assert card["resumes"] == [{"after_epoch": 1, "changed": {
+        "train.epochs": [1, 2], "train.checkpoint_every": [1, 2]}}]
+    before = (one_epoch / "metrics.json").read_bytes()
+    again = run_entry("train.py", f"out_dir={one_epoch}", "--resume")
+    assert again.returncode == 0 and "is finished" in again.stdout
+    assert "resuming" not in again.stdout and len(again.stdout.strip().splitlines()) == 1
+    assert (one_epoch / "metrics.json").read_bytes() == before
+    changed = run_entry("train.py", "--resume", f"out_dir={one_epoch}", "train.nss_weight=0")
+    assert changed.returncode == 2 and "train.nss_weight" in changed.stderr
+    shorter = run_entry("train.py", "--resume", f"out_dir={one_epoch}", "train.epochs=1")
+    assert shorter.returncode == 2 and "only grow" in shorter.stderr
