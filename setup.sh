@@ -32,3 +32,6 @@ pip() { .venv/bin/python -m pip -q --disable-pip-version-check "$@"; }
 pip install -r requirements.txt
 # Files-only packages: see requirements-nodeps.txt for why no deps and no Python range check.
 pip install --no-deps --ignore-requires-python -r requirements-nodeps.txt
+# The package itself, editable: `import siqa` from any folder with .venv/bin/python, and the
+# checkout's edits take effect without reinstalling.
+pip install --no-deps -e .

@@ -27,20 +27,22 @@ CHOICES = {
     "dataset.demo_size": ["small", "full"],
     "train.step": ["eager", "compile", "graph"],
     "protocol.design": ["random", "kfold"],
+    "train.profile": ["auto", "paper", "short"],
 }
 POSITIVE = {"train.epochs", "train.batch_size", "train.val_every", "train.repeats",
             "train.checkpoint_every", "train.scatter_every", "protocol.folds"}
 AUTO_OR_BOOL = {"train.deterministic", "train.tf32"}  # auto (decided per device), true or false
 
-# Keys that may be `auto`: the paper's protocol on the real databases; on the demo database a
-# profile that ends within 10 minutes on a 2-core CPU, where 500 epochs of SGD are out of
-# reach (a documented decision, see README). An explicit value always wins.
+# The values of the keys that may be `auto`, by train.profile: `paper`, the paper's protocol
+# (the default on the real databases); `short`, a run that learns within 10 minutes on a
+# 2-core CPU, where 500 epochs of SGD are out of reach (the default on the demo database; a
+# documented decision, see README). An explicit value always wins.
 AUTO = {
     "paper": {"train.epochs": 500, "train.optimizer": "sgd", "train.lr": 0.001,
               "train.lr_step": 0, "patches.normalisation": "reference"},
     # The paper's optimizer and constant rate; only the normalisation and the epoch count
     # differ (docs/decisions.md#the-demo-profile, measured by benchmarks/demo_profiles.py).
-    "demo": {"train.epochs": 40, "train.optimizer": "sgd", "train.lr": 0.001,
+    "short": {"train.epochs": 40, "train.optimizer": "sgd", "train.lr": 0.001,
              "train.lr_step": 0, "patches.normalisation": "contrast"},
 }
 
@@ -257,14 +259,33 @@ def run_dir_of(cfg) -> Path:
     return Path(cfg["out_dir"] or Path("runs") / cfg["dataset"]["name"])
 
 
+def profile_of(cfg) -> str:
+    """train.profile, with `auto` resolved: short on the demo database, paper elsewhere."""
+    profile = cfg["train"].get("profile", "auto")
+    if profile == "auto":
+        return "short" if cfg["dataset"]["name"] == "demo" else "paper"
+    return profile
+
+
 def resolve_auto(cfg) -> dict:
-    """A copy of `cfg` with every `auto` replaced by its value for the configured database."""
-    profile = AUTO["demo" if cfg["dataset"]["name"] == "demo" else "paper"]
+    """A copy of `cfg` with every `auto` replaced by its value in the run's profile
+    (`profile_of`); train.profile itself is recorded resolved."""
+    profile = profile_of(cfg)
     out = copy.deepcopy(cfg)
-    for key, value in profile.items():
+    for key, value in AUTO[profile].items():
         if get(out, key) == "auto":
             _set(out, key, value)
+    out["train"]["profile"] = profile
     return out
+
+
+def deviations_from_paper(cfg) -> list:
+    """'key=value (paper: value)' for every setting of a resolved config that differs from
+    the paper's protocol (siqa.config.AUTO['paper'], the loss weight and the split)."""
+    paper = {**AUTO["paper"], "train.nss_weight": 25.0, "dataset.split": [0.6, 0.2, 0.2],
+             "train.batch_size": 128}
+    return [f"{key}={get(cfg, key)} (paper: {value})" for key, value in paper.items()
+            if get(cfg, key) != value]
 
 
 def dump(cfg) -> str:

@@ -142,6 +142,9 @@ def train(cfg, resume=False, dist=Dist(), progress=True, log=print, changes=None
         raise UserError("train.concurrent_repeats=true is for one process; under torchrun "
                         "the repeats run one after another (train.concurrent_repeats=false)")
     configure_numerics(cfg["train"]["deterministic"], cfg["train"]["tf32"], dist.device)
+    deviations = config_mod.deviations_from_paper(cfg)
+    log(f"profile {cfg['train']['profile']} on {cfg['dataset']['name']}, device {dist.device}: "
+        + ("; ".join(deviations) if deviations else "the paper's protocol"))
     # Rank 0 builds the demo database and fills the NSS cache; the other ranks then read them
     # (a long wait: on the host group, whose timeout fits a cold cache of a large database).
     if not dist.is_main:

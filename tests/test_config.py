@@ -19,12 +19,12 @@ def test_defaults_are_the_paper_protocol():
 def test_auto_is_the_demo_profile_on_the_demo_and_explicit_values_win():
     demo = resolve_auto(load_config())
     assert demo["dataset"]["name"] == "demo"
-    for key, value in AUTO["demo"].items():
+    for key, value in AUTO["short"].items():
         section, name = key.split(".")
         assert demo[section][name] == value
     mine = resolve_auto(load_config(overrides=["train.epochs=3", "train.optimizer=sgd"]))
     assert mine["train"]["epochs"] == 3 and mine["train"]["optimizer"] == "sgd"
-    assert mine["train"]["lr"] == AUTO["demo"]["train.lr"]
+    assert mine["train"]["lr"] == AUTO["short"]["train.lr"]
 
 
 def test_interface_keys_exist():

@@ -161,3 +161,13 @@ def test_editable_install_imports_the_sources(tmp_path):
     assert Path(found["file"]).resolve() == (src / "siqa" / "__init__.py").resolve()
     assert found["version"] == found["metadata"] == siqa.__version__
     assert found["config"] == yaml.safe_load((ROOT / "config.yaml").read_text())
+
+
+def test_the_setup_sh_venv_imports_the_checkout_from_anywhere(tmp_path):
+    """setup.sh installs the package into .venv (editable): `import siqa` works from any
+    folder, without PYTHONPATH, and is this checkout's siqa."""
+    venv_python = ROOT / ".venv" / "bin" / "python"
+    if not venv_python.is_file() or Path(sys.prefix).resolve() != (ROOT / ".venv").resolve():
+        pytest.skip("not run with the .venv that setup.sh makes")
+    found = probe(venv_python, tmp_path)
+    assert Path(found["file"]).resolve() == (ROOT / "siqa" / "__init__.py").resolve()
