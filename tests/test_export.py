@@ -106,3 +106,21 @@ def test_export_bad_inputs_are_one_line_errors(checkpoint, tmp_path):
         assert proc.returncode == 2, proc.stderr
         assert message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
     assert not list(tmp_path.glob("*.pt")) and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_the_documented_metadata_snippet_reads_a_torchscript_file(checkpoint, tmp_path, monkeypatch):
+    """docs/using-a-model.md's TorchScript lines, run as written on an exported file."""
+    import re
+
+    from conftest import ROOT
+    from siqa.export import export, read_metadata
+
+    export(checkpoint, "torchscript", tmp_path / "siqa.pt")
+    doc = (ROOT / "docs" / "using-a-model.md").read_text()
+    snippet = re.search(r"```python\n(.*?)```", doc.split("Reading that metadata", 1)[1], re.S).group(1)
+    torchscript_part = snippet.split("\nimport onnx")[0]
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    exec(torchscript_part, scope)
+    assert scope["meta"] == read_metadata(tmp_path / "siqa.pt", "torchscript")
+    assert scope["meta"]["pooling"]
