@@ -149,7 +149,8 @@ def compare(runs, metrics=DEFAULT_METRICS, alpha=0.05) -> dict:
             res_a, res_b = _residuals(pa, names), _residuals(pb, names)
             if len(names) >= 3:
                 res = pitman_morgan(res_b, res_a)  # statistic > 0: X's residuals vary more
-                t, p, direction = res.statistic, res.pvalue, -int(np.sign(res.statistic))
+                t, p = res.statistic, res.pvalue  # NaN for identical residuals (a run vs itself)
+                direction = -int(np.sign(t)) if np.isfinite(t) else 0
             else:
                 t, p, direction = None, None, 0
             comp["variance_tests"].append({

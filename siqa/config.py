@@ -31,6 +31,7 @@ CHOICES = {
 POSITIVE = {"train.epochs", "train.batch_size", "train.val_every", "train.repeats",
             "train.checkpoint_every", "train.scatter_every", "protocol.folds"}
 AUTO_OR_BOOL = {"train.deterministic", "train.tf32"}  # auto (decided per device), true or false
+INDEX_LISTS = {"train.splits"}  # null, or a non-empty list of distinct non-negative integers
 
 # Keys that may be `auto`: the paper's protocol on the real databases; on the demo database a
 # profile that ends within 10 minutes on a 2-core CPU, where 500 epochs of SGD are out of
@@ -91,6 +92,16 @@ def _check(key, value, default):
         if value != "auto" and not isinstance(value, bool):
             raise bad("auto, true or false")
         return value
+    if key in INDEX_LISTS:
+        if value is None:
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = [value]  # train.splits=3 means [3]
+        if not isinstance(value, list) or not value or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value) \
+                or len(set(value)) != len(value):
+            raise bad("null or a list of distinct split indices, e.g. [3, 7]")
+        return list(value)
     if key in AUTO["paper"]:
         if value == "auto":
             return value
