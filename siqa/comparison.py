@@ -422,7 +422,7 @@ def tables(result, latex=False) -> str:
     for comp in result["comparisons"]:
         name = f"{comp['label']} vs {comp['baseline']}"
         parts.append(f"Paired differences across splits ({name}), Wilcoxon signed-rank test "
-                     "(winner by the sign of R+ - R-), Holm over the metrics:")
+                     "(winner by the sign of R+ - R-), Holm over the metrics and the comparisons:")
         header = ["metric", "median difference", f"{comp['label']} better / worse on",
                   "R+ / R-", "Wilcoxon p", "Holm p", "significant winner"]
         rows = [[TITLES[m], _num(c["median_difference"]),
@@ -432,7 +432,7 @@ def tables(result, latex=False) -> str:
         parts.append(_render(header, rows, latex,
                              lambda i, j, rows=rows: j == 6 and rows[i][6] != "n.s."))
         parts.append(f"Per split, Pitman-Morgan test of the paired residual variances after each "
-                     f"run's logistic ({name}), Holm over the splits; it assumes independent "
+                     f"run's logistic ({name}), Holm over the splits and the comparisons; it assumes independent "
                      "test pairs (pairs of one scene are not): a per-split description:")
         header = ["split", "test pairs", f"residual var {comp['baseline']}",
                   f"residual var {comp['label']}", "t", "p", "Holm p", "significant winner"]
