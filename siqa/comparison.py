@@ -1,23 +1,30 @@
-"""Compare runs made on the same splits: paired tests, and a table that goes into a paper.
+"""Compare N runs made on the same splits: a leaderboard, paired tests against a reference
+run, and tables that go into a paper (and CSV/Markdown files that other tools read).
 
-    run A (N splits) ─┐   same splits.json (scene ids per split, pair-list hash)? else refuse
-    run B (N splits) ─┘
+    reference R (N splits) ─┐
+    run X (N splits) ───────┤  same splits.json (scene ids per split, pair-list hash)? else refuse
+    run Y ...  ─────────────┘
         │
-        ├─ per metric: the N per-split test values of each run; paired differences X - A;
-        │  Wilcoxon signed-rank test (siqa.stats), two-sided; Holm over the metrics
-        └─ per split: residuals target - logistic(prediction) of each run on the same test
-           pairs (each run's own fit, siqa.metrics.fit_logistic); Pitman-Morgan test of
-           their variances (paired); Holm over the splits
+        ├─ leaderboard: per run and metric the median over the splits and the
+        │  distribution-free interval of the median; k-fold runs: the metric of the pooled
+        │  out-of-fold predictions with its scene-bootstrap interval; best first
+        ├─ per metric, each X against R: the N per-split test values; paired differences
+        │  X - R; Wilcoxon signed-rank test (siqa.stats), two-sided
+        ├─ per split: residuals target - logistic(prediction) of each run on the same test
+        │  pairs (each run's own fit, siqa.metrics.fit_logistic); Pitman-Morgan test of
+        │  their variances (paired)
+        └─ k-fold runs: the paired scene permutation test on the pooled predictions
 
-Two families of tests per comparison, each Holm-corrected: the metrics (Wilcoxon) and the
-splits (Pitman-Morgan). A winner is named only where the Holm-adjusted p < alpha (default
-0.05), by the sign of the test statistic (R+ - R- for the Wilcoxon, in the direction in
-which the metric is better; the smaller residual variance for Pitman-Morgan); otherwise the
-cell says "n.s.". The Pitman-Morgan test assumes independent test pairs, which pairs of one
-scene are not: it is a per-split description, not a scene-level test. With N splits no
-Wilcoxon p can fall below 2 / 2^N (`min_wilcoxon_pvalue`): the tables say so.
-The first run is the baseline every other run is compared with. Tables: Markdown, or LaTeX
-(`tabular`) with --latex.
+Holm over each family, and a family spans every comparison with the reference: the
+metrics x comparisons (Wilcoxon), the splits x comparisons (Pitman-Morgan), the metrics x
+comparisons (scene tests); with two runs, one comparison. A winner is named only where the
+Holm-adjusted p < alpha (default 0.05), by the sign of the test statistic (R+ - R- for the
+Wilcoxon, in the direction in which the metric is better; the smaller residual variance
+for Pitman-Morgan); otherwise the cell says "n.s.". The Pitman-Morgan test assumes
+independent test pairs, which pairs of one scene are not: it is a per-split description,
+not a scene-level test. With N splits no Wilcoxon p can fall below 2 / 2^N
+(`min_wilcoxon_pvalue`): the tables say so. The reference is the first run unless
+`reference` names another. Tables: Markdown, or LaTeX (`tabular`) with --latex.
 """
 import csv
 import json
