@@ -1,10 +1,13 @@
-"""Compare runs trained on the same splits: Wilcoxon across splits, a paired variance test
-per split (Holm-corrected).
+"""Compare N runs trained on the same splits: a leaderboard, and Wilcoxon across splits and
+a paired variance test per split against a reference run (Holm-corrected).
 
-    python compare.py RUN_A RUN_B [RUN_C ...] [--metric srocc ...] [--alpha 0.05] [--latex] [--out FILE]
+    python compare.py RUN_A RUN_B [RUN_C ...] [--reference LABEL] [--metric srocc ...]
+                      [--alpha 0.05] [--latex] [--json FILE] [--out DIR]
 
-Each RUN is a finished run folder (`train.repeats=N`, same splits: e.g. both trained with
-dataset.split_file=RUN_A/splits.json); the first is the baseline.
+Each RUN is a finished run folder (`train.repeats=N`, or parts merged by summarize.py; all
+on the same splits, e.g. trained with dataset.split_file=RUN_A/splits.json); the reference
+is the first unless --reference names another (its label or folder). --out DIR also writes
+leaderboard.csv, leaderboard.md, comparison.md (.tex) and comparison.json there.
 """
 import argparse
 import sys
@@ -19,10 +22,13 @@ def main(argv):
                         help="a name per run, in order (default: the folder names)")
     parser.add_argument("--metric", action="append", default=[],
                         help="srocc, krocc, plcc, rmse, plcc_logistic, rmse_logistic (aliases: srcc, krcc)")
+    parser.add_argument("--reference", help="the run every other is tested against: a label or "
+                        "a RUN folder (default: the first)")
     parser.add_argument("--alpha", type=float, default=0.05)
     parser.add_argument("--latex", action="store_true", help="LaTeX tabulars instead of Markdown")
     parser.add_argument("--json", help="also write the statistics as JSON to this file")
-    parser.add_argument("--out", help="write the tables to this file (default: print them)")
+    parser.add_argument("--out", help="also write leaderboard.csv, leaderboard.md, the tables and "
+                        "comparison.json into this folder")
     args = parser.parse_args(argv)
     if len(args.runs) < 2:
         raise UserError("compare.py needs at least two run folders")
@@ -32,20 +38,20 @@ def main(argv):
         raise UserError(f"{len(args.label)} --label for {len(args.runs)} runs: give one per run")
 
     from siqa import comparison
-    from siqa.files import atomic_write_text
 
     labels = args.label or [None] * len(args.runs)
     runs = [comparison.load_run(r, label) for r, label in zip(args.runs, labels)]
-    result = comparison.compare(runs, args.metric or comparison.DEFAULT_METRICS, alpha=args.alpha)
+    result = comparison.compare(runs, args.metric or comparison.DEFAULT_METRICS, alpha=args.alpha,
+                                reference=args.reference)
     text = comparison.tables(result, latex=args.latex)
     if args.json:
         from siqa.reports import write_json
 
         write_json(args.json, result)
+    print(text, end="")
     if args.out:
-        atomic_write_text(args.out, text)
-    else:
-        print(text, end="")
+        written = comparison.write_outputs(args.out, result, latex=args.latex)
+        print(f"written: {', '.join(str(p) for p in written)}")
     return 0
 
 

@@ -31,6 +31,11 @@ def main(argv):
         saved = config.load_config(out_dir / "config.yaml")
         cfg = config.load_config(args.config, args.overrides, base=saved)
         changes = config.resume_changes(saved, cfg)  # the same run, or a UserError
+    elif cfg["train"]["splits"] is not None:  # array tasks share out_dir: each its own splits
+        for d in [out_dir, *(out_dir / f"split_{r}" for r in cfg["train"]["splits"])]:
+            if any((d / name).exists() for name in ("last.pt", "metrics.json")):
+                raise UserError(f"{d} already holds a run: add --resume to continue it, "
+                                f"or choose another out_dir=...")
     elif any((out_dir / name).exists() for name in ("config.yaml", "last.pt", "metrics.json")):
         raise UserError(f"{out_dir} already holds a run: add --resume to continue it, "
                         f"or choose another out_dir=...")

@@ -1,23 +1,30 @@
-"""Compare runs made on the same splits: paired tests, and a table that goes into a paper.
+"""Compare N runs made on the same splits: a leaderboard, paired tests against a reference
+run, and tables that go into a paper (and CSV/Markdown files that other tools read).
 
-    run A (N splits) ─┐   same splits.json (scene ids per split, pair-list hash)? else refuse
-    run B (N splits) ─┘
+    reference R (N splits) ─┐
+    run X (N splits) ───────┤  same splits.json (scene ids per split, pair-list hash)? else refuse
+    run Y ...  ─────────────┘
         │
-        ├─ per metric: the N per-split test values of each run; paired differences X - A;
-        │  Wilcoxon signed-rank test (siqa.stats), two-sided; Holm over the metrics
-        └─ per split: residuals target - logistic(prediction) of each run on the same test
-           pairs (each run's own fit, siqa.metrics.fit_logistic); Pitman-Morgan test of
-           their variances (paired); Holm over the splits
+        ├─ leaderboard: per run and metric the median over the splits and the
+        │  distribution-free interval of the median; k-fold runs: the metric of the pooled
+        │  out-of-fold predictions with its scene-bootstrap interval; best first
+        ├─ per metric, each X against R: the N per-split test values; paired differences
+        │  X - R; Wilcoxon signed-rank test (siqa.stats), two-sided
+        ├─ per split: residuals target - logistic(prediction) of each run on the same test
+        │  pairs (each run's own fit, siqa.metrics.fit_logistic); Pitman-Morgan test of
+        │  their variances (paired)
+        └─ k-fold runs: the paired scene permutation test on the pooled predictions
 
-Two families of tests per comparison, each Holm-corrected: the metrics (Wilcoxon) and the
-splits (Pitman-Morgan). A winner is named only where the Holm-adjusted p < alpha (default
-0.05), by the sign of the test statistic (R+ - R- for the Wilcoxon, in the direction in
-which the metric is better; the smaller residual variance for Pitman-Morgan); otherwise the
-cell says "n.s.". The Pitman-Morgan test assumes independent test pairs, which pairs of one
-scene are not: it is a per-split description, not a scene-level test. With N splits no
-Wilcoxon p can fall below 2 / 2^N (`min_wilcoxon_pvalue`): the tables say so.
-The first run is the baseline every other run is compared with. Tables: Markdown, or LaTeX
-(`tabular`) with --latex.
+Holm over each family, and a family spans every comparison with the reference: the
+metrics x comparisons (Wilcoxon), the splits x comparisons (Pitman-Morgan), the metrics x
+comparisons (scene tests); with two runs, one comparison. A winner is named only where the
+Holm-adjusted p < alpha (default 0.05), by the sign of the test statistic (R+ - R- for the
+Wilcoxon, in the direction in which the metric is better; the smaller residual variance
+for Pitman-Morgan); otherwise the cell says "n.s.". The Pitman-Morgan test assumes
+independent test pairs, which pairs of one scene are not: it is a per-split description,
+not a scene-level test. With N splits no Wilcoxon p can fall below 2 / 2^N
+(`min_wilcoxon_pvalue`): the tables say so. The reference is the first run unless
+`reference` names another. Tables: Markdown, or LaTeX (`tabular`) with --latex.
 """
 import csv
 import json
@@ -103,12 +110,30 @@ def _residuals(predictions, names):
     return score - fit_logistic(pred, score)(pred)
 
 
-def compare(runs, metrics=DEFAULT_METRICS, alpha=0.05) -> dict:
-    """The paired statistics of every run against runs[0] (plain dict, JSON-ready)."""
+def reference_index(runs, reference) -> int:
+    """The index of the reference run: None = the first; else a label or a run folder."""
+    if reference is None:
+        return 0
+    for i, run in enumerate(runs):
+        if reference == run.label or Path(reference).resolve() == run.folder.resolve():
+            return i
+    raise UserError(f"--reference {reference}: not one of the runs (give a label or a RUN folder)")
+
+
+def compare(runs, metrics=DEFAULT_METRICS, alpha=0.05, reference=None) -> dict:
+    """The leaderboard and the paired statistics of every run against the reference run
+    (`reference`: a label or folder; default the first), Holm-corrected over the metrics
+    and the comparisons (plain dict, JSON-ready)."""
     try:
         metrics = [metric_name(m) for m in metrics]
     except ValueError as err:
         raise UserError(f"--metric: {err}") from None
+    labels = [run.label for run in runs]
+    if len(set(labels)) != len(labels):
+        twice = next(l for l in labels if labels.count(l) > 1)
+        raise UserError(f"two runs are labelled {twice!r}: give each a name with --label")
+    ref = reference_index(runs, reference)
+    runs = [runs[ref]] + runs[:ref] + runs[ref + 1:]
     check_same_splits(runs)
     base = runs[0]
     out = {"alpha": alpha, "splits": len(base.tests), "database": base.splits.get("database"),
@@ -140,7 +165,6 @@ def compare(runs, metrics=DEFAULT_METRICS, alpha=0.05) -> dict:
                                   "statistic": res.statistic, "r_plus": res.r_plus,
                                   "r_minus": res.r_minus, "pvalue": res.pvalue,
                                   "method": res.method, "direction": sign * res.direction}
-        _holm_winners(list(comp["metrics"].values()), alpha, run.label, base.label)
         for r, (pa, pb) in enumerate(zip(base.predictions, run.predictions)):
             if set(pa) != set(pb):
                 raise UserError(f"split {r}: the test pairs of {base.folder} and {run.folder} "
@@ -149,20 +173,86 @@ def compare(runs, metrics=DEFAULT_METRICS, alpha=0.05) -> dict:
             res_a, res_b = _residuals(pa, names), _residuals(pb, names)
             if len(names) >= 3:
                 res = pitman_morgan(res_b, res_a)  # statistic > 0: X's residuals vary more
-                t, p, direction = res.statistic, res.pvalue, -int(np.sign(res.statistic))
+                t, p = res.statistic, res.pvalue  # NaN for identical residuals (a run vs itself)
+                direction = -int(np.sign(t)) if np.isfinite(t) else 0
             else:
                 t, p, direction = None, None, 0
             comp["variance_tests"].append({
                 "split": r, "pairs": len(names), "var_baseline": float(np.var(res_a, ddof=1)),
                 "var_other": float(np.var(res_b, ddof=1)), "t": t, "pvalue": p,
                 "direction": direction})
-        _holm_winners(comp["variance_tests"], alpha, run.label, base.label)
         folds = base.splits.get("folds")
         if folds:
             comp["scene_tests"] = scene_tests(base, run, int(folds))
-            _holm_winners(list(comp["scene_tests"].values()), alpha, run.label, base.label)
         out["comparisons"].append(comp)
+    # one Holm family per kind of test, over every comparison with the reference
+    comps = out["comparisons"]
+    _holm_winners([(c, t) for c in comps for t in c["metrics"].values()], alpha)
+    _holm_winners([(c, t) for c in comps for t in c["variance_tests"]], alpha)
+    _holm_winners([(c, t) for c in comps for t in c.get("scene_tests", {}).values()], alpha)
+    out["holm"] = (f"one family per kind of test over the {len(comps)} comparison(s) with "
+                   f"{base.label}: Wilcoxon over metrics x comparisons, Pitman-Morgan over "
+                   "splits x comparisons, scene tests over metrics x comparisons")
+    out["reference"] = base.label
+    out["leaderboard"] = leaderboard(runs, metrics, out)
     return _finite(out)
+
+
+def pooled_report(run) -> dict:
+    """The metrics of a k-fold run's pooled out-of-fold predictions (mean over the
+    repetitions, pairs in name order as the scene tests take them), with the scene
+    bootstrap intervals of siqa.reports.intervals."""
+    from siqa.metrics import evaluate_scores
+    from siqa.reports import intervals
+
+    pooled = pooled_predictions(run, run.splits["folds"])
+    names = sorted(pooled)
+    y = np.array([pooled[n][0] for n in names])
+    x = np.array([pooled[n][1] for n in names])
+    return {**evaluate_scores(x, y), **intervals(x, y, [str(pooled[n][2]) for n in names])}
+
+
+def leaderboard(runs, metrics, result) -> list:
+    """One row per run, best first by the first metric: its value and interval per metric
+    (per-split design: the median over the splits and the distribution-free interval of
+    the median; k-fold: the pooled out-of-fold metric and its scene-bootstrap 95 %
+    interval) and, against the reference, the Holm p and winner of the test to quote
+    (Wilcoxon across splits; k-fold: the paired scene test where it covers the metric)."""
+    rows = []
+    for i, run in enumerate(runs):
+        row = {"run": run.label, "folder": str(run.folder), "reference": i == 0, "metrics": {}}
+        if run.splits.get("folds"):
+            pooled = pooled_report(run)
+            row["source"] = (f"pooled out-of-fold ({run.splits['folds']} folds, mean over "
+                             f"{len(run.tests) // int(run.splits['folds'])} repetition(s))")
+            for m in metrics:
+                low, high = (pooled.get("ci95") or {}).get(m, [None, None])
+                row["metrics"][m] = {"value": pooled.get(m), "ci": [low, high],
+                                     "interval": "scene bootstrap 95 %" if low is not None else None}
+        else:
+            row["source"] = f"median over {len(run.tests)} split(s)"
+            for m in metrics:
+                s = next(r for r in result["runs"] if r["label"] == run.label)["metrics"][m]
+                cov = s["median_ci_coverage"]
+                row["metrics"][m] = {"value": s["median"], "ci": s["median_ci"],
+                                     "interval": None if cov is None else
+                                     f"interval of the median, coverage {100 * cov:.1f} %"}
+        if i:
+            comp = result["comparisons"][i - 1]
+            tests = comp.get("scene_tests") or {}
+            for m in metrics:
+                cell = tests.get(m) or comp["metrics"][m]
+                row["metrics"][m].update(test="scene permutation" if m in tests else "Wilcoxon",
+                                         pvalue_holm=cell["pvalue_holm"], winner=cell["winner"])
+        rows.append(row)
+    first = metrics[0]
+    sign = 1 if first in LOWER_IS_BETTER else -1
+    order = sorted(range(len(rows)), key=lambda i: (
+        rows[i]["metrics"][first]["value"] is None,
+        sign * (rows[i]["metrics"][first]["value"] or 0.0), i))
+    for rank, i in enumerate(order, 1):
+        rows[i]["rank"] = rank
+    return [rows[i] for i in order]
 
 
 def pooled_predictions(run, folds) -> dict:
@@ -197,14 +287,15 @@ def scene_tests(base, run, folds, seed=0) -> dict:
     return out
 
 
-def _holm_winners(tests, alpha, label, baseline):
+def _holm_winners(family, alpha):
     """Add "pvalue_holm" (Holm over this family) and "winner" (by "direction": +1 = the
-    other run is better) to every test dict of one family."""
-    raw = [np.nan if t["pvalue"] is None else t["pvalue"] for t in tests]
-    for t, adjusted in zip(tests, holm(raw)):
+    other run is better) to every test dict of one family: (comparison, test) pairs."""
+    raw = [np.nan if t["pvalue"] is None else t["pvalue"] for _, t in family]
+    for (comp, t), adjusted in zip(family, holm(raw)):
         t["pvalue_holm"] = adjusted
         significant = np.isfinite(adjusted) and adjusted < alpha and t["direction"] != 0
-        t["winner"] = (label if t["direction"] > 0 else baseline) if significant else None
+        t["winner"] = ((comp["label"] if t["direction"] > 0 else comp["baseline"])
+                       if significant else None)
 
 
 def _finite(obj):
@@ -260,30 +351,85 @@ def _header_line(result) -> str:
     floor = result["min_wilcoxon_pvalue"]
     line = (f"{n} split(s) of {result['database']} (pair list {str(result['pairs_sha256'])[:12]}). "
             f"Test metrics: median over the splits [{interval}]; winners only where the "
-            f"Holm-adjusted p < {alpha:g} (each family: the metrics; the splits). With {n} "
+            f"Holm-adjusted p < {alpha:g} (each family over the {len(result['comparisons'])} "
+            f"comparison(s) with {result['reference']}: the metrics; the splits). With {n} "
             f"split(s) the smallest possible two-sided Wilcoxon p is 2/2^{n} = {floor:.3g}")
     if floor >= alpha:
         line += f": no difference across splits can be significant at {alpha:g}"
     return line + "."
 
 
+def leaderboard_table(result, latex=False) -> str:
+    """The leaderboard as Markdown (or LaTeX): rank, run, one column per metric ("value
+    [low, high]", "*" where the run is a significant winner against the reference)."""
+    board = result["leaderboard"]
+    metrics = list(board[0]["metrics"])
+    header = ["rank", "run"] + [TITLES[m] for m in metrics]
+    rows = []
+    for r in board:
+        label = r["run"] + (" (reference)" if r["reference"] else "")
+        cells = []
+        for m in metrics:
+            c = r["metrics"][m]
+            low, high = c["ci"]
+            text = _num(c["value"]) if low is None else f"{_num(c['value'])} [{_num(low, 3)}, {_num(high, 3)}]"
+            cells.append(text + (" *" if c.get("winner") == r["run"] else ""))
+        rows.append([str(r["rank"]), label] + cells)
+    return _render(header, rows, latex, lambda i, j: False)
+
+
+LEADERBOARD_COLUMNS = ("rank", "run", "reference", "source", "metric", "value", "ci_low",
+                       "ci_high", "interval", "test", "pvalue_holm", "winner", "folder")
+
+
+def leaderboard_csv(result) -> str:
+    """The leaderboard as a long CSV (one row per run and metric, LEADERBOARD_COLUMNS; the
+    reference's test cells empty): what a plotting script or a spreadsheet reads."""
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(LEADERBOARD_COLUMNS)
+    for r in result["leaderboard"]:
+        for m, c in r["metrics"].items():
+            writer.writerow([r["rank"], r["run"], int(r["reference"]), r["source"], m,
+                             _csv(c["value"]), _csv(c["ci"][0]), _csv(c["ci"][1]),
+                             c["interval"] or "", c.get("test", ""), _csv(c.get("pvalue_holm")),
+                             c.get("winner") or "", r["folder"]])
+    return buf.getvalue()
+
+
+def _csv(x):
+    return "" if x is None else repr(float(x))
+
+
+def write_outputs(folder, result, latex=False) -> list:
+    """leaderboard.csv, leaderboard.md, comparison.md (or .tex) and comparison.json in
+    `folder`; returns their paths."""
+    from siqa.files import atomic_write_text
+    from siqa.reports import write_json
+
+    folder = Path(folder)
+    paths = [folder / "leaderboard.csv", folder / "leaderboard.md",
+             folder / ("comparison.tex" if latex else "comparison.md"), folder / "comparison.json"]
+    atomic_write_text(paths[0], leaderboard_csv(result))
+    atomic_write_text(paths[1], leaderboard_table(result) + "\n")
+    atomic_write_text(paths[2], tables(result, latex=latex))
+    write_json(paths[3], result)
+    return paths
+
+
 def tables(result, latex=False) -> str:
-    metrics = list(result["runs"][0]["metrics"])
     parts = [_header_line(result)]
-    header = ["run"] + [TITLES[m] for m in metrics]
-
-    def cell(s):
-        low, high = s["median_ci"]
-        if low is None:
-            return _num(s["median"])
-        return f"{_num(s['median'])} [{_num(low, 3)}, {_num(high, 3)}]"
-
-    rows = [[r["label"]] + [cell(r["metrics"][m]) for m in metrics] for r in result["runs"]]
-    parts.append(_render(header, rows, latex, lambda i, j: False))
+    kfold = any("pooled" in r["source"] for r in result["leaderboard"])
+    parts.append("Leaderboard, best first by " + TITLES[next(iter(result["leaderboard"][0]["metrics"]))]
+                 + (": the pooled out-of-fold metrics [scene bootstrap 95 %]" if kfold else "")
+                 + f"; * = a significant winner against {result['reference']} (Holm):")
+    parts.append(leaderboard_table(result, latex))
     for comp in result["comparisons"]:
         name = f"{comp['label']} vs {comp['baseline']}"
         parts.append(f"Paired differences across splits ({name}), Wilcoxon signed-rank test "
-                     "(winner by the sign of R+ - R-), Holm over the metrics:")
+                     "(winner by the sign of R+ - R-), Holm over the metrics and the comparisons:")
         header = ["metric", "median difference", f"{comp['label']} better / worse on",
                   "R+ / R-", "Wilcoxon p", "Holm p", "significant winner"]
         rows = [[TITLES[m], _num(c["median_difference"]),
@@ -293,7 +439,7 @@ def tables(result, latex=False) -> str:
         parts.append(_render(header, rows, latex,
                              lambda i, j, rows=rows: j == 6 and rows[i][6] != "n.s."))
         parts.append(f"Per split, Pitman-Morgan test of the paired residual variances after each "
-                     f"run's logistic ({name}), Holm over the splits; it assumes independent "
+                     f"run's logistic ({name}), Holm over the splits and the comparisons; it assumes independent "
                      "test pairs (pairs of one scene are not): a per-split description:")
         header = ["split", "test pairs", f"residual var {comp['baseline']}",
                   f"residual var {comp['label']}", "t", "p", "Holm p", "significant winner"]

@@ -32,6 +32,7 @@ CHOICES = {
 POSITIVE = {"train.epochs", "train.batch_size", "train.val_every", "train.repeats",
             "train.checkpoint_every", "train.scatter_every", "protocol.folds"}
 AUTO_OR_BOOL = {"train.deterministic", "train.tf32"}  # auto (decided per device), true or false
+INDEX_LISTS = {"train.splits"}  # null, or a non-empty list of distinct non-negative integers
 
 # The values of the keys that may be `auto`, by train.profile: `paper`, the paper's protocol
 # (the default on the real databases); `short`, a run that learns within 10 minutes on a
@@ -95,6 +96,7 @@ RESUME_FREE = {
     "nss.workers": "processes for the NSS precompute: the same targets",
     "nss.cache_dir": "where the content-addressed NSS targets are cached",
     "tensorboard.dir": "where the curves are written",
+    "train.splits": "which of the run's splits this process trains (an array task's share)",
 }
 
 
@@ -161,6 +163,16 @@ def _check(key, value, default):
         if value != "auto" and not isinstance(value, bool):
             raise bad("auto, true or false")
         return value
+    if key in INDEX_LISTS:
+        if value is None:
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = [value]  # train.splits=3 means [3]
+        if not isinstance(value, list) or not value or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value) \
+                or len(set(value)) != len(value):
+            raise bad("null or a list of distinct split indices, e.g. [3, 7]")
+        return list(value)
     if key in AUTO["paper"]:
         if value == "auto":
             return value

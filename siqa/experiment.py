@@ -151,6 +151,7 @@ def train(cfg, resume=False, dist=Dist(), progress=True, log=print, changes=None
         dist.wait_for_main()
     pairs = load_pairs(cfg)
     splits, split_doc = splits_for_run(pairs, cfg)  # seeded, or dataset.split_file
+    chosen = chosen_splits(cfg, len(splits))  # train.splits: an array task's share
     record = {"splits": split_doc, "split_info": protocol.split_info(cfg, split_doc),
               "code": protocol.git_state(), "changes": changes or {}}
     nss = nss_from_config(pairs, cfg["nss"], progress=progress and dist.is_main,
@@ -159,7 +160,7 @@ def train(cfg, resume=False, dist=Dist(), progress=True, log=print, changes=None
         dist.wait_for_main()
     info = database_info(cfg, pairs)
     dtype = getattr(torch, cfg["train"]["patch_dtype"])
-    concurrent = cfg["train"]["concurrent_repeats"] and len(splits) > 1
+    concurrent = cfg["train"]["concurrent_repeats"] and len(chosen) > 1
 
     def run_dir_of(r):
         return out_dir if len(splits) == 1 else out_dir / f"split_{r}"
@@ -178,7 +179,7 @@ def train(cfg, resume=False, dist=Dist(), progress=True, log=print, changes=None
 
     reports = [None] * len(splits)
     todo = []
-    for r in range(len(splits)):
+    for r in chosen:
         if resume and _finished(run_dir_of(r), cfg["train"]["epochs"]):
             reports[r] = json.loads((run_dir_of(r) / "metrics.json").read_text())["test"]
         else:
@@ -189,6 +190,11 @@ def train(cfg, resume=False, dist=Dist(), progress=True, log=print, changes=None
     else:
         for r in todo:
             reports[r] = finish(run_of(r))
+    if cfg["train"]["splits"] is not None:  # a part of the run: summarize.py merges the parts
+        if dist.is_main:
+            log(f"split(s) {', '.join(map(str, chosen))} of {len(splits)} trained; once every "
+                f"split is, merge them: python summarize.py {out_dir}")
+        return [reports[r] for r in chosen]
     if len(splits) > 1 and dist.is_main:
         card = protocol.card(cfg, record["split_info"], dist.device, started, reports,
                              code=record["code"])
@@ -205,6 +211,20 @@ def train(cfg, resume=False, dist=Dist(), progress=True, log=print, changes=None
     return reports
 
 
+def chosen_splits(cfg, count) -> list:
+    """The split indices this run trains: `train.splits` (in its order), or all `count`;
+    UserError (one line) for an index outside the run's splits."""
+    chosen = cfg["train"]["splits"]
+    if chosen is None:
+        return list(range(count))
+    outside = [r for r in chosen if r >= count]
+    if outside:
+        source = cfg["dataset"].get("split_file") or f"the {cfg['protocol']['design']} design"
+        raise UserError(f"train.splits={chosen}: split {outside[0]} does not exist; {source} "
+                        f"with train.repeats={cfg['train']['repeats']} gives splits 0..{count - 1}")
+    return list(chosen)
+
+
 def split_run(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resume, dist,
               progress, log, tqdm, record=None, concurrent=False):
     """Train, validate and test one split: a generator that yields after every training
@@ -217,7 +237,10 @@ def split_run(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resume,
                              progress=show).to(device)
             for name in pairs}
     if dist.is_main:  # every input has been read: from here on the run folder exists
-        atomic_write_text(config_mod.run_dir_of(cfg) / "config.yaml", config_mod.dump(cfg))
+        # the whole run's config (train.splits: null): array tasks sharing out_dir write the
+        # same file, and --resume without train.splits finishes every split
+        whole = {**cfg, "train": {**cfg["train"], "splits": None}}
+        atomic_write_text(config_mod.run_dir_of(cfg) / "config.yaml", config_mod.dump(whole))
         if record is not None:
             write_split_file(config_mod.run_dir_of(cfg) / "splits.json", record["splits"])
     amp_dtype = amp_dtype_of(cfg, device)

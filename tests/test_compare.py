@@ -231,3 +231,124 @@ def test_kfold_runs_get_the_paired_scene_test_on_pooled_predictions():
     assert [t["pvalue_holm"] for t in tests.values()] == pytest.approx(
         list(holm([t["pvalue"] for t in tests.values()])))
     assert "paired scene permutation test" in tables(result)
+
+
+# ------------------------------------------------------------------- N runs, leaderboard
+def three_runs(values, metric="srocc", seed=0):
+    """synthetic_runs for several runs: {label: per-split values}, the first the reference."""
+    labels = list(values)
+    runs = synthetic_runs(values[labels[0]], values[labels[1]], metric=metric, seed=seed)
+    for label in labels[2:]:
+        extra = synthetic_runs(values[labels[0]], values[label], metric=metric, seed=seed + 1)[1]
+        runs.append(Run(Path(label), label, extra.splits, extra.tests, extra.predictions))
+    for run, label in zip(runs, labels):
+        run.label, run.folder = label, Path(label)
+    return runs
+
+
+def test_holm_over_the_comparisons_with_the_reference():
+    """6 splits, two runs each better than the reference on every split: raw Wilcoxon
+    p = 2/2^6 each; alone either is a winner, together Holm doubles the smaller: none is."""
+    a = np.linspace(0.70, 0.80, 6)
+    runs = three_runs({"ref": a, "x": a + 0.01, "y": a + 0.02})
+    two = compare(runs[:2], metrics=["srocc"])["comparisons"][0]["metrics"]["srocc"]
+    assert two["pvalue_holm"] == pytest.approx(2 / 2 ** 6) and two["winner"] == "x"
+    result = compare(runs, metrics=["srocc"])
+    cells = [c["metrics"]["srocc"] for c in result["comparisons"]]
+    assert [c["pvalue"] for c in cells] == pytest.approx([2 / 2 ** 6] * 2)
+    assert [c["pvalue_holm"] for c in cells] == pytest.approx([4 / 2 ** 6] * 2)
+    assert [c["winner"] for c in cells] == [None, None]
+    assert [c["baseline"] for c in result["comparisons"]] == ["ref", "ref"]
+    # Holm over metrics x comparisons: one family, recomputed here
+    metrics = ["srocc", "plcc"]
+    for run in runs:
+        for r, t in enumerate(run.tests):
+            t["plcc"] = 0.5 + 0.01 * r * (run.label != "ref")
+    result = compare(runs, metrics=metrics)
+    raw = [c["metrics"][m]["pvalue"] for c in result["comparisons"] for m in metrics]
+    got = [c["metrics"][m]["pvalue_holm"] for c in result["comparisons"] for m in metrics]
+    assert got == pytest.approx(list(holm(raw)))
+
+
+def test_reference_leaderboard_and_its_files(tmp_path):
+    """--reference names the run the others are tested against; the leaderboard ranks the
+    runs best first with their medians and intervals, and goes to CSV and Markdown."""
+    import csv as csv_mod
+
+    from siqa.comparison import write_outputs
+
+    a = np.linspace(0.70, 0.80, 8)
+    runs = three_runs({"ref": a, "x": a + 0.05, "y": a - 0.05})
+    result = compare(runs, metrics=["srocc"], reference="y")
+    assert result["reference"] == "y"
+    assert [c["label"] for c in result["comparisons"]] == ["ref", "x"]
+    assert all(c["baseline"] == "y" for c in result["comparisons"])
+    board = result["leaderboard"]
+    assert [r["run"] for r in board] == ["x", "ref", "y"] and [r["rank"] for r in board] == [1, 2, 3]
+    assert board[0]["metrics"]["srocc"]["value"] == pytest.approx(np.median(a + 0.05))
+    assert board[0]["metrics"]["srocc"]["winner"] == "x"  # 8 splits all better: p = 2/2^8, Holm x2
+    assert board[2]["reference"] and "winner" not in board[2]["metrics"]["srocc"]
+    with pytest.raises(Exception, match="--reference z"):
+        compare(runs, metrics=["srocc"], reference="z")
+    paths = write_outputs(tmp_path, result)
+    assert [p.name for p in paths] == ["leaderboard.csv", "leaderboard.md", "comparison.md",
+                                       "comparison.json"]
+    with open(tmp_path / "leaderboard.csv", newline="") as f:
+        rows = list(csv_mod.DictReader(f))
+    assert [(r["run"], r["rank"], r["metric"]) for r in rows] == [
+        ("x", "1", "srocc"), ("ref", "2", "srocc"), ("y", "3", "srocc")]
+    low, high = board[0]["metrics"]["srocc"]["ci"]
+    assert float(rows[0]["value"]) == board[0]["metrics"]["srocc"]["value"]
+    assert (float(rows[0]["ci_low"]), float(rows[0]["ci_high"])) == (low, high)
+    assert rows[0]["winner"] == "x" and rows[2]["reference"] == "1" and rows[2]["pvalue_holm"] == ""
+    md = (tmp_path / "leaderboard.md").read_text()
+    assert md.startswith("| rank | run | SROCC |") and "| 3 | y (reference) |" in md
+    assert "*" in md.splitlines()[2]  # x: a significant winner
+
+
+def test_n_runs_refused_in_one_line_when_one_differs_in_its_splits():
+    a = np.linspace(0.70, 0.80, 4)
+    runs = three_runs({"ref": a, "x": a, "y": a})
+    runs[2].splits = {**runs[2].splits, "splits": [{"train": ["a"], "val": ["c"], "test": ["b"]}] * 4}
+    with pytest.raises(Exception, match="runs ref and y differ in split 0") as err:
+        compare(runs, metrics=["srocc"])
+    assert "\n" not in str(err.value)
+
+
+def test_kfold_leaderboard_gives_the_pooled_out_of_fold_metrics():
+    from siqa.metrics import evaluate_scores
+
+    rng = np.random.default_rng(3)
+    scenes = np.repeat([f"s{i}" for i in range(8)], 4)
+    y = rng.uniform(0, 60, scenes.size)
+    names = [f"p{i:02d}" for i in range(scenes.size)]
+    doc = {"database": "toy", "pairs_sha256": "0" * 64, "folds": 2,
+           "splits": [{"train": ["a"], "val": ["b"], "test": ["c"]}] * 2}
+    runs, preds = [], {}
+    for label, noise in (("base", 20.0), ("other", 2.0)):
+        x = y + rng.normal(0, noise, y.size)
+        preds[label] = x
+        folds = [{n: (float(y[i]), float(x[i]), str(scenes[i])) for i, n in enumerate(names)
+                  if (i < 16) == (f == 0)} for f in range(2)]
+        runs.append(Run(Path(label), label, doc, [{"srocc": 0.1}, {"srocc": 0.2}], folds))
+    board = compare(runs, metrics=["srocc", "rmse"])["leaderboard"]
+    assert [r["run"] for r in board] == ["other", "base"]
+    want = evaluate_scores(preds["other"], y)
+    cell = board[0]["metrics"]["srocc"]
+    assert cell["value"] == pytest.approx(want["srocc"]) and cell["value"] != 0.2
+    assert cell["ci"][0] <= cell["value"] <= cell["ci"][1]  # 8 scenes: a scene-bootstrap interval
+    assert cell["test"] == "scene permutation" and "pooled out-of-fold" in board[0]["source"]
+
+
+def test_compare_cli_with_three_runs_writes_the_leaderboard(runs, tmp_path):
+    proc = run_entry("compare.py", runs / "a", runs / "b", runs / "a", "--label", "A",
+                     "--label", "B", "--label", "A2", "--reference", "B", "--out", tmp_path / "cmp")
+    assert proc.returncode == 0, proc.stderr
+    assert "| rank | run | SROCC |" in proc.stdout and "B (reference)" in proc.stdout
+    assert "A vs B" in proc.stdout and "A2 vs B" in proc.stdout
+    assert "2 comparison(s) with B" in proc.stdout
+    result = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert len(result["comparisons"]) == 2 and result["reference"] == "B"
+    assert (tmp_path / "cmp" / "leaderboard.csv").read_text().startswith("rank,run,reference,")
+    same = run_entry("compare.py", runs / "a", runs / "a")
+    assert same.returncode == 2 and "labelled 'a'" in same.stderr

@@ -1,0 +1,165 @@
+"""Merge a run trained in parts (`train.splits`, one scheduler array task each) into the
+`summary.json` that one run of all its splits writes.
+
+    RUN_DIR A: splits.json, split_3/ ─┐  one split document (document_sha256)? else refuse
+    RUN_DIR B: splits.json, split_7/ ─┤  one config, apart from PER_TASK_KEYS? else refuse
+    ...                               ┘  every split 0..N-1 exactly once? else refuse
+        │
+        ├─ summarize() of the splits' test reports (metrics.json "test", as the run keeps them)
+        ├─ the whole run's protocol card, rebuilt from the splits' cards (siqa.protocol.card)
+        └─ k-fold design: the pooled out-of-fold report (reads the database for its pair
+           order: the pooled metrics are computed in database order, as the run does)
+
+What differs by design from the summary of one `train.repeats=N` run (and nothing else:
+tests/test_summarize.py compares them key by key):
+- protocol.wall_time_s: the sum of the splits' own wall times (one run counts its data
+  loading and NSS targets once, and the parts count them once per task);
+- protocol.config.out_dir (the merged folder) and the per-task keys of PER_TASK_KEYS that the
+  tasks were free to set (taken from split 0), hence protocol.config_sha256;
+- "merged_from": the split folders, in split order (only in a merged summary).
+The card's code, versions, device and cpu_threads are split 0's.
+"""
+import json
+import os
+from pathlib import Path
+
+from siqa.errors import UserError
+
+# Config keys that may differ between the parts of one run: where each task writes, and
+# where caches and logs go. Anything else (threads, device, learning rate, ...) changes
+# the numbers or the protocol, and the parts are refused.
+PER_TASK_KEYS = ("out_dir", "train.splits", "tensorboard.dir", "nss.cache_dir")
+
+
+def _read_json(path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read {path}: {err}") from None
+
+
+def split_folders(run_dirs) -> tuple:
+    """(split document, document path, {r: split folder}) of the parts in `run_dirs`;
+    UserError (one line, naming the folders) for parts of different runs or a split twice."""
+    from siqa.data.splits import document_sha256
+
+    doc = source = None
+    found = {}
+    for folder in dict.fromkeys(Path(d).resolve() for d in run_dirs):
+        if not (folder / "splits.json").is_file():
+            raise UserError(f"{folder} is not a run folder (no splits.json)")
+        this = _read_json(folder / "splits.json")
+        if doc is None:
+            doc, source = this, folder
+        elif document_sha256(this) != document_sha256(doc):
+            raise UserError(f"{source} and {folder} were trained on different splits (their "
+                            "splits.json differ): they are not parts of one run")
+        count = len(this["splits"])
+        for r in range(count):
+            d = folder if count == 1 else folder / f"split_{r}"
+            if not (d / "metrics.json").is_file():
+                continue  # not this task's split, or not finished
+            if r in found and found[r].resolve() != d.resolve():
+                raise UserError(f"split {r} is in both {found[r]} and {d}: give each split once")
+            found[r] = d
+    missing = [r for r in range(len(doc["splits"])) if r not in found]
+    if missing:
+        listed = ",".join(map(str, missing))
+        raise UserError(f"split(s) {listed} of {len(doc['splits'])} are not finished in "
+                        f"{', '.join(str(Path(d)) for d in run_dirs)}: train them with "
+                        f"train.splits=[{listed}] (or finish them with --resume)")
+    return doc, source / "splits.json", found
+
+
+def _comparable(cfg) -> dict:
+    from siqa.config import flatten
+
+    return {k: v for k, v in flatten(cfg).items() if k not in PER_TASK_KEYS}
+
+
+def merged_summary(run_dirs, out_dir, log=print) -> dict:
+    """The summary.json of the run whose parts are in `run_dirs` (see the module docstring),
+    its config's out_dir set to `out_dir`."""
+    from siqa import protocol
+    from siqa.reports import pooled_out_of_fold, summarize
+
+    doc, _, found = split_folders(run_dirs)
+    count = len(doc["splits"])
+    if count == 1:
+        raise UserError("a run of one split has no summary.json: there is nothing to merge")
+    metrics = {r: _read_json(found[r] / "metrics.json") for r in range(count)}
+    cards = {r: m.get("protocol") for r, m in metrics.items()}
+    for r, card in cards.items():
+        if not card or card["splits"].get("repeat") != r:
+            raise UserError(f"{found[r] / 'metrics.json'} has no protocol card of split {r}: "
+                            "written by another version")
+    base = _comparable(cards[0]["config"])
+    for r in range(1, count):
+        other = _comparable(cards[r]["config"])
+        if other != base:
+            key = next(k for k in sorted(set(base) | set(other)) if base.get(k) != other.get(k))
+            raise UserError(f"{found[0]} and {found[r]} were trained with different configs "
+                            f"({key}: {base.get(key)!r} vs {other.get(key)!r}): they are not "
+                            "parts of one run")
+    reports = [metrics[r]["test"] for r in range(count)]
+    cfg = json.loads(json.dumps(cards[0]["config"]))  # a copy
+    cfg["out_dir"] = str(out_dir)
+    cfg["train"]["splits"] = None
+    card = dict(cards[0])  # the whole run's card, in protocol.card's key order
+    card.update(config=cfg, config_sha256=protocol.config_sha256(cfg),
+                splits={**card["splits"], "repeat": None},
+                seeds={**card["seeds"],
+                       "init_and_order": [cfg["train"]["seed"] + r for r in range(count)]},
+                wall_time_s=round(sum(c["wall_time_s"] for c in cards.values()), 3),
+                logistic=[cards[r]["logistic"] for r in range(count)])
+    summary = {**summarize(reports), "protocol": card}
+    if doc.get("folds"):
+        from siqa.data.splits import _digest
+        from siqa.experiment import load_pairs
+
+        pairs = load_pairs(cfg)
+        if _digest(p.name for p in pairs) != doc["pairs_sha256"]:
+            raise UserError(f"the database of {found[0]} ({cfg['dataset']['name']}) is not the "
+                            "one the run was trained on (pair-list hash differs)")
+        summary["pooled"] = pooled_out_of_fold(
+            pairs, [found[r] / "predictions.csv" for r in range(count)], doc["folds"])
+        for rep in summary["pooled"]["repetitions"]:
+            log(f"pooled out-of-fold, repetition {rep['repetition']} ({rep['pairs']} pairs, "
+                f"{rep['scenes']} scenes): SROCC {_fmt(rep['srocc'])} PLCC {_fmt(rep['plcc'])}")
+    summary["merged_from"] = [str(found[r]) for r in range(count)]
+    return summary
+
+
+def merge(run_dirs, out=None, log=print) -> Path:
+    """Write the merged run into `out` (default: the one RUN_DIR given): summary.json, and
+    where `out` lacks them splits.json, config.yaml and split_<r> links to the parts, so
+    that compare.py and evaluate.py read `out` as one run. Returns out/summary.json."""
+    from siqa import config as config_mod
+    from siqa.files import atomic_write_text
+    from siqa.reports import write_json
+
+    if out is None:
+        if len({Path(d).resolve() for d in run_dirs}) > 1:
+            raise UserError("several RUN_DIRs: name the merged run's folder with --out DIR")
+        out = run_dirs[0]
+    out = Path(out)
+    summary = merged_summary(run_dirs, out, log=log)
+    out.mkdir(parents=True, exist_ok=True)
+    doc_path = split_folders(run_dirs)[1]
+    if not (out / "splits.json").is_file():
+        atomic_write_text(out / "splits.json", doc_path.read_text())
+    if not (out / "config.yaml").is_file():
+        atomic_write_text(out / "config.yaml", config_mod.dump(summary["protocol"]["config"]))
+    for r, source in enumerate(summary["merged_from"]):
+        link = out / f"split_{r}"
+        if not link.exists():
+            os.symlink(Path(source).resolve(), link, target_is_directory=True)
+    write_json(out / "summary.json", summary)
+    median = {k: _fmt((summary[k] or {}).get("median")) for k in ("srocc", "plcc")}
+    log(f"{summary['repeats']} splits merged: SROCC median {median['srocc']}, PLCC median "
+        f"{median['plcc']} -> {out / 'summary.json'}")
+    return out / "summary.json"
+
+
+def _fmt(x):
+    return "n/a" if x is None else f"{x:.4f}"
