@@ -1,0 +1,115 @@
+"""siqa.models: the registry, model.name, the specs, and the ports against their originals.
+
+The golden numbers (tests/data/golden_networks.json) were computed by
+scripts/golden_networks.py, which loads the same seeded weights into the authors' own code
+(Multi-score SIQA and PAD-Net in PyTorch, StereoQA-Net in Keras 3 / TensorFlow) and checks
+outputs and gradients against the port; the maximum differences it measured are stored
+beside them (docs/models.md). Here the port alone must reproduce those numbers.
+"""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from siqa import config
+from siqa.errors import UserError
+from siqa.models import MODELS, count_parameters, create_model, list_models, name_of
+
+GOLDEN = json.loads((Path(__file__).parent / "data" / "golden_networks.json").read_text())
+PARAMETERS = {"bourbia2021": 15_187_437, "multiscore": 10_389_956, "stereoqanet": 8_821_313,
+              "padnet": 14_163_698}
+
+
+def test_list_models_and_default():
+    assert list_models() == ["bourbia2021", "multiscore", "padnet", "stereoqanet"]
+    assert config.load_config()["model"]["name"] == "bourbia2021"
+    assert name_of({}) == "bourbia2021"  # a checkpoint's config from before model.name
+
+
+def test_unknown_name_is_one_line_listing_the_names():
+    with pytest.raises(UserError) as err:
+        config.load_config(overrides=["model.name=resnet"])
+    message = str(err.value)
+    assert "\n" not in message and "model.name" in message
+    assert all(name in message for name in list_models())
+
+
+@pytest.mark.parametrize("name", sorted(PARAMETERS))
+def test_parameter_counts(name):
+    torch.manual_seed(0)
+    assert count_parameters(create_model(name)) == PARAMETERS[name]
+
+
+def test_stereoqanet_keras_count_was_checked():
+    assert GOLDEN["stereoqanet"]["max_abs_diff_vs_original"]["keras parameters"] == 8_821_313
+
+
+def test_siqa_model_alias_is_the_papers_network():
+    from siqa.model import MultiTaskSIQA
+
+    assert MODELS["bourbia2021"] is MultiTaskSIQA
+
+
+def test_checkpoint_without_model_name_loads_as_bourbia2021():
+    from siqa.experiment import load_model
+    from siqa.models.bourbia2021 import MultiTaskSIQA
+
+    torch.manual_seed(3)
+    saved = MultiTaskSIQA()
+    cfg = config.load_config(overrides=["device=cpu"])
+    del cfg["model"]  # written before model.name existed
+    model = load_model({"model": saved.state_dict(), "config": cfg}, torch.device("cpu"))
+    assert type(model) is MultiTaskSIQA and not model.training
+    x = torch.rand(2, 1, 32, 32)
+    assert torch.equal(model(x, x)[0], saved.eval()(x, x)[0])
+
+
+def test_corners():
+    from siqa.data.patches import corners
+
+    assert len(corners(360, 32, 24, "exclusive")) * len(corners(640, 32, 24, "exclusive")) == 364
+    assert len(corners(360, 32, 32, "inclusive")) * len(corners(640, 32, 32, "inclusive")) == 220
+    assert len(corners(360, 32, 32, "exclusive")) * len(corners(640, 32, 32, "exclusive")) == 209
+    # PAD-Net's six crops of a 640x360 view (main_live1.py crop_patch)
+    assert corners(640, 256, 256, "cover") == [0, 192, 384]
+    assert corners(360, 256, 256, "cover") == [0, 104]
+    assert corners(256, 256, 256, "cover") == [0] and corners(200, 256, 256, "cover") == []
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_port_reproduces_the_originals_numbers(name):
+    """Seeded weights and inputs, evaluation mode: outputs and gradients as the original's."""
+    from scripts.golden_networks import run_port, seeded_inputs, seeded_model, summary
+
+    g = GOLDEN[name]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = seeded_model(name, g["weight_seed"])
+        left, right = seeded_inputs(g["input_seed"], g["batch"], g["size"])
+        got = summary(*run_port(model, left, right, g["input_seed"])[:4])
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.allclose(torch.tensor(got["outputs"]), torch.tensor(g["outputs"]), rtol=1e-5, atol=1e-6)
+    for key in ("grad_left_sum", "grad_left_abs", "grad_right_abs", "grad_params_abs"):
+        assert got[key] == pytest.approx(g[key], rel=1e-4, abs=1e-7), key
+    worst = g["max_abs_diff_vs_original"]
+    assert max(worst["outputs"], worst["input grads"]) < 1e-6 and worst["param grads"] < 1e-5
+
+
+def test_multiscore_dropout_only_in_training():
+    torch.manual_seed(0)
+    model = create_model("multiscore")
+    x = torch.rand(4, 3, 32, 32)
+    model.eval()
+    assert all(torch.equal(a, b) for a, b in zip(model(x, x), model(x, x)))
+
+
+def test_stereoqanet_standardisation_is_stored():
+    torch.manual_seed(0)
+    model = create_model("stereoqanet")
+    mean, std = torch.full((3, 32, 32), 0.5), torch.full((3, 32, 32), 0.25)
+    model.set_standardisation(mean, std, mean, torch.zeros(3, 32, 32))
+    state = model.state_dict()
+    assert torch.equal(state["left_std"], std) and torch.equal(state["right_std"], torch.ones(3, 32, 32))
