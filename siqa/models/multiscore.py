@@ -18,7 +18,7 @@ BatchNorm2d after the pool, as in the original):
 
 forward(left, right) -> (global, left, right, stereo), each of shape (B,). Trained with
 L1 on all four: 2 * L1(global, score) + L1(left, left view score) + L1(right, right view
-score) + L1(stereo, score) (the weights of the authors' train.py). 10,394,468 parameters.
+score) + L1(stereo, score) (the weights of the authors' train.py). 10,389,956 parameters.
 Input: 32x32 RGB patches, non-overlapping (corners range(0, H - 32, 32), the original's
 exclusive bound), intensities / 255 and nothing else (torchvision's to_tensor).
 

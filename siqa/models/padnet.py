@@ -22,7 +22,7 @@ Layout for one 256x256 RGB crop of each view (intensities / 255):
 forward(left, right) -> (score,) of shape (B,). The image score is the mean over the crops
 (spec grid "cover": six 256x256 crops of a 640x360 view at x 0/192/384, y 0/104, as
 main_live1.py's crop_patch). `reconstruct(x)` runs the auto-encoder alone (the pre-training
-stage, `python -m siqa.models.padnet_pretrain`). 11,899,000 parameters at N=128, M=192.
+stage, `python -m siqa.models.padnet_pretrain`). 14,163,698 parameters at N=128, M=192.
 
 GDN (Balle et al. 2016): y = x / sqrt(beta + conv1x1(x^2, gamma)), IGDN multiplies; gamma
 and beta are stored re-parameterised (value = max(raw, bound)^2 - pedestal) with the
