@@ -113,3 +113,51 @@ def test_stereoqanet_standardisation_is_stored():
     model.set_standardisation(mean, std, mean, torch.zeros(3, 32, 32))
     state = model.state_dict()
     assert torch.equal(state["left_std"], std) and torch.equal(state["right_std"], torch.ones(3, 32, 32))
+
+
+def test_multiscore_loss_weighs_its_four_outputs():
+    import torch.nn.functional as F
+
+    from siqa.engine import SplitData, joint_loss
+
+    torch.manual_seed(0)
+    model = create_model("multiscore").eval()
+    g = torch.Generator().manual_seed(1)
+    data = SplitData(left=torch.rand(8, 3, 32, 32, generator=g), right=torch.rand(8, 3, 32, 32, generator=g),
+                     pair_index=torch.arange(8) // 4, score=torch.tensor([10.0, 40.0]),
+                     nss=torch.zeros(2, 0), views=torch.tensor([[5.0, 20.0], [30.0, 50.0]]))
+    idx = torch.arange(8)
+    total, quality, nss = joint_loss(model, data, idx, nss_weight=25.0, spec=model.spec)
+    q, l, r, s = model(data.left, data.right)
+    pairs = data.pair_index
+    expected = (2 * F.l1_loss(q, data.score[pairs]) + F.l1_loss(l, data.views[pairs, 0])
+                + F.l1_loss(r, data.views[pairs, 1]) + F.l1_loss(s, data.score[pairs]))
+    assert torch.allclose(total, expected) and float(nss) == 0.0
+    assert torch.allclose(quality, F.l1_loss(q, data.score[pairs]))
+
+
+def test_train_stereoqanet_on_the_tiny_database(tiny_manifest, tmp_path):
+    """One experiment path: train.py with model.name=stereoqanet (RGB patches, the training
+    split's standardisation stored in the checkpoint, no NSS targets computed)."""
+    from conftest import run_entry, tiny_overrides
+    from siqa.checkpoint import load_checkpoint
+    from siqa.experiment import load_model
+
+    proc = run_entry("train.py", *tiny_overrides(tiny_manifest, tmp_path, **{"model.name": "stereoqanet"}))
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "run" / "metrics.json").is_file()
+    assert not (tmp_path / "cache").exists()  # no NSS targets for a network without the task
+    state = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert state["config"]["model"]["name"] == "stereoqanet"
+    model = load_model(state, torch.device("cpu"))
+    assert type(model) is MODELS["stereoqanet"]
+    assert not torch.equal(model.left_std, torch.ones(3, 32, 32))
+
+
+def test_multiscore_without_view_scores_is_refused_in_one_line(tiny_manifest, tmp_path):
+    from conftest import run_entry, tiny_overrides
+
+    proc = run_entry("train.py", *tiny_overrides(tiny_manifest, tmp_path, **{"model.name": "multiscore"}))
+    assert proc.returncode == 2
+    assert "per-view scores" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
