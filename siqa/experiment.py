@@ -91,6 +91,11 @@ def check_model_inputs(cfg, pairs):
     """The config's network's spec; a UserError, before any work, where the database lacks
     what the network predicts."""
     spec = MODELS[name_of(cfg)].spec
+    init = (cfg.get("model") or {}).get("init")
+    if init and not hasattr(MODELS[name_of(cfg)], "load_pretrained"):
+        raise UserError(f"model.init: model.name={name_of(cfg)} has no pre-trained part")
+    if init and not Path(init).is_file():
+        raise UserError(f"model.init: file not found: {init}")
     if spec.needs_view_scores:
         missing = [p.name for p in pairs if p.view_scores is None]
         if missing:
@@ -235,6 +240,7 @@ def split_run(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resume,
 
     torch.manual_seed(seed)
     model = build_model(cfg, device)  # the same initial weights on every rank
+    load_init(model, cfg)
     if spec.normalisation == "standardise":  # the training split's statistics (StereoQA-Net)
         model.set_standardisation(*pixel_statistics(data["train"].left),
                                   *pixel_statistics(data["train"].right))
@@ -527,6 +533,22 @@ def build_model(cfg, device):
     if cfg["train"].get("channels_last"):
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def load_init(model, cfg):
+    """model.init: pre-trained weights of part of the network (PAD-Net's auto-encoder)."""
+    path = (cfg.get("model") or {}).get("init")
+    if not path:
+        return
+    if not hasattr(model, "load_pretrained"):
+        raise UserError(f"model.init: model.name={name_of(cfg)} has no pre-trained part")
+    if not Path(path).is_file():
+        raise UserError(f"model.init: file not found: {path}")
+    try:
+        model.load_pretrained(torch.load(path, map_location="cpu", weights_only=True))
+    except (RuntimeError, KeyError) as err:
+        raise UserError(f"model.init: {path} does not fit model.name={name_of(cfg)} "
+                        f"({str(err).splitlines()[0][:200]})") from None
 
 
 def load_model(state, device, source="the checkpoint"):

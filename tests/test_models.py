@@ -161,3 +161,33 @@ def test_multiscore_without_view_scores_is_refused_in_one_line(tiny_manifest, tm
     assert proc.returncode == 2
     assert "per-view scores" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_padnet_pretrain_writes_what_model_init_loads(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from siqa.experiment import load_init
+    from siqa.models.padnet_pretrain import main
+
+    (tmp_path / "imgs").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
+    out = tmp_path / "ae.pt"
+    main(["--images", str(tmp_path / "imgs"), "--epochs", "1", "--crop", "32", "--out", str(out)])
+    torch.manual_seed(0)
+    model = create_model("padnet")
+    load_init(model, {"model": {"name": "padnet", "init": str(out)}})
+    saved = torch.load(out, weights_only=True)["autoencoder"]
+    assert all(torch.equal(v, model.autoencoder.state_dict()[k]) for k, v in saved.items())
+    with pytest.raises(UserError, match="no pre-trained part"):
+        load_init(create_model("multiscore"), {"model": {"name": "multiscore", "init": str(out)}})
+
+
+def test_padnet_on_views_smaller_than_its_crops_is_one_line(tiny_manifest, tmp_path):
+    from conftest import run_entry, tiny_overrides
+
+    proc = run_entry("train.py", *tiny_overrides(tiny_manifest, tmp_path, **{"model.name": "padnet"}))
+    assert proc.returncode == 2 and "256x256" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

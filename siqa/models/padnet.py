@@ -124,6 +124,10 @@ class PADNet(nn.Module):
         self.trunk = nn.Sequential(*list(resnet18(weights=None).children())[:-2])
         self.fc = nn.Linear(512, 1)
 
+    def load_pretrained(self, state):
+        """The auto-encoder written by `python -m siqa.models.padnet_pretrain`."""
+        self.autoencoder.load_state_dict(state["autoencoder"])
+
     def reconstruct(self, x):
         return self.autoencoder(x)[2]
 
