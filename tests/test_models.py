@@ -191,3 +191,14 @@ def test_padnet_on_views_smaller_than_its_crops_is_one_line(tiny_manifest, tmp_p
     proc = run_entry("train.py", *tiny_overrides(tiny_manifest, tmp_path, **{"model.name": "padnet"}))
     assert proc.returncode == 2 and "256x256" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_protocol_card_names_the_network_without_moving_the_rng():
+    from siqa.protocol import model_card
+
+    state = torch.get_rng_state()
+    card = model_card({"model": {"name": "stereoqanet"}})
+    assert torch.equal(state, torch.get_rng_state())
+    assert card["name"] == "stereoqanet" and card["parameters"] == 8_821_313
+    assert card["spec"]["normalisation"] == "standardise"
+    assert model_card({})["name"] == "bourbia2021"
