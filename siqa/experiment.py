@@ -27,7 +27,7 @@ from siqa.engine import SplitData, TrainStep, check_step_mode, epoch_order, epoc
 from siqa.errors import UserError
 from siqa.files import atomic_write_text
 from siqa.metrics import evaluate_scores
-from siqa.models import MODELS, count_parameters, create_model, name_of
+from siqa.models import MODELS, create_model, name_of
 from siqa.models.bourbia2021 import MultiTaskSIQA
 from siqa.reports import pooled_out_of_fold, predictions_csv, score_report, summarize, write_json
 
