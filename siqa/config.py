@@ -159,6 +159,10 @@ def _check(key, value, default):
     def bad(expected):
         return UserError(f"config key {key}: expected {expected}, got {value!r}")
 
+    if key == "model.name":  # the names of siqa.models.MODELS
+        from siqa.models import check_name
+
+        return check_name(value)
     if key in AUTO_OR_BOOL:
         if value != "auto" and not isinstance(value, bool):
             raise bad("auto, true or false")

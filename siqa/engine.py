@@ -23,6 +23,7 @@ How a step runs is `train.step`:
 """
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 
 from siqa.concurrent import finish
 from siqa.errors import UserError
+from siqa.models.bourbia2021 import MultiTaskSIQA
 
 STEP_MODES = ("eager", "compile", "graph")
 GRAPH_WARMUP_STEPS = 3  # eager steps on a side stream before capture (PyTorch's CUDA-graph recipe)
@@ -68,11 +70,12 @@ def select_device(name) -> torch.device:
 class SplitData:
     """One split on one device: patches plus per-pair targets (pair_index maps patch -> pair)."""
 
-    left: torch.Tensor  # (N, 1, 32, 32), float32 or float16
+    left: torch.Tensor  # (N, C, S, S) as the network's spec asks ((N, 1, 32, 32) for the paper's)
     right: torch.Tensor
     pair_index: torch.Tensor  # (N,) int64
     score: torch.Tensor  # (P,) float32
-    nss: torch.Tensor  # (P, 108) float32
+    nss: torch.Tensor  # (P, 108) float32; (P, 0) for a network without the NSS task
+    views: Optional[torch.Tensor] = None  # (P, 2) per-view scores, for networks that predict them
 
     @property
     def num_patches(self):
@@ -83,8 +86,8 @@ class SplitData:
         return self.score.shape[0]
 
     def to(self, device):
-        return SplitData(*(t.to(device, non_blocking=True) for t in
-                           (self.left, self.right, self.pair_index, self.score, self.nss)))
+        return SplitData(*(None if t is None else t.to(device, non_blocking=True) for t in
+                           (self.left, self.right, self.pair_index, self.score, self.nss, self.views)))
 
 
 def epoch_order(num_patches, seed, epoch, rank=0, world=1):
@@ -105,16 +108,33 @@ def epoch_order(num_patches, seed, epoch, rank=0, world=1):
     return padded[rank * share : (rank + 1) * share]
 
 
-def joint_loss(model, data: SplitData, idx, nss_weight, amp_dtype=None, cache_enabled=True):
+def joint_loss(model, data: SplitData, idx, nss_weight, amp_dtype=None, cache_enabled=True,
+               spec=MultiTaskSIQA.spec):
     """(total, quality, nss) L1 losses of the patches `idx`; in float32 under bf16 autocast
-    (the outputs are cast up before the loss, so DMOS values are not rounded to bf16)."""
+    (the outputs are cast up before the loss, so DMOS values are not rounded to bf16).
+
+    One L1 term per output the network's `spec` names (siqa/models/spec.py): for the paper's
+    network L1(quality) + nss_weight * L1(nss), as always; `nss` is 0 for a network without
+    the NSS task."""
     pairs = data.pair_index[idx]
     with torch.autocast(data.left.device.type, dtype=amp_dtype, enabled=amp_dtype is not None,
                         cache_enabled=cache_enabled):
-        quality, nss = model(data.left[idx].float(), data.right[idx].float())
-    loss_q = F.l1_loss(quality.float(), data.score[pairs])
-    loss_n = F.l1_loss(nss.float(), data.nss[pairs])
-    return loss_q + nss_weight * loss_n, loss_q, loss_n
+        outputs = model(data.left[idx].float(), data.right[idx].float())
+    loss_q = F.l1_loss(outputs[0].float(), data.score[pairs])
+    weight = spec.weight("quality")
+    total = loss_q if weight == 1.0 else weight * loss_q
+    loss_n = None
+    for name, out in zip(spec.outputs[1:], outputs[1:]):
+        if name == "nss":
+            loss_n = F.l1_loss(out.float(), data.nss[pairs])
+            total = total + nss_weight * loss_n
+        else:
+            target = {"stereo": data.score, "left": data.views[:, 0] if data.views is not None else None,
+                      "right": data.views[:, 1] if data.views is not None else None}[name]
+            total = total + spec.weight(name) * F.l1_loss(out.float(), target[pairs])
+    if loss_n is None:
+        loss_n = torch.zeros((), device=loss_q.device)
+    return total, loss_q, loss_n
 
 
 def _is_ddp(model):
@@ -163,6 +183,7 @@ class TrainStep:
         self.mode, self.model, self.optimizer = mode, model, optimizer
         self.batch_size, self.nss_weight, self.amp_dtype = batch_size, nss_weight, amp_dtype
         self.device = _device_of(model)
+        self.spec = getattr(model.module if _is_ddp(model) else model, "spec", MultiTaskSIQA.spec)
         self.forward = model
         if mode == "compile":
             # dynamic=False: the full batch and the epoch's tail batch each get a static graph.
@@ -186,7 +207,7 @@ class TrainStep:
 
     def _eager(self, data, idx, cache_enabled=True):
         loss, loss_q, loss_n = joint_loss(self.forward, data, idx, self.nss_weight, self.amp_dtype,
-                                          cache_enabled)
+                                          cache_enabled, spec=self.spec)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -208,7 +229,7 @@ class TrainStep:
         self.optimizer.zero_grad(set_to_none=True)  # backward in the capture allocates the grads
         with torch.cuda.graph(graph):
             loss, loss_q, loss_n = joint_loss(self.model, data, static_idx, self.nss_weight,
-                                              self.amp_dtype, cache_enabled=False)
+                                              self.amp_dtype, cache_enabled=False, spec=self.spec)
             loss.backward()
             self.optimizer.step()
             static_losses = torch.stack([loss.detach(), loss_q.detach(), loss_n.detach()])
@@ -324,7 +345,7 @@ class Scorer:
     def _eager(self, forward, left, right, cache_enabled=True):
         with torch.autocast(left.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None,
                             cache_enabled=cache_enabled):
-            quality, _ = forward(left, right)
+            quality = forward(left, right)[0]  # every network's first output is the quality
         return quality
 
     def _capture(self, left, right):

@@ -8,6 +8,7 @@ import json
 import queue
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,22 +20,26 @@ from siqa import protocol
 from siqa.data import load_database
 from siqa.data.splits import splits_for_run, write_split_file
 from siqa.data.nss import nss_from_config
-from siqa.data.patches import extract_patch_set
+from siqa.data.patches import extract_patch_set, pixel_statistics, view_patch_set
 from siqa.distributed import Dist, configure_numerics, configure_run_numerics
 from siqa.concurrent import finish, interleave
 from siqa.engine import SplitData, TrainStep, check_step_mode, epoch_order, epoch_steps, predict_pairs
 from siqa.errors import UserError
 from siqa.files import atomic_write_text
 from siqa.metrics import evaluate_scores
-from siqa.model import MultiTaskSIQA
+from siqa.models import MODELS, create_model, name_of
+from siqa.models.bourbia2021 import MultiTaskSIQA
 from siqa.overlap import evaluation_pairs, split_identities
 from siqa.reports import pooled_out_of_fold, predictions_csv, score_report, summarize, write_json
 
 
 def make_optimizer(model, t):
+    """train.optimizer over the network's parameters, or over its own parameter groups where
+    it has them (`param_groups(lr)`: PAD-Net's per-group learning rates)."""
+    params = model.param_groups(t["lr"]) if hasattr(model, "param_groups") else model.parameters()
     if t["optimizer"] == "adam":
-        return torch.optim.Adam(model.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
-    return torch.optim.SGD(model.parameters(), lr=t["lr"], momentum=t["momentum"],
+        return torch.optim.Adam(params, lr=t["lr"], weight_decay=t["weight_decay"])
+    return torch.optim.SGD(params, lr=t["lr"], momentum=t["momentum"],
                            weight_decay=t["weight_decay"])
 
 
@@ -63,15 +68,43 @@ def load_pairs(cfg):
 PATCH_C = {"reference": 1.0, "contrast": 1.0 / 255}  # C of (p - mean) / (std + C) on [0, 1]
 
 
-def split_data(pairs, nss, dtype, normalisation, progress=True) -> SplitData:
-    patches = extract_patch_set(pairs, progress=progress, dtype=dtype, c=PATCH_C[normalisation])
+def split_data(pairs, nss, dtype, normalisation, progress=True, spec=MultiTaskSIQA.spec) -> SplitData:
+    """The patches and targets of `pairs` that a network with `spec` consumes
+    (siqa/models/spec.py); the paper's network: locally normalised grey patches."""
+    if spec.normalisation == "local":
+        patches = extract_patch_set(pairs, progress=progress, dtype=dtype, c=PATCH_C[normalisation])
+    else:
+        patches = view_patch_set(pairs, spec, progress=progress, dtype=dtype)
+    views = None
+    if spec.needs_view_scores:
+        views = torch.tensor([p.view_scores for p in pairs], dtype=torch.float32)
     return SplitData(
         left=patches.left,
         right=patches.right,
         pair_index=patches.pair_index,
         score=torch.tensor([p.score for p in pairs], dtype=torch.float32),
         nss=torch.as_tensor(np.asarray(nss), dtype=torch.float32),
+        views=views,
     )
+
+
+def check_model_inputs(cfg, pairs):
+    """The config's network's spec; a UserError, before any work, where the database lacks
+    what the network predicts."""
+    spec = MODELS[name_of(cfg)].spec
+    init = (cfg.get("model") or {}).get("init")
+    if init and not hasattr(MODELS[name_of(cfg)], "load_pretrained"):
+        raise UserError(f"model.init: model.name={name_of(cfg)} has no pre-trained part")
+    if init and not Path(init).is_file():
+        raise UserError(f"model.init: file not found: {init}")
+    if spec.needs_view_scores:
+        missing = [p.name for p in pairs if p.view_scores is None]
+        if missing:
+            raise UserError(f"model.name={name_of(cfg)} predicts per-view scores, but "
+                            f"{len(missing)} pairs of dataset.name={cfg['dataset']['name']} have "
+                            f"none (first: {missing[0]}); use a database that carries them "
+                            "(the demo, Waterloo-IVC)")
+    return spec
 
 
 def amp_dtype_of(cfg, device):
@@ -138,6 +171,7 @@ def train(cfg, resume=False, dist=Dist(), progress=True, log=print, changes=None
     cfg = config_mod.resolve_auto(cfg)
     out_dir = config_mod.run_dir_of(cfg)
     check_step_mode(cfg["train"]["step"], dist.device, dist.world)  # before any work
+    spec = MODELS[name_of(cfg)].spec
     if cfg["train"]["concurrent_repeats"] and dist.world > 1:
         raise UserError("train.concurrent_repeats=true is for one process; under torchrun "
                         "the repeats run one after another (train.concurrent_repeats=false)")
@@ -154,8 +188,12 @@ def train(cfg, resume=False, dist=Dist(), progress=True, log=print, changes=None
     chosen = chosen_splits(cfg, len(splits))  # train.splits: an array task's share
     record = {"splits": split_doc, "split_info": protocol.split_info(cfg, split_doc),
               "code": protocol.git_state(), "changes": changes or {}}
-    nss = nss_from_config(pairs, cfg["nss"], progress=progress and dist.is_main,
-                          device=dist.device)  # the device itself: cuda:1 computes on cuda:1
+    check_model_inputs(cfg, pairs)
+    if spec.predicts_nss:
+        nss = nss_from_config(pairs, cfg["nss"], progress=progress and dist.is_main,
+                              device=dist.device)  # the device itself: cuda:1 computes on cuda:1
+    else:  # a network without the NSS task needs no targets (nothing is computed)
+        nss = np.zeros((len(pairs), 0), dtype=np.float32)
     if dist.is_main:
         dist.wait_for_main()
     info = database_info(cfg, pairs)
@@ -233,8 +271,9 @@ def split_run(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resume,
     t = cfg["train"]
     device = dist.device
     show = progress and dist.is_main
+    spec = MODELS[name_of(cfg)].spec
     data = {name: split_data(pairs[name], targets[name], dtype, cfg["patches"]["normalisation"],
-                             progress=show).to(device)
+                             progress=show, spec=spec).to(device)
             for name in pairs}
     if dist.is_main:  # every input has been read: from here on the run folder exists
         # the whole run's config (train.splits: null): array tasks sharing out_dir write the
@@ -248,6 +287,10 @@ def split_run(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resume,
 
     torch.manual_seed(seed)
     model = build_model(cfg, device)  # the same initial weights on every rank
+    load_init(model, cfg)
+    if spec.normalisation == "standardise":  # the training split's statistics (StereoQA-Net)
+        model.set_standardisation(*pixel_statistics(data["train"].left),
+                                  *pixel_statistics(data["train"].right))
     seed_rank_stream(seed, dist.rank)  # then each rank its own dropout masks
     optimizer = make_optimizer(model, t)
     scheduler = (torch.optim.lr_scheduler.StepLR(optimizer, t["lr_step"], t["lr_gamma"])
@@ -521,19 +564,38 @@ def evaluate(checkpoint, overrides=(), split="test", out=None, progress=True, lo
 
 def predict_database(model, pairs, cfg, device, progress=True):
     """Image-level predictions of `model` for `pairs`, with the patches the config asks for."""
-    data = split_data(pairs, np.zeros((len(pairs), model.nss_dim)),
+    spec = model.spec
+    if spec.needs_view_scores:  # the per-view targets are not used to score
+        pairs = [p if p.view_scores else replace(p, view_scores=(0.0, 0.0)) for p in pairs]
+    data = split_data(pairs, np.zeros((len(pairs), getattr(model, "nss_dim", 0))),
                       getattr(torch, cfg["train"]["patch_dtype"]), cfg["patches"]["normalisation"],
-                      progress=progress).to(device)
+                      progress=progress, spec=spec).to(device)
     return predict_pairs(model, data, amp_dtype=amp_dtype_of(cfg, device))
 
 
 def build_model(cfg, device):
     """The network in the memory layout the run trained it in (evaluation must use the same
     layout to reproduce the run's numbers bit for bit)."""
-    model = MultiTaskSIQA().to(device)
+    model = create_model(name_of(cfg)).to(device)  # no model.name (older runs): bourbia2021
     if cfg["train"].get("channels_last"):
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def load_init(model, cfg):
+    """model.init: pre-trained weights of part of the network (PAD-Net's auto-encoder)."""
+    path = (cfg.get("model") or {}).get("init")
+    if not path:
+        return
+    if not hasattr(model, "load_pretrained"):
+        raise UserError(f"model.init: model.name={name_of(cfg)} has no pre-trained part")
+    if not Path(path).is_file():
+        raise UserError(f"model.init: file not found: {path}")
+    try:
+        model.load_pretrained(torch.load(path, map_location="cpu", weights_only=True))
+    except (RuntimeError, KeyError) as err:
+        raise UserError(f"model.init: {path} does not fit model.name={name_of(cfg)} "
+                        f"({str(err).splitlines()[0][:200]})") from None
 
 
 def load_model(state, device, source="the checkpoint"):

@@ -98,6 +98,19 @@ def logistic_status(test_report) -> dict:
             "converged": fit.get("kind") == "logistic", "reason": fit.get("reason", "")}
 
 
+def model_card(cfg) -> dict:
+    """The network of a run: model.name, its parameter count and its InputSpec (built on
+    the meta device, under a forked RNG: nothing is allocated and no random state moves)."""
+    import torch
+
+    from siqa.models import MODELS, count_parameters, name_of
+
+    name = name_of(cfg)
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        parameters = count_parameters(MODELS[name]())
+    return {"name": name, "parameters": parameters, "spec": MODELS[name].spec.as_dict()}
+
+
 def card(cfg, split_info, device, started, test_reports, repeat=None, code=None) -> dict:
     """The protocol card (see the module docstring).
 
@@ -119,6 +132,7 @@ def card(cfg, split_info, device, started, test_reports, repeat=None, code=None)
         "seeds": {"split": split_info.get("seed", t["seed"]),
                   "init_and_order": [t["seed"] + r for r in indices]},
         "selection": SELECTION_RULE,
+        "model": model_card(cfg),
         "device": device_name(device),
         "cpu_threads": _threads(),
         "wall_time_s": round(time.perf_counter() - started, 3),

@@ -711,6 +711,17 @@ def load_csv(manifest) -> list[StereoPair]:
 
 
 # --------------------------------------------------------------------------- dispatch
+def demo_view_scores(folder) -> dict:
+    """name -> (left, right) per-view scores of the demo, 100 * (1 - SSIM of the view), the
+    per-view halves of its full-reference label (siqa/data/demo.py; labels.csv)."""
+    path = Path(folder) / "labels.csv"
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as f:
+        return {row["name"]: (100 * (1 - float(row["q_l"])), 100 * (1 - float(row["q_r"])))
+                for row in csv.DictReader(f)}
+
+
 def load_database(name, root=None, manifest=None, validate=True, demo_size="small") -> list[StereoPair]:
     """The records of database `name` (see the module docstring), checked by
     `siqa.data.validate.validate_pairs` unless `validate=False`."""
@@ -721,7 +732,9 @@ def load_database(name, root=None, manifest=None, validate=True, demo_size="smal
 
         folder = ensure_demo(root if root is not None else default_root(demo_size), size=demo_size)
         # near-duplicate scenes share one content id (siqa.data.demo.CONTENT_GROUPS)
-        pairs = [replace(p, content=content_group(p.content)) for p in load_csv(folder / "manifest.csv")]
+        views = demo_view_scores(folder)
+        pairs = [replace(p, content=content_group(p.content), view_scores=views.get(p.name))
+                 for p in load_csv(folder / "manifest.csv")]
     elif name == "live3d_phase1":
         pairs = load_live3d_phase1(root)
     elif name == "live3d_phase2":

@@ -143,3 +143,68 @@ def extract_patch_set(pairs, progress=True, dtype=torch.float32, sizes=None, c=C
     finally:
         torch.set_num_threads(threads)
     return PatchSet(left=left, right=right, pair_index=pair_index)
+
+
+# ---------------------------------------------------------------- the other networks' patches
+def corners(length: int, patch: int, stride: int, grid: str) -> list:
+    """Top-left corners along one axis (siqa/models/spec.py: exclusive, inclusive, cover)."""
+    if grid == "exclusive":
+        return list(range(0, length - patch, stride))
+    if grid == "inclusive":
+        return list(range(0, length - patch + 1, stride))
+    if length < patch:
+        return []
+    n = -(-(length - patch) // patch) + 1  # the fewest crops of `patch` that cover `length`
+    return [0] if n == 1 else [round(i * (length - patch) / (n - 1)) for i in range(n)]
+
+
+def _view_rgb(path, half=None):
+    from siqa.imageio import _decoded_pil, read_bytes
+
+    rgb = np.asarray(_decoded_pil(path, read_bytes(path)).convert("RGB"))
+    if half is None:
+        return rgb
+    w = rgb.shape[1] // 2
+    return rgb[:, :w] if half == 0 else rgb[:, w : 2 * w]
+
+
+def view_patch_set(pairs, spec, progress=True, dtype=torch.float32) -> PatchSet:
+    """The patches a network's `spec` asks for when it is not the paper's local
+    normalisation: `spec.channels` (grey: PIL 'L'; RGB: PIL 'RGB', three equal channels for a
+    grey file) squares of `spec.patch` on the `spec.grid` corners, intensities / 255
+    (standardisation, where asked, is the network's own: siqa/models/stereoqanet.py)."""
+    from tqdm import tqdm
+
+    size, c = spec.patch, spec.channels
+    lefts, rights, counts = [], [], []
+    for p in tqdm(pairs, desc="patches", unit="pair", disable=not progress):
+        if c == 1:
+            lv, rv = read_views(p.left, p.right, grey=grey_pil)
+        elif p.right is None:
+            lv, rv = _view_rgb(p.left, 0), _view_rgb(p.left, 1)
+        else:
+            lv, rv = _view_rgb(p.left), _view_rgb(p.right)
+            if lv.shape != rv.shape:
+                raise UserError(f"left/right views differ in size: {p.left}, {p.right}")
+        h, w = lv.shape[:2]
+        ys, xs = corners(h, size, spec.stride, spec.grid), corners(w, size, spec.stride, spec.grid)
+        if not ys or not xs:
+            raise UserError(f"image {p.left} has a {w}x{h} view: too small for one "
+                            f"{size}x{size} patch of this network")
+        for view, out in ((lv, lefts), (rv, rights)):
+            x = torch.from_numpy(np.array(view, dtype=np.uint8)).to(torch.float32) / 255.0
+            x = x.reshape(h, w, c).permute(2, 0, 1)
+            out.append(torch.stack([x[:, y : y + size, x0 : x0 + size] for y in ys for x0 in xs]).to(dtype))
+        counts.append(len(ys) * len(xs))
+    pair_index = torch.repeat_interleave(torch.arange(len(pairs), dtype=torch.int64),
+                                         torch.tensor(counts, dtype=torch.int64))
+    return PatchSet(left=torch.cat(lefts).contiguous(), right=torch.cat(rights).contiguous(),
+                    pair_index=pair_index)
+
+
+def pixel_statistics(patches: torch.Tensor):
+    """Per-pixel mean and population std over N patches (N, C, P, P), in float64 (the
+    StereoQA-Net standardisation, computed on the training split)."""
+    x = patches.double()
+    mean = x.mean(dim=0)
+    return mean.float(), (x - mean).pow(2).mean(dim=0).sqrt().float()

@@ -19,6 +19,9 @@ class StereoPair:
     content: str  # reference scene id: splits never share one
     distortion: str  # 'jp2k', 'jpeg', 'wn', 'blur', 'ff', 'pristine', or the CSV's label
     symmetric: Optional[bool] = None  # None where the database does not say
+    # (left, right) per-view scores on the pair's scale, where the database has them (the
+    # demo's full-reference model; Waterloo-IVC's per-view MOS): Multi-score SIQA's targets
+    view_scores: Optional[tuple] = None
 
     @property
     def files(self):

@@ -1,0 +1,51 @@
+"""The networks: one file per family, a plain dict from `model.name` to its builder.
+
+    bourbia2021  Bourbia et al., ICIP 2021: the paper's multi-task CNN (the default)
+    multiscore   Messai & Chetouani, ICIP 2022: Multi-score SIQA (global, left, right, stereo)
+    stereoqanet  Zhou, Chen & Li, IEEE TIP 2019: StereoQA-Net
+    padnet       Xu et al. 2020: PAD-Net (predictive auto-encoding + ResNet-18)
+
+Each network carries `spec` (siqa.models.spec.InputSpec): what it consumes and predicts.
+docs/models.md gives each one's source, what was checked against the original, and every
+deviation.
+"""
+from siqa.errors import UserError
+from siqa.models import bourbia2021, multiscore, padnet, stereoqanet
+from siqa.models.spec import InputSpec  # noqa: F401
+
+DEFAULT = "bourbia2021"
+
+# name -> builder (the network's class: MODELS[name]() is a freshly initialised network,
+# MODELS[name].spec what it consumes and predicts, without building it)
+MODELS = {
+    "bourbia2021": bourbia2021.MultiTaskSIQA,
+    "multiscore": multiscore.MultiScore,
+    "stereoqanet": stereoqanet.StereoQANet,
+    "padnet": padnet.PADNet,
+}
+
+
+def list_models() -> list:
+    """The names `model.name` accepts."""
+    return sorted(MODELS)
+
+
+def check_name(name) -> str:
+    if name not in MODELS:
+        raise UserError(f"config key model.name: unknown network {name!r}; "
+                        f"known: {', '.join(list_models())}")
+    return name
+
+
+def name_of(cfg) -> str:
+    """The network of a config; a checkpoint written before model.name existed is bourbia2021."""
+    return (cfg.get("model") or {}).get("name") or DEFAULT
+
+
+def create_model(name=DEFAULT, **kwargs):
+    """A freshly initialised network (from torch's current random state)."""
+    return MODELS[check_name(name)](**kwargs)
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

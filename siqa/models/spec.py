@@ -1,0 +1,64 @@
+"""What a network consumes and predicts: the data pipeline asks the model, not its name.
+
+Every network of `siqa.models` carries a `spec` (an `InputSpec`), as a timm model carries
+its `pretrained_cfg`. siqa/experiment.py cuts the patches the spec asks for, builds the
+targets of the outputs it names, and siqa/engine.py weighs one L1 loss per output:
+
+    patches:  `channels` (1: PIL 'L' grey, 3: PIL 'RGB') views, cut into `patch` x `patch`
+              squares whose top-left corners follow `grid` with step `stride`:
+                exclusive  range(0, H - patch, stride)      (the paper's code, Multi-score's)
+                inclusive  range(0, H - patch + 1, stride)  (StereoQA-Net: every whole patch)
+                cover      the fewest evenly spaced crops that cover the view (PAD-Net's
+                           six 256x256 crops of a 640x360 view: corners x 0/192/384, y 0/104)
+    values:   `normalisation`
+                local        (p - mean) / (std + C) in a 7x7 window, C from
+                             patches.normalisation (the paper's network, siqa/data/patches.py)
+                unit         intensities / 255 (torchvision's to_tensor)
+                standardise  / 255, then per pixel and channel (x - mean) / std, mean and std
+                             of each view over the TRAINING split's patches; the network holds
+                             them as buffers (`set_standardisation`), so a checkpoint scores
+                             with its own training statistics
+    outputs:  the forward returns one tensor per name of `outputs`, in that order; the first
+              is always "quality" (the image score is the mean of its patch values). Targets:
+                quality, stereo  the pair's score
+                left, right      the per-view scores (a database that carries them)
+                nss              the 108 NSS targets (weight train.nss_weight)
+              loss = sum over outputs of weight * L1(output, target), weights from
+              `loss_weights` (1 where not named; nss always train.nss_weight).
+"""
+from dataclasses import dataclass
+
+GRIDS = ("exclusive", "inclusive", "cover")
+NORMALISATIONS = ("local", "unit", "standardise")
+VIEW_OUTPUTS = ("left", "right")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    patch: int = 32
+    stride: int = 24
+    grid: str = "exclusive"
+    channels: int = 1
+    normalisation: str = "local"
+    outputs: tuple = ("quality", "nss")
+    loss_weights: tuple = ()  # ((output, weight), ...); 1.0 where an output is not named
+
+    def __post_init__(self):
+        assert self.grid in GRIDS and self.normalisation in NORMALISATIONS
+        assert self.channels in (1, 3) and self.outputs[0] == "quality"
+
+    def weight(self, output) -> float:
+        return float(dict(self.loss_weights).get(output, 1.0))
+
+    @property
+    def predicts_nss(self) -> bool:
+        return "nss" in self.outputs
+
+    @property
+    def needs_view_scores(self) -> bool:
+        return any(o in VIEW_OUTPUTS for o in self.outputs)
+
+    def as_dict(self) -> dict:
+        return {"patch": self.patch, "stride": self.stride, "grid": self.grid,
+                "channels": self.channels, "normalisation": self.normalisation,
+                "outputs": list(self.outputs), "loss_weights": dict(self.loss_weights)}
