@@ -131,7 +131,27 @@ def test_constant_target_and_tiny_inputs():
     assert empty == {"srocc": None, "plcc": None, "krocc": None, "rmse": None,
                      "plcc_logistic": None, "rmse_logistic": None, "n": 0}
     assert two["plcc"] is None and two["n"] == 2
-    assert two["mapping"]["kind"] == "linear" and "fewer than 5" in two["mapping"]["reason"]
+    assert two["mapping"]["kind"] == "linear" and "fewer than 20" in two["mapping"]["reason"]
+
+
+def test_few_items_get_the_straight_line_whose_plcc_is_the_raw_one():
+    """12 unrelated items (the size of the demo's per-distortion groups): no 5-parameter fit,
+    which would flatter them (median PLCC 0.45 where the raw |PLCC| is 0.21), but the line."""
+    rng = np.random.default_rng(12)
+    for _ in range(20):
+        x, y = rng.normal(size=12), 40 + 10 * rng.normal(size=12)
+        result = evaluate_scores(x, y, fit_info=True)
+        mapping = result["mapping"]
+        assert mapping["kind"] == "linear"
+        if result["srocc"] < 0:  # a backwards ranking is flat, whatever the count
+            assert "rank backwards" in mapping["reason"] and result["plcc_logistic"] is None
+            continue
+        assert "fewer than 20 items" in mapping["reason"]
+        if result["plcc"] > 0:
+            assert result["plcc_logistic"] == pytest.approx(result["plcc"], abs=1e-9)
+        else:
+            assert result["plcc_logistic"] is None
+    assert fit_logistic(x[:0].tolist() + list(range(20)), [v ** 3 for v in range(20)]).kind == "logistic"
 
 
 def test_fallback_to_linear_is_reported():
