@@ -225,6 +225,7 @@ class Check:
                                     start_new_session=True, env=child_env())
         self.procs.add(proc)
         self.step["commands"].append({"log": log, "left_s": round(left, 1), "timeout_s": round(timeout, 1)})
+        self.save()  # what runs now, should this process be killed in a way it cannot catch
         return proc, timeout
 
     def finish(self, proc, timed_out=False):
@@ -496,7 +497,8 @@ def figures_line(name, res):
                        f"{p['ten_splits_min']:.1f} min" if p else "")
     if name == "resume":
         return (f"killed after epoch {res.get('killed_after_epoch', '?')}/{res.get('epochs', '?')}; "
-                + ("metrics identical" if res.get("identical") else f"largest difference {get('max_diff', '.1e')}"))
+                + ("not compared" if "identical" not in res else "metrics identical" if res["identical"]
+                   else f"largest difference {res['max_diff']:.1e}"))
     if name == "nss":
         return (f"max diff {get('max_abs_diff', '.1e')}; {get('device_pairs_per_s', '.1f')} pairs/s "
                 f"(CPU {get('cpu_pairs_per_s', '.1f')})")
