@@ -186,9 +186,9 @@ class Check:
     """What the steps share: the folders, the budget's clock, the subprocesses running now
     (for the signal handler to kill) and the report, saved whenever it changes."""
 
-    def __init__(self, out, work, device, quick, budget):
+    def __init__(self, out, work, device, quick, budget, started=None):
         self.out, self.work, self.device, self.quick, self.budget = out, work, device, quick, budget
-        self.started = time.perf_counter()
+        self.started = time.perf_counter() if started is None else started
         self.procs, self.step, self.step_started = set(), None, None
         self.report = {"environment": environment(device), "quick": quick, "budget_s": budget,
                        "work": str(work), "steps": {}}
@@ -331,7 +331,7 @@ def step_throughput(check, r):
         path.unlink(missing_ok=True)
         rc, log = check.run(python(script, "--device", check.device, "--splits", splits, "--step", step,
                                    "--precision", precision, *size, "--json", path),
-                            f"throughput_{splits}_{step}_{precision}", 150 if not check.quick else 90)
+                            f"throughput_{splits}_{step}_{precision}", 90)
         rates[name] = json.loads(path.read_text()) if rc == 0 and path.is_file() else {"failed": f"{rc}: {tail(log, 1)}"}
         rate = rates[name].get("patch_pairs_per_s")
         print(f"  {name:<28} " + (f"{rate:>12,.0f} patch pairs/s ({rates[name]['timed_steps']} steps in "
@@ -570,6 +570,7 @@ def main():
                         help="run folders, the tiny database, caches (its runs/ is emptied first)")
     parser.add_argument("--plan", action="store_true", help="print the steps and their estimates; run nothing")
     args = parser.parse_args()
+    started = time.perf_counter()  # the budget counts from here
     unknown = set(filter(None, (args.only + "," + args.skip).split(","))) - set(STEPS)
     if unknown:
         sys.exit(f"unknown step(s) {', '.join(sorted(unknown))}: the steps are {', '.join(STEPS)}")
@@ -581,7 +582,7 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     for old in ("runs", "tensorboard"):  # train.py refuses an out_dir that holds a run
         shutil.rmtree(work / old, ignore_errors=True)
-    check = Check(out, work, args.device, args.quick, args.budget)
+    check = Check(out, work, args.device, args.quick, args.budget, started)
     signal.signal(signal.SIGTERM, check.interrupted)
     signal.signal(signal.SIGINT, check.interrupted)
     env = check.report["environment"]
@@ -601,6 +602,8 @@ def main():
             check.step.update(status="failed", error=str(err))
         except Exception as err:  # a bug in this script must not lose the other steps
             check.step.update(status="failed", error=f"{type(err).__name__}: {err}")
+        for proc in list(check.procs):  # e.g. a protocol run whose twin could not start
+            check.finish(proc, timed_out=True)
         check.step["seconds"] = round(time.perf_counter() - check.step_started, 1)
         if check.step["status"] != "ok":
             print(f"  {check.step['status'].upper()}: {check.step['error']}")
