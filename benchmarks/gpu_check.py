@@ -18,8 +18,8 @@ Budget: --budget seconds (default 480, i.e. 60 s under a 9-minute outer limit) f
 start. No subprocess starts with less than 10 s of it left (the step is recorded as skipped)
 and each subprocess's timeout is cut to what is left. Exit status 1 when a step failed or was
 skipped, 0 when every chosen step ran. `--quick` shrinks every step to a smoke test on the
-tiny synthetic database (`--device cpu --quick`: about 1.5 minutes on a 2-core CPU). `--plan`
-prints the chosen steps with their estimates and runs nothing.
+tiny synthetic database, NSS on 2 pairs of the small demo (`--device cpu --quick`: 75-110 s
+on a 2-core CPU). `--plan` prints the chosen steps with their estimates and runs nothing.
 
 Steps (names for --skip / --only), with their estimates on one H200 (from the CPU figures of
 this repository and the FLOP count: ~0.26 GFLOP a patch pair per training step; an eager step
@@ -412,7 +412,11 @@ print("RESULT " + json.dumps({"pairs": n, "view": list(lefts[0].shape[::-1]),
 
 def step_nss(check, r):
     n = 2 if check.quick else 32
-    rc, log = check.run(python("-c", NSS_SNIPPET, check.device, n, *check.data("full")), "nss", 180)
+    # --quick: 2 pairs of the small demo, built in the work folder from the stereodemo wheel
+    # (2-3 s): the quick step that needs a carried wheel in a subprocess, as the box's steps do
+    data = (["dataset.name=demo", f"dataset.root={check.work / 'demo'}", f"nss.cache_dir={check.work / 'cache'}"]
+            if check.quick else check.data("full"))
+    rc, log = check.run(python("-c", NSS_SNIPPET, check.device, n, *data), "nss", 180)
     check.check(rc, log, "NSS")
     r.update(json.loads(re.search(r"^RESULT (.*)$", log, re.M).group(1)))
     print(f"  {n} pairs of {r['view'][0]}x{r['view'][1]}: max |{check.device} - cpu| = {r['max_abs_diff']:.2e}; "

@@ -161,6 +161,7 @@ def test_quick_cpu_run_to_the_end(quick_run):
     assert steps["throughput"]["result"]["projection"]["one_split_min"] > 0
     assert steps["resume"]["result"]["identical"] is True
     assert steps["nss"]["result"]["max_abs_diff"] <= 1e-8
+    assert steps["nss"]["result"]["view"] == [128, 96]  # the small demo, from the stereodemo wheel
     for norm in ("reference", "contrast"):
         assert steps["protocol"]["result"][norm]["epochs_done"] == 2
     assert "| resume | ok |" in md and "| epoch | reference | contrast |" in md
