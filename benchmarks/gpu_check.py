@@ -276,8 +276,8 @@ class Check:
 # --------------------------------------------------------------------------- steps
 def step_user(check, r):
     run_dir = check.work / "runs" / "user"
-    rc, log = check.run(python("train.py", *check.train_args("user", f"train.epochs={USER_EPOCHS}",
-                                                             device="auto")), "user_train", 300 if not check.quick else 120)
+    train = python("train.py", *check.train_args("user", f"train.epochs={USER_EPOCHS}", device="auto"))
+    rc, log = check.run(train, "user_train", 120 if check.quick else 300)
     check.check(rc, log, "train.py")
     trained = json.loads((run_dir / "metrics.json").read_text())
     r["device_used"] = trained["protocol"]["device"]
