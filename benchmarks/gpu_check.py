@@ -1,59 +1,65 @@
-"""One-shot check of a GPU machine: the CUDA tests, a demo run, resume after a kill, NSS on
-the GPU, training throughput, the projected paper protocol, and 100 epochs of it on the
-full-size demo. Each step prints what it measured; a table and two files close the run.
+"""One-shot check of a GPU machine, in the order of what it tells: the user's path (train,
+evaluate, predict with device=auto), the CUDA tests, training throughput and the projected
+paper protocol, resume after a kill, NSS on the GPU, and the protocol's curve on the full-size
+demo. Each step prints what it measured; a table closes the run.
 
-    python benchmarks/gpu_check.py OUT_DIR [--device cuda|cpu] [--quick]
-                                   [--skip STEP,...] [--only STEP,...] [--budget SECONDS]
+    python benchmarks/gpu_check.py OUT [--device cuda|cpu] [--quick] [--plan] [--budget 480]
+                                   [--skip STEP,...] [--only STEP,...] [--work DIR]
 
-Writes OUT_DIR/gpu_check.json (everything measured) and OUT_DIR/gpu_check.md (the tables).
-Every step runs its work in subprocesses with their own timeouts; a failed or timed-out step
-is recorded and the next one runs. `--quick` shrinks every step to a smoke test
-(`--device cpu --quick` runs to the end on a 2-core CPU in about 2-3 minutes).
+OUT receives only what must come back from the machine, all small: gpu_check.json
+(everything measured), gpu_check.md (the tables) and logs/ (one log per subprocess). Both
+reports are rewritten atomically before and after every step, and on SIGTERM or SIGINT (which
+also kill the running subprocesses, record the step as interrupted and exit 143 or 130), so
+an outer time limit never loses what was measured. Run folders, the tiny database and caches
+go to --work (default data/gpu_check, git-ignored; its runs/ is emptied at the start); the
+demo databases and the NSS cache stay where train.py keeps them (data/).
 
-Steps (names for --skip / --only):
-  tests       pytest -m cuda: the tests marked as needing a GPU (skipped on a CPU)
-  demo        2 epochs on the demo database, then evaluate.py and predict.py on its best.pt
-  resume      SIGKILL in epoch 2, --resume, metrics compared with an uninterrupted run
-              (train.deterministic=true, train.tf32=false: exact equality is expected)
-  nss         NSS targets on the device vs the CPU (max abs difference, 1e-8 expected), pairs/s
-  throughput  benchmarks/train_throughput.py variants (eager / graph / compile x fp32 / tf32 /
-              bf16, one split vs concurrent splits, where the script offers them)
-  projection  wall time of the 500-epoch protocol on LIVE-I-sized data (79,716 training and
-              26,572 validation patch pairs a split), 1 and 10 splits, from the measured rates
-  protocol    100 epochs of the paper's protocol (SGD lr 1e-3, batch 128, constant LR) on the
-              full-size demo (dataset.demo_size=full, 611x344 views), once with the original
-              patch normalisation and once with patches.normalisation=contrast, run side by
-              side on the one GPU; the validation SROCC curves and the test metrics
+Budget: --budget seconds (default 480, i.e. 60 s under a 9-minute outer limit) from the
+start. No subprocess starts with less than 10 s of it left (the step is recorded as skipped)
+and each subprocess's timeout is cut to what is left. Exit status 1 when a step failed or was
+skipped, 0 when every chosen step ran. `--quick` shrinks every step to a smoke test on the
+tiny synthetic database, NSS on 2 pairs of the small demo (`--device cpu --quick`: 75-110 s
+on a 2-core CPU). `--plan` prints the chosen steps with their estimates and runs nothing.
 
-Time budget on one H100 (the whole check must end within 9 minutes; --budget, default 540 s,
-caps the last step to what is left). Estimated from the CPU figures of this repository and
-the FLOP count (~33 GFLOP per 128-patch training step, forward + backward, i.e. ~0.26 GFLOP
-a patch pair; an eager step costs ~2-3 ms of host time, so eager training is bound near
-40-60k patch pairs/s whatever the GPU):
-  tests        ~60 s  (3 short CUDA trainings on the tiny fixture database + collection)
-  demo         ~45 s  (demo build 8 s the first time, 3 process starts ~10 s each)
-  resume       ~50 s  (3 trainings of the small demo, 20 epochs of 2,604 patch pairs)
-  nss          ~20 s
-  throughput  ~150 s  (one process per variant, ~20 s each incl. 1 GB of synthetic patches;
-                       10 splits at once: 10 captures, ~30 s)
-  protocol    ~230 s  (full-size demo build ~20 s on 16 cores, NSS ~10 s; then 2 runs side by
-                       side, 100 epochs x 70,525 training patch pairs = 1.8 PFLOP each,
-                       ~1.5 s an epoch when eager; the curves so far are kept if time runs out)
-  total       ~555 s  (the protocol step is cut to what --budget leaves)
-A rerun that must fit what is left of a 15-minute allowance: `--skip tests,demo,resume`
-(or `--only protocol --budget 300`); rerunning finds the demo databases and NSS cache built.
+Steps (names for --skip / --only), with their estimates on one H200 (from the CPU figures of
+this repository and the FLOP count: ~0.26 GFLOP a patch pair per training step; an eager step
+costs ~2-3 ms of host time, so eager training is bound near 40-60k patch pairs/s):
+  user        45 s  python train.py device=auto (not cuda: that auto finds the GPU is the point)
+                    for 2 epochs on the demo, evaluate.py on its best.pt (the test metrics must
+                    equal metrics.json's), predict.py on one pair
+  tests       60 s  pytest -m cuda tests (3 short CUDA trainings on the tiny fixture database)
+  throughput 110 s  benchmarks/train_throughput.py, eager / graph x tf32 / bf16 and 10 splits at
+                    once (graph, bf16), each timed for >= 2 s after its warm-up with train.py's
+                    numerics; the 500-epoch LIVE-I-sized protocol projected for 1 and 10 splits
+  resume      45 s  SIGKILL in epoch 2, --resume, metrics equal to an uninterrupted run's
+                    (train.deterministic=true, train.tf32=false: exact equality is expected)
+  nss         35 s  NSS targets on the GPU vs the CPU (max abs difference, 1e-8 expected); builds
+                    the full-size demo (~20 s) the first time
+  protocol   170 s  40 epochs of the paper's protocol (SGD lr 1e-3, batch 128, constant LR) on
+                    the full-size demo, original and contrast patch normalisation side by side
+                    on the one GPU; the validation SROCC curves (kept so far if time runs out)
+  total      465 s
+A rerun within what is left of a 15-minute allowance: `--only throughput,protocol --budget 240`
+(reruns find the demo databases and the NSS cache built).
 
-The GPU machine has PyTorch but cannot download anything: these wheels must travel with the
-repository and be installed there first (`pip install --no-deps WHEEL`):
-  stereodemo==0.7 (the demo database's source images; without it the demo, resume, nss and
-  protocol steps fail and say so). openpyxl is not needed here (Waterloo MOS.xlsx only);
-  pytest, tensorboard, matplotlib, scipy, scikit-image and PyYAML must be installed.
+Preparation. The box has Python 3.12 and torch but no network, and lacks stereodemo (the
+demo's images), dtcwt (the NSS tests' oracle) and openpyxl. scripts/rehearse_gpu_box.sh runs
+these lines as written, in a CPU venv built like the box.
+  on the dev machine (5 wheels, ~4.3 MB; the device tool carries at most 64 MiB of ignored paths):
+    bash scripts/gpu_box_wheels.sh
+  carried to the box with the repository (the run tool's carry=["wheels"]); there:
+    python -m pip install --no-deps --no-index --ignore-requires-python --upgrade --target "$PWD/data/gpu_deps" wheels/*.whl
+    PYTHONPATH="$PWD/data/gpu_deps" python benchmarks/gpu_check.py "$OUT"
+(stereodemo declares Requires-Python !=3.12, hence --ignore-requires-python; only its image
+files are read.) The subprocesses get the repository prepended to the caller's PYTHONPATH,
+never in its place, so the carried packages stay visible to them.
 """
 import argparse
 import json
 import os
 import platform
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,18 +67,37 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-STEPS = ("tests", "demo", "resume", "nss", "throughput", "projection", "protocol")
+sys.path.insert(0, str(ROOT))
+from siqa.files import atomic_write_text  # noqa: E402
+
+STEPS = ("user", "tests", "throughput", "resume", "nss", "protocol")
+ESTIMATE_S = {"user": 45, "tests": 60, "throughput": 110, "resume": 45, "nss": 35, "protocol": 170}
+WHAT = {"user": "train.py device=auto 2 epochs, evaluate.py == metrics.json, predict.py",
+        "tests": "pytest -m cuda tests",
+        "throughput": "eager/graph x tf32/bf16, 10 splits at once; the 500-epoch projection",
+        "resume": "SIGKILL in epoch 2, --resume, metrics identical",
+        "nss": "NSS targets on the device vs the CPU",
+        "protocol": "the paper's protocol on the full-size demo, 40 epochs x 2 normalisations"}
+QUICK_ESTIMATE_S = {"user": 15, "tests": 10, "throughput": 20, "resume": 20, "nss": 5, "protocol": 20}
+BUDGET_S = 480  # an outer limit of 9 minutes, less 60 s for the start and the transfers
+MIN_START_S = 10  # no subprocess starts with less left: it could not do anything useful
+REPORT_RESERVE_S = 2  # left after a subprocess's timeout, to write the reports
+
+# evaluate.py must give the test metrics train.py wrote (docs/decisions.md): same checkpoint,
+# same pairs, same numerics. Equal scores give equal metrics bit for bit; a scoring kernel that
+# differs only in rounding moves float32 scores by ~1e-7 relative, i.e. an RMSE of ~20 by
+# ~2e-6. So 1e-6 lets through only float64 noise of the metrics' own arithmetic.
+EVALUATE_TOLERANCE = 1e-6
+HEADLINE = ("srocc", "plcc", "krocc", "rmse")
 
 # LIVE 3D Phase I: 365 pairs x 364 patches of 640x360 views; 60 / 20 % of them train / validate
 LIVE1_TRAIN_PATCHES, LIVE1_VAL_PATCHES, PROTOCOL_EPOCHS = 79_716, 26_572, 500
-THROUGHPUT_VARIANTS = [("eager", "fp32"), ("eager", "tf32"), ("eager", "bf16"),
-                       ("graph", "fp32"), ("graph", "tf32"), ("graph", "bf16"),
-                       ("compile", "bf16")]
+THROUGHPUT_VARIANTS = [("eager", "tf32"), ("eager", "bf16"), ("graph", "tf32"), ("graph", "bf16")]
 CONCURRENT_SPLITS = 10
 # One launch a step (graph) is what lets the splits' kernels overlap: eager steps are bound
 # by the host's launches, which interleaving does not reduce.
 CONCURRENT_VARIANT = ("graph", "bf16")
-DEMO_EPOCHS, PAPER_EPOCHS = 2, 100
+USER_EPOCHS, PAPER_EPOCHS = 2, 40
 PAPER = ["train.optimizer=sgd", "train.lr=0.001", "train.lr_step=0", "train.batch_size=128"]
 
 
@@ -81,40 +106,24 @@ class StepFailed(Exception):
     pass
 
 
-def run(cmd, timeout, log=None, env=None):
-    """Run `cmd` (a list) in its own process group; returns (returncode or 'timeout', stdout,
-    stderr, seconds). On timeout the whole group is killed and what it printed is kept."""
-    started = time.perf_counter()
-    proc = subprocess.Popen([str(c) for c in cmd], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
-    try:
-        out, err = proc.communicate(timeout=max(1, timeout))
-        rc = proc.returncode
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        rc = "timeout"
-    if log is not None:
-        Path(log).write_text(f"$ {' '.join(map(str, cmd))}\n{out}\n--- stderr ---\n{err}")
-    return rc, out, err, time.perf_counter() - started
+class OutOfTime(Exception):
+    """The budget left cannot start another subprocess: the step is recorded as skipped."""
+
+
+def child_env():
+    """The caller's environment with the repository prepended to PYTHONPATH. The caller's
+    entries are kept (made absolute: the children run in the repository), because a bare box
+    takes carried wheels as `pip install --target DIR` + PYTHONPATH=DIR."""
+    kept = [str(Path(p).resolve()) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *kept])}
 
 
 def python(*args):
-    return [sys.executable, *args]
+    return [sys.executable, *map(str, args)]
 
 
-def check(rc, err, what):
-    if rc != 0:
-        tail = " | ".join(err.strip().splitlines()[-3:])[-400:]
-        raise StepFailed(f"{what}: {'timed out' if rc == 'timeout' else f'exit {rc}'}: {tail}")
-
-
-def common(ctx, name, *extra):
-    """Overrides of a train.py run of this check: its outputs inside OUT_DIR; with --quick
-    the tiny synthetic database instead of the demo."""
-    return [f"device={ctx.device}", f"out_dir={ctx.out / 'runs' / name}",
-            f"tensorboard.dir={ctx.out / 'tensorboard'}", *ctx.data(), *extra]
+def tail(text, lines=3):
+    return " | ".join(text.strip().splitlines()[-lines:])[-400:]
 
 
 def tiny_database(folder, scenes=8, levels=3, size=(80, 64)):
@@ -138,7 +147,7 @@ def tiny_database(folder, scenes=8, levels=3, size=(80, 64)):
                 view = np.roll(base, shift, axis=1) + rng.normal(0, 12 * level, (h, w))
                 Image.fromarray(np.clip(view, 0, 255).astype(np.uint8)).save(folder / f"s{s}_{level}_{eye}.png")
             rows.append(f"s{s}_{level}_l.png,s{s}_{level}_r.png,{10 * level + s},scene{s},wn")
-    manifest.write_text("\n".join(rows) + "\n")
+    atomic_write_text(manifest, "\n".join(rows) + "\n")
     return manifest
 
 
@@ -172,81 +181,213 @@ def project(rate, score_rate, splits=1, aggregate_rate=None):
     return PROTOCOL_EPOCHS * (train + val)
 
 
+# --------------------------------------------------------------------------- the check
+class Check:
+    """What the steps share: the folders, the budget's clock, the subprocesses running now
+    (for the signal handler to kill) and the report, saved whenever it changes."""
+
+    def __init__(self, out, work, device, quick, budget, started=None):
+        self.out, self.work, self.device, self.quick, self.budget = out, work, device, quick, budget
+        self.started = time.perf_counter() if started is None else started
+        self.procs, self.step, self.step_started = set(), None, None
+        self.report = {"environment": environment(device), "quick": quick, "budget_s": budget,
+                       "work": str(work), "steps": {}}
+        self.tiny = tiny_database(work / "tinydb") if quick else None
+
+    def left(self):
+        return self.budget - (time.perf_counter() - self.started)
+
+    def data(self, demo_size="small"):
+        """The database overrides: the demo (of `demo_size`), or with --quick the tiny one."""
+        if self.quick:
+            return ["dataset.name=csv", f"dataset.manifest={self.tiny}",
+                    f"nss.cache_dir={self.work / 'cache'}", "nss.workers=1"]
+        return [f"dataset.demo_size={demo_size}"]
+
+    def train_args(self, name, *extra, device=None):
+        """train.py's overrides for a run of this check: its folders in the work folder."""
+        return [f"device={device or self.device}", f"out_dir={self.work / 'runs' / name}",
+                f"tensorboard.dir={self.work / 'tensorboard'}", *self.data(), *extra]
+
+    def start(self, cmd, log, want_s):
+        """Start `cmd` in its own process group, its output going to OUT/logs/`log`.log;
+        returns (process, timeout). Refused (OutOfTime) with under MIN_START_S left."""
+        left = self.left()
+        if left < MIN_START_S:
+            raise OutOfTime(f"{left:.0f} s of the budget left before {log}: not started")
+        timeout = min(want_s, left - REPORT_RESERVE_S)
+        path = self.out / "logs" / f"{log}.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w") as f:
+            f.write(f"$ {' '.join(cmd)}\n")
+            f.flush()
+            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
+                                    start_new_session=True, env=child_env())
+        self.procs.add(proc)
+        self.step["commands"].append({"log": log, "left_s": round(left, 1), "timeout_s": round(timeout, 1)})
+        self.save()  # what runs now, should this process be killed in a way it cannot catch
+        return proc, timeout
+
+    def finish(self, proc, timed_out=False):
+        """Kill what is left of `proc`'s group and forget it."""
+        if timed_out or proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        self.procs.discard(proc)
+
+    def run(self, cmd, log, want_s):
+        """Run `cmd` to its end or its timeout; returns (returncode or 'timeout', its output)."""
+        proc, timeout = self.start(cmd, log, want_s)
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            rc = "timeout"
+        self.finish(proc, timed_out=rc == "timeout")
+        self.step["commands"][-1]["rc"] = rc
+        return rc, self.log(log)
+
+    def log(self, name):
+        return (self.out / "logs" / f"{name}.log").read_text(errors="replace")
+
+    def check(self, rc, text, what):
+        if rc != 0:
+            raise StepFailed(f"{what}: {'timed out' if rc == 'timeout' else f'exit {rc}'}: {tail(text)}")
+
+    def save(self):
+        self.report["total_s"] = round(time.perf_counter() - self.started, 1)
+        atomic_write_text(self.out / "gpu_check.json", json.dumps(self.report, indent=1) + "\n")
+        atomic_write_text(self.out / "gpu_check.md", markdown(self.report))
+
+    def interrupted(self, signum, frame):
+        """SIGTERM / SIGINT: kill the subprocesses, record the step, write the reports, exit."""
+        for proc in list(self.procs):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if self.step is not None:
+            self.step.update(status="interrupted", error=f"{signal.Signals(signum).name} during the step",
+                             seconds=round(time.perf_counter() - self.step_started, 1))
+        self.save()
+        print(f"\n{signal.Signals(signum).name}: reports written to {self.out}", flush=True)
+        os._exit(128 + signum)
+
+
 # --------------------------------------------------------------------------- steps
-def step_tests(ctx):
-    cmd = python("-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-m", "cuda", "tests")
-    rc, out, err, _ = run(cmd, ctx.timeout(240, 60), ctx.out / "tests.log")
-    summary = (out.strip().splitlines() or ["(no output)"])[-1]
-    print(f"  pytest -m cuda: {summary}")
-    counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|error)", summary)}
-    if rc not in (0, 5):  # 5: nothing collected
-        raise StepFailed(f"pytest: {summary}")
-    return {"summary": summary, **counts}
-
-
-def step_demo(ctx):
-    run_dir = ctx.out / "runs" / "demo"
-    rc, out, err, secs = run(python("train.py", *common(ctx, "demo", f"train.epochs={DEMO_EPOCHS}")),
-                             ctx.timeout(300, 240), ctx.out / "demo_train.log")
-    check(rc, err, "train.py")
-    trained = json.loads((run_dir / "metrics.json").read_text())["test"]
-    print(f"  train.py, {DEMO_EPOCHS} epochs: {secs:.1f} s, test SROCC {trained['srocc']:.4f}")
-    rc, out, err, _ = run(python("evaluate.py", "--checkpoint", run_dir / "best.pt", "--out",
-                                 run_dir / "eval", f"device={ctx.device}"),
-                          ctx.timeout(120, 120), ctx.out / "demo_evaluate.log")
-    check(rc, err, "evaluate.py")
+def step_user(check, r):
+    run_dir = check.work / "runs" / "user"
+    train = python("train.py", *check.train_args("user", f"train.epochs={USER_EPOCHS}", device="auto"))
+    rc, log = check.run(train, "user_train", 120 if check.quick else 300)
+    check.check(rc, log, "train.py")
+    trained = json.loads((run_dir / "metrics.json").read_text())
+    r["device_used"] = trained["protocol"]["device"]
+    r["test_srocc"] = trained["test"]["srocc"]
+    print(f"  train.py device=auto, {USER_EPOCHS} epochs: ran on {r['device_used']}; test SROCC {r['test_srocc']:.4f}")
+    if check.device == "cuda" and not r["device_used"].startswith("cuda"):
+        raise StepFailed(f"device=auto did not choose the GPU: {r['device_used']}")
+    rc, log = check.run(python("evaluate.py", "--checkpoint", run_dir / "best.pt", "--out", run_dir / "eval"),
+                        "user_evaluate", 120)
+    check.check(rc, log, "evaluate.py")
     evaluated = json.loads((run_dir / "eval" / "metrics.json").read_text())["test"]
-    diff = max(abs(trained[k] - evaluated[k]) for k in ("srocc", "plcc", "rmse"))
-    print(f"  evaluate.py: test SROCC {evaluated['srocc']:.4f} (largest difference from the run: {diff:.2e})")
-    manifest = ctx.tiny if ctx.quick else ROOT / "data" / "demo" / "manifest.csv"
+    r["evaluate_max_diff"] = max(abs(trained["test"][k] - evaluated[k]) for k in HEADLINE)
+    print(f"  evaluate.py: test SROCC {evaluated['srocc']:.4f}, largest difference from metrics.json "
+          f"{r['evaluate_max_diff']:.2e} (tolerance {EVALUATE_TOLERANCE:.0e})")
+    if r["evaluate_max_diff"] > EVALUATE_TOLERANCE:
+        raise StepFailed(f"evaluate.py's test metrics differ from the run's by {r['evaluate_max_diff']:.2e}")
+    manifest = check.tiny if check.quick else ROOT / "data" / "demo" / "manifest.csv"
     first = dict(zip(*(line.split(",") for line in manifest.read_text().splitlines()[:2])))
-    rc, out, err, _ = run(python("predict.py", "--checkpoint", run_dir / "best.pt", "--device",
-                                 ctx.device, manifest.parent / first["left"], manifest.parent / first["right"]),
-                          ctx.timeout(60, 60), ctx.out / "demo_predict.log")
-    check(rc, err, "predict.py")
-    score = float(out.strip().splitlines()[-1].split("\t")[-1])
-    print(f"  predict.py on {first['left']}: {score:.4f}")
-    return {"train_s": round(secs, 1), "test_srocc": trained["srocc"],
-            "evaluate_max_diff": diff, "predict_score": score}
+    rc, log = check.run(python("predict.py", "--checkpoint", run_dir / "best.pt",
+                               manifest.parent / first["left"], manifest.parent / first["right"]),
+                        "user_predict", 60)
+    check.check(rc, log, "predict.py")
+    r["predict_score"] = float(re.findall(r"\t(-?[\d.]+(?:e-?\d+)?)$", log, re.M)[-1])
+    print(f"  predict.py on {first['left']}: {r['predict_score']:.4f}")
 
 
-def step_resume(ctx):
-    epochs = 4 if ctx.quick or ctx.device == "cpu" else 20
+def step_tests(check, r):
+    cmd = python("-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-m", "cuda", "tests")
+    rc, log = check.run(cmd, "tests", 240 if not check.quick else 60)
+    r["summary"] = next((line for line in reversed(log.strip().splitlines()) if " in " in line), "(no summary)")
+    r.update({k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|errors?)", r["summary"])})
+    print(f"  pytest -m cuda: {r['summary']}")
+    if rc not in (0, 5):  # 5: nothing collected
+        raise StepFailed(f"pytest: {r['summary']}")
+
+
+def step_throughput(check, r):
+    script = ROOT / "benchmarks" / "train_throughput.py"
+    if check.quick:  # a smoke test on small synthetic data
+        size = ["--steps", 2, "--warmup", 1, "--pairs", 4, "--val-pairs", 4, "--min-seconds", 0]
+    else:  # chunks of 100 steps, at least 2 s after the warm-up
+        size = ["--steps", 100, "--min-seconds", 2]
+    if check.device == "cpu":  # graph needs CUDA, and tf32 / bf16 are CUDA numerics here
+        variants, concurrent = [(1, "eager", "fp32")], (2, "eager", "fp32")
+    else:
+        variants, concurrent = [(1, *v) for v in THROUGHPUT_VARIANTS], (CONCURRENT_SPLITS, *CONCURRENT_VARIANT)
+    rates = r.setdefault("rates", {})
+    for splits, step, precision in [*variants, concurrent]:
+        name = f"{step}/{precision}" if splits == 1 else f"concurrent x{splits} {step}/{precision}"
+        path = check.work / f"throughput_{splits}_{step}_{precision}.json"
+        path.unlink(missing_ok=True)
+        rc, log = check.run(python(script, "--device", check.device, "--splits", splits, "--step", step,
+                                   "--precision", precision, *size, "--json", path),
+                            f"throughput_{splits}_{step}_{precision}", 90)
+        rates[name] = json.loads(path.read_text()) if rc == 0 and path.is_file() else {"failed": f"{rc}: {tail(log, 1)}"}
+        rate = rates[name].get("patch_pairs_per_s")
+        print(f"  {name:<28} " + (f"{rate:>12,.0f} patch pairs/s ({rates[name]['timed_steps']} steps in "
+                                  f"{rates[name]['timed_s']:.1f} s)" if rate else f"failed ({rates[name]['failed']})"))
+    if not any(v.get("patch_pairs_per_s") for v in rates.values()):
+        raise StepFailed("no variant ran")
+    r["projection"] = projection(rates)
+
+
+def projection(rates):
+    """The 500-epoch LIVE-I-sized protocol from the fastest one-split rate and, for 10 splits,
+    the concurrent one where it was measured."""
+    ok = {k: v for k, v in rates.items() if v.get("patch_pairs_per_s") and not k.startswith("concurrent")}
+    if not ok:
+        return None
+    best = max(ok, key=lambda k: ok[k]["patch_pairs_per_s"])
+    rate = ok[best]["patch_pairs_per_s"]
+    score_rate = ok[best].get("val_patch_pairs_per_s") or 3 * rate  # a forward only: ~3x where unmeasured
+    conc = next((v.get("patch_pairs_per_s") for k, v in rates.items()
+                 if k.startswith(f"concurrent x{CONCURRENT_SPLITS} ")), None)
+    one, ten = project(rate, score_rate), project(rate, score_rate, CONCURRENT_SPLITS, conc)
+    print(f"  projection from {best}: 500 epochs of a LIVE-I-sized split {one / 60:.1f} min; "
+          f"{CONCURRENT_SPLITS} splits {ten / 60:.1f} min ({'concurrent' if conc else 'one after another'})")
+    return {"variant": best, "patch_pairs_per_s": rate, "val_patch_pairs_per_s": score_rate,
+            "one_split_min": one / 60, "ten_splits_min": ten / 60, "ten_concurrent": bool(conc)}
+
+
+def step_resume(check, r):
+    r["epochs"] = epochs = 4 if check.quick or check.device == "cpu" else 20
     extra = [f"train.epochs={epochs}", "train.deterministic=true", "train.tf32=false",
              "train.checkpoint_every=1", "train.scatter_every=1000"]
-    rc, out, err, _ = run(python("train.py", *common(ctx, "resume_whole", *extra)),
-                          ctx.timeout(240, 240), ctx.out / "resume_whole.log")
-    check(rc, err, "uninterrupted run")
-    work = ctx.out / "runs" / "resume_cut"
-    log = open(ctx.out / "resume_cut.log", "w")
-    proc = subprocess.Popen(python("train.py", *common(ctx, "resume_cut", *extra)), cwd=ROOT,
-                            stdout=log, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
-    deadline = time.time() + ctx.timeout(240, 240)
-    while not (work / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
+    rc, log = check.run(python("train.py", *check.train_args("resume_whole", *extra)), "resume_whole", 240)
+    check.check(rc, log, "uninterrupted run")
+    cut = check.work / "runs" / "resume_cut"
+    proc, timeout = check.start(python("train.py", *check.train_args("resume_cut", *extra)), "resume_cut", 240)
+    deadline = time.time() + timeout
+    while not (cut / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)  # last.pt of epoch 1 is there: epoch 2 is running
-    proc.wait()
-    log.close()
-    if not (work / "last.pt").exists():
-        raise StepFailed("the run to kill wrote no last.pt: see resume_cut.log")
-    if (work / "metrics.json").exists():
+    check.finish(proc, timed_out=True)  # SIGKILL: last.pt of epoch 1 is there, epoch 2 is running
+    if not (cut / "last.pt").exists():
+        raise StepFailed(f"the run to kill wrote no last.pt: {tail(check.log('resume_cut'))}")
+    if (cut / "metrics.json").exists():
         raise StepFailed("the run ended before it could be killed (raise the epochs)")
-    rc, out, err, _ = run(python("train.py", "--resume", f"out_dir={work}"),
-                          ctx.timeout(240, 240), ctx.out / "resume_resumed.log")
-    check(rc, err, "resumed run")
-    after = re.search(r"after epoch (\d+)", out)
-    got = json.loads((work / "metrics.json").read_text())
-    want = json.loads((ctx.out / "runs" / "resume_whole" / "metrics.json").read_text())
+    rc, log = check.run(python("train.py", "--resume", f"out_dir={cut}"), "resume_resumed", 240)
+    check.check(rc, log, "resumed run")
+    after = re.search(r"after epoch (\d+)", log)
+    r["killed_after_epoch"] = int(after.group(1)) if after else None
+    got = json.loads((cut / "metrics.json").read_text())
+    want = json.loads((check.work / "runs" / "resume_whole" / "metrics.json").read_text())
     for m in (got, want):  # the protocol cards differ by design (out_dir, wall time)
         m.pop("protocol", None)
-    diff = numbers_diff(got, want)
-    print(f"  killed after epoch {after.group(1) if after else '?'} of {epochs}, resumed: "
-          f"metrics {'identical' if got == want else f'differ (largest {diff:.2e})'}")
-    if got != want:
-        raise StepFailed(f"resumed metrics differ from the uninterrupted run (largest {diff:.2e})")
-    return {"epochs": epochs, "killed_after_epoch": int(after.group(1)) if after else None,
-            "identical": True}
+    r["max_diff"], r["identical"] = numbers_diff(got, want), got == want
+    print(f"  killed after epoch {r['killed_after_epoch']} of {epochs}, resumed: metrics "
+          + ("identical" if r["identical"] else f"differ (largest {r['max_diff']:.2e})"))
+    if not r["identical"]:
+        raise StepFailed(f"resumed metrics differ from the uninterrupted run (largest {r['max_diff']:.2e})")
 
 
 NSS_SNIPPET = r"""
@@ -269,87 +410,19 @@ print("RESULT " + json.dumps({"pairs": n, "view": list(lefts[0].shape[::-1]),
 """
 
 
-def step_nss(ctx):
-    n = 2 if ctx.quick else 32
-    rc, out, err, _ = run(python("-c", NSS_SNIPPET, ctx.device, n, *ctx.data("full")), ctx.timeout(180, 120),
-                          ctx.out / "nss.log")
-    check(rc, err, "NSS")
-    res = json.loads(re.search(r"^RESULT (.*)$", out, re.M).group(1))
-    print(f"  {n} pairs of {res['view'][0]}x{res['view'][1]}: max |device - cpu| = "
-          f"{res['max_abs_diff']:.2e}; {res['device_pairs_per_s']:.1f} pairs/s on {ctx.device}, "
-          f"{res['cpu_pairs_per_s']:.1f} pairs/s on the CPU (one process)")
-    if res["max_abs_diff"] > 1e-8:
-        raise StepFailed(f"NSS on {ctx.device} differs from the CPU by {res['max_abs_diff']:.2e}")
-    return res
-
-
-def step_throughput(ctx):
-    script = ROOT / "benchmarks" / "train_throughput.py"
-    rc, help_text, _, _ = run(python(script, "--help"), 60)
-    steps = 2 if ctx.quick else 50
-    size = ["--pairs", 4, "--val-pairs", 4] if ctx.quick else []  # a smoke test: small synthetic data
-    rates = {}
-    # the new interface (--step, --precision, --json; one variant per process); "--step" alone
-    # would also match today's --steps
-    if re.search(r"--step\b(?!s)", help_text) and "--precision" in help_text:
-        for step, precision in THROUGHPUT_VARIANTS:
-            if ctx.device == "cpu" and (precision != "fp32" or (ctx.quick and step != "eager")):
-                continue
-            path = ctx.out / f"throughput_{step}_{precision}.json"
-            rc, out, err, _ = run(python(script, "--device", ctx.device, "--step", step,
-                                         "--precision", precision, "--steps", steps, *size, "--json", path),
-                                  ctx.timeout(150, 90), ctx.out / f"throughput_{step}_{precision}.log")
-            if rc == 0 and path.is_file():
-                rates[f"{step}/{precision}"] = json.loads(path.read_text())
-            else:
-                rates[f"{step}/{precision}"] = {"failed": str(rc)}
-    else:  # the flags of today's script: project vs original, float32 and bf16 autocast
-        for name, flags in (("eager/fp32", []), ("eager/bf16", ["--amp"])):
-            if name == "eager/bf16" and ctx.device == "cpu":
-                continue
-            rc, out, err, _ = run(python(script, "--device", ctx.device, "--steps", steps,
-                                         "--warmup", 1 if ctx.quick else 3, *flags),
-                                  ctx.timeout(240, 240), ctx.out / f"throughput_{name.replace('/', '_')}.log")
-            m = re.search(r"^project\s+([\d.]+)", out, re.M)
-            v = re.search(r"validation scoring of (\d+) pairs: ([\d.]+) s", out)
-            rates[name] = ({"patch_pairs_per_s": float(m.group(1)),
-                            "val_patch_pairs_per_s": int(v.group(1)) * 364 / float(v.group(2)) if v else None}
-                           if rc == 0 and m else {"failed": str(rc)})
-    if "--splits" in help_text:  # the splits at once, in the variant where it can pay off
-        splits, step, precision = ((CONCURRENT_SPLITS, *CONCURRENT_VARIANT) if ctx.device != "cpu"
-                                   else (2, "eager", "fp32"))  # CPU: a smoke test of the path
-        path = ctx.out / "throughput_concurrent.json"
-        rc, out, err, _ = run(python(script, "--device", ctx.device, "--splits", splits, "--step", step,
-                                     "--precision", precision, "--steps", steps, *size, "--json", path),
-                              ctx.timeout(150, 90), ctx.out / "throughput_concurrent.log")
-        rates[f"concurrent x{splits} {step}/{precision}"] = (
-            json.loads(path.read_text()) if rc == 0 and path.is_file() else {"failed": str(rc)})
-    for name, r in rates.items():
-        rate = r.get("patch_pairs_per_s")
-        print(f"  {name:<16} " + (f"{rate:>12,.0f} patch pairs/s" if rate else f"failed ({r.get('failed')})"))
-    ctx.results["throughput_rates"] = rates
-    if not any(r.get("patch_pairs_per_s") for r in rates.values()):
-        raise StepFailed("no variant ran")
-    return rates
-
-
-def step_projection(ctx):
-    rates = ctx.results.get("throughput_rates") or {}
-    ok = {k: v for k, v in rates.items() if v.get("patch_pairs_per_s") and not k.startswith("concurrent")}
-    if not ok:
-        raise StepFailed("no measured throughput (run the throughput step)")
-    best = max(ok, key=lambda k: ok[k]["patch_pairs_per_s"])
-    rate = ok[best]["patch_pairs_per_s"]
-    score_rate = next((v["val_patch_pairs_per_s"] for v in rates.values() if v.get("val_patch_pairs_per_s")),
-                      3 * rate)  # scoring is a forward only: ~3x a training step where unmeasured
-    conc = next((v.get("patch_pairs_per_s") for k, v in rates.items()
-                 if k.startswith(f"concurrent x{CONCURRENT_SPLITS} ")), None)
-    one, ten = project(rate, score_rate), project(rate, score_rate, CONCURRENT_SPLITS, conc)
-    print(f"  fastest variant {best}: {rate:,.0f} patch pairs/s; validation {score_rate:,.0f} patch pairs/s")
-    print(f"  500 epochs, LIVE-I-sized split: {one / 60:.1f} min for 1 split, {ten / 60:.1f} min for "
-          f"{CONCURRENT_SPLITS} ({'concurrent' if conc else 'one after another'})")
-    return {"variant": best, "patch_pairs_per_s": rate, "val_patch_pairs_per_s": score_rate,
-            "one_split_min": one / 60, "ten_splits_min": ten / 60, "ten_concurrent": bool(conc)}
+def step_nss(check, r):
+    n = 2 if check.quick else 32
+    # --quick: 2 pairs of the small demo, built in the work folder from the stereodemo wheel
+    # (2-3 s): the quick step that needs a carried wheel in a subprocess, as the box's steps do
+    data = (["dataset.name=demo", f"dataset.root={check.work / 'demo'}", f"nss.cache_dir={check.work / 'cache'}"]
+            if check.quick else check.data("full"))
+    rc, log = check.run(python("-c", NSS_SNIPPET, check.device, n, *data), "nss", 180)
+    check.check(rc, log, "NSS")
+    r.update(json.loads(re.search(r"^RESULT (.*)$", log, re.M).group(1)))
+    print(f"  {n} pairs of {r['view'][0]}x{r['view'][1]}: max |{check.device} - cpu| = {r['max_abs_diff']:.2e}; "
+          f"{r['device_pairs_per_s']:.1f} pairs/s on {check.device}, {r['cpu_pairs_per_s']:.1f} on the CPU")
+    if r["max_abs_diff"] > 1e-8:
+        raise StepFailed(f"NSS on {check.device} differs from the CPU by {r['max_abs_diff']:.2e}")
 
 
 PREPARE_SNIPPET = r"""
@@ -364,67 +437,77 @@ print(f"RESULT {len(pairs)}")
 """
 
 
-def step_protocol(ctx):
-    epochs = 2 if ctx.quick else PAPER_EPOCHS
-    data = ctx.data("full")
-    rc, out, err, secs = run(python("-c", PREPARE_SNIPPET, ctx.device, *ctx.data("full")),
-                             ctx.timeout(240, 240), ctx.out / "protocol_prepare.log")
-    check(rc, err, "building the database and its NSS targets")
-    print(f"  {'tiny' if ctx.quick else 'full-size demo'} database and NSS targets ready: {secs:.1f} s")
-    procs = {}
-    for norm in ("reference", "contrast"):  # side by side: one GPU, two processes
-        log = open(ctx.out / f"protocol_{norm}.log", "w")
-        cmd = python("train.py", *common(ctx, f"protocol_{norm}", *data, *PAPER, f"train.epochs={epochs}",
-                                         f"patches.normalisation={norm}", "train.checkpoint_every=10",
-                                         "train.scatter_every=20"))
-        procs[norm] = (subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True,
-                                        start_new_session=True, env={**os.environ, "PYTHONPATH": str(ROOT)}), log)
-    deadline = time.time() + ctx.timeout(3600, 300)
-    while time.time() < deadline and any(p.poll() is None for p, _ in procs.values()):
-        time.sleep(1)
-    out = {}
-    for norm, (proc, log) in procs.items():
-        timed_out = proc.poll() is None
-        if timed_out:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
-        text = (ctx.out / f"protocol_{norm}.log").read_text()
+def protocol_curves(check, r, epochs):
+    """What the protocol's logs say so far (the report keeps it if the check is cut short)."""
+    for norm in ("reference", "contrast"):
+        text = check.log(f"protocol_{norm}")
         curve, secs = val_curve(text), epoch_seconds(text)
-        metrics_file = ctx.out / "runs" / f"protocol_{norm}" / "metrics.json"
-        test = json.loads(metrics_file.read_text())["test"] if metrics_file.is_file() else None
-        out[norm] = {"epochs_done": len(curve), "val_srocc": curve, "mean_epoch_s": sum(secs) / len(secs) if secs else None,
-                     "test": {k: test[k] for k in ("srocc", "plcc", "krocc", "rmse")} if test else None,
-                     "timed_out": timed_out, "returncode": proc.returncode}
-        best = max((s for _, s in curve if s is not None), default=None)
-        print(f"  {norm:<9}: {len(curve)}/{epochs} epochs"
-              + (f", {out[norm]['mean_epoch_s']:.2f} s an epoch" if secs else "")
+        metrics = check.work / "runs" / f"protocol_{norm}" / "metrics.json"
+        test = json.loads(metrics.read_text())["test"] if metrics.is_file() else None
+        r[norm] = {"epochs": epochs, "epochs_done": len(curve), "val_srocc": curve,
+                   "mean_epoch_s": sum(secs) / len(secs) if secs else None,
+                   "test": {k: test[k] for k in HEADLINE} if test else None}
+
+
+def step_protocol(check, r):
+    epochs = 2 if check.quick else PAPER_EPOCHS
+    t0 = time.perf_counter()
+    rc, log = check.run(python("-c", PREPARE_SNIPPET, check.device, *check.data("full")), "protocol_prepare", 240)
+    check.check(rc, log, "building the database and its NSS targets")
+    print(f"  {'tiny' if check.quick else 'full-size demo'} database and NSS targets ready: "
+          f"{time.perf_counter() - t0:.1f} s")
+    procs = []
+    for norm in ("reference", "contrast"):  # side by side: one GPU, two processes
+        args = check.train_args(f"protocol_{norm}", *check.data("full"), *PAPER, f"train.epochs={epochs}",
+                                f"patches.normalisation={norm}", "train.checkpoint_every=10",
+                                "train.scatter_every=20")
+        procs.append(check.start(python("train.py", *args), f"protocol_{norm}", 3600))
+    deadline = time.time() + min(timeout for _, timeout in procs)
+    while time.time() < deadline and any(p.poll() is None for p, _ in procs):
+        time.sleep(1)
+        protocol_curves(check, r, epochs)
+    for (proc, _), norm in zip(procs, ("reference", "contrast")):
+        timed_out = proc.poll() is None
+        check.finish(proc, timed_out)
+        protocol_curves(check, r, epochs)
+        r[norm].update(timed_out=timed_out, returncode=proc.returncode)
+    for norm in ("reference", "contrast"):
+        o = r[norm]
+        best = max((s for _, s in o["val_srocc"] if s is not None), default=None)
+        print(f"  {norm:<9}: {o['epochs_done']}/{epochs} epochs"
+              + (f", {o['mean_epoch_s']:.2f} s an epoch" if o["mean_epoch_s"] else "")
               + (f", best val SROCC {best:.4f}" if best is not None else "")
-              + (f", test SROCC {test['srocc']:.4f}" if test else " (not finished: no test)"))
-    if all(o["epochs_done"] == 0 for o in out.values()):
-        raise StepFailed("no epoch finished: see protocol_*.log")
-    return out
+              + (f", test SROCC {o['test']['srocc']:.4f}" if o["test"] else " (not finished: no test)"))
+    if all(r[norm]["epochs_done"] == 0 for norm in ("reference", "contrast")):
+        raise StepFailed("no epoch finished: see logs/protocol_*.log")
 
 
 # --------------------------------------------------------------------------- report
 def figures_line(name, res):
-    if not isinstance(res, dict):
-        return ""
+    """The step's figures in one line of the table (from a result that may be partial)."""
+    def get(key, fmt):
+        return format(res[key], fmt) if res.get(key) is not None else "?"
+
+    if name == "user":
+        return (f"ran on {res.get('device_used', '?')}; test SROCC {get('test_srocc', '.3f')}; evaluate.py "
+                f"differs by {get('evaluate_max_diff', '.1e')}; predict.py {get('predict_score', '.3f')}")
     if name == "tests":
         return res.get("summary", "")
-    if name == "demo":
-        return f"test SROCC {res['test_srocc']:.3f}; evaluate.py differs by {res['evaluate_max_diff']:.1e}"
-    if name == "resume":
-        return f"killed after epoch {res['killed_after_epoch']}/{res['epochs']}; metrics identical"
-    if name == "nss":
-        return (f"max diff {res['max_abs_diff']:.1e}; {res['device_pairs_per_s']:.1f} pairs/s "
-                f"(CPU {res['cpu_pairs_per_s']:.1f})")
     if name == "throughput":
-        return "; ".join(f"{k} {v['patch_pairs_per_s']:,.0f}/s" for k, v in res.items() if v.get("patch_pairs_per_s"))
-    if name == "projection":
-        return f"1 split {res['one_split_min']:.1f} min, 10 splits {res['ten_splits_min']:.1f} min"
+        line = "; ".join(f"{k} {v['patch_pairs_per_s']:,.0f}/s" for k, v in res.get("rates", {}).items()
+                         if v.get("patch_pairs_per_s"))
+        p = res.get("projection")
+        return line + (f"; 500 epochs: 1 split {p['one_split_min']:.1f} min, 10 splits "
+                       f"{p['ten_splits_min']:.1f} min" if p else "")
+    if name == "resume":
+        return (f"killed after epoch {res.get('killed_after_epoch', '?')}/{res.get('epochs', '?')}; "
+                + ("not compared" if "identical" not in res else "metrics identical" if res["identical"]
+                   else f"largest difference {res['max_diff']:.1e}"))
+    if name == "nss":
+        return (f"max diff {get('max_abs_diff', '.1e')}; {get('device_pairs_per_s', '.1f')} pairs/s "
+                f"(CPU {get('cpu_pairs_per_s', '.1f')})")
     if name == "protocol":
-        return "; ".join(f"{k}: {v['epochs_done']} epochs, best val SROCC "
+        return "; ".join(f"{k}: {v['epochs_done']}/{v['epochs']} epochs, best val SROCC "
                          f"{max((s for _, s in v['val_srocc'] if s is not None), default=float('nan')):.3f}"
                          + (f", test {v['test']['srocc']:.3f}" if v["test"] else "") for k, v in res.items())
     return ""
@@ -434,13 +517,16 @@ def markdown(report):
     env = report["environment"]
     lines = [f"# gpu_check: {env['device_name']}", "",
              f"torch {env['torch']}, CUDA {env['cuda']}, Python {env['python']}, "
-             f"{'quick' if report['quick'] else 'full'} run, {report['total_s']:.0f} s in all", "",
+             f"{'quick' if report['quick'] else 'full'} run, {report.get('total_s', 0):.0f} s of "
+             f"{report['budget_s']:.0f}", "",
              "| step | status | seconds | figures |", "|---|---|---|---|"]
     for name, step in report["steps"].items():
-        figures = figures_line(name, step.get("result")) if step["status"] == "ok" else step.get("error", "")
-        lines.append(f"| {name} | {step['status']} | {step.get('seconds', 0):.0f} | {figures} |")
+        figures = figures_line(name, step.get("result") or {})
+        if step.get("error"):
+            figures = f"{step['error']}" + (f" (so far: {figures})" if step.get("result") else "")
+        lines.append(f"| {name} | {step['status']} | {step.get('seconds', 0):.0f} | {figures.replace('|', '/')} |")
     protocol = report["steps"].get("protocol", {}).get("result")
-    if isinstance(protocol, dict) and protocol:
+    if protocol:
         where = "the tiny database (--quick)" if report["quick"] else "the full-size demo"
         lines += ["", f"Validation SROCC of the paper's protocol on {where}:", "",
                   "| epoch | " + " | ".join(protocol) + " |", "|---|" + "---|" * len(protocol)]
@@ -461,78 +547,78 @@ def environment(device):
     return {"python": platform.python_version(), "torch": torch.__version__,
             "cuda": torch.version.cuda, "device": device,
             "device_name": torch.cuda.get_device_name(0) if cuda else f"CPU ({os.cpu_count()} cores)",
+            "pythonpath": os.environ.get("PYTHONPATH", ""),
             "packages": {name: importlib.util.find_spec(name) is not None
-                         for name in ("stereodemo", "pytest", "tensorboard", "matplotlib", "scipy",
-                                      "skimage", "openpyxl")}}
+                         for name in ("stereodemo", "dtcwt", "openpyxl", "pytest", "tensorboard",
+                                      "matplotlib", "scipy", "skimage")}}
 
 
-class Context:
-    def __init__(self, out, device, quick, budget):
-        self.out, self.device, self.quick, self.budget = out, device, quick, budget
-        self.started = time.perf_counter()
-        self.results = {}
-        self.tiny = tiny_database(out / "tinydb") if quick else None
-
-    def data(self, demo_size="small"):
-        """The database overrides: the demo (of `demo_size`), or with --quick the tiny one."""
-        if self.quick:
-            return ["dataset.name=csv", f"dataset.manifest={self.tiny}",
-                    f"nss.cache_dir={self.out / 'cache'}", "nss.workers=1"]
-        return [f"dataset.demo_size={demo_size}"]
-
-    def left(self):
-        return self.budget - (time.perf_counter() - self.started)
-
-    def timeout(self, full, quick):
-        """A step's timeout: its own, never past the whole check's budget."""
-        return max(5, min(quick if self.quick else full, self.left() - 5))
+def plan(chosen, quick, budget):
+    estimates = QUICK_ESTIMATE_S if quick else ESTIMATE_S
+    for name in chosen:
+        print(f"  {name:<11}{estimates[name]:>4} s  {WHAT[name]}")
+    total = sum(estimates[name] for name in chosen)
+    print(f"  {'total':<11}{total:>4} s of a {budget:.0f} s budget ({'quick, CPU' if quick else 'one H200'} estimates)")
+    return total
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out_dir")
+    parser.add_argument("out_dir", help="the reports and logs: what must come back")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--quick", action="store_true", help="every step as a smoke test")
     parser.add_argument("--skip", default="", help="steps to leave out, comma-separated")
     parser.add_argument("--only", default="", help="the only steps to run, comma-separated")
-    parser.add_argument("--budget", type=float, default=540, help="seconds for the whole check")
+    parser.add_argument("--budget", type=float, default=BUDGET_S, help="seconds for the whole check")
+    parser.add_argument("--work", default=str(ROOT / "data" / "gpu_check"),
+                        help="run folders, the tiny database, caches (its runs/ is emptied first)")
+    parser.add_argument("--plan", action="store_true", help="print the steps and their estimates; run nothing")
     args = parser.parse_args()
-    chosen = [s for s in STEPS if (not args.only or s in args.only.split(","))
-              and s not in args.skip.split(",")]
+    started = time.perf_counter()  # the budget counts from here
     unknown = set(filter(None, (args.only + "," + args.skip).split(","))) - set(STEPS)
     if unknown:
         sys.exit(f"unknown step(s) {', '.join(sorted(unknown))}: the steps are {', '.join(STEPS)}")
-    out = Path(args.out_dir).resolve()
+    chosen = [s for s in STEPS if (not args.only or s in args.only.split(",")) and s not in args.skip.split(",")]
+    if args.plan:
+        plan(chosen, args.quick, args.budget)
+        return 0
+    out, work = Path(args.out_dir).resolve(), Path(args.work).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    ctx = Context(out, args.device, args.quick, args.budget)
-    report = {"environment": environment(args.device), "quick": args.quick, "steps": {}}
-    print(f"gpu_check on {report['environment']['device_name']} (torch {report['environment']['torch']}), "
-          f"steps: {', '.join(chosen)}")
+    for old in ("runs", "tensorboard"):  # train.py refuses an out_dir that holds a run
+        shutil.rmtree(work / old, ignore_errors=True)
+    check = Check(out, work, args.device, args.quick, args.budget, started)
+    signal.signal(signal.SIGTERM, check.interrupted)
+    signal.signal(signal.SIGINT, check.interrupted)
+    env = check.report["environment"]
+    print(f"gpu_check on {env['device_name']} (torch {env['torch']}), steps: {', '.join(chosen)}; "
+          f"reports in {out}, runs in {work}")
     for name in chosen:
         print(f"[{name}]", flush=True)
-        started = time.perf_counter()
-        entry = {}
-        if ctx.left() < 10:
-            entry = {"status": "skipped", "error": "no time left in the budget"}
-        else:
-            try:
-                entry = {"status": "ok", "result": globals()[f"step_{name}"](ctx)}
-            except StepFailed as err:
-                entry = {"status": "failed", "error": str(err)}
-            except Exception as err:  # a bug in this script must not lose the other steps
-                entry = {"status": "failed", "error": f"{type(err).__name__}: {err}"}
-        entry["seconds"] = time.perf_counter() - started
-        if entry["status"] != "ok":
-            print(f"  {entry['status'].upper()}: {entry['error']}")
-        report["steps"][name] = entry
+        check.step = check.report["steps"][name] = {"status": "running", "result": {}, "commands": []}
+        check.step_started = time.perf_counter()
+        check.save()
+        try:
+            globals()[f"step_{name}"](check, check.step["result"])
+            check.step["status"] = "ok"
+        except OutOfTime as err:
+            check.step.update(status="skipped", error=str(err))
+        except StepFailed as err:
+            check.step.update(status="failed", error=str(err))
+        except Exception as err:  # a bug in this script must not lose the other steps
+            check.step.update(status="failed", error=f"{type(err).__name__}: {err}")
+        for proc in list(check.procs):  # e.g. a protocol run whose twin could not start
+            check.finish(proc, timed_out=True)
+        check.step["seconds"] = round(time.perf_counter() - check.step_started, 1)
+        if check.step["status"] != "ok":
+            print(f"  {check.step['status'].upper()}: {check.step['error']}")
+        check.step = None
+        check.save()
         sys.stdout.flush()
-    report["total_s"] = time.perf_counter() - ctx.started
-    (out / "gpu_check.json").write_text(json.dumps(report, indent=1) + "\n")
-    (out / "gpu_check.md").write_text(markdown(report))
     print()
-    print(markdown(report))
+    print(markdown(check.report))
     print(f"written: {out / 'gpu_check.json'}, {out / 'gpu_check.md'}")
+    return 0 if all(s["status"] == "ok" for s in check.report["steps"].values()) else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -13,9 +13,15 @@ one invocation and the ratio is printed. On CPU an epoch is projected from the m
 steps (a full CPU epoch takes many minutes); with --full-epoch it is run.
 
 The project path runs as `train.step` does (--step eager | compile | graph) at a precision:
-fp32 (TF32 off), tf32 (TF32 matmuls and convolutions, CUDA), bf16 (bfloat16 autocast; the
-quality output and the losses in float32, see siqa.engine.joint_loss). The first steps
-(--warmup) include compiling or capturing; their time is printed apart. --json PATH writes
+fp32 (TF32 off), tf32 (TF32 matmuls and convolutions, CUDA), bf16 (bfloat16 autocast, TF32
+as train.py leaves it, i.e. on for CUDA; the quality output and the losses in float32, see
+siqa.engine.joint_loss). The process-wide switches are those train.py sets, from
+siqa.distributed.configure_numerics with train.deterministic=auto: on CUDA cuDNN benchmark on
+(it picks the fastest convolution kernels for the static patch shape), on the CPU the
+deterministic kernels. The first steps (--warmup) include compiling or capturing; their time
+is printed apart. The timed part runs chunks of --steps steps until it has run for at least
+--min-seconds (default 2 s on CUDA: a GPU needs a moment to leave its idle clock, and ~60 ms
+of work would mostly time that; 0 on the CPU, where --steps alone keeps a smoke test short). --json PATH writes
 the project's figures (patch_pairs_per_s, step, precision, device, ...); with --json the
 original loop is not run unless --original is given (benchmarks/gpu_check.py runs one
 variant per call this way).
@@ -25,7 +31,8 @@ train.concurrent_repeats=true runs the N content splits (siqa.concurrent: on CUD
 and a generator state per split); the project's rate is then the sum over the N splits.
 
     python benchmarks/train_throughput.py [--device cpu|cuda] [--step eager|compile|graph]
-        [--precision fp32|tf32|bf16] [--steps 20] [--splits 1] [--json PATH] [--full-epoch]
+        [--precision fp32|tf32|bf16] [--steps 20] [--min-seconds S] [--splits 1] [--json PATH]
+        [--full-epoch]
 """
 import argparse
 import json
@@ -63,15 +70,34 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def set_precision(precision, device):
-    """TF32 set explicitly either way (PyTorch's default differs between matmul and cuDNN);
-    returns the autocast dtype."""
+def set_numerics(precision, device):
+    """The switches train.py sets for this precision (train.tf32=false for fp32, true for tf32,
+    auto for bf16, i.e. train.amp=true with the default TF32), with train.deterministic=auto;
+    returns (the autocast dtype, what was set)."""
     import torch
 
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
-        torch.backends.cudnn.allow_tf32 = precision == "tf32"
-    return torch.bfloat16 if precision == "bf16" else None
+    from siqa.distributed import configure_numerics
+
+    tf32 = {"fp32": False, "tf32": True, "bf16": "auto"}[precision]
+    numerics = configure_numerics("auto", tf32, device)
+    numerics["cudnn_benchmark"] = torch.backends.cudnn.benchmark
+    return (torch.bfloat16 if precision == "bf16" else None), numerics
+
+
+def timed_chunks(epoch, order, first, steps, min_seconds, device):
+    """Run chunks of `steps` steps of `order`, from its step `first` on (wrapping round to
+    its start), until at least `steps` steps and `min_seconds` have passed; returns (steps,
+    seconds). Each chunk ends with its losses read back, so the clock stops on finished work."""
+    batches = len(order) // BATCH
+    if batches < steps:
+        raise SystemExit(f"{batches} batches of data, fewer than --steps {steps}: raise --pairs")
+    done, t0 = 0, time.perf_counter()
+    while done < steps or time.perf_counter() - t0 < min_seconds:
+        start = (first + done) % (batches - steps + 1)
+        epoch(order[BATCH * start : BATCH * (start + steps)])
+        done += steps
+    sync(device)
+    return done, time.perf_counter() - t0
 
 
 def run_project(args, device):
@@ -83,7 +109,7 @@ def run_project(args, device):
 
     torch.manual_seed(0)
     data = synthetic(args.pairs, device, getattr(torch, args.patch_dtype))  # shared by the splits
-    amp = set_precision(args.precision, device)
+    amp, numerics = set_numerics(args.precision, device)
     splits = []  # (model, optimizer, step) of each split trained at once
     for _ in range(args.splits):
         model = MultiTaskSIQA().to(device).to(memory_format=torch.channels_last)  # train.channels_last
@@ -103,11 +129,8 @@ def run_project(args, device):
     epoch(order[: BATCH * args.warmup])  # compiles or captures on the first step
     sync(device)
     warmup_s = time.perf_counter() - t0
-    steps = order[BATCH * args.warmup : BATCH * (args.warmup + args.steps)]
-    t0 = time.perf_counter()
-    epoch(steps)
-    sync(device)
-    rate = args.splits * len(steps) / (time.perf_counter() - t0)  # all splits together
+    steps, seconds = timed_chunks(epoch, order, args.warmup, args.steps, args.min_seconds, device)
+    rate = args.splits * steps * BATCH / seconds  # all splits together
     val_s = None
     if args.val_pairs:
         val = synthetic(args.val_pairs, device, getattr(torch, args.patch_dtype))
@@ -125,7 +148,7 @@ def run_project(args, device):
             predict_pairs(model, val, amp_dtype=amp, scorer=step.scorer)
         sync(device)
         epoch_s = time.perf_counter() - t0
-    return rate, val_s, epoch_s, warmup_s
+    return rate, val_s, epoch_s, warmup_s, {"timed_steps": steps, "timed_s": seconds, **numerics}
 
 
 def run_original(args, device):
@@ -172,7 +195,7 @@ def run_original(args, device):
     for _ in range(args.steps):
         step()
     sync(device)
-    return BATCH * args.steps / (time.perf_counter() - t0), None, None, None
+    return BATCH * args.steps / (time.perf_counter() - t0), None, None, None, {}
 
 
 def child(args):
@@ -181,13 +204,13 @@ def child(args):
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    rate, val_s, epoch_s, warmup_s = (run_project if args.variant == "project"
+    rate, val_s, epoch_s, warmup_s, timing = (run_project if args.variant == "project"
                                       else run_original)(args, device)
     out = {"rate": rate, "val_s": val_s, "epoch_s": epoch_s, "warmup_s": warmup_s,
            "peak_host_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
            "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-           "threads": torch.get_num_threads()}
+           "threads": torch.get_num_threads(), **timing}
     print("RESULT " + json.dumps(out))
 
 
@@ -199,6 +222,8 @@ def main():
     parser.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"])
     parser.add_argument("--steps", type=int, default=20, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps (compile/capture)")
+    parser.add_argument("--min-seconds", type=float, default=None,
+                        help="time at least this long after the warm-up (default: 2 on CUDA, 0 on CPU)")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--splits", type=int, default=1,
                         help="models trained at once, a step of each in turn (train.concurrent_repeats);"
@@ -218,6 +243,8 @@ def main():
     args = parser.parse_args()
     if args.amp:
         args.precision = "bf16"
+    if args.min_seconds is None:
+        args.min_seconds = 2.0 if args.device.startswith("cuda") else 0.0
     if args.step == "graph" and not args.device.startswith("cuda"):
         sys.exit("--step graph needs --device cuda (CUDA graphs)")
     if args.variant:
@@ -235,6 +262,9 @@ def main():
     print(f"device: {p['device']} ({p['threads']} threads), batch {BATCH}, {args.precision}, "
           f"step {args.step}, patches stored as {args.patch_dtype}"
           + (f", {args.splits} splits at once (rates summed)" if args.splits > 1 else ""))
+    print(f"timed: {p['timed_steps']} steps in {p['timed_s']:.2f} s after the warm-up; cuDNN benchmark "
+          f"{'on' if p['cudnn_benchmark'] else 'off'}, TF32 {'on' if p['tf32'] else 'off'}, "
+          f"deterministic {'on' if p['deterministic'] else 'off'}")
     print(f"{'variant':<10}{'patch pairs/s':>16}{'peak host MiB':>16}{'peak GPU MiB':>14}")
     for name, r in results.items():
         gpu = "-" if r["peak_gpu_mib"] is None else f"{r['peak_gpu_mib']:.0f}"
@@ -257,6 +287,8 @@ def main():
             "patch_pairs_per_s": p["rate"], "step": args.step, "precision": args.precision,
             "device": args.device, "device_name": p["device"], "threads": p["threads"],
             "batch": BATCH, "steps": args.steps, "splits": args.splits, "warmup_s": p["warmup_s"],
+            "timed_steps": p["timed_steps"], "timed_s": p["timed_s"], "min_seconds": args.min_seconds,
+            "numerics": {k: p[k] for k in ("deterministic", "tf32", "cudnn_benchmark")},
             "val_patch_pairs_per_s": VAL_PAIRS * PATCHES_PER_PAIR / val_s if val_s else None,
             "epoch_s_projected": epoch, "peak_gpu_mib": p["peak_gpu_mib"],
             "original_patch_pairs_per_s": results.get("original", {}).get("rate")}, indent=1) + "\n")

@@ -12,7 +12,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 THIS = Path(__file__).resolve()
 SKIP_DIRS = {".git", ".venv", "venv", "data", "runs", "visualize", "__pycache__",
-             ".pytest_cache", ".hypothesis", "build", "dist"}
+             ".pytest_cache", ".hypothesis", "build", "dist",
+             ".venv-gpubox", "wheels"}  # scripts/rehearse_gpu_box.sh's venv, gpu_box_wheels.sh's wheels
 TEXT_SUFFIXES = {".py", ".md", ".txt", ".yaml", ".yml", ".toml", ".cfg", ".ini", ".sh", ".json",
                  ".csv", ""}
 FIGURE_LIMIT = 200 * 1024  # committed figures stay small

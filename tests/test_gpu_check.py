@@ -1,23 +1,72 @@
-"""benchmarks/gpu_check.py: its arithmetic and parsing against hand-computed values, and a
-smoke run on the CPU (--quick: the tiny synthetic database; the pytest and throughput
-steps, which cost minutes on a CPU and are exercised elsewhere, left out)."""
+"""benchmarks/gpu_check.py: its arithmetic and parsing against hand-computed values, its plan
+and budget rules, and runs on the CPU (--quick: the tiny synthetic database): one to the
+end, one cut by SIGTERM / SIGINT, one by a tiny budget. Every subprocess of the full run
+imports a probe `sitecustomize` that exists only on the caller's PYTHONPATH, which shows that
+the check keeps that path (the way a bare GPU box takes its carried wheels)."""
 import importlib.util
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 from conftest import ROOT
 
+SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
+PROBE = """import os, sys
+with open(os.path.join(os.environ["GPU_CHECK_PROBE"], f"{os.getpid()}.txt"), "w") as f:
+    f.write(" ".join(sys.orig_argv))
+"""
 
-@pytest.fixture(scope="module")
-def gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def gpu_check():
+    return load("gpu_check")
+
+
+def probe_env(tmp_path):
+    """PYTHONPATH = a folder holding a sitecustomize that writes each process's pid and argv
+    into seen/: what a subprocess of the check sees of the caller's PYTHONPATH."""
+    (tmp_path / "probe").mkdir()
+    (tmp_path / "probe" / "sitecustomize.py").write_text(PROBE)
+    (tmp_path / "seen").mkdir()
+    return {**os.environ, "PYTHONPATH": str(tmp_path / "probe"), "GPU_CHECK_PROBE": str(tmp_path / "seen"),
+            "OMP_NUM_THREADS": "1"}
+
+
+def seen(tmp_path):
+    return {int(p.stem): p.read_text() for p in (tmp_path / "seen").iterdir()}
+
+
+def start_check(tmp_path, *flags):
+    return subprocess.Popen([sys.executable, str(SCRIPT), str(tmp_path / "out"), "--device", "cpu", "--quick",
+                             "--work", str(tmp_path / "work"), *flags], cwd=ROOT, env=probe_env(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def alive(pid):
+    """Whether `pid` runs (a zombie that no one has reaped yet does not)."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def reports(tmp_path):
+    """The JSON report (parsed) and the Markdown one, as they are on disk now."""
+    return (json.loads((tmp_path / "out" / "gpu_check.json").read_text()),
+            (tmp_path / "out" / "gpu_check.md").read_text())
 
 
 def test_projection_of_the_500_epoch_protocol(gpu_check):
@@ -39,46 +88,167 @@ def test_parses_train_py_epoch_lines(gpu_check):
 
 
 def test_unknown_step_is_refused(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), str(tmp_path),
-                           "--only", "nope"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), "--only", "nope"],
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "unknown step" in proc.stderr
 
 
-def quick_cpu_check(tmp_path, *flags):
-    """Run `gpu_check.py OUT --device cpu --quick FLAGS` to its end; returns OUT."""
-    out = tmp_path / "check"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), str(out),
-                           "--device", "cpu", "--quick", *flags],
-                          capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return out
+def test_plan_lists_the_steps_within_480_s_and_runs_nothing(tmp_path, gpu_check):
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "out"), "--plan"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = re.findall(r"^  (\w+)\s+(\d+) s", proc.stdout, re.M)
+    assert [name for name, _ in rows] == ["user", "tests", "throughput", "resume", "nss", "protocol", "total"]
+    estimates = [int(s) for _, s in rows]
+    assert sum(estimates[:-1]) == estimates[-1] <= 480
+    # the default budget leaves at least 60 s under a 9-minute outer limit
+    assert gpu_check.BUDGET_S <= 9 * 60 - 60 and sum(gpu_check.ESTIMATE_S.values()) <= gpu_check.BUDGET_S
+    assert not (tmp_path / "out").exists()
 
 
-def test_quick_cpu_run_writes_its_reports(tmp_path):
-    out = quick_cpu_check(tmp_path, "--skip", "tests,throughput")
-    report = json.loads((out / "gpu_check.json").read_text())
+def test_no_subprocess_starts_with_under_10_s_left(tmp_path, gpu_check):
+    check = gpu_check.Check(tmp_path / "out", tmp_path / "work", "cpu", quick=False, budget=9.5)
+    check.step = {"commands": []}
+    with pytest.raises(gpu_check.OutOfTime):
+        check.start([sys.executable, "-c", "pass"], "refused", 60)
+    assert check.step["commands"] == [] and not (tmp_path / "out" / "logs" / "refused.log").exists()
+    check.budget = 30  # its timeout is cut to what is left, less the time to write the reports
+    rc, log = check.run([sys.executable, "-c", "print('ran')"], "ran", 600)
+    assert rc == 0 and "ran" in log
+    assert check.step["commands"][0]["timeout_s"] <= check.step["commands"][0]["left_s"] - 2 < 30
+
+
+def test_subprocesses_keep_the_callers_pythonpath(gpu_check, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["deps", "/opt/other"]))
+    assert gpu_check.child_env()["PYTHONPATH"].split(os.pathsep) == [str(ROOT), str(tmp_path / "deps"), "/opt/other"]
+
+
+def test_docstring_preparation_is_what_the_rehearsal_runs(gpu_check):
+    """scripts/rehearse_gpu_box.sh must follow the documented preparation word for word."""
+    doc = gpu_check.__doc__.split("Preparation.")[1]
+    commands = [line.strip() for line in doc.splitlines()
+                if line.startswith("    ") and line.split()[0].split("=")[0] in ("bash", "python", "PYTHONPATH")]
+    assert len(commands) == 3, commands
+    script = (ROOT / "scripts" / "rehearse_gpu_box.sh").read_text().splitlines()
+    for command in commands:
+        assert any(line.startswith(command) for line in script), command
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """`gpu_check.py OUT --device cpu --quick` to its end, with the probe on PYTHONPATH."""
+    tmp_path = tmp_path_factory.mktemp("quick")
+    proc = start_check(tmp_path)
+    stdout, stderr = proc.communicate(timeout=600)
+    return tmp_path, proc.returncode, stdout, stderr
+
+
+def test_quick_cpu_run_to_the_end(quick_run):
+    tmp_path, rc, stdout, stderr = quick_run
+    assert rc == 0, (stdout[-3000:], stderr[-2000:])
+    report, md = reports(tmp_path)
     steps = report["steps"]
-    assert list(steps) == ["demo", "resume", "nss", "projection", "protocol"]
-    for name in ("demo", "resume", "nss", "protocol"):
-        assert steps[name]["status"] == "ok", (name, steps[name])
+    assert list(steps) == ["user", "tests", "throughput", "resume", "nss", "protocol"]
+    assert all(s["status"] == "ok" for s in steps.values()), steps
+    user = steps["user"]["result"]
+    assert user["device_used"].startswith("cpu") and user["evaluate_max_diff"] == 0.0
+    assert isinstance(user["predict_score"], float)
+    rates = steps["throughput"]["result"]["rates"]
+    assert set(rates) == {"eager/fp32", "concurrent x2 eager/fp32"}
+    assert rates["concurrent x2 eager/fp32"]["splits"] == 2 and rates["eager/fp32"]["timed_steps"] >= 2
+    assert rates["eager/fp32"]["numerics"] == {"deterministic": True, "tf32": False, "cudnn_benchmark": False}
+    assert steps["throughput"]["result"]["projection"]["one_split_min"] > 0
     assert steps["resume"]["result"]["identical"] is True
     assert steps["nss"]["result"]["max_abs_diff"] <= 1e-8
-    # without the throughput step there is nothing to project from: recorded, not fatal
-    assert steps["projection"]["status"] == "failed" and "throughput" in steps["projection"]["error"]
+    assert steps["nss"]["result"]["view"] == [128, 96]  # the small demo, from the stereodemo wheel
     for norm in ("reference", "contrast"):
-        run = steps["protocol"]["result"][norm]
-        assert run["epochs_done"] == 2 and run["test"] is not None
-    md = (out / "gpu_check.md").read_text()
-    assert "| resume | ok |" in md and "| projection | failed |" in md
+        assert steps["protocol"]["result"][norm]["epochs_done"] == 2
+    assert "| resume | ok |" in md and "| epoch | reference | contrast |" in md
+    # the budget's rule held for every subprocess
+    assert all(c["left_s"] >= 10 for s in steps.values() for c in s["commands"])
 
 
-def test_quick_cpu_throughput_times_one_split_and_two_at_once(tmp_path):
-    """The throughput step runs benchmarks/train_throughput.py per variant, and --splits for
-    the splits trained at once (on the CPU two, eagerly: a smoke test of that path)."""
-    out = quick_cpu_check(tmp_path, "--only", "throughput")
-    rates = json.loads((out / "gpu_check.json").read_text())["steps"]["throughput"]["result"]
-    assert set(rates) == {"eager/fp32", "concurrent x2 eager/fp32"}
-    together = rates["concurrent x2 eager/fp32"]
-    assert together["splits"] == 2 and together["patch_pairs_per_s"] > 0
-    assert rates["eager/fp32"]["splits"] == 1
+def test_quick_run_reports_folder_holds_only_reports_and_logs(quick_run):
+    out = quick_run[0] / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_check.json", "gpu_check.md", "logs"]
+    logs = list((out / "logs").iterdir())
+    assert logs and all(p.suffix == ".log" and p.is_file() for p in logs)
+    assert sum(p.stat().st_size for p in out.rglob("*")) < 1_000_000
+    assert (quick_run[0] / "work" / "runs" / "user" / "best.pt").is_file()  # the runs went to --work
+
+
+def test_quick_run_subprocesses_saw_the_callers_pythonpath(quick_run):
+    argvs = list(seen(quick_run[0]).values())
+    for needle in ("train.py", "evaluate.py", "predict.py", "pytest", "train_throughput.py", "-c"):
+        assert any(needle in argv for argv in argvs), (needle, argvs)
+
+
+@pytest.mark.parametrize("signum, rc, steps", [(signal.SIGTERM, 143, "nss,protocol"),
+                                               (signal.SIGINT, 130, "protocol")])
+def test_a_signal_kills_the_step_and_keeps_the_reports(tmp_path, signum, rc, steps):
+    proc = start_check(tmp_path, "--only", steps)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            steps = reports(tmp_path)[0]["steps"]
+        except (OSError, ValueError):  # not written yet: an atomic write is never half there
+            steps = {}
+        if len(steps.get("protocol", {}).get("commands", [])) == 3:
+            break
+        time.sleep(0.2)
+    time.sleep(1)  # both trainings of the protocol step are under way
+    proc.send_signal(signum)
+    stdout, _ = proc.communicate(timeout=60)
+    assert proc.returncode == rc, stdout[-2000:]
+    report, md = reports(tmp_path)
+    if "nss" in steps:
+        assert report["steps"]["nss"]["status"] == "ok"  # written after the step that ended
+    protocol = report["steps"]["protocol"]
+    assert protocol["status"] == "interrupted" and signal.Signals(signum).name in protocol["error"]
+    assert "| protocol | interrupted |" in md
+    time.sleep(0.5)
+    trainings = [pid for pid, argv in seen(tmp_path).items() if "train.py" in argv]
+    assert len(trainings) == 2 and not any(alive(pid) for pid in trainings)  # killed with the check
+
+
+def test_a_tiny_budget_skips_steps_instead_of_starting_them(tmp_path):
+    proc = start_check(tmp_path, "--only", "nss,protocol", "--budget", "14")
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 1, (stdout[-2000:], stderr[-2000:])
+    steps = reports(tmp_path)[0]["steps"]
+    assert steps["protocol"]["status"] == "skipped" and "not started" in steps["protocol"]["error"]
+    assert all(c["left_s"] >= 10 for s in steps.values() for c in s["commands"])
+    started = {c["log"] for s in steps.values() for c in s["commands"]}
+    assert {p.stem for p in (tmp_path / "out" / "logs").iterdir()} == started  # nothing else ran
+    assert not started & {"protocol_reference", "protocol_contrast"}
+
+
+def test_train_throughput_applies_train_py_numerics(process_numerics):
+    import torch
+
+    throughput = load("train_throughput")
+    cuda = torch.device("cuda")  # only the switches are set: no GPU needed
+    for precision, tf32 in (("fp32", False), ("tf32", True), ("bf16", True)):
+        amp, numerics = throughput.set_numerics(precision, cuda)
+        assert numerics == {"deterministic": False, "tf32": tf32, "cudnn_benchmark": True}
+        assert torch.backends.cudnn.benchmark and torch.backends.cudnn.allow_tf32 == tf32
+        assert amp == (torch.bfloat16 if precision == "bf16" else None)
+    assert throughput.set_numerics("fp32", torch.device("cpu"))[1]["cudnn_benchmark"] is False
+
+
+def test_train_throughput_times_at_least_min_seconds():
+    import torch
+
+    throughput = load("train_throughput")
+    chunks = []
+
+    def epoch(order):
+        chunks.append(len(order))
+        time.sleep(0.05)
+
+    order = torch.arange(128 * 10)
+    steps, seconds = throughput.timed_chunks(epoch, order, 3, 4, 0.3, torch.device("cpu"))
+    assert seconds >= 0.3 and steps == 4 * len(chunks) and len(chunks) >= 6
+    assert set(chunks) == {4 * 128}  # whole chunks, wrapping round the 10 batches
+    assert throughput.timed_chunks(epoch, order, 0, 4, 0.0, torch.device("cpu"))[0] == 4
