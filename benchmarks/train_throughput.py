@@ -67,7 +67,7 @@ def sync(device):
     import torch
 
     if device.type == "cuda":
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)  # the benchmark's GPU, not the current one
 
 
 def set_numerics(precision, device):
@@ -114,7 +114,8 @@ def run_project(args, device):
     for _ in range(args.splits):
         model = MultiTaskSIQA().to(device).to(memory_format=torch.channels_last)  # train.channels_last
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
-        splits.append((model, opt, TrainStep(args.step, model, opt, BATCH, 25.0, amp)))
+        splits.append((model, opt, TrainStep(args.step, model, opt, BATCH, 25.0, amp,
+                                             concurrent=args.splits > 1)))  # as train.py builds them
     model, opt, step = splits[0]
 
     def epoch(order):  # every split one pass over `order`, a step of each in turn
@@ -201,14 +202,18 @@ def run_original(args, device):
 def child(args):
     import torch
 
-    device = torch.device(args.device)
+    from siqa.engine import select_device
+
+    device = select_device(args.device)  # cuda -> cuda:N, made current as train.py does
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     if args.threads:
         torch.set_num_threads(args.threads)
     rate, val_s, epoch_s, warmup_s, timing = (run_project if args.variant == "project"
                                       else run_original)(args, device)
     out = {"rate": rate, "val_s": val_s, "epoch_s": epoch_s, "warmup_s": warmup_s,
            "peak_host_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-           "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
+           "peak_gpu_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
            "threads": torch.get_num_threads(), **timing}
     print("RESULT " + json.dumps(out))

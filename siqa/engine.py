@@ -1,4 +1,4 @@
-"""The training step and the image-level scoring, on data resident on the device.
+r"""The training step and the image-level scoring, on data resident on the device.
 
 A split's patches live on the device as two contiguous tensors; a batch is an index
 slice of a seeded permutation (no Dataset, no collation, no host sync inside the loop).
