@@ -106,6 +106,7 @@ def merged_summary(run_dirs, out_dir, log=print) -> dict:
     cfg["out_dir"] = str(out_dir)
     cfg["train"]["splits"] = None
     card = dict(cards[0])  # the whole run's card, in protocol.card's key order
+    card.pop("resumes", None)  # a split's own history; each split's card keeps it
     card.update(config=cfg, config_sha256=protocol.config_sha256(cfg),
                 splits={**card["splits"], "repeat": None},
                 seeds={**card["seeds"],

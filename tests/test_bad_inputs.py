@@ -195,7 +195,8 @@ def unknown_database(tmp, db, ckpt):
 
 def missing_database_folder(tmp, db, ckpt):
     return train_case(tmp, db[2], ("/nonexistent", "dataset.root"),
-                      **{"dataset.name": "live3d_phase1", "dataset.root": "/nonexistent"})
+                      **{"dataset.name": "live3d_phase1", "dataset.root": "/nonexistent",
+                         "dataset.manifest": "null"})
 
 
 def missing_mat_variable(tmp, db, ckpt):
@@ -210,7 +211,8 @@ def missing_mat_variable(tmp, db, ckpt):
     refs[0, :] = ["refimgs\\im2.bmp", "refimgs\\im3.bmp"]
     scipy.io.savemat(root / "data.mat", {"img_names": names, "ref_names": refs})
     return train_case(tmp, db[2], ("'dmos'", "data.mat"),
-                      **{"dataset.name": "live3d_phase1", "dataset.root": root})
+                      **{"dataset.name": "live3d_phase1", "dataset.root": root,
+                         "dataset.manifest": "null"})
 
 
 def unknown_config_key(tmp, db, ckpt):

@@ -59,7 +59,10 @@ def test_evaluate_reproduces_test_metrics(trained, tmp_path):
 
     assert test_rows(tmp_path / "ev" / "predictions.csv") == test_rows(work / "run" / "predictions.csv")
     for key in ("srocc", "plcc", "krocc", "rmse", "plcc_logistic", "rmse_logistic", "n"):
-        assert got[key] == pytest.approx(want[key], rel=1e-9, abs=1e-12), key
+        if want[key] is None:  # e.g. no PLCC after a flat map
+            assert got[key] is None, key
+        else:
+            assert got[key] == pytest.approx(want[key], rel=1e-9, abs=1e-12), key
     assert (tmp_path / "ev" / "scatter.png").stat().st_size > 1000
 
 
@@ -125,7 +128,8 @@ def test_evaluate_on_a_mos_database_orients_the_correlations(trained, tiny_manif
     proc = run_entry("evaluate.py", "--checkpoint", work / "run" / "best.pt", "--out", tmp_path / "ev",
                      "dataset.name=csv", f"dataset.manifest={mos}")
     assert proc.returncode == 0, proc.stderr
-    report = json.loads((tmp_path / "ev" / "metrics.json").read_text())["all"]
+    # the same images as the checkpoint's database (siqa.overlap): its test split is scored
+    report = json.loads((tmp_path / "ev" / "metrics.json").read_text())["test"]
     assert report["oriented"]["flipped"] is True
     assert report["oriented"]["srocc"] == pytest.approx(-report["srocc"])
     assert report["oriented"]["raw_srocc"] == pytest.approx(report["srocc"])

@@ -43,7 +43,9 @@ def without_card(path):
 def scalars(work, split):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(work / "tb" / "run" / f"split_{split}")).Reload()
+    from siqa.experiment import tensorboard_name
+
+    acc = EventAccumulator(str(work / "tb" / tensorboard_name(work / "run") / f"split_{split}")).Reload()
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 

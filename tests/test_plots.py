@@ -7,8 +7,8 @@ from siqa.plots import figure_to_array, save_scatter_png, scatter_figure
 
 def _data(n=90, seed=0):
     rng = np.random.default_rng(seed)
-    target = rng.uniform(0, 60, n)
-    pred = 30 + 25 * np.tanh((target - 30) / 20) + rng.normal(0, 3, n)
+    pred = rng.uniform(0, 60, n)  # scores an increasing S-curve of the predictions, as the
+    target = 30 + 25 * np.tanh((pred - 30) / 15) + rng.normal(0, 3, n)  # logistic assumes
     groups = np.array(["jp2k", "jpeg", "wn"])[rng.integers(0, 3, n)]
     return pred, target, groups
 
