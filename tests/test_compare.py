@@ -201,18 +201,25 @@ def test_one_split_table_says_no_interval_instead_of_na_percent():
     assert "2/2^1 = 1: no difference across splits can be significant" in text
 
 
+def toy_kfold(seed, per_scene, splits, name):
+    """8 scenes of `per_scene` pairs with uniform scores, and the split document of a 2-fold
+    design with `splits` splits; returns (rng, scenes, scores, pair names, document)."""
+    rng = np.random.default_rng(seed)
+    scenes = np.repeat([f"s{i}" for i in range(8)], per_scene)
+    y = rng.uniform(0, 60, scenes.size)
+    names = [name.format(i) for i in range(scenes.size)]
+    doc = {"database": "toy", "pairs_sha256": "0" * 64, "folds": 2,
+           "splits": [{"train": ["a"], "val": ["b"], "test": ["c"]}] * splits}
+    return rng, scenes, y, names, doc
+
+
 def test_kfold_runs_get_the_paired_scene_test_on_pooled_predictions():
     """Two k-fold runs (2 folds x 2 repetitions) of 8 scenes: the pooled out-of-fold
     predictions (mean over the repetitions) go through the paired scene permutation test,
     Holm over SROCC, PLCC and RMSE; the better run wins by the sign of the difference."""
     from siqa.stats import paired_scene_test
 
-    rng = np.random.default_rng(5)
-    scenes = np.repeat([f"s{i}" for i in range(8)], 6)
-    y = rng.uniform(0, 60, scenes.size)
-    names = [f"p{i}" for i in range(scenes.size)]
-    doc = {"database": "toy", "pairs_sha256": "0" * 64, "folds": 2,
-           "splits": [{"train": ["a"], "val": ["b"], "test": ["c"]}] * 4}
+    rng, scenes, y, names, doc = toy_kfold(seed=5, per_scene=6, splits=4, name="p{}")
     half = [set(names[:24]), set(names[24:])]
     runs, pooled = [], {}
     for label, noise in (("base", 15.0), ("other", 3.0)):
@@ -325,12 +332,7 @@ def test_n_runs_refused_in_one_line_when_one_differs_in_its_splits():
 def test_kfold_leaderboard_gives_the_pooled_out_of_fold_metrics():
     from siqa.metrics import evaluate_scores
 
-    rng = np.random.default_rng(3)
-    scenes = np.repeat([f"s{i}" for i in range(8)], 4)
-    y = rng.uniform(0, 60, scenes.size)
-    names = [f"p{i:02d}" for i in range(scenes.size)]
-    doc = {"database": "toy", "pairs_sha256": "0" * 64, "folds": 2,
-           "splits": [{"train": ["a"], "val": ["b"], "test": ["c"]}] * 2}
+    rng, scenes, y, names, doc = toy_kfold(seed=3, per_scene=4, splits=2, name="p{:02d}")
     runs, preds = [], {}
     for label, noise in (("base", 20.0), ("other", 2.0)):
         x = y + rng.normal(0, noise, y.size)
