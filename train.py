@@ -35,14 +35,26 @@ def main(argv):
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     import torch
 
-    from siqa import distributed, experiment
+    from siqa import distributed, experiment, preempt
 
     if cfg["train"]["threads"]:
         torch.set_num_threads(cfg["train"]["threads"])
+    preempt.install()  # SIGTERM / SIGINT: stop after the current step, last.pt consistent
     dist = distributed.setup(cfg["device"])
     try:
         experiment.train(cfg, resume=args.resume, dist=dist, progress=sys.stderr.isatty(),
                          log=functools.partial(print, flush=True) if dist.is_main else (lambda *a: None))
+    except preempt.Preempted as stopped:
+        launcher = "torchrun --nproc_per_node=N " if dist.world > 1 else "python "
+        if not dist.is_main:
+            pass
+        elif (out_dir / "config.yaml").is_file():
+            print(f"{stopped}: {out_dir} holds its last completed epoch; resume with: "
+                  f"{launcher}train.py --resume out_dir={out_dir}", file=sys.stderr, flush=True)
+        else:
+            print(f"{stopped} before training started (nothing written to {out_dir}): "
+                  "run the same command again", file=sys.stderr, flush=True)
+        return stopped.exit_code
     finally:
         distributed.teardown()
     if dist.is_main:

@@ -5,7 +5,9 @@ train: database -> content splits -> NSS targets -> resident patches -> epochs
 Everything the user can get wrong is checked before the run folder is created.
 """
 import json
+import os
 import queue
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -15,7 +17,7 @@ import torch
 
 from siqa import config as config_mod
 from siqa.checkpoint import load_checkpoint, map_tensors, restore_rng, rng_state, save_checkpoint
-from siqa import protocol
+from siqa import preempt, protocol
 from siqa.data import load_database
 from siqa.data.splits import splits_for_run, write_split_file
 from siqa.data.nss import nss_from_config
@@ -207,6 +209,10 @@ def split_run(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resume,
                  if t["lr_step"] else None)
     split_names = {name: [p.name for p in pairs[name]] for name in pairs}
     start_epoch, best = 0, None
+    if resume:
+        if dist.is_main:
+            reconcile_best(run_dir)
+        dist.barrier()
     if resume and (run_dir / "last.pt").is_file():
         # On the CPU whatever the device: the RNG states must stay CPU byte tensors;
         # load_state_dict moves the weights and the optimizer state to the device.
@@ -239,6 +245,12 @@ def split_run(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resume,
     batch = max(1, t["batch_size"] // dist.world)  # the global batch stays batch_size
     step = TrainStep(t["step"], trained, optimizer, batch, t["nss_weight"], amp_dtype,
                      concurrent=concurrent)
+    stop = preempt.Stopper(dist)
+    # The state at the end of the last completed epoch when last.pt is older (checkpoint_every
+    # > 1): what a preempted run writes to last.pt (kept only where a signal can stop the run).
+    boundary = None
+    pair = BestLastPair(run_dir, saver)  # best.pt never newer than the last.pt a resume reads
+    preempt.defer()  # while training, a signal stops the run after the current step
     try:  # a run stopped by an error still finishes writing its last checkpoints
         for epoch in range(start_epoch, epochs):
             started = time.perf_counter()
@@ -246,8 +258,9 @@ def split_run(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resume,
             order = epoch_order(data["train"].num_patches, seed, epoch, dist.rank, dist.world)
             bar = tqdm(total=len(order), desc=f"epoch {epoch + 1}/{epochs}", unit="patch",
                        leave=False, disable=not show)
-            losses = yield from epoch_steps(trained, optimizer, data["train"], order.to(device),
-                                            batch, t["nss_weight"], amp_dtype, progress=bar, step=step)
+            losses = yield from preempt.until_stopped(
+                epoch_steps(trained, optimizer, data["train"], order.to(device), batch,
+                            t["nss_weight"], amp_dtype, progress=bar, step=step), stop)
             bar.close()
             lr = float(optimizer.param_groups[0]["lr"])  # a tensor under train.step=graph
             if scheduler is not None:
@@ -260,7 +273,7 @@ def split_run(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resume,
                 if _better(val, best):
                     best = {"epoch": epoch + 1, "val": val}
                     if dist.is_main:
-                        saver.save(run_dir / "best.pt", state_dict(epoch + 1, False))
+                        pair.save_best(state_dict(epoch + 1, False))
                 line += f" | val SROCC {_fmt(val['srocc'])} PLCC {_fmt(val['plcc'])} RMSE {val['rmse']:.3f}"
                 if writer is not None:
                     for key in ("srocc", "plcc", "rmse", "plcc_logistic"):
@@ -278,12 +291,24 @@ def split_run(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resume,
             if (epoch + 1) % t["checkpoint_every"] == 0 or last_epoch:
                 rng = dist.gather(rng_state(device))  # every rank's own streams (a collective)
                 if dist.is_main:
-                    saver.save(run_dir / "last.pt", dict(state_dict(epoch + 1, True), rng=rng))
+                    pair.save_last(dict(state_dict(epoch + 1, True), rng=rng))
+                boundary = None
+            elif preempt.installed():
+                rng = dist.gather(rng_state(device))
+                if dist.is_main:
+                    boundary = cpu_copy(dict(state_dict(epoch + 1, True), rng=rng))
             if dist.is_main:
                 log(line + f" [{time.perf_counter() - started:.1f}s]")
             dist.barrier()
+    except BaseException:  # Preempted here, or GeneratorExit: another split was preempted
+        if boundary is not None and preempt.requested():  # the abandoned epoch's start
+            pair.save_last(boundary)
+        raise
     finally:
+        preempt.undefer()
         saver.wait()
+    if stop.agree():  # a signal during the last epoch's validation or checkpoint
+        raise preempt.Preempted(preempt.requested())
     dist.barrier()  # best.pt is on disk before any rank reads it
 
     # Test the checkpoint with the best validation SROCC (model selection on validation only).
@@ -366,6 +391,80 @@ def restore_rank_rng(saved, dist, seed, epoch) -> bool:
     return False
 
 
+def cpu_copy(state):
+    """`state` with every tensor copied (detached) to the CPU."""
+    return map_tensors(state, lambda x: x.detach().to("cpu", copy=True))
+
+
+BEST_BACKUP = ".best-at-last.pt"  # best.pt as it was when last.pt was written
+
+
+class BestLastPair:
+    """Writes best.pt and last.pt (through `saver`, in order) so that a resume always finds
+    the best.pt that goes with its last.pt.
+
+    With train.checkpoint_every > 1 (or a kill between the two writes of an epoch) best.pt
+    can be written after the last.pt a resume starts from. So before best.pt is first
+    replaced after a last.pt, the old one is kept as a hard link `.best-at-last.pt`, which is
+    removed once the next last.pt is on disk. `reconcile_best` at resume puts it back when
+    last.pt did not follow:
+
+        last.pt(k) ... best.pt(j > k) [link: best.pt(b <= k)] ... last.pt(m >= j) [unlink]
+    """
+
+    def __init__(self, run_dir, saver):
+        self.run_dir, self.saver = Path(run_dir), saver
+        self.backed_up = False
+
+    def save_best(self, state):
+        if not self.backed_up:
+            self.saver.call(_backup_best, self.run_dir)
+            self.backed_up = True
+        self.saver.save(self.run_dir / "best.pt", state)
+
+    def save_last(self, state):
+        self.saver.save(self.run_dir / "last.pt", state)
+        self.saver.call(_unlink, self.run_dir / BEST_BACKUP)
+        self.backed_up = False
+
+
+def _backup_best(run_dir):
+    best, backup = run_dir / "best.pt", run_dir / BEST_BACKUP
+    _unlink(backup)
+    if best.is_file():
+        try:
+            os.link(best, backup)
+        except OSError:  # a file system without hard links
+            shutil.copyfile(best, backup)
+
+
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def reconcile_best(run_dir):
+    """Before resuming: make best.pt the one that goes with last.pt (see BestLastPair).
+    Returns what was done: None, "restored" (the older best.pt put back) or "removed" (a
+    best.pt newer than a last.pt without any best, or without a last.pt: the resumed run
+    writes it again)."""
+    run_dir = Path(run_dir)
+    best, backup, last = run_dir / "best.pt", run_dir / BEST_BACKUP, run_dir / "last.pt"
+    last_best = load_checkpoint(last)["best"] if last.is_file() else None
+    best_epoch = load_checkpoint(best)["epoch"] if best.is_file() else None
+    done = None
+    if last_best is not None and best_epoch != last_best["epoch"] and backup.is_file():
+        os.replace(backup, best)
+        done = "restored"
+    elif last_best is None and best_epoch is not None:
+        _unlink(best)
+        done = "removed"
+    _unlink(backup)
+    return done
+
+
 class BackgroundSaver:
     """Checkpoints written off the critical path: the state is copied to the CPU at once (so
     it is the state at this epoch's end), then hashed and written atomically by one thread,
@@ -378,19 +477,23 @@ class BackgroundSaver:
         self._thread = None
 
     def save(self, path, state):
+        # detached copies on the CPU: training goes on changing the live tensors
+        self.call(save_checkpoint, path, cpu_copy(state))
+
+    def call(self, fn, *args):
+        """Run fn(*args) on the writer thread, after the writes queued before it."""
         self._raise()
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="checkpoint-writer", daemon=True)
             self._thread.start()
-        # detached copies on the CPU: training goes on changing the live tensors
-        self._queue.put((path, map_tensors(state, lambda x: x.detach().to("cpu", copy=True))))
+        self._queue.put((fn, args))
 
     def _run(self):
         while True:
-            path, snapshot = self._queue.get()
+            fn, args = self._queue.get()
             try:
                 if self._error is None:
-                    save_checkpoint(path, snapshot)
+                    fn(*args)
             except BaseException as err:  # handed to the training thread
                 self._error = err
             finally:
