@@ -4,6 +4,7 @@
     torchrun --nproc_per_node=N train.py ...      (several GPUs, or several CPU processes)
 """
 import argparse
+import atexit
 import functools
 import os
 import sys
@@ -23,6 +24,11 @@ def main(argv):
 
     cfg = config.load_config(args.config, args.overrides)
     out_dir = config.run_dir_of(cfg)
+    if os.environ.get("RANK", "0") == "0":  # one job per run folder (rank 0 is the writer)
+        from siqa.files import RunLock, remove_dead_temporaries
+
+        atexit.register(RunLock(out_dir).acquire().release)
+        remove_dead_temporaries(out_dir, recursive=True, all_dead=True)  # of killed writes
     if args.resume:
         if not (out_dir / "config.yaml").is_file():
             raise UserError(f"nothing to resume in {out_dir} (no config.yaml); check out_dir")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from siqa.errors import UserError
-from siqa.files import atomic_write, sha256_bytes, sha256_file
+from siqa.files import atomic_write, remove_dead_temporaries, sha256_bytes, sha256_file
 from siqa.nss.features import MARGINALS, N_FEATURES, PREPROCESS, nss_features, nss_features_batch
 
 NSS_VERSION = 2  # 2: left-censored mle0 marginals (siqa.nss.features); every cached target is recomputed
@@ -182,6 +182,7 @@ def nss_targets(pairs, marginal="mle0", preprocess="reference", cache_dir="data/
 
     settings = _settings(marginal, preprocess)
     pairs = [(str(p[0]), None if p[1] is None else str(p[1])) for p in pairs]
+    remove_dead_temporaries(Path(cache_dir) / "nss", recursive=True)  # of killed writers
     out = np.zeros((len(pairs), N_FEATURES), dtype=np.float64)
     keys, jobs = [], []
     for index, (left, right) in enumerate(pairs):
