@@ -173,24 +173,10 @@ class RunLock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise WriteFailed(err.errno, f"cannot create {self.path.parent}: {err.strerror}") from err
-        while True:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, FILE_MODE)
-            except OSError as err:
-                raise WriteFailed(err.errno, f"cannot write {self.path}: {err.strerror}") from err
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                raise UserError(f"{self.folder} is in use by {self.holder()} (lock {self.path}): "
-                                "wait for it to finish, or choose another out_dir=...") from None
-            try:
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:  # its holder removed it after we opened it
-                same = False
-            if same:
-                break
-            os.close(fd)
+        fd = try_lock(self.path)
+        if fd is None:
+            raise UserError(f"{self.folder} is in use by {self.holder()} (lock {self.path}): "
+                            "wait for it to finish, or choose another out_dir=...")
         os.ftruncate(fd, 0)
         os.write(fd, f"{what} pid {os.getpid()} on {HOST} since "
                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
@@ -198,11 +184,40 @@ class RunLock:
         return self
 
     def release(self):
-        if self.fd is None:
-            return
+        if self.fd is not None:
+            unlock(self.path, self.fd)
+            self.fd = None
+
+
+def try_lock(path, wait=False):
+    """A descriptor holding an exclusive flock of the file `path` (created if needed), or
+    None when another process holds it (`wait`: block until it is released instead).
+
+    The holder removes the file when done (`unlock`); a lock taken on a file that was
+    removed meanwhile is not a lock, so it is checked to be the file at `path` (else again).
+    WriteFailed when the file cannot be created (a read-only folder)."""
+    while True:
         try:
-            os.unlink(self.path)
-        except FileNotFoundError:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        except OSError as err:
+            raise WriteFailed(err.errno, f"cannot write {path}: {err.strerror}") from err
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                return fd
+        except FileNotFoundError:  # its holder removed it after we opened it
             pass
-        os.close(self.fd)  # closing releases the lock
-        self.fd = None
+        os.close(fd)
+
+
+def unlock(path, fd):
+    """Release a lock of try_lock (removing its file first, see try_lock)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    os.close(fd)  # closing releases the lock
