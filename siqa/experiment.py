@@ -167,6 +167,7 @@ def train(cfg, resume=False, dist=Dist(), progress=True, log=print):
     else:
         for r in todo:
             reports[r] = finish(run_of(r))
+            release_freed_memory()  # the next split does not grow on this one's free blocks
     if len(splits) > 1 and dist.is_main:
         card = protocol.card(cfg, record["split_info"], dist.device, started, reports,
                              code=record["code"])
@@ -181,6 +182,25 @@ def train(cfg, resume=False, dist=Dist(), progress=True, log=print):
                     f"KROCC {_fmt(rep['krocc'])} RMSE {rep['rmse']:.3f}")
         write_json(out_dir / "summary.json", summary)
     return reports
+
+
+def release_freed_memory():
+    """Hand the memory freed by a finished split back to the system (glibc's malloc_trim).
+
+    A split frees its patches, model and optimizer, but glibc keeps freed heap blocks, and
+    once large blocks have been freed it raises its mmap threshold, so the next split's
+    large tensors come from a heap whose holes they only partly fit: the peak grew by tens of
+    MB a split without it (docs/performance.md). A no-op where there is no glibc."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def split_run(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resume, dist,
@@ -306,7 +326,7 @@ def split_run(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resume,
         raise
     finally:
         preempt.undefer()
-        saver.wait()
+        saver.close()
     if stop.agree():  # a signal during the last epoch's validation or checkpoint
         raise preempt.Preempted(preempt.requested())
     dist.barrier()  # best.pt is on disk before any rank reads it
@@ -491,12 +511,19 @@ class BackgroundSaver:
     def _run(self):
         while True:
             fn, args = self._queue.get()
+            if fn is None:  # close(): the thread ends (its malloc arena is then reused)
+                self._queue.task_done()
+                return
             try:
                 if self._error is None:
                     fn(*args)
             except BaseException as err:  # handed to the training thread
                 self._error = err
             finally:
+                # Not held while waiting for the next task: the thread lives on after its
+                # run, and a snapshot left here kept each finished split's last.pt state
+                # (weights and optimizer, ~116 MB) alive for the rest of the process.
+                fn = args = None
                 self._queue.task_done()
 
     def _raise(self):
@@ -508,6 +535,16 @@ class BackgroundSaver:
         """Return once every queued checkpoint is on disk."""
         self._queue.join()
         self._raise()
+
+    def close(self):
+        """wait(), then end the writer thread (a later save starts another)."""
+        try:
+            self.wait()
+        finally:
+            if self._thread is not None:
+                self._queue.put((None, ()))
+                self._thread.join()
+                self._thread = None
 
 
 def _fmt(x):
