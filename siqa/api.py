@@ -31,6 +31,7 @@ batches the network sees are the same as if every patch had been stacked at once
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,6 +183,10 @@ class StereoIQA:
 
         Patches go through a buffer and the network runs on full batches as they fill, so
         batch boundaries fall exactly where they would for one stacked tensor (evaluate.py)."""
+        with _THREADS_LOCK:  # see _THREADS_LOCK
+            yield from self._run_pairs_locked(pairs)
+
+    def _run_pairs_locked(self, pairs):
         batch = 128 if self.device.type == "cpu" else 4096
         pending = []  # [pair position, left patches, right patches] not yet through the network
         results = {}  # pair position -> [quality pieces, nss pieces, patches still missing, grid]
@@ -236,6 +241,14 @@ class StereoIQA:
         with torch.autocast(dev.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             quality, nss = self.network(left.to(dev).float(), right.to(dev).float())
         return quality.float().cpu().numpy(), nss.float().cpu().numpy()
+
+
+# torch's CPU thread count is one setting for the whole process: _run_pairs sets it to 1 for
+# the per-image work and back for the network, and a convolution's float32 sums depend on it.
+# Calls from several threads would change it under each other (scores that differ from serial
+# calls, and a caller's setting lost), so they take turns; torch's own threads still run the
+# network in parallel. Reentrant: a method may call another.
+_THREADS_LOCK = threading.RLock()
 
 
 # -- inputs -------------------------------------------------------------------------------
