@@ -148,8 +148,15 @@ class StereoIQA:
     def score_pairs(self, pairs):
         """Scores of (left, right_or_None) items, None meaning `left` is side-by-side (the
         shape of a manifest, where both kinds may be mixed)."""
-        items = [PairSource(left, right, None) for left, right in pairs]
-        return np.array([q.mean(dtype=np.float64) for q, _, _ in self._run_pairs(items)])
+        return np.fromiter(self.iter_scores(pairs), dtype=np.float64)
+
+    def iter_scores(self, pairs):
+        """score_pairs as a generator over any iterable of pairs: one score per pair as soon
+        as its patches are through the network (the same numbers), with only the pairs of
+        one batch in memory (predict.py --manifest on a long list)."""
+        items = (PairSource(left, right, None) for left, right in pairs)
+        for q, _, _ in self._run_pairs(items):
+            yield float(q.mean(dtype=np.float64))
 
     def patch_scores(self, left=None, right=None, *, sbs=None):
         """The (rows, cols) grid of patch predictions (row-major over the stride-24 patch
@@ -204,12 +211,12 @@ class StereoIQA:
             pending.append([position, a, b])
             while sum(item[1].shape[0] for item in pending) >= batch:
                 pending = self._run_batch(pending, batch, results)
-            while next_out < len(pairs) and next_out in results and results[next_out][2] == 0:
+            while next_out in results and results[next_out][2] == 0:
                 yield _finish(results.pop(next_out))
                 next_out += 1
         if pending:
             self._run_batch(pending, sum(item[1].shape[0] for item in pending), results)
-        while next_out < len(pairs):
+        while next_out in results:
             yield _finish(results.pop(next_out))
             next_out += 1
 
