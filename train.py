@@ -50,14 +50,12 @@ def main(argv):
     try:
         experiment.train(cfg, resume=args.resume, dist=dist, progress=sys.stderr.isatty(),
                          log=functools.partial(print, flush=True) if dist.is_main else (lambda *a: None))
-    except preempt.Preempted as stopped:
+    except preempt.Preempted as stopped:  # every rank stops; rank 0 says how to go on
         launcher = "torchrun --nproc_per_node=N " if dist.world > 1 else "python "
-        if not dist.is_main:
-            pass
-        elif (out_dir / "config.yaml").is_file():
+        if dist.is_main and (out_dir / "config.yaml").is_file():
             print(f"{stopped}: {out_dir} holds its last completed epoch; resume with: "
                   f"{launcher}train.py --resume out_dir={out_dir}", file=sys.stderr, flush=True)
-        else:
+        elif dist.is_main:
             print(f"{stopped} before training started (nothing written to {out_dir}): "
                   "run the same command again", file=sys.stderr, flush=True)
         return stopped.exit_code
