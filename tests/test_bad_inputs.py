@@ -358,6 +358,17 @@ def compare_unfinished_run(tmp, db, ckpt):
     return Case("compare.py", [ckpt[2].parent, run], ("unfinished", "metrics.json"))
 
 
+def compare_runs_on_different_splits(tmp, db, ckpt):
+    from siqa import config
+
+    cfg = config.load_config(ckpt[2].parent / "config.yaml")
+    other = run_entry("train.py", *tiny_overrides(cfg["dataset"]["manifest"], tmp / "other", **{
+        "train.epochs": 1, "dataset.split_seed": 7}))
+    assert other.returncode == 0, other.stderr
+    return Case("compare.py", [ckpt[2].parent, tmp / "other" / "run", "--out", tmp / "cmp.md"],
+                ("different",), [tmp / "cmp.md"])
+
+
 def split_file_of_another_database(tmp, db, ckpt):
     return train_case(tmp, db[2], ("splits.json", "does not match"),
                       **{"dataset.split_file": ckpt[2].parent / "splits.json"})
@@ -405,7 +416,8 @@ CASES = [
     manifest_missing_image_predict, maps_to_unwritable_folder_predict, empty_checkpoint_predict,
     truncated_checkpoint_evaluate, newer_checkpoint_predict, newer_checkpoint_export,
     empty_checkpoint_matrix, truncated_checkpoint_export, export_to_unwritable_folder,
-    compare_missing_run, compare_unfinished_run, split_file_of_another_database,
+    compare_missing_run, compare_unfinished_run, compare_runs_on_different_splits,
+    split_file_of_another_database,
     split_file_edited, nss_missing_image, nss_cache_unwritable,
 ]
 
