@@ -5,6 +5,8 @@
     python predict.py --checkpoint runs/demo/best.pt --manifest pairs.csv [--out pred.csv] [--maps DIR]
 """
 import argparse
+import itertools
+import signal
 import sys
 
 from siqa.errors import UserError, run_cli
@@ -33,18 +35,34 @@ def main(argv):
     import siqa
     from siqa import predictor
 
-    if args.manifest:
-        rows, fields, pairs = predictor.read_manifest(args.manifest)
+    if args.manifest:  # streamed: one row at a time, whatever the manifest's length
+        fields = predictor.manifest_fields(args.manifest)  # every row checked before any output
+        rows = predictor.manifest_rows(args.manifest)
+        rows, for_scores = itertools.tee(rows)
+        pairs = (pair for _, pair in for_scores)
     else:
-        views = args.views
-        pairs = list(zip(views[::2], views[1::2])) if views else [(args.sbs, None)]
+        views = args.views  # LEFT RIGHT [LEFT RIGHT ...]
+        rows, pairs = None, list(zip(views[::2], views[1::2])) if views else [(args.sbs, None)]
     model = siqa.load(args.checkpoint, device=args.device)
-    scores = model.score_pairs(pairs)  # reads every file before anything is written
     print(f"# {model.describe_scale()}")
-    for (left, right), score in zip(pairs, scores):
-        print(f"{left}{'' if right is None else ' ' + str(right)}\t{score:.6f}")
-    if args.out:
-        predictor.write_predictions(args.out, rows, fields, scores)
+    # SIGTERM ends the run as an error does: the temporary CSV is removed (exit 143)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    out = predictor.PredictionsWriter(args.out, fields) if args.out else None
+    try:
+        scored = zip(rows, model.iter_scores(pairs)) if rows is not None else \
+            (((None, pair), score) for pair, score in zip(pairs, model.score_pairs(pairs)))
+        for (row, (left, right)), score in scored:
+            print(f"{left}{'' if right is None else ' ' + str(right)}\t{score:.6f}")
+            if out is not None:
+                out.write(row, score)
+    except BaseException:
+        if out is not None:
+            out.abort()  # no half-written CSV
+        raise
+    if out is not None:
+        out.close()
+    if args.manifest and args.maps:
+        pairs = [pair for _, pair in predictor.manifest_rows(args.manifest)]
     if args.maps:
         from siqa.maps import write_maps
 

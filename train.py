@@ -4,6 +4,7 @@
     torchrun --nproc_per_node=N train.py ...      (several GPUs, or several CPU processes)
 """
 import argparse
+import atexit
 import functools
 import os
 import sys
@@ -25,6 +26,15 @@ def main(argv):
     cfg = config.load_config(args.config, args.overrides)
     out_dir = config.run_dir_of(cfg)
     changes = {}
+    if os.environ.get("RANK", "0") == "0":  # one job per run folder (rank 0 is the writer)
+        from siqa.files import RunLock, remove_dead_temporaries
+
+        # array tasks sharing out_dir (train.splits) each own the folders of their splits
+        owned = ([out_dir / f"split_{r}" for r in cfg["train"]["splits"]]
+                 if cfg["train"]["splits"] is not None else [out_dir])
+        for folder in owned:
+            atexit.register(RunLock(folder).acquire().release)
+        remove_dead_temporaries(out_dir, recursive=True, all_dead=True)  # of killed writes
     if args.resume:
         if not (out_dir / "config.yaml").is_file():
             raise UserError(f"nothing to resume in {out_dir} (no config.yaml); check out_dir")
@@ -44,7 +54,7 @@ def main(argv):
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     import torch
 
-    from siqa import distributed, experiment
+    from siqa import distributed, experiment, preempt
 
     if args.resume and experiment.finished(cfg):
         print(f"{out_dir} is finished: {config.resolve_auto(cfg)['train']['epochs']} epochs "
@@ -52,11 +62,21 @@ def main(argv):
         return 0
     if cfg["train"]["threads"]:
         torch.set_num_threads(cfg["train"]["threads"])
+    preempt.install()  # SIGTERM / SIGINT: stop after the current step, last.pt consistent
     dist = distributed.setup(cfg["device"])
     try:
         experiment.train(cfg, resume=args.resume, dist=dist, progress=sys.stderr.isatty(),
                          log=functools.partial(print, flush=True) if dist.is_main else (lambda *a: None),
                          changes=changes)
+    except preempt.Preempted as stopped:  # every rank stops; rank 0 says how to go on
+        launcher = "torchrun --nproc_per_node=N " if dist.world > 1 else "python "
+        if dist.is_main and (out_dir / "config.yaml").is_file():
+            print(f"{stopped}: {out_dir} holds its last completed epoch; resume with: "
+                  f"{launcher}train.py --resume out_dir={out_dir}", file=sys.stderr, flush=True)
+        elif dist.is_main:
+            print(f"{stopped} before training started (nothing written to {out_dir}): "
+                  "run the same command again", file=sys.stderr, flush=True)
+        return stopped.exit_code
     finally:
         distributed.teardown()
     if dist.is_main:

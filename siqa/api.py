@@ -31,6 +31,7 @@ batches the network sees are the same as if every patch had been stacked at once
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,8 +148,15 @@ class StereoIQA:
     def score_pairs(self, pairs):
         """Scores of (left, right_or_None) items, None meaning `left` is side-by-side (the
         shape of a manifest, where both kinds may be mixed)."""
-        items = [PairSource(left, right, None) for left, right in pairs]
-        return np.array([q.mean(dtype=np.float64) for q, _, _ in self._run_pairs(items)])
+        return np.fromiter(self.iter_scores(pairs), dtype=np.float64)
+
+    def iter_scores(self, pairs):
+        """score_pairs as a generator over any iterable of pairs: one score per pair as soon
+        as its patches are through the network (the same numbers), with only the pairs of
+        one batch in memory (predict.py --manifest on a long list)."""
+        items = (PairSource(left, right, None) for left, right in pairs)
+        for q, _, _ in self._run_pairs(items):
+            yield float(q.mean(dtype=np.float64))
 
     def patch_scores(self, left=None, right=None, *, sbs=None):
         """The (rows, cols) grid of patch predictions (row-major over the stride-24 patch
@@ -182,6 +190,10 @@ class StereoIQA:
 
         Patches go through a buffer and the network runs on full batches as they fill, so
         batch boundaries fall exactly where they would for one stacked tensor (evaluate.py)."""
+        with _THREADS_LOCK:  # see _THREADS_LOCK
+            yield from self._run_pairs_locked(pairs)
+
+    def _run_pairs_locked(self, pairs):
         batch = 128 if self.device.type == "cpu" else 4096
         pending = []  # [pair position, left patches, right patches] not yet through the network
         results = {}  # pair position -> [quality pieces, nss pieces, patches still missing, grid]
@@ -199,12 +211,12 @@ class StereoIQA:
             pending.append([position, a, b])
             while sum(item[1].shape[0] for item in pending) >= batch:
                 pending = self._run_batch(pending, batch, results)
-            while next_out < len(pairs) and next_out in results and results[next_out][2] == 0:
+            while next_out in results and results[next_out][2] == 0:
                 yield _finish(results.pop(next_out))
                 next_out += 1
         if pending:
             self._run_batch(pending, sum(item[1].shape[0] for item in pending), results)
-        while next_out < len(pairs):
+        while next_out in results:
             yield _finish(results.pop(next_out))
             next_out += 1
 
@@ -236,6 +248,14 @@ class StereoIQA:
         with torch.autocast(dev.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             quality, nss = self.network(left.to(dev).float(), right.to(dev).float())
         return quality.float().cpu().numpy(), nss.float().cpu().numpy()
+
+
+# torch's CPU thread count is one setting for the whole process: _run_pairs sets it to 1 for
+# the per-image work and back for the network, and a convolution's float32 sums depend on it.
+# Calls from several threads would change it under each other (scores that differ from serial
+# calls, and a caller's setting lost), so they take turns; torch's own threads still run the
+# network in parallel. Reentrant: a method may call another.
+_THREADS_LOCK = threading.RLock()
 
 
 # -- inputs -------------------------------------------------------------------------------

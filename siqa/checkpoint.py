@@ -37,6 +37,7 @@ from siqa.files import atomic_write, serialize_torch
 
 DIGEST_KEY = "sha256"
 MAGIC = b"SIQA-CHECKPOINT-1\n"  # the first format: MAGIC, hex digest, newline, payload
+FORMAT_KEY, FORMAT = "format", 2  # a later version that changes the contents writes format > 2
 
 _SCALARS = (type(None), bool, int, float, complex, str, bytes)
 _ATOMS = (torch.Size, torch.dtype, torch.device)
@@ -64,8 +65,15 @@ def load_checkpoint(path, map_location="cpu", required=()) -> dict:
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     with open(path, "rb") as f:
-        old_format = f.read(len(MAGIC)) == MAGIC
-    state = _load_first_format(path, map_location) if old_format else _load(path, map_location)
+        head = f.read(len(MAGIC))
+    if head.startswith(MAGIC[:-2]) and head != MAGIC:
+        raise UserError(f"checkpoint {path} was written by a newer version of this project "
+                        f"({head.strip().decode(errors='replace')}): upgrade siqa to read it")
+    state = _load_first_format(path, map_location) if head == MAGIC else _load(path, map_location)
+    if isinstance(state.get(FORMAT_KEY), int) and state[FORMAT_KEY] > FORMAT:
+        raise UserError(f"checkpoint {path} was written by a newer version of this project "
+                        f"(format {state[FORMAT_KEY]}; this version reads up to {FORMAT}): "
+                        "upgrade siqa to read it")
     missing = [key for key in required if key not in state]
     if missing:
         raise UserError(f"checkpoint {path} has no {', '.join(missing)}: "

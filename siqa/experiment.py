@@ -5,7 +5,9 @@ train: database -> content splits -> NSS targets -> resident patches -> epochs
 Everything the user can get wrong is checked before the run folder is created.
 """
 import json
+import os
 import queue
+import shutil
 import threading
 import time
 from dataclasses import replace
@@ -16,7 +18,7 @@ import torch
 
 from siqa import config as config_mod
 from siqa.checkpoint import load_checkpoint, map_tensors, restore_rng, rng_state, save_checkpoint
-from siqa import protocol
+from siqa import preempt, protocol
 from siqa.data import load_database
 from siqa.data.splits import splits_for_run, write_split_file
 from siqa.data.nss import nss_from_config
@@ -228,6 +230,7 @@ def train(cfg, resume=False, dist=Dist(), progress=True, log=print, changes=None
     else:
         for r in todo:
             reports[r] = finish(run_of(r))
+            release_freed_memory()  # the next split does not grow on this one's free blocks
     if cfg["train"]["splits"] is not None:  # a part of the run: summarize.py merges the parts
         if dist.is_main:
             log(f"split(s) {', '.join(map(str, chosen))} of {len(splits)} trained; once every "
@@ -261,6 +264,25 @@ def chosen_splits(cfg, count) -> list:
         raise UserError(f"train.splits={chosen}: split {outside[0]} does not exist; {source} "
                         f"with train.repeats={cfg['train']['repeats']} gives splits 0..{count - 1}")
     return list(chosen)
+
+
+def release_freed_memory():
+    """Hand the memory freed by a finished split back to the system (glibc's malloc_trim).
+
+    A split frees its patches, model and optimizer, but glibc keeps freed heap blocks, and
+    once large blocks have been freed it raises its mmap threshold, so the next split's
+    large tensors come from a heap whose holes they only partly fit: the peak grew by tens of
+    MB a split without it (docs/performance.md). A no-op where there is no glibc."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def split_run(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resume, dist,
@@ -298,6 +320,10 @@ def split_run(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resume,
     split_names = {name: [p.name for p in pairs[name]] for name in pairs}
     split_sha = split_identities(pairs)  # evaluation recognises these pairs by content
     start_epoch, best, resumes = 0, None, []
+    if resume:
+        if dist.is_main:
+            reconcile_best(run_dir)
+        dist.barrier()
     if resume and (run_dir / "last.pt").is_file():
         # On the CPU whatever the device: the RNG states must stay CPU byte tensors;
         # load_state_dict moves the weights and the optimizer state to the device.
@@ -333,6 +359,12 @@ def split_run(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resume,
     batch = max(1, t["batch_size"] // dist.world)  # the global batch stays batch_size
     step = TrainStep(t["step"], trained, optimizer, batch, t["nss_weight"], amp_dtype,
                      concurrent=concurrent)
+    stop = preempt.Stopper(dist)
+    # The state at the end of the last completed epoch when last.pt is older (checkpoint_every
+    # > 1): what a preempted run writes to last.pt (kept only where a signal can stop the run).
+    boundary = None
+    pair = BestLastPair(run_dir, saver)  # best.pt never newer than the last.pt a resume reads
+    preempt.defer()  # while training, a signal stops the run after the current step
     try:  # a run stopped by an error still finishes writing its last checkpoints
         for epoch in range(start_epoch, epochs):
             started = time.perf_counter()
@@ -340,8 +372,9 @@ def split_run(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resume,
             order = epoch_order(data["train"].num_patches, seed, epoch, dist.rank, dist.world)
             bar = tqdm(total=len(order), desc=f"epoch {epoch + 1}/{epochs}", unit="patch",
                        leave=False, disable=not show)
-            losses = yield from epoch_steps(trained, optimizer, data["train"], order.to(device),
-                                            batch, t["nss_weight"], amp_dtype, progress=bar, step=step)
+            losses = yield from preempt.until_stopped(
+                epoch_steps(trained, optimizer, data["train"], order.to(device), batch,
+                            t["nss_weight"], amp_dtype, progress=bar, step=step), stop)
             bar.close()
             lr = float(optimizer.param_groups[0]["lr"])  # a tensor under train.step=graph
             if scheduler is not None:
@@ -354,7 +387,7 @@ def split_run(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resume,
                 if _better(val, best):
                     best = {"epoch": epoch + 1, "val": val}
                     if dist.is_main:
-                        saver.save(run_dir / "best.pt", state_dict(epoch + 1, False))
+                        pair.save_best(state_dict(epoch + 1, False))
                 line += f" | val SROCC {_fmt(val['srocc'])} PLCC {_fmt(val['plcc'])} RMSE {val['rmse']:.3f}"
                 if writer is not None:
                     for key in ("srocc", "plcc", "rmse", "plcc_logistic"):
@@ -372,12 +405,24 @@ def split_run(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resume,
             if (epoch + 1) % t["checkpoint_every"] == 0 or last_epoch:
                 rng = dist.gather(rng_state(device))  # every rank's own streams (a collective)
                 if dist.is_main:
-                    saver.save(run_dir / "last.pt", dict(state_dict(epoch + 1, True), rng=rng))
+                    pair.save_last(dict(state_dict(epoch + 1, True), rng=rng))
+                boundary = None
+            elif preempt.installed():
+                rng = dist.gather(rng_state(device))
+                if dist.is_main:
+                    boundary = cpu_copy(dict(state_dict(epoch + 1, True), rng=rng))
             if dist.is_main:
                 log(line + f" [{time.perf_counter() - started:.1f}s]")
             dist.barrier()
+    except BaseException:  # Preempted here, or GeneratorExit: another split was preempted
+        if boundary is not None and preempt.requested():  # the abandoned epoch's start
+            pair.save_last(boundary)
+        raise
     finally:
-        saver.wait()
+        preempt.undefer()
+        saver.close()
+    if stop.agree():  # a signal during the last epoch's validation or checkpoint
+        raise preempt.Preempted(preempt.requested())
     dist.barrier()  # best.pt is on disk before any rank reads it
 
     # Test the checkpoint with the best validation SROCC (model selection on validation only).
@@ -461,6 +506,80 @@ def restore_rank_rng(saved, dist, seed, epoch) -> bool:
     return False
 
 
+def cpu_copy(state):
+    """`state` with every tensor copied (detached) to the CPU."""
+    return map_tensors(state, lambda x: x.detach().to("cpu", copy=True))
+
+
+BEST_BACKUP = ".best-at-last.pt"  # best.pt as it was when last.pt was written
+
+
+class BestLastPair:
+    """Writes best.pt and last.pt (through `saver`, in order) so that a resume always finds
+    the best.pt that goes with its last.pt.
+
+    With train.checkpoint_every > 1 (or a kill between the two writes of an epoch) best.pt
+    can be written after the last.pt a resume starts from. So before best.pt is first
+    replaced after a last.pt, the old one is kept as a hard link `.best-at-last.pt`, which is
+    removed once the next last.pt is on disk. `reconcile_best` at resume puts it back when
+    last.pt did not follow:
+
+        last.pt(k) ... best.pt(j > k) [link: best.pt(b <= k)] ... last.pt(m >= j) [unlink]
+    """
+
+    def __init__(self, run_dir, saver):
+        self.run_dir, self.saver = Path(run_dir), saver
+        self.backed_up = False
+
+    def save_best(self, state):
+        if not self.backed_up:
+            self.saver.call(_backup_best, self.run_dir)
+            self.backed_up = True
+        self.saver.save(self.run_dir / "best.pt", state)
+
+    def save_last(self, state):
+        self.saver.save(self.run_dir / "last.pt", state)
+        self.saver.call(_unlink, self.run_dir / BEST_BACKUP)
+        self.backed_up = False
+
+
+def _backup_best(run_dir):
+    best, backup = run_dir / "best.pt", run_dir / BEST_BACKUP
+    _unlink(backup)
+    if best.is_file():
+        try:
+            os.link(best, backup)
+        except OSError:  # a file system without hard links
+            shutil.copyfile(best, backup)
+
+
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def reconcile_best(run_dir):
+    """Before resuming: make best.pt the one that goes with last.pt (see BestLastPair).
+    Returns what was done: None, "restored" (the older best.pt put back) or "removed" (a
+    best.pt newer than a last.pt without any best, or without a last.pt: the resumed run
+    writes it again)."""
+    run_dir = Path(run_dir)
+    best, backup, last = run_dir / "best.pt", run_dir / BEST_BACKUP, run_dir / "last.pt"
+    last_best = load_checkpoint(last)["best"] if last.is_file() else None
+    best_epoch = load_checkpoint(best)["epoch"] if best.is_file() else None
+    done = None
+    if last_best is not None and best_epoch != last_best["epoch"] and backup.is_file():
+        os.replace(backup, best)
+        done = "restored"
+    elif last_best is None and best_epoch is not None:
+        _unlink(best)
+        done = "removed"
+    _unlink(backup)
+    return done
+
+
 class BackgroundSaver:
     """Checkpoints written off the critical path: the state is copied to the CPU at once (so
     it is the state at this epoch's end), then hashed and written atomically by one thread,
@@ -473,22 +592,33 @@ class BackgroundSaver:
         self._thread = None
 
     def save(self, path, state):
+        # detached copies on the CPU: training goes on changing the live tensors
+        self.call(save_checkpoint, path, cpu_copy(state))
+
+    def call(self, fn, *args):
+        """Run fn(*args) on the writer thread, after the writes queued before it."""
         self._raise()
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="checkpoint-writer", daemon=True)
             self._thread.start()
-        # detached copies on the CPU: training goes on changing the live tensors
-        self._queue.put((path, map_tensors(state, lambda x: x.detach().to("cpu", copy=True))))
+        self._queue.put((fn, args))
 
     def _run(self):
         while True:
-            path, snapshot = self._queue.get()
+            fn, args = self._queue.get()
+            if fn is None:  # close(): the thread ends (its malloc arena is then reused)
+                self._queue.task_done()
+                return
             try:
                 if self._error is None:
-                    save_checkpoint(path, snapshot)
+                    fn(*args)
             except BaseException as err:  # handed to the training thread
                 self._error = err
             finally:
+                # Not held while waiting for the next task: the thread lives on after its
+                # run, and a snapshot left here kept each finished split's last.pt state
+                # (weights and optimizer, ~116 MB) alive for the rest of the process.
+                fn = args = None
                 self._queue.task_done()
 
     def _raise(self):
@@ -500,6 +630,16 @@ class BackgroundSaver:
         """Return once every queued checkpoint is on disk."""
         self._queue.join()
         self._raise()
+
+    def close(self):
+        """wait(), then end the writer thread (a later save starts another)."""
+        try:
+            self.wait()
+        finally:
+            if self._thread is not None:
+                self._queue.put((None, ()))
+                self._thread.join()
+                self._thread = None
 
 
 def _fmt(x):

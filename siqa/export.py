@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from siqa.errors import UserError
+from siqa.files import WriteFailed, writer_tag
 
 FORMATS = ("onnx", "torchscript")
 INPUTS = ("left", "right")
@@ -108,8 +109,11 @@ def export(checkpoint, fmt, out, batch="dynamic", check=True) -> ExportResult:
     module = _Contiguous(network).eval()
     example = _example(2 if batch == "dynamic" else batch, seed=0)
     meta = json.dumps(metadata(model, batch))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.{writer_tag()}.", suffix=".tmp")
+    except OSError as err:  # a read-only folder, a file where a folder should be
+        raise WriteFailed(err.errno, f"cannot write {out}: {err.strerror} ({err.filename})") from err
     os.close(fd)
     try:
         with warnings.catch_warnings():  # the exporters' deprecation and axis-naming notes
@@ -123,6 +127,9 @@ def export(checkpoint, fmt, out, batch="dynamic", check=True) -> ExportResult:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is not what a user expects
         os.replace(tmp, out)
+    except OSError as err:  # e.g. the disk filled up while writing
+        raise WriteFailed(err.errno, f"cannot write {out}: {err.strerror or err}; "
+                          f"any previous {out.name} is unchanged") from err
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

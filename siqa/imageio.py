@@ -68,9 +68,23 @@ def header_size(path):
         raise UserError(f"cannot read image {path}: {err}") from None
 
 
+WIDE_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # PIL's modes of 16-bit grey files
+
+
 def grey_pil(path) -> np.ndarray:
-    """uint8 H x W, PIL convert('L') (ITU-R 601 luma)."""
-    return np.asarray(_decoded_pil(path, read_bytes(path)).convert("L"))
+    """uint8 H x W, PIL convert('L') (ITU-R 601 luma).
+
+    16-bit grey files are reduced to 8 bits as OpenCV does (value >> 8, so that the patches
+    and the NSS targets, read with OpenCV, see the same image): PIL's convert('L') clips
+    every value over 255 to white."""
+    image = _decoded_pil(path, read_bytes(path))
+    if image.mode in WIDE_GREY:
+        wide = np.asarray(image).astype(np.int64)
+        if wide.min() < 0 or wide.max() > 65535:
+            raise UserError(f"cannot read image {path}: a {image.mode} image with values outside "
+                            "0..65535 (save it as 8 or 16-bit)")
+        return (wide >> 8).astype(np.uint8)
+    return np.asarray(image.convert("L"))
 
 
 def grey_cv2(path) -> np.ndarray:

@@ -251,6 +251,160 @@ def corrupted_checkpoint_predict(tmp, db, ckpt):
                 ("flipped.pt", "corrupt"), [tmp / "p.csv"])
 
 
+# ---------------------------------------------- every entry point (issue: reliability)
+def _good(tmp, size=(48, 40), name="v"):
+    return grey(tmp / f"{name}_l.png", size), grey(tmp / f"{name}_r.png", size)
+
+
+def views_of_different_sizes_predict(tmp, db, ckpt):
+    left, _ = _good(tmp)
+    right = grey(tmp / "wide_r.png", (56, 40))
+    return Case("predict.py", ["--checkpoint", ckpt[2], left, right], ("wide_r.png", "differ in size"))
+
+
+def views_smaller_than_a_patch_predict(tmp, db, ckpt):
+    left, right = _good(tmp, (20, 20), "tiny")
+    return Case("predict.py", ["--checkpoint", ckpt[2], left, right], ("tiny_l.png", "20x20"))
+
+
+def side_by_side_too_narrow_predict(tmp, db, ckpt):
+    sbs = grey(tmp / "narrow_sbs.png", (64, 40))
+    return Case("predict.py", ["--checkpoint", ckpt[2], "--sbs", sbs], ("narrow_sbs.png", "32x40"))
+
+
+def manifest_without_view_columns_predict(tmp, db, ckpt):
+    path = write_manifest(tmp / "in", [{"image": "a.png", "score": 1}])
+    return Case("predict.py", ["--checkpoint", ckpt[2], "--manifest", path, "--out", tmp / "p.csv"],
+                ("manifest.csv",), [tmp / "p.csv"])
+
+
+def manifest_missing_image_predict(tmp, db, ckpt):
+    path = write_manifest(tmp / "in", with_row(db[2], 3, right=str(tmp / "gone_r.png")))
+    return Case("predict.py", ["--checkpoint", ckpt[2], "--manifest", path, "--out", tmp / "p.csv"],
+                ("gone_r.png",), [tmp / "p.csv"])
+
+
+def maps_to_unwritable_folder_predict(tmp, db, ckpt):
+    (tmp / "a_file").write_text("x")
+    left, right = _good(tmp)
+    return Case("predict.py", ["--checkpoint", ckpt[2], "--maps", tmp / "a_file" / "maps", left, right],
+                ("cannot write", "a_file"))
+
+
+def empty_checkpoint(tmp):
+    (tmp / "empty.pt").write_bytes(b"")
+    return tmp / "empty.pt"
+
+
+def truncated_checkpoint(tmp, ckpt):
+    data = ckpt[2].read_bytes()
+    (tmp / "half.pt").write_bytes(data[: len(data) // 3])
+    return tmp / "half.pt"
+
+
+def newer_checkpoint(tmp, ckpt):
+    from siqa.checkpoint import load_checkpoint, save_checkpoint
+
+    save_checkpoint(tmp / "newer.pt", dict(load_checkpoint(ckpt[2]), format=99))
+    return tmp / "newer.pt"
+
+
+def empty_checkpoint_predict(tmp, db, ckpt):
+    left, right = _good(tmp)
+    return Case("predict.py", ["--checkpoint", empty_checkpoint(tmp), left, right], ("empty.pt", "empty"))
+
+
+def truncated_checkpoint_evaluate(tmp, db, ckpt):
+    return Case("evaluate.py", ["--checkpoint", truncated_checkpoint(tmp, ckpt), "--out", tmp / "ev"],
+                ("half.pt", "truncated"), [tmp / "ev"])
+
+
+def newer_checkpoint_predict(tmp, db, ckpt):
+    left, right = _good(tmp)
+    return Case("predict.py", ["--checkpoint", newer_checkpoint(tmp, ckpt), left, right],
+                ("newer.pt", "newer version"))
+
+
+def newer_checkpoint_export(tmp, db, ckpt):
+    return Case("export.py", ["--checkpoint", newer_checkpoint(tmp, ckpt), "--format", "torchscript",
+                              "--out", tmp / "out" / "m.pt"], ("newer.pt", "newer version"), [tmp / "out"])
+
+
+def empty_checkpoint_matrix(tmp, db, ckpt):
+    return Case("evaluate.py", ["--matrix", "--checkpoint", ckpt[2], "--checkpoint", empty_checkpoint(tmp),
+                                "--test", f"csv={db[1]}", "--out", tmp / "mx"], ("empty.pt",), [tmp / "mx"])
+
+
+def truncated_checkpoint_export(tmp, db, ckpt):
+    return Case("export.py", ["--checkpoint", truncated_checkpoint(tmp, ckpt), "--format", "torchscript",
+                              "--out", tmp / "out" / "m.pt"], ("half.pt", "truncated"), [tmp / "out"])
+
+
+def export_to_unwritable_folder(tmp, db, ckpt):
+    (tmp / "a_file").write_text("x")
+    return Case("export.py", ["--checkpoint", ckpt[2], "--format", "torchscript",
+                              "--out", tmp / "a_file" / "m.pt"], ("cannot write", "m.pt"))
+
+
+def compare_missing_run(tmp, db, ckpt):
+    return Case("compare.py", [ckpt[2].parent, tmp / "no_such_run"], ("no_such_run",))
+
+
+def compare_unfinished_run(tmp, db, ckpt):
+    import shutil
+
+    run = tmp / "unfinished"
+    run.mkdir()
+    for name in ("config.yaml", "splits.json"):
+        shutil.copy(ckpt[2].parent / name, run / name)
+    return Case("compare.py", [ckpt[2].parent, run], ("unfinished", "metrics.json"))
+
+
+def compare_runs_on_different_splits(tmp, db, ckpt):
+    from siqa import config
+
+    cfg = config.load_config(ckpt[2].parent / "config.yaml")
+    other = run_entry("train.py", *tiny_overrides(cfg["dataset"]["manifest"], tmp / "other", **{
+        "train.epochs": 1, "dataset.split_seed": 7}))
+    assert other.returncode == 0, other.stderr
+    return Case("compare.py", [ckpt[2].parent, tmp / "other" / "run", "--out", tmp / "cmp.md"],
+                ("different",), [tmp / "cmp.md"])
+
+
+def split_file_of_another_database(tmp, db, ckpt):
+    return train_case(tmp, db[2], ("splits.json", "does not match"),
+                      **{"dataset.split_file": ckpt[2].parent / "splits.json"})
+
+
+def split_file_edited(tmp, db, ckpt):
+    import json
+
+    doc = json.loads((ckpt[2].parent / "splits.json").read_text())
+    doc["splits"][0]["test"] = doc["splits"][0]["train"][:1] + doc["splits"][0]["test"]
+    (tmp / "edited.json").write_text(json.dumps(doc))
+    manifest = ckpt[2].parent / "config.yaml"
+    from siqa import config
+
+    cfg = config.load_config(manifest)
+    return Case("train.py", tiny_overrides(cfg["dataset"]["manifest"], tmp / "work",
+                                           **{"dataset.split_file": tmp / "edited.json"}),
+                ("edited.json",), [tmp / "work"])
+
+
+def nss_missing_image(tmp, db, ckpt):
+    path = write_manifest(tmp / "in", with_row(db[2], 1, left=str(tmp / "gone_l.png")))
+    return Case("-m siqa.nss", [path, "--cache-dir", tmp / "work" / "cache"], ("gone_l.png",),
+                [tmp / "work"])
+
+
+def nss_cache_unwritable(tmp, db, ckpt):
+    (tmp / "a_file").write_text("x")
+    path = write_manifest(tmp / "in", db[2])
+    return Case("-m siqa.nss", [path, "--cache-dir", tmp / "a_file" / "cache", "--workers", "1",
+                                 "--no-progress"],
+                ("cannot write", "a_file"))
+
+
 CASES = [
     missing_image, zero_byte_image, truncated_image, decompression_bomb_predict,
     decompression_bomb_train, not_an_image, size_mismatch,
@@ -259,6 +413,14 @@ CASES = [
     missing_mat_variable, unknown_config_key, wrong_value_type, split_without_scene,
     cuda_without_gpu, checkpoint_of_other_shape_evaluate, checkpoint_of_other_shape_predict,
     corrupted_checkpoint_predict,
+    views_of_different_sizes_predict, views_smaller_than_a_patch_predict,
+    side_by_side_too_narrow_predict, manifest_without_view_columns_predict,
+    manifest_missing_image_predict, maps_to_unwritable_folder_predict, empty_checkpoint_predict,
+    truncated_checkpoint_evaluate, newer_checkpoint_predict, newer_checkpoint_export,
+    empty_checkpoint_matrix, truncated_checkpoint_export, export_to_unwritable_folder,
+    compare_missing_run, compare_unfinished_run, compare_runs_on_different_splits,
+    split_file_of_another_database,
+    split_file_edited, nss_missing_image, nss_cache_unwritable,
 ]
 
 
@@ -268,6 +430,19 @@ def _files_under(path: Path):
     if path.is_file():
         return [path]
     return [p for p in path.rglob("*") if p.is_file()]
+
+
+def run_case(case, tmp):
+    if not case.script.startswith("-m "):
+        return run_entry(case.script, *case.args, cwd=tmp, timeout=TIMEOUT)
+    import subprocess
+    import sys
+
+    from conftest import python_path
+
+    return subprocess.run([sys.executable, *case.script.split(), *map(str, case.args)], cwd=tmp,
+                          capture_output=True, text=True, timeout=TIMEOUT,
+                          env={**os.environ, "PYTHONPATH": python_path()})
 
 
 # The entry points spend ~5 s importing torch and scipy before they look at their input, so
@@ -293,7 +468,7 @@ def outcomes(request, db, checkpoints, tmp_path_factory):
     def run(item):
         name, (tmp, case) = item
         try:
-            return name, (tmp, case, run_entry(case.script, *case.args, cwd=tmp, timeout=TIMEOUT))
+            return name, (tmp, case, run_case(case, tmp))
         except Exception as err:  # e.g. a timeout: reported by that case's test only
             return name, err
 

@@ -83,6 +83,7 @@ import numpy as np
 from PIL import Image
 
 from siqa.errors import UserError
+from siqa.files import DIR_MODE, remove_dead_temporaries, writer_tag
 
 DEFAULT_ROOT = Path("data/demo")
 FULL_ROOT = Path("data/demo_full")
@@ -470,18 +471,21 @@ def ensure_demo(root=DEFAULT_ROOT, progress=True, size="small") -> Path:
     (another `size` included). The full size is built by one process per core."""
     _check_size(size)
     root = Path(root)
+    for kind in ("build", "old"):  # folders of builds that were killed (not of live ones)
+        remove_dead_temporaries(root.parent, f".{root.name}-{kind}-*")
     if _is_current(root, size):
         return root
     if root.exists() and any(root.iterdir()) and not (root / "demo_info.json").exists():
         raise UserError(f"{root} exists and is not a demo database: remove it or choose another dataset.root")
     source_dir()  # a clear error before anything is written
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}-build-"))
+    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}-build-{writer_tag()}."))
     try:
+        os.chmod(tmp, DIR_MODE)  # renamed into place: mkdtemp's 0700 would hide it from others
         build_demo(tmp, progress=progress, size=size,
                    workers=(os.cpu_count() or 1) if size == "full" else 1)
         if root.exists():  # empty, or an older build: move it aside, then swap
-            old = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}-old-"))
+            old = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}-old-{writer_tag()}."))
             os.replace(root, old / root.name)
             shutil.rmtree(old, ignore_errors=True)
         try:

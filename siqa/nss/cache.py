@@ -9,6 +9,14 @@ Entry format (written atomically with `siqa.files.atomic_write`): a first line
 `SIQA-NSS <version>`, a second line of JSON (key, settings, file hashes, the SHA-256 of the
 payload), then the payload: 108 little-endian float64. An entry whose header, key, length or
 checksum does not verify is reported with a warning and recomputed.
+
+Several jobs on one cache (three trainings started together, torchrun on several nodes)
+compute each entry once: a job claims a missing entry with an exclusive flock of
+`<entry>.lock` (siqa.files.try_lock) and computes only what it claimed; the entries other
+jobs hold it reads once they are written, waiting for them when it has nothing else left.
+A job that dies releases its claims (the kernel drops its locks), so its entries are taken
+by the next job that needs them. A job claims each entry when its computation reaches it
+rather than all at once, so that jobs started together share the work.
 """
 import json
 import os
@@ -18,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from siqa.errors import UserError
-from siqa.files import atomic_write, sha256_bytes, sha256_file
+from siqa.files import (WriteFailed, atomic_write, remove_dead_temporaries, sha256_bytes,
+                        sha256_file, try_lock, unlock)
 from siqa.nss.features import MARGINALS, N_FEATURES, PREPROCESS, nss_features, nss_features_batch
 
 NSS_VERSION = 2  # 2: left-censored mle0 marginals (siqa.nss.features); every cached target is recomputed
@@ -126,9 +135,11 @@ def _worker(job):
     return compute_pair(left, right, marginal, preprocess, "cpu")
 
 
-def _compute_missing(jobs, marginal, preprocess, workers, device, bar):
-    """Yield (index, values) for jobs [(index, left, right)] as they finish."""
-    if not jobs:
+def _compute_missing(jobs, marginal, preprocess, workers, device, bar, count):
+    """Yield (index, values) for jobs (index, left, right) as they finish. `jobs` is an
+    iterator of at most `count` jobs, read as the work goes (each job is claimed when it is
+    read, see nss_targets)."""
+    if not count:
         return
     # scipy_free_loc fits on the CPU whatever the device (scipy, ~9 s a pair): the CPU pool
     # runs `workers` pairs at once, where the GPU path would fit one pair after another
@@ -150,22 +161,33 @@ def _compute_missing(jobs, marginal, preprocess, workers, device, bar):
                     bar.update(1)
         return
     workers = os.cpu_count() if workers is None else int(workers)
-    workers = max(1, min(workers, len(jobs)))
+    workers = max(1, min(workers, count))
     if workers == 1:
         for index, left, right in jobs:
             yield index, compute_pair(left, right, marginal, preprocess, "cpu")
             bar.update(1)
         return
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     ctx = multiprocessing.get_context("spawn")
+    jobs = iter(jobs)
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool:
-        futures = {pool.submit(_worker, (left, right, marginal, preprocess)): index
-                   for index, left, right in jobs}
-        for fut in as_completed(futures):
-            yield futures[fut], fut.result()
-            bar.update(1)
+        futures = {}
+
+        def submit_next():  # two jobs a worker in flight: claimed only when about to run
+            job = next(jobs, None)
+            if job is not None:
+                futures[pool.submit(_worker, (job[1], job[2], marginal, preprocess))] = job[0]
+
+        for _ in range(2 * workers):
+            submit_next()
+        while futures:
+            done, _ = wait(futures, return_when=FIRST_COMPLETED)
+            for fut in done:
+                yield futures.pop(fut), fut.result()
+                bar.update(1)
+                submit_next()
 
 
 def nss_targets(pairs, marginal="mle0", preprocess="reference", cache_dir="data/cache",
@@ -182,6 +204,7 @@ def nss_targets(pairs, marginal="mle0", preprocess="reference", cache_dir="data/
 
     settings = _settings(marginal, preprocess)
     pairs = [(str(p[0]), None if p[1] is None else str(p[1])) for p in pairs]
+    remove_dead_temporaries(Path(cache_dir) / "nss", recursive=True)  # of killed writers
     out = np.zeros((len(pairs), N_FEATURES), dtype=np.float64)
     keys, jobs = [], []
     for index, (left, right) in enumerate(pairs):
@@ -196,11 +219,66 @@ def nss_targets(pairs, marginal="mle0", preprocess="reference", cache_dir="data/
         else:
             out[index] = values
     with tqdm(total=len(jobs), desc="NSS targets", unit="pair", disable=not progress or not jobs) as bar:
-        for index, values in _compute_missing(jobs, marginal, preprocess, workers, device, bar):
-            key, desc = keys[index]
-            atomic_write(entry_path(cache_dir, key), encode_entry(key, desc, values))
-            out[index] = values
+        pending = jobs
+        while pending:  # in rounds: claim what no other job computes, compute it, then wait
+            held, others = {}, []
+
+            def claims(todo):  # each job claimed as the computation reaches it
+                for job in todo:
+                    path = entry_path(cache_dir, keys[job[0]][0])
+                    _mkdir(path.parent)
+                    fd = try_lock(_lock_of(path)) if len(held) < CLAIM_BATCH else None
+                    if fd is None:
+                        others.append(job)
+                    elif _take(out, job[0], path, keys, bar):  # written by another job meanwhile
+                        unlock(_lock_of(path), fd)
+                    else:
+                        held[job[0]] = fd
+                        yield job
+
+            claimed = 0
+            try:
+                for index, values in _compute_missing(claims(pending), marginal, preprocess,
+                                                      workers, device, bar, len(pending)):
+                    claimed += 1
+                    key, desc = keys[index]
+                    path = entry_path(cache_dir, key)
+                    atomic_write(path, encode_entry(key, desc, values))
+                    out[index] = values
+                    unlock(_lock_of(path), held.pop(index))
+            finally:
+                for index, fd in held.items():
+                    unlock(_lock_of(entry_path(cache_dir, keys[index][0])), fd)
+            if others and not claimed:  # all are being computed elsewhere: wait for one
+                lock = _lock_of(entry_path(cache_dir, keys[others[0][0]][0]))
+                unlock(lock, try_lock(lock, wait=True))
+            pending = [job for job in others
+                       if not _take(out, job[0], entry_path(cache_dir, keys[job[0]][0]), keys, bar)]
     return out
+
+
+CLAIM_BATCH = 256  # entries claimed (lock files held open) at once
+
+
+def _lock_of(path):
+    return path.with_name(path.name + ".lock")
+
+
+def _mkdir(folder):
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise WriteFailed(err.errno, f"cannot write the NSS cache {folder}: {err.strerror}") from err
+
+
+def _take(out, index, path, keys, bar):
+    """Fill out[index] from a valid entry at `path`, if there is one now."""
+    values, _ = load_entry(path, keys[index][0])
+    if values is None:
+        return False
+    out[index] = values
+    bar.update(1)
+    return True
 
 
 def check_targets(pairs, marginal="mle0", preprocess="reference", cache_dir="data/cache"):
