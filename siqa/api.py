@@ -59,6 +59,12 @@ def load(checkpoint, device="auto") -> "StereoIQA":
     device = select_device(device)  # a CUDA device with its index, or a one-line UserError
     state = load_checkpoint(checkpoint, map_location=device, required=("model", "database", "config"))
     cfg = state["config"]
+    from siqa.models import DEFAULT, name_of
+
+    if name_of(cfg) != DEFAULT:  # the API cuts grey 32x32 patches, the paper network's input
+        raise UserError(f"checkpoint {checkpoint} holds a {name_of(cfg)} network: siqa.load, "
+                        f"predict.py, export.py and the quality maps serve {DEFAULT} checkpoints "
+                        "so far; score it with evaluate.py")
     network = load_model(state, device, source=checkpoint)
     return StereoIQA(network, state["database"], normalisation=cfg["patches"]["normalisation"],
                      device=device, nss=cfg.get("nss"),
