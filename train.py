@@ -4,7 +4,6 @@
     torchrun --nproc_per_node=N train.py ...      (several GPUs, or several CPU processes)
 """
 import argparse
-import atexit
 import functools
 import os
 import sys
@@ -25,16 +24,36 @@ def main(argv):
 
     cfg = config.load_config(args.config, args.overrides)
     out_dir = config.run_dir_of(cfg)
-    changes = {}
+    locks = []
     if os.environ.get("RANK", "0") == "0":  # one job per run folder (rank 0 is the writer)
         from siqa.files import RunLock, remove_dead_temporaries
 
         # array tasks sharing out_dir (train.splits) each own the folders of their splits
-        owned = ([out_dir / f"split_{r}" for r in cfg["train"]["splits"]]
-                 if cfg["train"]["splits"] is not None else [out_dir])
-        for folder in owned:
-            atexit.register(RunLock(folder).acquire().release)
+        parts = ([f"split_{r}" for r in cfg["train"]["splits"]]
+                 if cfg["train"]["splits"] is not None else [None])
+        try:
+            for part in parts:
+                locks.append(RunLock(out_dir, part).acquire())
+        except BaseException:
+            release(locks)
+            raise
         remove_dead_temporaries(out_dir, recursive=True, all_dead=True)  # of killed writes
+    try:
+        return run(args, cfg, out_dir)
+    finally:  # also when main is called in a process that goes on (tests, notebooks)
+        release(locks)
+
+
+def release(locks):
+    for lock in locks:
+        lock.release()
+
+
+def run(args, cfg, out_dir):
+    """main, once this process owns the run folder."""
+    from siqa import config
+
+    changes = {}
     if args.resume:
         if not (out_dir / "config.yaml").is_file():
             raise UserError(f"nothing to resume in {out_dir} (no config.yaml); check out_dir")

@@ -157,9 +157,12 @@ class RunLock:
     The holder removes the file when it is done; an acquirer checks that the file it
     locked is still the one at the path (else it retries), so the removal is race-free."""
 
-    def __init__(self, folder):
-        self.folder = Path(folder)
-        self.path = self.folder.parent / f".{self.folder.name}.lock"
+    def __init__(self, folder, part=None):
+        """`part`: a share of the run folder (e.g. "split_3" of an array task), locked by
+        `.<name>.<part>.lock` beside the folder, which then need not exist yet."""
+        self.folder = Path(folder) / part if part else Path(folder)
+        name = Path(folder).name + (f".{part}" if part else "")
+        self.path = Path(folder).parent / f".{name}.lock"
         self.fd = None
 
     def holder(self):

@@ -49,10 +49,11 @@ def needs_cuda(test):
 
 @pytest.fixture
 def process_numerics():
-    """siqa.distributed.configure_numerics changes process-wide switches: put them back after
-    the test."""
+    """siqa.distributed.configure_numerics (and evaluate's use_run_threads) change
+    process-wide switches: put them back after the test."""
     import torch
 
+    threads = torch.get_num_threads()  # evaluate.py in-process sets the run's train.threads
     saved = (torch.are_deterministic_algorithms_enabled(),
              torch.is_deterministic_algorithms_warn_only_enabled(),
              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
@@ -61,6 +62,7 @@ def process_numerics():
     torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
     (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
      torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) = saved[2:]
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

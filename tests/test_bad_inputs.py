@@ -393,8 +393,8 @@ def compare_runs_on_different_splits(tmp, db, ckpt):
     other = run_entry("train.py", *tiny_overrides(cfg["dataset"]["manifest"], tmp / "other", **{
         "train.epochs": 1, "dataset.split_seed": 7}))
     assert other.returncode == 0, other.stderr
-    return Case("compare.py", [ckpt[2].parent, tmp / "other" / "run", "--out", tmp / "cmp.md"],
-                ("different",), [tmp / "cmp.md"])
+    return Case("compare.py", [ckpt[2].parent, tmp / "other" / "run", "--label", "a", "--label", "b",
+                               "--out", tmp / "cmp"], ("different",), [tmp / "cmp"])
 
 
 def split_file_of_another_database(tmp, db, ckpt):

@@ -209,6 +209,7 @@ def test_background_saver_writes_in_order_and_reports_a_failed_write(tmp_path):
     saver.save(tmp_path / "file" / "b.pt", {"w": weights})  # a folder that is a file
     with pytest.raises(OSError):
         saver.wait()
+    saver.close()  # its writer thread ends
 
 
 # ----------------------------------------------------------------- devices

@@ -63,10 +63,17 @@ def test_predict_manifest_streams_and_writes_its_csv_atomically(checkpoint, tiny
     assert [p.name for p in out.parent.iterdir()] == ["scored.csv"]  # no temporary left
 
     done = run_entry("predict.py", "--checkpoint", checkpoint, "--device", "cpu", "--manifest", manifest,
-                     "--out", out)
+                     "--out", out, env={"OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr
     with open(out, newline="") as f:
         got = list(csv.DictReader(f))
     assert [r["id"] for r in got] == [str(i) for i in range(400)]
-    want = siqa.load(checkpoint, device="cpu").score_pairs([(r["left"], r["right"]) for r in rows])
+    import torch
+
+    threads = torch.get_num_threads()  # the same arithmetic as the subprocess: one thread
+    torch.set_num_threads(1)
+    try:
+        want = siqa.load(checkpoint, device="cpu").score_pairs([(r["left"], r["right"]) for r in rows])
+    finally:
+        torch.set_num_threads(threads)
     assert [float(r["prediction"]) for r in got] == list(want)

@@ -21,6 +21,9 @@ def test_nothing_of_a_finished_split_stays_alive(tiny_manifest, tmp_path, monkey
         kept.extend(weakref.ref(t) for t in out["model"].values())
         return out
 
+    import threading
+
+    before = set(threading.enumerate())  # writers of other tests' savers are not this run's
     monkeypatch.setattr(experiment, "build_model", build)
     monkeypatch.setattr(experiment, "cpu_copy", copy)
     cfg = config.load_config(overrides=tiny_overrides(tiny_manifest, tmp_path, **{
@@ -28,6 +31,4 @@ def test_nothing_of_a_finished_split_stays_alive(tiny_manifest, tmp_path, monkey
     experiment.train(cfg, progress=False, log=lambda *a: None)
     gc.collect()
     assert kept and [r for r in kept if r() is not None] == []
-    import threading
-
-    assert not [t for t in threading.enumerate() if t.name == "checkpoint-writer"]
+    assert not [t for t in set(threading.enumerate()) - before if t.name == "checkpoint-writer"]
