@@ -8,7 +8,9 @@ device that torch.cuda.set_device refused, on every CUDA machine) fails the test
 FakeTensorMode then takes the scoring and the loss further (without the harness, which it
 does not need): fake tensors on "cuda:0" run the forward passes and the aggregation with
 PyTorch's device checks, which catches a tensor left on the CPU."""
-import re
+import os
+import subprocess
+import sys
 import traceback
 
 import numpy as np
@@ -233,16 +235,13 @@ def test_compile_uses_the_compilers_cuda_graphs_only_for_one_split_in_one_proces
 def test_cuda_tests_are_collected_without_the_test_oracles(tmp_path):
     """The GPU image has no dtcwt: `pytest -m cuda tests` must still collect every module
     (at 8343d43 four modules imported it at collection and no CUDA test ran)."""
-    import subprocess
-    import sys
-
     from conftest import ROOT
 
     (tmp_path / "dtcwt.py").write_text("raise ImportError('dtcwt is not installed here')\n")
     proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "cuda",
                            "-p", "no:cacheprovider", str(ROOT / "tests")], cwd=ROOT,
                           capture_output=True, text=True, timeout=600,
-                          env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)})
+                          env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert proc.returncode == 0, proc.stdout[-2000:]
     collected = [line for line in proc.stdout.splitlines() if "::" in line]
     assert len(collected) >= 12 and "error" not in proc.stdout.splitlines()[-1], proc.stdout[-500:]
@@ -251,15 +250,11 @@ def test_cuda_tests_are_collected_without_the_test_oracles(tmp_path):
 def test_subprocesses_keep_the_callers_python_path(tmp_path, monkeypatch):
     """Wheels installed with `pip install --target DIR` reach a process through PYTHONPATH:
     the tests' subprocesses put the repository first and keep the caller's entries."""
-    import subprocess
-    import sys
-
     from conftest import ROOT, python_path
 
     (tmp_path / "carried_wheel.py").write_text("WHERE = 'carried'\n")
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     assert python_path().split(":") == [str(ROOT), str(tmp_path)]
     out = subprocess.run([sys.executable, "-c", "import carried_wheel, siqa; print(carried_wheel.WHERE)"],
-                         capture_output=True, text=True, env={**__import__("os").environ,
-                                                              "PYTHONPATH": python_path()}, cwd=tmp_path.parent)
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": python_path()}, cwd=tmp_path.parent)
     assert out.stdout.strip() == "carried", out.stderr

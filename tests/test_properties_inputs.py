@@ -3,7 +3,6 @@ malformed configs (files and key=value overrides) give a result or a UserError, 
 another exception (which an entry point would print as a traceback)."""
 import string
 
-import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

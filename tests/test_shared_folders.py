@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from conftest import ROOT, python_path, run_entry, tiny_overrides
-from siqa.files import HOST, RunLock, atomic_write, remove_dead_temporaries, writer_tag
+from siqa.files import HOST, RunLock, remove_dead_temporaries, writer_tag
 
 
 def dead_pid():
@@ -87,7 +87,7 @@ def test_leftovers_of_killed_writes_are_removed_at_the_next_start(tmp_path):
     # the demo database's temporary folders, and the cache's entries, by their writers
     (tmp_path / f".demo-build-{dead}.a1b2c3d4").mkdir()
     (tmp_path / f".demo-build-{alive}.a1b2c3d4").mkdir()
-    (tmp_path / f".demo-build-w1@another-host.a1b2c3d4").mkdir()
+    (tmp_path / ".demo-build-w1@another-host.a1b2c3d4").mkdir()
     removed = remove_dead_temporaries(tmp_path, ".demo-build-*")
     assert [p.name for p in removed] == [f".demo-build-{dead}.a1b2c3d4"]
 
