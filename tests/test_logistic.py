@@ -114,3 +114,19 @@ def test_the_fitted_map_never_decreases_and_never_flatters_a_backwards_ranking(d
         assert result["plcc_logistic"] is None or result["plcc_logistic"] < 0.1
     if result["plcc_logistic"] is not None:  # a least-squares fit of a monotone family
         assert result["plcc_logistic"] > -1e-6
+
+
+def test_the_fit_is_a_property_of_the_data_not_of_its_dtype_or_order():
+    """The same predictions in float32 or float64, in any order, give the same mapping and
+    the same metrics after it (to float32 round-off); below and above the 20-item minimum."""
+    rng = np.random.default_rng(7)
+    for n in (12, 60):
+        y = rng.uniform(0, 60, n)
+        x = 30 + 25 * np.tanh((y - 30) / 15) / 25 + rng.normal(0, 0.1, n)
+        base = evaluate_scores(x, y, fit_info=True)
+        order = rng.permutation(n)
+        for other in (evaluate_scores(x.astype(np.float32), y, fit_info=True),
+                      evaluate_scores(x[order], y[order], fit_info=True)):
+            assert other["mapping"]["kind"] == base["mapping"]["kind"]
+            for key in ("plcc_logistic", "rmse_logistic", "srocc", "plcc"):
+                assert other[key] == pytest.approx(base[key], rel=1e-5, abs=1e-6), (n, key)
