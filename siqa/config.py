@@ -6,6 +6,7 @@ a float is, a list of the same length where a list is). Keys whose default is nu
 string or null; the few keys below with named choices or `auto` are checked against them.
 """
 import copy
+import math
 from pathlib import Path
 
 import yaml
@@ -200,7 +201,13 @@ def _check(key, value, default):
             raise bad("a non-negative integer")
         return value
     if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise bad("a number") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value):
             raise bad("a number")
         return float(value)
     if isinstance(default, list):

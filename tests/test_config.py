@@ -43,6 +43,18 @@ def test_overrides_are_parsed_as_yaml_and_typed():
     assert cfg["dataset"]["split"] == [0.5, 0.25, 0.25]
 
 
+def test_exponent_notation_is_a_number():
+    """YAML 1.1 (PyYAML) reads 1e-4 (no dot) as the string '1e-4': train.lr=1e-4 was refused
+    as "expected a number"; it is the number 0.0001 (and 1.0e-4 stays one)."""
+    for text, value in (("1e-4", 1e-4), ("1.0e-4", 1e-4), ("5E-3", 5e-3), ("2", 2.0)):
+        cfg = load_config(overrides=[f"train.lr={text}", f"train.weight_decay={text}"])
+        assert cfg["train"]["lr"] == value and isinstance(cfg["train"]["lr"], float)
+        assert cfg["train"]["weight_decay"] == value
+    for bad in ("nan", "inf", "1e-4x"):
+        with pytest.raises(UserError, match="train.lr: expected a number"):
+            load_config(overrides=[f"train.lr={bad}"])
+
+
 def test_unknown_key_lists_the_valid_ones():
     with pytest.raises(UserError) as err:
         load_config(overrides=["train.epoch=3"])
