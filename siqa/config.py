@@ -35,18 +35,63 @@ POSITIVE = {"train.epochs", "train.batch_size", "train.val_every", "train.repeat
 AUTO_OR_BOOL = {"train.deterministic", "train.tf32"}  # auto (decided per device), true or false
 INDEX_LISTS = {"train.splits"}  # null, or a non-empty list of distinct non-negative integers
 
-# The values of the keys that may be `auto`, by train.profile: `paper`, the paper's protocol
-# (the default on the real databases); `short`, a run that learns within 10 minutes on a
-# 2-core CPU, where 500 epochs of SGD are out of reach (the default on the demo database; a
-# documented decision, see README). An explicit value always wins.
-AUTO = {
-    "paper": {"train.epochs": 500, "train.optimizer": "sgd", "train.lr": 0.001,
-              "train.lr_step": 0, "patches.normalisation": "reference"},
-    # The paper's optimizer and constant rate; only the normalisation and the epoch count
-    # differ (docs/decisions.md#the-demo-profile, measured by benchmarks/demo_profiles.py).
-    "short": {"train.epochs": 40, "train.optimizer": "sgd", "train.lr": 0.001,
-             "train.lr_step": 0, "patches.normalisation": "contrast"},
+# The values of the keys that may be `auto`, by network (model.name) and train.profile:
+# `paper`, the recipe of the network's original (the default on the real databases);
+# `short`, a run that learns within minutes on a 2-core CPU, where the paper's epochs are out
+# of reach (the default on the demo database; a documented decision, see README). An explicit
+# value always wins. Each row is one recipe on one line (docs/models.md gives the sources).
+RECIPES = {
+    "bourbia2021": {  # the paper and its code (docs/method.md#training)
+        "paper": {"train.epochs": 500, "train.optimizer": "sgd", "train.lr": 0.001, "train.lr_step": 0,
+                  "train.lr_gamma": 0.1, "train.weight_decay": 0.0001, "train.batch_size": 128,
+                  "train.nss_weight": 25.0, "patches.normalisation": "reference"},
+        # The paper's optimizer and constant rate; only the normalisation and the epoch count
+        # differ (docs/decisions.md#the-demo-profile, measured by benchmarks/demo_profiles.py).
+        "short": {"train.epochs": 40, "train.optimizer": "sgd", "train.lr": 0.001, "train.lr_step": 0,
+                  "train.lr_gamma": 0.1, "train.weight_decay": 0.0001, "train.batch_size": 128,
+                  "train.nss_weight": 25.0, "patches.normalisation": "contrast"},
+    },
+    "multiscore": {  # the authors' train.py: SGD 1e-4, momentum 0.9, weight decay 1e-3, batch 128, 100 epochs
+        "paper": {"train.epochs": 100, "train.optimizer": "sgd", "train.lr": 0.0001, "train.lr_step": 0,
+                  "train.lr_gamma": 0.1, "train.weight_decay": 0.001, "train.batch_size": 128,
+                  "train.nss_weight": 0.0},
+        # PLACEHOLDER (to be measured): the paper recipe with 10 epochs
+        "short": {"train.epochs": 10, "train.optimizer": "sgd", "train.lr": 0.0001, "train.lr_step": 0,
+                  "train.lr_gamma": 0.1, "train.weight_decay": 0.001, "train.batch_size": 128,
+                  "train.nss_weight": 0.0},
+    },
+    "stereoqanet": {  # no training script was released and no recipe is known here: this
+        # project's values (bourbia2021's paper recipe), not StereoQA-Net's (docs/models.md)
+        "paper": {"train.epochs": 500, "train.optimizer": "sgd", "train.lr": 0.001, "train.lr_step": 0,
+                  "train.lr_gamma": 0.1, "train.weight_decay": 0.0001, "train.batch_size": 128,
+                  "train.nss_weight": 0.0},
+        # PLACEHOLDER (to be measured): the recipe above with 10 epochs
+        "short": {"train.epochs": 10, "train.optimizer": "sgd", "train.lr": 0.001, "train.lr_step": 0,
+                  "train.lr_gamma": 0.1, "train.weight_decay": 0.0001, "train.batch_size": 128,
+                  "train.nss_weight": 0.0},
+    },
+    "padnet": {  # main_live1.py: Adam 1e-4 (its per-group rates: PADNet.param_groups), batch 16,
+        # 300 epochs, x0.25 at epochs 50/100/150/200 (here every 50 epochs: also at 250)
+        "paper": {"train.epochs": 300, "train.optimizer": "adam", "train.lr": 0.0001, "train.lr_step": 50,
+                  "train.lr_gamma": 0.25, "train.weight_decay": 0.0, "train.batch_size": 16,
+                  "train.nss_weight": 0.0},
+        # PLACEHOLDER (to be measured): the paper recipe with 10 epochs
+        "short": {"train.epochs": 10, "train.optimizer": "adam", "train.lr": 0.0001, "train.lr_step": 50,
+                  "train.lr_gamma": 0.25, "train.weight_decay": 0.0, "train.batch_size": 16,
+                  "train.nss_weight": 0.0},
+    },
 }
+AUTO = RECIPES["bourbia2021"]  # the default network's values by profile (as before networks had their own)
+AUTO_KEYS = AUTO["paper"]  # the keys that may be `auto`, and the type each value has
+# patches.normalisation concerns the local patches of bourbia2021 only; another network's run
+# records bourbia2021's value of its profile (unused) and no deviation for it.
+LOCAL_ONLY = ("patches.normalisation",)
+NO_PUBLISHED_RECIPE = ("stereoqanet",)  # its "paper" row is this project's recipe
+
+
+def recipe(network, profile) -> dict:
+    """The `auto` values of `network` in `profile` (RECIPES; LOCAL_ONLY keys from bourbia2021's)."""
+    return {**{k: AUTO[profile][k] for k in LOCAL_ONLY}, **RECIPES[network][profile]}
 
 
 # Keys that only some runs use. A key given on the command line to a run that does not use
@@ -178,10 +223,10 @@ def _check(key, value, default):
                 or len(set(value)) != len(value):
             raise bad("null or a list of distinct split indices, e.g. [3, 7]")
         return list(value)
-    if key in AUTO["paper"]:
+    if key in AUTO_KEYS:
         if value == "auto":
             return value
-        default = AUTO["paper"][key]
+        default = AUTO_KEYS[key]
     if key in CHOICES and CHOICES[key] is not None and value not in CHOICES[key]:
         raise bad("one of " + ", ".join(CHOICES[key]))
     if default is None:
@@ -290,12 +335,17 @@ def profile_of(cfg) -> str:
     return profile
 
 
+def network_of(cfg) -> str:
+    """model.name of a config (bourbia2021 for a config written before the key existed)."""
+    return (cfg.get("model") or {}).get("name") or "bourbia2021"
+
+
 def resolve_auto(cfg) -> dict:
-    """A copy of `cfg` with every `auto` replaced by its value in the run's profile
-    (`profile_of`); train.profile itself is recorded resolved."""
+    """A copy of `cfg` with every `auto` replaced by its value for the run's network and
+    profile (`recipe(model.name, profile_of(cfg))`); train.profile itself is recorded resolved."""
     profile = profile_of(cfg)
     out = copy.deepcopy(cfg)
-    for key, value in AUTO[profile].items():
+    for key, value in recipe(network_of(cfg), profile).items():
         if get(out, key) == "auto":
             _set(out, key, value)
     out["train"]["profile"] = profile
@@ -304,11 +354,29 @@ def resolve_auto(cfg) -> dict:
 
 def deviations_from_paper(cfg) -> list:
     """'key=value (paper: value)' for every setting of a resolved config that differs from
-    the paper's protocol (siqa.config.AUTO['paper'], the loss weight and the split)."""
-    paper = {**AUTO["paper"], "train.nss_weight": 25.0, "dataset.split": [0.6, 0.2, 0.2],
-             "train.batch_size": 128}
-    return [f"{key}={get(cfg, key)} (paper: {value})" for key, value in paper.items()
+    its network's paper recipe (RECIPES[model.name]['paper']) and the split; 'recipe:' for
+    a network whose original recipe was not published (NO_PUBLISHED_RECIPE)."""
+    network = network_of(cfg)
+    label = "recipe" if network in NO_PUBLISHED_RECIPE else "paper"
+    own = dict(RECIPES[network]["paper"])
+    if network == "bourbia2021":
+        own.update({k: AUTO["paper"][k] for k in LOCAL_ONLY})
+    paper = {**own, "dataset.split": [0.6, 0.2, 0.2]}
+    return [f"{key}={get(cfg, key)} ({label}: {value})" for key, value in paper.items()
             if get(cfg, key) != value]
+
+
+def check_nss_weight(cfg):
+    """UserError (one line) for a resolved train.nss_weight > 0 that the network cannot use:
+    bourbia2021 predicts NSS, multiscore and stereoqanet then carry an NSS head
+    (siqa.models.NSS_HEAD), padnet has none."""
+    from siqa.models import NSS_HEAD
+
+    network, weight = network_of(cfg), cfg["train"]["nss_weight"]
+    if weight != "auto" and weight > 0 and network != "bourbia2021" and network not in NSS_HEAD:
+        raise UserError(f"train.nss_weight={weight}: model.name={network} has no NSS output "
+                        f"(an NSS head exists for {', '.join(NSS_HEAD)}); use train.nss_weight=0 "
+                        "or auto")
 
 
 def dump(cfg) -> str:

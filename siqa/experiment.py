@@ -29,7 +29,7 @@ from siqa.engine import SplitData, TrainStep, check_step_mode, epoch_order, epoc
 from siqa.errors import UserError
 from siqa.files import atomic_write_text
 from siqa.metrics import evaluate_scores
-from siqa.models import MODELS, create_model, name_of
+from siqa.models import MODELS, create_model, model_kwargs, name_of, spec_of
 from siqa.models.bourbia2021 import MultiTaskSIQA
 from siqa.overlap import evaluation_pairs, split_identities
 from siqa.reports import pooled_out_of_fold, predictions_csv, score_report, summarize, write_json
@@ -93,7 +93,7 @@ def split_data(pairs, nss, dtype, normalisation, progress=True, spec=MultiTaskSI
 def check_model_inputs(cfg, pairs):
     """The config's network's spec; a UserError, before any work, where the database lacks
     what the network predicts."""
-    spec = MODELS[name_of(cfg)].spec
+    spec = spec_of(cfg)
     init = (cfg.get("model") or {}).get("init")
     if init and not hasattr(MODELS[name_of(cfg)], "load_pretrained"):
         raise UserError(f"model.init: model.name={name_of(cfg)} has no pre-trained part")
@@ -173,14 +173,18 @@ def train(cfg, resume=False, dist=Dist(), progress=True, log=print, changes=None
     cfg = config_mod.resolve_auto(cfg)
     out_dir = config_mod.run_dir_of(cfg)
     check_step_mode(cfg["train"]["step"], dist.device, dist.world)  # before any work
-    spec = MODELS[name_of(cfg)].spec
+    config_mod.check_nss_weight(cfg)  # padnet has no NSS output
+    spec = spec_of(cfg)  # with the `nss` output where the network carries its NSS head
     if cfg["train"]["concurrent_repeats"] and dist.world > 1:
         raise UserError("train.concurrent_repeats=true is for one process; under torchrun "
                         "the repeats run one after another (train.concurrent_repeats=false)")
     configure_numerics(cfg["train"]["deterministic"], cfg["train"]["tf32"], dist.device)
     deviations = config_mod.deviations_from_paper(cfg)
-    log(f"profile {cfg['train']['profile']} on {cfg['dataset']['name']}, device {dist.device}: "
-        + ("; ".join(deviations) if deviations else "the paper's protocol"))
+    network = name_of(cfg)  # named unless it is the default, whose line is as it always was
+    log(f"profile {cfg['train']['profile']} on {cfg['dataset']['name']}"
+        + ("" if network == "bourbia2021" else f", model {network}") + f", device {dist.device}: "
+        + ("; ".join(deviations) if deviations else "the paper's protocol" if network ==
+           "bourbia2021" else f"the {network} recipe (siqa/config.py RECIPES)"))
     # Rank 0 builds the demo database and fills the NSS cache; the other ranks then read them
     # (a long wait: on the host group, whose timeout fits a cold cache of a large database).
     if not dist.is_main:
@@ -293,7 +297,7 @@ def split_run(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resume,
     t = cfg["train"]
     device = dist.device
     show = progress and dist.is_main
-    spec = MODELS[name_of(cfg)].spec
+    spec = spec_of(cfg)
     data = {name: split_data(pairs[name], targets[name], dtype, cfg["patches"]["normalisation"],
                              progress=show, spec=spec).to(device)
             for name in pairs}
@@ -716,7 +720,9 @@ def predict_database(model, pairs, cfg, device, progress=True):
 def build_model(cfg, device):
     """The network in the memory layout the run trained it in (evaluation must use the same
     layout to reproduce the run's numbers bit for bit)."""
-    model = create_model(name_of(cfg)).to(device)  # no model.name (older runs): bourbia2021
+    # no model.name (older runs): bourbia2021; train.nss_weight > 0: multiscore's and
+    # stereoqanet's NSS head (siqa.models.nss_head_of)
+    model = create_model(name_of(cfg), **model_kwargs(cfg)).to(device)
     if cfg["train"].get("channels_last"):
         model = model.to(memory_format=torch.channels_last)
     return model
@@ -743,7 +749,12 @@ def load_model(state, device, source="the checkpoint"):
     trained under (siqa.distributed.configure_run_numerics: evaluate.py, the matrix and
     siqa.load all come through here)."""
     configure_run_numerics(state["config"], device)
-    model = build_model(state["config"], device)
+    cfg = state["config"]
+    if (model_kwargs(cfg).get("nss_head") and isinstance(state.get("model"), dict)
+            and "nss_head.weight" not in state["model"]):
+        # written before the NSS head existed: its train.nss_weight (25.0 then) was ignored
+        cfg = {**cfg, "train": {**cfg["train"], "nss_weight": 0.0}}
+    model = build_model(cfg, device)
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError, TypeError) as err:

@@ -99,16 +99,18 @@ def logistic_status(test_report) -> dict:
 
 
 def model_card(cfg) -> dict:
-    """The network of a run: model.name, its parameter count and its InputSpec (built on
-    the meta device, under a forked RNG: nothing is allocated and no random state moves)."""
+    """The network of a run: model.name, its parameter count and its InputSpec, with the NSS
+    head where the run has one (`nss_head`; built on the meta device, under a forked RNG:
+    nothing is allocated and no random state moves)."""
     import torch
 
-    from siqa.models import MODELS, count_parameters, name_of
+    from siqa.models import MODELS, count_parameters, model_kwargs, name_of, spec_of
 
-    name = name_of(cfg)
+    name, kwargs = name_of(cfg), model_kwargs(cfg)
     with torch.random.fork_rng(devices=[]), torch.device("meta"):
-        parameters = count_parameters(MODELS[name]())
-    return {"name": name, "parameters": parameters, "spec": MODELS[name].spec.as_dict()}
+        parameters = count_parameters(MODELS[name](**kwargs))
+    return {"name": name, "parameters": parameters, "nss_head": bool(kwargs.get("nss_head")),
+            "spec": spec_of(cfg).as_dict()}
 
 
 def card(cfg, split_info, device, started, test_reports, repeat=None, code=None) -> dict:

@@ -96,3 +96,70 @@ def test_config_file_overrides_and_its_errors(tmp_path):
 def test_override_without_equals_is_an_error():
     with pytest.raises(UserError, match="key.sub=value"):
         parse_overrides(["train.epochs"])
+
+
+# The paper rows of siqa.config.RECIPES, written out from their sources (docs/models.md):
+# epochs, optimizer, lr, batch, weight decay, lr_step, lr_gamma, nss_weight.
+PAPER_RECIPES = {
+    "bourbia2021": (500, "sgd", 0.001, 128, 0.0001, 0, 0.1, 25.0),
+    "multiscore": (100, "sgd", 0.0001, 128, 0.001, 0, 0.1, 0.0),  # its train.py
+    "stereoqanet": (500, "sgd", 0.001, 128, 0.0001, 0, 0.1, 0.0),  # none released: ours
+    "padnet": (300, "adam", 0.0001, 16, 0.0, 50, 0.25, 0.0),  # main_live1.py
+}
+KEYS = ("epochs", "optimizer", "lr", "batch_size", "weight_decay", "lr_step", "lr_gamma",
+        "nss_weight")
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_RECIPES))
+def test_auto_resolves_per_network_and_profile(name):
+    paper = resolve_auto(load_config(overrides=[f"model.name={name}", "dataset.name=live3d_phase2"]))
+    assert tuple(paper["train"][k] for k in KEYS) == PAPER_RECIPES[name]
+    assert paper["train"]["profile"] == "paper"
+    short = resolve_auto(load_config(overrides=[f"model.name={name}"]))  # the demo
+    assert short["train"]["profile"] == "short"
+    want = dict(zip(KEYS, PAPER_RECIPES[name]), epochs=40 if name == "bourbia2021" else 10)
+    assert {k: short["train"][k] for k in KEYS} == want  # (others: the 10-epoch placeholder)
+    assert paper["patches"]["normalisation"] == "reference"
+    assert short["patches"]["normalisation"] == "contrast"
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_RECIPES))
+def test_explicit_values_win_over_every_recipe(name):
+    explicit = ["train.epochs=3", "train.optimizer=adam", "train.lr=0.5", "train.batch_size=7",
+                "train.weight_decay=0", "train.lr_step=2", "train.lr_gamma=0.5",
+                "train.nss_weight=0", "patches.normalisation=reference"]
+    for profile in ("paper", "short"):
+        cfg = resolve_auto(load_config(overrides=[f"model.name={name}", f"train.profile={profile}",
+                                                  *explicit]))
+        assert tuple(cfg["train"][k] for k in KEYS) == (3, "adam", 0.5, 7, 0.0, 2, 0.5, 0.0)
+        assert cfg["patches"]["normalisation"] == "reference"
+
+
+def test_deviations_are_against_the_networks_own_recipe():
+    from siqa.config import deviations_from_paper
+
+    def deviations(*overrides):
+        return deviations_from_paper(resolve_auto(load_config(overrides=list(overrides))))
+
+    assert deviations("dataset.name=live3d_phase1") == []
+    assert deviations("model.name=multiscore", "dataset.name=live3d_phase1") == []
+    assert deviations("model.name=padnet", "dataset.name=live3d_phase1") == []
+    assert deviations("model.name=multiscore") == ["train.epochs=10 (paper: 100)"]  # the demo
+    assert deviations("model.name=padnet", "dataset.name=live3d_phase1", "train.lr=0.001",
+                      "train.batch_size=128") == ["train.lr=0.001 (paper: 0.0001)",
+                                                  "train.batch_size=128 (paper: 16)"]
+    # stereoqanet has no published recipe: its row is this project's, and says so
+    assert deviations("model.name=stereoqanet", "dataset.name=live3d_phase1",
+                      "train.nss_weight=10") == ["train.nss_weight=10.0 (recipe: 0.0)"]
+    # bourbia2021 as before: the demo profile departs in the epochs and the normalisation
+    assert deviations() == ["train.epochs=40 (paper: 500)",
+                            "patches.normalisation=contrast (paper: reference)"]
+
+
+def test_auto_keys_keep_their_types():
+    with pytest.raises(UserError, match="train.batch_size"):
+        load_config(overrides=["train.batch_size=auto16"])
+    with pytest.raises(UserError, match="train.nss_weight"):
+        load_config(overrides=["train.nss_weight=heavy"])
+    cfg = load_config(overrides=["train.weight_decay=0", "train.lr_gamma=1"])
+    assert cfg["train"]["weight_decay"] == 0.0 and isinstance(cfg["train"]["lr_gamma"], float)

@@ -193,6 +193,8 @@ def test_waterloo_xlsx(tmp_path):
     assert [p.content for p in pairs] == ["N0001"] * 3 + ["N0004"] * 2
     assert all(p.higher_is_better for p in pairs)
     assert pairs[4].left == tmp_path / "session2" / "N0005.png"
+    # the left/right-view MOS columns: multiscore's per-view targets
+    assert [p.view_scores for p in pairs] == [row[5:7] for row in WATERLOO]
     lv, rv = read_views(pairs[4].left, None)
     assert lv.mean() > 150 and rv.mean() < 100
 
@@ -246,9 +248,23 @@ def test_waterloo_structure_from_block_positions(tmp_path, header):
     assert [p.distortion for p in pairs] == PHASE2_BLOCK * 10
     assert [p.symmetric for p in pairs] == ([True] * 13 + [False] * 33) * 10
     assert [p.score for p in pairs] == [r[2] for r in rows]
+    assert all(p.view_scores == (80.0, 70.0) for p in pairs)  # header-less: columns 4 and 5
     assert pairs[47].content == "N0047" and pairs[47].name == "N0048.png"
     assert pairs[47].left == tmp_path / "3D" / "Session3DIQ" / "N0048.png"
     with pytest.raises(UserError, match=r"Phase I cannot be inferred.*dataset\.name=waterloo3d_phase2"):
+        load_database("waterloo3d_phase1", root=tmp_path)
+
+
+def test_waterloo_per_view_mos_empty_or_not_a_number(tmp_path):
+    header, rows = make_waterloo(tmp_path)
+    rows[1][4], rows[2][5] = "", "n/a"  # N0002 without its left-view MOS; N0003's right one bad
+    with open(tmp_path / "MOS.csv", "w", newline="") as f:
+        csv.writer(f).writerows([header, *rows[:2]])
+    pairs = load_database("waterloo3d_phase1", root=tmp_path)
+    assert [p.view_scores for p in pairs] == [(91.0, 89.0), None]
+    with open(tmp_path / "MOS.csv", "w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+    with pytest.raises(UserError, match=r"MOS\.csv row 4: left/right-view MOS '70\.0', 'n/a'"):
         load_database("waterloo3d_phase1", root=tmp_path)
 
 

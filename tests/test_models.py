@@ -149,6 +149,8 @@ def test_train_stereoqanet_on_the_tiny_database(tiny_manifest, tmp_path):
     assert not (tmp_path / "cache").exists()  # no NSS targets for a network without the task
     state = load_checkpoint(tmp_path / "run" / "best.pt")
     assert state["config"]["model"]["name"] == "stereoqanet"
+    assert state["config"]["train"]["nss_weight"] == 0.0  # auto, resolved and recorded
+    assert "nss_head.weight" not in state["model"]
     model = load_model(state, torch.device("cpu"))
     assert type(model) is MODELS["stereoqanet"]
     assert not torch.equal(model.left_std, torch.ones(3, 32, 32))

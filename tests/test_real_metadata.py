@@ -142,6 +142,15 @@ def test_waterloo_headerless_public_table(tmp_path, phase):
     mos = scipy.io.loadmat(META / f"{mat}.mat")[mat].ravel()
     assert np.allclose([p.score for p in pairs], mos, atol=0.006)
     assert all(p.higher_is_better for p in pairs)
+    # the left- and right-view MOS columns are the per-view scores (multiscore's targets),
+    # on the 3D MOS's scale (a pristine pair's two views: one image, one 2D MOS)
+    assert [p.view_scores for p in pairs] == [(float(r[3]), float(r[4])) for r in rows]
+    assert all(p.view_scores[0] == p.view_scores[1] for p in pairs if p.distortion == "pristine")
+    from siqa.config import load_config
+    from siqa.experiment import check_model_inputs
+
+    cfg = load_config(overrides=["model.name=multiscore", f"dataset.name={name}"])
+    assert check_model_inputs(cfg, pairs).needs_view_scores  # multiscore trains on Waterloo
     for ref in {p.content for p in pairs}:  # MOS: the pristine pair is the best of its block
         block = [p for p in pairs if p.content == ref]
         assert max(block, key=lambda p: p.score).name == f"{ref}.png"

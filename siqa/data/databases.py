@@ -41,7 +41,12 @@ Waterloo-IVC 3D Phase I / II (`waterloo3d_phase1`, `waterloo3d_phase2`)
       session folder (if the table has that column), else in ``3D/Session3DIQ/`` first,
       then at its relative path, then by base name anywhere under the root (a base name
       found twice is an error that asks for a session column);
-    - the scene (`content`) is the stem of the reference column.
+    - the scene (`content`) is the stem of the reference column;
+    - the left- and right-view MOS columns (the 4th and 5th of the header-less table) are
+      the pair's `view_scores`, the per-view targets of `multiscore` (each view's MOS is the
+      2D MOS of that single-view image, on the 3D MOS's scale); a row with either cell
+      empty has none. They are read as written, also for Phase I scene 5 (N0227-N0263),
+      whose per-view MOS look like a spreadsheet autofill (docs/models.md#multiscore).
 
     Inferred (not documented; from the per-view MOS of the public table, where each view's
     MOS is the 2D MOS of that single-view image, so a pristine view carries the
@@ -584,6 +589,13 @@ def load_waterloo3d(root, manifest=None, name="waterloo3d_phase1") -> list[Stere
         rel = _posix(cells["name"])
         if not rel.suffix:
             rel = rel.with_suffix(".png")
+        views = None  # (left-view MOS, right-view MOS): Multi-score SIQA's per-view targets
+        if cells.get("mosleft") and cells.get("mosright"):
+            try:
+                views = (float(cells["mosleft"]), float(cells["mosright"]))
+            except ValueError:
+                raise UserError(f"{mos_path} row {line}: left/right-view MOS '{cells['mosleft']}', "
+                                f"'{cells['mosright']}' are not numbers") from None
         session = cells.get("session", "")
         position = waterloo_structure(layout, offsets[i]) if offsets is not None else None
         ltype, rtype = _wl_type(cells.get("lefttype", "")), _wl_type(cells.get("righttype", ""))
@@ -619,6 +631,7 @@ def load_waterloo3d(root, manifest=None, name="waterloo3d_phase1") -> list[Stere
                 content=references[i],
                 distortion=kind,
                 symmetric=symmetric,
+                view_scores=views,
             )
         )
     return pairs

@@ -19,6 +19,13 @@ BatchNorm2d after the pool, as in the original):
 forward(left, right) -> (global, left, right, stereo), each of shape (B,). Trained with
 L1 on all four: 2 * L1(global, score) + L1(left, left view score) + L1(right, right view
 score) + L1(stereo, score) (the weights of the authors' train.py). 10,389,956 parameters.
+Optional NSS head (not in the original; `MultiScore(nss_head=True)`, built when
+train.nss_weight > 0, docs/models.md#multiscore): nss_head, a linear 1536 -> 108 on
+ReLU(cat(f_R, f_L, f_S)), the fused vector the global head reads (its fc1 input: the one
+vector where the three streams meet, as bourbia2021's NSS task reads its fused vector); the
+forward then returns (global, left, right, stereo, nss), and the network has 10,389,956 +
+1536 * 108 + 108 = 10,555,952 parameters. Without it the network, its forward and its
+initialisation are the original's.
 Input: 32x32 RGB patches, non-overlapping (corners range(0, H - 32, 32), the original's
 exclusive bound), intensities / 255 and nothing else (torchvision's to_tensor).
 
@@ -36,6 +43,8 @@ from torch import nn
 import torch.nn.functional as F
 
 from siqa.models.spec import InputSpec
+
+NSS_DIM = 108  # the NSS targets of siqa.nss (bourbia2021's task 1)
 
 
 def _conv(cin, cout):
@@ -78,9 +87,15 @@ class GlobalHead(nn.Module):
         self.fc2 = nn.Linear(1024, 512)
         self.fc3 = nn.Linear(512, 1)
 
-    def forward(self, f_left, f_right, f_stereo):
-        x = F.relu(torch.cat((f_right, f_left, f_stereo), dim=1))  # the original's order
+    def fuse(self, f_left, f_right, f_stereo):
+        """ReLU(cat(f_R, f_L, f_S)) (1536): the fused vector (also what the NSS head reads)."""
+        return F.relu(torch.cat((f_right, f_left, f_stereo), dim=1))  # the original's order
+
+    def score(self, x):
         return F.relu(self.fc3(F.relu(self.fc2(self.fc1(x))))).squeeze(-1)
+
+    def forward(self, f_left, f_right, f_stereo):
+        return self.score(self.fuse(f_left, f_right, f_stereo))
 
 
 class MultiScore(nn.Module):
@@ -88,15 +103,25 @@ class MultiScore(nn.Module):
                      outputs=("quality", "left", "right", "stereo"),
                      loss_weights=(("quality", 2.0), ("left", 1.0), ("right", 1.0), ("stereo", 1.0)))
 
-    def __init__(self):
+    def __init__(self, nss_head: bool = False):
         super().__init__()
         self.stream_left = Stream(3)
         self.stream_right = Stream(3)
         self.stream_stereo = Stream(6)
         self.head = GlobalHead()
+        self.nss_head = None
+        if nss_head:  # built last: the other layers draw the same initial weights as without it
+            self.spec = type(self).spec.with_nss()
+            # Linear, as bourbia2021's NSS output layer (nss_fc2): the 108 targets are a
+            # regression read off the shared fused vector, which the quality task must shape;
+            # a deeper head would let the NSS task learn on its own, away from the global head.
+            self.nss_head = nn.Linear(3 * 512, NSS_DIM)
 
     def forward(self, left, right):
         f_l, q_l = self.stream_left(left)
         f_r, q_r = self.stream_right(right)
         f_s, q_s = self.stream_stereo(torch.cat((left, right), dim=1))
-        return self.head(f_l, f_r, f_s), q_l, q_r, q_s
+        if self.nss_head is None:
+            return self.head(f_l, f_r, f_s), q_l, q_r, q_s
+        fused = self.head.fuse(f_l, f_r, f_s)
+        return self.head.score(fused), q_l, q_r, q_s, self.nss_head(fused)

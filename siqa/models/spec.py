@@ -22,11 +22,14 @@ targets of the outputs it names, and siqa/engine.py weighs one L1 loss per outpu
               is always "quality" (the image score is the mean of its patch values). Targets:
                 quality, stereo  the pair's score
                 left, right      the per-view scores (a database that carries them)
-                nss              the 108 NSS targets (weight train.nss_weight)
+                nss              the 108 NSS targets (weight train.nss_weight): bourbia2021's
+                                 task 1, or the optional NSS head of multiscore and
+                                 stereoqanet (built with nss_head=True, their spec then an
+                                 instance attribute: `with_nss()` of the class's)
               loss = sum over outputs of weight * L1(output, target), weights from
               `loss_weights` (1 where not named; nss always train.nss_weight).
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 GRIDS = ("exclusive", "inclusive", "cover")
 NORMALISATIONS = ("local", "unit", "standardise")
@@ -57,6 +60,10 @@ class InputSpec:
     @property
     def needs_view_scores(self) -> bool:
         return any(o in VIEW_OUTPUTS for o in self.outputs)
+
+    def with_nss(self) -> "InputSpec":
+        """This spec with the `nss` output appended (a network built with its NSS head)."""
+        return self if self.predicts_nss else replace(self, outputs=self.outputs + ("nss",))
 
     def as_dict(self) -> dict:
         return {"patch": self.patch, "stride": self.stride, "grid": self.grid,

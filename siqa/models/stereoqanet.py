@@ -15,7 +15,13 @@ Layout (every conv 3x3 'same'; ELU after every conv and fc6/fc7; pools 2x2 max):
     head: fc6 512 ELU dropout 0.35 -> fc7 512 ELU dropout 0.5
     cat(a, b, c, d) (2048) -> fc8 1024 (linear) -> fc9 1 (linear) = patch score
 
-8,821,313 parameters (the Keras summary's count). The image score is the mean over its
+8,821,313 parameters (the Keras summary's count).
+
+Optional NSS head (not in the original; `StereoQANet(nss_head=True)`, built when
+train.nss_weight > 0, docs/models.md#stereoqanet): nss_head, a linear 2048 -> 108 on
+cat(a, b, c, d), the fused features fc8 reads; the forward then returns (score, nss) and
+the network has 8,821,313 + 2048 * 108 + 108 = 9,042,605 parameters. Without it the
+network, its forward and its initialisation are the original's. The image score is the mean over its
 patches. Input: 32x32 RGB patches, non-overlapping, every whole patch (corners
 range(0, H - 32 + 1, 32): 20 x 11 = 220 a 640x360 view), intensities / 255, then each view
 standardised per pixel and channel, (x - mean) / std, with the mean and (population) std of
@@ -35,6 +41,7 @@ import torch.nn.functional as F
 from siqa.models.spec import InputSpec
 
 PATCH = 32
+NSS_DIM = 108  # the NSS targets of siqa.nss (bourbia2021's task 1)
 
 
 def _conv(cin, cout):
@@ -114,7 +121,7 @@ class StereoQANet(nn.Module):
     spec = InputSpec(patch=PATCH, stride=PATCH, grid="inclusive", channels=3,
                      normalisation="standardise", outputs=("quality",))
 
-    def __init__(self):
+    def __init__(self, nss_head: bool = False):
         super().__init__()
         self.left = ViewStream()
         self.right = ViewStream()
@@ -125,6 +132,13 @@ class StereoQANet(nn.Module):
         for view in ("left", "right"):
             self.register_buffer(f"{view}_mean", torch.zeros(3, PATCH, PATCH))
             self.register_buffer(f"{view}_std", torch.ones(3, PATCH, PATCH))
+        self.nss_head = None
+        if nss_head:  # built last: the other layers draw the same initial weights as without it
+            self.spec = type(self).spec.with_nss()
+            # Linear, as bourbia2021's NSS output layer (nss_fc2): the 108 targets are a
+            # regression read off shared features, which the quality task must shape; a deeper
+            # head would let the NSS task learn on its own, away from the features fc8 reads.
+            self.nss_head = nn.Linear(4 * 512, NSS_DIM)
 
     def set_standardisation(self, left_mean, left_std, right_mean, right_std):
         """The training split's per-pixel statistics of each view ((3, 32, 32) each)."""
@@ -143,4 +157,8 @@ class StereoQANet(nn.Module):
         c2_r, c5_r, b = self.right(right)
         c = self.fusion1(c2_l, c2_r)
         d = self.fusion2(c5_l, c5_r)
-        return (self.fc9(self.fc8(torch.cat((a, b, c, d), dim=1))).squeeze(-1),)
+        fused = torch.cat((a, b, c, d), dim=1)
+        score = self.fc9(self.fc8(fused)).squeeze(-1)
+        if self.nss_head is None:
+            return (score,)
+        return score, self.nss_head(fused)
