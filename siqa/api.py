@@ -6,24 +6,38 @@
     model.score(sbs="pair.png")              -> float (left half = left view)
     model.patch_scores(l, r)                 -> (rows, cols) grid of patch predictions
     model.naturalness(l, r)                  -> Naturalness(predicted, computed): 108 + 108
-    model.lower_better, model.score_range, model.database
+    model.lower_better, model.score_range, model.database, model.name, model.spec
 
-What one call does (the same steps, in the same order, as `predict.py` and `evaluate.py`,
-so the numbers agree to float round-off):
+Every network of siqa.models is served: the checkpoint's `model.name` builds the network
+(siqa.experiment.load_model) and its `spec` (siqa/models/spec.py) says which patches to cut.
+What one call does (the same steps, in the same order, and the same patch functions as
+training's test, `predict.py` and `evaluate.py`, so the numbers agree to float round-off):
 
     path | numpy array | PIL image | tensor            (one pair, or a list of pairs)
-      -> two 8-bit grey views (PIL convert('L'), as files are read for training)
-      -> 32x32 patches, stride 24, the run's local normalisation    (P, 1, 32, 32) x 2
+      -> two 8-bit views as files are read for training: grey (PIL convert('L')), or RGB
+         (PIL convert('RGB')) for a colour network
+      -> patches as the spec asks                                       (P, C, S, S) x 2
+           bourbia2021  grey 32x32, stride 24, the run's local normalisation
+                        (siqa.data.patches.extract_patches)
+           others       spec.patch squares on the spec.grid corners, / 255
+                        (siqa.data.patches.view_patches; StereoQA-Net standardises inside
+                        the network with its training split's statistics)
       -> the network, batches of 128 patches (CPU) / 4096 (GPU)
-           task 2: quality (P,)         task 1: naturalness (P, 108)
+           output 0: quality (P,)         "nss" output (task 1), where there is one: (P, 108)
       -> mean over the pair's patches: the score    |  mean over patches: predicted NSS
       -> in grid order (rows, cols): the patch map  |  siqa.nss on the views: computed NSS
+
+A network with several outputs (Multi-score: quality, left, right, stereo) is scored by its
+first, "quality", as training scores it. A view too small for one patch of the network
+(PAD-Net: 256x256) is a one-line UserError, as in training. `naturalness` needs a network
+that predicts the NSS statistics.
 
 Inputs: a file path; a numpy array H x W (grey) or H x W x 3/4 (RGB/RGBA); a PIL image; a
 tensor H x W or C x H x W (C = 1 or 3). uint8 values are used as they are; float values are
 taken as [0, 1] intensities and rounded to 8 bits (x * 255), because the network only ever
-saw 8-bit views. Colour goes through PIL's convert('L') like a colour file. A list (or a
-4-D array/tensor: N x H x W x C for numpy, N x C x H x W for torch) is a batch of pairs.
+saw 8-bit views. Colour goes through PIL's convert('L') like a colour file for a grey
+network; grey goes through convert('RGB') (three equal channels) for a colour one. A list
+(or a 4-D array/tensor: N x H x W x C for numpy, N x C x H x W for torch) is a batch of pairs.
 
 Patches are streamed: a list of any length is cut, decoded and scored in pieces, but the
 batches the network sees are the same as if every patch had been stacked at once (what
@@ -38,7 +52,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from siqa.data.patches import extract_patches, patch_grid
+from siqa.data.patches import extract_patches, patch_grid, spec_corners, view_patches
 from siqa.errors import UserError
 from siqa.imageio import grey_pil, split_side_by_side
 
@@ -59,24 +73,22 @@ def load(checkpoint, device="auto") -> "StereoIQA":
     device = select_device(device)  # a CUDA device with its index, or a one-line UserError
     state = load_checkpoint(checkpoint, map_location=device, required=("model", "database", "config"))
     cfg = state["config"]
-    from siqa.models import DEFAULT, name_of
+    from siqa.models import name_of
 
-    if name_of(cfg) != DEFAULT:  # the API cuts grey 32x32 patches, the paper network's input
-        raise UserError(f"checkpoint {checkpoint} holds a {name_of(cfg)} network: siqa.load, "
-                        f"predict.py, export.py and the quality maps serve {DEFAULT} checkpoints "
-                        "so far; score it with evaluate.py")
-    network = load_model(state, device, source=checkpoint)
+    network = load_model(state, device, source=checkpoint)  # the network of model.name
     return StereoIQA(network, state["database"], normalisation=cfg["patches"]["normalisation"],
                      device=device, nss=cfg.get("nss"),
                      patch_dtype=getattr(torch, cfg["train"].get("patch_dtype", "float32")),
-                     amp_dtype=amp_dtype_of(cfg, device), source=str(checkpoint))
+                     amp_dtype=amp_dtype_of(cfg, device), source=str(checkpoint),
+                     name=name_of(cfg))
 
 
 @dataclass
 class PairViews:
-    """The two 8-bit grey views of one pair and a name for messages and file names."""
+    """The two 8-bit views of one pair (grey, or RGB for a colour network) and a name for
+    messages and file names."""
 
-    left: np.ndarray  # uint8 H x W
+    left: np.ndarray  # uint8 H x W, or H x W x 3
     right: np.ndarray
     name: str
 
@@ -99,16 +111,19 @@ class Naturalness:
 
 
 class StereoIQA:
-    """A trained stereo IQA network with what is needed to use it: the patch normalisation
-    of its run and the scale of the database it learnt (see the module docstring).
+    """A trained stereo IQA network with what is needed to use it: the patches its `spec`
+    asks for, the patch normalisation of its run and the scale of the database it learnt
+    (see the module docstring).
 
     Any module with forward(left, right) -> (quality (B,), nss (B, K)) on (B, 1, 32, 32)
-    patches can be wrapped, which is how the tests build models with known answers.
+    patches can be wrapped (a module without a `spec` is taken for the paper's network),
+    which is how the tests build models with known answers.
     """
 
     def __init__(self, network, database, normalisation="reference", device="cpu", nss=None,
-                 patch_dtype=torch.float32, amp_dtype=None, source="the model"):
+                 patch_dtype=torch.float32, amp_dtype=None, source="the model", name=None):
         from siqa.experiment import PATCH_C
+        from siqa.models import DEFAULT, MODELS
 
         if normalisation not in PATCH_C:
             raise UserError(f"{source}: unknown patch normalisation {normalisation!r} "
@@ -123,6 +138,10 @@ class StereoIQA:
         self.amp_dtype = amp_dtype
         self.source = source
         self._c = PATCH_C[normalisation]
+        # what the network consumes and predicts (siqa/models/spec.py), as the engine reads it
+        self.spec = getattr(network, "spec", MODELS[DEFAULT].spec)
+        self.name = name or next((n for n, cls in MODELS.items() if type(network) is cls), DEFAULT)
+        self._nss_output = self.spec.outputs.index("nss") if self.spec.predicts_nss else None
 
     # -- what the scores mean -------------------------------------------------------------
     @property
@@ -141,7 +160,7 @@ class StereoIQA:
         return describe_scale(self.database)
 
     def __repr__(self):
-        return (f"StereoIQA({self.source}, database={self.database['name']!r}, "
+        return (f"StereoIQA({self.source}, {self.name}, database={self.database['name']!r}, "
                 f"lower_better={self.lower_better}, device={self.device})")
 
     # -- scoring --------------------------------------------------------------------------
@@ -165,8 +184,9 @@ class StereoIQA:
             yield float(q.mean(dtype=np.float64))
 
     def patch_scores(self, left=None, right=None, *, sbs=None):
-        """The (rows, cols) grid of patch predictions (row-major over the stride-24 patch
-        corners); its mean is the pair's score. A list gives a list of grids."""
+        """The (rows, cols) grid of patch predictions (row-major over the patch corners of
+        the network's spec: stride 24 for the paper's); its mean is the pair's score. A list
+        gives a list of grids."""
         single, pairs = _pairs_of(left, right, sbs)
         grids = [q.astype(np.float64).reshape(grid) for q, _, grid in self._run_pairs(pairs)]
         return grids[0] if single else grids
@@ -177,6 +197,10 @@ class StereoIQA:
         were: OpenCV's grey conversion for files, PIL's for arrays and tensors)."""
         from siqa.nss.features import nss_features
 
+        if self._nss_output is None:
+            raise UserError(f"{self.source} holds a {self.name} network, which predicts no NSS "
+                            "statistics: naturalness needs a network with the NSS task "
+                            "(such as bourbia2021)")
         single, pairs = _pairs_of(left, right, sbs)
         predicted, computed = [], []
         for (_, nss, _), pair in zip(self._run_pairs(pairs), pairs):
@@ -206,14 +230,14 @@ class StereoIQA:
         next_out = 0
         threads = torch.get_num_threads()
         for position, pair in enumerate(pairs):
-            views = pair.views()
+            views = pair.views(channels=self.spec.channels)
             torch.set_num_threads(1)  # per-image ops are small: one thread is faster (measured)
             try:
-                a = extract_patches(views.left, self.patch_dtype, source=views.name, c=self._c)
-                b = extract_patches(views.right, self.patch_dtype, source=views.name, c=self._c)
+                a, grid = self._cut(views.left, views.name)
+                b, _ = self._cut(views.right, views.name)
             finally:
                 torch.set_num_threads(threads)
-            results[position] = [[], [], a.shape[0], patch_grid(*views.left.shape)]
+            results[position] = [[], [], a.shape[0], grid]
             pending.append([position, a, b])
             while sum(item[1].shape[0] for item in pending) >= batch:
                 pending = self._run_batch(pending, batch, results)
@@ -226,6 +250,15 @@ class StereoIQA:
             yield _finish(results.pop(next_out))
             next_out += 1
 
+    def _cut(self, view, name):
+        """(P, C, S, S) patches of one view as the network's spec asks, and their (rows,
+        cols) grid: the functions the training path cuts them with (siqa.data.patches)."""
+        if self.spec.normalisation == "local":  # the paper's network (as split_data)
+            patches = extract_patches(view, self.patch_dtype, source=name, c=self._c)
+            return patches.unsqueeze(1), patch_grid(*view.shape)
+        rows, cols = spec_corners(*view.shape[:2], self.spec)
+        return view_patches(view, self.spec, self.patch_dtype, source=name), (len(rows), len(cols))
+
     def _run_batch(self, pending, n, results):
         """Runs the first n pending patches; returns what is left pending."""
         taken, rest, left_n = [], [], n
@@ -236,8 +269,7 @@ class StereoIQA:
             if k < a.shape[0]:
                 rest.append([position, a[k:], b[k:]])
             left_n -= k
-        quality, nss = self._forward(torch.cat([t[1] for t in taken]).unsqueeze(1),
-                                     torch.cat([t[2] for t in taken]).unsqueeze(1))
+        quality, nss = self._forward(torch.cat([t[1] for t in taken]), torch.cat([t[2] for t in taken]))
         start = 0
         for position, a, _ in taken:
             k = a.shape[0]
@@ -252,7 +284,10 @@ class StereoIQA:
     def _forward(self, left, right):
         dev = self.device
         with torch.autocast(dev.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            quality, nss = self.network(left.to(dev).float(), right.to(dev).float())
+            outputs = self.network(left.to(dev).float(), right.to(dev).float())
+        quality = outputs[0]  # every network's first output is the quality (as the engine scores)
+        nss = (outputs[self._nss_output] if self._nss_output is not None
+               else quality.new_zeros((quality.shape[0], 0)))
         return quality.float().cpu().numpy(), nss.float().cpu().numpy()
 
 
@@ -273,12 +308,18 @@ class PairSource:
         self.left, self.right = left, right
         self.name = name or _describe(left, right)
 
-    def views(self, for_nss=False) -> PairViews:
-        grey = _grey_cv2 if for_nss else grey_pil
-        if self.right is None:
-            lv, rv = split_side_by_side(_as_grey(self.left, "side-by-side image", grey))
+    def views(self, for_nss=False, channels=1) -> PairViews:
+        """8-bit grey views (files: PIL's conversion, OpenCV's `for_nss`), or RGB ones for
+        `channels` 3 (files: PIL convert('RGB'), as the training path reads them)."""
+        if for_nss:
+            read, mode = _grey_cv2, "L"
         else:
-            lv, rv = _as_grey(self.left, "left view", grey), _as_grey(self.right, "right view", grey)
+            read, mode = (grey_pil, "L") if channels == 1 else (_rgb_file, "RGB")
+        if self.right is None:
+            lv, rv = split_side_by_side(_as_view(self.left, "side-by-side image", read, mode))
+        else:
+            lv = _as_view(self.left, "left view", read, mode)
+            rv = _as_view(self.right, "right view", read, mode)
             if lv.shape != rv.shape:
                 raise UserError(f"left/right views differ in size: {_short(self.left)} is "
                                 f"{lv.shape[1]}x{lv.shape[0]}, {_short(self.right)} is "
@@ -289,6 +330,12 @@ class PairSource:
 def _finish(entry):
     quality, nss, _, grid = entry
     return np.concatenate(quality), np.concatenate(nss), grid
+
+
+def _rgb_file(path):
+    from siqa.data.patches import _view_rgb
+
+    return _view_rgb(path)
 
 
 def _grey_cv2(path):
@@ -342,14 +389,15 @@ def _short(x):
     return f"{type(x).__name__} {shape}".strip()
 
 
-def _as_grey(image, what, grey_file=grey_pil) -> np.ndarray:
-    """8-bit grey H x W view of one input (see the module docstring for the rules)."""
+def _as_view(image, what, read_file=grey_pil, mode="L") -> np.ndarray:
+    """8-bit view of one input, grey H x W (`mode` "L") or H x W x 3 ("RGB"), converted as
+    PIL converts (see the module docstring for the rules)."""
     from PIL import Image
 
     if isinstance(image, (str, Path)):
-        return grey_file(image)
+        return read_file(image)
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("L"))
+        return np.asarray(image.convert(mode))
     if isinstance(image, torch.Tensor):
         arr = image.detach().cpu()
         if arr.ndim == 3:
@@ -369,9 +417,9 @@ def _as_grey(image, what, grey_file=grey_pil) -> np.ndarray:
         raise UserError(f"{what}: expected a grey H x W or colour H x W x 3 image "
                         f"(C x H x W for tensors), got shape {tuple(arr.shape)}")
     arr = _to_uint8(arr, what)
-    if arr.ndim == 3:
-        mode = "RGB" if arr.shape[2] == 3 else "RGBA"
-        arr = np.asarray(Image.fromarray(np.ascontiguousarray(arr), mode).convert("L"))
+    given = "L" if arr.ndim == 2 else "RGB" if arr.shape[2] == 3 else "RGBA"
+    if given != mode:
+        arr = np.asarray(Image.fromarray(np.ascontiguousarray(arr), given).convert(mode))
     return np.ascontiguousarray(arr)
 
 

@@ -1,5 +1,9 @@
 """Export the patch-level network for use without this package (TorchScript or ONNX).
 
+The paper's network (bourbia2021) only: a checkpoint of another network of siqa.models is
+refused in one line (its inputs, outputs and metadata would each need their own rules);
+siqa.load, predict.py and evaluate.py score every network.
+
     inputs   left, right : (B, 1, 32, 32) float32 patches, already locally normalised
     outputs  quality     : (B,)      task 2, one prediction per patch pair
              nss         : (B, 108)  task 1, the naturalness statistics per patch pair
@@ -92,6 +96,7 @@ def parse_batch(text):
 def export(checkpoint, fmt, out, batch="dynamic", check=True) -> ExportResult:
     """Export the network of `checkpoint` (a best.pt or last.pt of train.py) to `out`."""
     from siqa.api import load
+    from siqa.models import DEFAULT
 
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
@@ -105,6 +110,10 @@ def export(checkpoint, fmt, out, batch="dynamic", check=True) -> ExportResult:
             raise UserError(f"ONNX export needs the {' and '.join(missing)} package"
                             f"{'s' if len(missing) > 1 else ''}: pip install {' '.join(missing)}")
     model = load(checkpoint, device="cpu")
+    if model.name != DEFAULT:  # the graph and its metadata below are the paper network's
+        raise UserError(f"checkpoint {checkpoint} holds a {model.name} network: export.py serves "
+                        f"{DEFAULT} checkpoints (grey 32x32 patches, quality and nss); score this "
+                        "one with siqa.load, predict.py or evaluate.py")
     network = model.network.to(memory_format=torch.contiguous_format).float().eval()
     module = _Contiguous(network).eval()
     example = _example(2 if batch == "dynamic" else batch, seed=0)

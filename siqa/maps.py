@@ -1,8 +1,10 @@
 """Quality maps: where, and in which view, the model thinks a stereo pair is damaged.
 
-    patch grid (rows, cols): prediction of the 32x32 patch pair whose corner is (24 i, 24 j)
-      -> heatmap(grid, H, W): each pixel = mean of the predictions of the patches covering
-         it (stride 24 < 32: 8-pixel bands are covered by 2 patches, their crossings by 4);
+    patch grid (rows, cols): prediction of the patch pair at corner (y_i, x_j) of the
+      network's spec (the paper's: 32x32 patches at (24 i, 24 j))
+      -> heatmap(grid, H, W, spec): each pixel = mean of the predictions of the patches
+         covering it (the paper's stride 24 < 32: 8-pixel bands are covered by 2 patches,
+         their crossings by 4; PAD-Net's covering 256x256 crops overlap likewise);
          pixels no patch covers (the bottom/right margin left by the patch grid) are NaN
 
     asymmetry: the same network fed one view as both of its inputs
@@ -10,7 +12,11 @@
       (the view whose self-pair scores worse, in the database's direction, carries the damage)
 
     naturalness plot: for each of the 6 statistics, the 18 subbands (level 1..3 x 6
-    orientations), task 1's prediction next to the value computed from the pair
+    orientations), task 1's prediction next to the value computed from the pair (only for
+    a network that predicts them: the others get the quality and asymmetry maps)
+
+Every network gives one score per patch (crop), so the quality and asymmetry maps serve
+all of siqa.models; the views are shown in grey whatever the network read.
 
 Colours: the heatmaps use the database's units, on its score range (widened to the
 predictions if they fall outside it), with red = worse whatever the direction (DMOS:
@@ -25,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from siqa.data.patches import PATCH, STRIDE
+from siqa.data.patches import spec_corners
 from siqa.files import atomic_write
 from siqa.plots import figure_png_bytes
 
@@ -33,17 +39,24 @@ __all__ = ["heatmap", "Asymmetry", "asymmetry", "write_maps", "quality_figure",
            "asymmetry_figure", "naturalness_figure"]
 
 
-def heatmap(grid, height, width) -> np.ndarray:
+def heatmap(grid, height, width, spec=None) -> np.ndarray:
     """(height, width) float64 map: the mean of the patch predictions covering each pixel,
-    NaN where no patch does."""
+    NaN where no patch does. `spec`: the network's (siqa/models/spec.py), the paper's when
+    None."""
+    if spec is None:
+        from siqa.models import DEFAULT, MODELS
+
+        spec = MODELS[DEFAULT].spec
     grid = np.asarray(grid, dtype=np.float64)
+    ys, xs = spec_corners(height, width, spec)
+    size = spec.patch
     total = np.zeros((height, width))
     count = np.zeros((height, width))
     for i in range(grid.shape[0]):
         for j in range(grid.shape[1]):
-            y, x = i * STRIDE, j * STRIDE
-            total[y : y + PATCH, x : x + PATCH] += grid[i, j]
-            count[y : y + PATCH, x : x + PATCH] += 1
+            y, x = ys[i], xs[j]
+            total[y : y + size, x : x + size] += grid[i, j]
+            count[y : y + size, x : x + size] += 1
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
@@ -75,7 +88,7 @@ def asymmetry(model, left=None, right=None, *, sbs=None) -> Asymmetry:
     if not single:
         return [asymmetry(model, p.left, p.right) if p.right is not None
                 else asymmetry(model, sbs=p.left) for p in pairs]
-    views = pairs[0].views()
+    views = pairs[0].views(channels=model.spec.channels)
     self_left, self_right = model.patch_scores([views.left, views.right], [views.left, views.right])
     return Asymmetry(self_left, self_right, model.lower_better)
 
@@ -109,9 +122,9 @@ def _scale(model, *grids):
     return low, high, cmap, f"predicted {kind}, {model.database['name']} scale\n({direction})"
 
 
-def _overlay(ax, view, grid, vmin, vmax, cmap, title):
+def _overlay(ax, view, grid, spec, vmin, vmax, cmap, title):
     ax.imshow(view, cmap="gray", vmin=0, vmax=255)
-    image = ax.imshow(heatmap(grid, *view.shape), cmap=cmap, vmin=vmin, vmax=vmax, alpha=0.55)
+    image = ax.imshow(heatmap(grid, *view.shape, spec), cmap=cmap, vmin=vmin, vmax=vmax, alpha=0.55)
     ax.set_title(title, fontsize=9)
     ax.set_axis_off()
     return image
@@ -124,7 +137,7 @@ def quality_figure(model, views, grid):
     axes = fig.subplots(1, 2)
     score = float(np.mean(grid))
     for ax, view, side in zip(axes, (views.left, views.right), ("left", "right")):
-        image = _overlay(ax, view, grid, vmin, vmax, cmap, f"{side} view")
+        image = _overlay(ax, view, grid, model.spec, vmin, vmax, cmap, f"{side} view")
     fig.suptitle(f"{views.name}: score {score:.4g} (mean of {grid.size} patch pairs)", fontsize=10)
     fig.colorbar(image, ax=list(axes), label=label, shrink=0.9)
     return fig
@@ -136,14 +149,14 @@ def asymmetry_figure(model, views, result: Asymmetry):
     height, width = views.left.shape
     fig = _panels_figure(views, 3, extra=2.8)
     axes = fig.subplots(1, 3)
-    _overlay(axes[0], views.left, result.left, vmin, vmax, cmap,
+    _overlay(axes[0], views.left, result.left, model.spec, vmin, vmax, cmap,
              f"q(L,L): left view vs itself\nmean {result.left.mean():.4g}")
-    image = _overlay(axes[1], views.right, result.right, vmin, vmax, cmap,
+    image = _overlay(axes[1], views.right, result.right, model.spec, vmin, vmax, cmap,
                      f"q(R,R): right view vs itself\nmean {result.right.mean():.4g}")
     fig.colorbar(image, ax=list(axes[:2]), label=label, shrink=0.9)
     diff = result.difference
     axes[2].imshow(views.left, cmap="gray", vmin=0, vmax=255)
-    shown = axes[2].imshow(heatmap(diff, height, width), cmap="magma", vmin=0,
+    shown = axes[2].imshow(heatmap(diff, height, width, model.spec), cmap="magma", vmin=0,
                            vmax=max(float(diff.max()), 1e-12), alpha=0.7)
     axes[2].set_title(f"|q(L,L) - q(R,R)|\nmax {diff.max():.4g}", fontsize=9)
     axes[2].set_axis_off()
@@ -178,18 +191,22 @@ def naturalness_figure(result, name=""):
 
 def write_maps(model, pairs, names, folder):
     """For each (left, right_or_None) pair: <name>_quality.png, _asymmetry.png,
-    _naturalness.png and the raw grids <name>_quality.npy, _self_left.npy, _self_right.npy,
-    _asymmetry.npy in `folder`. Returns the paths written."""
+    _naturalness.png (a network that predicts the NSS statistics) and the raw grids
+    <name>_quality.npy, _self_left.npy, _self_right.npy, _asymmetry.npy in `folder`.
+    Returns the paths written."""
     from siqa.api import PairSource
 
     folder = Path(folder)
     written = []
     for (left, right), name in zip(pairs, names):
         source = PairSource(left, right, None)
-        views = source.views()
-        grid = model.patch_scores(views.left, views.right)
-        result = asymmetry(model, views.left, views.right)
-        nat = model.naturalness(left, right) if right is not None else model.naturalness(sbs=left)
+        scored = source.views(channels=model.spec.channels)  # what the network reads
+        views = scored if model.spec.channels == 1 else source.views()  # shown in grey
+        grid = model.patch_scores(scored.left, scored.right)
+        result = asymmetry(model, scored.left, scored.right)
+        nat = None
+        if model.spec.predicts_nss:
+            nat = model.naturalness(left, right) if right is not None else model.naturalness(sbs=left)
         arrays = {"quality": grid, "self_left": result.left, "self_right": result.right,
                   "asymmetry": result.difference}
         for suffix, array in arrays.items():
@@ -198,9 +215,11 @@ def write_maps(model, pairs, names, folder):
             atomic_write(folder / f"{name}_{suffix}.npy", buf.getvalue())
             written.append(folder / f"{name}_{suffix}.npy")
         views.name = name
-        for suffix, fig in (("quality", quality_figure(model, views, grid)),
-                            ("asymmetry", asymmetry_figure(model, views, result)),
-                            ("naturalness", naturalness_figure(nat, name))):
+        figures = [("quality", quality_figure(model, views, grid)),
+                   ("asymmetry", asymmetry_figure(model, views, result))]
+        if nat is not None:
+            figures.append(("naturalness", naturalness_figure(nat, name)))
+        for suffix, fig in figures:
             atomic_write(folder / f"{name}_{suffix}.png", figure_png_bytes(fig))
             written.append(folder / f"{name}_{suffix}.png")
     return written

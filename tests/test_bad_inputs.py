@@ -309,9 +309,9 @@ def newer_checkpoint(tmp, ckpt):
     return tmp / "newer.pt"
 
 
-def other_network_checkpoint(tmp, ckpt):
-    """A StereoQA-Net checkpoint (its own weights and model.name), which the API's grey
-    32x32 patches cannot feed."""
+def other_network_checkpoint(tmp, ckpt, name="stereoqanet"):
+    """A checkpoint of another network (its own weights and model.name): export.py serves
+    the paper's network only."""
     import copy
 
     from siqa.checkpoint import load_checkpoint, save_checkpoint
@@ -319,20 +319,22 @@ def other_network_checkpoint(tmp, ckpt):
 
     state = load_checkpoint(ckpt[2])
     cfg = copy.deepcopy(state["config"])
-    cfg.setdefault("model", {})["name"] = "stereoqanet"
-    save_checkpoint(tmp / "sqa.pt", dict(state, config=cfg, model=create_model("stereoqanet").state_dict()))
-    return tmp / "sqa.pt"
+    cfg.setdefault("model", {})["name"] = name
+    save_checkpoint(tmp / f"{name}.pt", dict(state, config=cfg, model=create_model(name).state_dict()))
+    return tmp / f"{name}.pt"
 
 
-def other_network_predict(tmp, db, ckpt):
+def views_smaller_than_padnet_crops_predict(tmp, db, ckpt):
+    """PAD-Net's 256x256 crops on 48x40 views: refused as training refuses them."""
     left, right = _good(tmp)
-    return Case("predict.py", ["--checkpoint", other_network_checkpoint(tmp, ckpt), left, right],
-                ("sqa.pt", "stereoqanet", "evaluate.py"))
+    return Case("predict.py", ["--checkpoint", other_network_checkpoint(tmp, ckpt, "padnet"), left, right],
+                ("48x40", "256x256", "v_l.png"))
 
 
 def other_network_export(tmp, db, ckpt):
     return Case("export.py", ["--checkpoint", other_network_checkpoint(tmp, ckpt), "--format", "torchscript",
-                              "--out", tmp / "out" / "m.pt"], ("sqa.pt", "stereoqanet"), [tmp / "out"])
+                              "--out", tmp / "out" / "m.pt"], ("stereoqanet.pt", "stereoqanet", "bourbia2021"),
+                [tmp / "out"])
 
 
 def empty_checkpoint_predict(tmp, db, ckpt):
@@ -443,7 +445,7 @@ CASES = [
     side_by_side_too_narrow_predict, manifest_without_view_columns_predict,
     manifest_missing_image_predict, maps_to_unwritable_folder_predict, empty_checkpoint_predict,
     truncated_checkpoint_evaluate, newer_checkpoint_predict, newer_checkpoint_export,
-    other_network_predict, other_network_export,
+    views_smaller_than_padnet_crops_predict, other_network_export,
     empty_checkpoint_matrix, truncated_checkpoint_export, export_to_unwritable_folder,
     compare_missing_run, compare_unfinished_run, compare_runs_on_different_splits,
     split_file_of_another_database,

@@ -31,6 +31,29 @@ def test_heatmap_averages_overlapping_patches_and_leaves_the_margin_empty():
     assert np.isnan(got[-1, -1]) and not np.isnan(got[24 * 2 + 31, 24 * 3 + 31])
 
 
+@pytest.mark.parametrize("name", ["stereoqanet", "padnet"])
+def test_heatmap_follows_the_patches_of_the_networks_spec(name):
+    """StereoQA-Net's every whole 32x32 patch (stride 32) and PAD-Net's covering 256x256
+    crops (which overlap): the mean over the patches that contain each pixel, by definition."""
+    from siqa.models import MODELS
+
+    spec = MODELS[name].spec
+    height, width = (70, 100) if name == "stereoqanet" else (260, 300)
+    ys = [y for y in range(height) if y + spec.patch <= height][:: spec.stride] if name == "stereoqanet" else [0, 4]
+    xs = [x for x in range(width) if x + spec.patch <= width][:: spec.stride] if name == "stereoqanet" else [0, 44]
+    grid = np.random.default_rng(2).normal(size=(len(ys), len(xs)))
+    got = heatmap(grid, height, width, spec)
+    want = np.full((height, width), np.nan)
+    for y in range(height):
+        for x in range(width):
+            hits = [grid[i, j] for i, y0 in enumerate(ys) for j, x0 in enumerate(xs)
+                    if y0 <= y < y0 + spec.patch and x0 <= x < x0 + spec.patch]
+            if hits:
+                want[y, x] = np.mean(hits)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    assert np.isnan(got).any() == (name == "stereoqanet")  # the crops cover the whole view
+
+
 class GradientEnergy(torch.nn.Module):
     """A hand-made 'network' with a known answer: quality = 100 - 1000 * mean squared
     horizontal difference of the two patches (DMOS-like: less detail is worse). A Gaussian

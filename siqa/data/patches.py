@@ -168,6 +168,27 @@ def _view_rgb(path, half=None):
     return rgb[:, :w] if half == 0 else rgb[:, w : 2 * w]
 
 
+def spec_corners(height: int, width: int, spec):
+    """(row corners, column corners) of the patches `spec` cuts from a height x width view."""
+    return (corners(height, spec.patch, spec.stride, spec.grid),
+            corners(width, spec.patch, spec.stride, spec.grid))
+
+
+def view_patches(view, spec, dtype=torch.float32, source=None) -> torch.Tensor:
+    """(P, C, S, S) patches of one uint8 view (H x W grey, or H x W x 3 RGB for
+    `spec.channels` 3) on the spec's corners, row-major, intensities / 255: what
+    `view_patch_set` cuts for training and siqa.api for scoring."""
+    size, c = spec.patch, spec.channels
+    h, w = view.shape[:2]
+    ys, xs = spec_corners(h, w, spec)
+    if not ys or not xs:
+        raise UserError(f"image{_of(source)} has a {w}x{h} view: too small for one "
+                        f"{size}x{size} patch of this network")
+    x = torch.from_numpy(np.array(view, dtype=np.uint8)).to(torch.float32) / 255.0
+    x = x.reshape(h, w, c).permute(2, 0, 1)
+    return torch.stack([x[:, y : y + size, x0 : x0 + size] for y in ys for x0 in xs]).to(dtype)
+
+
 def view_patch_set(pairs, spec, progress=True, dtype=torch.float32) -> PatchSet:
     """The patches a network's `spec` asks for when it is not the paper's local
     normalisation: `spec.channels` (grey: PIL 'L'; RGB: PIL 'RGB', three equal channels for a
@@ -187,14 +208,12 @@ def view_patch_set(pairs, spec, progress=True, dtype=torch.float32) -> PatchSet:
             if lv.shape != rv.shape:
                 raise UserError(f"left/right views differ in size: {p.left}, {p.right}")
         h, w = lv.shape[:2]
-        ys, xs = corners(h, size, spec.stride, spec.grid), corners(w, size, spec.stride, spec.grid)
+        ys, xs = spec_corners(h, w, spec)
         if not ys or not xs:
             raise UserError(f"image {p.left} has a {w}x{h} view: too small for one "
                             f"{size}x{size} patch of this network")
-        for view, out in ((lv, lefts), (rv, rights)):
-            x = torch.from_numpy(np.array(view, dtype=np.uint8)).to(torch.float32) / 255.0
-            x = x.reshape(h, w, c).permute(2, 0, 1)
-            out.append(torch.stack([x[:, y : y + size, x0 : x0 + size] for y in ys for x0 in xs]).to(dtype))
+        lefts.append(view_patches(lv, spec, dtype))
+        rights.append(view_patches(rv, spec, dtype))
         counts.append(len(ys) * len(xs))
     pair_index = torch.repeat_interleave(torch.arange(len(pairs), dtype=torch.int64),
                                          torch.tensor(counts, dtype=torch.int64))
