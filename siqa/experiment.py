@@ -332,6 +332,11 @@ def split_run(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resume,
         # On the CPU whatever the device: the RNG states must stay CPU byte tensors;
         # load_state_dict moves the weights and the optimizer state to the device.
         state = load_checkpoint(run_dir / "last.pt", map_location="cpu")
+        if model_kwargs(cfg).get("nss_head") and "nss_head.weight" not in state["model"]:
+            raise UserError(f"--resume: {run_dir / 'last.pt'} has no NSS head: it was written "
+                            f"before train.nss_weight had an effect on model.name={name_of(cfg)} "
+                            "(its recorded value was ignored); evaluate.py reads it, but a resume "
+                            "would train another network: retrain")
         model.load_state_dict(state["model"])
         load_optimizer_state(optimizer, state["optimizer"])
         if scheduler is not None:

@@ -10,6 +10,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 from siqa import config
 from siqa.engine import SplitData, joint_loss
@@ -170,3 +171,29 @@ def test_train_stereoqanet_with_an_nss_weight(tiny_manifest, tmp_path):
     got, want = model(x, x.flip(-1)), rebuilt.eval()(x, x.flip(-1))
     assert len(got) == 2 and got[1].shape == (4, 108)
     assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+def test_resuming_a_run_from_before_the_head_is_one_line(tiny_manifest, tmp_path):
+    """A stereoqanet run written before train.nss_weight had an effect recorded 25.0 and holds
+    no head: --resume would build the head and fail in load_state_dict (a traceback); it is
+    one line naming last.pt, exit 2, and its checkpoints and reports stay as they were
+    (config.yaml and splits.json are rewritten by every resume before training starts)."""
+    from conftest import run_entry, tiny_overrides
+
+    overrides = tiny_overrides(tiny_manifest, tmp_path, **{"model.name": "stereoqanet",
+                                                          "train.epochs": 1})
+    assert run_entry("train.py", *overrides).returncode == 0
+    saved = tmp_path / "run" / "config.yaml"
+    recorded = yaml.safe_load(saved.read_text())
+    assert recorded["train"]["nss_weight"] == 0.0  # auto, resolved
+    recorded["train"]["nss_weight"] = 25.0  # what the former code recorded
+    saved.write_text(yaml.safe_dump(recorded))
+    kept = ("best.pt", "last.pt", "metrics.json", "predictions.csv")
+    before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.name in kept}
+    assert len(before) == 4
+    proc = run_entry("train.py", "--resume", f"out_dir={tmp_path / 'run'}", "train.epochs=2")
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "last.pt has no NSS head" in lines[0] and "stereoqanet" in lines[0]
+    after = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.name in kept}
+    assert after == before
