@@ -34,7 +34,7 @@ multiscore and stereoqanet, 256x256 RGB crops for padnet) and targets of its own
 (per-view scores for multiscore; NSS targets, weight 25, for bourbia2021 only). Optimizer:
 SGD (lr 1e-3, momentum 0.9, weight decay 1e-4) as for the paper's network, Adam over its own
 parameter groups for padnet (its authors' recipe). Batch 128 patch pairs, except padnet:
-4 crops a step on the CPU (a 256x256 RGB crop costs ~200 times a 32x32 patch; --batch sets
+4 crops a step on the CPU (a 256x256 RGB crop costs over 100 times a 32x32 patch; --batch sets
 it). Only the timed steps' patches are held for the other networks; the original loop,
 validation and epoch projections are the paper's network's alone.
 
@@ -306,7 +306,7 @@ def print_models(rows, args):
         print(f"{r['model'] + mark:<13}{r['input']:>11}{r['batch']:>7}{r['rate']:>15.1f}"
               f"{r['ms_per_step']:>10.1f}{r['peak_host_mib']:>15.0f}")
     if any(r["model"] in CPU_BATCH and r["batch"] != BATCH for r in rows):
-        print("* a small batch of 256x256 RGB crops (a crop is ~200 times the work of a 32x32 "
+        print("* a small batch of 256x256 RGB crops (a crop is over 100 times the work of a 32x32 "
               "patch): its patch pairs/s are crop pairs/s")
 
 
