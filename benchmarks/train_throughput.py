@@ -26,13 +26,25 @@ the project's figures (patch_pairs_per_s, step, precision, device, ...); with --
 original loop is not run unless --original is given (benchmarks/gpu_check.py runs one
 variant per call this way).
 
+--model NAME times another network of siqa.models.MODELS (default bourbia2021, the paper's;
+`all`: every network, each in its own process, one row each in one table) through the same
+step train.py runs: siqa.engine.TrainStep / joint_loss with the network's own spec, on
+synthetic patches of its own size and channels (32x32 grey for bourbia2021, 32x32 RGB for
+multiscore and stereoqanet, 256x256 RGB crops for padnet) and targets of its own outputs
+(per-view scores for multiscore; NSS targets, weight 25, for bourbia2021 only). Optimizer:
+SGD (lr 1e-3, momentum 0.9, weight decay 1e-4) as for the paper's network, Adam over its own
+parameter groups for padnet (its authors' recipe). Batch 128 patch pairs, except padnet:
+4 crops a step on the CPU (a 256x256 RGB crop costs over 100 times a 32x32 patch; --batch sets
+it). Only the timed steps' patches are held for the other networks; the original loop,
+validation and epoch projections are the paper's network's alone.
+
 With --splits N, N models train at once on the same patches, a step of each in turn, as
 train.concurrent_repeats=true runs the N content splits (siqa.concurrent: on CUDA a stream
 and a generator state per split); the project's rate is then the sum over the N splits.
 
-    python benchmarks/train_throughput.py [--device cpu|cuda] [--step eager|compile|graph]
+    python benchmarks/train_throughput.py [--model NAME|all] [--device cpu|cuda] [--step eager|compile|graph]
         [--precision fp32|tf32|bf16] [--steps 20] [--min-seconds S] [--splits 1] [--json PATH]
-        [--full-epoch]
+        [--batch N] [--full-epoch]
 """
 import argparse
 import json
@@ -45,22 +57,36 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 PAIRS, PATCHES_PER_PAIR, VAL_PAIRS, BATCH = 365, 364, 73, 128
+DEFAULT_MODEL = "bourbia2021"
+CPU_BATCH = {"padnet": 4}  # 256x256 crops: a small batch keeps a CPU step near a second
+ADAM = {"padnet"}  # the authors' optimizer (main_live1.py); SGD for the others
 
 
-def synthetic(num_pairs, device, dtype):
+def synthetic(num_pairs, device, dtype, spec=None, per_pair=PATCHES_PER_PAIR, nss_dim=108):
+    """num_pairs pairs of `per_pair` patches each, of the spec's size and channels (the
+    paper's 1x32x32 without a spec), with the targets of the spec's outputs."""
     import torch
 
     from siqa.engine import SplitData
 
+    channels, size = (spec.channels, spec.patch) if spec else (1, 32)
     g = torch.Generator().manual_seed(0)
-    n = num_pairs * PATCHES_PER_PAIR
+    n = num_pairs * per_pair
     return SplitData(
-        left=(0.1 * torch.randn(n, 1, 32, 32, generator=g)).to(dtype),
-        right=(0.1 * torch.randn(n, 1, 32, 32, generator=g)).to(dtype),
-        pair_index=torch.arange(num_pairs).repeat_interleave(PATCHES_PER_PAIR),
+        left=(0.1 * torch.randn(n, channels, size, size, generator=g)).to(dtype),
+        right=(0.1 * torch.randn(n, channels, size, size, generator=g)).to(dtype),
+        pair_index=torch.arange(num_pairs).repeat_interleave(per_pair),
         score=60 * torch.rand(num_pairs, generator=g),
-        nss=torch.rand(num_pairs, 108, generator=g),
+        nss=torch.rand(num_pairs, nss_dim, generator=g),
+        views=60 * torch.rand(num_pairs, 2, generator=g) if spec and spec.needs_view_scores else None,
     ).to(device)
+
+
+def batch_of(args, device):
+    """--batch, else 128 patch pairs (padnet: 4 crops on the CPU)."""
+    if args.batch:
+        return args.batch
+    return CPU_BATCH.get(args.model, BATCH) if device.type == "cpu" else BATCH
 
 
 def sync(device):
@@ -84,17 +110,17 @@ def set_numerics(precision, device):
     return (torch.bfloat16 if precision == "bf16" else None), numerics
 
 
-def timed_chunks(epoch, order, first, steps, min_seconds, device):
+def timed_chunks(epoch, order, first, steps, min_seconds, device, batch=BATCH):
     """Run chunks of `steps` steps of `order`, from its step `first` on (wrapping round to
     its start), until at least `steps` steps and `min_seconds` have passed; returns (steps,
     seconds). Each chunk ends with its losses read back, so the clock stops on finished work."""
-    batches = len(order) // BATCH
+    batches = len(order) // batch
     if batches < steps:
         raise SystemExit(f"{batches} batches of data, fewer than --steps {steps}: raise --pairs")
     done, t0 = 0, time.perf_counter()
     while done < steps or time.perf_counter() - t0 < min_seconds:
         start = (first + done) % (batches - steps + 1)
-        epoch(order[BATCH * start : BATCH * (start + steps)])
+        epoch(order[batch * start : batch * (start + steps)])
         done += steps
     sync(device)
     return done, time.perf_counter() - t0
@@ -105,21 +131,32 @@ def run_project(args, device):
 
     from siqa.concurrent import finish, interleave
     from siqa.engine import TrainStep, epoch_order, epoch_steps, predict_pairs
-    from siqa.model import MultiTaskSIQA
+    from siqa.experiment import make_optimizer
+    from siqa.models import MODELS, create_model
 
     torch.manual_seed(0)
-    data = synthetic(args.pairs, device, getattr(torch, args.patch_dtype))  # shared by the splits
+    paper = args.model == DEFAULT_MODEL
+    spec, batch = MODELS[args.model].spec, batch_of(args, device)
+    nss_weight = 25.0 if spec.predicts_nss else 0.0
+    dtype = getattr(torch, args.patch_dtype)
+    if paper:  # a LIVE-Phase-I-sized database (--pairs), shared by the splits
+        data = synthetic(args.pairs, device, dtype)
+    else:  # the timed steps' patches, one pair each
+        data = synthetic(batch * (args.warmup + args.steps), device, dtype, spec, 1,
+                         108 if spec.predicts_nss else 0)
     amp, numerics = set_numerics(args.precision, device)
+    recipe = {"optimizer": "adam" if args.model in ADAM else "sgd", "lr": 1e-3,
+              "momentum": 0.9, "weight_decay": 1e-4}
     splits = []  # (model, optimizer, step) of each split trained at once
     for _ in range(args.splits):
-        model = MultiTaskSIQA().to(device).to(memory_format=torch.channels_last)  # train.channels_last
-        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
-        splits.append((model, opt, TrainStep(args.step, model, opt, BATCH, 25.0, amp,
+        model = create_model(args.model).to(device).to(memory_format=torch.channels_last)  # train.channels_last
+        opt = make_optimizer(model, recipe)  # as train.py builds it (train.optimizer, train.lr)
+        splits.append((model, opt, TrainStep(args.step, model, opt, batch, nss_weight, amp,
                                              concurrent=args.splits > 1)))  # as train.py builds them
     model, opt, step = splits[0]
 
     def epoch(order):  # every split one pass over `order`, a step of each in turn
-        runs = [epoch_steps(m, o, data, order, BATCH, 25.0, amp, step=s) for m, o, s in splits]
+        runs = [epoch_steps(m, o, data, order, batch, nss_weight, amp, step=s) for m, o, s in splits]
         if len(runs) == 1:
             finish(runs[0])  # as train.py runs a split alone
         else:
@@ -127,12 +164,17 @@ def run_project(args, device):
 
     order = epoch_order(data.num_patches, 0, 0).to(device)
     t0 = time.perf_counter()
-    epoch(order[: BATCH * args.warmup])  # compiles or captures on the first step
+    epoch(order[: batch * args.warmup])  # compiles or captures on the first step
     sync(device)
     warmup_s = time.perf_counter() - t0
-    steps, seconds = timed_chunks(epoch, order, args.warmup, args.steps, args.min_seconds, device)
-    rate = args.splits * steps * BATCH / seconds  # all splits together
+    steps, seconds = timed_chunks(epoch, order, args.warmup, args.steps, args.min_seconds, device, batch)
+    rate = args.splits * steps * batch / seconds  # all splits together
+    timing = {"timed_steps": steps, "timed_s": seconds, "batch": batch,
+              "ms_per_step": 1000 * seconds / steps, "model": args.model,
+              "input": f"{spec.channels}x{spec.patch}x{spec.patch}", **numerics}
     val_s = None
+    if not paper:
+        return rate, None, None, warmup_s, timing
     if args.val_pairs:
         val = synthetic(args.val_pairs, device, getattr(torch, args.patch_dtype))
         predict_pairs(model, val, amp_dtype=amp, scorer=step.scorer)
@@ -149,7 +191,7 @@ def run_project(args, device):
             predict_pairs(model, val, amp_dtype=amp, scorer=step.scorer)
         sync(device)
         epoch_s = time.perf_counter() - t0
-    return rate, val_s, epoch_s, warmup_s, {"timed_steps": steps, "timed_s": seconds, **numerics}
+    return rate, val_s, epoch_s, warmup_s, timing
 
 
 def run_original(args, device):
@@ -199,7 +241,8 @@ def run_original(args, device):
     return BATCH * args.steps / (time.perf_counter() - t0), None, None, None, {}
 
 
-def child(args):
+def measure(args):
+    """One variant of one network, in this process: the figures as a dict (a table row)."""
     import torch
 
     from siqa.engine import select_device
@@ -211,16 +254,70 @@ def child(args):
         torch.set_num_threads(args.threads)
     rate, val_s, epoch_s, warmup_s, timing = (run_project if args.variant == "project"
                                       else run_original)(args, device)
-    out = {"rate": rate, "val_s": val_s, "epoch_s": epoch_s, "warmup_s": warmup_s,
-           "peak_host_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-           "peak_gpu_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
-           "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-           "threads": torch.get_num_threads(), **timing}
-    print("RESULT " + json.dumps(out))
+    return {"rate": rate, "val_s": val_s, "epoch_s": epoch_s, "warmup_s": warmup_s,
+            "peak_host_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_gpu_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "threads": torch.get_num_threads(), **timing}
 
 
-def main():
+def measure_models(models, **settings):
+    """The project's step of each network of `models`, in this process (the test's way in;
+    the script runs each network in its own process): one row per network. `settings` are
+    the command line's options by their argparse names (steps=1, pairs=1, ...)."""
+    rows = []
+    for name in models:
+        args = make_parser().parse_args([])
+        vars(args).update(settings, model=name, variant="project")
+        if args.min_seconds is None:
+            args.min_seconds = 0.0
+        rows.append(measure(args))
+    return rows
+
+
+def child(args):
+    print("RESULT " + json.dumps(measure(args)))
+
+
+def run_child(variant, model):
+    """This script with `--variant VARIANT --model MODEL` in its own process: its figures."""
+    argv = [a for a in sys.argv[1:]]
+    if "--model" in argv:  # --model all -> one network per process
+        i = argv.index("--model")
+        del argv[i : i + 2]
+    argv = [a for a in argv if not a.startswith("--model=")]
+    cmd = [sys.executable, __file__, "--variant", variant, "--model", model] + argv
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    if proc.returncode or not line:
+        sys.exit(f"{variant} ({model}) failed:\n{proc.stderr[-2000:]}")
+    return json.loads(line[0][7:])
+
+
+def print_models(rows, args):
+    """One row per network: its input, batch, rate and step time."""
+    r = rows[0]
+    print(f"device: {r['device']} ({r['threads']} threads), {args.precision}, step {args.step}, "
+          f"patches stored as {args.patch_dtype}; {r['timed_steps']} timed steps after "
+          f"{args.warmup} warm-up steps; each network in its own process")
+    print(f"{'network':<13}{'input':>11}{'batch':>7}{'patch pairs/s':>15}{'ms/step':>10}{'peak host MiB':>15}")
+    for r in rows:
+        mark = "*" if r["model"] in CPU_BATCH and r["batch"] != BATCH else ""
+        print(f"{r['model'] + mark:<13}{r['input']:>11}{r['batch']:>7}{r['rate']:>15.1f}"
+              f"{r['ms_per_step']:>10.1f}{r['peak_host_mib']:>15.0f}")
+    if any(r["model"] in CPU_BATCH and r["batch"] != BATCH for r in rows):
+        print("* a small batch of 256x256 RGB crops (a crop is over 100 times the work of a 32x32 "
+              "patch): its patch pairs/s are crop pairs/s")
+
+
+def make_parser():
+    from siqa.models import MODELS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=DEFAULT_MODEL, choices=[*MODELS, "all"],
+                        help="the network timed (siqa.models.MODELS); all = every one, one row each")
+    parser.add_argument("--batch", type=int, default=0,
+                        help="patch pairs a step (0: 128; padnet 4 on the CPU)")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     parser.add_argument("--step", default="eager", choices=["eager", "compile", "graph"],
                         help="how the project's step runs (train.step)")
@@ -245,7 +342,13 @@ def main():
     parser.add_argument("--patch-dtype", default="float32", choices=["float32", "float16"])
     parser.add_argument("--full-epoch", action="store_true", help="also time one whole epoch")
     parser.add_argument("--variant", choices=["project", "original"], help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def main():
+    from siqa.models import MODELS
+
+    args = make_parser().parse_args()
     if args.amp:
         args.precision = "bf16"
     if args.min_seconds is None:
@@ -254,26 +357,28 @@ def main():
         sys.exit("--step graph needs --device cuda (CUDA graphs)")
     if args.variant:
         return child(args)
+    if args.model != DEFAULT_MODEL:  # another network, or every one: the table of rates
+        rows = [run_child("project", name) for name in (MODELS if args.model == "all" else [args.model])]
+        print_models(rows, args)
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+        return
     results = {}
     compare = args.original if args.original is not None else args.json is None
     for variant in ("project", "original") if compare else ("project",):
-        cmd = [sys.executable, __file__, "--variant", variant] + sys.argv[1:]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-        if proc.returncode or not line:
-            sys.exit(f"{variant} failed:\n{proc.stderr[-2000:]}")
-        results[variant] = json.loads(line[0][7:])
+        results[variant] = run_child(variant, DEFAULT_MODEL)
     p = results["project"]
-    print(f"device: {p['device']} ({p['threads']} threads), batch {BATCH}, {args.precision}, "
+    print(f"device: {p['device']} ({p['threads']} threads), batch {p['batch']}, {args.precision}, "
           f"step {args.step}, patches stored as {args.patch_dtype}"
           + (f", {args.splits} splits at once (rates summed)" if args.splits > 1 else ""))
     print(f"timed: {p['timed_steps']} steps in {p['timed_s']:.2f} s after the warm-up; cuDNN benchmark "
           f"{'on' if p['cudnn_benchmark'] else 'off'}, TF32 {'on' if p['tf32'] else 'off'}, "
           f"deterministic {'on' if p['deterministic'] else 'off'}")
-    print(f"{'variant':<10}{'patch pairs/s':>16}{'peak host MiB':>16}{'peak GPU MiB':>14}")
+    print(f"{'variant':<10}{'patch pairs/s':>16}{'ms/step':>10}{'peak host MiB':>16}{'peak GPU MiB':>14}")
     for name, r in results.items():
         gpu = "-" if r["peak_gpu_mib"] is None else f"{r['peak_gpu_mib']:.0f}"
-        print(f"{name:<10}{r['rate']:>16.1f}{r['peak_host_mib']:>16.0f}{gpu:>14}")
+        print(f"{name:<10}{r['rate']:>16.1f}{1000 * r.get('batch', BATCH) / r['rate']:>10.1f}{r['peak_host_mib']:>16.0f}{gpu:>14}")
     if "original" in results:
         print(f"ratio project / original: {p['rate'] / results['original']['rate']:.2f}x")
     print(f"first {args.warmup} steps (compile / capture included): {p['warmup_s']:.1f} s")
@@ -291,7 +396,7 @@ def main():
         Path(args.json).write_text(json.dumps({
             "patch_pairs_per_s": p["rate"], "step": args.step, "precision": args.precision,
             "device": args.device, "device_name": p["device"], "threads": p["threads"],
-            "batch": BATCH, "steps": args.steps, "splits": args.splits, "warmup_s": p["warmup_s"],
+            "batch": p["batch"], "steps": args.steps, "splits": args.splits, "warmup_s": p["warmup_s"],
             "timed_steps": p["timed_steps"], "timed_s": p["timed_s"], "min_seconds": args.min_seconds,
             "numerics": {k: p[k] for k in ("deterministic", "tf32", "cudnn_benchmark")},
             "val_patch_pairs_per_s": VAL_PAIRS * PATCHES_PER_PAIR / val_s if val_s else None,

@@ -11,6 +11,7 @@ timeout, 10 minutes, is shorter than a cold cache of a large database takes) and
 small Python objects the ranks exchange (each rank's RNG state for the checkpoint).
 """
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -117,12 +118,20 @@ def configure_run_numerics(cfg, device):
     return numerics
 
 
+@contextmanager
 def use_run_threads(cfg):
     """torch's CPU thread count for evaluating a run's checkpoint in a process of ours
-    (evaluate.py): the run's `train.threads` where it set one (0 leaves torch's default, or
-    what the command line overrides). A CPU convolution splits its float32 sums across
-    threads, so the predictions equal the run's bit for bit only with its count."""
+    (evaluate.py, --matrix), for the duration of the `with` block: the run's `train.threads`
+    where it set one (0 leaves torch's default, or what the command line overrides). A CPU
+    convolution splits its float32 sums across threads, so the predictions equal the run's
+    bit for bit only with its count. Yields the count in force; the caller's count is put
+    back when the block ends (an in-process caller keeps its own threads)."""
+    before = torch.get_num_threads()
     threads = cfg.get("train", {}).get("threads") or 0
     if threads:
         torch.set_num_threads(threads)
-    return torch.get_num_threads()
+    try:
+        yield torch.get_num_threads()
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)

@@ -674,41 +674,41 @@ def evaluate(checkpoint, overrides=(), split="test", out=None, progress=True, lo
     from siqa.engine import select_device
 
     device = select_device(cfg["device"])
-    use_run_threads(cfg)
-    pairs = load_pairs(cfg)
-    # which pairs the checkpoint trained, validated and tested on: by content (siqa.overlap)
-    chosen = evaluation_pairs(pairs, state, split)
-    if split == "test" and chosen.split != "test":
-        log(f"note: not the checkpoint's database (its test split is not in it): "
-            f"evaluating {chosen.describe()}")
-    pairs, split = chosen.pairs, chosen.split.replace(" ", "_")
-    if not pairs:
-        raise UserError("every pair of this database is a training or validation pair of the "
-                        "checkpoint: nothing to evaluate")
-    model = load_model(state, device, source=checkpoint)
-    pred = predict_database(model, pairs, cfg, device, progress=progress)
-    report = score_report(pairs, pred)
-    from siqa.matrix import oriented  # MOS against DMOS, as --matrix: 1 means agreement
+    with use_run_threads(cfg):  # the caller's thread count is back afterwards
+        pairs = load_pairs(cfg)
+        # which pairs the checkpoint trained, validated and tested on: by content (siqa.overlap)
+        chosen = evaluation_pairs(pairs, state, split)
+        if split == "test" and chosen.split != "test":
+            log(f"note: not the checkpoint's database (its test split is not in it): "
+                f"evaluating {chosen.describe()}")
+        pairs, split = chosen.pairs, chosen.split.replace(" ", "_")
+        if not pairs:
+            raise UserError("every pair of this database is a training or validation pair of the "
+                            "checkpoint: nothing to evaluate")
+        model = load_model(state, device, source=checkpoint)
+        pred = predict_database(model, pairs, cfg, device, progress=progress)
+        report = score_report(pairs, pred)
+        from siqa.matrix import oriented  # MOS against DMOS, as --matrix: 1 means agreement
 
-    report["oriented"] = oriented(pred, pairs, state["database"]["higher_is_better"])
-    out = Path(out) if out else Path(checkpoint).parent / f"eval_{cfg['dataset']['name']}_{split}"
-    write_json(out / "metrics.json", {split: report, "evaluated": chosen.describe(),
-                                      "dropped_seen_pairs": chosen.dropped,
-                                      "protocol": protocol.evaluation_card(
-                                          cfg, checkpoint, device, started, report, pairs)})
-    atomic_write_text(out / "predictions.csv", predictions_csv(pairs, pred))
-    from siqa.plots import save_scatter_png
+        report["oriented"] = oriented(pred, pairs, state["database"]["higher_is_better"])
+        out = Path(out) if out else Path(checkpoint).parent / f"eval_{cfg['dataset']['name']}_{split}"
+        write_json(out / "metrics.json", {split: report, "evaluated": chosen.describe(),
+                                          "dropped_seen_pairs": chosen.dropped,
+                                          "protocol": protocol.evaluation_card(
+                                              cfg, checkpoint, device, started, report, pairs)})
+        atomic_write_text(out / "predictions.csv", predictions_csv(pairs, pred))
+        from siqa.plots import save_scatter_png
 
-    save_scatter_png(out / "scatter.png", pred, [p.score for p in pairs],
-                     [p.distortion for p in pairs],
-                     title=f"{cfg['dataset']['name']} ({split}, {len(pairs)} pairs)")
-    log(f"{split}: {len(pairs)} pairs, SROCC {_fmt(report['srocc'])} PLCC {_fmt(report['plcc'])} "
-        f"KROCC {_fmt(report['krocc'])} RMSE {report['rmse']:.3f} -> {out}")
-    if report["oriented"]["flipped"]:
-        log(f"note: the checkpoint predicts {'MOS' if state['database']['higher_is_better'] else 'DMOS'}"
-            f", the database gives the other: oriented SROCC {_fmt(report['oriented']['srocc'])} "
-            f"PLCC {_fmt(report['oriented']['plcc'])} (metrics.json: oriented)")
-    return report, out
+        save_scatter_png(out / "scatter.png", pred, [p.score for p in pairs],
+                         [p.distortion for p in pairs],
+                         title=f"{cfg['dataset']['name']} ({split}, {len(pairs)} pairs)")
+        log(f"{split}: {len(pairs)} pairs, SROCC {_fmt(report['srocc'])} PLCC {_fmt(report['plcc'])} "
+            f"KROCC {_fmt(report['krocc'])} RMSE {report['rmse']:.3f} -> {out}")
+        if report["oriented"]["flipped"]:
+            log(f"note: the checkpoint predicts {'MOS' if state['database']['higher_is_better'] else 'DMOS'}"
+                f", the database gives the other: oriented SROCC {_fmt(report['oriented']['srocc'])} "
+                f"PLCC {_fmt(report['oriented']['plcc'])} (metrics.json: oriented)")
+        return report, out
 
 
 def predict_database(model, pairs, cfg, device, progress=True):

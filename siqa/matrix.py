@@ -86,24 +86,24 @@ def cross_database_matrix(checkpoints, tests, out, overrides=(), progress=False,
         rows.append(row)
         own = config_mod.load_config(overrides=overrides, base=state["config"])
         device = select_device(own["device"])
-        use_run_threads(own)  # the run's arithmetic on the CPU (siqa.distributed)
-        model = load_model(state, device, source=path)  # once per checkpoint
-        for label, (_, dataset) in zip(labels, specs):
-            cfg = config_mod.load_config(overrides=overrides, base=state["config"])
-            cfg["dataset"].update(dataset)
-            cfg["patches"] = state["config"]["patches"]
-            chosen = evaluation_pairs(load_pairs(cfg), state, "test")  # by content
-            if not chosen.pairs:
-                raise UserError(f"--test {label}: every pair is a training or validation pair "
-                                f"of {path}: nothing to score")
-            pred = predict_database(model, chosen.pairs, cfg, device, progress=progress)
-            cell = oriented(pred, chosen.pairs, state["database"]["higher_is_better"])
-            cell.update(train=row, test=label, checkpoint=str(path), mark=chosen.mark,
-                        split=SPLIT_LABELS[chosen.split], dropped_seen_pairs=chosen.dropped)
-            cells.append(cell)
-            log(f"{row} -> {label}: SROCC {_fmt(cell['srocc'])} PLCC {_fmt(cell['plcc'])} "
-                f"({cell['n']} pairs, {chosen.describe()}"
-                f"{', direction flipped' if cell['flipped'] else ''})")
+        with use_run_threads(own):  # the run's arithmetic on the CPU (siqa.distributed)
+            model = load_model(state, device, source=path)  # once per checkpoint
+            for label, (_, dataset) in zip(labels, specs):
+                cfg = config_mod.load_config(overrides=overrides, base=state["config"])
+                cfg["dataset"].update(dataset)
+                cfg["patches"] = state["config"]["patches"]
+                chosen = evaluation_pairs(load_pairs(cfg), state, "test")  # by content
+                if not chosen.pairs:
+                    raise UserError(f"--test {label}: every pair is a training or validation pair "
+                                    f"of {path}: nothing to score")
+                pred = predict_database(model, chosen.pairs, cfg, device, progress=progress)
+                cell = oriented(pred, chosen.pairs, state["database"]["higher_is_better"])
+                cell.update(train=row, test=label, checkpoint=str(path), mark=chosen.mark,
+                            split=SPLIT_LABELS[chosen.split], dropped_seen_pairs=chosen.dropped)
+                cells.append(cell)
+                log(f"{row} -> {label}: SROCC {_fmt(cell['srocc'])} PLCC {_fmt(cell['plcc'])} "
+                    f"({cell['n']} pairs, {chosen.describe()}"
+                    f"{', direction flipped' if cell['flipped'] else ''})")
     result = {"rows": rows, "columns": labels, "cells": cells,
               "note": "correlations oriented so that 1 means agreement (MOS vs DMOS handled); "
                       "raw_* are before orientation; " + MARKS}

@@ -188,6 +188,7 @@ def test_waterloo_xlsx(tmp_path):
     pairs = load_database("waterloo3d_phase1", root=tmp_path)
     assert len(pairs) == 5
     assert [p.score for p in pairs] == [90.0, 40.0, 60.5, 88.0, 30.0]
+    assert [p.view_scores for p in pairs] == [(ml, mr) for *_, ml, mr in WATERLOO]  # multiscore's targets
     assert [p.distortion for p in pairs] == ["pristine", "wn", "blur", "pristine", "jpeg"]
     assert [p.symmetric for p in pairs] == [True, None, None, True, None]  # no levels, no blocks
     assert [p.content for p in pairs] == ["N0001"] * 3 + ["N0004"] * 2

@@ -102,3 +102,22 @@ def test_reports_give_a_scene_interval_only_from_the_stated_scene_count():
             assert low < srocc(x, y) < high and "per_scene" not in got
             assert "simulated coverage" in got["ci95_note"]
         assert None not in got["ci95_pair_level"]["srocc"]
+
+
+def test_pair_interval_undercovers_where_the_scene_interval_is_reported():
+    """ci95_pair_level (pairs resampled as if independent) at 8 test scenes covers the
+    population value far less often than its nominal 95 %."""
+    result = sim.coverage(ks=(8,), sims=60, resamples=300, seed=1, unit="pair")
+    assert result[8]["srocc"] < 0.8 and result[8]["rmse"] < 0.8, result
+
+
+def test_median_interval_covers_the_database_median_at_its_stated_level():
+    """summary.json's median_ci over 10 random splits: its stated coverage is the order
+    statistics' 1 - 2 P(Bin(10, 1/2) <= 1); it holds for the database's own median (the
+    10 per-split values are draws from that database's split distribution), and the
+    population median (over databases too) is covered no more often."""
+    result = sim.median_coverage(ks=(8,), sims=30, reference=30, population=200, seed=1)[8]
+    assert result["stated"] == pytest.approx(1 - 2 * 11 / 1024)
+    for m in ("srocc", "rmse"):
+        assert result[f"{m}, per-database median"] >= 0.9, result
+        assert result[f"{m}, population median"] <= result[f"{m}, per-database median"], result
