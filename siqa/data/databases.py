@@ -586,13 +586,6 @@ def load_waterloo3d(root, manifest=None, name="waterloo3d_phase1") -> list[Stere
             score = float(cells["mos3d"])
         except ValueError:
             raise UserError(f"{mos_path} row {line}: MOS 3D '{cells['mos3d']}' is not a number") from None
-        views = None  # the per-view MOS (left, right), where the table has both columns
-        if cells.get("mosleft") and cells.get("mosright"):
-            try:
-                views = (float(cells["mosleft"]), float(cells["mosright"]))
-            except ValueError:
-                raise UserError(f"{mos_path} row {line}: a view's MOS ('{cells['mosleft']}', "
-                                f"'{cells['mosright']}') is not a number") from None
         rel = _posix(cells["name"])
         if not rel.suffix:
             rel = rel.with_suffix(".png")
