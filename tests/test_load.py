@@ -120,12 +120,7 @@ def test_predict_gives_a_stereoqanet_run_the_scores_of_its_predictions_csv(tiny_
         writer = csv.writer(f)
         writer.writerow(["left", "right"])
         writer.writerows([[str(a), str(b)] for a, b in views])
-    out = tmp_path / "scored.csv"
-    listed = run_entry("predict.py", "--checkpoint", ckpt, "--device", "cpu", "--manifest", manifest,
-                       "--out", out)
-    assert listed.returncode == 0, listed.stderr
-    with open(out, newline="") as f:
-        got = np.array([float(r["prediction"]) for r in csv.DictReader(f)])
+    got = _predict_manifest(ckpt, manifest, tmp_path / "scored.csv")
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
 
     left, right = views[0]
@@ -181,13 +176,10 @@ def test_predict_scores_multiscore_and_padnet_as_evaluate_does(name, size, tmp_p
     database carries the per-view scores Multi-score trains on): predict.py's scores equal
     evaluate.py's path (siqa.experiment.predict_database: the training path's patches and
     batches), and arrays score as their files."""
-    import csv
-
     import torch
     from PIL import Image
 
     import siqa
-    from conftest import run_entry
     from siqa import config
     from siqa.checkpoint import load_checkpoint, save_checkpoint
     from siqa.data.databases import load_csv
@@ -215,12 +207,7 @@ def test_predict_scores_multiscore_and_padnet_as_evaluate_does(name, size, tmp_p
         torch.set_num_threads(threads)  # load_model set the run's numerics
     assert len(set(np.round(want, 6))) == len(pairs)  # distinct scores: a real comparison
 
-    out = tmp_path / "scored.csv"
-    proc = run_entry("predict.py", "--checkpoint", ckpt, "--device", "cpu", "--manifest", manifest,
-                     "--out", out)
-    assert proc.returncode == 0, proc.stderr
-    with open(out, newline="") as f:
-        got = np.array([float(r["prediction"]) for r in csv.DictReader(f)])
+    got = _predict_manifest(ckpt, manifest, tmp_path / "scored.csv")
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
 
     model = siqa.load(ckpt, device="cpu")
@@ -229,3 +216,16 @@ def test_predict_scores_multiscore_and_padnet_as_evaluate_does(name, size, tmp_p
     arrays = model.score(np.asarray(Image.open(left)), np.asarray(Image.open(right)))
     assert arrays == model.score(left, right)
     assert abs(arrays - want[1]) <= 1e-6
+
+
+def _predict_manifest(ckpt, manifest, out):
+    """predict.py --manifest MANIFEST --out OUT on the CPU: the predictions it wrote."""
+    import csv
+
+    from conftest import run_entry
+
+    proc = run_entry("predict.py", "--checkpoint", ckpt, "--device", "cpu", "--manifest", manifest,
+                     "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    with open(out, newline="") as f:
+        return np.array([float(r["prediction"]) for r in csv.DictReader(f)])
