@@ -45,31 +45,15 @@ RECIPES = {
         "paper": {"train.epochs": 500, "train.optimizer": "sgd", "train.lr": 0.001, "train.lr_step": 0,
                   "train.lr_gamma": 0.1, "train.weight_decay": 0.0001, "train.batch_size": 128,
                   "train.nss_weight": 25.0, "patches.normalisation": "reference"},
-        # The paper's optimizer and constant rate; only the normalisation and the epoch count
-        # differ (docs/decisions.md#the-demo-profile, measured by benchmarks/demo_profiles.py).
-        "short": {"train.epochs": 40, "train.optimizer": "sgd", "train.lr": 0.001, "train.lr_step": 0,
-                  "train.lr_gamma": 0.1, "train.weight_decay": 0.0001, "train.batch_size": 128,
-                  "train.nss_weight": 25.0, "patches.normalisation": "contrast"},
     },
     "multiscore": {  # the authors' train.py: SGD 1e-4, momentum 0.9, weight decay 1e-3, batch 128, 100 epochs
         "paper": {"train.epochs": 100, "train.optimizer": "sgd", "train.lr": 0.0001, "train.lr_step": 0,
                   "train.lr_gamma": 0.1, "train.weight_decay": 0.001, "train.batch_size": 128,
                   "train.nss_weight": 0.0},
-        # The demo benchmark's budget (docs/benchmark.md): 100 epochs of SGD 1e-4 barely move in
-        # the ~30 CPU minutes a network gets; Adam 1e-3 for 15 epochs (~5 min a fold on 2 cores)
-        # learns, and the project's weight decay. The same row as stereoqanet's.
-        "short": {"train.epochs": 15, "train.optimizer": "adam", "train.lr": 0.001, "train.lr_step": 0,
-                  "train.lr_gamma": 0.1, "train.weight_decay": 0.0001, "train.batch_size": 128,
-                  "train.nss_weight": 0.0},
     },
     "stereoqanet": {  # no training script was released and no recipe is known here: this
         # project's values (bourbia2021's paper recipe), not StereoQA-Net's (docs/models.md)
         "paper": {"train.epochs": 500, "train.optimizer": "sgd", "train.lr": 0.001, "train.lr_step": 0,
-                  "train.lr_gamma": 0.1, "train.weight_decay": 0.0001, "train.batch_size": 128,
-                  "train.nss_weight": 0.0},
-        # The demo benchmark's budget (docs/benchmark.md): SGD 1e-3 and Adam 1e-4 left the test
-        # SROCC near 0 after 5-6 epochs of a fold; Adam 1e-3 for 15 epochs learns (~6 min a fold).
-        "short": {"train.epochs": 15, "train.optimizer": "adam", "train.lr": 0.001, "train.lr_step": 0,
                   "train.lr_gamma": 0.1, "train.weight_decay": 0.0001, "train.batch_size": 128,
                   "train.nss_weight": 0.0},
     },
@@ -78,13 +62,27 @@ RECIPES = {
         "paper": {"train.epochs": 300, "train.optimizer": "adam", "train.lr": 0.0001, "train.lr_step": 50,
                   "train.lr_gamma": 0.25, "train.weight_decay": 0.0, "train.batch_size": 16,
                   "train.nss_weight": 0.0},
-        # Not measured: PAD-Net was not trained on the demo (its 256x256 crops need the full-size
-        # demo and a GPU, docs/benchmark.md); the paper recipe cut to 10 epochs
-        "short": {"train.epochs": 10, "train.optimizer": "adam", "train.lr": 0.0001, "train.lr_step": 50,
-                  "train.lr_gamma": 0.25, "train.weight_decay": 0.0, "train.batch_size": 16,
-                  "train.nss_weight": 0.0},
     },
 }
+# The `short` row of each network: its `paper` row with these values changed.
+SHORT_CHANGES = {
+    # The paper's optimizer and constant rate; only the normalisation and the epoch count
+    # differ (docs/decisions.md#the-demo-profile, measured by benchmarks/demo_profiles.py).
+    "bourbia2021": {"train.epochs": 40, "patches.normalisation": "contrast"},
+    # The demo benchmark's budget (docs/benchmark.md): 100 epochs of SGD 1e-4 barely move in
+    # the ~30 CPU minutes a network gets; Adam 1e-3 for 15 epochs (~5 min a fold on 2 cores)
+    # learns, and the project's weight decay. The same row as stereoqanet's.
+    "multiscore": {"train.epochs": 15, "train.optimizer": "adam", "train.lr": 0.001,
+                   "train.weight_decay": 0.0001},
+    # The demo benchmark's budget (docs/benchmark.md): SGD 1e-3 and Adam 1e-4 left the test
+    # SROCC near 0 after 5-6 epochs of a fold; Adam 1e-3 for 15 epochs learns (~6 min a fold).
+    "stereoqanet": {"train.epochs": 15, "train.optimizer": "adam"},
+    # Not measured: PAD-Net was not trained on the demo (its 256x256 crops need the full-size
+    # demo and a GPU, docs/benchmark.md); the paper recipe cut to 10 epochs
+    "padnet": {"train.epochs": 10},
+}
+for _network, _changes in SHORT_CHANGES.items():
+    RECIPES[_network]["short"] = {**RECIPES[_network]["paper"], **_changes}
 AUTO = RECIPES["bourbia2021"]  # the default network's values by profile (as before networks had their own)
 AUTO_KEYS = AUTO["paper"]  # the keys that may be `auto`, and the type each value has
 # patches.normalisation concerns the local patches of bourbia2021 only; another network's run
