@@ -156,11 +156,22 @@ def _finished(run_dir, epochs):
 
 
 def finished(cfg) -> bool:
-    """Every split of the run in out_dir trained its train.epochs and was tested."""
+    """Every split this run trains (train.splits, or all) reached train.epochs and was
+    tested, and a whole run of several splits wrote its summary. The splits are counted in
+    the run's own splits.json: k-fold gives repeats x folds, a split file its own count
+    (not train.repeats, which left a k-fold run's later folds untrained)."""
+    from siqa.data.splits import read_split_file
+
     cfg = config_mod.resolve_auto(cfg)
-    out_dir, n = config_mod.run_dir_of(cfg), cfg["train"]["repeats"]
-    dirs = [out_dir] if n == 1 else [out_dir / f"split_{r}" for r in range(n)]
-    return all(_finished(d, cfg["train"]["epochs"]) for d in dirs)
+    out_dir, epochs = config_mod.run_dir_of(cfg), cfg["train"]["epochs"]
+    if not (out_dir / "splits.json").is_file():  # no split has started
+        return False
+    count = len(read_split_file(out_dir / "splits.json")["splits"])
+    if count == 1:
+        return _finished(out_dir, epochs)
+    whole = cfg["train"]["splits"] is None
+    return (all(_finished(out_dir / f"split_{r}", epochs) for r in chosen_splits(cfg, count))
+            and (not whole or (out_dir / "summary.json").is_file()))
 
 
 def train(cfg, resume=False, dist=Dist(), progress=True, log=print, changes=None):

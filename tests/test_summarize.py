@@ -157,3 +157,24 @@ def test_kfold_parts_merge_with_the_pooled_out_of_fold_report(runs):
     one = json.loads((work / "kone" / "summary.json").read_text())
     assert merged["pooled"]["repetitions"][0]["pairs"] == 30
     assert comparable(merged) == comparable(one)
+
+
+def test_resume_finishes_every_fold_of_a_kfold_run(runs):
+    """A k-fold run with train.repeats=2 has repeats x folds splits: --resume after its first
+    two finished trains the other two and writes the summary (it said 'finished', counting
+    train.repeats splits), then says it is finished."""
+    work, manifest, _ = runs
+    kfold = ("protocol.design=kfold", "protocol.folds=2")
+    out = work / "kresume"
+    train(manifest, work, out, *kfold, "train.splits=[0,1]")
+    assert not (out / "split_2").exists() and not (out / "summary.json").exists()
+    proc = run_entry("train.py", "--resume", f"out_dir={out}")
+    assert proc.returncode == 0, proc.stderr
+    assert "is finished" not in proc.stdout
+    assert "split 3: test" in proc.stdout and "pooled out-of-fold, repetition 1" in proc.stdout
+    assert all((out / f"split_{r}" / "metrics.json").is_file() for r in range(4))
+    assert json.loads((out / "summary.json").read_text())["repeats"] == 4
+    again = run_entry("train.py", "--resume", f"out_dir={out}")
+    assert again.returncode == 0 and "is finished" in again.stdout, again.stderr
+    part = run_entry("train.py", "--resume", f"out_dir={out}", "train.splits=[3]")
+    assert part.returncode == 0 and "is finished" in part.stdout, part.stderr
