@@ -110,17 +110,18 @@ def epoch_order(num_patches, seed, epoch, rank=0, world=1):
 
 def joint_loss(model, data: SplitData, idx, nss_weight, amp_dtype=None, cache_enabled=True,
                spec=MultiTaskSIQA.spec):
-    """(total, quality, nss) L1 losses of the patches `idx`; in float32 under bf16 autocast
+    """(total, quality, nss) losses of the patches `idx`; in float32 under bf16 autocast
     (the outputs are cast up before the loss, so DMOS values are not rounded to bf16).
 
-    One L1 term per output the network's `spec` names (siqa/models/spec.py): for the paper's
+    One term per output the network's `spec` names (siqa/models/spec.py): for the paper's
     network L1(quality) + nss_weight * L1(nss), as always; `nss` is 0 for a network without
-    the NSS task."""
+    the NSS task; the score outputs take `spec.score_loss` (PAD-Net: MSE)."""
     pairs = data.pair_index[idx]
     with torch.autocast(data.left.device.type, dtype=amp_dtype, enabled=amp_dtype is not None,
                         cache_enabled=cache_enabled):
         outputs = model(data.left[idx].float(), data.right[idx].float())
-    loss_q = F.l1_loss(outputs[0].float(), data.score[pairs])
+    score_loss = F.mse_loss if spec.score_loss == "mse" else F.l1_loss
+    loss_q = score_loss(outputs[0].float(), data.score[pairs])
     weight = spec.weight("quality")
     total = loss_q if weight == 1.0 else weight * loss_q
     loss_n = None
@@ -131,7 +132,7 @@ def joint_loss(model, data: SplitData, idx, nss_weight, amp_dtype=None, cache_en
         else:
             target = {"stereo": data.score, "left": data.views[:, 0] if data.views is not None else None,
                       "right": data.views[:, 1] if data.views is not None else None}[name]
-            total = total + spec.weight(name) * F.l1_loss(out.float(), target[pairs])
+            total = total + spec.weight(name) * score_loss(out.float(), target[pairs])
     if loss_n is None:
         loss_n = torch.zeros((), device=loss_q.device)
     return total, loss_q, loss_n

@@ -22,7 +22,8 @@ from siqa import preempt, protocol
 from siqa.data import load_database
 from siqa.data.splits import splits_for_run, write_split_file
 from siqa.data.nss import nss_from_config
-from siqa.data.patches import extract_patch_set, pixel_statistics, view_patch_set
+from siqa.data.patches import (PatchSet, crop_generator, extract_patch_set, pixel_statistics,
+                               random_crops, view_patch_set, whole_views)
 from siqa.distributed import Dist, configure_numerics, configure_run_numerics
 from siqa.concurrent import finish, interleave
 from siqa.engine import SplitData, TrainStep, check_step_mode, epoch_order, epoch_steps, predict_pairs
@@ -70,10 +71,17 @@ def load_pairs(cfg):
 PATCH_C = {"reference": 1.0, "contrast": 1.0 / 255}  # C of (p - mean) / (std + C) on [0, 1]
 
 
-def split_data(pairs, nss, dtype, normalisation, progress=True, spec=MultiTaskSIQA.spec) -> SplitData:
+def split_data(pairs, nss, dtype, normalisation, progress=True, spec=MultiTaskSIQA.spec,
+               crops=False) -> SplitData:
     """The patches and targets of `pairs` that a network with `spec` consumes
-    (siqa/models/spec.py); the paper's network: locally normalised grey patches."""
-    if spec.normalisation == "local":
+    (siqa/models/spec.py); the paper's network: locally normalised grey patches. `crops`:
+    room for one crop of each pair, which `fill_random_crops` draws anew every epoch."""
+    if crops:
+        n, c, size = len(pairs), spec.channels, spec.patch
+        patches = PatchSet(left=torch.zeros(n, c, size, size, dtype=dtype),
+                           right=torch.zeros(n, c, size, size, dtype=dtype),
+                           pair_index=torch.arange(n, dtype=torch.int64))
+    elif spec.normalisation == "local":
         patches = extract_patch_set(pairs, progress=progress, dtype=dtype, c=PATCH_C[normalisation])
     else:
         patches = view_patch_set(pairs, spec, progress=progress, dtype=dtype)
@@ -88,6 +96,14 @@ def split_data(pairs, nss, dtype, normalisation, progress=True, spec=MultiTaskSI
         nss=torch.as_tensor(np.asarray(nss), dtype=torch.float32),
         views=views,
     )
+
+
+def fill_random_crops(data: SplitData, views, size, seed, epoch):
+    """Epoch `epoch`'s random crops (siqa.data.patches.random_crops) of the training views,
+    written into `data`'s patch tensors: the same crops on every rank and after a resume."""
+    left, right = random_crops(views, size, crop_generator(seed, epoch), data.left.dtype)
+    data.left.copy_(left)
+    data.right.copy_(right)
 
 
 def check_model_inputs(cfg, pairs):
@@ -309,8 +325,11 @@ def split_run(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resume,
     device = dist.device
     show = progress and dist.is_main
     spec = spec_of(cfg)
+    # PAD-Net trains on one random crop of each pair an epoch, cut from the whole views
+    crop_views = whole_views(pairs["train"], spec, show) if spec.train_crop == "random" else None
     data = {name: split_data(pairs[name], targets[name], dtype, cfg["patches"]["normalisation"],
-                             progress=show, spec=spec).to(device)
+                             progress=show, spec=spec,
+                             crops=crop_views is not None and name == "train").to(device)
             for name in pairs}
     if dist.is_main:  # every input has been read: from here on the run folder exists
         # the whole run's config (train.splits: null): array tasks sharing out_dir write the
@@ -389,6 +408,8 @@ def split_run(cfg, pairs, targets, info, run_dir, run_name, dtype, seed, resume,
         for epoch in range(start_epoch, epochs):
             started = time.perf_counter()
             last_epoch = epoch + 1 == epochs
+            if crop_views is not None:  # in place: a captured CUDA graph reads the same memory
+                fill_random_crops(data["train"], crop_views, spec.patch, seed, epoch)
             order = epoch_order(data["train"].num_patches, seed, epoch, dist.rank, dist.world)
             bar = tqdm(total=len(order), desc=f"epoch {epoch + 1}/{epochs}", unit="patch",
                        leave=False, disable=not show)

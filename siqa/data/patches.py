@@ -189,6 +189,25 @@ def view_patches(view, spec, dtype=torch.float32, source=None) -> torch.Tensor:
     return torch.stack([x[:, y : y + size, x0 : x0 + size] for y in ys for x0 in xs]).to(dtype)
 
 
+def _pair_views(p, spec):
+    """The two uint8 views (H x W grey, or H x W x 3) of pair `p` as `spec` reads them;
+    UserError naming the file where the views differ in size or are too small for one patch."""
+    if spec.channels == 1:
+        lv, rv = read_views(p.left, p.right, grey=grey_pil)
+    elif p.right is None:
+        lv, rv = _view_rgb(p.left, 0), _view_rgb(p.left, 1)
+    else:
+        lv, rv = _view_rgb(p.left), _view_rgb(p.right)
+        if lv.shape != rv.shape:
+            raise UserError(f"left/right views differ in size: {p.left}, {p.right}")
+    h, w = lv.shape[:2]
+    ys, xs = spec_corners(h, w, spec)
+    if not ys or not xs:
+        raise UserError(f"image {p.left} has a {w}x{h} view: too small for one "
+                        f"{spec.patch}x{spec.patch} patch of this network")
+    return lv, rv
+
+
 def view_patch_set(pairs, spec, progress=True, dtype=torch.float32) -> PatchSet:
     """The patches a network's `spec` asks for when it is not the paper's local
     normalisation: `spec.channels` (grey: PIL 'L'; RGB: PIL 'RGB', three equal channels for a
@@ -196,25 +215,12 @@ def view_patch_set(pairs, spec, progress=True, dtype=torch.float32) -> PatchSet:
     (standardisation, where asked, is the network's own: siqa/models/stereoqanet.py)."""
     from tqdm import tqdm
 
-    size, c = spec.patch, spec.channels
     lefts, rights, counts = [], [], []
     for p in tqdm(pairs, desc="patches", unit="pair", disable=not progress):
-        if c == 1:
-            lv, rv = read_views(p.left, p.right, grey=grey_pil)
-        elif p.right is None:
-            lv, rv = _view_rgb(p.left, 0), _view_rgb(p.left, 1)
-        else:
-            lv, rv = _view_rgb(p.left), _view_rgb(p.right)
-            if lv.shape != rv.shape:
-                raise UserError(f"left/right views differ in size: {p.left}, {p.right}")
-        h, w = lv.shape[:2]
-        ys, xs = spec_corners(h, w, spec)
-        if not ys or not xs:
-            raise UserError(f"image {p.left} has a {w}x{h} view: too small for one "
-                            f"{size}x{size} patch of this network")
+        lv, rv = _pair_views(p, spec)
         lefts.append(view_patches(lv, spec, dtype))
         rights.append(view_patches(rv, spec, dtype))
-        counts.append(len(ys) * len(xs))
+        counts.append(lefts[-1].shape[0])
     pair_index = torch.repeat_interleave(torch.arange(len(pairs), dtype=torch.int64),
                                          torch.tensor(counts, dtype=torch.int64))
     return PatchSet(left=torch.cat(lefts).contiguous(), right=torch.cat(rights).contiguous(),
@@ -227,3 +233,45 @@ def pixel_statistics(patches: torch.Tensor):
     x = patches.double()
     mean = x.mean(dim=0)
     return mean.float(), (x - mean).pow(2).mean(dim=0).sqrt().float()
+
+
+def whole_views(pairs, spec, progress=True) -> list:
+    """(left, right) uint8 tensors (C, H, W) of each pair's whole views, read as
+    `view_patch_set` reads them: where a network's spec trains on random crops
+    (`train_crop="random"`), drawn anew every epoch by `random_crops`."""
+    from tqdm import tqdm
+
+    out = []
+    for p in tqdm(pairs, desc="views", unit="pair", disable=not progress):
+        out.append(tuple(torch.from_numpy(np.array(v, dtype=np.uint8)).reshape(
+            v.shape[0], v.shape[1], spec.channels).permute(2, 0, 1).contiguous()
+            for v in _pair_views(p, spec)))
+    return out
+
+
+def random_crops(views, size, generator, dtype=torch.float32):
+    """(left, right) tensors (P, C, size, size), intensities / 255: one crop of each pair of
+    `views` (`whole_views`) at a corner drawn uniformly from every position that fits, the
+    same in both views, then flipped left-right and up-down, each with probability 1/2 and
+    both views alike (PAD-Net's group_random_crop, group_random_fliplr and
+    group_random_flipud). Every draw comes from `generator`, so (seed, epoch) fixes a run's
+    crops whatever the device or the number of ranks."""
+    channels = views[0][0].shape[0]
+    left = torch.empty(len(views), channels, size, size, dtype=dtype)
+    right = torch.empty_like(left)
+    for i, (lv, rv) in enumerate(views):
+        h, w = lv.shape[1:]
+        y = int(torch.randint(h - size + 1, (1,), generator=generator))
+        x = int(torch.randint(w - size + 1, (1,), generator=generator))
+        flip = torch.rand(2, generator=generator) < 0.5  # left-right, then up-down
+        dims = [d for d, chosen in zip((2, 1), flip.tolist()) if chosen]
+        for out, view in ((left, lv), (right, rv)):
+            crop = view[:, y : y + size, x : x + size]
+            out[i] = (crop.flip(dims) if dims else crop).to(torch.float32) / 255.0
+    return left, right
+
+
+def crop_generator(seed, epoch) -> torch.Generator:
+    """The random-crop stream of one epoch: its own seed (not `epoch_order`'s stream)."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch, 1])
+                                             .generate_state(1, dtype=np.uint64)[0] >> 1))

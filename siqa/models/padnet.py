@@ -112,8 +112,10 @@ def _share(a, b):
 
 
 class PADNet(nn.Module):
+    # training: one random crop of each pair an epoch, flipped (datasets/data_live1.py), and
+    # the MSE of the score (model_c1.py's loss_build)
     spec = InputSpec(patch=CROP, stride=CROP, grid="cover", channels=3, normalisation="unit",
-                     outputs=("quality",))
+                     outputs=("quality",), train_crop="random", score_loss="mse")
 
     def __init__(self, n=128, m=192):
         super().__init__()

@@ -10,6 +10,13 @@ targets of the outputs it names, and siqa/engine.py weighs one L1 loss per outpu
                 inclusive  range(0, H - patch + 1, stride)  (StereoQA-Net: every whole patch)
                 cover      the fewest evenly spaced crops that cover the view (PAD-Net's
                            six 256x256 crops of a 640x360 view: corners x 0/192/384, y 0/104)
+    training: `train_crop`
+                grid         the training split is cut on the grid, as validation and test
+                random       each epoch one `patch` x `patch` crop of each training pair at a
+                             random corner shared by both views, flipped left-right and
+                             up-down (each with probability 1/2, both views alike), drawn
+                             from (seed, epoch): PAD-Net's training draw; evaluation keeps
+                             the grid
     values:   `normalisation`
                 local        (p - mean) / (std + C) in a 7x7 window, C from
                              patches.normalisation (the paper's network, siqa/data/patches.py)
@@ -26,12 +33,15 @@ targets of the outputs it names, and siqa/engine.py weighs one L1 loss per outpu
                                  task 1, or the optional NSS head of multiscore and
                                  stereoqanet (built with nss_head=True, their spec then an
                                  instance attribute: `with_nss()` of the class's)
-              loss = sum over outputs of weight * L1(output, target), weights from
-              `loss_weights` (1 where not named; nss always train.nss_weight).
+              loss = sum over outputs of weight * loss(output, target), weights from
+              `loss_weights` (1 where not named; nss always train.nss_weight); the loss
+              of the score outputs is `score_loss` (l1, or mse: PAD-Net's), of nss L1.
 """
 from dataclasses import dataclass, replace
 
 GRIDS = ("exclusive", "inclusive", "cover")
+TRAIN_CROPS = ("grid", "random")
+SCORE_LOSSES = ("l1", "mse")
 NORMALISATIONS = ("local", "unit", "standardise")
 VIEW_OUTPUTS = ("left", "right")
 
@@ -45,9 +55,14 @@ class InputSpec:
     normalisation: str = "local"
     outputs: tuple = ("quality", "nss")
     loss_weights: tuple = ()  # ((output, weight), ...); 1.0 where an output is not named
+    train_crop: str = "grid"
+    score_loss: str = "l1"  # of the score outputs (quality, stereo, left, right); nss: L1
 
     def __post_init__(self):
         assert self.grid in GRIDS and self.normalisation in NORMALISATIONS
+        # random crops are drawn from the raw views: no statistics of a fixed patch set
+        assert self.train_crop in TRAIN_CROPS and self.score_loss in SCORE_LOSSES
+        assert self.train_crop == "grid" or self.normalisation == "unit"
         assert self.channels in (1, 3) and self.outputs[0] == "quality"
 
     def weight(self, output) -> float:
@@ -68,4 +83,5 @@ class InputSpec:
     def as_dict(self) -> dict:
         return {"patch": self.patch, "stride": self.stride, "grid": self.grid,
                 "channels": self.channels, "normalisation": self.normalisation,
-                "outputs": list(self.outputs), "loss_weights": dict(self.loss_weights)}
+                "outputs": list(self.outputs), "loss_weights": dict(self.loss_weights),
+                "train_crop": self.train_crop, "score_loss": self.score_loss}
