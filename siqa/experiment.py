@@ -121,7 +121,8 @@ def check_model_inputs(cfg, pairs):
             raise UserError(f"model.name={name_of(cfg)} predicts per-view scores, but "
                             f"{len(missing)} pairs of dataset.name={cfg['dataset']['name']} have "
                             f"none (first: {missing[0]}); use a database that carries them "
-                            "(the demo, Waterloo-IVC)")
+                            "(the demo, Waterloo-IVC, a CSV manifest with left_score,right_score "
+                            "columns)")
     return spec
 
 

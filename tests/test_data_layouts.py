@@ -315,6 +315,30 @@ def test_csv_bad_columns_and_score(tmp_path):
         load_database("csv", manifest=tmp_path / "n.csv")
 
 
+def test_csv_per_view_score_columns(tmp_path):
+    """left_score,right_score: both or neither; a row may leave both empty (no view scores);
+    the values as written (the score column's convention)."""
+    for name, value in (("a_l", 200), ("a_r", 50), ("b_l", 190), ("b_r", 60)):
+        save(tmp_path / f"{name}.png", view(value, 1))
+    head = "left,right,score,ref,left_score,right_score\n"
+    (tmp_path / "v.csv").write_text(head + "a_l.png,a_r.png,40,s1,35.5,47\n"
+                                           "b_l.png,b_r.png,41,s2,,\n")
+    p, q = load_database("csv", manifest=tmp_path / "v.csv")
+    assert p.view_scores == (35.5, 47.0) and q.view_scores is None
+    assert (p.score, p.content, q.score) == (40.0, "s1", 41.0)
+    cases = {  # manifest text -> what the one line names
+        "left,right,score,left_score\na_l.png,a_r.png,40,35\n": ("left_score", "no right_score"),
+        head + "a_l.png,a_r.png,40,s1,35,\n": ("row 2", "right_score is empty"),
+        head + "a_l.png,a_r.png,40,s1,abc,3\n": ("row 2", "left_score 'abc'"),
+        head + "a_l.png,a_r.png,40,s1,3,inf\n": ("row 2", "right_score 'inf'", "finite"),
+    }
+    for k, (text, names) in enumerate(cases.items()):
+        (tmp_path / f"bad{k}.csv").write_text(text)
+        with pytest.raises(UserError) as err:
+            load_database("csv", manifest=tmp_path / f"bad{k}.csv")
+        assert f"bad{k}.csv" in str(err.value) and all(n in str(err.value) for n in names), err.value
+
+
 def test_unknown_database_lists_valid_names():
     with pytest.raises(UserError) as err:
         load_database("live3d_phase3")

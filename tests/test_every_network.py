@@ -4,8 +4,9 @@ a CSV manifest): metrics.json, or where the network cannot run on that database 
 line on stderr naming why, and no run folder.
 
 Why a case is refused: multiscore predicts per-view scores (the LIVE layouts and a manifest
-without view columns carry none; Waterloo-IVC's table does); padnet cuts 256x256 crops (the
-hidden views are 40x36 and 80x64). One padnet case on 256x256 views trains (1 epoch)."""
+without view columns carry none; Waterloo-IVC's table and a manifest's left_score,right_score
+columns do); padnet cuts 256x256 crops (the hidden views are 40x36 and 80x64). One padnet case
+on 256x256 views trains (1 epoch)."""
 import csv
 import json
 
@@ -112,6 +113,28 @@ def test_padnet_trains_on_views_of_256_pixels(tmp_path):
                       "model.name=padnet", "train.epochs=1")
     assert proc.returncode == 0, proc.stderr
     assert json.loads((out / "metrics.json").read_text())["test"]["n"] == 1
+
+
+def with_view_scores(manifest):
+    """The manifest with left_score,right_score columns (each view's score: the pair's, +-3)."""
+    with open(manifest, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        row["left_score"], row["right_score"] = float(row["score"]) - 3, float(row["score"]) + 3
+    with open(manifest, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return manifest
+
+
+def test_multiscore_trains_on_a_manifest_with_per_view_score_columns(tmp_path):
+    manifest = with_view_scores(make_tiny_database(tmp_path / "db", scenes=SCENES, levels=1))
+    out, proc = train(tmp_path, ["dataset.name=csv", f"dataset.manifest={manifest}"],
+                      "model.name=multiscore", "train.epochs=2")
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"]["n"] >= 1 and np.isfinite(metrics["test"]["rmse"])
 
 
 def test_unknown_network_is_one_line(tmp_path, tiny_manifest):

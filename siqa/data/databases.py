@@ -653,6 +653,30 @@ def _parse_bool(value: str, what: str, path, line):
     raise UserError(f"{path} row {line}: {what} '{value}' is not true/false")
 
 
+VIEW_SCORE_COLUMNS = ("left_score", "right_score")
+
+
+def _view_scores(row, columns, path, line):
+    """(left, right) scores of a manifest row, in the score column's convention; None where
+    the manifest has no such columns or the row leaves both empty."""
+    raw = [row.get(c, "") for c in columns]
+    if not any(raw):
+        return None
+    values = []
+    for column, value in zip(columns, raw):
+        if not value:
+            raise UserError(f"{path} row {line}: {column} is empty but the other view's score "
+                            "is given; give both or neither")
+        try:
+            number = float(value)
+        except ValueError:
+            raise UserError(f"{path} row {line}: {column} '{value}' is not a number") from None
+        if not math.isfinite(number):
+            raise UserError(f"{path} row {line}: {column} '{value}' is not a finite number")
+        values.append(number)
+    return tuple(values)
+
+
 def load_csv(manifest) -> list[StereoPair]:
     if manifest is None:
         raise UserError("dataset.manifest (a CSV file) is required for database 'csv'")
@@ -679,6 +703,11 @@ def load_csv(manifest) -> list[StereoPair]:
             f"(columns found: {', '.join(fields) or 'none'})"
         )
     sbs_mode = not ({"left", "right"} <= set(fields))
+    view_columns = [c for c in VIEW_SCORE_COLUMNS if c in fields]
+    if len(view_columns) == 1:
+        other = next(c for c in VIEW_SCORE_COLUMNS if c not in fields)
+        raise UserError(f"{path}: has a {view_columns[0]} column but no {other} column; the "
+                        "per-view scores come as both columns or neither")
     pairs, hib_values = [], set()
     for line, row in enumerate(rows, start=2):
         row = {k: (v or "").strip() for k, v in row.items() if k is not None}
@@ -714,6 +743,7 @@ def load_csv(manifest) -> list[StereoPair]:
                 content=content,
                 distortion=row.get("distortion") or "unknown",
                 symmetric=_parse_bool(row.get("symmetric", ""), "symmetric", path, line),
+                view_scores=_view_scores(row, view_columns, path, line),
             )
         )
     if not pairs:
