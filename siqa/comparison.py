@@ -35,8 +35,9 @@ import numpy as np
 
 from siqa.errors import UserError
 from siqa.metrics import LOWER_IS_BETTER, fit_logistic, metric_name
-from siqa.stats import (PAIRED_TEST_METRICS, holm, median_interval, min_wilcoxon_pvalue,
-                        paired_scene_test, pitman_morgan, wilcoxon_signed_rank)
+from siqa.stats import (PAIRED_TEST_METRICS, corrected_resampled_t, holm, median_interval,
+                        min_wilcoxon_pvalue, paired_scene_test, pitman_morgan,
+                        wilcoxon_signed_rank)
 
 DEFAULT_METRICS = ("srocc", "krocc", "plcc", "rmse", "plcc_logistic", "rmse_logistic")
 TITLES = {"srocc": "SROCC", "krocc": "KROCC", "plcc": "PLCC", "rmse": "RMSE",
@@ -110,6 +111,21 @@ def _residuals(predictions, names):
     return score - fit_logistic(pred, score)(pred)
 
 
+def test_train_ratio(doc):
+    """Mean over the splits of (test pairs) / (training pairs), from the split document's
+    pairs per scene; None where the document does not give them."""
+    scenes = doc.get("scenes")
+    if not isinstance(scenes, dict) or not doc.get("splits"):
+        return None
+    try:
+        pairs = {name: int(v["pairs"]) for name, v in scenes.items()}
+        ratios = [sum(pairs[s] for s in split["test"]) / sum(pairs[s] for s in split["train"])
+                  for split in doc["splits"]]
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+    return float(np.mean(ratios))
+
+
 def reference_index(runs, reference) -> int:
     """The index of the reference run: None = the first; else a label or a run folder."""
     if reference is None:
@@ -136,7 +152,9 @@ def compare(runs, metrics=DEFAULT_METRICS, alpha=0.05, reference=None) -> dict:
     runs = [runs[ref]] + runs[:ref] + runs[ref + 1:]
     check_same_splits(runs)
     base = runs[0]
+    ratio = test_train_ratio(base.splits)
     out = {"alpha": alpha, "splits": len(base.tests), "database": base.splits.get("database"),
+           "test_train_ratio": ratio,
            "min_wilcoxon_pvalue": min_wilcoxon_pvalue(len(base.tests)),
            "pairs_sha256": base.splits.get("pairs_sha256"), "runs": [], "comparisons": []}
     for run in runs:
@@ -165,6 +183,11 @@ def compare(runs, metrics=DEFAULT_METRICS, alpha=0.05, reference=None) -> dict:
                                   "statistic": res.statistic, "r_plus": res.r_plus,
                                   "r_minus": res.r_minus, "pvalue": res.pvalue,
                                   "method": res.method, "direction": sign * res.direction}
+            if ratio is not None:
+                t = corrected_resampled_t(a, b, ratio)
+                comp.setdefault("corrected_t", {})[m] = {
+                    "mean_difference": t.mean_difference, "t": t.statistic, "df": t.df,
+                    "pvalue": t.pvalue, "direction": sign * t.direction, "n": len(pairs)}
         for r, (pa, pb) in enumerate(zip(base.predictions, run.predictions)):
             if set(pa) != set(pb):
                 raise UserError(f"split {r}: the test pairs of {base.folder} and {run.folder} "
@@ -188,10 +211,12 @@ def compare(runs, metrics=DEFAULT_METRICS, alpha=0.05, reference=None) -> dict:
     # one Holm family per kind of test, over every comparison with the reference
     comps = out["comparisons"]
     _holm_winners([(c, t) for c in comps for t in c["metrics"].values()], alpha)
+    _holm_winners([(c, t) for c in comps for t in c.get("corrected_t", {}).values()], alpha)
     _holm_winners([(c, t) for c in comps for t in c["variance_tests"]], alpha)
     _holm_winners([(c, t) for c in comps for t in c.get("scene_tests", {}).values()], alpha)
     out["holm"] = (f"one family per kind of test over the {len(comps)} comparison(s) with "
-                   f"{base.label}: Wilcoxon over metrics x comparisons, Pitman-Morgan over "
+                   f"{base.label}: Wilcoxon over metrics x comparisons, the corrected t-test "
+                   "over metrics x comparisons, Pitman-Morgan over "
                    "splits x comparisons, scene tests over metrics x comparisons")
     out["reference"] = base.label
     out["leaderboard"] = leaderboard(runs, metrics, out)
@@ -438,6 +463,17 @@ def tables(result, latex=False) -> str:
                  _p(c["pvalue_holm"]), c["winner"] or "n.s."] for m, c in comp["metrics"].items()]
         parts.append(_render(header, rows, latex,
                              lambda i, j, rows=rows: j == 6 and rows[i][6] != "n.s."))
+        if comp.get("corrected_t"):
+            parts.append(f"Paired differences across splits ({name}), Nadeau-Bengio corrected "
+                         f"resampled t-test (variance x (1/J + n_test/n_train), n_test/n_train = "
+                         f"{_num(result['test_train_ratio'], 3)}: the splits share training "
+                         "pairs), Holm over the metrics and the comparisons:")
+            header = ["metric", "mean difference", "t", "df", "p", "Holm p", "significant winner"]
+            rows = [[TITLES[m], _num(c["mean_difference"]), _num(c["t"], 3), str(c["df"]),
+                     _p(c["pvalue"]), _p(c["pvalue_holm"]), c["winner"] or "n.s."]
+                    for m, c in comp["corrected_t"].items()]
+            parts.append(_render(header, rows, latex,
+                                 lambda i, j, rows=rows: j == 6 and rows[i][6] != "n.s."))
         parts.append(f"Per split, Pitman-Morgan test of the paired residual variances after each "
                      f"run's logistic ({name}), Holm over the splits and the comparisons; it assumes independent "
                      "test pairs (pairs of one scene are not): a per-split description:")

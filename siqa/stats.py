@@ -51,6 +51,16 @@ independent: see docs/statistics.md). With n differences the smallest two-sided 
 2 / 2^n (`min_wilcoxon_pvalue`): 0.25 with 3 splits, 0.0625 with 5; at least 6 are needed
 for p < 0.05.
 
+Corrected resampled t-test (`corrected_resampled_t`; Nadeau & Bengio 2003, Machine Learning
+52; for repeated k-fold, Bouckaert & Frank 2004): the J per-split differences d = b - a of
+one metric, t = mean(d) / sqrt((1/J + n_test/n_train) var(d)) with var of ddof 1, J - 1
+degrees of freedom, two-sided. The splits' training sets overlap, so their differences are
+correlated and the plain paired t-test (the same without the n_test/n_train term) and the
+Wilcoxon test over splits are anti-conservative; the term widens the variance by the
+correlation that Nadeau and Bengio derive for random resampling. A heuristic correction
+(it assumes that correlation), reported beside the Wilcoxon test; the scene test stays the
+one to quote for a k-fold comparison.
+
 Holm's step-down correction (`holm`) adjusts the p-values of one family of tests (the
 metrics of one comparison; the per-split variance tests of one comparison); winners are
 named on the adjusted p only.
@@ -86,6 +96,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import special
+from scipy import stats as scipy_stats
 
 from siqa.metrics import CONSTANT_RTOL
 
@@ -140,6 +151,16 @@ class WilcoxonResult:
     r_plus: float = math.nan  # rank sum of the positive differences b - a
     r_minus: float = math.nan
     direction: int = 0  # sign(R+ - R-): +1 when b tends to exceed a; the winner's sign
+
+
+@dataclass(frozen=True)
+class CorrectedTResult:
+    statistic: float  # t
+    pvalue: float  # two-sided
+    df: int  # splits - 1
+    mean_difference: float  # mean of b - a
+    test_train_ratio: float  # n_test / n_train of the splits
+    direction: int  # sign of the mean difference: +1 when b tends to exceed a
 
 
 @dataclass(frozen=True)
@@ -384,6 +405,33 @@ def min_wilcoxon_pvalue(n):
     """The smallest two-sided p-value of the signed-rank test on n non-zero differences,
     all of one sign and no ties: 2 / 2^n (1 for n = 0)."""
     return min(1.0, 2.0 / 2.0 ** int(n))
+
+
+def corrected_resampled_t(a, b, test_train_ratio) -> CorrectedTResult:
+    """Nadeau and Bengio's corrected resampled t-test of the paired per-split values b - a
+    (module docstring); `test_train_ratio` = n_test / n_train of the splits (0 gives the
+    plain paired t-test). Fewer than 2 splits: NaN. All differences equal: p = 1 when they
+    are 0, else p = 0 (the limit of t)."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1)
+    b = np.asarray(b, dtype=np.float64).reshape(-1)
+    if a.shape != b.shape:
+        raise ValueError(f"paired samples differ in length: {a.size} vs {b.size}")
+    if not test_train_ratio >= 0:
+        raise ValueError(f"test_train_ratio must be >= 0, not {test_train_ratio}")
+    d = b - a
+    n = d.size
+    mean = float(d.mean()) if n else math.nan
+    if n < 2:
+        return CorrectedTResult(math.nan, math.nan, max(0, n - 1), mean, test_train_ratio, 0)
+    var = float(d.var(ddof=1))
+    direction = int(np.sign(mean))
+    if var == 0:
+        t = 0.0 if mean == 0 else math.copysign(math.inf, mean)
+        return CorrectedTResult(t, 1.0 if mean == 0 else 0.0, n - 1, mean, test_train_ratio,
+                                direction)
+    t = mean / math.sqrt((1.0 / n + test_train_ratio) * var)
+    p = float(2 * scipy_stats.t.sf(abs(t), n - 1))
+    return CorrectedTResult(t, min(1.0, p), n - 1, mean, test_train_ratio, direction)
 
 
 def holm(pvalues):

@@ -112,6 +112,16 @@ def test_compare_markdown_latex_and_statistics(runs, tmp_path):
     known = [i for i, p in enumerate(raw) if p is not None]  # Holm over the tests that ran
     assert [adjusted[i] for i in known] == pytest.approx(list(holm([raw[i] for i in known])))
     assert all(adjusted[i] is None for i in range(len(raw)) if i not in known)
+    # the corrected resampled t-test: n_test / n_train from the runs' own pair counts
+    from siqa.stats import corrected_resampled_t
+
+    counts = [json.loads((runs / "a" / f"split_{r}" / "metrics.json").read_text())["pairs"]
+              for r in range(2)]
+    ratio = np.mean([c["test"] / c["train"] for c in counts])
+    assert result["test_train_ratio"] == pytest.approx(ratio)
+    want_t = corrected_resampled_t([t["srocc"] for t in ta], [t["srocc"] for t in tb], ratio)
+    assert got["corrected_t"]["srocc"]["pvalue"] == pytest.approx(want_t.pvalue)
+    assert got["corrected_t"]["srocc"]["df"] == 1 and "Nadeau-Bengio" in proc.stdout
     latex = run_entry("compare.py", runs / "a", runs / "b", "--latex", "--metric", "srcc")
     assert latex.returncode == 0 and r"\begin{tabular}" in latex.stdout
     assert "KROCC" not in latex.stdout  # --metric with the alias srcc kept SROCC only

@@ -223,3 +223,42 @@ def test_constant_predictions_use_one_tolerance_in_metrics_and_bootstrap():
     assert evaluate_scores(varied, target)["srocc"] == pytest.approx(1.0)
     res = bootstrap_metrics(varied, target, scenes, n_resamples=200, seed=0)
     assert res.undefined["srocc"] == 0 and res.confidence_interval["srocc"].low == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- corrected resampled t
+def test_corrected_t_without_the_correction_is_scipys_paired_t():
+    from siqa.stats import corrected_resampled_t
+
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(0.7, 0.05, 10), rng.normal(0.72, 0.05, 10)
+    res = corrected_resampled_t(a, b, 0.0)
+    want = stats.ttest_rel(b, a)
+    assert res.statistic == pytest.approx(want.statistic) and res.pvalue == pytest.approx(want.pvalue)
+    assert res.df == 9 and res.direction == int(np.sign(np.mean(b - a)))
+
+
+def test_corrected_t_by_hand_and_never_smaller_than_the_plain_test():
+    """d = 1, 2, 3, 4: mean 2.5, variance 5/3; with n_test/n_train = 1/4 the variance factor
+    is 1/4 + 1/4 = 1/2, t = 2.5 / sqrt(5/6) = 2.7386, 3 df."""
+    from siqa.stats import corrected_resampled_t
+
+    res = corrected_resampled_t([0, 0, 0, 0], [1, 2, 3, 4], 0.25)
+    t = 2.5 / np.sqrt(5 / 6)
+    assert res.statistic == pytest.approx(t) and res.statistic == pytest.approx(2.7386, abs=1e-4)
+    assert res.pvalue == pytest.approx(2 * stats.t.sf(t, 3)) and res.mean_difference == 2.5
+    plain = corrected_resampled_t([0, 0, 0, 0], [1, 2, 3, 4], 0.0).pvalue
+    assert plain < res.pvalue < corrected_resampled_t([0, 0, 0, 0], [1, 2, 3, 4], 1.0).pvalue
+
+
+def test_corrected_t_edge_cases():
+    from siqa.stats import corrected_resampled_t
+
+    assert np.isnan(corrected_resampled_t([0.5], [0.6], 0.25).pvalue)
+    same = corrected_resampled_t([0.5, 0.6], [0.5, 0.6], 0.25)
+    assert same.pvalue == 1.0 and same.direction == 0
+    shifted = corrected_resampled_t([0.5, 0.6], [0.4, 0.5], 0.25)  # every difference -0.1
+    assert shifted.pvalue == 0.0 and shifted.direction == -1
+    with pytest.raises(ValueError):
+        corrected_resampled_t([1, 2], [1, 2, 3], 0.25)
+    with pytest.raises(ValueError):
+        corrected_resampled_t([1, 2], [1, 3], -0.5)
