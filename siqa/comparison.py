@@ -376,8 +376,8 @@ def _header_line(result) -> str:
     floor = result["min_wilcoxon_pvalue"]
     line = (f"{n} split(s) of {result['database']} (pair list {str(result['pairs_sha256'])[:12]}). "
             f"Test metrics: median over the splits [{interval}]; winners only where the "
-            f"Holm-adjusted p < {alpha:g} (each family over the {len(result['comparisons'])} "
-            f"comparison(s) with {result['reference']}: the metrics; the splits). With {n} "
+            f"Holm-adjusted p < {alpha:g} (one family per kind of test, over the "
+            f"{len(result['comparisons'])} comparison(s) with {result['reference']}). With {n} "
             f"split(s) the smallest possible two-sided Wilcoxon p is 2/2^{n} = {floor:.3g}")
     if floor >= alpha:
         line += f": no difference across splits can be significant at {alpha:g}"
