@@ -20,6 +20,7 @@ from siqa import config as config_mod
 from siqa.checkpoint import load_checkpoint, map_tensors, restore_rng, rng_state, save_checkpoint
 from siqa import preempt, protocol
 from siqa.data import load_database
+from siqa.data.demo import VIEW_SIZE as DEMO_VIEW
 from siqa.data.splits import splits_for_run, write_split_file
 from siqa.data.nss import nss_from_config
 from siqa.data.patches import (PatchSet, crop_generator, extract_patch_set, pixel_statistics,
@@ -104,6 +105,16 @@ def fill_random_crops(data: SplitData, views, size, seed, epoch):
     left, right = random_crops(views, size, crop_generator(seed, epoch), data.left.dtype)
     data.left.copy_(left)
     data.right.copy_(right)
+
+
+def check_demo_size(cfg):
+    """UserError (one line), before the demo is built, for a network whose crops do not fit
+    the small demo's views (PAD-Net's 256x256)."""
+    ds, spec = cfg["dataset"], spec_of(cfg)
+    if ds["name"] == "demo" and ds.get("demo_size", "small") == "small" and spec.patch > min(DEMO_VIEW):
+        raise UserError(f"model.name={name_of(cfg)} cuts {spec.patch}x{spec.patch} crops, larger than "
+                        f"the small demo's {DEMO_VIEW[0]}x{DEMO_VIEW[1]} views: use "
+                        "dataset.demo_size=full (611x344 views)")
 
 
 def check_model_inputs(cfg, pairs):
@@ -215,6 +226,7 @@ def train(cfg, resume=False, dist=Dist(), progress=True, log=print, changes=None
            "bourbia2021" else f"the {network} recipe (siqa/config.py RECIPES)"))
     # Rank 0 builds the demo database and fills the NSS cache; the other ranks then read them
     # (a long wait: on the host group, whose timeout fits a cold cache of a large database).
+    check_demo_size(cfg)
     if not dist.is_main:
         dist.wait_for_main()
     pairs = load_pairs(cfg)

@@ -204,3 +204,15 @@ def test_protocol_card_names_the_network_without_moving_the_rng():
     assert card["name"] == "stereoqanet" and card["parameters"] == 8_821_313
     assert card["spec"]["normalisation"] == "standardise"
     assert model_card({})["name"] == "bourbia2021"
+
+
+def test_padnet_on_the_small_demo_names_demo_size_full_before_building_it(tmp_path):
+    """Refused before the demo is built (cwd without data/), naming the setting that fits."""
+    from conftest import run_entry
+
+    proc = run_entry("train.py", "model.name=padnet", f"out_dir={tmp_path / 'run'}",
+                     f"tensorboard.dir={tmp_path / 'tb'}", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert "128x96" in proc.stderr and "dataset.demo_size=full" in proc.stderr
+    assert not (tmp_path / "run").exists() and not (tmp_path / "data").exists()
