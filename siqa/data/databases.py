@@ -667,14 +667,19 @@ def _view_scores(row, columns, path, line):
         if not value:
             raise UserError(f"{path} row {line}: {column} is empty but the other view's score "
                             "is given; give both or neither")
-        try:
-            number = float(value)
-        except ValueError:
-            raise UserError(f"{path} row {line}: {column} '{value}' is not a number") from None
-        if not math.isfinite(number):
-            raise UserError(f"{path} row {line}: {column} '{value}' is not a finite number")
-        values.append(number)
+        values.append(_finite_number(value, column, path, line))
     return tuple(values)
+
+
+def _finite_number(value, column, path, line) -> float:
+    """A manifest cell as a finite float; UserError naming the file, row and column."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise UserError(f"{path} row {line}: {column} '{value}' is not a number") from None
+    if not math.isfinite(number):
+        raise UserError(f"{path} row {line}: {column} '{value}' is not a finite number")
+    return number
 
 
 def load_csv(manifest) -> list[StereoPair]:
@@ -723,12 +728,7 @@ def load_csv(manifest) -> list[StereoPair]:
         if not raw:
             raise UserError(f"{path} row {line}: no score (the score column is empty); "
                             "give every row a number")
-        try:
-            score = float(raw)
-        except ValueError:
-            raise UserError(f"{path} row {line}: score '{raw}' is not a number") from None
-        if not math.isfinite(score):
-            raise UserError(f"{path} row {line}: score '{raw}' is not a finite number")
+        score = _finite_number(raw, "score", path, line)
         hib = _parse_bool(row.get("higher_is_better", ""), "higher_is_better", path, line)
         hib_values.add(bool(hib))
         name = row.get("name") or (left_rel if not right_rel else f"{left_rel}|{right_rel}")
