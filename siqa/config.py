@@ -370,8 +370,8 @@ def deviations_from_paper(cfg) -> list:
 
 def check_nss_weight(cfg):
     """UserError (one line) for a resolved train.nss_weight > 0 that the network cannot use:
-    bourbia2021 predicts NSS, multiscore and stereoqanet then carry an NSS head
-    (siqa.models.NSS_HEAD), padnet has none."""
+    bourbia2021 predicts NSS, the networks of siqa.models.NSS_HEAD then carry an NSS head;
+    a network in neither is refused."""
     from siqa.models import NSS_HEAD
 
     network, weight = network_of(cfg), cfg["train"]["nss_weight"]

@@ -212,7 +212,7 @@ def train(cfg, resume=False, dist=Dist(), progress=True, log=print, changes=None
     cfg = config_mod.resolve_auto(cfg)
     out_dir = config_mod.run_dir_of(cfg)
     check_step_mode(cfg["train"]["step"], dist.device, dist.world)  # before any work
-    config_mod.check_nss_weight(cfg)  # padnet has no NSS output
+    config_mod.check_nss_weight(cfg)  # a network without an NSS output or head
     spec = spec_of(cfg)  # with the `nss` output where the network carries its NSS head
     if cfg["train"]["concurrent_repeats"] and dist.world > 1:
         raise UserError("train.concurrent_repeats=true is for one process; under torchrun "

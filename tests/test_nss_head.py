@@ -1,5 +1,6 @@
 """train.nss_weight per network: `auto` (25 for bourbia2021, 0 for the others), the optional
-NSS head of multiscore and stereoqanet (train.nss_weight > 0), padnet refused.
+NSS head of multiscore, padnet and stereoqanet (train.nss_weight > 0); a network with
+neither an NSS output nor a head is refused.
 
 Without the head the networks are their originals (tests/test_models.py: parameter counts
 and the golden numbers); with it, one nn.Linear(features, 108) built last, so the other
@@ -17,8 +18,9 @@ from siqa.engine import SplitData, joint_loss
 from siqa.errors import UserError
 from siqa.models import count_parameters, create_model, model_kwargs, nss_head_of, spec_of
 
-# network: (parameters without the head, the fused features the head reads)
-FUSED = {"stereoqanet": (8_821_313, 2048), "multiscore": (10_389_956, 1536)}
+# network: (parameters without the head, the fused features the head reads, input size)
+FUSED = {"stereoqanet": (8_821_313, 2048, 32), "multiscore": (10_389_956, 1536, 32),
+         "padnet": (14_163_698, 512, 256)}
 
 
 def _cfg(*overrides):
@@ -48,7 +50,7 @@ def test_explicit_nss_weight_wins_and_builds_the_head():
 
 @pytest.mark.parametrize("name", sorted(FUSED))
 def test_the_head_adds_features_x_108_plus_108_and_moves_no_other_weight(name):
-    without, features = FUSED[name]
+    without, features, size = FUSED[name]
     torch.manual_seed(0)
     plain = create_model(name).eval()
     torch.manual_seed(0)
@@ -61,9 +63,10 @@ def test_the_head_adds_features_x_108_plus_108_and_moves_no_other_weight(name):
     mine, theirs = headed.state_dict(), plain.state_dict()
     assert set(mine) - set(theirs) == {"nss_head.weight", "nss_head.bias"}
     assert all(torch.equal(theirs[k], mine[k]) for k in theirs)  # same draws: the head is last
-    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    out_plain, out_headed = plain(x, x), headed(x, x)
-    assert len(out_headed) == len(out_plain) + 1 and out_headed[-1].shape == (3, 108)
+    x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out_plain, out_headed = plain(x, x), headed(x, x)
+    assert len(out_headed) == len(out_plain) + 1 and out_headed[-1].shape == (2, 108)
     assert all(torch.equal(a, b) for a, b in zip(out_plain, out_headed))
 
 
@@ -101,7 +104,13 @@ def test_joint_loss_with_the_multiscore_head_keeps_its_view_terms():
     assert torch.allclose(total, expected) and torch.allclose(nss, F.l1_loss(n, data.nss[pairs]))
 
 
-def test_padnet_with_an_nss_weight_is_refused_naming_the_key():
+def test_a_network_without_an_nss_output_or_head_is_refused_naming_the_key(monkeypatch):
+    """Every network of siqa.models has an NSS output or head now; one without (padnet taken
+    out of NSS_HEAD here) is refused in one line, and its auto or 0 weight is not."""
+    import siqa.models
+
+    config.check_nss_weight(_cfg("model.name=padnet", "train.nss_weight=1"))
+    monkeypatch.setattr(siqa.models, "NSS_HEAD", ("multiscore", "stereoqanet"))
     with pytest.raises(UserError, match=r"train\.nss_weight=1\.0.*padnet") as err:
         config.check_nss_weight(_cfg("model.name=padnet", "train.nss_weight=1"))
     assert "\n" not in str(err.value)
@@ -109,14 +118,18 @@ def test_padnet_with_an_nss_weight_is_refused_naming_the_key():
     config.check_nss_weight(_cfg("model.name=padnet", "train.nss_weight=0"))
 
 
-def test_padnet_with_an_nss_weight_is_one_line_exit_2(tiny_manifest, tmp_path):
-    from conftest import run_entry, tiny_overrides
+def test_train_padnet_with_an_nss_weight(tmp_path):
+    """PAD-Net's head trains on its random crops (each crop's targets: its pair's)."""
+    from conftest import make_tiny_database, run_entry, tiny_overrides
 
-    proc = run_entry("train.py", *tiny_overrides(tiny_manifest, tmp_path, **{
-        "model.name": "padnet", "train.nss_weight": 1}))
-    assert proc.returncode == 2, proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1 and "train.nss_weight" in proc.stderr
-    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+    manifest = make_tiny_database(tmp_path / "db", scenes=5, levels=1, size=(256, 256))
+    proc = run_entry("train.py", *tiny_overrides(manifest, tmp_path, **{
+        "model.name": "padnet", "train.nss_weight": 1, "train.epochs": 1,
+        "dataset.split": "[0.6,0.2,0.2]", "train.batch_size": 2}))
+    assert proc.returncode == 0, proc.stderr
+    assert " nss 0.0000)" not in proc.stdout
+    card = json.loads((tmp_path / "run" / "metrics.json").read_text())["protocol"]
+    assert card["model"]["nss_head"] and card["model"]["parameters"] == 14_163_698 + 512 * 108 + 108
 
 
 def test_protocol_card_counts_the_head():

@@ -6,7 +6,7 @@
     padnet       Xu et al. 2020: PAD-Net (predictive auto-encoding + ResNet-18)
 
 Each network carries `spec` (siqa.models.spec.InputSpec): what it consumes and predicts.
-multiscore and stereoqanet take `nss_head=True`: a linear 108-output NSS head on their
+multiscore, padnet and stereoqanet take `nss_head=True`: a linear 108-output NSS head on their
 fused features, trained with train.nss_weight > 0 (`nss_head_of(cfg)`; docs/models.md).
 docs/models.md gives each one's source, what was checked against the original, and every
 deviation.
@@ -48,7 +48,7 @@ def name_of(cfg) -> str:
 
 
 # networks that take an optional NSS head (nss_head=True) when train.nss_weight > 0
-NSS_HEAD = ("multiscore", "stereoqanet")
+NSS_HEAD = ("multiscore", "padnet", "stereoqanet")
 
 
 def nss_head_of(cfg) -> bool:

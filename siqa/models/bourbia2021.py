@@ -30,9 +30,8 @@ code (no per-sample Python, no data-dependent control flow), so it runs unchange
 import torch
 from torch import nn
 
-from siqa.models.spec import InputSpec
+from siqa.models.spec import NSS_DIM, InputSpec
 
-NSS_DIM = 108
 PATCH_SIZE = 32
 
 

@@ -42,9 +42,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from siqa.models.spec import InputSpec
+from siqa.models.spec import NSS_DIM, InputSpec
 
-NSS_DIM = 108  # the NSS targets of siqa.nss (bourbia2021's task 1)
 
 
 def _conv(cin, cout):

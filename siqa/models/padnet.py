@@ -24,6 +24,10 @@ forward(left, right) -> (score,) of shape (B,). The image score is the mean over
 main_live1.py's crop_patch). `reconstruct(x)` runs the auto-encoder alone (the pre-training
 stage, `python -m siqa.models.padnet_pretrain`). 14,163,698 parameters at N=128, M=192.
 
+Optional NSS head (not in the original; `PADNet(nss_head=True)`, built when
+train.nss_weight > 0, docs/models.md): a linear 512 -> 108 on the pooled vector that fc reads;
+the forward then returns (score, nss).
+
 GDN (Balle et al. 2016): y = x / sqrt(beta + conv1x1(x^2, gamma)), IGDN multiplies; gamma
 and beta are stored re-parameterised (value = max(raw, bound)^2 - pedestal) with the
 original's lower bound, whose gradient passes where raw >= bound or where the gradient
@@ -37,7 +41,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from siqa.models.spec import InputSpec
+from siqa.models.spec import NSS_DIM, InputSpec
 
 CROP = 256
 
@@ -117,7 +121,7 @@ class PADNet(nn.Module):
     spec = InputSpec(patch=CROP, stride=CROP, grid="cover", channels=3, normalisation="unit",
                      outputs=("quality",), train_crop="random", score_loss="mse")
 
-    def __init__(self, n=128, m=192):
+    def __init__(self, n=128, m=192, nss_head: bool = False):
         super().__init__()
         from torchvision.models import resnet18
 
@@ -125,6 +129,11 @@ class PADNet(nn.Module):
         self.fuse = nn.Sequential(nn.Conv2d(10, 3, kernel_size=1), GDN(3))
         self.trunk = nn.Sequential(*list(resnet18(weights=None).children())[:-2])
         self.fc = nn.Linear(512, 1)
+        self.nss_head = None
+        if nss_head:  # built last: the other layers draw the same initial weights as without it
+            self.spec = type(self).spec.with_nss()
+            # Linear on the pooled 512-vector that fc reads (as bourbia2021's NSS output layer)
+            self.nss_head = nn.Linear(512, NSS_DIM)
 
     def load_pretrained(self, state):
         """The auto-encoder written by `python -m siqa.models.padnet_pretrain`."""
@@ -138,8 +147,9 @@ class PADNet(nn.Module):
         e_r, p_r, _ = self.autoencoder(right)
         x = torch.cat((_share(p_l, p_r), _share(e_r, e_l), left,
                        _share(p_r, p_l), _share(e_l, e_r), right), dim=1)
-        x = F.max_pool2d(self.trunk(self.fuse(x)), 8)
-        return (self.fc(torch.flatten(x, 1)).squeeze(-1),)
+        features = torch.flatten(F.max_pool2d(self.trunk(self.fuse(x)), 8), 1)
+        score = self.fc(features).squeeze(-1)
+        return (score,) if self.nss_head is None else (score, self.nss_head(features))
 
     def param_groups(self, lr):
         """main_live1.py's Adam groups: analysis and synthesis 1e-5, ResNet lr / 2, the rest lr."""

@@ -40,6 +40,7 @@ targets of the outputs it names, and siqa/engine.py weighs one L1 loss per outpu
 from dataclasses import dataclass, replace
 
 GRIDS = ("exclusive", "inclusive", "cover")
+NSS_DIM = 108  # the NSS targets of siqa.nss (bourbia2021's task 1), an `nss` output's width
 TRAIN_CROPS = ("grid", "random")
 SCORE_LOSSES = ("l1", "mse")
 NORMALISATIONS = ("local", "unit", "standardise")
