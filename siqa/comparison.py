@@ -111,7 +111,7 @@ def _residuals(predictions, names):
     return score - fit_logistic(pred, score)(pred)
 
 
-def test_train_ratio(doc):
+def held_out_ratio(doc):
     """Mean over the splits of (test pairs) / (training pairs), from the split document's
     pairs per scene; None where the document does not give them."""
     scenes = doc.get("scenes")
@@ -152,7 +152,7 @@ def compare(runs, metrics=DEFAULT_METRICS, alpha=0.05, reference=None) -> dict:
     runs = [runs[ref]] + runs[:ref] + runs[ref + 1:]
     check_same_splits(runs)
     base = runs[0]
-    ratio = test_train_ratio(base.splits)
+    ratio = held_out_ratio(base.splits)
     out = {"alpha": alpha, "splits": len(base.tests), "database": base.splits.get("database"),
            "test_train_ratio": ratio,
            "min_wilcoxon_pvalue": min_wilcoxon_pvalue(len(base.tests)),

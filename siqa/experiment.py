@@ -21,7 +21,7 @@ from siqa.checkpoint import load_checkpoint, map_tensors, restore_rng, rng_state
 from siqa import preempt, protocol
 from siqa.data import load_database
 from siqa.data.demo import VIEW_SIZE as DEMO_VIEW
-from siqa.data.splits import splits_for_run, write_split_file
+from siqa.data.splits import read_split_file, splits_for_run, write_split_file
 from siqa.data.nss import nss_from_config
 from siqa.data.patches import (PatchSet, crop_generator, extract_patch_set, pixel_statistics,
                                random_crops, view_patch_set, whole_views)
@@ -188,8 +188,6 @@ def finished(cfg) -> bool:
     tested, and a whole run of several splits wrote its summary. The splits are counted in
     the run's own splits.json: k-fold gives repeats x folds, a split file its own count
     (not train.repeats, which left a k-fold run's later folds untrained)."""
-    from siqa.data.splits import read_split_file
-
     cfg = config_mod.resolve_auto(cfg)
     out_dir, epochs = config_mod.run_dir_of(cfg), cfg["train"]["epochs"]
     if not (out_dir / "splits.json").is_file():  # no split has started

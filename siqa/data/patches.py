@@ -174,6 +174,12 @@ def spec_corners(height: int, width: int, spec):
             corners(width, spec.patch, spec.stride, spec.grid))
 
 
+def _chw(view, channels) -> torch.Tensor:
+    """A uint8 view (H x W, or H x W x C) as a uint8 (C, H, W) tensor."""
+    h, w = view.shape[:2]
+    return torch.from_numpy(np.array(view, dtype=np.uint8)).reshape(h, w, channels).permute(2, 0, 1)
+
+
 def view_patches(view, spec, dtype=torch.float32, source=None) -> torch.Tensor:
     """(P, C, S, S) patches of one uint8 view (H x W grey, or H x W x 3 RGB for
     `spec.channels` 3) on the spec's corners, row-major, intensities / 255: what
@@ -184,8 +190,7 @@ def view_patches(view, spec, dtype=torch.float32, source=None) -> torch.Tensor:
     if not ys or not xs:
         raise UserError(f"image{_of(source)} has a {w}x{h} view: too small for one "
                         f"{size}x{size} patch of this network")
-    x = torch.from_numpy(np.array(view, dtype=np.uint8)).to(torch.float32) / 255.0
-    x = x.reshape(h, w, c).permute(2, 0, 1)
+    x = _chw(view, c).to(torch.float32) / 255.0
     return torch.stack([x[:, y : y + size, x0 : x0 + size] for y in ys for x0 in xs]).to(dtype)
 
 
@@ -243,9 +248,7 @@ def whole_views(pairs, spec, progress=True) -> list:
 
     out = []
     for p in tqdm(pairs, desc="views", unit="pair", disable=not progress):
-        out.append(tuple(torch.from_numpy(np.array(v, dtype=np.uint8)).reshape(
-            v.shape[0], v.shape[1], spec.channels).permute(2, 0, 1).contiguous()
-            for v in _pair_views(p, spec)))
+        out.append(tuple(_chw(v, spec.channels).contiguous() for v in _pair_views(p, spec)))
     return out
 
 

@@ -45,7 +45,6 @@ import torch.nn.functional as F
 from siqa.models.spec import NSS_DIM, InputSpec
 
 
-
 def _conv(cin, cout):
     return nn.Conv2d(cin, cout, kernel_size=3, stride=1, padding=1)
 

@@ -30,9 +30,10 @@ targets of the outputs it names, and siqa/engine.py weighs one L1 loss per outpu
                 quality, stereo  the pair's score
                 left, right      the per-view scores (a database that carries them)
                 nss              the 108 NSS targets (weight train.nss_weight): bourbia2021's
-                                 task 1, or the optional NSS head of multiscore and
-                                 stereoqanet (built with nss_head=True, their spec then an
-                                 instance attribute: `with_nss()` of the class's)
+                                 task 1, or the optional NSS head of multiscore,
+                                 padnet and stereoqanet (built with nss_head=True, their
+                                 spec then an instance attribute: `with_nss()` of the
+                                 class's)
               loss = sum over outputs of weight * loss(output, target), weights from
               `loss_weights` (1 where not named; nss always train.nss_weight); the loss
               of the score outputs is `score_loss` (l1, or mse: PAD-Net's), of nss L1.
