@@ -262,3 +262,18 @@ def test_corrected_t_edge_cases():
         corrected_resampled_t([1, 2], [1, 2, 3], 0.25)
     with pytest.raises(ValueError):
         corrected_resampled_t([1, 2], [1, 3], -0.5)
+
+
+def test_corrected_t_does_not_move_with_split_order_or_float32():
+    from siqa.stats import corrected_resampled_t
+
+    rng = np.random.default_rng(9)
+    a, b = rng.normal(0.7, 0.05, 10), rng.normal(0.73, 0.05, 10)
+    ref = corrected_resampled_t(a, b, 0.375)
+    order = rng.permutation(10)
+    shuffled = corrected_resampled_t(a[order], b[order], 0.375)
+    single = corrected_resampled_t(a.astype(np.float32), b.astype(np.float32), 0.375)
+    for other, tol in ((shuffled, 1e-12), (single, 1e-5)):
+        assert other.statistic == pytest.approx(ref.statistic, rel=tol)
+        assert other.pvalue == pytest.approx(ref.pvalue, rel=tol)
+        assert other.direction == ref.direction and other.df == ref.df
