@@ -37,7 +37,7 @@ def main(argv):
     if args.label and len(args.label) != len(args.runs):
         raise UserError(f"{len(args.label)} --label for {len(args.runs)} runs: give one per run")
 
-    from siqa import comparison
+    from siqa.evaluation import comparison
 
     labels = args.label or [None] * len(args.runs)
     runs = [comparison.load_run(r, label) for r, label in zip(args.runs, labels)]
@@ -45,7 +45,7 @@ def main(argv):
                                 reference=args.reference)
     text = comparison.tables(result, latex=args.latex)
     if args.json:
-        from siqa.reports import write_json
+        from siqa.evaluation.reports import write_json
 
         write_json(args.json, result)
     print(text, end="")

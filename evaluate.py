@@ -26,7 +26,7 @@ def main(argv):
                         help="e.g. dataset.name=live3d_phase2 dataset.root=/data/LIVE3D-II")
     args = parser.parse_args(argv)
     if args.matrix:
-        from siqa.matrix import cross_database_matrix
+        from siqa.evaluation.matrix import cross_database_matrix
 
         cross_database_matrix(args.checkpoint, args.test, args.out or "runs/matrix",
                               args.overrides, progress=sys.stderr.isatty())
@@ -34,9 +34,9 @@ def main(argv):
     if len(args.checkpoint) != 1 or args.test:
         raise UserError("several --checkpoint or --test need --matrix")
 
-    from siqa import experiment
+    from siqa.evaluation.evaluate import evaluate
 
-    experiment.evaluate(args.checkpoint[0], args.overrides, split=args.split, out=args.out,
+    evaluate(args.checkpoint[0], args.overrides, split=args.split, out=args.out,
                         progress=sys.stderr.isatty())
     return 0
 

@@ -23,7 +23,7 @@ def main(argv):
                         help="skip comparing the exported file with PyTorch")
     args = parser.parse_args(argv)
 
-    from siqa.export import export
+    from siqa.inference.export import export
 
     result = export(args.checkpoint, args.format, args.out, batch=args.batch, check=not args.no_check)
     print(f"wrote {result.path} ({result.format}, batch {result.batch})")

@@ -33,11 +33,11 @@ def main(argv):
         raise UserError("--out goes with --manifest")
 
     import siqa
-    from siqa import predictor
+    from siqa.inference import manifest
 
     if args.manifest:  # streamed: one row at a time, whatever the manifest's length
-        fields = predictor.manifest_fields(args.manifest)  # every row checked before any output
-        rows = predictor.manifest_rows(args.manifest)
+        fields = manifest.manifest_fields(args.manifest)  # every row checked before any output
+        rows = manifest.manifest_rows(args.manifest)
         rows, for_scores = itertools.tee(rows)
         pairs = (pair for _, pair in for_scores)
     else:
@@ -47,7 +47,7 @@ def main(argv):
     print(f"# {model.describe_scale()}")
     # SIGTERM ends the run as an error does: the temporary CSV is removed (exit 143)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    out = predictor.PredictionsWriter(args.out, fields) if args.out else None
+    out = manifest.PredictionsWriter(args.out, fields) if args.out else None
     try:
         scored = zip(rows, model.iter_scores(pairs)) if rows is not None else \
             (((None, pair), score) for pair, score in zip(pairs, model.score_pairs(pairs)))
@@ -62,11 +62,11 @@ def main(argv):
     if out is not None:
         out.close()
     if args.manifest and args.maps:
-        pairs = [pair for _, pair in predictor.manifest_rows(args.manifest)]
+        pairs = [pair for _, pair in manifest.manifest_rows(args.manifest)]
     if args.maps:
-        from siqa.maps import write_maps
+        from siqa.inference.maps import write_maps
 
-        written = write_maps(model, pairs, predictor.map_names(pairs), args.maps)
+        written = write_maps(model, pairs, manifest.map_names(pairs), args.maps)
         print(f"# maps: {len(written)} files in {args.maps}")
     return 0
 

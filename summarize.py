@@ -22,7 +22,7 @@ def main(argv):
     parser.add_argument("--out", help="the merged run's folder (default: the one RUN_DIR given)")
     args = parser.parse_args(argv)
 
-    from siqa.merge import merge
+    from siqa.evaluation.merge import merge
 
     merge(args.runs, args.out)
     return 0

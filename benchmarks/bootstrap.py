@@ -17,7 +17,7 @@ import numpy as np
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from siqa.stats import bootstrap_metrics, resample_weights  # noqa: E402
+from siqa.evaluation.stats import bootstrap_metrics, resample_weights  # noqa: E402
 
 
 def loop(pred, target, scenes, resamples, seed=0):

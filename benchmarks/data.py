@@ -63,7 +63,8 @@ def stage_patches(args):
             for eye, shift in (("l", 0), ("r", 8)):
                 view = np.clip(base[:, shift : shift + 640], 0, 255).astype(np.uint8)
                 Image.fromarray(view).save(tmp / f"im{i}_{eye}.bmp")
-            pairs.append(StereoPair(f"im{i}", tmp / f"im{i}_l.bmp", tmp / f"im{i}_r.bmp", 1.0, False, f"s{i % 20}", "wn", True))
+            pairs.append(StereoPair(f"im{i}", tmp / f"im{i}_l.bmp", tmp / f"im{i}_r.bmp", 1.0, False,
+                                    f"s{i % 20}", "wn", True))
         write_s = time.perf_counter() - t
         rss_before = _peak_rss_mib()
         t = time.perf_counter()

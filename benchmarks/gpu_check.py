@@ -48,7 +48,8 @@ these lines as written, in a CPU venv built like the box.
   on the dev machine (5 wheels, ~4.3 MB; the device tool carries at most 64 MiB of ignored paths):
     bash scripts/gpu_box_wheels.sh
   carried to the box with the repository (the run tool's carry=["wheels"]); there:
-    python -m pip install --no-deps --no-index --ignore-requires-python --upgrade --target "$PWD/data/gpu_deps" wheels/*.whl
+    python -m pip install --no-deps --no-index --ignore-requires-python --upgrade \
+        --target "$PWD/data/gpu_deps" wheels/*.whl
     PYTHONPATH="$PWD/data/gpu_deps" python benchmarks/gpu_check.py "$OUT"
 (stereodemo declares Requires-Python !=3.12, hence --ignore-requires-python; only its image
 files are read.) The subprocesses get the repository prepended to the caller's PYTHONPATH,
@@ -332,7 +333,8 @@ def step_throughput(check, r):
         rc, log = check.run(python(script, "--device", check.device, "--splits", splits, "--step", step,
                                    "--precision", precision, *size, "--json", path),
                             f"throughput_{splits}_{step}_{precision}", 90)
-        rates[name] = json.loads(path.read_text()) if rc == 0 and path.is_file() else {"failed": f"{rc}: {tail(log, 1)}"}
+        rates[name] = (json.loads(path.read_text()) if rc == 0 and path.is_file()
+                       else {"failed": f"{rc}: {tail(log, 1)}"})
         rate = rates[name].get("patch_pairs_per_s")
         print(f"  {name:<28} " + (f"{rate:>12,.0f} patch pairs/s ({rates[name]['timed_steps']} steps in "
                                   f"{rates[name]['timed_s']:.1f} s)" if rate else f"failed ({rates[name]['failed']})"))
@@ -393,7 +395,7 @@ def step_resume(check, r):
 NSS_SNIPPET = r"""
 import json, sys, time, torch
 from siqa import config
-from siqa.experiment import load_pairs
+from siqa.data import load_database_from_config as load_pairs
 from siqa.nss.cache import read_pair
 from siqa.nss.features import nss_features_batch
 device, n = sys.argv[1], int(sys.argv[2])
@@ -429,7 +431,7 @@ PREPARE_SNIPPET = r"""
 import sys
 from siqa import config
 from siqa.data.nss import nss_from_config
-from siqa.experiment import load_pairs
+from siqa.data import load_database_from_config as load_pairs
 cfg = config.load_config(overrides=sys.argv[2:])
 pairs = load_pairs(cfg)
 nss_from_config(pairs, cfg["nss"], progress=False, device=sys.argv[1])

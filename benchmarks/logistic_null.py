@@ -2,9 +2,9 @@
 
 Predictions and scores drawn independently (normal; scores 40 + 10 N(0, 1)), `--draws`
 times per size; for each size, the median and 95th percentile of PLCC after the
-non-decreasing logistic fit (siqa.metrics.fit_logistic, forced: the project's minimum
+non-decreasing logistic fit (siqa.evaluation.metrics.fit_logistic, forced: the project's minimum
 count is left out) next to the median raw |PLCC|. This is what set
-siqa.metrics.MIN_LOGISTIC_ITEMS (docs/statistics.md).
+siqa.evaluation.metrics.MIN_LOGISTIC_ITEMS (docs/statistics.md).
 
     python benchmarks/logistic_null.py [--draws 300] [--sizes 5,8,12,16,20,30,50] [--seed 0]
 """
@@ -23,7 +23,7 @@ def main():
     parser.add_argument("--sizes", default="5,8,12,16,20,30,50")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    from siqa import metrics
+    from siqa.evaluation import metrics
 
     metrics.MIN_LOGISTIC_ITEMS = 5  # as many items as parameters: what the fit alone does
     rng = np.random.default_rng(args.seed)

@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import nss_reference as ref  # noqa: E402
+
 from siqa.nss import nss_features, nss_features_batch  # noqa: E402
 
 
@@ -111,7 +112,8 @@ def main(argv=None):
         print(f"  original free-loc / project CPU single  = {med['original free-loc'] / base:6.1f}x (target >= 50)")
     print(f"  numpy/scipy mle0 / project CPU batched  = {med['numpy/scipy mle0'] / med['project CPU batched']:6.1f}x")
     if cuda:
-        print(f"  numpy/scipy mle0 / project CUDA batched = {med['numpy/scipy mle0'] / med['project CUDA batched']:6.1f}x"
+        ratio = med['numpy/scipy mle0'] / med['project CUDA batched']
+        print(f"  numpy/scipy mle0 / project CUDA batched = {ratio:6.1f}x"
               f"   (CUDA vs CPU max rel diff {gpu_diff:.2e})")
     print(f"  max |project - numpy/scipy| / max(1, |ref|) over all values: {worst:.2e}; "
           f"batched vs single max diff {batch_diff:.2e}")

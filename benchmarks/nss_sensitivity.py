@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import nss_reference as ref  # noqa: E402
+
 from siqa.nss.features import CENSOR_K, nss_features, subband_magnitudes  # noqa: E402
 
 KS = (0.0, 1e-7, 1e-6, 1e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)

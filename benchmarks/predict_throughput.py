@@ -8,7 +8,7 @@ Lines measured (the network is untrained: its speed does not depend on its weigh
   API, arrays    the same on views already decoded to uint8 arrays (what a caller holding
                  images in memory gets)
   evaluate path  the same files through evaluate.py's route (all patches stacked with
-                 siqa.experiment.split_data, then siqa.engine.predict_pairs): the reference the
+                 siqa.data.inputs.split_data, then siqa.scoring.predict_pairs): the reference the
                  API must match in speed as it does in value
   predict.py     the command on a manifest of the same pairs, as a new process; "per pair"
                  subtracts a one-pair run (start-up, imports, checkpoint load), "whole" does not
@@ -42,10 +42,10 @@ def make_checkpoint(path):
     import torch
 
     from siqa import config
+    from siqa.build import build_model
     from siqa.checkpoint import save_checkpoint
-    from siqa.experiment import build_model
 
-    cfg = config.resolve_auto(config.load_config(overrides=["dataset.name=csv"]))
+    cfg = config.load_config(overrides=["dataset.name=csv"])
     torch.manual_seed(0)
     model = build_model(cfg, torch.device("cpu"))
     save_checkpoint(path, {"model": model.state_dict(), "config": cfg, "database": {
@@ -74,14 +74,14 @@ def predict_cli(checkpoint, manifest, device, threads):
 
 def evaluate_path(model, pairs):
     """evaluate.py's scoring route on the same files (what the API reproduces)."""
+    from siqa.data.inputs import split_data
     from siqa.data.records import StereoPair
-    from siqa.engine import predict_pairs
-    from siqa.experiment import split_data
+    from siqa.scoring import predict_pairs
 
     records = [StereoPair(name=str(a), left=a, right=b, score=0.0, higher_is_better=False,
                           content="", distortion="") for a, b in pairs]
     data = split_data(records, np.zeros((len(records), 108)), model.patch_dtype, model.normalisation,
-                      progress=False)
+                      model.spec, progress=False)
     return predict_pairs(model.network, data.to(model.device), amp_dtype=model.amp_dtype)
 
 

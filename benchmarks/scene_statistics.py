@@ -7,18 +7,18 @@ N(0, 0.15^2) and offset_s ~ N(0, 8^2) and noise ~ N(0, 8^2) per pair. The scene 
 what makes pairs of one scene dependent (scene-to-scene variation).
 
 1. Coverage: the population value of each metric is computed once on 4,000 scenes; the
-   95 % percentile scene bootstrap (siqa.stats.bootstrap_metrics) of a k-scene test set
+   95 % percentile scene bootstrap (siqa.evaluation.stats.bootstrap_metrics) of a k-scene test set
    covers it in what share of the simulations?
    The same for the pair bootstrap (metrics.json's ci95_pair_level: every pair resampled
    on its own, scenes ignored) at 6, 8 and 20 test scenes.
 2. Type-I error at 5 %: two runs drawn independently from the same model (so neither is
    better on the population of scenes); how often does each test reject?
-   - scene test: siqa.stats.paired_scene_test on the pooled predictions (SROCC, RMSE);
+   - scene test: siqa.evaluation.stats.paired_scene_test on the pooled predictions (SROCC, RMSE);
    - pair test: the same permutation with every pair its own unit (scenes ignored);
    - Pitman-Morgan on all pairs' residuals target - prediction (independent pairs assumed);
    - Wilcoxon across 10 random 60/20/20 splits (siqa.data.splits.content_splits) of the
      per-split test SROCC (overlapping test sets, one database).
-3. The median interval of summary.json (siqa.stats.median_interval: order statistics of the
+3. The median interval of summary.json (siqa.evaluation.stats.median_interval: order statistics of the
    per-split test metrics, 97.9 % at 10 splits), under the whole random design: draw a
    database of k = 6, 8, 20 scenes (the scene effects belong to the scene: a scene is as
    hard for the method whatever it trains on), draw 10 random 60/20/20 content splits
@@ -43,8 +43,13 @@ import numpy as np
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from siqa.stats import (bootstrap_metrics, median_interval, paired_scene_test,  # noqa: E402
-                        pitman_morgan, wilcoxon_signed_rank)
+from siqa.evaluation.stats import (  # noqa: E402
+    bootstrap_metrics,
+    median_interval,
+    paired_scene_test,
+    pitman_morgan,
+    wilcoxon_signed_rank,
+)
 
 PAIRS_PER_SCENE, SLOPE_SD, OFFSET_SD, NOISE_SD = 15, 0.15, 8.0, 8.0
 COVERAGE_SCENES = (2, 4, 6, 8, 12, 20)

@@ -4,7 +4,7 @@ Synthetic LIVE-Phase-I-sized data: 365 pairs x 364 patch positions (640x360 view
 batch 128, full training steps (forward, joint loss, backward, SGD step).
 
 (a) project: patches resident on the device as one tensor per view, index-sliced batches of
-    a seeded permutation, one forward pass per step (siqa.engine.train_epoch, as train.py runs it);
+    a seeded permutation, one forward pass per step (siqa.training.step.epoch_steps, as train.py runs it);
 (b) original: a Dataset holding one tensor per patch, DataLoader(batch_size=128,
     shuffle=True, num_workers=0) with default collation, two forward passes per step.
 
@@ -15,8 +15,8 @@ steps (a full CPU epoch takes many minutes); with --full-epoch it is run.
 The project path runs as `train.step` does (--step eager | compile | graph) at a precision:
 fp32 (TF32 off), tf32 (TF32 matmuls and convolutions, CUDA), bf16 (bfloat16 autocast, TF32
 as train.py leaves it, i.e. on for CUDA; the quality output and the losses in float32, see
-siqa.engine.joint_loss). The process-wide switches are those train.py sets, from
-siqa.distributed.configure_numerics with train.deterministic=auto: on CUDA cuDNN benchmark on
+siqa.training.step.joint_loss). The process-wide switches are those train.py sets, from
+siqa.device.configure_numerics with train.deterministic=auto: on CUDA cuDNN benchmark on
 (it picks the fastest convolution kernels for the static patch shape), on the CPU the
 deterministic kernels. The first steps (--warmup) include compiling or capturing; their time
 is printed apart. The timed part runs chunks of --steps steps until it has run for at least
@@ -28,7 +28,7 @@ variant per call this way).
 
 --model NAME times another network of siqa.models.MODELS (default bourbia2021, the paper's;
 `all`: every network, each in its own process, one row each in one table) through the same
-step train.py runs: siqa.engine.TrainStep / joint_loss with the network's own spec, on
+step train.py runs: siqa.training.step.TrainStep / joint_loss with the network's own spec, on
 synthetic patches of its own size and channels (32x32 grey for bourbia2021, 32x32 RGB for
 multiscore and stereoqanet, 256x256 RGB crops for padnet) and targets of its own outputs
 (per-view scores for multiscore; NSS targets, weight 25, for bourbia2021 only). Optimizer:
@@ -39,7 +39,7 @@ it). Only the timed steps' patches are held for the other networks; the original
 validation and epoch projections are the paper's network's alone.
 
 With --splits N, N models train at once on the same patches, a step of each in turn, as
-train.concurrent_repeats=true runs the N content splits (siqa.concurrent: on CUDA a stream
+train.concurrent_repeats=true runs the N content splits (siqa.training.concurrent: on CUDA a stream
 and a generator state per split); the project's rate is then the sum over the N splits.
 
     python benchmarks/train_throughput.py [--model NAME|all] [--device cpu|cuda] [--step eager|compile|graph]
@@ -67,7 +67,7 @@ def synthetic(num_pairs, device, dtype, spec=None, per_pair=PATCHES_PER_PAIR, ns
     paper's 1x32x32 without a spec), with the targets of the spec's outputs."""
     import torch
 
-    from siqa.engine import SplitData
+    from siqa.data.inputs import SplitData
 
     channels, size = (spec.channels, spec.patch) if spec else (1, 32)
     g = torch.Generator().manual_seed(0)
@@ -102,7 +102,7 @@ def set_numerics(precision, device):
     returns (the autocast dtype, what was set)."""
     import torch
 
-    from siqa.distributed import configure_numerics
+    from siqa.device import configure_numerics
 
     tf32 = {"fp32": False, "tf32": True, "bf16": "auto"}[precision]
     numerics = configure_numerics("auto", tf32, device)
@@ -129,10 +129,10 @@ def timed_chunks(epoch, order, first, steps, min_seconds, device, batch=BATCH):
 def run_project(args, device):
     import torch
 
-    from siqa.concurrent import finish, interleave
-    from siqa.engine import TrainStep, epoch_order, epoch_steps, predict_pairs
-    from siqa.experiment import make_optimizer
     from siqa.models import MODELS, create_model
+    from siqa.scoring import predict_pairs
+    from siqa.training.concurrent import finish, interleave
+    from siqa.training.step import TrainStep, epoch_order, epoch_steps, make_optimizer
 
     torch.manual_seed(0)
     paper = args.model == DEFAULT_MODEL
@@ -198,7 +198,7 @@ def run_original(args, device):
     import torch
     from torch.utils.data import DataLoader, Dataset
 
-    from siqa.model import MultiTaskSIQA
+    from siqa.models.bourbia2021 import MultiTaskSIQA
 
     class PatchList(Dataset):  # one tensor per patch, as the original kept them
         def __init__(self, data):
@@ -245,7 +245,7 @@ def measure(args):
     """One variant of one network, in this process: the figures as a dict (a table row)."""
     import torch
 
-    from siqa.engine import select_device
+    from siqa.device import select_device
 
     device = select_device(args.device)  # cuda -> cuda:N, made current as train.py does
     if device.type == "cuda":
@@ -378,7 +378,8 @@ def main():
     print(f"{'variant':<10}{'patch pairs/s':>16}{'ms/step':>10}{'peak host MiB':>16}{'peak GPU MiB':>14}")
     for name, r in results.items():
         gpu = "-" if r["peak_gpu_mib"] is None else f"{r['peak_gpu_mib']:.0f}"
-        print(f"{name:<10}{r['rate']:>16.1f}{1000 * r.get('batch', BATCH) / r['rate']:>10.1f}{r['peak_host_mib']:>16.0f}{gpu:>14}")
+        ms = 1000 * r.get('batch', BATCH) / r['rate']
+        print(f"{name:<10}{r['rate']:>16.1f}{ms:>10.1f}{r['peak_host_mib']:>16.0f}{gpu:>14}")
     if "original" in results:
         print(f"ratio project / original: {p['rate'] / results['original']['rate']:.2f}x")
     print(f"first {args.warmup} steps (compile / capture included): {p['warmup_s']:.1f} s")

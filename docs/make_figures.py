@@ -5,7 +5,7 @@
 
 - network.png: the multi-task network, one box per sub-network (A-D, fusion, the two task
   heads). Every shape in it is recorded by forward hooks during one forward pass of
-  `siqa.model.MultiTaskSIQA`, and every parameter count is counted on that model, so the
+  `siqa.models.bourbia2021.MultiTaskSIQA`, and every parameter count is counted on that model, so the
   drawing cannot drift from the code.
 - dtcwt_subbands.png: a view of a real stereo pair (the `stereodemo` package's `cycles`
   scene, as the demo database crops it), standardised per column as for the NSS targets,
@@ -57,7 +57,8 @@ def network_taps(model=None):
     counts per block, recorded on `model` (default: a fresh MultiTaskSIQA)."""
     import torch
 
-    from siqa.model import PATCH_SIZE, MultiTaskSIQA, count_parameters
+    from siqa.models import count_parameters
+    from siqa.models.bourbia2021 import PATCH_SIZE, MultiTaskSIQA
 
     model = MultiTaskSIQA() if model is None else model
     shapes, hooks = {}, []
@@ -143,7 +144,7 @@ def draw_network(path, model=None):
     import matplotlib.pyplot as plt
     from matplotlib.patches import FancyBboxPatch
 
-    from siqa.model import MultiTaskSIQA
+    from siqa.models.bourbia2021 import MultiTaskSIQA
 
     model = MultiTaskSIQA() if model is None else model
     shapes, params = network_taps(model)

@@ -8,7 +8,7 @@ __all__ = ["load", "__version__"]
 
 def __getattr__(name):  # siqa.load, imported on first use so that `import siqa.x` stays torch-free
     if name == "load":
-        from siqa.api import load
+        from siqa.inference.api import load
 
         return load
     raise AttributeError(f"module 'siqa' has no attribute {name!r}")

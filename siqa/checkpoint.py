@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from siqa.errors import UserError
-from siqa.files import atomic_write, serialize_torch
+from siqa.files import atomic_write
 
 DIGEST_KEY = "sha256"
 MAGIC = b"SIQA-CHECKPOINT-1\n"  # the first format: MAGIC, hex digest, newline, payload
@@ -52,6 +52,13 @@ def save_checkpoint(path, state: dict):
     plain = {key: _plain(value, key) for key, value in state.items()}
     plain[DIGEST_KEY] = content_digest(plain)
     atomic_write(path, serialize_torch(plain))
+
+
+def serialize_torch(obj) -> bytes:
+    """torch.save into bytes (so that it can be written atomically)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
 
 
 def load_checkpoint(path, map_location="cpu", required=()) -> dict:
@@ -206,7 +213,7 @@ def _feed(h, value):
 def rng_state(device=None) -> dict:
     """This process's random number generator states: the CPU generator, and on CUDA the
     generator of `device` only (the GPU this process trains on). Under DDP every rank saves
-    its own (see siqa.experiment), so a machine with another number of GPUs can still load it."""
+    its own (see siqa.training.checkpoints), so a machine with another number of GPUs can still load it."""
     state = {"torch": torch.get_rng_state()}
     if device is not None and torch.device(device).type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(torch.device(device))

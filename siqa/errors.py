@@ -26,3 +26,12 @@ def run_cli(main, argv=None):
         message = " ".join(str(err).split())  # always one line
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
+
+
+SHOW = 3  # how many examples a message lists
+
+
+def examples(items):
+    items = list(items)
+    shown = ", ".join(str(x) for x in items[:SHOW])
+    return shown + (", ..." if len(items) > SHOW else "")

@@ -14,9 +14,10 @@ naming the path.
 import errno
 import fcntl
 import hashlib
-import io
+import json
 import os
 import re
+import shutil
 import socket
 import tempfile
 import time
@@ -78,6 +79,14 @@ def atomic_write_text(path, text: str):
     atomic_write(path, text.encode("utf-8"))
 
 
+def read_json(path):
+    """The JSON document in `path`; UserError (one line, naming it) where it cannot be read."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read {path}: {err}") from None
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -88,15 +97,6 @@ def sha256_file(path, chunk=1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def serialize_torch(obj) -> bytes:
-    """torch.save into bytes (so that it can be written atomically)."""
-    import torch
-
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
 
 
 # --------------------------------------------------------------------------- leftovers
@@ -125,8 +125,6 @@ def remove_dead_temporaries(folder, pattern=".*.tmp", recursive=False, all_dead=
     writers that were killed (see writer_dead); `all_dead`: untagged matches (written before
     temporary names carried their writer) are leftovers too, which the caller knows when it
     holds the folder's RunLock. Returns the paths removed."""
-    import shutil
-
     folder = Path(folder)
     if not folder.is_dir():
         return []

@@ -29,7 +29,7 @@ def read_bytes(path) -> bytes:
     return data
 
 
-def _decoded_pil(path, data: bytes) -> Image.Image:
+def decoded_pil(path, data: bytes) -> Image.Image:
     """Fully decode with PIL so that a truncated or non-image file is caught here."""
     try:
         image = Image.open(io.BytesIO(data))
@@ -77,7 +77,7 @@ def grey_pil(path) -> np.ndarray:
     16-bit grey files are reduced to 8 bits as OpenCV does (value >> 8, so that the patches
     and the NSS targets, read with OpenCV, see the same image): PIL's convert('L') clips
     every value over 255 to white."""
-    image = _decoded_pil(path, read_bytes(path))
+    image = decoded_pil(path, read_bytes(path))
     if image.mode in WIDE_GREY:
         wide = np.asarray(image).astype(np.int64)
         if wide.min() < 0 or wide.max() > 65535:
@@ -92,11 +92,21 @@ def grey_cv2(path) -> np.ndarray:
     import cv2
 
     data = read_bytes(path)
-    _decoded_pil(path, data)  # OpenCV silently returns part of a truncated file
+    decoded_pil(path, data)  # OpenCV silently returns part of a truncated file
     grey = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
     if grey is None:
         raise UserError(f"cannot read image {path}: OpenCV cannot decode it")
     return grey
+
+
+def view_rgb(path, half=None) -> np.ndarray:
+    """An 8-bit RGB view (H x W x 3, PIL convert('RGB')); `half` 0 or 1: the left or right
+    half of a side-by-side file."""
+    rgb = np.asarray(decoded_pil(path, read_bytes(path)).convert("RGB"))
+    if half is None:
+        return rgb
+    w = rgb.shape[1] // 2
+    return rgb[:, :w] if half == 0 else rgb[:, w : 2 * w]
 
 
 def split_side_by_side(image: np.ndarray):
@@ -116,3 +126,32 @@ def read_views(left, right=None, grey=grey_pil):
             f"{right} is {rv.shape[1]}x{rv.shape[0]} (width x height)"
         )
     return lv, rv
+
+
+def check_image(path):
+    """(width, height) of a file that both PIL and OpenCV can read, fully decoded once;
+    otherwise a short string saying what is wrong with it ("missing", "empty", ...)."""
+    fp = Path(path)
+    try:
+        if not fp.is_file():
+            return "missing"
+        if fp.stat().st_size == 0:
+            return "empty"
+    except (OSError, ValueError) as err:  # e.g. a name too long for the file system
+        return f"cannot be opened: {err.strerror if isinstance(err, OSError) else err}"
+    try:
+        with Image.open(fp) as im:
+            size, fmt = im.size, im.format
+            try:
+                im.load()
+            except (OSError, SyntaxError, ValueError, EOFError) as err:
+                return f"truncated or damaged: {err}"
+    except Image.DecompressionBombError as err:
+        return f"too large to decode: {err}"
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):
+        return "not an image"
+    import cv2  # OpenCV loads slowly: only where a file is checked or read with it
+
+    if not cv2.haveImageReader(str(fp)):
+        return f"{fmt} format, which OpenCV cannot read; convert it to PNG or BMP"
+    return size

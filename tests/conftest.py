@@ -49,7 +49,7 @@ def needs_cuda(test):
 
 @pytest.fixture
 def process_numerics():
-    """siqa.distributed.configure_numerics (and evaluate's use_run_threads) change
+    """siqa.device.configure_numerics (and evaluate's use_run_threads) change
     process-wide switches: put them back after the test."""
     import torch
 
@@ -118,7 +118,7 @@ def synthetic_split(num_pairs=6, per_pair=50, device="cpu", seed=0):
     """A seeded random SplitData: patches ~ N(0, 0.2^2), scores in [0, 60), NSS in [0, 1)."""
     import torch
 
-    from siqa.engine import SplitData
+    from siqa.data.inputs import SplitData
 
     g = torch.Generator().manual_seed(seed)
     n = num_pairs * per_pair
@@ -143,3 +143,12 @@ def model(checkpoint):
     import siqa
 
     return siqa.load(checkpoint, device="cpu")
+
+
+def train_epoch(model, optimizer, data, order, batch_size, nss_weight, amp_dtype=None, step=None):
+    """One epoch of siqa.training.step.epoch_steps run to its end: its mean losses."""
+    from siqa.training.concurrent import finish
+    from siqa.training.step import epoch_steps
+
+    return finish(epoch_steps(model, optimizer, data, order, batch_size, nss_weight, amp_dtype,
+                              step=step))

@@ -1,5 +1,5 @@
 """Run under `torchrun --standalone --nproc_per_node=2` by tests/test_reliability.py: the
-per-rank random streams of siqa.experiment, seen from inside two gloo processes.
+per-rank random streams of siqa.training.checkpoints, seen from inside two gloo processes.
 
 Each rank initialises the model and then its own stream exactly as train_split does, draws a
 dropout mask, saves and restores its RNG state the way checkpoints do; rank 0 writes what it
@@ -10,10 +10,10 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from siqa import distributed
 from siqa.checkpoint import rng_state
-from siqa.experiment import restore_rank_rng, seed_rank_stream
-from siqa.model import MultiTaskSIQA
+from siqa.models.bourbia2021 import MultiTaskSIQA
+from siqa.training import distributed
+from siqa.training.checkpoints import restore_rank_rng, seed_rank_stream
 
 SEED = 3
 

@@ -11,7 +11,6 @@ import scipy.optimize
 import scipy.special
 import scipy.stats
 
-
 EPS32 = float(np.finfo(np.float32).eps)
 EPS64 = float(np.finfo(np.float64).eps)
 MAG_FLOOR = 1e-12  # the floor before logs (docs/method.md#gamma-marginals) (same constant as siqa.nss)

@@ -146,7 +146,7 @@ def test_naturalness_computed_equals_the_training_targets(model, tiny_run, tiny_
         nat = model.naturalness(pair.left, pair.right)
         assert nat.predicted.shape == nat.computed.shape == (108,)
         np.testing.assert_allclose(nat.computed, target, rtol=1e-9, atol=1e-12)
-    from siqa.api import Naturalness
+    from siqa.inference.api import Naturalness
 
     labels = Naturalness.labels()
     assert len(labels) == 108 and labels[0] == "a_R L1 o0" and labels[107] == "Sigma_LL L3 o5"
@@ -202,7 +202,7 @@ def test_bad_inputs_are_one_line_user_errors(model, checkpoint, tiny_manifest, m
 
 def test_checkpoint_of_another_model_or_file_is_refused(checkpoint, tmp_path):
     from siqa.checkpoint import load_checkpoint, save_checkpoint
-    from siqa.model import MultiTaskSIQA
+    from siqa.models.bourbia2021 import MultiTaskSIQA
 
     state = load_checkpoint(checkpoint)
     state["model"] = MultiTaskSIQA(nss_dim=12).state_dict()  # another head size

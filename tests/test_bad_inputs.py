@@ -52,7 +52,7 @@ def checkpoints(db, tmp_path_factory, checkpoint):
 
     from siqa import config
     from siqa.checkpoint import save_checkpoint
-    from siqa.model import MultiTaskSIQA
+    from siqa.models.bourbia2021 import MultiTaskSIQA
 
     folder, manifest, rows = db
     work = tmp_path_factory.mktemp("bad_inputs_ckpt")

@@ -128,7 +128,7 @@ def test_evaluate_on_a_mos_database_orients_the_correlations(trained, tiny_manif
     proc = run_entry("evaluate.py", "--checkpoint", work / "run" / "best.pt", "--out", tmp_path / "ev",
                      "dataset.name=csv", f"dataset.manifest={mos}")
     assert proc.returncode == 0, proc.stderr
-    # the same images as the checkpoint's database (siqa.overlap): its test split is scored
+    # the same images as the checkpoint's database (siqa.data.overlap): its test split is scored
     report = json.loads((tmp_path / "ev" / "metrics.json").read_text())["test"]
     assert report["oriented"]["flipped"] is True
     assert report["oriented"]["srocc"] == pytest.approx(-report["srocc"])

@@ -10,9 +10,9 @@ import pytest
 
 from conftest import make_tiny_database, run_entry, tiny_overrides
 from siqa.checkpoint import load_checkpoint
-from siqa.comparison import Run, compare, load_run, tables
 from siqa.data.splits import content_splits, split_document, write_split_file
-from siqa.stats import holm, pitman_morgan, wilcoxon_signed_rank
+from siqa.evaluation.comparison import Run, compare, load_run, tables
+from siqa.evaluation.stats import holm, pitman_morgan, wilcoxon_signed_rank
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,7 @@ def test_compare_markdown_latex_and_statistics(runs, tmp_path):
     want = wilcoxon_signed_rank([t["srocc"] for t in ta], [t["srocc"] for t in tb])
     assert got["metrics"]["srocc"]["pvalue"] == pytest.approx(want.pvalue)
     assert got["metrics"]["srocc"]["winner"] is None  # two splits: p >= 0.5, never significant
-    from siqa.metrics import fit_logistic
+    from siqa.evaluation.metrics import fit_logistic
 
     res = {}
     for d in ("a", "b"):
@@ -113,7 +113,7 @@ def test_compare_markdown_latex_and_statistics(runs, tmp_path):
     assert [adjusted[i] for i in known] == pytest.approx(list(holm([raw[i] for i in known])))
     assert all(adjusted[i] is None for i in range(len(raw)) if i not in known)
     # the corrected resampled t-test: n_test / n_train from the runs' own pair counts
-    from siqa.stats import corrected_resampled_t
+    from siqa.evaluation.stats import corrected_resampled_t
 
     counts = [json.loads((runs / "a" / f"split_{r}" / "metrics.json").read_text())["pairs"]
               for r in range(2)]
@@ -227,7 +227,7 @@ def test_kfold_runs_get_the_paired_scene_test_on_pooled_predictions():
     """Two k-fold runs (2 folds x 2 repetitions) of 8 scenes: the pooled out-of-fold
     predictions (mean over the repetitions) go through the paired scene permutation test,
     Holm over SROCC, PLCC and RMSE; the better run wins by the sign of the difference."""
-    from siqa.stats import paired_scene_test
+    from siqa.evaluation.stats import paired_scene_test
 
     rng, scenes, y, names, doc = toy_kfold(seed=5, per_scene=6, splits=4, name="p{}")
     half = [set(names[:24]), set(names[24:])]
@@ -299,7 +299,7 @@ def test_reference_leaderboard_and_its_files(tmp_path):
     runs best first with their medians and intervals, and goes to CSV and Markdown."""
     import csv as csv_mod
 
-    from siqa.comparison import write_outputs
+    from siqa.evaluation.comparison import write_outputs
 
     a = np.linspace(0.70, 0.80, 8)
     runs = three_runs({"ref": a, "x": a + 0.05, "y": a - 0.05})
@@ -340,7 +340,7 @@ def test_n_runs_refused_in_one_line_when_one_differs_in_its_splits():
 
 
 def test_kfold_leaderboard_gives_the_pooled_out_of_fold_metrics():
-    from siqa.metrics import evaluate_scores
+    from siqa.evaluation.metrics import evaluate_scores
 
     rng, scenes, y, names, doc = toy_kfold(seed=3, per_scene=4, splits=2, name="p{:02d}")
     runs, preds = [], {}

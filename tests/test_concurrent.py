@@ -7,11 +7,11 @@ import torch
 
 from conftest import needs_cuda, tiny_overrides
 from siqa import config as config_mod
-from siqa import experiment
 from siqa.checkpoint import load_checkpoint
-from siqa.concurrent import finish, interleave
-from siqa.distributed import Dist
 from siqa.errors import UserError
+from siqa.training import run as runner
+from siqa.training.concurrent import finish, interleave
+from siqa.training.distributed import Dist
 
 SPLITS = 2
 
@@ -20,7 +20,7 @@ def train(manifest, work, resume=False, **extra):
     cfg = config_mod.load_config(overrides=tiny_overrides(
         manifest, work, **{"train.repeats": SPLITS, "train.scatter_every": 1000, **extra}))
     lines = []
-    experiment.train(cfg, resume=resume, dist=Dist(), progress=False, log=lines.append)
+    runner.train(cfg, resume=resume, dist=Dist(), progress=False, log=lines.append)
     return lines
 
 
@@ -43,7 +43,7 @@ def without_card(path):
 def scalars(work, split):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from siqa.experiment import tensorboard_name
+    from siqa.training.logbook import tensorboard_name
 
     acc = EventAccumulator(str(work / "tb" / tensorboard_name(work / "run") / f"split_{split}")).Reload()
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
@@ -97,7 +97,7 @@ def test_a_stopped_concurrent_run_resumes_to_the_same_end(runs, tiny_manifest, t
                                                          monkeypatch, one_torch_thread):
     """Stopped as split 1 starts its second epoch (both splits have written last.pt after
     epoch 1), resumed concurrently: every split ends as the uninterrupted sequential run."""
-    real = experiment.epoch_steps
+    real = runner.epoch_steps
     started = []
 
     def stopping(*args, **kw):
@@ -106,10 +106,10 @@ def test_a_stopped_concurrent_run_resumes_to_the_same_end(runs, tiny_manifest, t
             raise KeyboardInterrupt
         return (yield from real(*args, **kw))
 
-    monkeypatch.setattr(experiment, "epoch_steps", stopping)
+    monkeypatch.setattr(runner, "epoch_steps", stopping)
     with pytest.raises(KeyboardInterrupt):
         train(tiny_manifest, tmp_path, **{"train.concurrent_repeats": True})
-    monkeypatch.setattr(experiment, "epoch_steps", real)
+    monkeypatch.setattr(runner, "epoch_steps", real)
     for r in range(SPLITS):
         assert load_checkpoint(tmp_path / "run" / f"split_{r}" / "last.pt")["epoch"] == 1
     train(tiny_manifest, tmp_path, resume=True, **{"train.concurrent_repeats": True})
@@ -124,7 +124,7 @@ def test_concurrent_repeats_refuse_several_processes(tiny_manifest, tmp_path):
     cfg = config_mod.load_config(overrides=tiny_overrides(
         tiny_manifest, tmp_path, **{"train.repeats": 2, "train.concurrent_repeats": True}))
     with pytest.raises(UserError, match="train.concurrent_repeats=true is for one process"):
-        experiment.train(cfg, dist=Dist(world=2), progress=False, log=lambda line: None)
+        runner.train(cfg, dist=Dist(world=2), progress=False, log=lambda line: None)
     assert not (tmp_path / "run").exists()
 
 
@@ -208,7 +208,7 @@ def test_on_cuda_graph_captured_splits_at_once_equal_one_after_another(tiny_mani
             tiny_manifest, tmp_path / str(concurrent), **{"train.repeats": SPLITS,
                                                           "train.concurrent_repeats": concurrent,
                                                           **extra}))
-        experiment.train(cfg, dist=Dist(device=torch.device("cuda")), progress=False,
+        runner.train(cfg, dist=Dist(device=torch.device("cuda")), progress=False,
                          log=lambda line: None)
     for r in range(SPLITS):
         a, b = (tmp_path / str(c) / "run" / f"split_{r}" for c in (False, True))

@@ -1,12 +1,15 @@
 """The config schema: defaults, dotted overrides, and the errors a user sees."""
+import re
+
 import pytest
 
-from siqa.config import AUTO, flatten, load_config, parse_overrides, resolve_auto
+from siqa.config import flatten, load_config, parse_overrides
 from siqa.errors import UserError
+from siqa.models import bourbia2021
 
 
 def test_defaults_are_the_paper_protocol():
-    cfg = resolve_auto(load_config(overrides=["dataset.name=live3d_phase1"]))
+    cfg = load_config(overrides=["dataset.name=live3d_phase1"])
     assert cfg["train"]["epochs"] == 500 and cfg["train"]["optimizer"] == "sgd"
     assert cfg["train"]["batch_size"] == 128
     assert cfg["train"]["lr"] == 0.001 and cfg["train"]["momentum"] == 0.9
@@ -17,14 +20,14 @@ def test_defaults_are_the_paper_protocol():
 
 
 def test_auto_is_the_demo_profile_on_the_demo_and_explicit_values_win():
-    demo = resolve_auto(load_config())
+    demo = load_config()
     assert demo["dataset"]["name"] == "demo"
-    for key, value in AUTO["short"].items():
+    for key, value in bourbia2021.SHORT.items():
         section, name = key.split(".")
         assert demo[section][name] == value
-    mine = resolve_auto(load_config(overrides=["train.epochs=3", "train.optimizer=sgd"]))
+    mine = load_config(overrides=["train.epochs=3", "train.optimizer=sgd"])
     assert mine["train"]["epochs"] == 3 and mine["train"]["optimizer"] == "sgd"
-    assert mine["train"]["lr"] == AUTO["short"]["train.lr"]
+    assert mine["train"]["lr"] == bourbia2021.SHORT["train.lr"]
 
 
 def test_interface_keys_exist():
@@ -98,7 +101,7 @@ def test_override_without_equals_is_an_error():
         parse_overrides(["train.epochs"])
 
 
-# The paper rows of siqa.config.RECIPES, written out from their sources (docs/models.md):
+# The paper rows of the networks' recipes (siqa/models/<network>.py), written out from their sources (docs/models.md):
 # epochs, optimizer, lr, batch, weight decay, lr_step, lr_gamma, nss_weight.
 PAPER_RECIPES = {
     "bourbia2021": (500, "sgd", 0.001, 128, 0.0001, 0, 0.1, 25.0),
@@ -119,10 +122,10 @@ KEYS = ("epochs", "optimizer", "lr", "batch_size", "weight_decay", "lr_step", "l
 
 @pytest.mark.parametrize("name", sorted(PAPER_RECIPES))
 def test_auto_resolves_per_network_and_profile(name):
-    paper = resolve_auto(load_config(overrides=[f"model.name={name}", "dataset.name=live3d_phase2"]))
+    paper = load_config(overrides=[f"model.name={name}", "dataset.name=live3d_phase2"])
     assert tuple(paper["train"][k] for k in KEYS) == PAPER_RECIPES[name]
     assert paper["train"]["profile"] == "paper"
-    short = resolve_auto(load_config(overrides=[f"model.name={name}"]))  # the demo
+    short = load_config(overrides=[f"model.name={name}"])  # the demo
     assert short["train"]["profile"] == "short"
     assert {k: short["train"][k] for k in KEYS} == dict(zip(KEYS, SHORT_RECIPES[name]))
     assert paper["patches"]["normalisation"] == "reference"
@@ -135,8 +138,8 @@ def test_explicit_values_win_over_every_recipe(name):
                 "train.weight_decay=0", "train.lr_step=2", "train.lr_gamma=0.5",
                 "train.nss_weight=0", "patches.normalisation=reference"]
     for profile in ("paper", "short"):
-        cfg = resolve_auto(load_config(overrides=[f"model.name={name}", f"train.profile={profile}",
-                                                  *explicit]))
+        cfg = load_config(overrides=[f"model.name={name}", f"train.profile={profile}",
+                                                  *explicit])
         assert tuple(cfg["train"][k] for k in KEYS) == (3, "adam", 0.5, 7, 0.0, 2, 0.5, 0.0)
         assert cfg["patches"]["normalisation"] == "reference"
 
@@ -145,7 +148,7 @@ def test_deviations_are_against_the_networks_own_recipe():
     from siqa.config import deviations_from_paper
 
     def deviations(*overrides):
-        return deviations_from_paper(resolve_auto(load_config(overrides=list(overrides))))
+        return deviations_from_paper(load_config(overrides=list(overrides)))
 
     assert deviations("dataset.name=live3d_phase1") == []
     assert deviations("model.name=multiscore", "dataset.name=live3d_phase1") == []
@@ -171,3 +174,34 @@ def test_auto_keys_keep_their_types():
         load_config(overrides=["train.nss_weight=heavy"])
     cfg = load_config(overrides=["train.weight_decay=0", "train.lr_gamma=1"])
     assert cfg["train"]["weight_decay"] == 0.0 and isinstance(cfg["train"]["lr_gamma"], float)
+
+
+def test_config_yaml_is_written_from_the_declared_settings():
+    """config.yaml is siqa/settings.py's table, rendered (`python -m siqa.settings`): each key
+    declared once, its comment and default from there."""
+    from pathlib import Path
+
+    from siqa.settings import SETTINGS, config_yaml, defaults
+
+    text = (Path(__file__).resolve().parent.parent / "config.yaml").read_text()
+    assert text == config_yaml()
+    assert load_config() == load_config(base=defaults())  # the file adds nothing to the table
+    keys = [s.key for s in SETTINGS]
+    assert len(keys) == len(set(keys)) and set(flatten(load_config())) == set(keys)
+
+
+def test_every_declaration_is_enforced():
+    """Each kind of declaration of siqa.settings refuses what it should, in one line."""
+    from siqa.config import check
+
+    cases = [("train.repeats", 0, "a positive integer"), ("train.seed", -1, "a non-negative integer"),
+             ("train.splits", [1, 1], "null or a list of distinct split indices"),
+             ("train.tf32", "yes", "auto, true or false"),
+             ("dataset.split", [0.5, 0.5], "a list of 3 numbers"), ("out_dir", 3, "a string (path) or null"),
+             ("protocol.design", "loo", "one of random, kfold"), ("train.amp", 1, "true or false"),
+             ("model.name", "resnet", "one of bourbia2021, multiscore, padnet, stereoqanet")]
+    for key, value, expected in cases:
+        with pytest.raises(UserError, match=re.escape(f"config key {key}: expected {expected}")) as err:
+            check(key, value)
+        assert "\n" not in str(err.value)
+    assert check("train.splits", 3) == [3] and check("train.epochs", "auto") == "auto"

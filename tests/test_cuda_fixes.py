@@ -12,12 +12,12 @@ import torch
 
 from conftest import needs_cuda, tiny_overrides
 from siqa import config as config_mod
-from siqa import distributed, experiment
 from siqa.checkpoint import load_checkpoint, restore_rng, rng_state
-from siqa.distributed import Dist
-from siqa.engine import select_device
+from siqa.device import configure_numerics, select_device
 from siqa.errors import UserError
-
+from siqa.training import run as runner
+from siqa.training.distributed import Dist
+from siqa.training.logbook import Logbook
 
 
 def tiny_cfg(manifest, work, **extra):
@@ -26,7 +26,7 @@ def tiny_cfg(manifest, work, **extra):
 
 def run(cfg, resume=False, device="cpu"):
     lines = []
-    experiment.train(cfg, resume=resume, dist=Dist(device=select_device(device)), progress=False,
+    runner.train(cfg, resume=resume, dist=Dist(device=select_device(device)), progress=False,
                      log=lines.append)
     return lines
 
@@ -61,14 +61,14 @@ def whole_run(tiny_manifest, tmp_path_factory):
     returns (run folder, epochs whose scatter plot was drawn)."""
     work = tmp_path_factory.mktemp("whole")
     drawn = []
-    real = experiment._scatter_to_tensorboard
-    experiment._scatter_to_tensorboard = lambda w, tag, pred, pairs, epoch, title: drawn.append(epoch)
+    real = Logbook.scatter
+    Logbook.scatter = lambda self, pred, pairs, epoch: drawn.append(epoch)
     before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
     try:
         torch.set_num_threads(1)
         run(tiny_cfg(tiny_manifest, work, **EXTRA))
     finally:
-        experiment._scatter_to_tensorboard = real
+        Logbook.scatter = real
         torch.set_num_threads(before[0])
         torch.use_deterministic_algorithms(before[1])
     return work, drawn
@@ -93,7 +93,7 @@ def test_checkpoint_every_k_then_resume_on_cpu_whatever_the_device(whole_run, ti
     exactly as the uninterrupted run. The resume never maps last.pt onto the training
     device: a loader that sends every device-mapped load to 'meta' (as map_location=<the
     GPU> left the RNG states on the GPU, where set_rng_state cannot take them) still resumes."""
-    real_epoch = experiment.epoch_steps
+    real_epoch = runner.epoch_steps
     calls = []
 
     def stopped_in_epoch_3(*args, **kw):
@@ -102,20 +102,20 @@ def test_checkpoint_every_k_then_resume_on_cpu_whatever_the_device(whole_run, ti
             raise KeyboardInterrupt
         return (yield from real_epoch(*args, **kw))
 
-    monkeypatch.setattr(experiment, "epoch_steps", stopped_in_epoch_3)
+    monkeypatch.setattr(runner, "epoch_steps", stopped_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
         run(tiny_cfg(tiny_manifest, tmp_path, **EXTRA))
-    monkeypatch.setattr(experiment, "epoch_steps", real_epoch)
+    monkeypatch.setattr(runner, "epoch_steps", real_epoch)
     assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 2  # not 1, not 3
 
-    real_load = experiment.load_checkpoint
+    real_load = runner.load_checkpoint
     seen = []
 
     def load_as_on_gpu(path, map_location="cpu", **kw):
         seen.append(map_location)
         return real_load(path, map_location="meta" if map_location != "cpu" else "cpu", **kw)
 
-    monkeypatch.setattr(experiment, "load_checkpoint", load_as_on_gpu)
+    monkeypatch.setattr(runner, "load_checkpoint", load_as_on_gpu)
     lines = run(tiny_cfg(tiny_manifest, tmp_path, **EXTRA), resume=True)
     assert any("after epoch 2" in line for line in lines)
     assert seen and all(m == "cpu" for m in seen)
@@ -136,8 +136,8 @@ def test_a_graph_runs_optimizer_state_resumes_as_this_runs_own(tiny_manifest, tm
 
     save_checkpoint(tmp_path / "run" / "last.pt", state)
     seen = []
-    real_step = experiment.TrainStep
-    monkeypatch.setattr(experiment, "TrainStep",
+    real_step = runner.TrainStep
+    monkeypatch.setattr(runner, "TrainStep",
                         lambda mode, model, optimizer, *a, **kw: seen.append(optimizer) or
                         real_step(mode, model, optimizer, *a, **kw))
     run(tiny_cfg(tiny_manifest, tmp_path, **{"train.epochs": 1}), resume=True)  # finished: skipped
@@ -154,7 +154,7 @@ def test_a_graph_runs_optimizer_state_resumes_as_this_runs_own(tiny_manifest, tm
 def test_load_optimizer_state_keeps_the_saved_numbers():
     """The saved learning rate (a tensor from a graph run), momentum and weight decay are
     kept; only the execution options become this optimizer's own."""
-    from siqa.engine import _make_capturable
+    from siqa.training.step import _make_capturable
 
     w = torch.nn.Parameter(torch.ones(3))
     captured = torch.optim.SGD([w], lr=0.25, momentum=0.9, weight_decay=0.01)
@@ -164,7 +164,7 @@ def test_load_optimizer_state_keeps_the_saved_numbers():
     saved = captured.state_dict()
     v = torch.nn.Parameter(torch.zeros(3))
     eager = torch.optim.SGD([v], lr=1.0, momentum=0.5)
-    experiment.load_optimizer_state(eager, saved)
+    runner.load_optimizer_state(eager, saved)
     group = eager.param_groups[0]
     assert group["lr"] == 0.25 and type(group["lr"]) is float
     assert (group["momentum"], group["weight_decay"]) == (0.9, 0.01)
@@ -175,11 +175,11 @@ def test_load_optimizer_state_keeps_the_saved_numbers():
 def test_concurrent_splits_tell_their_step_so(tiny_manifest, tmp_path, monkeypatch, one_torch_thread,
                                              process_numerics):
     """train.concurrent_repeats hands `concurrent=True` to each split's TrainStep (compile
-    then leaves out the compiler's CUDA graphs, siqa.engine.compile_mode); one split alone
+    then leaves out the compiler's CUDA graphs, siqa.scoring.compile_mode); one split alone
     does not."""
     flags = []
-    real_step = experiment.TrainStep
-    monkeypatch.setattr(experiment, "TrainStep",
+    real_step = runner.TrainStep
+    monkeypatch.setattr(runner, "TrainStep",
                         lambda *a, concurrent=False, **kw: flags.append(concurrent) or real_step(*a, **kw))
     run(tiny_cfg(tiny_manifest, tmp_path / "a", **{"train.epochs": 1, "train.repeats": 2,
                                                    "train.concurrent_repeats": True}))
@@ -192,12 +192,12 @@ def test_resume_from_an_older_single_state_checkpoint():
     torch.manual_seed(5)
     old = rng_state()
     want = torch.rand(4)
-    assert experiment.restore_rank_rng(old, Dist(), seed=0, epoch=1)
+    assert runner.restore_rank_rng(old, Dist(), seed=0, epoch=1)
     assert torch.equal(torch.rand(4), want)
 
 
 def test_background_saver_writes_in_order_and_reports_a_failed_write(tmp_path):
-    saver = experiment.BackgroundSaver()
+    saver = runner.BackgroundSaver()
     weights = torch.arange(4.0)
     saver.save(tmp_path / "a.pt", {"w": weights})
     weights += 100  # training goes on: the checkpoint keeps the state at save time
@@ -223,10 +223,10 @@ def test_nss_precompute_gets_the_device_with_its_index(tiny_manifest, tmp_path, 
         seen["device"] = device
         raise Stop
 
-    monkeypatch.setattr(experiment, "nss_from_config", fake_nss)
-    monkeypatch.setattr(experiment, "configure_numerics", lambda *a: None)
+    monkeypatch.setattr(runner, "nss_from_config", fake_nss)
+    monkeypatch.setattr(runner, "configure_numerics", lambda *a: None)
     with pytest.raises(Stop):
-        experiment.train(tiny_cfg(tiny_manifest, tmp_path), dist=Dist(device=torch.device("cuda", 1)),
+        runner.train(tiny_cfg(tiny_manifest, tmp_path), dist=Dist(device=torch.device("cuda", 1)),
                          progress=False, log=lambda *a: None)
     assert str(seen["device"]) == "cuda:1"
 
@@ -294,7 +294,7 @@ def test_scipy_free_loc_on_cuda_goes_to_the_cpu_pool(tiny_manifest, tmp_path, mo
 # ----------------------------------------------------------------- determinism
 def test_determinism_auto_is_on_for_cpu_off_for_cuda(monkeypatch, process_numerics):
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
-    assert distributed.configure_numerics("auto", "auto", torch.device("cpu")) == {
+    assert configure_numerics("auto", "auto", torch.device("cpu")) == {
         "deterministic": True, "tf32": False}
     assert torch.are_deterministic_algorithms_enabled()
     assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
@@ -302,12 +302,12 @@ def test_determinism_auto_is_on_for_cpu_off_for_cuda(monkeypatch, process_numeri
 
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
     # the switches only: no CUDA call is made, so a CPU machine can check the CUDA choice
-    assert distributed.configure_numerics("auto", "auto", torch.device("cuda")) == {
+    assert configure_numerics("auto", "auto", torch.device("cuda")) == {
         "deterministic": False, "tf32": True}
     assert not torch.are_deterministic_algorithms_enabled()
     assert torch.backends.cudnn.benchmark and torch.backends.cuda.matmul.allow_tf32
     assert torch.backends.cudnn.allow_tf32
-    assert distributed.configure_numerics(True, False, torch.device("cuda")) == {
+    assert configure_numerics(True, False, torch.device("cuda")) == {
         "deterministic": True, "tf32": False}
     assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
 

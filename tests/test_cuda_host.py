@@ -13,12 +13,12 @@ import subprocess
 import sys
 import traceback
 
+import cuda_harness
 import numpy as np
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-import cuda_harness
 from conftest import synthetic_split, tiny_overrides
 from siqa.errors import UserError
 
@@ -75,7 +75,7 @@ def test_harness_is_gone_after_the_test():
 
 # ------------------------------------------------------------------ devices
 def test_cuda_devices_always_carry_their_index(one_gpu):
-    from siqa.engine import select_device
+    from siqa.device import select_device
 
     assert select_device("auto") == CUDA0
     assert select_device("cuda") == CUDA0
@@ -87,7 +87,7 @@ def test_cuda_devices_always_carry_their_index(one_gpu):
 
 
 def test_one_process_makes_its_device_current_through_torchs_set_device(one_gpu):
-    from siqa import distributed
+    from siqa.training import distributed
 
     assert distributed.setup("auto").device == CUDA0
     assert torch.cuda.current_device() == 0
@@ -103,13 +103,13 @@ def test_train_py_with_device_auto_runs_to_the_first_kernel(one_gpu, tiny_manife
     assert stops_at_first_kernel(lambda: train.main(overrides))[0] in ("cache.py", "features.py",
                                                                        "transform.py")
     from siqa import config
+    from siqa.data import load_database_from_config as load_pairs
     from siqa.data.nss import nss_from_config
-    from siqa.experiment import load_pairs
 
     cfg = config.load_config(overrides=overrides)
     nss_from_config(load_pairs(cfg), cfg["nss"], progress=False, device="cpu")
     file, _, line = stops_at_first_kernel(lambda: train.main(overrides))
-    assert file == "engine.py" and "t.to(device" in line  # SplitData.to
+    assert file == "inputs.py" and "t.to(device" in line  # SplitData.to
     assert torch.backends.cudnn.benchmark and torch.backends.cudnn.allow_tf32  # CUDA's numerics
     assert not (tmp_path / "run").exists()  # nothing half-written
 
@@ -122,7 +122,7 @@ def test_evaluate_py_applies_the_runs_numerics_and_runs_to_the_first_kernel(one_
     torch.backends.cudnn.benchmark = False
     where = stops_at_first_kernel(lambda: evaluate.main(["--checkpoint", str(checkpoint),
                                                          "--out", str(tmp_path / "eval")]))
-    assert where[:2] == ("experiment.py", "build_model")
+    assert where[:2] == ("build.py", "build_model")
     # the run's train.tf32=auto / deterministic=auto, resolved for CUDA as train.py does;
     # scoring picks cuDNN's kernels by heuristics (the same in every process), not by timing
     assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
@@ -151,9 +151,9 @@ def test_scoring_on_fake_cuda_tensors_keeps_every_tensor_on_the_gpu():
     run their device work on fake cuda:0 tensors; the only thing they cannot do is read the
     values back (the final .numpy(), where the test stops). A tensor left on the CPU would
     raise FakeTensorDeviceMismatchError before."""
-    from siqa.api import StereoIQA
-    from siqa.engine import predict_pairs
-    from siqa.model import MultiTaskSIQA
+    from siqa.inference.api import StereoIQA
+    from siqa.models.bourbia2021 import MultiTaskSIQA
+    from siqa.scoring import predict_pairs
 
     data = synthetic_split(num_pairs=3, per_pair=5)
     views = np.random.default_rng(0).integers(0, 256, (2, 64, 80), dtype=np.uint8)
@@ -178,23 +178,23 @@ def test_training_loss_on_fake_cuda_tensors():
     """The joint loss of a batch (gather, forward, both L1 terms) on the GPU. Not reached
     here: bf16 autocast (torch.autocast asks the driver whether the GPU has bf16 and turns
     itself off without one) and the backward pass; gpu_check runs both on a GPU."""
-    from siqa.engine import epoch_order, joint_loss
-    from siqa.model import MultiTaskSIQA
+    from siqa.models.bourbia2021 import MultiTaskSIQA
+    from siqa.training.step import epoch_order, joint_loss
 
     network = MultiTaskSIQA()
     with FakeTensorMode(allow_non_fake_inputs=True):
         network = network.to(CUDA0)
         data = synthetic_split(num_pairs=3, per_pair=5).to(CUDA0)
         idx = epoch_order(data.num_patches, seed=0, epoch=0)[:8].to(CUDA0)
-        total, quality, nss = joint_loss(network, data, idx, 25.0)
+        total, quality, nss = joint_loss(network, data, idx, 25.0, network.spec)
         assert total.device == CUDA0 and total.dtype == torch.float32 and total.dim() == 0
 
 
 def test_scoring_picks_cudnn_kernels_by_heuristics_and_puts_the_switch_back(process_numerics):
     """Training on CUDA times cuDNN's kernels (benchmark mode); validation, test and
     evaluate.py scoring must not, or two processes may score with different kernels."""
-    from siqa.engine import Scorer, predict_pairs
-    from siqa.model import MultiTaskSIQA
+    from siqa.models.bourbia2021 import MultiTaskSIQA
+    from siqa.scoring import Scorer, predict_pairs
 
     class Recording(Scorer):
         seen = []
@@ -212,13 +212,14 @@ def test_scoring_picks_cudnn_kernels_by_heuristics_and_puts_the_switch_back(proc
 
 # ------------------------------------------------------------------ combinations
 def test_compile_uses_the_compilers_cuda_graphs_only_for_one_split_in_one_process(monkeypatch):
-    from siqa import engine
-    from siqa.model import MultiTaskSIQA
+    from siqa.models.bourbia2021 import MultiTaskSIQA
+    from siqa.scoring import compile_mode
+    from siqa.training.step import TrainStep
 
-    assert engine.compile_mode(CUDA0) == "reduce-overhead"
-    assert engine.compile_mode(CUDA0, ddp=True) is None
-    assert engine.compile_mode(CUDA0, concurrent=True) is None
-    assert engine.compile_mode(torch.device("cpu")) is None
+    assert compile_mode(CUDA0) == "reduce-overhead"
+    assert compile_mode(CUDA0, ddp=True) is None
+    assert compile_mode(CUDA0, concurrent=True) is None
+    assert compile_mode(torch.device("cpu")) is None
     modes = []
     real = torch.compile
     monkeypatch.setattr(torch, "compile", lambda model, **kw: modes.append(kw["mode"]) or real(model, **kw))
@@ -226,8 +227,8 @@ def test_compile_uses_the_compilers_cuda_graphs_only_for_one_split_in_one_proces
     with FakeTensorMode(allow_non_fake_inputs=True):
         model = model.to(CUDA0)
         sgd = torch.optim.SGD(model.parameters(), lr=1e-3)
-        engine.TrainStep("compile", model, sgd, 32, 25.0, concurrent=True)
-        engine.TrainStep("compile", model, sgd, 32, 25.0)
+        TrainStep("compile", model, sgd, 32, 25.0, concurrent=True)
+        TrainStep("compile", model, sgd, 32, 25.0)
     assert modes == [None, None, "reduce-overhead", "reduce-overhead"]  # train step, scorer
 
 
@@ -256,5 +257,6 @@ def test_subprocesses_keep_the_callers_python_path(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     assert python_path().split(":") == [str(ROOT), str(tmp_path)]
     out = subprocess.run([sys.executable, "-c", "import carried_wheel, siqa; print(carried_wheel.WHERE)"],
-                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": python_path()}, cwd=tmp_path.parent)
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": python_path()},
+                         cwd=tmp_path.parent)
     assert out.stdout.strip() == "carried", out.stderr

@@ -348,5 +348,8 @@ def test_unknown_database_lists_valid_names():
 
 def test_config_keys(tmp_path):
     make_live1(tmp_path)
-    pairs = load_database_from_config({"dataset": {"name": "live3d_phase1", "root": str(tmp_path)}})
+    from siqa.config import load_config
+
+    cfg = load_config(overrides=["dataset.name=live3d_phase1", f"dataset.root={tmp_path}"])
+    pairs = load_database_from_config(cfg)
     assert len(pairs) == len(LIVE1)

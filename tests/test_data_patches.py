@@ -14,7 +14,8 @@ from siqa.errors import UserError
 
 
 def direct(grey):
-    """Loop over the documented patch positions (docs/method.md#patches); 7x7 box mean/std per patch, scipy 'reflect' boundary."""
+    """Loop over the documented patch positions (docs/method.md#patches); 7x7 box mean/std per
+    patch, scipy 'reflect' boundary."""
     x = grey.astype(np.float64) / 255.0
     h, w = x.shape
     out = []

@@ -4,10 +4,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from siqa.data.records import StereoPair
 from siqa.config import load_config
-from siqa.data.splits import (content_splits, distinct_splits, kfold_splits, scene_counts,
-                              split_scenes, splits_for_run)
+from siqa.data.records import StereoPair
+from siqa.data.splits import content_splits, distinct_splits, kfold_splits, scene_counts, split_scenes, splits_for_run
 from siqa.errors import UserError
 
 SCENES = [f"im{i}" for i in (2, 3, 5, 7, 11, 12, 13, 17, 19, 21, 22, 23, 25, 27, 28, 30, 31, 33, 34, 36)]
@@ -18,7 +17,8 @@ def live_like():
     pairs = []
     for s in SCENES:
         for k in range(int(rng.integers(10, 25))):
-            pairs.append(StereoPair(f"{s}_{k}", Path(f"{s}_{k}_l.bmp"), Path(f"{s}_{k}_r.bmp"), 1.0, False, s, "wn", True))
+            pairs.append(StereoPair(f"{s}_{k}", Path(f"{s}_{k}_l.bmp"), Path(f"{s}_{k}_r.bmp"), 1.0, False,
+                                    s, "wn", True))
     return pairs
 
 

@@ -40,7 +40,9 @@ def test_unreadable_and_empty(tmp_path):
     a = img(tmp_path / "a.png")
     (tmp_path / "text.png").write_text("not an image")
     (tmp_path / "empty.png").write_bytes(b"")
-    with pytest.raises(UserError, match=r"2 unreadable.*text\.png \(not an image\).*empty\.png \(empty\)|2 unreadable.*empty\.png.*text\.png"):
+    either_order = (r"2 unreadable.*text\.png \(not an image\).*empty\.png \(empty\)"
+                    r"|2 unreadable.*empty\.png.*text\.png")
+    with pytest.raises(UserError, match=either_order):
         validate_pairs([pair("x", tmp_path / "text.png", a), pair("y", tmp_path / "empty.png", a)])
 
 

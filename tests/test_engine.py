@@ -5,10 +5,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import synthetic_split
-from siqa.engine import epoch_order, predict_pairs, select_device, train_epoch
+from conftest import synthetic_split, train_epoch
+from siqa.device import select_device
 from siqa.errors import UserError
-from siqa.model import MultiTaskSIQA
+from siqa.models.bourbia2021 import MultiTaskSIQA
+from siqa.scoring import predict_pairs
+from siqa.training.step import epoch_order
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # 2 shared cores: no OpenMP contention
 

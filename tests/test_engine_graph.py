@@ -13,15 +13,19 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import needs_cuda, run_entry, synthetic_split, tiny_overrides
 
+from conftest import needs_cuda, run_entry, synthetic_split, tiny_overrides, train_epoch
 from siqa.config import load_config
-from siqa.engine import TrainStep, check_step_mode, epoch_order, predict_pairs, train_epoch
 from siqa.errors import UserError
-from siqa.model import MultiTaskSIQA
+from siqa.models.bourbia2021 import MultiTaskSIQA
+from siqa.scoring import predict_pairs
+from siqa.training.step import TrainStep, check_step_mode, epoch_order
+
 
 class SmallNet(torch.nn.Module):
     """forward(left, right) -> (quality (B,), nss (B, 108)), with a conv, pooling and dropout."""
+
+    spec = MultiTaskSIQA.spec  # the paper's inputs and outputs
 
     def __init__(self):
         super().__init__()

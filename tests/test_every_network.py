@@ -13,11 +13,11 @@ import json
 import numpy as np
 import pytest
 import scipy.io
+from test_data_layouts import cell, save, view
+from test_kfold import make_live2_like
 
 from conftest import make_tiny_database, run_entry
 from siqa.models import MODELS
-from test_data_layouts import cell, save, view
-from test_kfold import make_live2_like
 
 SCENES = 5  # the fewest for a 60/20/20 content split with a scene in every part, and some to spare
 

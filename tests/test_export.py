@@ -8,7 +8,7 @@ import torch
 
 from conftest import run_entry
 from siqa.errors import UserError
-from siqa.export import export, read_metadata
+from siqa.inference.export import export, read_metadata
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -38,7 +38,7 @@ def test_torchscript_gives_the_pytorch_outputs_and_the_pooling_rule(checkpoint, 
         got, want = loaded(left, right), model.network(left, right)
     for g, w in zip(got, want):
         np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=0, atol=1e-5)
-    # the metadata is enough to score a pair without siqa.api: patches, C, mean of quality
+    # the metadata is enough to score a pair without siqa.inference.api: patches, C, mean of quality
     meta = read_metadata(tmp_path / "m.pt", "torchscript")
     assert meta["normalisation"] == model.normalisation and meta["outputs"]["nss"] == ["B", 108]
     views = [np.asarray(Image.open(tiny_manifest.parent / f"s3_1_{e}.png")) for e in "lr"]
@@ -73,7 +73,7 @@ def test_onnx_dynamic_and_fixed_batch_give_the_pytorch_outputs(checkpoint, model
     session = onnxruntime.InferenceSession(str(tmp_path / "m4.onnx"), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape == [4, 1, 32, 32]
     left, right = patches(3, seed=0)
-    with pytest.raises(Exception):  # a fixed batch rejects any other size
+    with pytest.raises(Exception, match="(?i)dimension"):  # a fixed batch rejects any other size
         session.run(None, {"left": left.numpy(), "right": right.numpy()})
 
 
@@ -113,7 +113,7 @@ def test_the_documented_metadata_snippet_reads_a_torchscript_file(checkpoint, tm
     import re
 
     from conftest import ROOT
-    from siqa.export import export, read_metadata
+    from siqa.inference.export import export, read_metadata
 
     export(checkpoint, "torchscript", tmp_path / "siqa.pt")
     doc = (ROOT / "docs" / "using-a-model.md").read_text()

@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 from conftest import ROOT
-
 from siqa.files import atomic_write
 
 

@@ -7,13 +7,13 @@ import json
 import numpy as np
 import pytest
 import scipy.io
+from test_data_layouts import cell, save, view
 
 from conftest import run_entry
 from siqa.config import load_config
 from siqa.data import load_database
 from siqa.data.splits import split_scenes, splits_for_run
-from siqa.metrics import evaluate_scores
-from test_data_layouts import cell, save, view
+from siqa.evaluation.metrics import evaluate_scores
 
 LIVE2_SCENES = ["003", "007", "008", "009", "010", "013", "015", "021"]  # LIVE-II's 8 ids
 

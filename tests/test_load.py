@@ -31,9 +31,8 @@ def test_predict_manifest_streams_and_writes_its_csv_atomically(checkpoint, tiny
     import subprocess
     import sys
 
-    from conftest import ROOT, python_path, run_entry
-
     import siqa
+    from conftest import ROOT, python_path, run_entry
 
     with open(tiny_manifest, newline="") as f:
         base = list(csv.DictReader(f))
@@ -94,11 +93,10 @@ def test_predict_gives_a_stereoqanet_run_the_scores_of_its_predictions_csv(tiny_
 
     from PIL import Image
 
+    import siqa
     from conftest import run_entry, tiny_overrides
     from siqa.errors import UserError
-    from siqa.reports import test_predictions
-
-    import siqa
+    from siqa.evaluation.reports import test_predictions
 
     proc = run_entry("train.py", *tiny_overrides(tiny_manifest, tmp_path, **{"model.name": "stereoqanet"}))
     assert proc.returncode == 0, proc.stderr
@@ -174,20 +172,21 @@ def test_predict_scores_multiscore_and_padnet_as_evaluate_does(name, size, tmp_p
     """Multi-score (four outputs: the first, quality, is the score) and PAD-Net (256x256
     crops covering the view) on colour views, from a checkpoint made in-process (no fixture
     database carries the per-view scores Multi-score trains on): predict.py's scores equal
-    evaluate.py's path (siqa.experiment.predict_database: the training path's patches and
+    evaluate.py's path (siqa.scoring.predict_database: the training path's patches and
     batches), and arrays score as their files."""
     import torch
     from PIL import Image
 
     import siqa
     from siqa import config
+    from siqa.build import load_model
     from siqa.checkpoint import load_checkpoint, save_checkpoint
     from siqa.data.databases import load_csv
-    from siqa.experiment import load_model, predict_database
     from siqa.models import create_model
+    from siqa.scoring import predict_database
 
     manifest = _colour_database(tmp_path / "db", size)
-    cfg = config.resolve_auto(config.load_config(overrides=[f"model.name={name}", "device=cpu"]))  # as train.py stores it
+    cfg = config.load_config(overrides=[f"model.name={name}", "device=cpu"])  # as train.py stores it
     torch.manual_seed(0)
     network = create_model(name)
     if name == "multiscore":  # ReLU outputs: a positive bias keeps the scores apart from 0

@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import optimize, stats
 
-from siqa.metrics import evaluate_scores, fit_logistic, logistic5
+from siqa.evaluation.metrics import evaluate_scores, fit_logistic, logistic5
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -9,8 +9,8 @@ from scipy import ndimage
 
 import siqa
 from conftest import run_entry
-from siqa.api import StereoIQA
-from siqa.maps import asymmetry, heatmap, naturalness_figure, write_maps
+from siqa.inference.api import StereoIQA
+from siqa.inference.maps import asymmetry, heatmap, naturalness_figure, write_maps
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -135,7 +135,7 @@ def test_write_maps_files_and_grids(noise_pair, tmp_path):
 
 
 def test_naturalness_figure_has_one_panel_per_statistic():
-    from siqa.api import Naturalness
+    from siqa.inference.api import Naturalness
 
     nat = Naturalness(predicted=np.arange(108.0), computed=np.arange(108.0)[::-1].copy())
     fig = naturalness_figure(nat, "x")
@@ -146,7 +146,7 @@ def test_naturalness_figure_has_one_panel_per_statistic():
 
 
 def test_map_names_are_unique_per_pair():
-    from siqa.predictor import map_names
+    from siqa.inference.manifest import map_names
 
     pairs = [("a/ref_l.png", "b/x_r.png"), ("a/ref_l.png", "c/y_r.png"), ("s/p.png", None),
              ("t/p.png", None)]

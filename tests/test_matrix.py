@@ -8,7 +8,8 @@ import pytest
 
 from conftest import make_tiny_database, run_entry, tiny_overrides
 from siqa.data.records import StereoPair
-from siqa.matrix import _fmt, oriented
+from siqa.evaluation.matrix import oriented
+from siqa.evaluation.reports import fmt_metric as _fmt
 
 
 def test_right_dmos_predictions_on_a_mos_database_give_positive_correlations():

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from siqa.metrics import (METRIC_KEYS, evaluate_scores, fit_logistic, logistic5,
-                          logistic_start, per_group)
+from siqa.evaluation.metrics import METRIC_KEYS, evaluate_scores, fit_logistic, logistic5, logistic_start, per_group
 
 
 def _data(n=300, seed=0):

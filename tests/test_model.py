@@ -2,7 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from siqa.model import MultiTaskSIQA, count_parameters
+from siqa.models import count_parameters
+from siqa.models.bourbia2021 import MultiTaskSIQA
 
 
 def _batch(n, seed=0):

@@ -14,8 +14,11 @@ import torch
 
 from siqa import config
 from siqa.errors import UserError
-from siqa.models import MODELS, count_parameters, create_model, list_models, name_of
+from siqa.models import MODELS, InputSpec, count_parameters, create_model, list_models
 
+TOY_RECIPE = {"train.epochs": 2, "train.optimizer": "sgd", "train.lr": 0.05, "train.lr_step": 0,
+              "train.lr_gamma": 0.1, "train.weight_decay": 0.0, "train.batch_size": 8,
+              "train.nss_weight": 0.0}
 GOLDEN = json.loads((Path(__file__).parent / "data" / "golden_networks.json").read_text())
 PARAMETERS = {"bourbia2021": 15_187_437, "multiscore": 10_389_956, "stereoqanet": 8_821_313,
               "padnet": 14_163_698}
@@ -24,7 +27,7 @@ PARAMETERS = {"bourbia2021": 15_187_437, "multiscore": 10_389_956, "stereoqanet"
 def test_list_models_and_default():
     assert list_models() == ["bourbia2021", "multiscore", "padnet", "stereoqanet"]
     assert config.load_config()["model"]["name"] == "bourbia2021"
-    assert name_of({}) == "bourbia2021"  # a checkpoint's config from before model.name
+    assert config.upgrade({})["model"]["name"] == "bourbia2021"  # a config from before model.name
 
 
 def test_unknown_name_is_one_line_listing_the_names():
@@ -46,23 +49,30 @@ def test_stereoqanet_keras_count_was_checked():
 
 
 def test_siqa_model_alias_is_the_papers_network():
-    from siqa.model import MultiTaskSIQA
+    from siqa.models.bourbia2021 import MultiTaskSIQA
 
     assert MODELS["bourbia2021"] is MultiTaskSIQA
 
 
 def test_checkpoint_without_model_name_loads_as_bourbia2021():
-    from siqa.experiment import load_model
+    """A checkpoint's config from before model.name existed builds the paper's network with
+    its weights. The outputs are compared with the saved network in the loaded one's memory
+    layout (channels_last, as the run trained): a convolution's float32 sums depend on the
+    layout, and on some CPUs the two layouts differ in the last bits."""
+    from siqa.build import load_model
     from siqa.models.bourbia2021 import MultiTaskSIQA
 
     torch.manual_seed(3)
     saved = MultiTaskSIQA()
     cfg = config.load_config(overrides=["device=cpu"])
     del cfg["model"]  # written before model.name existed
-    model = load_model({"model": saved.state_dict(), "config": cfg}, torch.device("cpu"))
+    model = load_model({"model": saved.state_dict(), "config": config.upgrade(cfg, saved.state_dict())},
+                       torch.device("cpu"))
     assert type(model) is MultiTaskSIQA and not model.training
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), saved.state_dict().values()))
     x = torch.rand(2, 1, 32, 32)
-    assert torch.equal(model(x, x)[0], saved.eval()(x, x)[0])
+    like = saved.eval().to(memory_format=torch.channels_last)
+    assert torch.equal(model(x, x)[0], like(x, x)[0])
 
 
 def test_corners():
@@ -118,7 +128,8 @@ def test_stereoqanet_standardisation_is_stored():
 def test_multiscore_loss_weighs_its_four_outputs():
     import torch.nn.functional as F
 
-    from siqa.engine import SplitData, joint_loss
+    from siqa.data.inputs import SplitData
+    from siqa.training.step import joint_loss
 
     torch.manual_seed(0)
     model = create_model("multiscore").eval()
@@ -140,8 +151,8 @@ def test_train_stereoqanet_on_the_tiny_database(tiny_manifest, tmp_path):
     """One experiment path: train.py with model.name=stereoqanet (RGB patches, the training
     split's standardisation stored in the checkpoint, no NSS targets computed)."""
     from conftest import run_entry, tiny_overrides
+    from siqa.build import load_model
     from siqa.checkpoint import load_checkpoint
-    from siqa.experiment import load_model
 
     proc = run_entry("train.py", *tiny_overrides(tiny_manifest, tmp_path, **{"model.name": "stereoqanet"}))
     assert proc.returncode == 0, proc.stderr
@@ -169,7 +180,7 @@ def test_padnet_pretrain_writes_what_model_init_loads(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from siqa.experiment import load_init
+    from siqa.build import load_init
     from siqa.models.padnet_pretrain import main
 
     (tmp_path / "imgs").mkdir()
@@ -196,14 +207,14 @@ def test_padnet_on_views_smaller_than_its_crops_is_one_line(tiny_manifest, tmp_p
 
 
 def test_protocol_card_names_the_network_without_moving_the_rng():
-    from siqa.protocol import model_card
+    from siqa.build import model_card
 
     state = torch.get_rng_state()
-    card = model_card({"model": {"name": "stereoqanet"}})
+    card = model_card(config.load_config(overrides=["model.name=stereoqanet"]))
     assert torch.equal(state, torch.get_rng_state())
     assert card["name"] == "stereoqanet" and card["parameters"] == 8_821_313
     assert card["spec"]["normalisation"] == "standardise"
-    assert model_card({})["name"] == "bourbia2021"
+    assert model_card(config.upgrade({}))["name"] == "bourbia2021"
 
 
 def test_padnet_on_the_small_demo_names_demo_size_full_before_building_it(tmp_path):
@@ -216,3 +227,47 @@ def test_padnet_on_the_small_demo_names_demo_size_full_before_building_it(tmp_pa
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert "128x96" in proc.stderr and "dataset.demo_size=full" in proc.stderr
     assert not (tmp_path / "run").exists() and not (tmp_path / "data").exists()
+
+
+class ToyNetwork(torch.nn.Module):
+    """A network added as a new one is: this class (its file) and one line in MODELS."""
+
+    spec = InputSpec(outputs=("quality",), recipes={"paper": TOY_RECIPE, "short": TOY_RECIPE})
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(2, 4, kernel_size=3, padding=1)
+        self.drop = torch.nn.Dropout(0.5)
+        self.fc = torch.nn.Linear(4, 1)
+
+    def forward(self, left, right):
+        x = torch.relu(self.conv(torch.cat((left, right), dim=1))).mean(dim=(2, 3))
+        return (self.fc(self.drop(x)).squeeze(-1),)
+
+
+def test_a_new_network_is_its_file_and_one_line_in_the_dict(tiny_manifest, tmp_path, monkeypatch,
+                                                            process_numerics):
+    """Train, test and score a toy network that only MODELS knows: the data pipeline asks its
+    spec for patches and targets, the config takes its recipe, the card counts it."""
+    import siqa
+    from conftest import tiny_overrides
+    from siqa.settings import config_yaml
+    from siqa.training import run as runner
+
+    monkeypatch.setitem(MODELS, "toy", ToyNetwork)
+    assert "toy" in list_models() and "toy 0.05" in config_yaml()  # its recipe, in the comments
+    overrides = [o for o in tiny_overrides(tiny_manifest, tmp_path)
+                 if not o.startswith(("train.epochs", "train.batch_size"))]
+    cfg = config.load_config(overrides=[*overrides, "model.name=toy", "train.profile=paper"])
+    assert cfg["train"]["lr"] == 0.05 and cfg["train"]["batch_size"] == 8  # its recipe
+    lines = []
+    runner.train(cfg, progress=False, log=lines.append)
+    assert lines[0].startswith("profile paper on csv, model toy, device cpu: the paper's protocol")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and metrics["protocol"]["model"]["parameters"] == 2 * 4 * 9 + 4 + 4 + 1
+    assert not (tmp_path / "cache").exists()  # no NSS task, no NSS targets computed
+    model = siqa.load(tmp_path / "run" / "best.pt", device="cpu")
+    assert type(model.network) is ToyNetwork and model.name == "toy"
+    test_rows = [r for r in (tmp_path / "run" / "predictions.csv").read_text().splitlines()[1:]
+                 if ",test," in r]
+    assert test_rows  # the test split was scored, as evaluate.py and siqa.load score

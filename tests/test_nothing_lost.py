@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from conftest import ROOT, python_path, run_entry, tiny_overrides
-from siqa import config, experiment
+from siqa import config
 from siqa.checkpoint import load_checkpoint, save_checkpoint
 from siqa.files import WriteFailed, atomic_write
+from siqa.training import run as runner
 
 
 class Killed(BaseException):
@@ -24,7 +25,7 @@ class Killed(BaseException):
 def train(manifest, work, resume=False, **extra):
     cfg = config.load_config(overrides=tiny_overrides(manifest, work, **{
         "train.epochs": 4, "train.checkpoint_every": 2, **extra}))
-    return experiment.train(cfg, resume=resume, progress=False, log=lambda *a: None)
+    return runner.train(cfg, resume=resume, progress=False, log=lambda *a: None)
 
 
 def model_of(path):
@@ -38,13 +39,13 @@ def same_weights(a, b):
 @pytest.fixture
 def every_epoch_better(monkeypatch):
     """Every validation improves: best.pt is written every epoch, also between two last.pt."""
-    monkeypatch.setattr(experiment, "_better", lambda val, best: True)
+    monkeypatch.setattr(runner, "better", lambda val, best: True)
 
 
 def test_a_kill_at_every_point_of_the_checkpoint_writes(tiny_manifest, tmp_path, monkeypatch,
                                                         every_epoch_better, one_torch_thread):
     ops, bests = [], {}
-    real_call = experiment.BackgroundSaver.call
+    real_call = runner.BackgroundSaver.call
 
     def recording(self, fn, *args):  # the reference run: every write, in order
         ops.append((fn.__name__, args[0].name if fn is save_checkpoint else ""))
@@ -52,7 +53,7 @@ def test_a_kill_at_every_point_of_the_checkpoint_writes(tiny_manifest, tmp_path,
             bests[args[1]["epoch"]] = args[1]["model"]
         return real_call(self, fn, *args)
 
-    monkeypatch.setattr(experiment.BackgroundSaver, "call", recording)
+    monkeypatch.setattr(runner.BackgroundSaver, "call", recording)
     want = train(tiny_manifest, tmp_path / "whole")
     want_best = model_of(tmp_path / "whole" / "run" / "best.pt")
     # backup, best 1, best 2, last 2, unlink, backup, best 3, best 4, last 4, unlink
@@ -69,13 +70,13 @@ def test_a_kill_at_every_point_of_the_checkpoint_writes(tiny_manifest, tmp_path,
                 return real_call(self, killed)
             return real_call(self, fn, *args)
 
-        monkeypatch.setattr(experiment.BackgroundSaver, "call", dying)
+        monkeypatch.setattr(runner.BackgroundSaver, "call", dying)
         work = tmp_path / f"kill{k}"
         with pytest.raises(Killed):
             train(tiny_manifest, work)
         run = work / "run"
-        monkeypatch.setattr(experiment.BackgroundSaver, "call", real_call)
-        done = experiment.reconcile_best(run)
+        monkeypatch.setattr(runner.BackgroundSaver, "call", real_call)
+        done = runner.reconcile_best(run)
         restored += done == "restored"
         if (run / "last.pt").is_file() and load_checkpoint(run / "last.pt")["best"] is not None:
             best_epoch = load_checkpoint(run / "last.pt")["best"]["epoch"]
@@ -118,7 +119,7 @@ def write_splits(path, value):
 
 
 def write_report(path, value):
-    from siqa.reports import write_json
+    from siqa.evaluation.reports import write_json
 
     write_json(path, {"value": value})
 

@@ -4,10 +4,10 @@ import sys
 from pathlib import Path
 
 import cv2
+import nss_reference as ref
 import numpy as np
 import pytest
 
-import nss_reference as ref
 import siqa.nss.cache as cache
 from siqa.errors import UserError
 from siqa.nss import nss_features

@@ -1,11 +1,11 @@
 """NSS version 2: the left-censored Gamma marginals make the 108 targets a property of the
 image, not of the arithmetic (float32 vs float64 standardisation and DT-CWT), and equal an
 independent scipy.optimize implementation of the definition in siqa.nss.features."""
+import nss_reference as ref
 import numpy as np
 import pytest
 import torch
 
-import nss_reference as ref
 from siqa.nss import nss_features
 from siqa.nss.features import gamma_mle0, gamma_mle0_censored
 

@@ -1,9 +1,9 @@
 """The 108 NSS targets equal plain numpy/scipy implementations of docs/method.md#the-nss-targets."""
+import nss_reference as ref
 import numpy as np
 import pytest
 import torch
 
-import nss_reference as ref
 from conftest import needs_cuda
 from siqa.nss import nss_features, nss_features_batch, nss_features_torch
 from siqa.nss.features import gamma_mle0

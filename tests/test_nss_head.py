@@ -14,9 +14,11 @@ import torch.nn.functional as F
 import yaml
 
 from siqa import config
-from siqa.engine import SplitData, joint_loss
+from siqa.build import model_kwargs, nss_head_of, spec_of
+from siqa.data.inputs import SplitData
 from siqa.errors import UserError
-from siqa.models import count_parameters, create_model, model_kwargs, nss_head_of, spec_of
+from siqa.models import count_parameters, create_model
+from siqa.training.step import joint_loss
 
 # network: (parameters without the head, the fused features the head reads, input size)
 FUSED = {"stereoqanet": (8_821_313, 2048, 32), "multiscore": (10_389_956, 1536, 32),
@@ -24,7 +26,7 @@ FUSED = {"stereoqanet": (8_821_313, 2048, 32), "multiscore": (10_389_956, 1536, 
 
 
 def _cfg(*overrides):
-    return config.resolve_auto(config.load_config(overrides=list(overrides)))
+    return config.load_config(overrides=list(overrides))
 
 
 @pytest.mark.parametrize("name, weight", [("bourbia2021", 25.0), ("multiscore", 0.0),
@@ -106,11 +108,13 @@ def test_joint_loss_with_the_multiscore_head_keeps_its_view_terms():
 
 def test_a_network_without_an_nss_output_or_head_is_refused_naming_the_key(monkeypatch):
     """Every network of siqa.models has an NSS output or head now; one without (padnet taken
-    out of NSS_HEAD here) is refused in one line, and its auto or 0 weight is not."""
-    import siqa.models
+    without its head here) is refused in one line, and its auto or 0 weight is not."""
+    from dataclasses import replace
+
+    from siqa.models import MODELS
 
     config.check_nss_weight(_cfg("model.name=padnet", "train.nss_weight=1"))
-    monkeypatch.setattr(siqa.models, "NSS_HEAD", ("multiscore", "stereoqanet"))
+    monkeypatch.setattr(MODELS["padnet"], "spec", replace(MODELS["padnet"].spec, nss_head=False))
     with pytest.raises(UserError, match=r"train\.nss_weight=1\.0.*padnet") as err:
         config.check_nss_weight(_cfg("model.name=padnet", "train.nss_weight=1"))
     assert "\n" not in str(err.value)
@@ -133,7 +137,7 @@ def test_train_padnet_with_an_nss_weight(tmp_path):
 
 
 def test_protocol_card_counts_the_head():
-    from siqa.protocol import model_card
+    from siqa.build import model_card
 
     card = model_card(_cfg("model.name=stereoqanet", "train.nss_weight=10"))
     assert card["nss_head"] and card["parameters"] == 8_821_313 + 2048 * 108 + 108
@@ -145,13 +149,13 @@ def test_protocol_card_counts_the_head():
 def test_a_checkpoint_from_before_the_head_loads_without_it():
     """A stereoqanet run of before this key recorded train.nss_weight: 25.0 (ignored) and
     holds no head: it loads as it was trained."""
-    from siqa.experiment import load_model
+    from siqa.build import load_model
 
     torch.manual_seed(0)
     saved = create_model("stereoqanet")
     cfg = config.load_config(overrides=["device=cpu", "model.name=stereoqanet",
                                         "train.nss_weight=25"])
-    model = load_model({"model": saved.state_dict(), "config": config.resolve_auto(cfg)},
+    model = load_model({"model": saved.state_dict(), "config": config.upgrade(cfg, saved.state_dict())},
                        torch.device("cpu"))
     assert model.nss_head is None and count_parameters(model) == 8_821_313
 
@@ -160,8 +164,8 @@ def test_train_stereoqanet_with_an_nss_weight(tiny_manifest, tmp_path):
     """train.py model.name=stereoqanet train.nss_weight=10: the NSS targets are computed (and
     cached), the head trains, and the checkpoint loads with its head and the same outputs."""
     from conftest import run_entry, tiny_overrides
+    from siqa.build import load_model
     from siqa.checkpoint import load_checkpoint
-    from siqa.experiment import load_model
 
     proc = run_entry("train.py", *tiny_overrides(tiny_manifest, tmp_path, **{
         "model.name": "stereoqanet", "train.nss_weight": 10}))

@@ -1,9 +1,9 @@
 """The project's DT-CWT equals the dtcwt 0.14.0 package (near_sym_b + qshift_b)."""
+import nss_reference as ref
 import numpy as np
 import pytest
 import torch
 
-import nss_reference as ref
 from conftest import needs_cuda
 from siqa.nss import dtcwt_forward, dtcwt_forward_torch
 from siqa.nss.transform import dtcwt_magnitudes_torch

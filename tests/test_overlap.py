@@ -1,4 +1,4 @@
-"""Train/test identity by content (siqa/overlap.py): evaluate.py never scores a pair the
+"""Train/test identity by content (siqa/data/overlap.py): evaluate.py never scores a pair the
 checkpoint trained or validated on, however the database's path is spelled."""
 import json
 import os
@@ -50,7 +50,7 @@ def test_the_demo_is_its_database_with_root_null_or_data_demo(checkpoint, tmp_pa
     state["split"] = {part: [p.name for p in ps] for part, ps in by_part.items()}
     state.pop("pair_sha256", None)
     if identity == "content":
-        from siqa.overlap import split_identities
+        from siqa.data.overlap import split_identities
 
         state["pair_sha256"] = split_identities(by_part)
     save_checkpoint(tmp_path / "demo.pt", state)
@@ -74,7 +74,7 @@ def test_selection_by_content_ignores_names_and_scores(tiny_manifest):
     import dataclasses
 
     from siqa.data import load_database
-    from siqa.overlap import evaluation_pairs, split_identities
+    from siqa.data.overlap import evaluation_pairs, split_identities
 
     pairs = load_database("csv", manifest=tiny_manifest)
     parts = {"train": pairs[:12], "val": pairs[12:18], "test": pairs[18:]}

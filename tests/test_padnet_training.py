@@ -11,10 +11,11 @@ import torch
 from PIL import Image
 
 from conftest import make_tiny_database, run_entry, tiny_overrides
+from siqa.data.inputs import SplitData
 from siqa.data.patches import crop_generator, random_crops, whole_views
-from siqa.engine import SplitData, joint_loss
 from siqa.models import MODELS
 from siqa.models.spec import InputSpec
+from siqa.training.step import joint_loss
 
 H, W, SIZE = 7, 9, 4  # corners: rows 0..3, columns 0..5
 
@@ -130,16 +131,17 @@ def test_a_resumed_padnet_run_trains_on_the_crops_of_an_uninterrupted_one(tmp_pa
 def test_every_epoch_trains_on_its_own_crops_of_the_training_views(tmp_path, monkeypatch):
     """In a run: before each epoch the training tensors hold that epoch's crops of the
     training pairs' views (not the grid's six crops, not the previous epoch's)."""
-    from siqa import config, experiment
+    from siqa import config
+    from siqa.training import run as runner
 
     manifest = make_tiny_database(tmp_path / "db", scenes=5, levels=1, size=(300, 260))
-    seen, real_order = [], experiment.epoch_order
+    seen, real_order = [], runner.epoch_order
 
     def order(num_patches, seed, epoch, rank=0, world=1):  # called right after the crops
         seen.append((epoch, seed, num_patches))
         return real_order(num_patches, seed, epoch, rank, world)
 
-    real_fill = experiment.fill_random_crops
+    real_fill = runner.fill_random_crops
 
     def fill(data, views, size, seed, epoch):
         real_fill(data, views, size, seed, epoch)
@@ -147,11 +149,11 @@ def test_every_epoch_trains_on_its_own_crops_of_the_training_views(tmp_path, mon
         assert torch.equal(data.left, expect[0]) and torch.equal(data.right, expect[1])
         seen.append(("crops", epoch, data.left.clone(), [tuple(v[0].shape) for v in views]))
 
-    monkeypatch.setattr(experiment, "epoch_order", order)
-    monkeypatch.setattr(experiment, "fill_random_crops", fill)
+    monkeypatch.setattr(runner, "epoch_order", order)
+    monkeypatch.setattr(runner, "fill_random_crops", fill)
     cfg = config.load_config(overrides=tiny_overrides(manifest, tmp_path, **{
         "model.name": "padnet", "dataset.split": "[0.6,0.2,0.2]", "train.batch_size": 2}))
-    experiment.train(cfg, progress=False, log=lambda *a: None)
+    runner.train(cfg, progress=False, log=lambda *a: None)
     crops = [s for s in seen if s[0] == "crops"]
     assert [s[1] for s in crops] == [0, 1]  # each epoch, before its order
     assert [s[0] for s in seen if s[0] != "crops"] == [0, 1] and seen[1][2] == 3  # 3 pairs: 3 crops

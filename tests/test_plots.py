@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from siqa.plots import figure_to_array, save_scatter_png, scatter_figure
+from siqa.evaluation.plots import figure_to_array, save_scatter_png, scatter_figure
 
 
 def _data(n=90, seed=0):

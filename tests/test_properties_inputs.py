@@ -33,7 +33,7 @@ SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[Healt
 @SETTINGS
 @given(text=csv_texts(), encoding=st.sampled_from(["utf-8", "latin-1", "utf-16"]))
 def test_predict_manifest_gives_pairs_or_user_error(tmp_path, text, encoding):
-    from siqa.predictor import read_manifest
+    from siqa.inference.manifest import read_manifest
 
     path = tmp_path / "m.csv"
     try:

@@ -6,19 +6,19 @@ import subprocess
 import pytest
 import torch
 
-from siqa import protocol
-from siqa.config import load_config, resolve_auto
+from siqa.config import load_config
+from siqa.evaluation import protocol
 
 
 def test_config_hash_is_canonical_and_changes_with_any_key():
-    cfg = resolve_auto(load_config())
+    cfg = load_config()
     h = protocol.config_sha256(cfg)
     want = hashlib.sha256(json.dumps(cfg, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     assert h == want
-    assert protocol.config_sha256(resolve_auto(load_config())) == h  # deterministic
+    assert protocol.config_sha256(load_config()) == h  # deterministic
     for override in ("train.nss_weight=0", "train.seed=1", "dataset.split_file=splits/x.json",
                      "nss.marginal=scipy_free_loc"):
-        assert protocol.config_sha256(resolve_auto(load_config(overrides=[override]))) != h, override
+        assert protocol.config_sha256(load_config(overrides=[override])) != h, override
 
 
 def test_git_state_of_this_checkout_and_of_a_plain_folder(tmp_path):
@@ -36,16 +36,15 @@ def test_git_state_of_this_checkout_and_of_a_plain_folder(tmp_path):
 def test_card_fields(tmp_path):
     import time
 
-    from siqa.data.splits import split_document, write_split_file
     from conftest import make_tiny_database
     from siqa.data.databases import load_csv
-    from siqa.data.splits import content_splits
+    from siqa.data.splits import content_splits, split_document, write_split_file
 
     pairs = load_csv(make_tiny_database(tmp_path / "db", scenes=5, levels=1, size=(40, 36)))
     doc = split_document(pairs, content_splits(pairs, seed=3, repeats=2), "csv", 3, [0.6, 0.2, 0.2])
     write_split_file(tmp_path / "s.json", doc)
-    cfg = resolve_auto(load_config(overrides=["dataset.name=csv", "train.seed=3",
-                                              f"dataset.split_file={tmp_path / 's.json'}"]))
+    cfg = load_config(overrides=["dataset.name=csv", "train.seed=3",
+                                              f"dataset.split_file={tmp_path / 's.json'}"])
     info = protocol.split_info(cfg, doc)
     assert info["file_sha256"] == hashlib.sha256((tmp_path / "s.json").read_bytes()).hexdigest()
     assert info["count"] == 2 and info["seed"] == 3
@@ -71,15 +70,15 @@ def test_a_run_records_the_code_it_started_with(tiny_manifest, tmp_path, monkeyp
     """The checkout may be edited or committed to while a long run trains: the cards of the
     splits and of the summary give the git state taken when the run began."""
     from conftest import tiny_overrides
-    from siqa import experiment
-    from siqa.distributed import Dist
+    from siqa.training import run as runner
+    from siqa.training.distributed import Dist
 
     states = iter([{"commit": "a" * 40, "dirty": False}])
     monkeypatch.setattr(protocol, "git_state", lambda folder=None: next(
         states, {"commit": "b" * 40, "dirty": True}))
     cfg = load_config(overrides=tiny_overrides(tiny_manifest, tmp_path, **{
         "train.repeats": 2, "train.epochs": 1}))
-    experiment.train(cfg, dist=Dist(), progress=False, log=lambda line: None)
+    runner.train(cfg, dist=Dist(), progress=False, log=lambda line: None)
     cards = [json.loads((tmp_path / "run" / name).read_text())["protocol"]
              for name in ("split_0/metrics.json", "split_1/metrics.json", "summary.json")]
     assert [card["code"] for card in cards] == [{"commit": "a" * 40, "dirty": False}] * 3

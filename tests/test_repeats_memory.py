@@ -4,12 +4,14 @@ import gc
 import weakref
 
 from conftest import tiny_overrides
-from siqa import config, experiment
+from siqa import config
+from siqa.training import checkpoints
+from siqa.training import run as runner
 
 
 def test_nothing_of_a_finished_split_stays_alive(tiny_manifest, tmp_path, monkeypatch, one_torch_thread):
     kept = []
-    real_build, real_copy = experiment.build_model, experiment.cpu_copy
+    real_build, real_copy = runner.build_model, checkpoints.cpu_copy
 
     def build(cfg, device):
         model = real_build(cfg, device)
@@ -24,11 +26,11 @@ def test_nothing_of_a_finished_split_stays_alive(tiny_manifest, tmp_path, monkey
     import threading
 
     before = set(threading.enumerate())  # writers of other tests' savers are not this run's
-    monkeypatch.setattr(experiment, "build_model", build)
-    monkeypatch.setattr(experiment, "cpu_copy", copy)
+    monkeypatch.setattr(runner, "build_model", build)
+    monkeypatch.setattr(checkpoints, "cpu_copy", copy)
     cfg = config.load_config(overrides=tiny_overrides(tiny_manifest, tmp_path, **{
         "train.repeats": 3, "train.epochs": 1}))
-    experiment.train(cfg, progress=False, log=lambda *a: None)
+    runner.train(cfg, progress=False, log=lambda *a: None)
     gc.collect()
     assert kept and [r for r in kept if r() is not None] == []
     assert not [t for t in set(threading.enumerate()) - before if t.name == "checkpoint-writer"]

@@ -3,7 +3,7 @@ caller (evaluate, the cross-database matrix) gets its own thread count back afte
 import pytest
 import torch
 
-from siqa.distributed import use_run_threads
+from siqa.device import use_run_threads
 
 
 def test_the_run_count_inside_the_callers_count_after(process_numerics):
@@ -21,8 +21,8 @@ def test_the_run_count_inside_the_callers_count_after(process_numerics):
 def test_evaluate_and_matrix_in_process_restore_the_thread_count(checkpoint, tiny_manifest, tmp_path,
                                                                  process_numerics):
     """The session's tiny run trained with train.threads=1; the caller runs with 3."""
-    from siqa.experiment import evaluate
-    from siqa.matrix import cross_database_matrix
+    from siqa.evaluation.evaluate import evaluate
+    from siqa.evaluation.matrix import cross_database_matrix
 
     torch.set_num_threads(3)
     evaluate(checkpoint, out=tmp_path / "ev", progress=False, log=lambda *a: None)

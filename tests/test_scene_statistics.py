@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from siqa.stats import MIN_SCENES_FOR_INTERVAL, paired_scene_test
+from siqa.evaluation.stats import MIN_SCENES_FOR_INTERVAL, paired_scene_test
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import scene_statistics as sim  # noqa: E402
@@ -84,8 +84,8 @@ def test_scene_interval_undercovers_below_the_stated_scene_count():
 
 
 def test_reports_give_a_scene_interval_only_from_the_stated_scene_count():
-    from siqa.metrics import srocc
-    from siqa.reports import intervals
+    from siqa.evaluation.metrics import srocc
+    from siqa.evaluation.reports import intervals
 
     rng = np.random.default_rng(2)
     for k in (MIN_SCENES_FOR_INTERVAL - 1, MIN_SCENES_FOR_INTERVAL):

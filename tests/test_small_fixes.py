@@ -7,7 +7,7 @@ from conftest import run_entry
 
 
 def test_tensorboard_folders_differ_for_runs_with_the_same_last_component(tmp_path, monkeypatch):
-    from siqa.experiment import tensorboard_name
+    from siqa.training.logbook import tensorboard_name
 
     a, b = tensorboard_name(tmp_path / "a" / "exp"), tensorboard_name(tmp_path / "b" / "exp")
     assert a != b and a.startswith("exp-") and b.startswith("exp-")

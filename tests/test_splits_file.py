@@ -10,8 +10,15 @@ import pytest
 from siqa.config import load_config
 from siqa.data import canonical_splits as canon
 from siqa.data.records import StereoPair
-from siqa.data.splits import (SPLITS, content_splits, read_split_file, split_document,
-                              splits_for_run, splits_from_document, write_split_file)
+from siqa.data.splits import (
+    SPLITS,
+    content_splits,
+    read_split_file,
+    split_document,
+    splits_for_run,
+    splits_from_document,
+    write_split_file,
+)
 from siqa.errors import UserError
 
 SHIPPED = Path(__file__).resolve().parent.parent / "splits"

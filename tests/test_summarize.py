@@ -1,6 +1,6 @@
 """train.splits (one split per array task) and summarize.py: the parts of a run, merged,
 give the summary.json of one train.repeats=2 run on the tiny database (random and k-fold
-designs), apart from the fields siqa/merge.py names; parts of different runs are refused."""
+designs), apart from the fields siqa/evaluation/merge.py names; parts of different runs are refused."""
 import json
 import shutil
 
@@ -8,7 +8,7 @@ import pytest
 
 from conftest import make_tiny_database, run_entry, tiny_overrides
 
-# what differs by design between a merged summary and one run's (siqa/merge.py)
+# what differs by design between a merged summary and one run's (siqa/evaluation/merge.py)
 BY_DESIGN = ("wall_time_s", "config_sha256")
 
 

@@ -1,5 +1,5 @@
 """benchmarks/train_throughput.py --model: every network through the training step train.py
-runs (siqa.engine.TrainStep with the network's own spec and patch shape), one row each.
+runs (siqa.training.step.TrainStep with the network's own spec and patch shape), one row each.
 Figures only: how fast is for the benchmark to print, never asserted here."""
 import sys
 from pathlib import Path

@@ -23,11 +23,13 @@ repeated with `dataset.split_file` pointing to that version of the file.
 """
 import argparse
 import csv
+import json
 import shutil
 import sys
 import tempfile
 from pathlib import Path, PurePosixPath
 
+from siqa.data.databases import load_database
 from siqa.data.records import StereoPair
 from siqa.data.splits import content_splits, split_document, write_split_file
 from siqa.errors import UserError, run_cli
@@ -50,8 +52,6 @@ def find_metadata():
 
 
 def _live_pairs(name, metadata):
-    from siqa.data.databases import load_database
-
     source, official = LIVE_FILES[name]
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copyfile(metadata / source, Path(tmp) / official)
@@ -94,8 +94,6 @@ def main(argv):
     if metadata is None or not metadata.is_dir():
         raise UserError("metadata folder not found: give --metadata DIR (the folder with "
                         "live3d_phase1_data.mat, 3DDmosRelease.mat, WIVC_I_mos.csv, WIVC_II_mos.csv)")
-    import json
-
     for name in DATABASES:
         doc = canonical_document(name, metadata)
         path = Path(args.out) / f"{name}.json"

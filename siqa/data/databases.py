@@ -89,12 +89,14 @@ from __future__ import annotations
 import csv
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from siqa.data.demo import content_group, default_root, ensure_demo
 from siqa.data.records import StereoPair
+from siqa.data.validate import validate_pairs
 from siqa.errors import UserError
 
 DATABASES = (
@@ -208,7 +210,7 @@ def _posix(name: str) -> PurePosixPath:
 
 
 # --------------------------------------------------------------------------- LIVE I
-_LIVE1_FOLDERS = {
+LIVE1_FOLDERS = {
     "jp2k": "jp2k",
     "jpeg": "jpeg",
     "wn": "wn",
@@ -233,15 +235,15 @@ def load_live3d_phase1(root) -> list[StereoPair]:
         if len(rel.parts) < 2:
             raise UserError(f"entry '{name}' in {mat_path} has no distortion folder")
         folder = rel.parts[0]
-        kind = _LIVE1_FOLDERS.get(folder.lower())
+        kind = LIVE1_FOLDERS.get(folder.lower())
         if kind is None:
             raise UserError(
                 f"entry '{name}' in {mat_path}: unknown distortion folder '{folder}' "
-                f"(expected one of {', '.join(sorted(set(_LIVE1_FOLDERS)))})"
+                f"(expected one of {', '.join(sorted(set(LIVE1_FOLDERS)))})"
             )
         folder_path = root.joinpath(*rel.parts[:-1])
         if not _exists(folder_path, "is_dir"):  # the authors' lists rename blur/ff, the release does not
-            for alias, k in _LIVE1_FOLDERS.items():
+            for alias, k in LIVE1_FOLDERS.items():
                 if k == kind and _exists(root / alias, "is_dir"):
                     folder_path = root.joinpath(alias, *rel.parts[1:-1])
                     break
@@ -549,6 +551,37 @@ def _find_image(root: Path, rel: PurePosixPath, session: str, by_name: _NameInde
     return hits[0] if hits else candidates[0]  # a missing file is reported by validation
 
 
+def _waterloo_kind(cells, columns, position, is_reference):
+    """(distortion, symmetric) of one row: from its type columns where the table has them,
+    else from the row's place in its reference's block (`position`, waterloo_structure)."""
+    has_view_types = "lefttype" in columns and "righttype" in columns
+    has_view_levels = "leftlevel" in columns and "rightlevel" in columns
+    ltype, rtype = _wl_type(cells.get("lefttype", "")), _wl_type(cells.get("righttype", ""))
+    if cells.get("type"):
+        kind = _wl_type(cells["type"])
+    elif has_view_types:
+        kinds = {t for t in (ltype, rtype) if t != "pristine"}
+        kind = "pristine" if not kinds else (kinds.pop() if len(kinds) == 1 else "mixed")
+    elif position is not None:
+        kind = position[1]
+    elif is_reference:
+        kind = "pristine"
+    else:
+        kind = "unknown"
+    if kind == "pristine":
+        symmetric = True
+    elif has_view_types:
+        same_level = not has_view_levels or cells["leftlevel"] == cells["rightlevel"]
+        symmetric = ltype == rtype and same_level
+    elif has_view_levels:
+        symmetric = cells["leftlevel"] == cells["rightlevel"]
+    elif position is not None:
+        symmetric = position[2]
+    else:
+        symmetric = None
+    return kind, symmetric
+
+
 def load_waterloo3d(root, manifest=None, name="waterloo3d_phase1") -> list[StereoPair]:
     root = _require_dir(root, name)
     layout = WATERLOO_LAYOUTS.get(name, WATERLOO_LAYOUTS["waterloo3d_phase1"])
@@ -568,7 +601,6 @@ def load_waterloo3d(root, manifest=None, name="waterloo3d_phase1") -> list[Stere
             raise UserError(f"{mos_path} row {line}: no reference for {cells['name']}")
 
     has_view_types = "lefttype" in columns and "righttype" in columns
-    has_view_levels = "leftlevel" in columns and "rightlevel" in columns
     images = [_posix(c["name"]).stem for _, c in entries]
     references = [_posix(c["reference"]).stem for _, c in entries]
     offsets, problem = _block_offsets(images, references, layout)
@@ -598,29 +630,8 @@ def load_waterloo3d(root, manifest=None, name="waterloo3d_phase1") -> list[Stere
                                 f"'{cells['mosright']}' are not numbers") from None
         session = cells.get("session", "")
         position = waterloo_structure(layout, offsets[i]) if offsets is not None else None
-        ltype, rtype = _wl_type(cells.get("lefttype", "")), _wl_type(cells.get("righttype", ""))
-        if cells.get("type"):
-            kind = _wl_type(cells["type"])
-        elif has_view_types:
-            kinds = {t for t in (ltype, rtype) if t != "pristine"}
-            kind = "pristine" if not kinds else (kinds.pop() if len(kinds) == 1 else "mixed")
-        elif position is not None:
-            kind = position[1]
-        elif images[i].lower() == references[i].lower():
-            kind = "pristine"
-        else:
-            kind = "unknown"
-        if kind == "pristine":
-            symmetric = True
-        elif has_view_types:
-            same_level = not has_view_levels or cells["leftlevel"] == cells["rightlevel"]
-            symmetric = ltype == rtype and same_level
-        elif has_view_levels:
-            symmetric = cells["leftlevel"] == cells["rightlevel"]
-        elif position is not None:
-            symmetric = position[2]
-        else:
-            symmetric = None
+        kind, symmetric = _waterloo_kind(cells, columns, position,
+                                         images[i].lower() == references[i].lower())
         pairs.append(
             StereoPair(
                 name=str(PurePosixPath(session, *rel.parts)) if session else str(rel),
@@ -765,15 +776,14 @@ def demo_view_scores(folder) -> dict:
                 for row in csv.DictReader(f)}
 
 
-def load_database(name, root=None, manifest=None, validate=True, demo_size="small") -> list[StereoPair]:
+def load_database(name, root=None, manifest=None, validate=True, demo_size="small",
+                  progress=True) -> list[StereoPair]:
     """The records of database `name` (see the module docstring), checked by
-    `siqa.data.validate.validate_pairs` unless `validate=False`."""
+    `siqa.data.validate.validate_pairs` unless `validate=False`. `progress`: a bar while the
+    demo database is built."""
     if name == "demo":
-        from dataclasses import replace
-
-        from siqa.data.demo import content_group, default_root, ensure_demo
-
-        folder = ensure_demo(root if root is not None else default_root(demo_size), size=demo_size)
+        folder = ensure_demo(root if root is not None else default_root(demo_size), progress=progress,
+                             size=demo_size)
         # near-duplicate scenes share one content id (siqa.data.demo.CONTENT_GROUPS)
         views = demo_view_scores(folder)
         pairs = [replace(p, content=content_group(p.content), view_scores=views.get(p.name))
@@ -791,8 +801,6 @@ def load_database(name, root=None, manifest=None, validate=True, demo_size="smal
     else:
         raise UserError(f"unknown dataset.name '{name}' (valid: {', '.join(DATABASES)})")
     if validate:
-        from siqa.data.validate import validate_pairs
-
         where = f"dataset.name={name}"
         if manifest is not None:
             where += f", dataset.manifest={manifest}"
@@ -802,11 +810,8 @@ def load_database(name, root=None, manifest=None, validate=True, demo_size="smal
     return pairs
 
 
-def load_database_from_config(cfg) -> list[StereoPair]:
-    """`load_database` with the keys `dataset.name`, `dataset.root`, `dataset.manifest`."""
-    ds = (cfg or {}).get("dataset") or {}
-    if "name" not in ds:
-        raise UserError("config key dataset.name is missing")
-    return load_database(ds["name"], root=ds.get("root"), manifest=ds.get("manifest"),
-                         demo_size=ds.get("demo_size", "small"))
-
+def load_database_from_config(cfg, progress=True) -> list[StereoPair]:
+    """`load_database` with a run config's `dataset` section."""
+    ds = cfg["dataset"]
+    return load_database(ds["name"], root=ds["root"], manifest=ds["manifest"],
+                         demo_size=ds["demo_size"], progress=progress)

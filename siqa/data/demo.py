@@ -73,10 +73,12 @@ import hashlib
 import importlib.util
 import io
 import json
+import multiprocessing
 import os
 import re
 import shutil
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -426,9 +428,6 @@ def build_demo(out_dir, progress=False, size="small", workers=1) -> Path:
     jobs = [(out, s_idx, scene, lpath, rpath, size) for s_idx, (scene, lpath, rpath) in enumerate(scenes)]
     bar = tqdm(total=len(jobs), desc="demo", disable=not progress)
     if workers > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
         with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn")) as pool:
             results = []
             for result in pool.map(_build_scene_job, jobs):

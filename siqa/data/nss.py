@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from siqa.data.databases import LIVE1_FOLDERS
 from siqa.errors import UserError
 
 N_TARGETS = 108
@@ -53,10 +54,8 @@ def nss_from_config(pairs, nss_cfg=None, progress=True, device="cpu") -> np.ndar
 
 def _live1_key(name: str) -> str:
     """`gblur/im2_1.bmp` and `blur/im2_1.bmp` name the same LIVE Phase I pair."""
-    from siqa.data.databases import _LIVE1_FOLDERS
-
     folder, _, file = name.replace("\\", "/").partition("/")
-    return f"{_LIVE1_FOLDERS.get(folder.lower(), folder.lower())}/{file.lower()}"
+    return f"{LIVE1_FOLDERS.get(folder.lower(), folder.lower())}/{file.lower()}"
 
 
 def published_targets(pairs, folder) -> np.ndarray:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from siqa.errors import UserError
-from siqa.imageio import grey_pil, read_views
+from siqa.imageio import grey_pil, header_size, read_views, view_rgb
 
 PATCH = 32
 STRIDE = 24
@@ -102,8 +102,6 @@ def extract_patch_set(pairs, progress=True, dtype=torch.float32, sizes=None, c=C
     `sizes` (each pair's view (width, height), as `validate_pairs` returns) saves reading
     the headers again.
     """
-    from siqa.imageio import header_size
-
     pairs = list(pairs)
     if sizes is None:
         sizes = []
@@ -158,16 +156,6 @@ def corners(length: int, patch: int, stride: int, grid: str) -> list:
     return [0] if n == 1 else [round(i * (length - patch) / (n - 1)) for i in range(n)]
 
 
-def _view_rgb(path, half=None):
-    from siqa.imageio import _decoded_pil, read_bytes
-
-    rgb = np.asarray(_decoded_pil(path, read_bytes(path)).convert("RGB"))
-    if half is None:
-        return rgb
-    w = rgb.shape[1] // 2
-    return rgb[:, :w] if half == 0 else rgb[:, w : 2 * w]
-
-
 def spec_corners(height: int, width: int, spec):
     """(row corners, column corners) of the patches `spec` cuts from a height x width view."""
     return (corners(height, spec.patch, spec.stride, spec.grid),
@@ -183,7 +171,7 @@ def _chw(view, channels) -> torch.Tensor:
 def view_patches(view, spec, dtype=torch.float32, source=None) -> torch.Tensor:
     """(P, C, S, S) patches of one uint8 view (H x W grey, or H x W x 3 RGB for
     `spec.channels` 3) on the spec's corners, row-major, intensities / 255: what
-    `view_patch_set` cuts for training and siqa.api for scoring."""
+    `view_patch_set` cuts for training and siqa.inference.api for scoring."""
     size, c = spec.patch, spec.channels
     h, w = view.shape[:2]
     ys, xs = spec_corners(h, w, spec)
@@ -200,9 +188,9 @@ def _pair_views(p, spec):
     if spec.channels == 1:
         lv, rv = read_views(p.left, p.right, grey=grey_pil)
     elif p.right is None:
-        lv, rv = _view_rgb(p.left, 0), _view_rgb(p.left, 1)
+        lv, rv = view_rgb(p.left, 0), view_rgb(p.left, 1)
     else:
-        lv, rv = _view_rgb(p.left), _view_rgb(p.right)
+        lv, rv = view_rgb(p.left), view_rgb(p.right)
         if lv.shape != rv.shape:
             raise UserError(f"left/right views differ in size: {p.left}, {p.right}")
     h, w = lv.shape[:2]

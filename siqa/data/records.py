@@ -26,3 +26,22 @@ class StereoPair:
     @property
     def files(self):
         return (self.left,) if self.right is None else (self.left, self.right)
+
+
+def database_info(name, pairs) -> dict:
+    """What a checkpoint records of the database it learnt: its name, the direction and the
+    range of its scores (the scale every prediction of the model is on)."""
+    scores = [p.score for p in pairs]
+    return {
+        "name": name,
+        "higher_is_better": bool(pairs[0].higher_is_better),
+        "score_min": float(min(scores)),
+        "score_max": float(max(scores)),
+    }
+
+
+def describe_scale(info) -> str:
+    """One line on the scale of a `database_info`."""
+    kind = "MOS, higher = better" if info["higher_is_better"] else "DMOS, higher = worse"
+    return (f"scores on the scale of the {info['name']} database ({kind}; "
+            f"its scores span {info['score_min']:.4g} .. {info['score_max']:.4g})")

@@ -28,11 +28,15 @@ longer regenerates them.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 
 from siqa.errors import UserError
+from siqa.files import atomic_write_text
 
 SPLITS = ("train", "val", "test")
 REMAINDER_ORDER = (0, 2, 1)  # equal remainders: a scene goes to train, then test, then val
@@ -184,9 +188,12 @@ SPLIT_FORMAT = "siqa-splits/1"
 
 
 def _digest(names) -> str:
-    import hashlib
-
     return hashlib.sha256("\n".join(sorted(names)).encode("utf-8")).hexdigest()
+
+
+def pair_list_sha256(pairs) -> str:
+    """The hash of a database's pair names that a split document records (`pairs_sha256`)."""
+    return _digest(p.name for p in pairs)
 
 
 def scene_table(pairs) -> dict:
@@ -209,7 +216,7 @@ def split_document(pairs, splits, database, seed, ratios, design=SPLIT_DESIGN, f
         **extra,
         "ratios": [float(r) for r in ratios],
         "pairs": len(pairs),
-        "pairs_sha256": _digest(p.name for p in pairs),
+        "pairs_sha256": pair_list_sha256(pairs),
         "scenes": scene_table(pairs),
         "splits": [{k: sorted(s) for k, s in split_scenes(pairs, split).items()}
                    for split in splits],
@@ -218,17 +225,12 @@ def split_document(pairs, splits, database, seed, ratios, design=SPLIT_DESIGN, f
 
 def document_sha256(doc) -> str:
     """SHA-256 of a split document's canonical JSON (independent of the file's layout)."""
-    import hashlib
-    import json
-
     text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def split_file_text(doc) -> str:
     """The JSON text of a split document, one scene and one split per line (diff-friendly)."""
-    import json
-
     def block(key, items):
         rows = [f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in items]
         return f' {json.dumps(key)}: {{\n' + ",\n".join(rows) + "\n }"
@@ -242,16 +244,11 @@ def split_file_text(doc) -> str:
 
 
 def write_split_file(path, doc):
-    from siqa.files import atomic_write_text
-
     atomic_write_text(path, split_file_text(doc))
 
 
 def read_split_file(path) -> dict:
     """A split file's dict, its structure checked (UserError naming the file)."""
-    import json
-    from pathlib import Path
-
     path = Path(path)
     if not path.is_file():
         raise UserError(f"split file not found: {path} (dataset.split_file)")
@@ -294,7 +291,7 @@ def splits_from_document(pairs, doc, source, repeats=None) -> list[dict]:
             raise UserError(f"split file {source} does not match the database: the pairs of "
                             f"scene '{scene}' differ ({ours[scene]['pairs']} here, "
                             f"{theirs[scene].get('pairs')} in the file, or other names)")
-    if _digest(p.name for p in pairs) != doc["pairs_sha256"]:
+    if pair_list_sha256(pairs) != doc["pairs_sha256"]:
         raise UserError(f"split file {source} does not match the database: the pair-list hash "
                         "differs")
     contents = [p.content for p in pairs]
@@ -324,7 +321,7 @@ def splits_for_run(pairs, cfg):
     `train.repeats` splits; its ratios and seed replace `dataset.split` and the split seed),
     else `content_splits` with `dataset.split`, `dataset.split_seed`, `train.repeats`."""
     ds, t = cfg["dataset"], cfg["train"]
-    path = ds.get("split_file")
+    path = ds["split_file"]
     if path:
         doc = read_split_file(path)
         count = t["repeats"] * int(doc.get("folds") or 1)  # kfold: whole repetitions
@@ -332,7 +329,7 @@ def splits_for_run(pairs, cfg):
         doc = {**doc, "splits": doc["splits"][: len(splits)]}
         return splits, doc
     seed = ds["split_seed"]
-    design = cfg.get("protocol", {}).get("design", "random")
+    design = cfg["protocol"]["design"]
     if design == "kfold":
         r = ds["split"]
         folds = cfg["protocol"]["folds"]

@@ -16,51 +16,11 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from siqa.errors import UserError
+from siqa.data.splits import scene_counts
+from siqa.errors import UserError, examples
+from siqa.imageio import check_image
 
-SHOW = 3  # how many examples a message lists
 MIN_VIEW = 33  # smallest view side that gives one 32x32 patch (positions range(0, n - 32, 24))
-
-
-def _examples(items):
-    items = list(items)
-    shown = ", ".join(str(x) for x in items[:SHOW])
-    return shown + (", ..." if len(items) > SHOW else "")
-
-
-def image_size(path):
-    """(width, height) from the header, or raise OSError/UnidentifiedImageError."""
-    with Image.open(path) as im:
-        return im.size
-
-
-def check_image(path):
-    """(width, height) of a file that both PIL and OpenCV can read, fully decoded once;
-    otherwise a short string saying what is wrong with it ("missing", "empty", ...)."""
-    fp = Path(path)
-    try:
-        if not fp.is_file():
-            return "missing"
-        if fp.stat().st_size == 0:
-            return "empty"
-    except (OSError, ValueError) as err:  # e.g. a name too long for the file system
-        return f"cannot be opened: {err.strerror if isinstance(err, OSError) else err}"
-    try:
-        with Image.open(fp) as im:
-            size, fmt = im.size, im.format
-            try:
-                im.load()
-            except (OSError, SyntaxError, ValueError, EOFError) as err:
-                return f"truncated or damaged: {err}"
-    except Image.DecompressionBombError as err:
-        return f"too large to decode: {err}"
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):
-        return "not an image"
-    import cv2
-
-    if not cv2.haveImageReader(str(fp)):
-        return f"{fmt} format, which OpenCV cannot read; convert it to PNG or BMP"
-    return size
 
 
 def validate_pairs(pairs, ratios=None, min_view=MIN_VIEW, source=None):
@@ -82,18 +42,18 @@ def validate_pairs(pairs, ratios=None, min_view=MIN_VIEW, source=None):
 
     bad_scores = [f"{p.name}={p.score!r}" for p in pairs if not _finite(p.score)]
     if bad_scores:
-        problems.append(f"{len(bad_scores)} score(s) not finite: {_examples(bad_scores)}")
+        problems.append(f"{len(bad_scores)} score(s) not finite: {examples(bad_scores)}")
 
     dup_names = [n for n, c in Counter(p.name for p in pairs).items() if c > 1]
     if dup_names:
-        problems.append(f"{len(dup_names)} duplicate name(s): {_examples(dup_names)}")
+        problems.append(f"{len(dup_names)} duplicate name(s): {examples(dup_names)}")
     dup_files = [
         "+".join(str(f) for f in k)
         for k, c in Counter(tuple(str(Path(f)) for f in p.files) for p in pairs).items()
         if c > 1
     ]
     if dup_files:
-        problems.append(f"{len(dup_files)} duplicate entr(y/ies) for the same file(s): {_examples(dup_files)}")
+        problems.append(f"{len(dup_files)} duplicate entr(y/ies) for the same file(s): {examples(dup_files)}")
 
     missing, unreadable, mismatched, small = [], [], [], []
     header = {}  # path -> size or problem, each file read once
@@ -126,18 +86,16 @@ def validate_pairs(pairs, ratios=None, min_view=MIN_VIEW, source=None):
         sizes.append(view)
 
     if missing:
-        problems.append(f"{len(missing)} missing file(s): {_examples(missing)}")
+        problems.append(f"{len(missing)} missing file(s): {examples(missing)}")
     if unreadable:
-        problems.append(f"{len(unreadable)} unreadable file(s): {_examples(unreadable)}")
+        problems.append(f"{len(unreadable)} unreadable file(s): {examples(unreadable)}")
     if mismatched:
-        problems.append(f"{len(mismatched)} pair(s) with left/right views of different sizes: {_examples(mismatched)}")
+        problems.append(f"{len(mismatched)} pair(s) with left/right views of different sizes: {examples(mismatched)}")
     if small:
         problems.append(
-            f"{len(small)} view(s) smaller than {min_view}x{min_view} (no 32x32 patch fits): {_examples(small)}"
+            f"{len(small)} view(s) smaller than {min_view}x{min_view} (no 32x32 patch fits): {examples(small)}"
         )
     if ratios is not None and not problems:
-        from siqa.data.splits import scene_counts
-
         scene_counts(len({p.content for p in pairs}), ratios)  # raises its own UserError
     if problems:
         raise UserError(f"invalid database{where}: " + "; ".join(problems)

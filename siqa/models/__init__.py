@@ -5,18 +5,18 @@
     stereoqanet  Zhou, Chen & Li, IEEE TIP 2019: StereoQA-Net
     padnet       Xu et al. 2020: PAD-Net (predictive auto-encoding + ResNet-18)
 
-Each network carries `spec` (siqa.models.spec.InputSpec): what it consumes and predicts.
-multiscore, padnet and stereoqanet take `nss_head=True`: a linear 108-output NSS head on their
-fused features, trained with train.nss_weight > 0 (`nss_head_of(cfg)`; docs/models.md).
-docs/models.md gives each one's source, what was checked against the original, and every
-deviation.
+Each network carries `spec` (siqa.models.spec.InputSpec): what it consumes and predicts, its
+training recipes and whether it takes the optional NSS head. Adding a network is its file
+and one line in MODELS. docs/models.md gives each one's source, what was checked against
+the original, and every deviation. Building a run's network from its config:
+siqa/build.py.
 """
 from siqa.errors import UserError
 from siqa.models import bourbia2021, multiscore, padnet, stereoqanet
-from siqa.models.spec import InputSpec  # noqa: F401
+from siqa.models.spec import InputSpec
 
-__all__ = ["DEFAULT", "MODELS", "NSS_HEAD", "InputSpec", "check_name", "count_parameters",
-           "create_model", "list_models", "model_kwargs", "name_of", "nss_head_of", "spec_of"]
+__all__ = ["DEFAULT", "MODELS", "InputSpec", "check_name", "count_parameters", "create_model",
+           "list_models"]
 
 DEFAULT = "bourbia2021"
 
@@ -42,37 +42,11 @@ def check_name(name) -> str:
     return name
 
 
-def name_of(cfg) -> str:
-    """The network of a config; a checkpoint written before model.name existed is bourbia2021."""
-    return (cfg.get("model") or {}).get("name") or DEFAULT
-
-
-# networks that take an optional NSS head (nss_head=True) when train.nss_weight > 0
-NSS_HEAD = ("multiscore", "padnet", "stereoqanet")
-
-
-def nss_head_of(cfg) -> bool:
-    """Whether the network of `cfg` carries the optional NSS head: multiscore or stereoqanet
-    with train.nss_weight > 0 (`auto` is 0 for them, so no head)."""
-    weight = ((cfg.get("train") or {}).get("nss_weight")) or 0
-    return name_of(cfg) in NSS_HEAD and weight != "auto" and float(weight) > 0
-
-
-def model_kwargs(cfg) -> dict:
-    """The builder's arguments for `cfg` ({} = the network as its original)."""
-    return {"nss_head": True} if nss_head_of(cfg) else {}
-
-
-def spec_of(cfg):
-    """The InputSpec of the network `cfg` builds (without building it)."""
-    spec = MODELS[name_of(cfg)].spec
-    return spec.with_nss() if nss_head_of(cfg) else spec
-
-
 def create_model(name=DEFAULT, **kwargs):
     """A freshly initialised network (from torch's current random state)."""
     return MODELS[check_name(name)](**kwargs)
 
 
 def count_parameters(model) -> int:
+    """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -34,6 +34,15 @@ from siqa.models.spec import NSS_DIM, InputSpec
 
 PATCH_SIZE = 32
 
+# The recipe of the paper and its code (docs/method.md#training): the values of the `auto`
+# config keys under train.profile=paper.
+PAPER = {"train.epochs": 500, "train.optimizer": "sgd", "train.lr": 0.001, "train.lr_step": 0,
+         "train.lr_gamma": 0.1, "train.weight_decay": 0.0001, "train.batch_size": 128,
+         "train.nss_weight": 25.0, "patches.normalisation": "reference"}
+# train.profile=short: the paper's optimizer and constant rate; only the normalisation and
+# the epoch count differ (docs/decisions.md#the-demo-profile, benchmarks/demo_profiles.py).
+SHORT = {**PAPER, "train.epochs": 40, "patches.normalisation": "contrast"}
+
 
 def _conv(in_channels, out_channels):
     return nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1)
@@ -125,7 +134,8 @@ class MultiTaskSIQA(nn.Module):
 
     # 32x32 grey patches, stride 24, locally normalised (siqa/data/patches.py)
     spec = InputSpec(patch=PATCH_SIZE, stride=24, grid="exclusive", channels=1,
-                     normalisation="local", outputs=("quality", "nss"))
+                     normalisation="local", outputs=("quality", "nss"),
+                     recipes={"paper": PAPER, "short": SHORT})
 
     def __init__(self, nss_dim=NSS_DIM):
         super().__init__()
@@ -157,7 +167,3 @@ class MultiTaskSIQA(nn.Module):
         quality = self.quality_out(self.quality_fc2(torch.relu(torch.cat((h2, h1), dim=1))))
         return quality.squeeze(-1), nss
 
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -24,22 +24,20 @@ import torch
 import torch.nn.functional as F
 
 from siqa.errors import UserError, run_cli
+from siqa.imageio import view_rgb
+from siqa.models.padnet import AutoEncoder
 
 SUFFIXES = {".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff", ".ppm"}
 
 
 def _images(folder):
-    from siqa.data.patches import _view_rgb
-
     files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in SUFFIXES)
     if not files:
         raise UserError(f"--images {folder}: no image files there")
-    return files, [torch.from_numpy(_view_rgb(p).copy()).permute(2, 0, 1) for p in files]
+    return files, [torch.from_numpy(view_rgb(p).copy()).permute(2, 0, 1) for p in files]
 
 
 def pretrain(images, epochs=100, crop=256, batch=8, lr=1e-4, seed=0, log=print):
-    from siqa.models.padnet import AutoEncoder
-
     if crop % 16:
         raise UserError(f"--crop {crop}: must be a multiple of 16 (four stride-2 stages)")
     small = [i for i, im in enumerate(images) if min(im.shape[1:]) < crop]

@@ -1,8 +1,8 @@
 """What a network consumes and predicts: the data pipeline asks the model, not its name.
 
 Every network of `siqa.models` carries a `spec` (an `InputSpec`), as a timm model carries
-its `pretrained_cfg`. siqa/experiment.py cuts the patches the spec asks for, builds the
-targets of the outputs it names, and siqa/engine.py weighs one L1 loss per output:
+its `pretrained_cfg`. siqa/data/inputs.py cuts the patches the spec asks for, builds the
+targets of the outputs it names, and siqa/training/step.py weighs one loss per output:
 
     patches:  `channels` (1: PIL 'L' grey, 3: PIL 'RGB') views, cut into `patch` x `patch`
               squares whose top-left corners follow `grid` with step `stride`:
@@ -37,8 +37,18 @@ targets of the outputs it names, and siqa/engine.py weighs one L1 loss per outpu
               loss = sum over outputs of weight * loss(output, target), weights from
               `loss_weights` (1 where not named; nss always train.nss_weight); the loss
               of the score outputs is `score_loss` (l1, or mse: PAD-Net's), of nss L1.
+    training: `recipes`
+                {"paper": {...}, "short": {...}}: the value of every config key that may be
+                `auto` (siqa/config.py), by train.profile; `paper` is the network's original
+                recipe (`recipe_published` False where none was released and the row is this
+                project's), `short` a run that learns within minutes on a 2-core CPU. A key a
+                network does not use (patches.normalisation of a non-local network) may be
+                left out: it takes the default network's value, recorded and unused.
+              `nss_head`: the network takes the optional linear NSS head (built with
+                nss_head=True when train.nss_weight > 0); the paper's network predicts NSS
+                on its own.
 """
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 GRIDS = ("exclusive", "inclusive", "cover")
 NSS_DIM = 108  # the NSS targets of siqa.nss (bourbia2021's task 1), an `nss` output's width
@@ -59,6 +69,9 @@ class InputSpec:
     loss_weights: tuple = ()  # ((output, weight), ...); 1.0 where an output is not named
     train_crop: str = "grid"
     score_loss: str = "l1"  # of the score outputs (quality, stereo, left, right); nss: L1
+    recipes: dict = field(default_factory=dict, compare=False, hash=False)  # profile -> {key: value}
+    recipe_published: bool = True
+    nss_head: bool = False  # takes the optional NSS head (nss_head=True)
 
     def __post_init__(self):
         assert self.grid in GRIDS and self.normalisation in NORMALISATIONS

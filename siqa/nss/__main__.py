@@ -1,12 +1,15 @@
 """python -m siqa.nss: compute (or --check) the cached NSS targets of the pairs in a CSV."""
 import argparse
 import csv
+import io
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from siqa.errors import UserError, run_cli
+from siqa.errors import UserError, examples, run_cli
+from siqa.files import atomic_write
+from siqa.imageio import check_image
 
 # kept equal to siqa.nss.features (not imported here so that --help does not load torch)
 MARGINALS = ("mle0", "scipy_free_loc")
@@ -53,8 +56,6 @@ def check_files(pairs, source, min_side):
     """UserError listing every file that cannot give NSS targets (missing, empty, not an
     image, truncated, views of different sizes, a side under `min_side`), so that nothing
     is computed or cached for a list with a bad file in it."""
-    from siqa.data.validate import _examples, check_image
-
     found, unreadable, mismatched, small = {}, [], [], []
     for left, right in pairs:
         sizes = []
@@ -78,13 +79,13 @@ def check_files(pairs, source, min_side):
             small.append(f"{left} (view {view[0]}x{view[1]})")
     problems = []
     if unreadable:
-        problems.append(f"{len(unreadable)} unusable file(s): {_examples(unreadable)}")
+        problems.append(f"{len(unreadable)} unusable file(s): {examples(unreadable)}")
     if mismatched:
         problems.append(f"{len(mismatched)} pair(s) with left/right views of different sizes: "
-                        f"{_examples(mismatched)}")
+                        f"{examples(mismatched)}")
     if small:
         problems.append(f"{len(small)} view(s) with a side under {min_side} pixels (too small "
-                        f"for the wavelet levels): {_examples(small)}")
+                        f"for the wavelet levels): {examples(small)}")
     if problems:
         raise UserError(f"{source}: " + "; ".join(problems) + "; correct or remove these entries")
 
@@ -123,7 +124,7 @@ def main(argv=None):
         for (left, right), problem in summary["problems"][:20]:
             print(f"  {left}{'' if right is None else ' ' + right}: {problem}")
         return 0 if summary["valid"] == len(pairs) else 1
-    from siqa.engine import select_device
+    from siqa.device import select_device
     from siqa.nss.features import MIN_SIDE
 
     device = select_device(args.device)  # cuda:N on a GPU, or one line (no GPU, no such index)
@@ -132,9 +133,6 @@ def main(argv=None):
     targets = nss_targets(pairs, args.marginal, args.preprocess, args.cache_dir, args.workers,
                           device, progress=not args.no_progress)
     if args.output:
-        from siqa.files import atomic_write
-        import io
-
         buf = io.BytesIO()
         np.save(buf, targets)
         atomic_write(args.output, buf.getvalue())

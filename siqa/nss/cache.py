@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from siqa.errors import UserError
-from siqa.files import (WriteFailed, atomic_write, remove_dead_temporaries, sha256_bytes,
-                        sha256_file, try_lock, unlock)
+from siqa.files import WriteFailed, atomic_write, remove_dead_temporaries, sha256_bytes, sha256_file, try_lock, unlock
+from siqa.imageio import grey_cv2, read_views
 from siqa.nss.features import MARGINALS, N_FEATURES, PREPROCESS, nss_features, nss_features_batch
 
 NSS_VERSION = 2  # 2: left-censored mle0 marginals (siqa.nss.features); every cached target is recomputed
@@ -103,8 +103,6 @@ def load_entry(path, key):
 
 
 def read_pair(left, right):
-    from siqa.imageio import grey_cv2, read_views
-
     return read_views(left, right, grey=grey_cv2)
 
 

@@ -71,9 +71,9 @@ Numerical decisions (documented here because they change numbers):
 Precision and speed: by default everything runs in float64. A float32 DT-CWT was rejected
 for version 1 (flat regions get float32 round-off magnitudes instead of ~0 and the Gamma
 fits moved by up to ~15 %); with the censored fit it gives the same targets to ~1e-4
-(standardise_dtype="float32"), but the default stays float64. On a CPU the temporaries (tens of MB for a 640x360 pair) live in a per-thread
-`Workspace` kept between calls (~60 MB for a 640x360 pair), because first-touch page
-faults on fresh memory cost as much as several passes over it.
+(standardise_dtype="float32"), but the default stays float64. On a CPU the temporaries
+live in a per-thread `Workspace` kept between calls (~60 MB for a 640x360 pair), because
+first-touch page faults on fresh memory cost as much as several passes over it.
 
 Too small: both sides must be at least 2**(levels + 2) = 32 pixels, so that every level-3
 subband has at least 4 x 4 = 16 coefficients for its two Gamma fits and its 2 x 2
@@ -92,7 +92,8 @@ N_SUBBANDS = 6 * LEVELS
 N_FEATURES = 6 * N_SUBBANDS
 MARGINALS = ("mle0", "scipy_free_loc")
 PREPROCESS = ("reference", "global")
-MAG_FLOOR = 1e-12  # kept: logs of exact zeros; only reached when delta < 1e-12 (a subband of round-off only) or censor_k = 0
+# logs of exact zeros; only reached when delta < 1e-12 (a subband of round-off only) or censor_k = 0
+MAG_FLOOR = 1e-12
 CENSOR_K = 3e-3
 A_MIN = 1e-6
 A_MAX = 1e8
@@ -139,8 +140,8 @@ def preprocess_views(views: torch.Tensor, mode: str = "reference", workspace=Non
                      dtype: str = "float64") -> torch.Tensor:
     """(N, H, W) grey values -> standardised views in `dtype` (see the module's zero-std guard).
 
-    float64: the division by 225 of docs/method.md#grey-views-and-standardisation cancels in the standardisation ((x/225 -
-    m/225) / (s/225) = (x - m) / s), so it is not carried out (the results differ by
+    float64: the division by 225 of docs/method.md#grey-views-and-standardisation cancels in
+    the standardisation ((x/225 - m/225) / (s/225) = (x - m) / s), so it is not carried out (the results differ by
     round-off). float32: the original reference pipeline as written (cast to float32, divide by
     225, column mean and population std in float32)."""
     if mode == "reference":
@@ -402,8 +403,8 @@ def _scratch(workspace, key, shape, like):
 
 def _normal_scores_tabulated(log_x, a, scale, t_lo, t_hi, nodes=INTERP_NODES, tol=INTERP_TOL,
                              chunk=SCORE_CHUNK, workspace=None):
-    """Normal scores (docs/method.md#normal-scores-and-the-copula, loc = 0) of each row of log_x (rows, P) through a per-row
-    table; log_x is overwritten. t_lo, t_hi: per row, the range of t = log(x / scale).
+    """Normal scores (docs/method.md#normal-scores-and-the-copula, loc = 0) of each row of log_x
+    (rows, P) through a per-row table; log_x is overwritten. t_lo, t_hi: per row, the range of t = log(x / scale).
 
     h(t) = Phi^-1(P(a, e^t)) is smooth in t (the clip of step 7 is applied after the
     interpolation: z = clip(h, Z_LO, Z_HI), equal to clipping u because Phi^-1 is

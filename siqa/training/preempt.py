@@ -18,6 +18,9 @@ during the epoch loop also stops at once (the last.pt on disk stays consistent, 
 import signal
 import threading
 
+import torch
+import torch.distributed as tdist
+
 CHECK_EVERY = 8  # under torchrun: steps between the ranks' agreements on stopping
 
 _lock = threading.Lock()
@@ -55,11 +58,6 @@ def install():
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _handler)
     _state["installed"] = True
-
-
-def reset():
-    """Forget a signal received (tests that run several trainings in one process)."""
-    _state["signum"] = None
 
 
 def requested():
@@ -107,9 +105,6 @@ class Stopper:
         """Whether any rank received a signal (a collective under torchrun)."""
         if self.dist.world == 1:
             return requested() is not None
-        import torch
-        import torch.distributed as tdist
-
         flag = torch.tensor([requested() or 0], dtype=torch.int64)
         tdist.all_reduce(flag, op=tdist.ReduceOp.MAX, group=self.dist.host_group)
         if flag.item() and requested() is None:

@@ -21,8 +21,8 @@ Conventions
   `fit_logistic`), under the constraint b1, b2, b4 >= 0: the map never decreases. Every
   network here predicts on its database's own scale, so a good predictor increases with
   the score; a decreasing or non-monotone map would make a predictor that ranks backwards
-  look good (issue 22: a step plus a steep line sloping the other way turned SROCC -0.22
-  into plcc_logistic 0.778). There is no search over several starts and nothing is chosen
+  look good (a step plus a steep line sloping the other way can turn SROCC -0.22 into a
+  PLCC of 0.778 after the map). There is no search over several starts and nothing is chosen
   by its PLCC. When the predictions rank backwards (SROCC < 0) no increasing map can
   linearise them: the mapping is flat, mean(target). It falls back to the least-squares
   straight line with a non-negative slope (flat where the unconstrained slope is negative)
@@ -74,7 +74,7 @@ CONSTANT_RTOL = 1e-12  # constant: std <= CONSTANT_RTOL * |mean| (the bootstrap'
 
 
 def _is_constant(v):
-    """Constant up to round-off, with the same tolerance as siqa.stats' bootstrap."""
+    """Constant up to round-off, with the same tolerance as siqa.evaluation.stats' bootstrap."""
     if v.size == 0 or bool(np.all(v == v[0])):
         return True
     return bool(np.std(v) <= CONSTANT_RTOL * abs(np.mean(v)))

@@ -10,7 +10,7 @@ DMOS (higher = worse: LIVE, demo) or MOS (higher = better: Waterloo). Where the 
 directions differ, the correlations are negated, so that 1 always means agreement and -1
 disagreement; the raw values are kept in the JSON beside the oriented ones. RMSE is not
 reported: the scales differ. Which pairs the checkpoint has seen is decided from the pairs
-themselves (siqa.overlap: content hashes, never paths): a test database that holds the
+themselves (siqa.data.overlap: content hashes, never paths): a test database that holds the
 checkpoint's test split is its own and is scored on that split only (marked *); one that
 shares some training or validation pairs is scored without them (marked +, the number
 dropped in the JSON); any other database on all its pairs.
@@ -20,9 +20,15 @@ from pathlib import Path
 import numpy as np
 
 from siqa import config as config_mod
-from siqa.checkpoint import load_checkpoint
+from siqa.build import load_model, read_checkpoint
+from siqa.data import load_database_from_config
+from siqa.data.overlap import evaluation_pairs
+from siqa.device import select_device, use_run_threads
 from siqa.errors import UserError
-from siqa.metrics import krocc, plcc, srocc
+from siqa.evaluation.metrics import krocc, plcc, srocc
+from siqa.evaluation.reports import fmt_metric, write_json
+from siqa.files import atomic_write_text
+from siqa.scoring import predict_database
 
 SPLIT_LABELS = {"test": "checkpoint test split", "all": "all",
                 "all less seen": "all less the checkpoint's training/validation pairs"}
@@ -64,12 +70,6 @@ def _checkpoint_label(path, state, used):
 def cross_database_matrix(checkpoints, tests, out, overrides=(), progress=False, log=print):
     """Score every checkpoint on every test database; write matrix.json and matrix.md.
     `overrides` (key.sub=value) apply to every evaluation (e.g. device=cpu)."""
-    from siqa.distributed import use_run_threads
-    from siqa.engine import select_device
-    from siqa.experiment import load_model, load_pairs, predict_database
-    from siqa.overlap import evaluation_pairs
-    from siqa.reports import write_json
-
     if not checkpoints or not tests:
         raise UserError("--matrix needs at least one --checkpoint and one --test NAME=PATH")
     specs = [parse_test(t) for t in tests]
@@ -81,18 +81,18 @@ def cross_database_matrix(checkpoints, tests, out, overrides=(), progress=False,
         labels.append(label)
     rows, cells, used = [], [], set()
     for path in checkpoints:
-        state = load_checkpoint(path, required=("model", "config", "split", "database"))
+        state = read_checkpoint(path, required=("model", "config", "split", "database"))
         row = _checkpoint_label(path, state, used)
         rows.append(row)
         own = config_mod.load_config(overrides=overrides, base=state["config"])
         device = select_device(own["device"])
-        with use_run_threads(own):  # the run's arithmetic on the CPU (siqa.distributed)
+        with use_run_threads(own):  # the run's arithmetic on the CPU (siqa.device)
             model = load_model(state, device, source=path)  # once per checkpoint
             for label, (_, dataset) in zip(labels, specs):
                 cfg = config_mod.load_config(overrides=overrides, base=state["config"])
                 cfg["dataset"].update(dataset)
                 cfg["patches"] = state["config"]["patches"]
-                chosen = evaluation_pairs(load_pairs(cfg), state, "test")  # by content
+                chosen = evaluation_pairs(load_database_from_config(cfg, progress), state, "test")  # by content
                 if not chosen.pairs:
                     raise UserError(f"--test {label}: every pair is a training or validation pair "
                                     f"of {path}: nothing to score")
@@ -101,7 +101,7 @@ def cross_database_matrix(checkpoints, tests, out, overrides=(), progress=False,
                 cell.update(train=row, test=label, checkpoint=str(path), mark=chosen.mark,
                             split=SPLIT_LABELS[chosen.split], dropped_seen_pairs=chosen.dropped)
                 cells.append(cell)
-                log(f"{row} -> {label}: SROCC {_fmt(cell['srocc'])} PLCC {_fmt(cell['plcc'])} "
+                log(f"{row} -> {label}: SROCC {fmt_metric(cell['srocc'])} PLCC {fmt_metric(cell['plcc'])} "
                     f"({cell['n']} pairs, {chosen.describe()}"
                     f"{', direction flipped' if cell['flipped'] else ''})")
     result = {"rows": rows, "columns": labels, "cells": cells,
@@ -109,14 +109,8 @@ def cross_database_matrix(checkpoints, tests, out, overrides=(), progress=False,
                       "raw_* are before orientation; " + MARKS}
     out = Path(out)
     write_json(out / "matrix.json", result)
-    from siqa.files import atomic_write_text
-
     atomic_write_text(out / "matrix.md", markdown(result))
     return result, out
-
-
-def _fmt(x):
-    return "n/a" if x is None else f"{x:.4f}"
 
 
 def markdown(result) -> str:
@@ -131,7 +125,7 @@ def markdown(result) -> str:
             values = []
             for col in result["columns"]:
                 c = by[(row, col)]
-                values.append(f"{_fmt(c[key])}{c.get('mark', '')}")
+                values.append(f"{fmt_metric(c[key])}{c.get('mark', '')}")
             lines.append(f"| {row} | " + " | ".join(values) + " |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"

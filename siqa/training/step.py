@@ -1,4 +1,4 @@
-r"""The training step and the image-level scoring, on data resident on the device.
+r"""The training step, on data resident on the device, and the optimizer it steps.
 
 A split's patches live on the device as two contiguous tensors; a batch is an index
 slice of a seeded permutation (no Dataset, no collation, no host sync inside the loop).
@@ -21,73 +21,15 @@ How a step runs is `train.step`:
     (so every patch pair is still seen once per epoch; the graph reads the batch's
     indices from a static buffer and the learning rate from a tensor the scheduler fills)
 """
-from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Optional
-
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from siqa.concurrent import finish
+from siqa.data.inputs import SplitData
 from siqa.errors import UserError
-from siqa.models.bourbia2021 import MultiTaskSIQA
+from siqa.scoring import Scorer, compile_mode
 
 STEP_MODES = ("eager", "compile", "graph")
 GRAPH_WARMUP_STEPS = 3  # eager steps on a side stream before capture (PyTorch's CUDA-graph recipe)
-
-
-def select_device(name) -> torch.device:
-    """The device of a `device` setting, always with its index on CUDA.
-
-    'auto' -> the current CUDA device when a GPU is available, else the CPU; 'cuda' -> the
-    current CUDA device (cuda:0 unless the process chose another); 'cuda:N' as it is. A CUDA
-    request without a GPU, or an index past the GPUs there are, is a user error. The index
-    matters: torch.cuda.set_device, the CUDA RNG calls and DDP's device_ids refuse a CUDA
-    device without one."""
-    if isinstance(name, torch.device):
-        name = str(name)
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"config key device: unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
-    if device.type not in ("cpu", "cuda"):
-        raise UserError(f"config key device: {name!r} is not supported here (use auto, cpu, cuda or cuda:N)")
-    if device.type == "cpu":
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise UserError(f"device={name} was requested but no CUDA GPU is available; use device=cpu")
-    if device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    if device.index >= torch.cuda.device_count():
-        raise UserError(f"device={name}: only {torch.cuda.device_count()} CUDA device(s) here")
-    return device
-
-
-@dataclass
-class SplitData:
-    """One split on one device: patches plus per-pair targets (pair_index maps patch -> pair)."""
-
-    left: torch.Tensor  # (N, C, S, S) as the network's spec asks ((N, 1, 32, 32) for the paper's)
-    right: torch.Tensor
-    pair_index: torch.Tensor  # (N,) int64
-    score: torch.Tensor  # (P,) float32
-    nss: torch.Tensor  # (P, 108) float32; (P, 0) for a network without the NSS task
-    views: Optional[torch.Tensor] = None  # (P, 2) per-view scores, for networks that predict them
-
-    @property
-    def num_patches(self):
-        return self.left.shape[0]
-
-    @property
-    def num_pairs(self):
-        return self.score.shape[0]
-
-    def to(self, device):
-        return SplitData(*(None if t is None else t.to(device, non_blocking=True) for t in
-                           (self.left, self.right, self.pair_index, self.score, self.nss, self.views)))
 
 
 def epoch_order(num_patches, seed, epoch, rank=0, world=1):
@@ -108,8 +50,7 @@ def epoch_order(num_patches, seed, epoch, rank=0, world=1):
     return padded[rank * share : (rank + 1) * share]
 
 
-def joint_loss(model, data: SplitData, idx, nss_weight, amp_dtype=None, cache_enabled=True,
-               spec=MultiTaskSIQA.spec):
+def joint_loss(model, data: SplitData, idx, nss_weight, spec, amp_dtype=None, cache_enabled=True):
     """(total, quality, nss) losses of the patches `idx`; in float32 under bf16 autocast
     (the outputs are cast up before the loss, so DMOS values are not rounded to bf16).
 
@@ -146,18 +87,6 @@ def _device_of(model):
     return next(model.parameters()).device
 
 
-def compile_mode(device, ddp=False, concurrent=False):
-    """torch.compile's mode for train.step=compile: "reduce-overhead" (the compiler's own CUDA
-    graphs) for one CUDA process training one split, else None (the default mode: fused
-    kernels, no graphs). The compiler's graphs replay from one memory pool per device and
-    assume one stream, so concurrent splits on their own streams would share and overwrite
-    each other's buffers; under DDP the gradient all-reduce runs in hooks between the graphs'
-    pieces, which the compiler's graphs do not capture safely."""
-    if torch.device(device).type == "cuda" and not ddp and not concurrent:
-        return "reduce-overhead"
-    return None
-
-
 def check_step_mode(mode, device, world=1):
     """A UserError, before any work starts, for a train.step this run cannot use."""
     if mode not in STEP_MODES:
@@ -184,7 +113,7 @@ class TrainStep:
         self.mode, self.model, self.optimizer = mode, model, optimizer
         self.batch_size, self.nss_weight, self.amp_dtype = batch_size, nss_weight, amp_dtype
         self.device = _device_of(model)
-        self.spec = getattr(model.module if _is_ddp(model) else model, "spec", MultiTaskSIQA.spec)
+        self.spec = (model.module if _is_ddp(model) else model).spec
         self.forward = model
         if mode == "compile":
             # dynamic=False: the full batch and the epoch's tail batch each get a static graph.
@@ -207,8 +136,8 @@ class TrainStep:
         return self._eager(data, idx)
 
     def _eager(self, data, idx, cache_enabled=True):
-        loss, loss_q, loss_n = joint_loss(self.forward, data, idx, self.nss_weight, self.amp_dtype,
-                                          cache_enabled, spec=self.spec)
+        loss, loss_q, loss_n = joint_loss(self.forward, data, idx, self.nss_weight, self.spec,
+                                          self.amp_dtype, cache_enabled)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -230,7 +159,7 @@ class TrainStep:
         self.optimizer.zero_grad(set_to_none=True)  # backward in the capture allocates the grads
         with torch.cuda.graph(graph):
             loss, loss_q, loss_n = joint_loss(self.model, data, static_idx, self.nss_weight,
-                                              self.amp_dtype, cache_enabled=False, spec=self.spec)
+                                              self.spec, self.amp_dtype, cache_enabled=False)
             loss.backward()
             self.optimizer.step()
             static_losses = torch.stack([loss.detach(), loss_q.detach(), loss_n.detach()])
@@ -283,20 +212,10 @@ def _restore(model, optimizer, saved):
                     v.zero_()
 
 
-def train_epoch(model, optimizer, data: SplitData, order, batch_size, nss_weight,
-                amp_dtype=None, progress=None, step=None):
-    """One pass over `order` (patch indices on data's device); returns mean losses (floats).
-
-    `step`: a TrainStep built for this model and optimizer (compile, graph); None = eager.
-    Under DDP the epoch means are averaged across ranks (every rank runs as many steps)."""
-    return finish(epoch_steps(model, optimizer, data, order, batch_size, nss_weight, amp_dtype,
-                              progress, step))
-
-
 def epoch_steps(model, optimizer, data: SplitData, order, batch_size, nss_weight,
                 amp_dtype=None, progress=None, step=None):
     """train_epoch as a generator that yields after every step and returns the mean losses
-    (the form in which siqa.concurrent interleaves the steps of several splits)."""
+    (the form in which siqa.training.concurrent interleaves the steps of several splits)."""
     model.train()
     if step is None:
         step = TrainStep("eager", model, optimizer, batch_size, nss_weight, amp_dtype)
@@ -317,88 +236,38 @@ def epoch_steps(model, optimizer, data: SplitData, order, batch_size, nss_weight
     return {"total": means[0], "quality": means[1], "nss": means[2]}
 
 
-class Scorer:
-    """The eval-mode forward of predict_pairs, run as `mode`: eager, compiled, or (graph, on
-    CUDA) captured once per full batch size on static input buffers; the tail batch of a
-    split runs eagerly. Weights are read in place, so training between calls is seen."""
-
-    def __init__(self, mode="eager", model=None, amp_dtype=None, concurrent=False):
-        self.mode, self.model, self.amp_dtype = mode, model, amp_dtype
-        self.forward = model
-        if mode == "compile":  # scoring has no all-reduce: only concurrency rules the graphs out
-            self.forward = torch.compile(model, dynamic=False,
-                                         mode=compile_mode(_device_of(model), concurrent=concurrent))
-        self._graphs = {}  # batch size -> (graph, static left, static right, static quality)
-
-    def __call__(self, left, right, full=True):
-        """Quality of a batch; `full`: a batch of the static size (graph mode captures it)."""
-        if self.mode != "graph" or left.device.type != "cuda" or not full:
-            return self._eager(self.forward, left, right)
-        n = left.shape[0]
-        if n not in self._graphs:
-            self._graphs[n] = self._capture(left, right)
-        graph, static_left, static_right, static_quality = self._graphs[n]
-        static_left.copy_(left)
-        static_right.copy_(right)
-        graph.replay()
-        return static_quality.clone()
-
-    def _eager(self, forward, left, right, cache_enabled=True):
-        with torch.autocast(left.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None,
-                            cache_enabled=cache_enabled):
-            quality = forward(left, right)[0]  # every network's first output is the quality
-        return quality
-
-    def _capture(self, left, right):
-        static_left, static_right = left.clone(), right.clone()
-        side = torch.cuda.Stream(left.device)
-        side.wait_stream(torch.cuda.current_stream(left.device))
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                self._eager(self.model, static_left, static_right, cache_enabled=False)
-        torch.cuda.current_stream(left.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_quality = self._eager(self.model, static_left, static_right, cache_enabled=False)
-        return graph, static_left, static_right, static_quality
+def make_optimizer(model, t):
+    """train.optimizer over the network's parameters, or over its own parameter groups where
+    it has them (`param_groups(lr)`: PAD-Net's per-group learning rates). `t`: the run's
+    resolved `train` section."""
+    params = model.param_groups(t["lr"]) if hasattr(model, "param_groups") else model.parameters()
+    if t["optimizer"] == "adam":
+        return torch.optim.Adam(params, lr=t["lr"], weight_decay=t["weight_decay"])
+    return torch.optim.SGD(params, lr=t["lr"], momentum=t["momentum"],
+                           weight_decay=t["weight_decay"])
 
 
-@contextmanager
-def cudnn_heuristics():
-    """Scoring picks cuDNN's convolution kernels by its heuristics, not by timing them
-    (benchmark mode, on for training on CUDA): timing can pick another kernel in another
-    process, and with TF32 another precision, so a run's validation and test scores and
-    evaluate.py's would differ beyond round-off. The heuristics give every process the same
-    kernels for the same shapes."""
-    before = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark = before
+# How a step runs its optimizer, not what the optimizer is: train.step=graph sets these (and
+# makes the learning rate a device tensor), and a checkpoint of such a run stores them.
+STEP_MODE_OPTIONS = ("fused", "foreach", "capturable")
 
 
-@torch.no_grad()
-def predict_pairs(model, data: SplitData, batch_size=None, amp_dtype=None, scorer=None) -> np.ndarray:
-    """Image-level scores: the mean of each pair's patch predictions (docs/method.md#patches).
+def load_optimizer_state(optimizer, saved):
+    """optimizer.load_state_dict(saved), keeping how this run's steps execute.
 
-    Default batch: 4096 patches on a GPU; 128 on a CPU, where small batches stay in cache
-    (measured: 886 patch pairs/s at 128 vs 455 at 4096 on the 2-core build machine).
-    `scorer`: a Scorer of this model (a TrainStep's .scorer); None = eager."""
-    if batch_size is None:
-        batch_size = 128 if data.left.device.type == "cpu" else 4096
-    if scorer is None:
-        scorer = Scorer("eager", model, amp_dtype)
-    model.eval()
-    sums = torch.zeros(data.num_pairs, dtype=torch.float64, device=data.left.device)
-    with cudnn_heuristics():
-        for start in range(0, data.num_patches, batch_size):
-            sl = slice(start, start + batch_size)
-            quality = scorer(data.left[sl].float(), data.right[sl].float(),
-                             full=start + batch_size <= data.num_patches)
-            sums.index_add_(0, data.pair_index[sl], quality.double())
-    # patches per pair by index_add_ rather than bincount: the same integers, and an output
-    # whose shape does not depend on the data, so the scoring path also runs on fake CUDA
-    # tensors (tests/test_cuda_host.py)
-    counts = torch.zeros_like(sums).index_add_(0, data.pair_index, torch.ones_like(data.pair_index, dtype=sums.dtype))
-    return (sums / counts).cpu().numpy()
+    load_state_dict replaces every group option with the saved one, so a checkpoint of a
+    train.step=graph run would make a resumed eager run keep the fused SGD kernel, Adam's
+    capturable path and a tensor learning rate. The saved hyper-parameters and state stay
+    (the learning rate as a float, with its scheduled value); the execution options are
+    this optimizer's own, and a graph step re-applies its own when it is built."""
+    own = [{k: g[k] for k in STEP_MODE_OPTIONS if k in g} for g in optimizer.param_groups]
+    optimizer.load_state_dict(saved)
+    for group, options in zip(optimizer.param_groups, own):
+        group.update(options)
+        if torch.is_tensor(group["lr"]):
+            group["lr"] = float(group["lr"])
+        if not group.get("capturable") and not group.get("fused"):
+            for p in group["params"]:  # a capturable Adam's step counters live on the device
+                state = optimizer.state.get(p, {})
+                if torch.is_tensor(state.get("step")) and state["step"].device.type != "cpu":
+                    state["step"] = state["step"].to("cpu", torch.float32)

@@ -35,8 +35,11 @@ from pathlib import Path
 
 import torch
 
+from siqa.data.inputs import PATCH_C
 from siqa.errors import UserError
 from siqa.files import WriteFailed, writer_tag
+from siqa.inference.api import load
+from siqa.models import DEFAULT
 
 FORMATS = ("onnx", "torchscript")
 INPUTS = ("left", "right")
@@ -54,8 +57,6 @@ class ExportResult:
 
 def metadata(model, batch) -> dict:
     """What a user of the exported file needs to rebuild the rest of the pipeline."""
-    from siqa.experiment import PATCH_C
-
     return {
         "inputs": {name: ["B" if batch == "dynamic" else batch, 1, 32, 32] for name in INPUTS},
         "outputs": {"quality": ["B"], "nss": ["B", 108]},
@@ -95,15 +96,13 @@ def parse_batch(text):
 
 def export(checkpoint, fmt, out, batch="dynamic", check=True) -> ExportResult:
     """Export the network of `checkpoint` (a best.pt or last.pt of train.py) to `out`."""
-    from siqa.api import load
-    from siqa.models import DEFAULT
-
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
     batch = parse_batch(batch)
     out = Path(out)
     if out.is_dir():
-        raise UserError(f"--out {out} is a folder: give a file name (e.g. {out / ('siqa.onnx' if fmt == 'onnx' else 'siqa.pt')})")
+        example = out / ("siqa.onnx" if fmt == "onnx" else "siqa.pt")
+        raise UserError(f"--out {out} is a folder: give a file name (e.g. {example})")
     if fmt == "onnx":
         missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
         if missing:

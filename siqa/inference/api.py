@@ -9,7 +9,7 @@
     model.lower_better, model.score_range, model.database, model.name, model.spec
 
 Every network of siqa.models is served: the checkpoint's `model.name` builds the network
-(siqa.experiment.load_model) and its `spec` (siqa/models/spec.py) says which patches to cut.
+(siqa.build.load_model) and its `spec` (siqa/models/spec.py) says which patches to cut.
 What one call does (the same steps, in the same order, and the same patch functions as
 training's test, `predict.py` and `evaluate.py`, so the numbers agree to float round-off):
 
@@ -22,9 +22,10 @@ training's test, `predict.py` and `evaluate.py`, so the numbers agree to float r
            others       spec.patch squares on the spec.grid corners, / 255
                         (siqa.data.patches.view_patches; StereoQA-Net standardises inside
                         the network with its training split's statistics)
-      -> the network, batches of 128 patches (CPU) / 4096 (GPU)
+      -> the one scoring path (siqa.scoring.run_batches): batches of 128 patches (CPU) /
+         4096 (GPU), cut as one stacked tensor would be
            output 0: quality (P,)         "nss" output (task 1), where there is one: (P, 108)
-      -> mean over the pair's patches: the score    |  mean over patches: predicted NSS
+      -> mean over the pair's patches (siqa.scoring.pair_means): the score | predicted NSS
       -> in grid order (rows, cols): the patch map  |  siqa.nss on the views: computed NSS
 
 A network with several outputs (Multi-score: quality, left, right, stereo) is scored by its
@@ -52,13 +53,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from siqa.build import amp_dtype_of, load_model, read_checkpoint
+from siqa.data.inputs import PATCH_C
 from siqa.data.patches import extract_patches, patch_grid, spec_corners, view_patches
+from siqa.data.records import describe_scale
+from siqa.device import select_device
 from siqa.errors import UserError
-from siqa.imageio import grey_pil, split_side_by_side
+from siqa.imageio import grey_cv2, grey_pil, split_side_by_side, view_rgb
+from siqa.models import DEFAULT, MODELS
+from siqa.nss.features import nss_features
+from siqa.scoring import Scorer, batch_size_for, patch_mean, run_batches
 
 __all__ = ["load", "StereoIQA", "Naturalness", "PairViews"]
 
-def load(checkpoint, device="auto") -> "StereoIQA":
+def load(checkpoint, device="auto") -> StereoIQA:
     """The model of a checkpoint written by train.py (best.pt or last.pt), ready to score.
 
     device: "auto" (CUDA when available), "cpu", "cuda", "cuda:N" or a torch.device.
@@ -66,21 +74,14 @@ def load(checkpoint, device="auto") -> "StereoIQA":
     the process, as evaluate.py sets them: PyTorch holds them process-wide, so the model
     loaded last decides them.
     """
-    from siqa.checkpoint import load_checkpoint
-    from siqa.engine import select_device
-    from siqa.experiment import amp_dtype_of, load_model
-
     device = select_device(device)  # a CUDA device with its index, or a one-line UserError
-    state = load_checkpoint(checkpoint, map_location=device, required=("model", "database", "config"))
+    state = read_checkpoint(checkpoint, map_location=device)
     cfg = state["config"]
-    from siqa.models import name_of
-
     network = load_model(state, device, source=checkpoint)  # the network of model.name
     return StereoIQA(network, state["database"], normalisation=cfg["patches"]["normalisation"],
-                     device=device, nss=cfg.get("nss"),
-                     patch_dtype=getattr(torch, cfg["train"].get("patch_dtype", "float32")),
+                     device=device, nss=cfg["nss"], patch_dtype=getattr(torch, cfg["train"]["patch_dtype"]),
                      amp_dtype=amp_dtype_of(cfg, device), source=str(checkpoint),
-                     name=name_of(cfg))
+                     name=cfg["model"]["name"])
 
 
 @dataclass
@@ -122,9 +123,6 @@ class StereoIQA:
 
     def __init__(self, network, database, normalisation="reference", device="cpu", nss=None,
                  patch_dtype=torch.float32, amp_dtype=None, source="the model", name=None):
-        from siqa.experiment import PATCH_C
-        from siqa.models import DEFAULT, MODELS
-
         if normalisation not in PATCH_C:
             raise UserError(f"{source}: unknown patch normalisation {normalisation!r} "
                             f"(expected one of {', '.join(PATCH_C)})")
@@ -142,6 +140,8 @@ class StereoIQA:
         self.spec = getattr(network, "spec", MODELS[DEFAULT].spec)
         self.name = name or next((n for n, cls in MODELS.items() if type(network) is cls), DEFAULT)
         self._nss_output = self.spec.outputs.index("nss") if self.spec.predicts_nss else None
+        self._outputs = (0,) if self._nss_output is None else (0, self._nss_output)
+        self._batch = batch_size_for(self.device)
 
     # -- what the scores mean -------------------------------------------------------------
     @property
@@ -155,8 +155,6 @@ class StereoIQA:
         return float(self.database["score_min"]), float(self.database["score_max"])
 
     def describe_scale(self) -> str:
-        from siqa.experiment import describe_scale
-
         return describe_scale(self.database)
 
     def __repr__(self):
@@ -166,8 +164,8 @@ class StereoIQA:
     # -- scoring --------------------------------------------------------------------------
     def score(self, left=None, right=None, *, sbs=None):
         """Score of one pair (a float) or of a list of pairs (a float64 array)."""
-        single, pairs = _pairs_of(left, right, sbs)
-        scores = np.array([q.mean(dtype=np.float64) for q, _, _ in self._run_pairs(pairs)])
+        single, pairs = pairs_of(left, right, sbs)
+        scores = np.array([score for score, _, _, _ in self._run_pairs(pairs)])
         return float(scores[0]) if single else scores
 
     def score_pairs(self, pairs):
@@ -180,30 +178,28 @@ class StereoIQA:
         as its patches are through the network (the same numbers), with only the pairs of
         one batch in memory (predict.py --manifest on a long list)."""
         items = (PairSource(left, right, None) for left, right in pairs)
-        for q, _, _ in self._run_pairs(items):
-            yield float(q.mean(dtype=np.float64))
+        for score, _, _, _ in self._run_pairs(items):
+            yield float(score)
 
     def patch_scores(self, left=None, right=None, *, sbs=None):
         """The (rows, cols) grid of patch predictions (row-major over the patch corners of
         the network's spec: stride 24 for the paper's); its mean is the pair's score. A list
         gives a list of grids."""
-        single, pairs = _pairs_of(left, right, sbs)
-        grids = [q.astype(np.float64).reshape(grid) for q, _, grid in self._run_pairs(pairs)]
+        single, pairs = pairs_of(left, right, sbs)
+        grids = [q.astype(np.float64).reshape(grid) for _, q, _, grid in self._run_pairs(pairs)]
         return grids[0] if single else grids
 
     def naturalness(self, left=None, right=None, *, sbs=None) -> Naturalness:
         """Task 1's 108 predicted statistics (mean over patches) next to the 108 computed
         from the pair (siqa.nss with the run's settings; views read as the training targets
         were: OpenCV's grey conversion for files, PIL's for arrays and tensors)."""
-        from siqa.nss.features import nss_features
-
         if self._nss_output is None:
             raise UserError(f"{self.source} holds a {self.name} network, which predicts no NSS "
                             "statistics: naturalness needs a network with the NSS task "
                             "(such as bourbia2021)")
-        single, pairs = _pairs_of(left, right, sbs)
+        single, pairs = pairs_of(left, right, sbs)
         predicted, computed = [], []
-        for (_, nss, _), pair in zip(self._run_pairs(pairs), pairs):
+        for (_, _, nss, _), pair in zip(self._run_pairs(pairs), pairs):
             predicted.append(nss.mean(axis=0, dtype=np.float64))
             views = pair.views(for_nss=True)
             try:
@@ -215,21 +211,21 @@ class StereoIQA:
 
     # -- the one path every method goes through -------------------------------------------
     def _run_pairs(self, pairs):
-        """Yields, per pair and in order, (quality (P,), nss (P, K), (rows, cols)) with the
-        network's float32 outputs as numpy arrays.
-
-        Patches go through a buffer and the network runs on full batches as they fill, so
-        batch boundaries fall exactly where they would for one stacked tensor (evaluate.py)."""
+        """Yields, per pair and in order, (score, quality (P,), nss (P, K), (rows, cols)):
+        the mean of its patch predictions and the network's float32 outputs as numpy arrays,
+        through siqa.scoring's batches (the cut of one stacked tensor)."""
         with _THREADS_LOCK:  # see _THREADS_LOCK
-            yield from self._run_pairs_locked(pairs)
+            scorer = Scorer("eager", self.network, self.amp_dtype, outputs=self._outputs)
+            for outputs, grid in run_batches(scorer, self._patches(pairs), self._batch, self.device):
+                quality = outputs[0]
+                nss = outputs[1] if len(outputs) > 1 else quality.new_zeros((len(quality), 0))
+                yield patch_mean(quality), quality.float().cpu().numpy(), nss.float().cpu().numpy(), grid
 
-    def _run_pairs_locked(self, pairs):
-        batch = 128 if self.device.type == "cpu" else 4096
-        pending = []  # [pair position, left patches, right patches] not yet through the network
-        results = {}  # pair position -> [quality pieces, nss pieces, patches still missing, grid]
-        next_out = 0
+    def _patches(self, pairs):
+        """(left, right, (rows, cols)): the patches of each pair and their grid, cut as they
+        are needed."""
         threads = torch.get_num_threads()
-        for position, pair in enumerate(pairs):
+        for pair in pairs:
             views = pair.views(channels=self.spec.channels)
             torch.set_num_threads(1)  # per-image ops are small: one thread is faster (measured)
             try:
@@ -237,18 +233,7 @@ class StereoIQA:
                 b, _ = self._cut(views.right, views.name)
             finally:
                 torch.set_num_threads(threads)
-            results[position] = [[], [], a.shape[0], grid]
-            pending.append([position, a, b])
-            while sum(item[1].shape[0] for item in pending) >= batch:
-                pending = self._run_batch(pending, batch, results)
-            while next_out in results and results[next_out][2] == 0:
-                yield _finish(results.pop(next_out))
-                next_out += 1
-        if pending:
-            self._run_batch(pending, sum(item[1].shape[0] for item in pending), results)
-        while next_out in results:
-            yield _finish(results.pop(next_out))
-            next_out += 1
+            yield a, b, grid
 
     def _cut(self, view, name):
         """(P, C, S, S) patches of one view as the network's spec asks, and their (rows,
@@ -258,37 +243,6 @@ class StereoIQA:
             return patches.unsqueeze(1), patch_grid(*view.shape)
         rows, cols = spec_corners(*view.shape[:2], self.spec)
         return view_patches(view, self.spec, self.patch_dtype, source=name), (len(rows), len(cols))
-
-    def _run_batch(self, pending, n, results):
-        """Runs the first n pending patches; returns what is left pending."""
-        taken, rest, left_n = [], [], n
-        for position, a, b in pending:
-            k = min(left_n, a.shape[0])
-            if k:
-                taken.append((position, a[:k], b[:k]))
-            if k < a.shape[0]:
-                rest.append([position, a[k:], b[k:]])
-            left_n -= k
-        quality, nss = self._forward(torch.cat([t[1] for t in taken]), torch.cat([t[2] for t in taken]))
-        start = 0
-        for position, a, _ in taken:
-            k = a.shape[0]
-            entry = results[position]
-            entry[0].append(quality[start : start + k])
-            entry[1].append(nss[start : start + k])
-            entry[2] -= k
-            start += k
-        return rest
-
-    @torch.no_grad()
-    def _forward(self, left, right):
-        dev = self.device
-        with torch.autocast(dev.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            outputs = self.network(left.to(dev).float(), right.to(dev).float())
-        quality = outputs[0]  # every network's first output is the quality (as the engine scores)
-        nss = (outputs[self._nss_output] if self._nss_output is not None
-               else quality.new_zeros((quality.shape[0], 0)))
-        return quality.float().cpu().numpy(), nss.float().cpu().numpy()
 
 
 # torch's CPU thread count is one setting for the whole process: _run_pairs sets it to 1 for
@@ -312,9 +266,9 @@ class PairSource:
         """8-bit grey views (files: PIL's conversion, OpenCV's `for_nss`), or RGB ones for
         `channels` 3 (files: PIL convert('RGB'), as the training path reads them)."""
         if for_nss:
-            read, mode = _grey_cv2, "L"
+            read, mode = grey_cv2, "L"
         else:
-            read, mode = (grey_pil, "L") if channels == 1 else (_rgb_file, "RGB")
+            read, mode = (grey_pil, "L") if channels == 1 else (view_rgb, "RGB")
         if self.right is None:
             lv, rv = split_side_by_side(_as_view(self.left, "side-by-side image", read, mode))
         else:
@@ -327,24 +281,7 @@ class PairSource:
         return PairViews(lv, rv, self.name)
 
 
-def _finish(entry):
-    quality, nss, _, grid = entry
-    return np.concatenate(quality), np.concatenate(nss), grid
-
-
-def _rgb_file(path):
-    from siqa.data.patches import _view_rgb
-
-    return _view_rgb(path)
-
-
-def _grey_cv2(path):
-    from siqa.imageio import grey_cv2
-
-    return grey_cv2(path)
-
-
-def _pairs_of(left, right, sbs):
+def pairs_of(left, right, sbs):
     """(single, [PairSource]) from score()'s arguments."""
     if sbs is not None:
         if left is not None or right is not None:

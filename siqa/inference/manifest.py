@@ -1,10 +1,12 @@
-"""What predict.py does around the Python API (siqa.api): manifests in and out, and the maps."""
+"""What predict.py does around the Python API (siqa.inference.api): manifests in and out,
+and the names of the maps' files."""
 import csv
 import os
 import tempfile
 from pathlib import Path
 
 from siqa.errors import UserError
+from siqa.files import FILE_MODE, WriteFailed, remove_dead_temporaries, writer_tag
 
 __all__ = ["read_manifest", "manifest_fields", "manifest_rows", "PredictionsWriter",
            "write_predictions", "map_names"]
@@ -106,8 +108,6 @@ class PredictionsWriter:
     error, a signal) leaves no half-file, and the rows are never all in memory."""
 
     def __init__(self, out, fields):
-        from siqa.files import FILE_MODE, WriteFailed, remove_dead_temporaries, writer_tag
-
         self.out, self.fields = Path(out), list(fields)
         remove_dead_temporaries(self.out.parent, f".{self.out.name}.*.tmp")  # of killed runs
         try:
@@ -123,8 +123,6 @@ class PredictionsWriter:
         self._guard(self.writer.writeheader)
 
     def _guard(self, fn, *args):
-        from siqa.files import WriteFailed
-
         try:
             return fn(*args)
         except OSError as err:

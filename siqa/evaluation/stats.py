@@ -83,11 +83,6 @@ for k <= EXACT_SWAP_MAX_SCENES, else `n_resamples` random ones plus the observed
 |D*| >= |D|. The scene is the unit, so scene-to-scene variation cannot inflate the level
 (simulated in docs/statistics.md); it needs no independence between the pairs of a scene.
 With k scenes the smallest p is 2 / 2^k: 0.031 with 6 scenes.
-
-F-test (`f_test`, kept for comparison with papers): F = var(a) / var(b) (ddof = 1),
-F(n-1, n-1), two-sided. It is the two-sample variant: it assumes two *independent* samples
-of Gaussian residuals, which the residuals of two models on the same items are not, and it
-is neither VQEG's one-sided variant nor ITU-T P.1401's. compare.py no longer uses it.
 """
 from __future__ import annotations
 
@@ -98,7 +93,7 @@ import numpy as np
 from scipy import special
 from scipy import stats as scipy_stats
 
-from siqa.metrics import CONSTANT_RTOL
+from siqa.evaluation.metrics import CONSTANT_RTOL
 
 BOOTSTRAP_METRICS = ("srocc", "krocc", "plcc", "rmse")
 DEFAULT_RESAMPLES = 2000
@@ -183,15 +178,6 @@ class PairedSceneTestResult:
     metric: str
 
 
-@dataclass(frozen=True)
-class FTestResult:
-    statistic: float  # var(a) / var(b)
-    pvalue: float  # two-sided
-    df: tuple
-    var_a: float
-    var_b: float
-
-
 def _rng(seed):
     return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
 
@@ -219,7 +205,7 @@ def _weighted_pearson(x, y, w):
     with np.errstate(invalid="ignore", divide="ignore"):
         r = sxy / np.sqrt(sxx * syy)
     # a constant resample leaves only round-off in dx or dy: relative std below
-    # CONSTANT_RTOL, the rule of siqa.metrics (var <= rtol^2 mean^2, var = sxx / total)
+    # CONSTANT_RTOL, the rule of siqa.evaluation.metrics (var <= rtol^2 mean^2, var = sxx / total)
     tol = CONSTANT_RTOL ** 2
     bad = ((sxx <= tol * total[:, 0] * mx[:, 0] ** 2) | ~(sxx > 0)
            | (syy <= tol * total[:, 0] * my[:, 0] ** 2) | ~(syy > 0))
@@ -286,7 +272,7 @@ def resample_metrics(pred, target, weights) -> dict:
     else:
         out["krocc"] = np.full(w.shape[0], np.nan)
     # fewer than 3 distinct items drawn, or raw predictions or targets constant up to
-    # round-off (siqa.metrics' rule, also for the rank correlations): undefined
+    # round-off (siqa.evaluation.metrics' rule, also for the rank correlations): undefined
     few = ((w > 0).sum(axis=1) < 3) | _constant_rows(x, w) | _constant_rows(y, w)
     for key in ("srocc", "plcc", "krocc"):
         out[key][few] = np.nan
@@ -532,20 +518,3 @@ def paired_scene_test(pred_a, pred_b, target, scenes, metric="srocc", *,
     tol = 1e-12 * max(1.0, abs(observed))
     p = float(np.mean(np.abs(null) >= abs(observed) - tol))
     return PairedSceneTestResult(observed, p, k, len(swaps), method, metric)
-
-
-def f_test(residuals_a, residuals_b) -> FTestResult:
-    """Two-sample F-test of residual variances: F = var(a) / var(b), two-sided p-value.
-    Assumes independent samples (not true of two models' residuals on the same items)."""
-    ra = np.asarray(residuals_a, dtype=np.float64).reshape(-1)
-    rb = np.asarray(residuals_b, dtype=np.float64).reshape(-1)
-    if ra.size < 2 or rb.size < 2:
-        raise ValueError("the F-test needs at least 2 residuals per model")
-    va, vb = float(np.var(ra, ddof=1)), float(np.var(rb, ddof=1))
-    dfa, dfb = ra.size - 1, rb.size - 1
-    if vb == 0 or va == 0:
-        return FTestResult(math.inf if vb == 0 else 0.0, math.nan, (dfa, dfb), va, vb)
-    f = va / vb
-    cdf = special.fdtr(dfa, dfb, f)
-    p = 2 * min(cdf, 1 - cdf)
-    return FTestResult(f, float(min(1.0, p)), (dfa, dfb), va, vb)

@@ -32,8 +32,10 @@ from pathlib import Path
 import numpy as np
 
 from siqa.data.patches import spec_corners
+from siqa.evaluation.plots import figure_png_bytes
 from siqa.files import atomic_write
-from siqa.plots import figure_png_bytes
+from siqa.inference.api import Naturalness, PairSource, pairs_of
+from siqa.models import DEFAULT, MODELS
 
 __all__ = ["heatmap", "Asymmetry", "asymmetry", "write_maps", "quality_figure",
            "asymmetry_figure", "naturalness_figure"]
@@ -44,8 +46,6 @@ def heatmap(grid, height, width, spec=None) -> np.ndarray:
     NaN where no patch does. `spec`: the network's (siqa/models/spec.py), the paper's when
     None."""
     if spec is None:
-        from siqa.models import DEFAULT, MODELS
-
         spec = MODELS[DEFAULT].spec
     grid = np.asarray(grid, dtype=np.float64)
     ys, xs = spec_corners(height, width, spec)
@@ -82,9 +82,7 @@ class Asymmetry:
 
 def asymmetry(model, left=None, right=None, *, sbs=None) -> Asymmetry:
     """q(L, L), q(R, R) and |q(L, L) - q(R, R)| of one pair (see the module docstring)."""
-    from siqa.api import _pairs_of
-
-    single, pairs = _pairs_of(left, right, sbs)
+    single, pairs = pairs_of(left, right, sbs)
     if not single:
         return [asymmetry(model, p.left, p.right) if p.right is not None
                 else asymmetry(model, sbs=p.left) for p in pairs]
@@ -168,8 +166,6 @@ def asymmetry_figure(model, views, result: Asymmetry):
 
 def naturalness_figure(result, name=""):
     """One panel per statistic: predicted (task 1) and computed values over the 18 subbands."""
-    from siqa.api import Naturalness
-
     fig = _figure(12.0, 6.5)
     axes = fig.subplots(2, 3).ravel()
     subbands = np.arange(18)
@@ -194,8 +190,6 @@ def write_maps(model, pairs, names, folder):
     _naturalness.png (a network that predicts the NSS statistics) and the raw grids
     <name>_quality.npy, _self_left.npy, _self_right.npy, _asymmetry.npy in `folder`.
     Returns the paths written."""
-    from siqa.api import PairSource
-
     folder = Path(folder)
     written = []
     for (left, right), name in zip(pairs, names):

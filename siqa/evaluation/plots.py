@@ -10,8 +10,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from siqa.evaluation.metrics import evaluate_scores, fit_logistic, score_arrays
 from siqa.files import atomic_write
-from siqa.metrics import evaluate_scores, fit_logistic, score_arrays
 
 _CURVE_POINTS = 200
 
@@ -23,7 +23,7 @@ def _fmt(value):
 def scatter_figure(pred, target, groups=None, title=""):
     """Predicted (x) vs subjective (y) scores, one colour per group, with the fitted
     pred -> target mapping (the 5-parameter logistic, or the fallback of
-    `siqa.metrics.fit_logistic`) drawn as a curve and the metrics in the title.
+    `siqa.evaluation.metrics.fit_logistic`) drawn as a curve and the metrics in the title.
     Returns a `matplotlib.figure.Figure` attached to an Agg canvas.
     """
     x, y = score_arrays(pred, target)

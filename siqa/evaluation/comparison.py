@@ -9,9 +9,9 @@ run, and tables that go into a paper (and CSV/Markdown files that other tools re
         │  distribution-free interval of the median; k-fold runs: the metric of the pooled
         │  out-of-fold predictions with its scene-bootstrap interval; best first
         ├─ per metric, each X against R: the N per-split test values; paired differences
-        │  X - R; Wilcoxon signed-rank test (siqa.stats), two-sided
+        │  X - R; Wilcoxon signed-rank test (siqa.evaluation.stats), two-sided
         ├─ per split: residuals target - logistic(prediction) of each run on the same test
-        │  pairs (each run's own fit, siqa.metrics.fit_logistic); Pitman-Morgan test of
+        │  pairs (each run's own fit, siqa.evaluation.metrics.fit_logistic); Pitman-Morgan test of
         │  their variances (paired)
         └─ k-fold runs: the paired scene permutation test on the pooled predictions
 
@@ -27,17 +27,26 @@ not a scene-level test. With N splits no Wilcoxon p can fall below 2 / 2^N
 `reference` names another. Tables: Markdown, or LaTeX (`tabular`) with --latex.
 """
 import csv
-import json
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from siqa.errors import UserError
-from siqa.metrics import LOWER_IS_BETTER, fit_logistic, metric_name
-from siqa.stats import (PAIRED_TEST_METRICS, corrected_resampled_t, holm, median_interval,
-                        min_wilcoxon_pvalue, paired_scene_test, pitman_morgan,
-                        wilcoxon_signed_rank)
+from siqa.evaluation.metrics import LOWER_IS_BETTER, evaluate_scores, fit_logistic, metric_name
+from siqa.evaluation.reports import intervals, write_json
+from siqa.evaluation.stats import (
+    PAIRED_TEST_METRICS,
+    corrected_resampled_t,
+    holm,
+    median_interval,
+    min_wilcoxon_pvalue,
+    paired_scene_test,
+    pitman_morgan,
+    wilcoxon_signed_rank,
+)
+from siqa.files import atomic_write_text, read_json
 
 DEFAULT_METRICS = ("srocc", "krocc", "plcc", "rmse", "plcc_logistic", "rmse_logistic")
 TITLES = {"srocc": "SROCC", "krocc": "KROCC", "plcc": "PLCC", "rmse": "RMSE",
@@ -53,13 +62,6 @@ class Run:
     predictions: list  # per split: {pair name: (score, prediction)} of the test pairs
 
 
-def _read_json(path):
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot read {path}: {err}") from None
-
-
 def _test_predictions(path):
     if not path.is_file():
         raise UserError(f"{path} is missing: the run folder is incomplete")
@@ -73,7 +75,7 @@ def load_run(folder, label=None) -> Run:
     folder = Path(folder)
     if not (folder / "splits.json").is_file():
         raise UserError(f"{folder} is not a finished run folder of this version (no splits.json)")
-    doc = _read_json(folder / "splits.json")
+    doc = read_json(folder / "splits.json")
     count = len(doc.get("splits", []))
     dirs = [folder] if count == 1 else [folder / f"split_{r}" for r in range(count)]
     tests, preds = [], []
@@ -81,7 +83,7 @@ def load_run(folder, label=None) -> Run:
         if not (d / "metrics.json").is_file():
             raise UserError(f"{d / 'metrics.json'} is missing: the run has not finished "
                             "(finish it with train.py --resume)")
-        tests.append(_read_json(d / "metrics.json")["test"])
+        tests.append(read_json(d / "metrics.json")["test"])
         preds.append(_test_predictions(d / "predictions.csv"))
     return Run(folder, label or folder.name, doc, tests, preds)
 
@@ -158,52 +160,13 @@ def compare(runs, metrics=DEFAULT_METRICS, alpha=0.05, reference=None) -> dict:
            "min_wilcoxon_pvalue": min_wilcoxon_pvalue(len(base.tests)),
            "pairs_sha256": base.splits.get("pairs_sha256"), "runs": [], "comparisons": []}
     for run in runs:
-        summary = {}
-        for m in metrics:
-            values = [t.get(m) for t in run.tests]
-            finite = [v for v in values if v is not None]
-            low, high, coverage = median_interval(finite)
-            summary[m] = {"values": values,
-                          "median": float(np.median(finite)) if finite else None,
-                          "median_ci": [low, high], "median_ci_coverage": coverage}
-        out["runs"].append({"label": run.label, "folder": str(run.folder), "metrics": summary})
+        out["runs"].append({"label": run.label, "folder": str(run.folder),
+                            "metrics": _medians(run, metrics)})
     for run in runs[1:]:
-        comp = {"label": run.label, "baseline": base.label, "metrics": {}, "variance_tests": [],
+        comp = {"label": run.label, "baseline": base.label, "metrics": {},
+                "variance_tests": _variance_tests(base, run),
                 "variance_test": "Pitman-Morgan (paired residuals, independent pairs assumed)"}
-        for m in metrics:
-            pairs = [(a.get(m), b.get(m)) for a, b in zip(base.tests, run.tests)]
-            pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
-            a = np.array([p[0] for p in pairs])
-            b = np.array([p[1] for p in pairs])
-            res = wilcoxon_signed_rank(a, b)
-            sign = -1 if m in LOWER_IS_BETTER else 1
-            comp["metrics"][m] = {"median_difference": res.median_difference,
-                                  "better_on": int(np.sum(sign * (b - a) > 0)),
-                                  "worse_on": int(np.sum(sign * (b - a) < 0)), "n": len(pairs),
-                                  "statistic": res.statistic, "r_plus": res.r_plus,
-                                  "r_minus": res.r_minus, "pvalue": res.pvalue,
-                                  "method": res.method, "direction": sign * res.direction}
-            if ratio is not None:
-                t = corrected_resampled_t(a, b, ratio)
-                comp.setdefault("corrected_t", {})[m] = {
-                    "mean_difference": t.mean_difference, "t": t.statistic, "df": t.df,
-                    "pvalue": t.pvalue, "direction": sign * t.direction, "n": len(pairs)}
-        for r, (pa, pb) in enumerate(zip(base.predictions, run.predictions)):
-            if set(pa) != set(pb):
-                raise UserError(f"split {r}: the test pairs of {base.folder} and {run.folder} "
-                                "differ (predictions.csv)")
-            names = sorted(pa)
-            res_a, res_b = _residuals(pa, names), _residuals(pb, names)
-            if len(names) >= 3:
-                res = pitman_morgan(res_b, res_a)  # statistic > 0: X's residuals vary more
-                t, p = res.statistic, res.pvalue  # NaN for identical residuals (a run vs itself)
-                direction = -int(np.sign(t)) if np.isfinite(t) else 0
-            else:
-                t, p, direction = None, None, 0
-            comp["variance_tests"].append({
-                "split": r, "pairs": len(names), "var_baseline": float(np.var(res_a, ddof=1)),
-                "var_other": float(np.var(res_b, ddof=1)), "t": t, "pvalue": p,
-                "direction": direction})
+        _split_tests(comp, base, run, metrics, ratio)
         folds = base.splits.get("folds")
         if folds:
             comp["scene_tests"] = scene_tests(base, run, int(folds))
@@ -223,13 +186,67 @@ def compare(runs, metrics=DEFAULT_METRICS, alpha=0.05, reference=None) -> dict:
     return _finite(out)
 
 
+def _medians(run, metrics) -> dict:
+    """Each metric's values over the run's splits, their median and its interval."""
+    summary = {}
+    for m in metrics:
+        values = [t.get(m) for t in run.tests]
+        finite = [v for v in values if v is not None]
+        low, high, coverage = median_interval(finite)
+        summary[m] = {"values": values,
+                      "median": float(np.median(finite)) if finite else None,
+                      "median_ci": [low, high], "median_ci_coverage": coverage}
+    return summary
+
+
+def _split_tests(comp, base, run, metrics, ratio):
+    """The Wilcoxon test (and the corrected resampled t-test, where the split file gives the
+    test/train ratio) of each metric over the splits, into `comp`."""
+    for m in metrics:
+        pairs = [(a.get(m), b.get(m)) for a, b in zip(base.tests, run.tests)]
+        pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+        a = np.array([p[0] for p in pairs])
+        b = np.array([p[1] for p in pairs])
+        res = wilcoxon_signed_rank(a, b)
+        sign = -1 if m in LOWER_IS_BETTER else 1
+        comp["metrics"][m] = {"median_difference": res.median_difference,
+                              "better_on": int(np.sum(sign * (b - a) > 0)),
+                              "worse_on": int(np.sum(sign * (b - a) < 0)), "n": len(pairs),
+                              "statistic": res.statistic, "r_plus": res.r_plus,
+                              "r_minus": res.r_minus, "pvalue": res.pvalue,
+                              "method": res.method, "direction": sign * res.direction}
+        if ratio is not None:
+            t = corrected_resampled_t(a, b, ratio)
+            comp.setdefault("corrected_t", {})[m] = {
+                "mean_difference": t.mean_difference, "t": t.statistic, "df": t.df,
+                "pvalue": t.pvalue, "direction": sign * t.direction, "n": len(pairs)}
+
+
+def _variance_tests(base, run) -> list:
+    """The Pitman-Morgan test of the residuals of `run` against `base`, split by split."""
+    tests = []
+    for r, (pa, pb) in enumerate(zip(base.predictions, run.predictions)):
+        if set(pa) != set(pb):
+            raise UserError(f"split {r}: the test pairs of {base.folder} and {run.folder} "
+                            "differ (predictions.csv)")
+        names = sorted(pa)
+        res_a, res_b = _residuals(pa, names), _residuals(pb, names)
+        if len(names) >= 3:
+            res = pitman_morgan(res_b, res_a)  # statistic > 0: X's residuals vary more
+            t, p = res.statistic, res.pvalue  # NaN for identical residuals (a run vs itself)
+            direction = -int(np.sign(t)) if np.isfinite(t) else 0
+        else:
+            t, p, direction = None, None, 0
+        tests.append({"split": r, "pairs": len(names), "var_baseline": float(np.var(res_a, ddof=1)),
+                      "var_other": float(np.var(res_b, ddof=1)), "t": t, "pvalue": p,
+                      "direction": direction})
+    return tests
+
+
 def pooled_report(run) -> dict:
     """The metrics of a k-fold run's pooled out-of-fold predictions (mean over the
     repetitions, pairs in name order as the scene tests take them), with the scene
-    bootstrap intervals of siqa.reports.intervals."""
-    from siqa.metrics import evaluate_scores
-    from siqa.reports import intervals
-
+    bootstrap intervals of siqa.evaluation.reports.intervals."""
     pooled = pooled_predictions(run, run.splits["folds"])
     names = sorted(pooled)
     y = np.array([pooled[n][0] for n in names])
@@ -293,7 +310,7 @@ def pooled_predictions(run, folds) -> dict:
 
 
 def scene_tests(base, run, folds, seed=0) -> dict:
-    """Paired scene permutation tests (siqa.stats.paired_scene_test) of run - base on the
+    """Paired scene permutation tests (siqa.evaluation.stats.paired_scene_test) of run - base on the
     pooled out-of-fold predictions, per metric of PAIRED_TEST_METRICS."""
     pa, pb = pooled_predictions(base, folds), pooled_predictions(run, folds)
     names = sorted(pa)
@@ -410,8 +427,6 @@ LEADERBOARD_COLUMNS = ("rank", "run", "reference", "source", "metric", "value", 
 def leaderboard_csv(result) -> str:
     """The leaderboard as a long CSV (one row per run and metric, LEADERBOARD_COLUMNS; the
     reference's test cells empty): what a plotting script or a spreadsheet reads."""
-    import io
-
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(LEADERBOARD_COLUMNS)
@@ -431,9 +446,6 @@ def _csv(x):
 def write_outputs(folder, result, latex=False) -> list:
     """leaderboard.csv, leaderboard.md, comparison.md (or .tex) and comparison.json in
     `folder`; returns their paths."""
-    from siqa.files import atomic_write_text
-    from siqa.reports import write_json
-
     folder = Path(folder)
     paths = [folder / "leaderboard.csv", folder / "leaderboard.md",
              folder / ("comparison.tex" if latex else "comparison.md"), folder / "comparison.json"]

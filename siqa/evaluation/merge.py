@@ -6,7 +6,7 @@
     ...                               ┘  every split 0..N-1 exactly once? else refuse
         │
         ├─ summarize() of the splits' test reports (metrics.json "test", as the run keeps them)
-        ├─ the whole run's protocol card, rebuilt from the splits' cards (siqa.protocol.card)
+        ├─ the whole run's protocol card, rebuilt from the splits' cards (siqa.evaluation.protocol.card)
         └─ k-fold design: the pooled out-of-fold report (reads the database for its pair
            order: the pooled metrics are computed in database order, as the run does)
 
@@ -23,7 +23,13 @@ import json
 import os
 from pathlib import Path
 
+from siqa import config as config_mod
+from siqa.data import load_database_from_config
+from siqa.data.splits import document_sha256, pair_list_sha256
 from siqa.errors import UserError
+from siqa.evaluation import protocol
+from siqa.evaluation.reports import fmt_metric, pooled_out_of_fold, summarize, write_json
+from siqa.files import atomic_write_text, read_json
 
 # Config keys that may differ between the parts of one run: where each task writes, and
 # where caches and logs go. Anything else (threads, device, learning rate, ...) changes
@@ -31,24 +37,16 @@ from siqa.errors import UserError
 PER_TASK_KEYS = ("out_dir", "train.splits", "tensorboard.dir", "nss.cache_dir")
 
 
-def _read_json(path):
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot read {path}: {err}") from None
-
-
 def split_folders(run_dirs) -> tuple:
     """(split document, document path, {r: split folder}) of the parts in `run_dirs`;
     UserError (one line, naming the folders) for parts of different runs or a split twice."""
-    from siqa.data.splits import document_sha256
 
     doc = source = None
     found = {}
     for folder in dict.fromkeys(Path(d).resolve() for d in run_dirs):
         if not (folder / "splits.json").is_file():
             raise UserError(f"{folder} is not a run folder (no splits.json)")
-        this = _read_json(folder / "splits.json")
+        this = read_json(folder / "splits.json")
         if doc is None:
             doc, source = this, folder
         elif document_sha256(this) != document_sha256(doc):
@@ -72,22 +70,19 @@ def split_folders(run_dirs) -> tuple:
 
 
 def _comparable(cfg) -> dict:
-    from siqa.config import flatten
 
-    return {k: v for k, v in flatten(cfg).items() if k not in PER_TASK_KEYS}
+    return {k: v for k, v in config_mod.flatten(cfg).items() if k not in PER_TASK_KEYS}
 
 
 def merged_summary(run_dirs, out_dir, log=print) -> dict:
     """The summary.json of the run whose parts are in `run_dirs` (see the module docstring),
     its config's out_dir set to `out_dir`."""
-    from siqa import protocol
-    from siqa.reports import pooled_out_of_fold, summarize
 
     doc, _, found = split_folders(run_dirs)
     count = len(doc["splits"])
     if count == 1:
         raise UserError("a run of one split has no summary.json: there is nothing to merge")
-    metrics = {r: _read_json(found[r] / "metrics.json") for r in range(count)}
+    metrics = {r: read_json(found[r] / "metrics.json") for r in range(count)}
     cards = {r: m.get("protocol") for r, m in metrics.items()}
     for r, card in cards.items():
         if not card or card["splits"].get("repeat") != r:
@@ -115,18 +110,16 @@ def merged_summary(run_dirs, out_dir, log=print) -> dict:
                 logistic=[cards[r]["logistic"] for r in range(count)])
     summary = {**summarize(reports), "protocol": card}
     if doc.get("folds"):
-        from siqa.data.splits import _digest
-        from siqa.experiment import load_pairs
 
-        pairs = load_pairs(cfg)
-        if _digest(p.name for p in pairs) != doc["pairs_sha256"]:
+        pairs = load_database_from_config(cfg)
+        if pair_list_sha256(pairs) != doc["pairs_sha256"]:
             raise UserError(f"the database of {found[0]} ({cfg['dataset']['name']}) is not the "
                             "one the run was trained on (pair-list hash differs)")
         summary["pooled"] = pooled_out_of_fold(
             pairs, [found[r] / "predictions.csv" for r in range(count)], doc["folds"])
         for rep in summary["pooled"]["repetitions"]:
             log(f"pooled out-of-fold, repetition {rep['repetition']} ({rep['pairs']} pairs, "
-                f"{rep['scenes']} scenes): SROCC {_fmt(rep['srocc'])} PLCC {_fmt(rep['plcc'])}")
+                f"{rep['scenes']} scenes): SROCC {fmt_metric(rep['srocc'])} PLCC {fmt_metric(rep['plcc'])}")
     summary["merged_from"] = [str(found[r]) for r in range(count)]
     return summary
 
@@ -135,9 +128,6 @@ def merge(run_dirs, out=None, log=print) -> Path:
     """Write the merged run into `out` (default: the one RUN_DIR given): summary.json, and
     where `out` lacks them splits.json, config.yaml and split_<r> links to the parts, so
     that compare.py and evaluate.py read `out` as one run. Returns out/summary.json."""
-    from siqa import config as config_mod
-    from siqa.files import atomic_write_text
-    from siqa.reports import write_json
 
     if out is None:
         if len({Path(d).resolve() for d in run_dirs}) > 1:
@@ -156,11 +146,7 @@ def merge(run_dirs, out=None, log=print) -> Path:
         if not link.exists():
             os.symlink(Path(source).resolve(), link, target_is_directory=True)
     write_json(out / "summary.json", summary)
-    median = {k: _fmt((summary[k] or {}).get("median")) for k in ("srocc", "plcc")}
+    median = {k: fmt_metric((summary[k] or {}).get("median")) for k in ("srocc", "plcc")}
     log(f"{summary['repeats']} splits merged: SROCC median {median['srocc']}, PLCC median "
         f"{median['plcc']} -> {out / 'summary.json'}")
     return out / "summary.json"
-
-
-def _fmt(x):
-    return "n/a" if x is None else f"{x:.4f}"

@@ -27,13 +27,20 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy
+import scipy
+
+from siqa.data.splits import document_sha256, scene_table
+from siqa.files import sha256_file
+
 SELECTION_RULE = "best validation SROCC, test evaluated once"
 LOGISTIC = ("q(x) = b1 * (0.5 - 1 / (1 + exp(b2 * (x - b3)))) + b4 * x + b5 (the 5-parameter form "
             "of Sheikh et al. 2006), non-decreasing: b1, b2, b4 >= 0; one bounded least-squares fit "
             "(scipy curve_fit, trust-region reflective) from a data-driven start, no search over "
             "starts; flat when SROCC < 0; fallback: the straight line with a non-negative slope "
             "(siqa/metrics.py)")
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the checkout
+# torch is imported where a card needs it: summarize.py merges cards without it.
 
 
 def _threads() -> int:
@@ -65,8 +72,6 @@ def git_state(folder=ROOT) -> dict:
 
 
 def versions(device=None) -> dict:
-    import numpy
-    import scipy
     import torch
 
     out = {"python": platform.python_version(), "torch": torch.__version__,
@@ -98,21 +103,6 @@ def logistic_status(test_report) -> dict:
             "converged": fit.get("kind") == "logistic", "reason": fit.get("reason", "")}
 
 
-def model_card(cfg) -> dict:
-    """The network of a run: model.name, its parameter count and its InputSpec, with the NSS
-    head where the run has one (`nss_head`; built on the meta device, under a forked RNG:
-    nothing is allocated and no random state moves)."""
-    import torch
-
-    from siqa.models import MODELS, count_parameters, model_kwargs, name_of, spec_of
-
-    name, kwargs = name_of(cfg), model_kwargs(cfg)
-    with torch.random.fork_rng(devices=[]), torch.device("meta"):
-        parameters = count_parameters(MODELS[name](**kwargs))
-    return {"name": name, "parameters": parameters, "nss_head": bool(kwargs.get("nss_head")),
-            "spec": spec_of(cfg).as_dict()}
-
-
 def card(cfg, split_info, device, started, test_reports, repeat=None, code=None) -> dict:
     """The protocol card (see the module docstring).
 
@@ -122,6 +112,8 @@ def card(cfg, split_info, device, started, test_reports, repeat=None, code=None)
     code: git_state() taken when the run began (the code it imported: the checkout may
     be edited or committed to while a long run trains); None = now.
     """
+    from siqa.build import model_card  # torch: summarize.py merges cards without it
+
     t = cfg["train"]
     count = split_info["count"]
     indices = range(count) if repeat is None else [repeat]
@@ -148,10 +140,7 @@ def card(cfg, split_info, device, started, test_reports, repeat=None, code=None)
 
 def split_info(cfg, doc) -> dict:
     """The "splits" entry of the card for a run's split document."""
-    from siqa.data.splits import document_sha256
-    from siqa.files import sha256_file
-
-    path = cfg["dataset"].get("split_file")
+    path = cfg["dataset"]["split_file"]
     return {"file": path, "file_sha256": sha256_file(path) if path else None,
             "document_sha256": document_sha256(doc), "pairs_sha256": doc["pairs_sha256"],
             "count": len(doc["splits"]), "seed": doc["seed"]}
@@ -159,9 +148,6 @@ def split_info(cfg, doc) -> dict:
 
 def evaluation_card(cfg, checkpoint, device, started, report, pairs) -> dict:
     """The card of `evaluate.py`: the checkpoint instead of the training splits."""
-    from siqa.data.splits import scene_table
-    from siqa.files import sha256_file
-
     names = "\n".join(sorted(p.name for p in pairs)).encode("utf-8")
     return {
         "code": git_state(),

@@ -6,14 +6,23 @@ import statistics
 
 import numpy as np
 
+from siqa.evaluation.metrics import evaluate_scores, krocc, per_group, plcc, rmse, srocc
+from siqa.evaluation.stats import (
+    BOOTSTRAP_METRICS,
+    DEFAULT_RESAMPLES,
+    MIN_SCENES_FOR_INTERVAL,
+    SCENE_INTERVAL_COVERAGE,
+    bootstrap_metrics,
+    median_interval,
+)
 from siqa.files import atomic_write_text
-from siqa.metrics import evaluate_scores, per_group
-from siqa.metrics import krocc, plcc, rmse, srocc
-from siqa.stats import (BOOTSTRAP_METRICS, DEFAULT_RESAMPLES, MIN_SCENES_FOR_INTERVAL,
-                        SCENE_INTERVAL_COVERAGE, bootstrap_metrics, median_interval)
-
 
 BOOTSTRAP_SEED = 0
+
+
+def fmt_metric(x) -> str:
+    """A metric in a log line: four decimals, or n/a where it is undefined."""
+    return "n/a" if x is None else f"{x:.4f}"
 
 
 def per_scene(pred, target, scenes) -> dict:
@@ -120,7 +129,7 @@ SUMMARY_KEYS = ("srocc", "plcc", "krocc", "rmse", "plcc_logistic", "rmse_logisti
 def summarize(test_reports) -> dict:
     """Median, mean, std (ddof=1 where defined), min, max of each test metric over repeated
     splits, and the distribution-free interval of the median (order statistics; its
-    coverage is given: below 6 splits no interval reaches 95 %, see siqa.stats)."""
+    coverage is given: below 6 splits no interval reaches 95 %, see siqa.evaluation.stats)."""
     out = {"repeats": len(test_reports)}
     for key in SUMMARY_KEYS:
         values = [r[key] for r in test_reports if r.get(key) is not None]

@@ -1,0 +1,68 @@
+"""evaluate.py: score a database with a checkpoint, as its run scored its test split.
+
+    checkpoint --read_checkpoint--> network (the run's numerics and threads) + what it saw
+    database   --evaluation_pairs--> the checkpoint's test split (its own database), or the
+                                     pairs it has not seen (siqa.data.overlap, by content)
+               --predict_database--> predictions --> metrics.json, predictions.csv, scatter.png
+"""
+import time
+from pathlib import Path
+
+from siqa import config as config_mod
+from siqa.build import load_model, read_checkpoint
+from siqa.data import load_database_from_config
+from siqa.data.overlap import evaluation_pairs
+from siqa.device import select_device, use_run_threads
+from siqa.errors import UserError
+from siqa.evaluation import protocol
+from siqa.evaluation.matrix import oriented
+from siqa.evaluation.plots import save_scatter_png
+from siqa.evaluation.reports import fmt_metric, predictions_csv, score_report, write_json
+from siqa.files import atomic_write_text
+from siqa.scoring import predict_database
+
+
+def evaluate(checkpoint, overrides=(), split="test", out=None, progress=True, log=print):
+    """Score a database with a checkpoint; write metrics.json, predictions.csv, scatter.png
+    into `out` (default: eval_<database>_<split> beside the checkpoint)."""
+    started = time.perf_counter()
+    state = read_checkpoint(checkpoint, required=("model", "config", "split", "database"))
+    cfg = config_mod.load_config(overrides=overrides, base=state["config"])
+    config_mod.check_effect(cfg, overrides)  # no key without an effect
+    cfg["patches"] = state["config"]["patches"]  # the model only knows its own input normalisation
+    device = select_device(cfg["device"])
+    with use_run_threads(cfg):  # the caller's thread count is back afterwards
+        pairs = load_database_from_config(cfg, progress=progress)
+        # which pairs the checkpoint trained, validated and tested on: by content (siqa.data.overlap)
+        chosen = evaluation_pairs(pairs, state, split)
+        if split == "test" and chosen.split != "test":
+            log(f"note: not the checkpoint's database (its test split is not in it): "
+                f"evaluating {chosen.describe()}")
+        pairs, split = chosen.pairs, chosen.split.replace(" ", "_")
+        if not pairs:
+            raise UserError("every pair of this database is a training or validation pair of the "
+                            "checkpoint: nothing to evaluate")
+        model = load_model(state, device, source=checkpoint)
+        pred = predict_database(model, pairs, cfg, device, progress=progress)
+        report = score_report(pairs, pred)
+        # MOS against DMOS, as --matrix: 1 means agreement
+        report["oriented"] = oriented(pred, pairs, state["database"]["higher_is_better"])
+        out = Path(out) if out else Path(checkpoint).parent / f"eval_{cfg['dataset']['name']}_{split}"
+        write_json(out / "metrics.json", {split: report, "evaluated": chosen.describe(),
+                                          "dropped_seen_pairs": chosen.dropped,
+                                          "protocol": protocol.evaluation_card(
+                                              cfg, checkpoint, device, started, report, pairs)})
+        atomic_write_text(out / "predictions.csv", predictions_csv(pairs, pred))
+        save_scatter_png(out / "scatter.png", pred, [p.score for p in pairs],
+                         [p.distortion for p in pairs],
+                         title=f"{cfg['dataset']['name']} ({split}, {len(pairs)} pairs)")
+        log(f"{split}: {len(pairs)} pairs, SROCC {fmt_metric(report['srocc'])} PLCC "
+            f"{fmt_metric(report['plcc'])} KROCC {fmt_metric(report['krocc'])} RMSE "
+            f"{report['rmse']:.3f} -> {out}")
+        if report["oriented"]["flipped"]:
+            trained = "MOS" if state["database"]["higher_is_better"] else "DMOS"
+            log(f"note: the checkpoint predicts {trained}, the database gives the other: oriented "
+                f"SROCC {fmt_metric(report['oriented']['srocc'])} PLCC "
+                f"{fmt_metric(report['oriented']['plcc'])} (metrics.json: oriented)")
+        return report, out
+

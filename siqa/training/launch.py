@@ -1,0 +1,118 @@
+"""train.py's job around a run: one process per run folder, --resume's checks, the
+process's threads and devices, and a clean stop on SIGTERM / SIGINT.
+
+    lock out_dir (each split folder for array tasks) -> config (--resume: the recorded one,
+    changes checked) -> threads, preemption handler, torchrun's process groups
+    -> siqa.training.run.train -> how to resume, or where the run and its curves are
+"""
+import functools
+import os
+import sys
+from pathlib import Path
+
+from siqa import config
+from siqa.errors import UserError
+from siqa.files import RunLock, remove_dead_temporaries
+
+
+def launch(config_path, overrides, resume=False) -> int:
+    """Train as `python train.py [--config FILE] [--resume] key=value ...` does; the exit code.
+    The run folder is locked before torch loads (seconds): a second job on it is refused at
+    once."""
+    cfg = config.load_config(config_path, overrides, resolve=False)
+    out_dir = config.run_dir_of(cfg)
+    locks = []
+    if os.environ.get("RANK", "0") == "0":  # one job per run folder (rank 0 is the writer)
+        # array tasks sharing out_dir (train.splits) each own the folders of their splits
+        parts = ([f"split_{r}" for r in cfg["train"]["splits"]]
+                 if cfg["train"]["splits"] is not None else [None])
+        try:
+            for part in parts:
+                locks.append(RunLock(out_dir, part).acquire())
+        except BaseException:
+            _release(locks)
+            raise
+        remove_dead_temporaries(out_dir, recursive=True, all_dead=True)  # of killed writes
+    try:
+        return _run(config_path, overrides, resume, cfg, out_dir)
+    finally:  # also when called in a process that goes on (tests, notebooks)
+        _release(locks)
+
+
+def _release(locks):
+    for lock in locks:
+        lock.release()
+
+
+def _run(config_path, overrides, resume, cfg, out_dir):
+    """launch, once this process owns the run folder."""
+    import torch  # the heavy part, once the folder is ours (see launch)
+
+    from siqa.training import distributed, preempt
+    from siqa.training.run import finished, train
+
+    cfg = config.load_config(config_path, overrides)
+    changes = {}
+    if resume:
+        if not (out_dir / "config.yaml").is_file():
+            raise UserError(f"nothing to resume in {out_dir} (no config.yaml); check out_dir")
+        saved = config.load_config(out_dir / "config.yaml")
+        cfg = config.load_config(config_path, overrides, base=saved)
+        changes = config.resume_changes(saved, cfg)  # the same run, or a UserError
+    else:
+        refuse_existing_run(cfg, out_dir)
+    config.check_effect(cfg, overrides)  # no key without an effect
+    if cfg["train"]["deterministic"] is True:  # cuBLAS reads it once, when CUDA starts
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    if resume and finished(cfg):
+        print(f"{out_dir} is finished: {cfg['train']['epochs']} epochs trained and tested; "
+              "nothing to resume (a longer run: --resume train.epochs=N)")
+        return 0
+    if cfg["train"]["threads"]:
+        torch.set_num_threads(cfg["train"]["threads"])
+    preempt.install()  # SIGTERM / SIGINT: stop after the current step, last.pt consistent
+    dist = distributed.setup(cfg["device"])
+    try:
+        train(cfg, resume=resume, dist=dist, progress=sys.stderr.isatty(),
+              log=functools.partial(print, flush=True) if dist.is_main else (lambda *a: None),
+              changes=changes)
+    except preempt.Preempted as stopped:  # every rank stops; rank 0 says how to go on
+        launcher = "torchrun --nproc_per_node=N " if dist.world > 1 else "python "
+        if dist.is_main and (out_dir / "config.yaml").is_file():
+            print(f"{stopped}: {out_dir} holds its last completed epoch; resume with: "
+                  f"{launcher}train.py --resume out_dir={out_dir}", file=sys.stderr, flush=True)
+        elif dist.is_main:
+            print(f"{stopped} before training started (nothing written to {out_dir}): "
+                  "run the same command again", file=sys.stderr, flush=True)
+        return stopped.exit_code
+    finally:
+        distributed.teardown()
+    if dist.is_main:
+        print(f"run written to {out_dir}; TensorBoard: {tensorboard_command(cfg)}")
+    return 0
+
+
+def refuse_existing_run(cfg, out_dir):
+    """UserError where a new run would write over a run's files (array tasks sharing out_dir
+    with train.splits: over their own splits' files)."""
+    if cfg["train"]["splits"] is not None:
+        for d in [out_dir, *(out_dir / f"split_{r}" for r in cfg["train"]["splits"])]:
+            if any((d / name).exists() for name in ("last.pt", "metrics.json")):
+                raise UserError(f"{d} already holds a run: add --resume to continue it, "
+                                f"or choose another out_dir=...")
+    elif any((out_dir / name).exists() for name in ("config.yaml", "last.pt", "metrics.json")):
+        raise UserError(f"{out_dir} already holds a run: add --resume to continue it, "
+                        f"or choose another out_dir=...")
+
+
+def tensorboard_command(cfg) -> str:
+    """The command that shows the curves from here: the tensorboard beside this interpreter
+    (the quick start's .venv is not activated, so a bare `tensorboard` is not on the PATH)."""
+    exe = Path(sys.executable).parent / "tensorboard"
+    if not exe.is_file():
+        return f"{sys.executable} -m tensorboard.main --logdir {cfg['tensorboard']['dir']}"
+    try:
+        exe = exe.relative_to(Path.cwd())
+    except ValueError:
+        pass
+    return f"{exe} --logdir {cfg['tensorboard']['dir']}"

@@ -1,0 +1,497 @@
+"""A whole training run, from the config to the files it writes.
+
+    prepare   checks -> database -> content splits -> NSS targets   (before any folder exists)
+    splits    for each split (one after another, or at once: train.concurrent_repeats):
+                SplitRun: resident patches -> model, optimizer (or last.pt on --resume)
+                  -> epochs: train, validate and log, checkpoint      (siqa.training.checkpoints)
+                  -> test of the best-validation checkpoint -> metrics.json, predictions.csv
+    summary   several splits: summary.json (median, spread; k-fold: pooled out-of-fold)
+
+A split's run is a generator that yields after every training step, so that
+siqa.training.concurrent can interleave the steps of several splits; one after another,
+`finish` runs it to its end.
+"""
+import ctypes
+import ctypes.util
+import gc
+import json
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from siqa import config as config_mod
+from siqa.build import amp_dtype_of, build_model, check_init, load_init, model_kwargs, spec_of
+from siqa.checkpoint import load_checkpoint, rng_state
+from siqa.data import load_database_from_config
+from siqa.data.demo import VIEW_SIZE as DEMO_VIEW
+from siqa.data.inputs import fill_random_crops, split_data
+from siqa.data.nss import nss_from_config
+from siqa.data.overlap import split_identities
+from siqa.data.patches import pixel_statistics, whole_views
+from siqa.data.records import database_info
+from siqa.data.splits import read_split_file, splits_for_run, write_split_file
+from siqa.device import configure_numerics
+from siqa.errors import UserError
+from siqa.evaluation import protocol
+from siqa.evaluation.metrics import evaluate_scores
+from siqa.evaluation.reports import fmt_metric, pooled_out_of_fold, predictions_csv, score_report, summarize, write_json
+from siqa.files import atomic_write_text
+from siqa.scoring import predict_pairs
+from siqa.training import preempt
+from siqa.training.checkpoints import (
+    BackgroundSaver,
+    BestLastPair,
+    cpu_copy,
+    rank_states,
+    reconcile_best,
+    restore_rank_rng,
+    seed_rank_stream,
+)
+from siqa.training.concurrent import finish, interleave
+from siqa.training.distributed import Dist
+from siqa.training.logbook import Logbook, tensorboard_name
+from siqa.training.step import (
+    TrainStep,
+    check_step_mode,
+    epoch_order,
+    epoch_steps,
+    load_optimizer_state,
+    make_optimizer,
+)
+
+PARTS = ("train", "val", "test")
+
+
+@dataclass
+class Plan:
+    """What every split of a run shares, read and checked before any folder is written."""
+
+    cfg: dict  # resolved: no `auto` left
+    pairs: list
+    splits: list  # [{"train": [i, ...], "val": [...], "test": [...]}, ...]
+    record: dict  # the split document and what the protocol card needs
+    nss: np.ndarray  # (pairs, 108), or (pairs, 0) for a network without the NSS task
+    info: dict  # siqa.data.records.database_info
+    chosen: list  # the splits this process trains (train.splits, or all)
+
+    @property
+    def out_dir(self):
+        return config_mod.run_dir_of(self.cfg)
+
+    def run_dir(self, r):
+        return self.out_dir if len(self.splits) == 1 else self.out_dir / f"split_{r}"
+
+
+def train(cfg, resume=False, dist=None, progress=True, log=print, changes=None):
+    """Train (and test) on every configured split; returns the test report(s).
+    `changes`: {key: [recorded, now]} of a resume's allowed changes (siqa.config), kept with
+    the run's checkpoints and protocol card."""
+    started = time.perf_counter()
+    dist = dist or Dist()  # one process on the CPU
+    plan = prepare(cfg, dist, progress, log, changes)
+    reports = train_splits(plan, resume, dist, progress, log)
+    cfg = plan.cfg
+    if cfg["train"]["splits"] is not None:  # a part of the run: summarize.py merges the parts
+        if dist.is_main:
+            log(f"split(s) {', '.join(map(str, plan.chosen))} of {len(plan.splits)} trained; once "
+                f"every split is, merge them: python summarize.py {plan.out_dir}")
+        return [reports[r] for r in plan.chosen]
+    if len(plan.splits) > 1 and dist.is_main:
+        write_summary(plan, reports, dist, started, log)
+    return reports
+
+
+def prepare(cfg, dist, progress, log, changes) -> Plan:
+    """Every check, the database, the splits and the NSS targets of a run. Rank 0 builds the
+    demo database and fills the NSS cache; the other ranks then read them (a long wait on
+    the host group, whose timeout fits a cold cache of a large database)."""
+    check_step_mode(cfg["train"]["step"], dist.device, dist.world)
+    config_mod.check_nss_weight(cfg)
+    if cfg["train"]["concurrent_repeats"] and dist.world > 1:
+        raise UserError("train.concurrent_repeats=true is for one process; under torchrun "
+                        "the repeats run one after another (train.concurrent_repeats=false)")
+    configure_numerics(cfg["train"]["deterministic"], cfg["train"]["tf32"], dist.device)
+    log(first_line(cfg, dist.device))
+    check_demo_size(cfg)
+    check_init(cfg)
+    if not dist.is_main:
+        dist.wait_for_main()
+    pairs = load_database_from_config(cfg, progress=progress and dist.is_main)
+    splits, split_doc = splits_for_run(pairs, cfg)  # seeded, or dataset.split_file
+    chosen = chosen_splits(cfg, len(splits))
+    record = {"splits": split_doc, "split_info": protocol.split_info(cfg, split_doc),
+              "code": protocol.git_state(), "changes": changes or {}}
+    spec = check_model_inputs(cfg, pairs)
+    if spec.predicts_nss:  # computed on the run's device: cuda:1 computes on cuda:1
+        nss = nss_from_config(pairs, cfg["nss"], progress=progress and dist.is_main,
+                              device=dist.device)
+    else:  # a network without the NSS task needs no targets (nothing is computed)
+        nss = np.zeros((len(pairs), 0), dtype=np.float32)
+    if dist.is_main:
+        dist.wait_for_main()
+    return Plan(cfg, pairs, splits, record, nss, database_info(cfg["dataset"]["name"], pairs),
+                chosen)
+
+
+def first_line(cfg, device) -> str:
+    """The run's first log line: its profile, network, device and every deviation from the
+    network's recipe."""
+    deviations = config_mod.deviations_from_paper(cfg)
+    network = cfg["model"]["name"]
+    spec = spec_of(cfg)
+    same = "the paper's protocol" if spec.recipe_published else f"the {network} recipe (docs/models.md)"
+    return (f"profile {cfg['train']['profile']} on {cfg['dataset']['name']}, model {network}, "
+            f"device {device}: " + ("; ".join(deviations) if deviations else same))
+
+
+def check_demo_size(cfg):
+    """UserError (one line), before the demo is built, for a network whose crops do not fit
+    the small demo's views (PAD-Net's 256x256)."""
+    ds, spec = cfg["dataset"], spec_of(cfg)
+    if ds["name"] == "demo" and ds["demo_size"] == "small" and spec.patch > min(DEMO_VIEW):
+        raise UserError(f"model.name={cfg['model']['name']} cuts {spec.patch}x{spec.patch} crops, larger than "
+                        f"the small demo's {DEMO_VIEW[0]}x{DEMO_VIEW[1]} views: use "
+                        "dataset.demo_size=full (611x344 views)")
+
+
+def check_model_inputs(cfg, pairs):
+    """The config's network's spec; a UserError, before any work, where the database lacks
+    what the network predicts."""
+    spec = spec_of(cfg)
+    if spec.needs_view_scores:
+        missing = [p.name for p in pairs if p.view_scores is None]
+        if missing:
+            raise UserError(f"model.name={cfg['model']['name']} predicts per-view scores, but "
+                            f"{len(missing)} pairs of dataset.name={cfg['dataset']['name']} have "
+                            f"none (first: {missing[0]}); use a database that carries them "
+                            "(the demo, Waterloo-IVC, a CSV manifest with left_score,right_score "
+                            "columns)")
+    return spec
+
+
+def chosen_splits(cfg, count) -> list:
+    """The split indices this run trains: `train.splits` (in its order), or all `count`;
+    UserError (one line) for an index outside the run's splits."""
+    chosen = cfg["train"]["splits"]
+    if chosen is None:
+        return list(range(count))
+    outside = [r for r in chosen if r >= count]
+    if outside:
+        source = cfg["dataset"]["split_file"] or f"the {cfg['protocol']['design']} design"
+        raise UserError(f"train.splits={chosen}: split {outside[0]} does not exist; {source} "
+                        f"with train.repeats={cfg['train']['repeats']} gives splits 0..{count - 1}")
+    return list(chosen)
+
+
+def train_splits(plan, resume, dist, progress, log) -> list:
+    """The test report of every split (None for those this process does not train); a
+    finished split of a resumed run is read back, not trained again."""
+    reports = [None] * len(plan.splits)
+    todo = []
+    for r in plan.chosen:
+        if resume and split_finished(plan.run_dir(r), plan.cfg["train"]["epochs"]):
+            reports[r] = json.loads((plan.run_dir(r) / "metrics.json").read_text())["test"]
+        else:
+            todo.append(r)
+    concurrent = plan.cfg["train"]["concurrent_repeats"] and len(plan.chosen) > 1
+
+    def steps(r):
+        # several splits: each line says whose it is (concurrently they interleave, no bars)
+        split_log = (lambda line: log(f"split {r}: {line}")) if len(plan.splits) > 1 else log
+        run = SplitRun(plan, r, dist, progress=progress and not concurrent, log=split_log,
+                       concurrent=concurrent)
+        return run.steps(resume)
+
+    if concurrent:
+        for r, report in zip(todo, interleave([steps(r) for r in todo], dist.device)):
+            reports[r] = report
+    else:
+        for r in todo:
+            reports[r] = finish(steps(r))
+            release_freed_memory()  # the next split does not grow on this one's free blocks
+    return reports
+
+
+def write_summary(plan, reports, dist, started, log):
+    """summary.json of a run of several splits: median and spread of each metric, the
+    protocol card, and for k-fold the pooled out-of-fold predictions per repetition."""
+    split_doc = plan.record["splits"]
+    card = protocol.card(plan.cfg, plan.record["split_info"], dist.device, started, reports,
+                         code=plan.record["code"])
+    summary = {**summarize(reports), "protocol": card}
+    if split_doc.get("folds"):
+        summary["pooled"] = pooled_out_of_fold(
+            plan.pairs, [plan.run_dir(r) / "predictions.csv" for r in range(len(plan.splits))],
+            split_doc["folds"])
+        for rep in summary["pooled"]["repetitions"]:
+            log(f"pooled out-of-fold, repetition {rep['repetition']} ({rep['pairs']} pairs, "
+                f"{rep['scenes']} scenes): SROCC {fmt_metric(rep['srocc'])} PLCC "
+                f"{fmt_metric(rep['plcc'])} KROCC {fmt_metric(rep['krocc'])} RMSE {rep['rmse']:.3f}")
+    write_json(plan.out_dir / "summary.json", summary)
+
+
+def split_finished(run_dir, epochs) -> bool:
+    """A split whose run reached `epochs` and was tested (resume skips it)."""
+    return ((run_dir / "metrics.json").is_file() and (run_dir / "last.pt").is_file()
+            and load_checkpoint(run_dir / "last.pt")["epoch"] >= epochs)
+
+
+def finished(cfg) -> bool:
+    """Every split this run trains (train.splits, or all) reached train.epochs and was
+    tested, and a whole run of several splits wrote its summary. The splits are counted in
+    the run's own splits.json (k-fold: repeats x folds; a split file: its own count)."""
+    out_dir, epochs = config_mod.run_dir_of(cfg), cfg["train"]["epochs"]
+    if not (out_dir / "splits.json").is_file():  # no split has started
+        return False
+    count = len(read_split_file(out_dir / "splits.json")["splits"])
+    if count == 1:
+        return split_finished(out_dir, epochs)
+    whole = cfg["train"]["splits"] is None
+    return (all(split_finished(out_dir / f"split_{r}", epochs) for r in chosen_splits(cfg, count))
+            and (not whole or (out_dir / "summary.json").is_file()))
+
+
+def release_freed_memory():
+    """Hand the memory freed by a finished split back to the system (glibc's malloc_trim).
+
+    A split frees its patches, model and optimizer, but glibc keeps freed heap blocks, and
+    once large blocks have been freed it raises its mmap threshold, so the next split's
+    large tensors come from a heap whose holes they only partly fit: the peak grew by tens of
+    MB a split without it (docs/performance.md). A no-op where there is no glibc."""
+    gc.collect()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def better(val, best) -> bool:
+    """Whether validation metrics `val` beat the best so far (SROCC; an undefined SROCC never
+    wins over a defined one)."""
+    srocc = val.get("srocc")
+    return best is None or (srocc is not None and (best["val"].get("srocc") is None
+                                                   or srocc > best["val"]["srocc"]))
+
+
+class SplitRun:
+    """Train, validate and test split `r` of `plan` (see the module docstring)."""
+
+    def __init__(self, plan, r, dist, progress, log, concurrent=False):
+        self.plan, self.r, self.dist, self.log, self.concurrent = plan, r, dist, log, concurrent
+        self.cfg, self.t = plan.cfg, plan.cfg["train"]
+        self.run_dir = plan.run_dir(r)
+        self.seed = self.t["seed"] + r
+        self.show = progress and dist.is_main
+        self.pairs = {name: [plan.pairs[i] for i in plan.splits[r][name]] for name in PARTS}
+        self.record = {**plan.record, "repeat": r, "started": time.perf_counter()}
+        self.run_name = tensorboard_name(plan.out_dir) + ("" if len(plan.splits) == 1 else f"/split_{r}")
+        self.names = {name: [p.name for p in self.pairs[name]] for name in PARTS}
+        self.identities = split_identities(self.pairs)  # evaluation recognises these pairs by content
+
+    def steps(self, resume):
+        """The split's run as a generator of its training steps; returns its test report."""
+        self._prepare(resume)
+        preempt.defer()  # while training, a signal stops the run after the current step
+        try:  # a run stopped by an error still finishes writing its last checkpoints
+            for epoch in range(self.start_epoch, self.t["epochs"]):
+                yield from self._epoch(epoch)
+        except BaseException:  # Preempted here, or GeneratorExit: another split was preempted
+            if self.boundary is not None and preempt.requested():  # the abandoned epoch's start
+                self.pair.save_last(self.boundary)
+            raise
+        finally:
+            preempt.undefer()
+            self.saver.close()
+        if self.stop.agree():  # a signal during the last epoch's validation or checkpoint
+            raise preempt.Preempted(preempt.requested())
+        self.dist.barrier()  # best.pt is on disk before any rank reads it
+        return self._test_best()
+
+    # -- before the first epoch -------------------------------------------------------------
+    def _prepare(self, resume):
+        cfg, t, dist = self.cfg, self.t, self.dist
+        self.spec = spec_of(cfg)
+        self._build_data()
+        if dist.is_main:  # every input has been read: from here on the run folder exists
+            # the whole run's config (train.splits: null): array tasks sharing out_dir write
+            # the same file, and --resume without train.splits finishes every split
+            whole = {**cfg, "train": {**t, "splits": None}}
+            atomic_write_text(self.plan.out_dir / "config.yaml", config_mod.dump(whole))
+            write_split_file(self.plan.out_dir / "splits.json", self.record["splits"])
+        self.amp_dtype = amp_dtype_of(cfg, dist.device)
+        torch.manual_seed(self.seed)
+        self.model = build_model(cfg, dist.device)  # the same initial weights on every rank
+        load_init(self.model, cfg)
+        if self.spec.normalisation == "standardise":  # the training split's statistics (StereoQA-Net)
+            self.model.set_standardisation(*pixel_statistics(self.data["train"].left),
+                                           *pixel_statistics(self.data["train"].right))
+        seed_rank_stream(self.seed, dist.rank)  # then each rank its own dropout masks
+        self.optimizer = make_optimizer(self.model, t)
+        self.scheduler = (torch.optim.lr_scheduler.StepLR(self.optimizer, t["lr_step"], t["lr_gamma"])
+                          if t["lr_step"] else None)
+        self.start_epoch, self.best, self.resumes = 0, None, []
+        if resume:
+            self._resume()
+        self.trained = self.model
+        if dist.world > 1:
+            self.trained = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+        self.logbook = Logbook(cfg, self.run_name, self.start_epoch) if dist.is_main else None
+        self.saver = BackgroundSaver()
+        self.pair = BestLastPair(self.run_dir, self.saver)  # best.pt never newer than its last.pt
+        self.batch = max(1, t["batch_size"] // dist.world)  # the global batch stays batch_size
+        self.step = TrainStep(t["step"], self.trained, self.optimizer, self.batch, t["nss_weight"],
+                              self.amp_dtype, concurrent=self.concurrent)
+        self.stop = preempt.Stopper(dist)
+        # The state at the end of the last completed epoch when last.pt is older (checkpoint_every
+        # > 1): what a preempted run writes to last.pt (kept only where a signal can stop the run).
+        self.boundary = None
+
+    def _build_data(self):
+        """The split's patches and targets on the device; PAD-Net trains on one random crop
+        of each pair an epoch, cut from the whole views."""
+        cfg, plan, r = self.cfg, self.plan, self.r
+        self.crop_views = (whole_views(self.pairs["train"], self.spec, self.show)
+                           if self.spec.train_crop == "random" else None)
+        dtype = getattr(torch, self.t["patch_dtype"])
+        self.data = {name: split_data(self.pairs[name], plan.nss[plan.splits[r][name]], dtype,
+                                      cfg["patches"]["normalisation"], self.spec, progress=self.show,
+                                      crops=self.crop_views is not None and name == "train"
+                                      ).to(self.dist.device)
+                     for name in PARTS}
+
+    def _resume(self):
+        """Continue from last.pt: weights, optimizer, scheduler, best so far, RNG streams."""
+        dist, run_dir = self.dist, self.run_dir
+        if dist.is_main:
+            reconcile_best(run_dir)
+        dist.barrier()
+        if not (run_dir / "last.pt").is_file():
+            return
+        # On the CPU whatever the device: the RNG states must stay CPU byte tensors;
+        # load_state_dict moves the weights and the optimizer state to the device.
+        state = load_checkpoint(run_dir / "last.pt", map_location="cpu")
+        if model_kwargs(self.cfg).get("nss_head") and "nss_head.weight" not in state["model"]:
+            raise UserError(f"--resume: {run_dir / 'last.pt'} has no NSS head: it was written "
+                            f"before train.nss_weight had an effect on model.name={self.cfg['model']['name']} "
+                            "(its recorded value was ignored); evaluate.py reads it, but a resume "
+                            "would train another network: retrain")
+        self.model.load_state_dict(state["model"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.start_epoch, self.best = state["epoch"], state["best"]
+        self.resumes = list(state.get("resumes", [])) + [
+            {"after_epoch": self.start_epoch, "changed": self.record["changes"]}]
+        if not restore_rank_rng(state["rng"], dist, self.seed, self.start_epoch):
+            self.log(f"note: {run_dir} was written by {len(rank_states(state['rng']))} process(es), "
+                     f"this run has {dist.world}: dropout streams restart (the resume is not exact)")
+        self.log(f"resuming {run_dir} after epoch {self.start_epoch}")
+
+    # -- one epoch ------------------------------------------------------------------------------
+    def _epoch(self, epoch):
+        """Train one epoch (yielding after every step), then validate, log and checkpoint."""
+        from tqdm.auto import tqdm
+
+        started, t, data = time.perf_counter(), self.t, self.data["train"]
+        last_epoch = epoch + 1 == t["epochs"]
+        if self.crop_views is not None:  # in place: a captured CUDA graph reads the same memory
+            fill_random_crops(data, self.crop_views, self.spec.patch, self.seed, epoch)
+        order = epoch_order(data.num_patches, self.seed, epoch, self.dist.rank, self.dist.world)
+        bar = tqdm(total=len(order), desc=f"epoch {epoch + 1}/{t['epochs']}", unit="patch",
+                   leave=False, disable=not self.show)
+        losses = yield from preempt.until_stopped(
+            epoch_steps(self.trained, self.optimizer, data, order.to(self.dist.device), self.batch,
+                        t["nss_weight"], self.amp_dtype, progress=bar, step=self.step), self.stop)
+        bar.close()
+        lr = float(self.optimizer.param_groups[0]["lr"])  # a tensor under train.step=graph
+        if self.scheduler is not None:
+            self.scheduler.step()
+        line = (f"epoch {epoch + 1}/{t['epochs']} loss {losses['total']:.4f} "
+                f"(quality {losses['quality']:.4f}, nss {losses['nss']:.4f})")
+        if (epoch + 1) % t["val_every"] == 0 or last_epoch:
+            line += self._validate(epoch + 1, last_epoch)
+        if self.logbook is not None:
+            self.logbook.epoch(losses, lr, epoch + 1)
+        self._checkpoint(epoch + 1, last_epoch)
+        if self.dist.is_main:
+            self.log(line + f" [{time.perf_counter() - started:.1f}s]")
+        self.dist.barrier()
+
+    def _validate(self, epoch, last_epoch) -> str:
+        """Score the validation split; keep best.pt on a better SROCC; the log line's part."""
+        pred = predict_pairs(self.model, self.data["val"], amp_dtype=self.amp_dtype,
+                             scorer=self.step.scorer)
+        val = evaluate_scores(pred, np.array([p.score for p in self.pairs["val"]]))
+        if better(val, self.best):
+            self.best = {"epoch": epoch, "val": val}
+            if self.dist.is_main:
+                self.pair.save_best(self._state(epoch, with_optimizer=False))
+        if self.logbook is not None:
+            self.logbook.validation(val, epoch)
+            # numbered by epoch, so that a resumed run draws the same ones
+            if (epoch // self.t["val_every"]) % self.t["scatter_every"] == 0 or last_epoch:
+                self.logbook.scatter(pred, self.pairs["val"], epoch)
+        return f" | val SROCC {fmt_metric(val['srocc'])} PLCC {fmt_metric(val['plcc'])} RMSE {val['rmse']:.3f}"
+
+    def _checkpoint(self, epoch, last_epoch):
+        """last.pt every train.checkpoint_every epochs (and after the last); in between, where a
+        signal can stop the run, the epoch's state is kept in memory for a preempted run."""
+        dist = self.dist
+        if epoch % self.t["checkpoint_every"] == 0 or last_epoch:
+            rng = dist.gather(rng_state(dist.device))  # every rank's own streams (a collective)
+            if dist.is_main:
+                self.pair.save_last(dict(self._state(epoch, with_optimizer=True), rng=rng))
+            self.boundary = None
+        elif preempt.installed():
+            rng = dist.gather(rng_state(dist.device))
+            if dist.is_main:
+                self.boundary = cpu_copy(dict(self._state(epoch, with_optimizer=True), rng=rng))
+
+    def _state(self, epoch, with_optimizer):
+        state = {"model": self.model.state_dict(), "epoch": epoch, "best": self.best,
+                 "config": self.cfg, "split": self.names, "pair_sha256": self.identities,
+                 "database": self.plan.info,
+                 "resumes": self.resumes}
+        if with_optimizer:
+            state.update(optimizer=self.optimizer.state_dict(),
+                         scheduler=self.scheduler.state_dict() if self.scheduler else None)
+        return state
+
+    # -- after the last epoch -------------------------------------------------------------------
+    def _test_best(self) -> dict:
+        """Test the checkpoint with the best validation SROCC (model selection on validation
+        only); write predictions.csv and metrics.json."""
+        best_state = load_checkpoint(self.run_dir / "best.pt", map_location="cpu")
+        self.model.load_state_dict(best_state["model"])
+        report = {"val": best_state["best"]["val"], "best_epoch": best_state["best"]["epoch"],
+                  "epochs": self.t["epochs"]}
+        test_pred = predict_pairs(self.model, self.data["test"], amp_dtype=self.amp_dtype,
+                                  scorer=self.step.scorer)
+        report["test"] = score_report(self.pairs["test"], test_pred)
+        report["pairs"] = {name: len(self.pairs[name]) for name in PARTS}
+        report["scenes"] = {name: len({p.content for p in self.pairs[name]}) for name in PARTS}
+        if self.dist.is_main:
+            self._write_test(report, test_pred)
+        return report["test"]
+
+    def _write_test(self, report, test_pred):
+        val_pred = predict_pairs(self.model, self.data["val"], amp_dtype=self.amp_dtype,
+                                 scorer=self.step.scorer)
+        split_of = {p.name: name for name in ("val", "test") for p in self.pairs[name]}
+        csv_text = predictions_csv(self.pairs["val"] + self.pairs["test"],
+                                   np.concatenate([val_pred, test_pred]), split_of)
+        atomic_write_text(self.run_dir / "predictions.csv", csv_text)
+        report["protocol"] = protocol.card(self.cfg, self.record["split_info"], self.dist.device,
+                                           self.record["started"], [report["test"]],
+                                           repeat=self.r, code=self.record["code"])
+        report["protocol"]["resumes"] = self.resumes  # each resume: its epoch and changes
+        write_json(self.run_dir / "metrics.json", report)
+        self.logbook.close(report)
+        test = report["test"]
+        self.log(f"test ({report['pairs']['test']} pairs, {report['scenes']['test']} scenes, "
+                 f"best epoch {report['best_epoch']}): SROCC {fmt_metric(test['srocc'])} "
+                 f"PLCC {fmt_metric(test['plcc'])} KROCC {fmt_metric(test['krocc'])} RMSE {test['rmse']:.3f}")
