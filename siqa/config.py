@@ -69,9 +69,11 @@ def check(key, value):
     if setting.index_list:
         return _index_list(value, bad)
     choices = choices_of(setting)
-    if choices and value not in choices:
-        raise bad("one of " + ", ".join(choices))
+    if choices and not any(value == c and type(value) is type(c) for c in choices):
+        raise bad("one of " + ", ".join(str(c).lower() if isinstance(c, bool) else c for c in choices))
     kind = setting.value_type or type(setting.default)
+    if kind is object:  # choices of several types (false | true | fused)
+        return value
     if setting.default is None:
         if value is not None and not isinstance(value, str):
             raise bad("a string (path) or null")

@@ -122,9 +122,11 @@ SETTINGS = (
             "protocol.folds) splits, each in out_dir/split_<r> (one per array task; summarize.py "
             "merges)", index_list=True,
             resume="which of the run's splits this process trains (an array task's share)"),
-    Setting("train.concurrent_repeats", False, "train the N splits at once, a step of each in turn "
-            "(one process; on CUDA a stream per split)",
-            resume="the splits one after another or at once: the same runs",
+    Setting("train.concurrent_repeats", False, "the N splits at once in one process: false (one "
+            "after another) | true (a step of each in turn; on CUDA a stream per split) | fused "
+            "(one network with a split dimension: one set of kernels a step for all splits, "
+            "siqa/training/fused.py; for GPUs)", choices=(False, True, "fused"), value_type=object,
+            resume="the splits one after another or at once: the same runs (fused: to rounding)",
             used_when=lambda c: c["train"]["repeats"] > 1, used_with="train.repeats > 1"),
     Setting("train.amp", False, "CUDA only: bfloat16 autocast"),
     Setting("train.channels_last", True, "speed only: channels-last conv weights (same losses, "
@@ -141,9 +143,10 @@ SETTINGS = (
             "background copy", positive=True, resume="how often last.pt is written"),
     Setting("train.scatter_every", 5, "TensorBoard scatter plot every k validations (and at the "
             "last)", positive=True),
-    Setting("train.step", "eager", "eager | compile (torch.compile; its own CUDA graphs only for "
-            "one split in one process) | graph (CUDA only: one CUDA-graph-captured step)",
-            choices=("eager", "compile", "graph"),
+    Setting("train.step", "auto", "auto (graph for one CUDA process, eager elsewhere) | eager | "
+            "compile (torch.compile; its own CUDA graphs only for one split in one process) | "
+            "graph (CUDA only: one CUDA-graph-captured step)",
+            choices=("auto", "eager", "compile", "graph"),
             resume="eager, compile or graph: the same step, compiled or captured"),
     Setting("tensorboard.dir", "visualize/tensorboard", "where the curves are written",
             resume="where the curves are written"),
@@ -184,7 +187,7 @@ def comment(setting, recipes) -> str:
     """config.yaml's comment of a setting: its doc, the choices the doc does not name, and for
     a recipe key each network's paper value."""
     text = setting.doc
-    choices = choices_of(setting)
+    choices = [_yaml(c) for c in choices_of(setting)]
     if choices and not all(c in text for c in choices):
         text += ": " + " | ".join(choices)
     if setting.auto == "recipe":

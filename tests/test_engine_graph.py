@@ -108,7 +108,18 @@ def test_graph_step_on_cpu_is_a_user_error_naming_the_key():
     with pytest.raises(UserError, match="train.step"):
         load_config(overrides=["train.step=fast"])
     assert load_config(overrides=["train.step=compile"])["train"]["step"] == "compile"
-    assert load_config()["train"]["step"] == "eager"
+    assert load_config()["train"]["step"] == "auto"
+
+
+def test_auto_step_is_the_graph_for_one_cuda_process_and_eager_elsewhere():
+    from siqa.training.step import step_of
+
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert step_of("auto", cuda) == "graph"
+    assert step_of("auto", cpu) == "eager"
+    assert step_of("auto", cuda, world=2) == "eager"  # DDP's all-reduce between the pieces
+    assert step_of("auto", cuda, fused=True) == "eager"  # the fused step is not captured
+    assert step_of("compile", cpu) == "compile"  # an explicit value as it is
 
 
 def test_train_py_with_graph_step_on_cpu_exits_2_before_writing(tiny_manifest, tmp_path):

@@ -262,7 +262,8 @@ def test_a_new_network_is_its_file_and_one_line_in_the_dict(tiny_manifest, tmp_p
     assert cfg["train"]["lr"] == 0.05 and cfg["train"]["batch_size"] == 8  # its recipe
     lines = []
     runner.train(cfg, progress=False, log=lines.append)
-    assert lines[0].startswith("profile paper on csv, model toy, device cpu: the paper's protocol")
+    assert lines[0].startswith("profile paper on csv, model toy, device cpu, step eager, float32: "
+                               "the paper's protocol")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["epochs"] == 2 and metrics["protocol"]["model"]["parameters"] == 2 * 4 * 9 + 4 + 4 + 1
     assert not (tmp_path / "cache").exists()  # no NSS task, no NSS targets computed

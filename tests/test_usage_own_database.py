@@ -26,7 +26,8 @@ def test_the_documented_commands_run_on_a_database_of_ones_own(tmp_path):
         proc = run_entry(script, *args, *extra, cwd=tmp_path)
         assert proc.returncode == 0, (script, proc.stderr[-2000:])
         outputs.append(proc.stdout)
-    assert re.match(r"profile short on csv, model bourbia2021, device \S+: train\.epochs=2 \(paper: 500\); "
+    assert re.match(r"profile short on csv, model bourbia2021, device \S+, step eager, float32: "
+                    r"train\.epochs=2 \(paper: 500\); "
                     r"patches\.normalisation=contrast \(paper: reference\)", outputs[0])
     assert (tmp_path / "runs" / "mine-short" / "best.pt").is_file()
     assert (tmp_path / "runs" / "mine-short" / "scored.csv").read_text().count("\n") == 25

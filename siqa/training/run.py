@@ -15,11 +15,14 @@ import ctypes
 import ctypes.util
 import gc
 import json
+import re
 import time
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from siqa import config as config_mod
 from siqa.build import amp_dtype_of, build_model, check_init, load_init, model_kwargs, spec_of
@@ -38,7 +41,7 @@ from siqa.evaluation import protocol
 from siqa.evaluation.metrics import evaluate_scores
 from siqa.evaluation.reports import fmt_metric, pooled_out_of_fold, predictions_csv, score_report, summarize, write_json
 from siqa.files import atomic_write_text
-from siqa.scoring import predict_pairs
+from siqa.scoring import Scorer, predict_pairs
 from siqa.training import preempt
 from siqa.training.checkpoints import (
     BackgroundSaver,
@@ -51,6 +54,7 @@ from siqa.training.checkpoints import (
 )
 from siqa.training.concurrent import finish, interleave
 from siqa.training.distributed import Dist
+from siqa.training.fused import FusedSplits
 from siqa.training.logbook import Logbook, tensorboard_name
 from siqa.training.step import (
     TrainStep,
@@ -59,6 +63,7 @@ from siqa.training.step import (
     epoch_steps,
     load_optimizer_state,
     make_optimizer,
+    step_of,
 )
 
 PARTS = ("train", "val", "test")
@@ -107,13 +112,17 @@ def prepare(cfg, dist, progress, log, changes) -> Plan:
     """Every check, the database, the splits and the NSS targets of a run. Rank 0 builds the
     demo database and fills the NSS cache; the other ranks then read them (a long wait on
     the host group, whose timeout fits a cold cache of a large database)."""
-    check_step_mode(cfg["train"]["step"], dist.device, dist.world)
+    concurrent = cfg["train"]["concurrent_repeats"]
+    check_step_mode(cfg["train"]["step"], dist.device, dist.world, fused=concurrent == "fused")
     config_mod.check_nss_weight(cfg)
-    if cfg["train"]["concurrent_repeats"] and dist.world > 1:
-        raise UserError("train.concurrent_repeats=true is for one process; under torchrun "
-                        "the repeats run one after another (train.concurrent_repeats=false)")
-    configure_numerics(cfg["train"]["deterministic"], cfg["train"]["tf32"], dist.device)
-    log(first_line(cfg, dist.device))
+    if concurrent and dist.world > 1:
+        raise UserError(f"train.concurrent_repeats={str(concurrent).lower()} is for one process; "
+                        "under torchrun the repeats run one after another "
+                        "(train.concurrent_repeats=false)")
+    if concurrent == "fused":
+        check_fusable(cfg)
+    numerics = configure_numerics(cfg["train"]["deterministic"], cfg["train"]["tf32"], dist.device)
+    log(first_line(cfg, dist, numerics))
     check_demo_size(cfg)
     check_init(cfg)
     if not dist.is_main:
@@ -135,15 +144,24 @@ def prepare(cfg, dist, progress, log, changes) -> Plan:
                 chosen)
 
 
-def first_line(cfg, device) -> str:
-    """The run's first log line: its profile, network, device and every deviation from the
-    network's recipe."""
+def first_line(cfg, dist, numerics) -> str:
+    """The run's first log line: its profile, network, device, step and precision, and every
+    deviation from the network's recipe."""
+    t, device = cfg["train"], dist.device
     deviations = config_mod.deviations_from_paper(cfg)
     network = cfg["model"]["name"]
-    spec = spec_of(cfg)
-    same = "the paper's protocol" if spec.recipe_published else f"the {network} recipe (docs/models.md)"
-    return (f"profile {cfg['train']['profile']} on {cfg['dataset']['name']}, model {network}, "
-            f"device {device}: " + ("; ".join(deviations) if deviations else same))
+    same = ("the paper's protocol" if spec_of(cfg).recipe_published
+            else f"the {network} recipe (docs/models.md)")
+    fused = t["concurrent_repeats"] == "fused"
+    step = step_of(t["step"], device, dist.world, fused) + (", splits fused" if fused else "")
+    precision = ("bfloat16 autocast" if amp_dtype_of(cfg, device) else
+                 "float32 with TF32" if numerics["tf32"] else "float32")
+    line = (f"profile {t['profile']} on {cfg['dataset']['name']}, model {network}, device {device}, "
+            f"step {step}, {precision}: " + ("; ".join(deviations) if deviations else same))
+    if fused and device.type == "cpu":  # allowed, so that a CPU shows what a GPU would train
+        line += ("; note: fused splits are slower than one after another on a CPU (0.65-0.85x "
+                 "on a 2-core machine, benchmarks/fused_throughput.py): they are for a GPU")
+    return line
 
 
 def check_demo_size(cfg):
@@ -195,16 +213,23 @@ def train_splits(plan, resume, dist, progress, log) -> list:
             reports[r] = json.loads((plan.run_dir(r) / "metrics.json").read_text())["test"]
         else:
             todo.append(r)
-    concurrent = plan.cfg["train"]["concurrent_repeats"] and len(plan.chosen) > 1
+    mode = plan.cfg["train"]["concurrent_repeats"] if len(todo) > 1 else False
+    concurrent = bool(mode)
 
-    def steps(r):
+    def split_run(r):
         # several splits: each line says whose it is (concurrently they interleave, no bars)
         split_log = (lambda line: log(f"split {r}: {line}")) if len(plan.splits) > 1 else log
-        run = SplitRun(plan, r, dist, progress=progress and not concurrent, log=split_log,
-                       concurrent=concurrent)
-        return run.steps(resume)
+        return SplitRun(plan, r, dist, progress=progress and not concurrent, log=split_log,
+                        concurrent=concurrent)
 
-    if concurrent:
+    def steps(r):
+        return split_run(r).steps(resume)
+
+    if mode == "fused":
+        fused = FusedRuns([split_run(r) for r in todo], progress=progress and dist.is_main, log=log)
+        for r, report in zip(todo, finish(fused.steps(resume))):
+            reports[r] = report
+    elif concurrent:
         for r, report in zip(todo, interleave([steps(r) for r in todo], dist.device)):
             reports[r] = report
     else:
@@ -293,11 +318,19 @@ class SplitRun:
 
     def steps(self, resume):
         """The split's run as a generator of its training steps; returns its test report."""
-        self._prepare(resume)
-        preempt.defer()  # while training, a signal stops the run after the current step
-        try:  # a run stopped by an error still finishes writing its last checkpoints
+        self.prepare(resume)
+        with self.training():
             for epoch in range(self.start_epoch, self.t["epochs"]):
                 yield from self._epoch(epoch)
+        return self.finish()
+
+    @contextmanager
+    def training(self):
+        """While the epochs run: a signal stops the run after the current step, and a run
+        stopped by an error still finishes writing its last checkpoints."""
+        preempt.defer()
+        try:
+            yield
         except BaseException:  # Preempted here, or GeneratorExit: another split was preempted
             if self.boundary is not None and preempt.requested():  # the abandoned epoch's start
                 self.pair.save_last(self.boundary)
@@ -305,13 +338,19 @@ class SplitRun:
         finally:
             preempt.undefer()
             self.saver.close()
+
+    def finish(self) -> dict:
+        """After the last epoch: the test report of the best-validation checkpoint."""
         if self.stop.agree():  # a signal during the last epoch's validation or checkpoint
             raise preempt.Preempted(preempt.requested())
         self.dist.barrier()  # best.pt is on disk before any rank reads it
         return self._test_best()
 
     # -- before the first epoch -------------------------------------------------------------
-    def _prepare(self, resume):
+    def prepare(self, resume, fused=False):
+        """Data, network, optimizer, the state of last.pt on --resume, the run's writers.
+        `fused`: the steps are a FusedRuns' (siqa.training.fused), this split scores and
+        checkpoints what it trains."""
         cfg, t, dist = self.cfg, self.t, self.dist
         self.spec = spec_of(cfg)
         self._build_data()
@@ -343,8 +382,14 @@ class SplitRun:
         self.saver = BackgroundSaver()
         self.pair = BestLastPair(self.run_dir, self.saver)  # best.pt never newer than its last.pt
         self.batch = max(1, t["batch_size"] // dist.world)  # the global batch stays batch_size
-        self.step = TrainStep(t["step"], self.trained, self.optimizer, self.batch, t["nss_weight"],
-                              self.amp_dtype, concurrent=self.concurrent)
+        self.fused = None  # (FusedSplits, k) once a FusedRuns trains this split
+        mode = step_of(t["step"], dist.device, dist.world, fused)
+        if fused:
+            self.scorer = Scorer(mode, self.model, self.amp_dtype)
+        else:
+            self.step = TrainStep(mode, self.trained, self.optimizer, self.batch, t["nss_weight"],
+                                  self.amp_dtype, concurrent=self.concurrent)
+            self.scorer = self.step.scorer
         self.stop = preempt.Stopper(dist)
         # The state at the end of the last completed epoch when last.pt is older (checkpoint_every
         # > 1): what a preempted run writes to last.pt (kept only where a signal can stop the run).
@@ -394,19 +439,28 @@ class SplitRun:
     # -- one epoch ------------------------------------------------------------------------------
     def _epoch(self, epoch):
         """Train one epoch (yielding after every step), then validate, log and checkpoint."""
-        from tqdm.auto import tqdm
-
-        started, t, data = time.perf_counter(), self.t, self.data["train"]
-        last_epoch = epoch + 1 == t["epochs"]
-        if self.crop_views is not None:  # in place: a captured CUDA graph reads the same memory
-            fill_random_crops(data, self.crop_views, self.spec.patch, self.seed, epoch)
-        order = epoch_order(data.num_patches, self.seed, epoch, self.dist.rank, self.dist.world)
+        started, t = time.perf_counter(), self.t
+        order = self.order(epoch)
         bar = tqdm(total=len(order), desc=f"epoch {epoch + 1}/{t['epochs']}", unit="patch",
                    leave=False, disable=not self.show)
         losses = yield from preempt.until_stopped(
-            epoch_steps(self.trained, self.optimizer, data, order.to(self.dist.device), self.batch,
+            epoch_steps(self.trained, self.optimizer, self.data["train"], order, self.batch,
                         t["nss_weight"], self.amp_dtype, progress=bar, step=self.step), self.stop)
         bar.close()
+        self.end_epoch(epoch, losses, started)
+
+    def order(self, epoch):
+        """The epoch's patch order on the device (PAD-Net: after drawing the epoch's crops)."""
+        data = self.data["train"]
+        if self.crop_views is not None:  # in place: a captured CUDA graph reads the same memory
+            fill_random_crops(data, self.crop_views, self.spec.patch, self.seed, epoch)
+        order = epoch_order(data.num_patches, self.seed, epoch, self.dist.rank, self.dist.world)
+        return order.to(self.dist.device)
+
+    def end_epoch(self, epoch, losses, started):
+        """After an epoch's steps: the learning rate's schedule, validation, the logs, last.pt."""
+        t = self.t
+        last_epoch = epoch + 1 == t["epochs"]
         lr = float(self.optimizer.param_groups[0]["lr"])  # a tensor under train.step=graph
         if self.scheduler is not None:
             self.scheduler.step()
@@ -423,8 +477,7 @@ class SplitRun:
 
     def _validate(self, epoch, last_epoch) -> str:
         """Score the validation split; keep best.pt on a better SROCC; the log line's part."""
-        pred = predict_pairs(self.model, self.data["val"], amp_dtype=self.amp_dtype,
-                             scorer=self.step.scorer)
+        pred = predict_pairs(self.model, self.data["val"], amp_dtype=self.amp_dtype, scorer=self.scorer)
         val = evaluate_scores(pred, np.array([p.score for p in self.pairs["val"]]))
         if better(val, self.best):
             self.best = {"epoch": epoch, "val": val}
@@ -442,14 +495,33 @@ class SplitRun:
         signal can stop the run, the epoch's state is kept in memory for a preempted run."""
         dist = self.dist
         if epoch % self.t["checkpoint_every"] == 0 or last_epoch:
-            rng = dist.gather(rng_state(dist.device))  # every rank's own streams (a collective)
+            rng = self.rng_states()
             if dist.is_main:
                 self.pair.save_last(dict(self._state(epoch, with_optimizer=True), rng=rng))
             self.boundary = None
         elif preempt.installed():
-            rng = dist.gather(rng_state(dist.device))
+            rng = self.rng_states()
             if dist.is_main:
                 self.boundary = cpu_copy(dict(self._state(epoch, with_optimizer=True), rng=rng))
+
+    def rng_states(self) -> list:
+        """Every rank's own random streams (a collective), as last.pt holds them; a fused
+        split's: its own generator's."""
+        if self.fused is None:
+            return self.dist.gather(rng_state(self.dist.device))
+        fused, k = self.fused
+        return [{**rng_state(self.dist.device), **fused.rng_state(k)}]
+
+    def optimizer_state(self) -> dict:
+        """The optimizer's state_dict (a fused split's: its rows of the fused optimizer, at
+        this split's scheduled learning rate)."""
+        if self.fused is None:
+            return self.optimizer.state_dict()
+        fused, k = self.fused
+        state = fused.optimizer_state(k)
+        for group, own in zip(state["param_groups"], self.optimizer.param_groups):
+            group.update({key: own[key] for key in ("lr", "initial_lr") if key in own})
+        return state
 
     def _state(self, epoch, with_optimizer):
         state = {"model": self.model.state_dict(), "epoch": epoch, "best": self.best,
@@ -457,7 +529,7 @@ class SplitRun:
                  "database": self.plan.info,
                  "resumes": self.resumes}
         if with_optimizer:
-            state.update(optimizer=self.optimizer.state_dict(),
+            state.update(optimizer=self.optimizer_state(),
                          scheduler=self.scheduler.state_dict() if self.scheduler else None)
         return state
 
@@ -470,7 +542,7 @@ class SplitRun:
         report = {"val": best_state["best"]["val"], "best_epoch": best_state["best"]["epoch"],
                   "epochs": self.t["epochs"]}
         test_pred = predict_pairs(self.model, self.data["test"], amp_dtype=self.amp_dtype,
-                                  scorer=self.step.scorer)
+                                  scorer=self.scorer)
         report["test"] = score_report(self.pairs["test"], test_pred)
         report["pairs"] = {name: len(self.pairs[name]) for name in PARTS}
         report["scenes"] = {name: len({p.content for p in self.pairs[name]}) for name in PARTS}
@@ -480,7 +552,7 @@ class SplitRun:
 
     def _write_test(self, report, test_pred):
         val_pred = predict_pairs(self.model, self.data["val"], amp_dtype=self.amp_dtype,
-                                 scorer=self.step.scorer)
+                                 scorer=self.scorer)
         split_of = {p.name: name for name in ("val", "test") for p in self.pairs[name]}
         csv_text = predictions_csv(self.pairs["val"] + self.pairs["test"],
                                    np.concatenate([val_pred, test_pred]), split_of)
@@ -495,3 +567,86 @@ class SplitRun:
         self.log(f"test ({report['pairs']['test']} pairs, {report['scenes']['test']} scenes, "
                  f"best epoch {report['best_epoch']}): SROCC {fmt_metric(test['srocc'])} "
                  f"PLCC {fmt_metric(test['plcc'])} KROCC {fmt_metric(test['krocc'])} RMSE {test['rmse']:.3f}")
+
+
+def check_fusable(cfg):
+    """UserError (one line), before any work, for a network the fused splits cannot train
+    (siqa.training.fused: its forward must run under torch.func.vmap): the probe of
+    FusedSplits on one network built on the CPU, under a forked RNG (no random state moves)."""
+    with torch.random.fork_rng(devices=[]):
+        model = build_model(cfg, torch.device("cpu"))
+        FusedSplits.from_train_config([model], [torch.Generator()], cfg["train"])
+
+
+class FusedRuns:
+    """The splits of `runs` (SplitRuns of one plan) trained as one fused network
+    (train.concurrent_repeats=fused, siqa.training.fused): each split prepares, validates,
+    checkpoints and tests as it does alone; the epochs' steps are FusedSplits' rounds.
+
+        each split: prepare (data, network, optimizer, last.pt on --resume), then its random
+                    stream handed to its own generator
+        FusedSplits(the K networks, the K generators); on --resume their optimizer states
+        per epoch:  K orders -> the fused rounds (one vmapped step per batch size)
+                    -> split k: its weights into its network, then its own end of the epoch
+    """
+
+    def __init__(self, runs, progress, log):
+        self.runs, self.progress, self.log = runs, progress, log
+        self.cfg, self.t, self.device = runs[0].cfg, runs[0].t, runs[0].dist.device
+
+    def steps(self, resume):
+        """The fused run as a generator of its rounds; returns the splits' test reports."""
+        generators = []
+        for run in self.runs:  # each one's stream, where its run alone would be now
+            run.prepare(resume, fused=True)
+            generators.append(self._generator())
+        starts = {run.start_epoch for run in self.runs}
+        if len(starts) > 1:
+            raise UserError(f"--resume with train.concurrent_repeats=fused: the splits stopped at "
+                            f"different epochs ({sorted(starts)}); resume them one after another "
+                            "(train.concurrent_repeats=false)")
+        self.fused = FusedSplits.from_train_config(
+            [run.model for run in self.runs], generators, self.t, self.runs[0].amp_dtype,
+            initial_lr=self.runs[0].optimizer.param_groups[0].get("initial_lr"))
+        for k, run in enumerate(self.runs):
+            if run.start_epoch:
+                self.fused.load_split_state(k, optimizer=run.optimizer.state_dict())
+            run.fused = (self.fused, k)
+        with ExitStack() as stack:
+            for run in self.runs:
+                stack.enter_context(run.training())
+            for epoch in range(starts.pop(), self.t["epochs"]):
+                yield from self._epoch(epoch)
+        return [run.finish() for run in self.runs]
+
+    def _generator(self):
+        """A generator holding the process's current random state on the run's device."""
+        if self.device.type == "cuda":
+            return torch.Generator(self.device).set_state(torch.cuda.get_rng_state(self.device))
+        return torch.Generator().set_state(torch.get_rng_state())
+
+    def _epoch(self, epoch):
+        started, runs = time.perf_counter(), self.runs
+        orders = [run.order(epoch) for run in runs]
+        self.fused.set_lr(float(runs[0].optimizer.param_groups[0]["lr"]))  # one schedule for all
+        bar = tqdm(total=sum(len(o) for o in orders), unit="patch", leave=False,
+                   desc=f"epoch {epoch + 1}/{self.t['epochs']}, {len(runs)} splits fused",
+                   disable=not self.progress)
+        rounds = self.fused.epoch([run.data["train"] for run in runs], orders, runs[0].batch, bar)
+        try:
+            losses = yield from preempt.until_stopped(rounds, runs[0].stop)
+        except torch.cuda.OutOfMemoryError as err:
+            raise UserError(out_of_memory(err, len(runs), runs[0].batch)) from None
+        bar.close()
+        for k, run in enumerate(runs):
+            self.fused.load_into(k, run.model)  # what split k scores and checkpoints
+            run.end_epoch(epoch, losses[k], started)
+
+
+def out_of_memory(err, splits, batch) -> str:
+    """The one line of a fused run that did not fit on its GPU."""
+    asked = re.search(r"Tried to allocate [0-9.]+ [KMGT]?i?B", str(err))
+    return (f"train.concurrent_repeats=fused: out of GPU memory training {splits} splits at once at "
+            f"train.batch_size={batch} ({asked.group(0) if asked else 'CUDA out of memory'}); the "
+            "run folder holds every completed epoch: --resume with fewer splits at once "
+            "(train.splits=[...] in several jobs) or train.concurrent_repeats=false")

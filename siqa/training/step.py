@@ -5,7 +5,8 @@ slice of a seeded permutation (no Dataset, no collation, no host sync inside the
 One forward pass per step gives both outputs; the joint loss is
 L1(quality) + nss_weight * L1(nss) (docs/method.md#training).
 
-How a step runs is `train.step`:
+How a step runs is `train.step` (`auto`: graph for one CUDA process, eager on the CPU,
+under torchrun and for fused splits, whose step is not captured; `step_of`):
 
     eager    forward, loss, backward, optimizer step as plain PyTorch calls (the reference)
     compile  the same with the model under torch.compile (fused kernels; on CUDA in one
@@ -28,7 +29,7 @@ from siqa.data.inputs import SplitData
 from siqa.errors import UserError
 from siqa.scoring import Scorer, compile_mode
 
-STEP_MODES = ("eager", "compile", "graph")
+STEP_MODES = ("auto", "eager", "compile", "graph")
 GRAPH_WARMUP_STEPS = 3  # eager steps on a side stream before capture (PyTorch's CUDA-graph recipe)
 
 
@@ -87,10 +88,23 @@ def _device_of(model):
     return next(model.parameters()).device
 
 
-def check_step_mode(mode, device, world=1):
+def step_of(setting, device, world=1, fused=False) -> str:
+    """train.step as this run takes its steps: `auto` is a captured CUDA graph for one CUDA
+    process (the fast path), eager elsewhere: on the CPU (a graph is CUDA's), under torchrun
+    (DDP's all-reduce runs between the graph's pieces) and for fused splits (their step is
+    not captured)."""
+    if setting != "auto":
+        return setting
+    return "graph" if torch.device(device).type == "cuda" and world == 1 and not fused else "eager"
+
+
+def check_step_mode(mode, device, world=1, fused=False):
     """A UserError, before any work starts, for a train.step this run cannot use."""
     if mode not in STEP_MODES:
         raise UserError(f"config key train.step: expected one of {', '.join(STEP_MODES)}, got {mode!r}")
+    if mode == "graph" and fused:
+        raise UserError("train.step=graph: the fused splits' step (train.concurrent_repeats=fused) "
+                        "is not captured as a CUDA graph; use train.step=auto or train.step=eager")
     if mode == "graph" and torch.device(device).type != "cuda":
         raise UserError(f"train.step=graph needs CUDA (this run is on {device}); "
                         "use train.step=eager or train.step=compile")
