@@ -11,12 +11,17 @@ full batch):
                 backward and one batched SGD update of all K splits
 
 Rate = K x batch x timed rounds / seconds: patch pairs per second summed over the splits.
-Each variant warms up for --warmup rounds, then --steps rounds are timed.
+Each variant warms up for --warmup rounds, then --steps rounds are timed. --precision sets
+train.py's numerics (fp32: TF32 off; tf32; bf16: autocast, as train.amp=true); --only fused
+skips the sequential reference (benchmarks/gpu_check.py compares fused with the splits on
+CUDA streams instead); --json writes the rates.
 
     python benchmarks/fused_throughput.py [--splits 1,3] [--device cpu] [--threads N]
                                           [--steps 5] [--warmup 2] [--batch 128]
+                                          [--precision fp32|tf32|bf16] [--only fused] [--json PATH]
 """
 import argparse
+import json
 import os
 import sys
 import time
@@ -27,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from siqa.data.inputs import SplitData
-from siqa.device import select_device
+from siqa.device import configure_numerics, select_device
 from siqa.models import MODELS
 from siqa.training.fused import FusedSplits
 from siqa.training.step import TrainStep, epoch_order
@@ -84,13 +89,13 @@ def timed(round_fn, datas, args, device):
     return len(datas) * args.batch * args.steps / (time.perf_counter() - started)
 
 
-def sequential_rate(k, datas, args, device):
+def sequential_rate(k, datas, args, device, amp):
     models, _ = networks(k, device)
     steps = []
     for model in models:
         model.train()
         optimizer = torch.optim.SGD(model.parameters(), **SGD)
-        steps.append(TrainStep("eager", model, optimizer, args.batch, NSS_WEIGHT))
+        steps.append(TrainStep("eager", model, optimizer, args.batch, NSS_WEIGHT, amp))
 
     def round_fn(idx):
         for step, data, i in zip(steps, datas, idx):
@@ -99,9 +104,9 @@ def sequential_rate(k, datas, args, device):
     return timed(round_fn, datas, args, device)
 
 
-def fused_rate(k, datas, args, device):
+def fused_rate(k, datas, args, device, amp):
     models, generators = networks(k, device)
-    fused = FusedSplits(models, generators, optimizer="sgd", nss_weight=NSS_WEIGHT, **SGD)
+    fused = FusedSplits(models, generators, optimizer="sgd", nss_weight=NSS_WEIGHT, amp_dtype=amp, **SGD)
     del models  # the fused splits hold their own stacked copies
     return timed(lambda idx: fused.step_round(datas, idx), datas, args, device)
 
@@ -114,24 +119,34 @@ def main():
     parser.add_argument("--steps", type=int, default=5, help="timed rounds")
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
     parser.add_argument("--batch", type=int, default=128, help="patch pairs per split per step")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"])
+    parser.add_argument("--only", choices=["fused"], help="time the fused splits only")
+    parser.add_argument("--json", help="write the rates to this JSON file")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = select_device(args.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # as train.py sets it on CUDA
+    # train.py's switches: deterministic auto (cuDNN benchmark on CUDA), TF32 as asked
+    configure_numerics("auto", {"fp32": False, "tf32": True, "bf16": "auto"}[args.precision], device)
+    amp = torch.bfloat16 if args.precision == "bf16" and device.type == "cuda" else None
     print(f"device {device}, {torch.get_num_threads()} CPU thread(s), batch {args.batch} per split, "
-          f"float32, {args.steps} timed rounds after {args.warmup} warm-up, torch {torch.__version__}")
+          f"{args.precision}, {args.steps} timed rounds after {args.warmup} warm-up, torch {torch.__version__}")
     if hasattr(os, "getloadavg"):
         print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print(f"{'K':>3} {'sequential pairs/s':>19} {'fused pairs/s':>14} {'fused/sequential':>17}")
+    rates = {}
     for k in (int(s) for s in args.splits.split(",")):
         datas = [synthetic_split(100 + r, device) for r in range(k)]
-        seq = sequential_rate(k, datas, args, device)
-        fus = fused_rate(k, datas, args, device)
-        print(f"{k:>3} {seq:>19.1f} {fus:>14.1f} {fus / seq:>17.2f}", flush=True)
+        seq = None if args.only else sequential_rate(k, datas, args, device, amp)
+        fus = fused_rate(k, datas, args, device, amp)
+        rates[k] = {"sequential": seq, "fused": fus}
+        print(f"{k:>3} {seq or float('nan'):>19.1f} {fus:>14.1f} "
+              f"{fus / seq if seq else float('nan'):>17.2f}", flush=True)
     if hasattr(os, "getloadavg"):
         print(f"load average after: {os.getloadavg()[0]:.1f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"precision": args.precision, "batch": args.batch,
+                                               "device": str(device), "rates": rates}, indent=1))
 
 
 if __name__ == "__main__":

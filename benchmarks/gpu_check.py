@@ -35,12 +35,21 @@ costs ~2-3 ms of host time, so eager training is bound near 40-60k patch pairs/s
                     (train.deterministic=true, train.tf32=false: exact equality is expected)
   nss         35 s  NSS targets on the GPU vs the CPU (max abs difference, 1e-8 expected); builds
                     the full-size demo (~20 s) the first time
+  fused       90 s  benchmarks/fused_throughput.py: 1, 10 and 20 splits fused (one vmapped network,
+                    train.concurrent_repeats=fused) in bf16, 10 in TF32, against the same splits
+                    on CUDA streams (graph); patch pairs/s summed over the splits, and the
+                    500-epoch LIVE-I-sized protocol projected for 10 splits fused
+  parity      90 s  the default demo run (short profile, 3 seeds: train.repeats=3) in fp32 eager
+                    and in bf16 graph: bf16 passes when its median test SROCC is within the fp32
+                    seeds' spread (the test of train.amp's default)
   protocol   170 s  40 epochs of the paper's protocol (SGD lr 1e-3, batch 128, constant LR) on
                     the full-size demo, original and contrast patch normalisation side by side
-                    on the one GPU; the validation SROCC curves (kept so far if time runs out)
-  total      465 s
-A rerun within what is left of a 15-minute allowance: `--only throughput,protocol --budget 240`
-(reruns find the demo databases and the NSS cache built).
+                    on the one GPU; the validation SROCC curves (kept so far if time runs out);
+                    not in the default plan (--only protocol)
+  total      475 s  (the default plan: every step but protocol)
+`--only fused,parity` fits 240 s. A rerun within what is left of a 15-minute allowance:
+`--only throughput,protocol --budget 240` (reruns find the demo databases and the NSS cache
+built).
 
 Preparation. The box has Python 3.12 and torch but no network, and lacks stereodemo (the
 demo's images), dtcwt (the NSS tests' oracle) and openpyxl. scripts/rehearse_gpu_box.sh runs
@@ -48,8 +57,7 @@ these lines as written, in a CPU venv built like the box.
   on the dev machine (5 wheels, ~4.3 MB; the device tool carries at most 64 MiB of ignored paths):
     bash scripts/gpu_box_wheels.sh
   carried to the box with the repository (the run tool's carry=["wheels"]); there:
-    python -m pip install --no-deps --no-index --ignore-requires-python --upgrade \
-        --target "$PWD/data/gpu_deps" wheels/*.whl
+    python -m pip install --no-deps --no-index --ignore-requires-python --upgrade --target "$PWD/data/gpu_deps" wheels/*.whl
     PYTHONPATH="$PWD/data/gpu_deps" python benchmarks/gpu_check.py "$OUT"
 (stereodemo declares Requires-Python !=3.12, hence --ignore-requires-python; only its image
 files are read.) The subprocesses get the repository prepended to the caller's PYTHONPATH,
@@ -71,15 +79,22 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from siqa.files import atomic_write_text  # noqa: E402
 
-STEPS = ("user", "tests", "throughput", "resume", "nss", "protocol")
-ESTIMATE_S = {"user": 45, "tests": 60, "throughput": 110, "resume": 45, "nss": 35, "protocol": 170}
+STEPS = ("user", "tests", "throughput", "resume", "nss", "fused", "parity", "protocol")
+DEFAULT_STEPS = STEPS[:-1]  # the protocol's 40-epoch curves: asked for by name
+ESTIMATE_S = {"user": 45, "tests": 60, "throughput": 110, "resume": 45, "nss": 35, "fused": 90,
+              "parity": 90, "protocol": 170}
 WHAT = {"user": "train.py device=auto 2 epochs, evaluate.py == metrics.json, predict.py",
         "tests": "pytest -m cuda tests",
         "throughput": "eager/graph x tf32/bf16, 10 splits at once; the 500-epoch projection",
         "resume": "SIGKILL in epoch 2, --resume, metrics identical",
         "nss": "NSS targets on the device vs the CPU",
+        "fused": "1 / 10 / 20 splits fused vs on streams; the 10-split projection",
+        "parity": "3 seeds of the demo run: fp32 eager vs bf16 graph, test SROCC",
         "protocol": "the paper's protocol on the full-size demo, 40 epochs x 2 normalisations"}
-QUICK_ESTIMATE_S = {"user": 15, "tests": 10, "throughput": 20, "resume": 20, "nss": 5, "protocol": 20}
+QUICK_ESTIMATE_S = {"user": 15, "tests": 10, "throughput": 20, "resume": 20, "nss": 5, "fused": 15,
+                    "parity": 25, "protocol": 20}
+FUSED_SPLITS = (1, 10, 20)
+PARITY_SEEDS = 3
 BUDGET_S = 480  # an outer limit of 9 minutes, less 60 s for the start and the transfers
 MIN_START_S = 10  # no subprocess starts with less left: it could not do anything useful
 REPORT_RESERVE_S = 2  # left after a subprocess's timeout, to write the reports
@@ -427,6 +442,73 @@ def step_nss(check, r):
         raise StepFailed(f"NSS on {check.device} differs from the CPU by {r['max_abs_diff']:.2e}")
 
 
+def step_fused(check, r):
+    """The splits fused against the same splits on streams (the throughput step's graph
+    runs), patch pairs/s summed over the splits."""
+    fused = ROOT / "benchmarks" / "fused_throughput.py"
+    streams = ROOT / "benchmarks" / "train_throughput.py"
+    size = ["--steps", 2, "--warmup", 1] if check.quick else ["--steps", 30, "--warmup", 3]
+    counts = (1, 2) if check.quick or check.device == "cpu" else FUSED_SPLITS
+    runs = [("bf16", counts), ("tf32", counts[1:2])] if check.device == "cuda" else [("fp32", counts)]
+    rates = r.setdefault("fused", {})
+    for precision, splits in runs:
+        path = check.work / f"fused_{precision}.json"
+        path.unlink(missing_ok=True)
+        rc, log = check.run(python(fused, "--device", check.device, "--splits", ",".join(map(str, splits)),
+                                   "--precision", precision, "--only", "fused", *size, "--json", path),
+                            f"fused_{precision}", 120)
+        check.check(rc, log, f"fused {precision}")
+        for k, v in json.loads(path.read_text())["rates"].items():
+            rates[f"x{k} {precision}"] = v["fused"]
+            print(f"  fused x{k:<3} {precision:<5} {v['fused']:>12,.0f} patch pairs/s")
+    if check.device == "cuda" and not check.quick:  # the same splits on streams, graph-captured
+        for splits in FUSED_SPLITS[1:]:
+            path = check.work / f"streams_{splits}.json"
+            rc, log = check.run(python(streams, "--device", "cuda", "--splits", splits, "--step", "graph",
+                                       "--precision", "bf16", "--steps", 50, "--min-seconds", 2,
+                                       "--json", path), f"streams_{splits}", 90)
+            rate = json.loads(path.read_text())["patch_pairs_per_s"] if rc == 0 and path.is_file() else None
+            r.setdefault("streams", {})[f"x{splits} bf16"] = rate
+            print(f"  streams x{splits:<3} bf16  " + (f"{rate:>12,.0f} patch pairs/s" if rate else "failed"))
+    ten = rates.get(f"x{FUSED_SPLITS[1]} bf16")
+    if ten:
+        one = rates.get("x1 bf16")
+        r["projection_ten_min"] = project(one, 3 * one, FUSED_SPLITS[1], ten) / 60
+        print(f"  500 epochs of {FUSED_SPLITS[1]} LIVE-I-sized splits fused: {r['projection_ten_min']:.1f} min")
+
+
+def step_parity(check, r):
+    """The default demo run's test SROCC over PARITY_SEEDS splits in fp32 eager and in bf16
+    graph (on the CPU: eager fp32 twice, a smoke test of the step)."""
+    epochs = ["train.epochs=2"] if check.quick else []
+    variants = {"fp32 eager": ["train.step=eager", "train.amp=false", "train.tf32=false"],
+                "bf16 graph": ["train.step=graph", "train.amp=true"]}
+    if check.device == "cpu":
+        variants = {"fp32 eager": variants["fp32 eager"], "fp32 eager again": variants["fp32 eager"]}
+    procs = []
+    for name, extra in variants.items():  # side by side: one GPU, two processes
+        args = check.train_args(f"parity_{name.replace(' ', '_')}", f"train.repeats={PARITY_SEEDS}",
+                                "train.concurrent_repeats=true", *epochs, *extra)
+        procs.append((name, *check.start(python("train.py", *args), f"parity_{name.replace(' ', '_')}", 240)))
+    for name, proc, timeout in procs:
+        try:
+            proc.wait(timeout=max(1, timeout))
+        except subprocess.TimeoutExpired:
+            pass
+        check.finish(proc, timed_out=proc.poll() is None)
+        summary = check.work / "runs" / f"parity_{name.replace(' ', '_')}" / "summary.json"
+        if not summary.is_file():
+            raise StepFailed(f"{name}: no summary ({tail(check.log('parity_' + name.replace(' ', '_')), 1)})")
+        srocc = json.loads(summary.read_text())["srocc"]
+        r[name] = {"values": srocc["values"], "median": srocc["median"]}
+        print(f"  {name:<16} test SROCC median {srocc['median']:.4f} (splits: "
+              + ", ".join(f"{v:.3f}" for v in srocc["values"]) + ")")
+    (a, ra), (b, rb) = list(r.items())[:2]
+    spread = max(ra["values"]) - min(ra["values"])
+    r["parity"] = abs(rb["median"] - ra["median"]) <= spread
+    print(f"  {b} median within the {a} seeds' spread ({spread:.4f}): {r['parity']}")
+
+
 PREPARE_SNIPPET = r"""
 import sys
 from siqa import config
@@ -508,6 +590,14 @@ def figures_line(name, res):
     if name == "nss":
         return (f"max diff {get('max_abs_diff', '.1e')}; {get('device_pairs_per_s', '.1f')} pairs/s "
                 f"(CPU {get('cpu_pairs_per_s', '.1f')})")
+    if name == "fused":
+        line = "; ".join(f"fused {k} {v:,.0f}/s" for k, v in res.get("fused", {}).items())
+        line += "".join(f"; streams {k} {v:,.0f}/s" for k, v in res.get("streams", {}).items() if v)
+        return line + (f"; 10 splits, 500 epochs: {res['projection_ten_min']:.1f} min"
+                       if res.get("projection_ten_min") else "")
+    if name == "parity":
+        medians = "; ".join(f"{k} median {v['median']:.3f}" for k, v in res.items() if isinstance(v, dict))
+        return medians + (f"; within the seeds' spread: {res['parity']}" if "parity" in res else "")
     if name == "protocol":
         return "; ".join(f"{k}: {v['epochs_done']}/{v['epochs']} epochs, best val SROCC "
                          f"{max((s for _, s in v['val_srocc'] if s is not None), default=float('nan')):.3f}"
@@ -580,7 +670,8 @@ def main():
     unknown = set(filter(None, (args.only + "," + args.skip).split(","))) - set(STEPS)
     if unknown:
         sys.exit(f"unknown step(s) {', '.join(sorted(unknown))}: the steps are {', '.join(STEPS)}")
-    chosen = [s for s in STEPS if (not args.only or s in args.only.split(",")) and s not in args.skip.split(",")]
+    wanted = args.only.split(",") if args.only else DEFAULT_STEPS
+    chosen = [s for s in STEPS if s in wanted and s not in args.skip.split(",")]
     if args.plan:
         plan(chosen, args.quick, args.budget)
         return 0
