@@ -16,6 +16,11 @@
   (`siqa.nss.nss_features`); the points are the normal scores under the loc = 0 Gamma
   fit of each view (scipy's `gamma.fit(x, floc=0)`), which is what Sigma summarises.
 
+- paper_recipe.png (only with --recipe-runs RUN_DIR ...): the validation SROCC and the
+  training quality loss by epoch of runs of the paper's recipe, read from each run's own
+  files (its config.yaml and the TensorBoard events train.py wrote), one colour per patch
+  normalisation, one line style per seed (docs/decisions.md#does-the-papers-recipe-learn).
+
 The sizes are chosen so that each PNG stays well under 200 KB (they are committed).
 """
 import argparse
@@ -347,18 +352,64 @@ def draw_copula(path):
     _save(fig, path, dpi=72)
 
 
+# --------------------------------------------------------------------------- the recipe's curves
+def run_curves(run):
+    """{"val/srocc": [(epoch, value)], "train/loss_quality": [...]} of a run folder, from the
+    TensorBoard events of its own config, and (normalisation, seed, epochs) of that config."""
+    import yaml
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from siqa.training.logbook import tensorboard_name
+
+    cfg = yaml.safe_load((Path(run) / "config.yaml").read_text())
+    events = EventAccumulator(str(Path(cfg["tensorboard"]["dir"]) / tensorboard_name(run))).Reload()
+    curves = {tag: [(e.step, e.value) for e in events.Scalars(tag)]
+              for tag in ("val/srocc", "train/loss_quality") if tag in events.Tags()["scalars"]}
+    return curves, (cfg["patches"]["normalisation"], cfg["train"]["seed"], cfg["train"]["epochs"])
+
+
+def draw_recipe_curves(path, runs):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    colours, styles = {"reference": "tab:red", "contrast": "tab:blue"}, ["-", "--", ":", "-."]
+    for run in runs:
+        curves, (norm, seed, epochs) = run_curves(run)
+        label = f"{norm}, seed {seed}"
+        for ax, tag in ((top, "val/srocc"), (bottom, "train/loss_quality")):
+            xs, ys = zip(*curves[tag]) if curves.get(tag) else ((), ())
+            ax.plot(xs, ys, color=colours.get(norm, "grey"), linestyle=styles[seed % len(styles)],
+                    linewidth=1, label=label)
+    top.set_ylabel("validation SROCC")
+    top.axhline(0, color="black", linewidth=0.5)
+    top.legend(fontsize=8, loc="lower right")
+    bottom.set_ylabel("training L1 (quality)")
+    bottom.set_xlabel("epoch")
+    top.set_title("The paper's recipe on the small demo (SGD 1e-3, momentum 0.9, batch 128, "
+                  "NSS x25): original vs contrast patch normalisation", fontsize=9)
+    _save(fig, path, dpi=90)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=str(OUT_DIR), help="folder for the PNGs (default docs/figures)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--recipe-runs", nargs="+", metavar="RUN_DIR",
+                   help="draw only paper_recipe.png, from these run folders")
     args = p.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for name, draw in (("network.png", draw_network), ("dtcwt_subbands.png", draw_subbands),
-                       ("copula.png", draw_copula)):
+    figures = (("network.png", draw_network), ("dtcwt_subbands.png", draw_subbands),
+               ("copula.png", draw_copula))
+    if args.recipe_runs:
+        figures = (("paper_recipe.png", lambda path: draw_recipe_curves(path, args.recipe_runs)),)
+    for name, draw in figures:
         draw(out / name)
         print(f"{out / name}: {(out / name).stat().st_size / 1024:.0f} KB")
 
