@@ -224,7 +224,9 @@ def test_nss_precompute_gets_the_device_with_its_index(tiny_manifest, tmp_path, 
         raise Stop
 
     monkeypatch.setattr(runner, "nss_from_config", fake_nss)
-    monkeypatch.setattr(runner, "configure_numerics", lambda *a: None)
+    # the switches a CUDA run would set, without setting them in this process
+    monkeypatch.setattr(runner, "configure_numerics",
+                        lambda *a: {"deterministic": True, "tf32": False})
     with pytest.raises(Stop):
         runner.train(tiny_cfg(tiny_manifest, tmp_path), dist=Dist(device=torch.device("cuda", 1)),
                          progress=False, log=lambda *a: None)
