@@ -212,6 +212,8 @@ def train_splits(plan, resume, dist, progress, log) -> list:
         if resume and split_finished(plan.run_dir(r), plan.cfg["train"]["epochs"]):
             reports[r] = json.loads((plan.run_dir(r) / "metrics.json").read_text())["test"]
         else:
+            if resume:
+                check_extendable(plan.run_dir(r), plan.cfg["train"]["epochs"])
             todo.append(r)
     mode = plan.cfg["train"]["concurrent_repeats"] if len(todo) > 1 else False
     concurrent = bool(mode)
@@ -258,9 +260,29 @@ def write_summary(plan, reports, dist, started, log):
 
 
 def split_finished(run_dir, epochs) -> bool:
-    """A split whose run reached `epochs` and was tested (resume skips it)."""
-    return ((run_dir / "metrics.json").is_file() and (run_dir / "last.pt").is_file()
-            and load_checkpoint(run_dir / "last.pt")["epoch"] >= epochs)
+    """A split whose run reached `epochs` and was tested (resume skips it): its metrics.json,
+    with a last.pt of `epochs`, or without last.pt (train.keep_last=false deleted it once the
+    split was tested) the epochs its metrics.json records."""
+    if not (run_dir / "metrics.json").is_file():
+        return False
+    if (run_dir / "last.pt").is_file():
+        return load_checkpoint(run_dir / "last.pt")["epoch"] >= epochs
+    return tested_epochs(run_dir) >= epochs
+
+
+def tested_epochs(run_dir) -> int:
+    """The train.epochs of a tested split (its metrics.json)."""
+    return int(json.loads((run_dir / "metrics.json").read_text()).get("epochs", 0))
+
+
+def check_extendable(run_dir, epochs):
+    """UserError (one line), before --resume trains anything, for a tested split without its
+    last.pt (train.keep_last=false): a larger train.epochs cannot continue it."""
+    if (run_dir / "metrics.json").is_file() and not (run_dir / "last.pt").is_file():
+        raise UserError(f"--resume train.epochs={epochs}: {run_dir} was tested after "
+                        f"{tested_epochs(run_dir)} epochs and its last.pt deleted "
+                        "(train.keep_last=false), so it cannot be continued; train a new run "
+                        "(another out_dir=...)")
 
 
 def finished(cfg) -> bool:
@@ -562,6 +584,8 @@ class SplitRun:
                                            repeat=self.r, code=self.record["code"])
         report["protocol"]["resumes"] = self.resumes  # each resume: its epoch and changes
         write_json(self.run_dir / "metrics.json", report)
+        if not self.t["keep_last"]:  # tested: --resume now knows the split from metrics.json
+            (self.run_dir / "last.pt").unlink(missing_ok=True)
         self.logbook.close(report)
         test = report["test"]
         self.log(f"test ({report['pairs']['test']} pairs, {report['scenes']['test']} scenes, "
