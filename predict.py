@@ -3,6 +3,7 @@
     python predict.py --checkpoint runs/demo/best.pt LEFT RIGHT [LEFT RIGHT ...] [--maps DIR]
     python predict.py --checkpoint runs/demo/best.pt --sbs SIDE_BY_SIDE [--maps DIR]
     python predict.py --checkpoint runs/demo/best.pt --manifest pairs.csv [--out pred.csv] [--maps DIR]
+    python predict.py --checkpoint runs/mine-kfold LEFT RIGHT    # a run folder: the mean of its splits' best.pt
 """
 import argparse
 import itertools
@@ -14,7 +15,8 @@ from siqa.errors import UserError, run_cli
 
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--checkpoint", required=True,
+                        help="a best.pt, or a run folder: the mean of the best.pt of every split it tested")
     parser.add_argument("views", nargs="*", metavar="LEFT RIGHT",
                         help="left and right view files, one or more pairs")
     parser.add_argument("--sbs", help="a side-by-side file (left half = left view)")
@@ -34,6 +36,7 @@ def main(argv):
 
     import siqa
     from siqa.inference import manifest
+    from siqa.inference.ensemble import FoldEnsemble
 
     if args.manifest:  # streamed: one row at a time, whatever the manifest's length
         fields = manifest.manifest_fields(args.manifest)  # every row checked before any output
@@ -44,6 +47,8 @@ def main(argv):
         views = args.views  # LEFT RIGHT [LEFT RIGHT ...]
         rows, pairs = None, list(zip(views[::2], views[1::2])) if views else [(args.sbs, None)]
     model = siqa.load(args.checkpoint, device=args.device)
+    if isinstance(model, FoldEnsemble):  # which models are averaged
+        print(f"# {model.describe_members()}")
     print(f"# {model.describe_scale()}")
     # SIGTERM ends the run as an error does: the temporary CSV is removed (exit 143)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))

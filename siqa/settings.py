@@ -141,6 +141,10 @@ SETTINGS = (
             "matmuls and convolutions on CUDA", value_type=bool, auto="device"),
     Setting("train.checkpoint_every", 1, "write last.pt every k epochs (and after the last), from a "
             "background copy", positive=True, resume="how often last.pt is written"),
+    Setting("train.keep_last", True, "false: delete a split's last.pt once it is tested "
+            "(metrics.json written; best.pt stays, --resume skips the split, but it can no longer "
+            "be extended with a larger train.epochs)",
+            resume="whether a tested split keeps its last.pt (disk only)"),
     Setting("train.scatter_every", 5, "TensorBoard scatter plot every k validations (and at the "
             "last)", positive=True),
     Setting("train.step", "auto", "auto (graph for one CUDA process, eager elsewhere) | eager | "

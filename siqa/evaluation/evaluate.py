@@ -35,6 +35,10 @@ def evaluate(checkpoint, overrides=(), split="test", out=None, progress=True, lo
         pairs = load_database_from_config(cfg, progress=progress)
         # which pairs the checkpoint trained, validated and tested on: by content (siqa.data.overlap)
         chosen = evaluation_pairs(pairs, state, split)
+        if not chosen.pairs and not state["split"]["test"]:  # dataset.split [1, 0, 0]: a final fit
+            raise UserError(f"{checkpoint} has no test split (every pair of its database was trained "
+                            "or validated on): evaluate it on another database (dataset.name=..., "
+                            "dataset.manifest=...)")
         if split == "test" and chosen.split != "test":
             log(f"note: not the checkpoint's database (its test split is not in it): "
                 f"evaluating {chosen.describe()}")

@@ -8,6 +8,9 @@
     model.naturalness(l, r)                  -> Naturalness(predicted, computed): 108 + 108
     model.lower_better, model.score_range, model.database, model.name, model.spec
 
+    siqa.load("runs/mine-kfold")             a run folder: the mean of its splits' best.pt
+                                             (FoldEnsemble, siqa/inference/ensemble.py)
+
 Every network of siqa.models is served: the checkpoint's `model.name` builds the network
 (siqa.build.load_model) and its `spec` (siqa/models/spec.py) says which patches to cut.
 What one call does (the same steps, in the same order, and the same patch functions as
@@ -60,14 +63,18 @@ from siqa.data.records import describe_scale
 from siqa.device import select_device
 from siqa.errors import UserError
 from siqa.imageio import grey_cv2, grey_pil, split_side_by_side, view_rgb
+from siqa.inference.ensemble import FoldEnsemble, load_run
 from siqa.models import DEFAULT, MODELS
 from siqa.nss.features import nss_features
 from siqa.scoring import Scorer, batch_size_for, patch_mean, run_batches
 
-__all__ = ["load", "StereoIQA", "Naturalness", "PairViews"]
+__all__ = ["load", "StereoIQA", "FoldEnsemble", "Naturalness", "PairViews"]
 
-def load(checkpoint, device="auto") -> StereoIQA:
-    """The model of a checkpoint written by train.py (best.pt or last.pt), ready to score.
+def load(checkpoint, device="auto") -> StereoIQA | FoldEnsemble:
+    """The model of a checkpoint written by train.py (best.pt or last.pt), ready to score; or,
+    given a run folder, the mean of the best.pt of every split the run tested (a FoldEnsemble:
+    after k-fold, the fold models; siqa/inference/ensemble.py). A folder without a tested
+    split is a one-line UserError.
 
     device: "auto" (CUDA when available), "cpu", "cuda", "cuda:N" or a torch.device.
     On CUDA, the run's TF32 and cuDNN switches (train.tf32, train.deterministic) are set for
@@ -75,6 +82,8 @@ def load(checkpoint, device="auto") -> StereoIQA:
     loaded last decides them.
     """
     device = select_device(device)  # a CUDA device with its index, or a one-line UserError
+    if Path(checkpoint).is_dir():
+        return load_run(checkpoint, lambda path: load(path, device))
     state = read_checkpoint(checkpoint, map_location=device)
     cfg = state["config"]
     network = load_model(state, device, source=checkpoint)  # the network of model.name
@@ -193,21 +202,31 @@ class StereoIQA:
         """Task 1's 108 predicted statistics (mean over patches) next to the 108 computed
         from the pair (siqa.nss with the run's settings; views read as the training targets
         were: OpenCV's grey conversion for files, PIL's for arrays and tensors)."""
-        if self._nss_output is None:
-            raise UserError(f"{self.source} holds a {self.name} network, which predicts no NSS "
-                            "statistics: naturalness needs a network with the NSS task "
-                            "(such as bourbia2021)")
         single, pairs = pairs_of(left, right, sbs)
-        predicted, computed = [], []
-        for (_, _, nss, _), pair in zip(self._run_pairs(pairs), pairs):
-            predicted.append(nss.mean(axis=0, dtype=np.float64))
+        predicted = self._predicted_nss(pairs)
+        computed = []
+        for pair in pairs:
             views = pair.views(for_nss=True)
             try:
                 computed.append(nss_features(views.left, views.right, **self.nss_settings))
             except ValueError as err:
                 raise UserError(f"cannot compute NSS statistics of {pair.name}: {err}") from None
-        predicted, computed = np.stack(predicted), np.stack(computed)
+        computed = np.stack(computed)
         return Naturalness(predicted[0], computed[0]) if single else Naturalness(predicted, computed)
+
+    def predicted_naturalness(self, left=None, right=None, *, sbs=None):
+        """Task 1's 108 predicted statistics alone (mean over the pair's patches; (108,) for
+        one pair, (N, 108) for a list), without computing them from the views."""
+        single, pairs = pairs_of(left, right, sbs)
+        predicted = self._predicted_nss(pairs)
+        return predicted[0] if single else predicted
+
+    def _predicted_nss(self, pairs):
+        if self._nss_output is None:
+            raise UserError(f"{self.source} holds a {self.name} network, which predicts no NSS "
+                            "statistics: naturalness needs a network with the NSS task "
+                            "(such as bourbia2021)")
+        return np.stack([nss.mean(axis=0, dtype=np.float64) for _, _, nss, _ in self._run_pairs(pairs)])
 
     # -- the one path every method goes through -------------------------------------------
     def _run_pairs(self, pairs):

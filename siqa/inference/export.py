@@ -108,6 +108,10 @@ def export(checkpoint, fmt, out, batch="dynamic", check=True) -> ExportResult:
         if missing:
             raise UserError(f"ONNX export needs the {' and '.join(missing)} package"
                             f"{'s' if len(missing) > 1 else ''}: pip install {' '.join(missing)}")
+    if Path(checkpoint).is_dir():
+        raise UserError(f"checkpoint {checkpoint} is a run folder: export.py exports one network, "
+                        "give one split's best.pt (RUN/best.pt or RUN/split_<r>/best.pt); "
+                        "the mean of a run's splits is scored with siqa.load or predict.py")
     model = load(checkpoint, device="cpu")
     if model.name != DEFAULT:  # the graph and its metadata below are the paper network's
         raise UserError(f"checkpoint {checkpoint} holds a {model.name} network: export.py serves "

@@ -58,7 +58,8 @@ class Logbook:
     def close(self, report):
         flat = config_mod.flatten(self.cfg)
         hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in flat.items()}
-        metrics = {f"hparam/test_{k}": report["test"][k] for k in ("srocc", "plcc", "krocc", "rmse")
-                   if report["test"].get(k) is not None}
+        test = report["test"] or {}  # None: a run without a test split
+        metrics = {f"hparam/test_{k}": test[k] for k in ("srocc", "plcc", "krocc", "rmse")
+                   if test.get(k) is not None}
         self.writer.add_hparams(hparams, metrics, run_name=".")
         self.writer.close()

@@ -130,6 +130,7 @@ def prepare(cfg, dist, progress, log, changes) -> Plan:
     pairs = load_database_from_config(cfg, progress=progress and dist.is_main)
     splits, split_doc = splits_for_run(pairs, cfg)  # seeded, or dataset.split_file
     chosen = chosen_splits(cfg, len(splits))
+    check_tested(cfg, splits)
     record = {"splits": split_doc, "split_info": protocol.split_info(cfg, split_doc),
               "code": protocol.git_state(), "changes": changes or {}}
     spec = check_model_inputs(cfg, pairs)
@@ -162,6 +163,16 @@ def first_line(cfg, dist, numerics) -> str:
         line += ("; note: fused splits are slower than one after another on a CPU (0.65-0.85x "
                  "on a 2-core machine, benchmarks/fused_throughput.py): they are for a GPU")
     return line
+
+
+def check_tested(cfg, splits):
+    """UserError (one line), before any work, for several splits of which some have no test
+    part: a split without a test is one final model on every pair (dataset.split [1, 0, 0]),
+    and a run of several has no test to summarise."""
+    if len(splits) > 1 and any(len(split["test"]) == 0 for split in splits):
+        source = cfg["dataset"]["split_file"] or f"dataset.split={cfg['dataset']['split']}"
+        raise UserError(f"{source} leaves the test part empty: that trains one final model "
+                        f"(train.repeats=1), not {len(splits)} splits with no test to summarise")
 
 
 def check_demo_size(cfg):
@@ -212,6 +223,8 @@ def train_splits(plan, resume, dist, progress, log) -> list:
         if resume and split_finished(plan.run_dir(r), plan.cfg["train"]["epochs"]):
             reports[r] = json.loads((plan.run_dir(r) / "metrics.json").read_text())["test"]
         else:
+            if resume:
+                check_extendable(plan.run_dir(r), plan.cfg["train"]["epochs"])
             todo.append(r)
     mode = plan.cfg["train"]["concurrent_repeats"] if len(todo) > 1 else False
     concurrent = bool(mode)
@@ -258,9 +271,29 @@ def write_summary(plan, reports, dist, started, log):
 
 
 def split_finished(run_dir, epochs) -> bool:
-    """A split whose run reached `epochs` and was tested (resume skips it)."""
-    return ((run_dir / "metrics.json").is_file() and (run_dir / "last.pt").is_file()
-            and load_checkpoint(run_dir / "last.pt")["epoch"] >= epochs)
+    """A split whose run reached `epochs` and was tested (resume skips it): its metrics.json,
+    with a last.pt of `epochs`, or without last.pt (train.keep_last=false deleted it once the
+    split was tested) the epochs its metrics.json records."""
+    if not (run_dir / "metrics.json").is_file():
+        return False
+    if (run_dir / "last.pt").is_file():
+        return load_checkpoint(run_dir / "last.pt")["epoch"] >= epochs
+    return tested_epochs(run_dir) >= epochs
+
+
+def tested_epochs(run_dir) -> int:
+    """The train.epochs of a tested split (its metrics.json)."""
+    return int(json.loads((run_dir / "metrics.json").read_text()).get("epochs", 0))
+
+
+def check_extendable(run_dir, epochs):
+    """UserError (one line), before --resume trains anything, for a tested split without its
+    last.pt (train.keep_last=false): a larger train.epochs cannot continue it."""
+    if (run_dir / "metrics.json").is_file() and not (run_dir / "last.pt").is_file():
+        raise UserError(f"--resume train.epochs={epochs}: {run_dir} was tested after "
+                        f"{tested_epochs(run_dir)} epochs and its last.pt deleted "
+                        "(train.keep_last=false), so it cannot be continued; train a new run "
+                        "(another out_dir=...)")
 
 
 def finished(cfg) -> bool:
@@ -476,7 +509,15 @@ class SplitRun:
         self.dist.barrier()
 
     def _validate(self, epoch, last_epoch) -> str:
-        """Score the validation split; keep best.pt on a better SROCC; the log line's part."""
+        """Score the validation split; keep best.pt on a better SROCC; the log line's part.
+        Without a validation part (dataset.split [1, 0, 0], a final fit) nothing is selected:
+        best.pt is the last epoch."""
+        if not self.pairs["val"]:
+            if last_epoch:
+                self.best = {"epoch": epoch, "val": None}
+                if self.dist.is_main:
+                    self.pair.save_best(self._state(epoch, with_optimizer=False))
+            return " | no validation split: best.pt is the last epoch"
         pred = predict_pairs(self.model, self.data["val"], amp_dtype=self.amp_dtype, scorer=self.scorer)
         val = evaluate_scores(pred, np.array([p.score for p in self.pairs["val"]]))
         if better(val, self.best):
@@ -541,18 +582,22 @@ class SplitRun:
         self.model.load_state_dict(best_state["model"])
         report = {"val": best_state["best"]["val"], "best_epoch": best_state["best"]["epoch"],
                   "epochs": self.t["epochs"]}
-        test_pred = predict_pairs(self.model, self.data["test"], amp_dtype=self.amp_dtype,
-                                  scorer=self.scorer)
-        report["test"] = score_report(self.pairs["test"], test_pred)
+        test_pred = self._predict("test")
+        report["test"] = score_report(self.pairs["test"], test_pred) if self.pairs["test"] else None
         report["pairs"] = {name: len(self.pairs[name]) for name in PARTS}
         report["scenes"] = {name: len({p.content for p in self.pairs[name]}) for name in PARTS}
         if self.dist.is_main:
             self._write_test(report, test_pred)
         return report["test"]
 
+    def _predict(self, part) -> np.ndarray:
+        """The scores of a part of the split (none where dataset.split gives it no scene)."""
+        if not self.pairs[part]:
+            return np.zeros(0)
+        return predict_pairs(self.model, self.data[part], amp_dtype=self.amp_dtype, scorer=self.scorer)
+
     def _write_test(self, report, test_pred):
-        val_pred = predict_pairs(self.model, self.data["val"], amp_dtype=self.amp_dtype,
-                                 scorer=self.scorer)
+        val_pred = self._predict("val")
         split_of = {p.name: name for name in ("val", "test") for p in self.pairs[name]}
         csv_text = predictions_csv(self.pairs["val"] + self.pairs["test"],
                                    np.concatenate([val_pred, test_pred]), split_of)
@@ -561,9 +606,17 @@ class SplitRun:
                                            self.record["started"], [report["test"]],
                                            repeat=self.r, code=self.record["code"])
         report["protocol"]["resumes"] = self.resumes  # each resume: its epoch and changes
+        if not self.pairs["val"]:
+            report["protocol"]["selection"] = "none: the last epoch (no validation split)"
         write_json(self.run_dir / "metrics.json", report)
+        if not self.t["keep_last"]:  # tested: --resume now knows the split from metrics.json
+            (self.run_dir / "last.pt").unlink(missing_ok=True)
         self.logbook.close(report)
         test = report["test"]
+        if test is None:  # a final fit: every pair trained (or validated) on
+            self.log(f"no test split: best.pt is epoch {report['best_epoch']}, trained on "
+                     f"{report['pairs']['train']} pairs")
+            return
         self.log(f"test ({report['pairs']['test']} pairs, {report['scenes']['test']} scenes, "
                  f"best epoch {report['best_epoch']}): SROCC {fmt_metric(test['srocc'])} "
                  f"PLCC {fmt_metric(test['plcc'])} KROCC {fmt_metric(test['krocc'])} RMSE {test['rmse']:.3f}")
