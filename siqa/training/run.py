@@ -28,15 +28,24 @@ from siqa.data import load_database_from_config
 from siqa.data.demo import VIEW_SIZE as DEMO_VIEW
 from siqa.data.inputs import fill_random_crops, split_data
 from siqa.data.nss import nss_from_config
-from siqa.data.overlap import split_identities
+from siqa.data.overlap import split_content_notes, split_identities
 from siqa.data.patches import pixel_statistics, whole_views
 from siqa.data.records import database_info
 from siqa.data.splits import read_split_file, splits_for_run, write_split_file
 from siqa.device import configure_numerics
 from siqa.errors import UserError
 from siqa.evaluation import protocol
-from siqa.evaluation.metrics import evaluate_scores
-from siqa.evaluation.reports import fmt_metric, pooled_out_of_fold, predictions_csv, score_report, summarize, write_json
+from siqa.evaluation.reports import (
+    fmt_metric,
+    pooled_line,
+    pooled_out_of_fold,
+    predictions_csv,
+    score_report,
+    split_log_lines,
+    summarize,
+    validation_report,
+    write_json,
+)
 from siqa.files import atomic_write_text
 from siqa.scoring import predict_pairs
 from siqa.training import preempt
@@ -95,12 +104,20 @@ def train(cfg, resume=False, dist=None, progress=True, log=print, changes=None):
     cfg = plan.cfg
     if cfg["train"]["splits"] is not None:  # a part of the run: summarize.py merges the parts
         if dist.is_main:
-            log(f"split(s) {', '.join(map(str, plan.chosen))} of {len(plan.splits)} trained; once "
-                f"every split is, merge them: python summarize.py {plan.out_dir}")
+            log(merge_hint(plan.chosen, len(plan.splits), plan.out_dir))
         return [reports[r] for r in plan.chosen]
     if len(plan.splits) > 1 and dist.is_main:
         write_summary(plan, reports, dist, started, log)
     return reports
+
+
+def merge_hint(chosen, count, out_dir) -> str:
+    """What a part of a run (train.splits) says at its end: summarize.py's --out form, right
+    whether the tasks share out_dir or each have their own (docs/usage.md#on-a-cluster)."""
+    which = f"{'split' if len(chosen) == 1 else 'splits'} {', '.join(map(str, chosen))}"
+    return (f"{which} of {count} trained; once every split is, merge them: python summarize.py "
+            f"{out_dir} [the other tasks' out_dirs] --out MERGED_DIR (tasks that share "
+            f"out_dir={out_dir} give it once)")
 
 
 def prepare(cfg, dist, progress, log, changes) -> Plan:
@@ -120,6 +137,8 @@ def prepare(cfg, dist, progress, log, changes) -> Plan:
         dist.wait_for_main()
     pairs = load_database_from_config(cfg, progress=progress and dist.is_main)
     splits, split_doc = splits_for_run(pairs, cfg)  # seeded, or dataset.split_file
+    for line in split_content_notes(pairs, splits, cfg):  # shared view files (kfold: refused)
+        log(line)
     chosen = chosen_splits(cfg, len(splits))
     record = {"splits": split_doc, "split_info": protocol.split_info(cfg, split_doc),
               "code": protocol.git_state(), "changes": changes or {}}
@@ -226,9 +245,7 @@ def write_summary(plan, reports, dist, started, log):
             plan.pairs, [plan.run_dir(r) / "predictions.csv" for r in range(len(plan.splits))],
             split_doc["folds"])
         for rep in summary["pooled"]["repetitions"]:
-            log(f"pooled out-of-fold, repetition {rep['repetition']} ({rep['pairs']} pairs, "
-                f"{rep['scenes']} scenes): SROCC {fmt_metric(rep['srocc'])} PLCC "
-                f"{fmt_metric(rep['plcc'])} KROCC {fmt_metric(rep['krocc'])} RMSE {rep['rmse']:.3f}")
+            log(pooled_line(rep))
     write_json(plan.out_dir / "summary.json", summary)
 
 
@@ -425,7 +442,7 @@ class SplitRun:
         """Score the validation split; keep best.pt on a better SROCC; the log line's part."""
         pred = predict_pairs(self.model, self.data["val"], amp_dtype=self.amp_dtype,
                              scorer=self.step.scorer)
-        val = evaluate_scores(pred, np.array([p.score for p in self.pairs["val"]]))
+        val = validation_report(pred, self.pairs["val"], self.plan.info)  # and the spread
         if better(val, self.best):
             self.best = {"epoch": epoch, "val": val}
             if self.dist.is_main:
@@ -471,7 +488,7 @@ class SplitRun:
                   "epochs": self.t["epochs"]}
         test_pred = predict_pairs(self.model, self.data["test"], amp_dtype=self.amp_dtype,
                                   scorer=self.step.scorer)
-        report["test"] = score_report(self.pairs["test"], test_pred)
+        report["test"] = score_report(self.pairs["test"], test_pred, self.plan.info)
         report["pairs"] = {name: len(self.pairs[name]) for name in PARTS}
         report["scenes"] = {name: len({p.content for p in self.pairs[name]}) for name in PARTS}
         if self.dist.is_main:
@@ -491,7 +508,5 @@ class SplitRun:
         report["protocol"]["resumes"] = self.resumes  # each resume: its epoch and changes
         write_json(self.run_dir / "metrics.json", report)
         self.logbook.close(report)
-        test = report["test"]
-        self.log(f"test ({report['pairs']['test']} pairs, {report['scenes']['test']} scenes, "
-                 f"best epoch {report['best_epoch']}): SROCC {fmt_metric(test['srocc'])} "
-                 f"PLCC {fmt_metric(test['plcc'])} KROCC {fmt_metric(test['krocc'])} RMSE {test['rmse']:.3f}")
+        for line in split_log_lines(report):  # and a warning where the predictions are near constant
+            self.log(line)
