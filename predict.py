@@ -9,8 +9,9 @@ import argparse
 import itertools
 import signal
 import sys
+import warnings
 
-from siqa.errors import UserError, run_cli
+from siqa.errors import UserError, counted, run_cli
 
 
 def main(argv):
@@ -36,6 +37,7 @@ def main(argv):
 
     import siqa
     from siqa.inference import manifest
+    from siqa.inference.api import NearConstantWarning
     from siqa.inference.ensemble import FoldEnsemble
 
     if args.manifest:  # streamed: one row at a time, whatever the manifest's length
@@ -46,10 +48,14 @@ def main(argv):
     else:
         views = args.views  # LEFT RIGHT [LEFT RIGHT ...]
         rows, pairs = None, list(zip(views[::2], views[1::2])) if views else [(args.sbs, None)]
-    model = siqa.load(args.checkpoint, device=args.device)
+    with warnings.catch_warnings():  # said once, below, as one line
+        warnings.simplefilter("ignore", NearConstantWarning)
+        model = siqa.load(args.checkpoint, device=args.device)
     if isinstance(model, FoldEnsemble):  # which models are averaged
         print(f"# {model.describe_members()}")
     print(f"# {model.describe_scale()}")
+    if model.near_constant:  # a comment line, as the scale's: stderr is for errors
+        print(f"# warning: {model.near_constant_message()}")
     # SIGTERM ends the run as an error does: the temporary CSV is removed (exit 143)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     out = manifest.PredictionsWriter(args.out, fields) if args.out else None
@@ -72,7 +78,7 @@ def main(argv):
         from siqa.inference.maps import write_maps
 
         written = write_maps(model, pairs, manifest.map_names(pairs), args.maps)
-        print(f"# maps: {len(written)} files in {args.maps}")
+        print(f"# maps: {counted(len(written), 'file')} in {args.maps}")
     return 0
 
 

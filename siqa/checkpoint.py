@@ -21,6 +21,7 @@ run killed while saving leaves the previous file intact.
 Files of the first format (a magic line, the SHA-256 of the payload, then the payload)
 still load.
 """
+import codecs
 import hashlib
 import io
 import os
@@ -66,13 +67,15 @@ def load_checkpoint(path, map_location="cpu", required=()) -> dict:
     be present."""
     path = Path(path)
     if path.is_dir():  # a run folder: its checkpoints are inside
-        inside = [p for p in (path / "best.pt", path / "split_0" / "best.pt") if p.is_file()]
-        hint = f"give {inside[0]}" if inside else "give the best.pt a run wrote"
-        raise UserError(f"checkpoint {path} is a folder, not a checkpoint file: {hint}")
+        raise UserError(f"checkpoint {path} is a folder, not a checkpoint file: {_give(path)}")
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     with open(path, "rb") as f:
-        head = f.read(len(MAGIC))
+        head = f.read(512)
+    kind = _other_kind(head)
+    if kind:  # a run's summary.json, a config, an image: no archive at all
+        raise UserError(f"{path} is not a checkpoint but {kind}: {_give(path.parent)}")
+    head = head[:len(MAGIC)]
     if head.startswith(MAGIC[:-2]) and head != MAGIC:
         raise UserError(f"checkpoint {path} was written by a newer version of this project "
                         f"({head.strip().decode(errors='replace')}): upgrade siqa to read it")
@@ -86,6 +89,29 @@ def load_checkpoint(path, map_location="cpu", required=()) -> dict:
         raise UserError(f"checkpoint {path} has no {', '.join(missing)}: "
                         "use a best.pt or last.pt written by train.py")
     return state
+
+
+def _give(folder) -> str:
+    """What to give instead: the best.pt of the run folder `folder`, where there is one."""
+    inside = [p for p in (folder / "best.pt", folder / "split_0" / "best.pt") if p.is_file()]
+    return (f"give {inside[0]}" if inside else "give the best.pt (or last.pt) a run wrote")
+
+
+def _other_kind(head) -> str:
+    """What a file that begins with `head` is, where it is plainly no checkpoint (text, an
+    image); "" where it may be one (a zip, a pickle, the first format, unknown bytes: those
+    are read, and reported as corrupt if they fail)."""
+    if head.startswith((b"PK", b"\x80", MAGIC[:-2])) or not head:
+        return ""
+    if head.startswith(b"\x89PNG") or head.startswith(b"\xff\xd8\xff"):
+        return "an image"
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head)  # a character cut at 512 bytes is fine
+    except UnicodeDecodeError:
+        return ""
+    if b"\x00" in head:
+        return ""
+    return "a JSON file" if head.lstrip()[:1] in (b"{", b"[") else "a text file"
 
 
 def _load(path, map_location):

@@ -15,6 +15,7 @@ read. What a resumed run may change (`resume_changes`) and which keys a run uses
 import copy
 import difflib
 import math
+import os
 from pathlib import Path
 
 import yaml
@@ -245,23 +246,53 @@ def check_nss_weight(cfg):
 # --------------------------------------------------------------------------- runs
 def check_effect(cfg, overrides):
     """UserError for the first override (key=value, value not null) that the resolved `cfg`
-    does not use, naming what would use it (the setting's `used_when`)."""
+    does not use, naming what would use it (the setting's `used_when`) and the settings of
+    this run that decided it (those `used_when` read)."""
     for key, value in parse_overrides(overrides).items():
         setting = BY_KEY.get(key)
         if value is None or setting is None or setting.used_when is None:
             continue
-        if not setting.used_when(cfg):
-            raise UserError(f"{key}={value} has no effect in this run (dataset.name="
-                            f"{cfg['dataset']['name']}, train.optimizer={cfg['train']['optimizer']}"
-                            f"): it is used with {setting.used_with}; remove it or set what uses it")
+        read = []
+        if not setting.used_when(_Reads(cfg, read)):
+            context = ", ".join(f"{k}={_text(get(cfg, k))}" for k in dict.fromkeys(read))
+            raise UserError(f"{key}={_text(value)} has no effect in this run"
+                            + (f" ({context})" if context else "")
+                            + f": it is used with {setting.used_with}; remove it or set what uses it")
+
+
+class _Reads(dict):
+    """A config (nested dicts) that notes the dotted key of every value read from it."""
+
+    def __init__(self, tree, read, prefix=""):
+        super().__init__(tree)
+        self._read, self._prefix = read, prefix
+
+    def __getitem__(self, key):
+        value = super().__getitem__(key)
+        if isinstance(value, dict):
+            return _Reads(value, self._read, f"{self._prefix}{key}.")
+        self._read.append(f"{self._prefix}{key}")
+        return value
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
+
+
+def _text(value) -> str:
+    """A value as the command line writes it (null, true, false)."""
+    if value is None or isinstance(value, bool):
+        return yaml.safe_dump(value).splitlines()[0]
+    return str(value)
 
 
 def resume_changes(saved, cfg) -> dict:
     """{key: [recorded, now]} of the settings that `cfg` changes in a run whose recorded
     config is `saved`; UserError for any change of a setting that decides what the run
-    computes (a setting without `resume`), and for fewer epochs (a longer run is allowed)."""
+    computes (a setting without `resume`), and for fewer epochs (a longer run is allowed).
+    A path is compared as the file or folder it names (`same_path`), not as text."""
     old, new = flatten(saved), flatten(cfg)
-    changes = {k: [old[k], new[k]] for k in new if old.get(k) != new[k]}
+    changes = {k: [old[k], new[k]] for k in new
+               if old.get(k) != new[k] and not (is_path(k) and same_path(old.get(k), new[k]))}
     free = [s.key for s in SETTINGS if s.resume]
     for key, (was, now) in changes.items():
         if key == "train.epochs" and now > was:
@@ -273,6 +304,22 @@ def resume_changes(saved, cfg) -> dict:
                             f"(another out_dir=...) to change it. Settings that may change "
                             f"on resume: {', '.join(free)}, a larger train.epochs")
     return changes
+
+
+def is_path(key) -> bool:
+    """Whether setting `key` holds a path (a string or null: see `check`)."""
+    return key in BY_KEY and BY_KEY[key].default is None
+
+
+def same_path(a, b) -> bool:
+    """Whether two path values name one file or folder: `runs/x`, `runs/x/` and its absolute
+    spelling (from this working folder) do; two nulls do, a null and a path do not."""
+    if a is None or b is None:
+        return a is None and b is None
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # either does not exist (yet): as spelled from here
+        return Path(a).resolve() == Path(b).resolve()
 
 
 def upgrade(cfg, model_state=None) -> dict:

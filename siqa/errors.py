@@ -35,3 +35,9 @@ def examples(items):
     items = list(items)
     shown = ", ".join(str(x) for x in items[:SHOW])
     return shown + (", ..." if len(items) > SHOW else "")
+
+
+def counted(n, noun, plural=None) -> str:
+    """'1 scene', '2 scenes', '0 scenes': a count with its noun in agreement (`plural` where
+    adding an s is wrong: counted(n, 'entry', 'entries'))."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"

@@ -44,7 +44,9 @@ def _models():
 
 
 SETTINGS = (
-    Setting("out_dir", None, "where a run writes; null = runs/<dataset.name>"),
+    Setting("out_dir", None, "where a run writes; null = runs/<dataset.name>",
+            resume="the folder named is the run resumed (a copied run folder resumes where it "
+                   "lies; another spelling of the same folder is no change)"),
     Setting("device", "auto", "auto (CUDA when available) | cpu | cuda | cuda:N",
             resume="where it computes (the arithmetic may differ as between machines)"),
     Setting("model.name", "bourbia2021", "the network (docs/models.md)",

@@ -152,3 +152,64 @@ def train_epoch(model, optimizer, data, order, batch_size, nss_weight, amp_dtype
 
     return finish(epoch_steps(model, optimizer, data, order, batch_size, nss_weight, amp_dtype,
                               step=step))
+
+
+def make_stereo_database(folder: Path, scenes=4, ref=True, size=(96, 72), seed=0):
+    """A small RGB stereo database as a researcher makes one: per scene a pristine pair
+    (score 0), JPEG, blur and white noise on both views, blur on the left view only (its right
+    view a byte-identical copy of the pristine right view, under another name) and noise on the
+    right view only (its left view the pristine left file itself); DMOS-like scores. The CSV
+    manifest has a `ref` column only with `ref=True`. Returns the manifest's path."""
+    import io
+
+    from PIL import ImageFilter
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+
+    def save(name, image):
+        image.save(folder / name)
+        return name
+
+    def jpeg(image):
+        buf = io.BytesIO()
+        image.save(buf, format="JPEG", quality=8)
+        return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+    def noise(image):
+        noisy = np.asarray(image, dtype=np.float64) + rng.normal(0, 30, (h, w, 3))
+        return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+
+    def blur(image):
+        return image.filter(ImageFilter.GaussianBlur(2.5))
+
+    rows = []
+    for s in range(scenes):
+        base = np.stack([128 + 70 * np.sin(xx / (3 + s + c)) * np.cos(yy / (4 + s)) for c in range(3)], -1)
+        base += rng.normal(0, 6, base.shape)
+        left = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
+        right = Image.fromarray(np.clip(np.roll(base, 2, axis=1), 0, 255).astype(np.uint8))
+        pl, pr = save(f"s{s}_l.png", left), save(f"s{s}_r.png", right)
+        copy = f"s{s}_r_copy.png"
+        (folder / copy).write_bytes((folder / pr).read_bytes())
+        views = {
+            "pristine": (pl, pr, 0.0, True),
+            "jpeg": (save(f"s{s}_jpeg_l.png", jpeg(left)), save(f"s{s}_jpeg_r.png", jpeg(right)), 50.0, True),
+            "blur": (save(f"s{s}_blur_l.png", blur(left)), save(f"s{s}_blur_r.png", blur(right)), 40.0, True),
+            "wn": (save(f"s{s}_wn_l.png", noise(left)), save(f"s{s}_wn_r.png", noise(right)), 55.0, True),
+            "blur_left": (f"s{s}_blur_l.png", copy, 25.0, False),
+            "wn_right": (pl, f"s{s}_wn_r.png", 30.0, False),
+        }
+        for kind, (lv, rv, score, symmetric) in views.items():
+            row = {"left": lv, "right": rv, "score": score + (s * 1.5 if score else 0.0)}
+            if ref:
+                row["ref"] = f"scene{s}"
+            row.update(distortion=kind.split("_")[0], symmetric=str(symmetric).lower())
+            rows.append(row)
+    with open(folder / "pairs.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return folder / "pairs.csv"

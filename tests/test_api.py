@@ -210,7 +210,7 @@ def test_checkpoint_of_another_model_or_file_is_refused(checkpoint, tmp_path):
     with pytest.raises(UserError, match="does not fit this model"):
         siqa.load(tmp_path / "other.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match="junk.pt is corrupt"):
+    with pytest.raises(UserError, match="junk.pt is not a checkpoint but a text file"):
         siqa.load(tmp_path / "junk.pt")
     with pytest.raises(UserError, match="checkpoint not found"):
         siqa.load(tmp_path / "missing.pt")

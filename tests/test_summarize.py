@@ -44,7 +44,7 @@ def test_a_task_trains_only_its_split_into_the_full_runs_folder(runs):
     work, _, task1 = runs
     parts = work / "parts"
     assert not (parts / "summary.json").exists()
-    assert "split(s) 1 of 2 trained" in task1.stdout and "summarize.py" in task1.stdout
+    assert "split 1 of 2 trained" in task1.stdout and "summarize.py" in task1.stdout and "--out" in task1.stdout
     assert "train.splits=[1]" not in (parts / "config.yaml").read_text()  # the whole run's
     assert (parts / "splits.json").read_bytes() == (work / "one" / "splits.json").read_bytes()
     for r in range(2):  # bit for bit what the full run wrote

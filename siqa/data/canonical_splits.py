@@ -32,7 +32,7 @@ from pathlib import Path, PurePosixPath
 from siqa.data.databases import load_database
 from siqa.data.records import StereoPair
 from siqa.data.splits import content_splits, split_document, write_split_file
-from siqa.errors import UserError, run_cli
+from siqa.errors import UserError, run_cli, counted
 
 SEED, RATIOS, REPEATS = 0, (0.6, 0.2, 0.2), 10
 ROOT = Path(__file__).resolve().parents[2]
@@ -103,8 +103,8 @@ def main(argv):
             print(f"{path}: identical")
         else:
             write_split_file(path, doc)
-            print(f"{path}: {doc['pairs']} pairs, {len(doc['scenes'])} scenes, "
-                  f"{len(doc['splits'])} splits")
+            print(f"{path}: {counted(doc['pairs'], 'pair')}, {counted(len(doc['scenes']), 'scene')}, "
+                  f"{counted(len(doc['splits']), 'split')}")
     return 0
 
 

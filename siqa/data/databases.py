@@ -97,7 +97,7 @@ import numpy as np
 from siqa.data.demo import content_group, default_root, ensure_demo
 from siqa.data.records import StereoPair
 from siqa.data.validate import validate_pairs
-from siqa.errors import UserError
+from siqa.errors import UserError, counted
 
 DATABASES = (
     "demo",
@@ -459,7 +459,7 @@ def _block_offsets(images, references, layout: WaterlooLayout):
                  if lay != layout and len(order) == lay.scenes and set(sizes) == {lay.block}]
         hint = f" (that is the shape of {WATERLOO_LAYOUTS[other[0]].phase}: dataset.name=" \
                f"{other[0]})" if other else ""
-        return None, f"it has {len(order)} reference(s) with {found} rows{hint}"
+        return None, f"it has {counted(len(order), 'reference')} with {found} rows{hint}"
     for ref in order:
         first = blocks[ref][0]
         if images[first].lower() != ref.lower():

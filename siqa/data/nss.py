@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from siqa.data.databases import LIVE1_FOLDERS
-from siqa.errors import UserError
+from siqa.errors import UserError, counted
 
 N_TARGETS = 108
 
@@ -75,10 +75,10 @@ def published_targets(pairs, folder) -> np.ndarray:
         values = np.loadtxt(values_file, dtype=np.float64).reshape(len(names), N_TARGETS)
     except ValueError:
         raise UserError(f"{values_file}: expected {len(names)} x {N_TARGETS} numbers, one per line "
-                        f"({len(names)} entries in {names_file.name})") from None
+                        f"({counted(len(names), 'entry', 'entries')} in {names_file.name})") from None
     table = {_live1_key(n): row for n, row in zip(names, values)}
     missing = [p.name for p in pairs if _live1_key(p.name) not in table]
     if missing:
-        raise UserError(f"nss.published: {len(missing)} pairs have no published targets "
+        raise UserError(f"nss.published: {counted(len(missing), 'pair')} without published targets "
                         f"(first: {missing[0]}); they exist for LIVE 3D Phase I only")
     return np.stack([table[_live1_key(p.name)] for p in pairs])

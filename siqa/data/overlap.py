@@ -22,12 +22,18 @@ same images rated on another scale (a MOS copy of a DMOS database) are the same 
   split "all": all of P; refused (UserError) when P holds a training or validation pair.
 Limitation: the same scenes at another resolution (data/demo_full against data/demo) are
 other images and are not recognised; a content-disjoint test there is the user's choice.
+
+Before a run trains, `split_content_notes` looks at its splits the same way, file by file:
+a view file (by content) held by a training pair and by a validation or test pair means two
+scenes that are one (a manifest without `ref`, where every pair is its own scene, puts a
+scene's pristine view in train and its distorted pairs in test). A warning in the run's log;
+refused under protocol.design=kfold, whose pooled out-of-fold test claims every pair unseen.
 """
 import hashlib
 import os
 from dataclasses import dataclass, field
 
-from siqa.errors import UserError
+from siqa.errors import UserError, counted
 from siqa.files import sha256_file
 
 PARTS = ("train", "val", "test")
@@ -112,3 +118,48 @@ def evaluation_pairs(pairs, state, split="test") -> Selection:
     if dropped:
         return Selection(rest, "all less seen", dropped, shared)
     return Selection(rest, "all", 0, shared)
+
+
+def shared_view_files(pairs, split) -> dict:
+    """{sha256: (train pair, part, other pair, its file)} of the view files (by content) that a
+    training pair and a validation or test pair of `split` (an index dict) both hold."""
+    train = {}
+    for i in split["train"]:
+        for f in pairs[i].files:
+            train.setdefault(_file_sha256(f), pairs[i])
+    shared = {}
+    for part in ("val", "test"):
+        for i in split[part]:
+            for f in pairs[i].files:
+                digest = _file_sha256(f)
+                if digest in train and digest not in shared:
+                    shared[digest] = (train[digest], part, pairs[i], f)
+    return shared
+
+
+def split_content_notes(pairs, splits, cfg) -> list:
+    """Lines for the run's log about what its scenes are: a note where every pair is its own
+    scene (a manifest without `ref`), a warning where a split's training pairs share view files
+    with its validation or test pairs; the latter a UserError under protocol.design=kfold."""
+    lines = []
+    if len(pairs) > 1 and all(p.content == p.name for p in pairs):
+        lines.append(f"note: {cfg['dataset']['manifest'] or 'the manifest'} has no ref "
+                     f"column: every pair is its own scene ({counted(len(pairs), 'pair')}, "
+                     f"{counted(len(pairs), 'scene')}) and the splits are by pair; a ref column "
+                     "(each pair's reference scene) keeps the pairs of a scene in one part")
+    found = {r: shared for r, split in enumerate(splits) if (shared := shared_view_files(pairs, split))}
+    if not found:
+        return lines
+    r, shared = next(iter(found.items()))
+    train_pair, part, other, path = next(iter(shared.values()))
+    who = (f"{len(found)} of {len(splits)} splits share" if len(found) > 1
+           else f"split {r} of {len(splits)} shares")
+    what = (f"{who} view files between train and val/test (split {r}: "
+            f"{counted(len(shared), 'file')}; e.g. {path} of {part} pair {other.name} is "
+            f"byte-identical to a view of train pair {train_pair.name})")
+    advice = "pairs that share a view are one scene: give them one ref in the manifest"
+    if cfg["protocol"]["design"] == "kfold":
+        raise UserError(f"protocol.design=kfold: {what}, so the out-of-fold test would score "
+                        f"views the network trained on; {advice}")
+    lines.append(f"warning: {what}: the test is not blind to those views; {advice}")
+    return lines

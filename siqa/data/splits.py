@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from siqa.errors import UserError
+from siqa.errors import UserError, counted
 from siqa.files import atomic_write_text
 
 SPLITS = ("train", "val", "test")
@@ -66,8 +66,8 @@ def scene_counts(n_scenes: int, ratios=(0.6, 0.2, 0.2)) -> list[int]:
     if n_scenes < len(positive):
         raise UserError(
             f"dataset.split: split ratios {list(ratios)} leave a split with no scene: the "
-            f"database has {n_scenes} scene(s), {len(positive)} split(s) need at least one each "
-            f"(splits are by scene); use a database with at least {len(positive)} scenes"
+            f"database has {counted(n_scenes, 'scene')}, {len(positive)} splits need at least one "
+            f"each (splits are by scene); use a database with at least {len(positive)} scenes"
         )
     raw = [x * n_scenes for x in r]
     counts = [math.floor(v) for v in raw]
@@ -111,8 +111,8 @@ def content_splits(pairs, ratios=(0.6, 0.2, 0.2), seed=0, repeats=1) -> list[dic
         raise UserError(f"number of splits must be >= 1, got {repeats}")
     available = distinct_splits(n, counts)
     if int(repeats) > available:
-        raise UserError(f"train.repeats={repeats}: {n} scenes split {counts[0]}/{counts[1]}/"
-                        f"{counts[2]} allow only {available} distinct splits")
+        raise UserError(f"train.repeats={repeats}: {counted(n, 'scene')} split {counts[0]}/"
+                        f"{counts[1]}/{counts[2]} allow only {counted(available, 'distinct split')}")
     n_test, n_val = counts[2], counts[1]
     rng = np.random.default_rng(int(seed))
     tested = np.zeros(n, dtype=np.int64)
@@ -149,7 +149,7 @@ def kfold_splits(pairs, folds=5, repetitions=1, seed=0, val_fraction=0.25) -> li
     if k < 2 or k > n:
         raise UserError(f"protocol.folds={folds}: needs 2 <= folds <= the number of scenes ({n})")
     if n - math.ceil(n / k) < 2:
-        raise UserError(f"protocol.folds={folds}: {n} scenes leave fewer than 2 scenes outside a "
+        raise UserError(f"protocol.folds={folds}: {counted(n, 'scene')} leave fewer than 2 scenes outside a "
                         "fold (at least one to train, one to validate): use fewer folds")
     if int(repetitions) < 1:
         raise UserError(f"number of repetitions must be >= 1, got {repetitions}")

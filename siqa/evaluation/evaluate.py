@@ -13,9 +13,10 @@ from siqa.build import load_model, read_checkpoint
 from siqa.data import load_database_from_config
 from siqa.data.overlap import evaluation_pairs
 from siqa.device import select_device, use_run_threads
-from siqa.errors import UserError
+from siqa.errors import UserError, counted
 from siqa.evaluation import protocol
 from siqa.evaluation.matrix import oriented
+from siqa.evaluation.metrics import near_constant_message
 from siqa.evaluation.plots import save_scatter_png
 from siqa.evaluation.reports import fmt_metric, predictions_csv, score_report, write_json
 from siqa.files import atomic_write_text
@@ -48,7 +49,7 @@ def evaluate(checkpoint, overrides=(), split="test", out=None, progress=True, lo
                             "checkpoint: nothing to evaluate")
         model = load_model(state, device, source=checkpoint)
         pred = predict_database(model, pairs, cfg, device, progress=progress)
-        report = score_report(pairs, pred)
+        report = score_report(pairs, pred, state["database"])  # spread: on the scale it learnt
         # MOS against DMOS, as --matrix: 1 means agreement
         report["oriented"] = oriented(pred, pairs, state["database"]["higher_is_better"])
         out = Path(out) if out else Path(checkpoint).parent / f"eval_{cfg['dataset']['name']}_{split}"
@@ -59,10 +60,12 @@ def evaluate(checkpoint, overrides=(), split="test", out=None, progress=True, lo
         atomic_write_text(out / "predictions.csv", predictions_csv(pairs, pred))
         save_scatter_png(out / "scatter.png", pred, [p.score for p in pairs],
                          [p.distortion for p in pairs],
-                         title=f"{cfg['dataset']['name']} ({split}, {len(pairs)} pairs)")
-        log(f"{split}: {len(pairs)} pairs, SROCC {fmt_metric(report['srocc'])} PLCC "
+                         title=f"{cfg['dataset']['name']} ({split}, {counted(len(pairs), 'pair')})")
+        log(f"{split}: {counted(len(pairs), 'pair')}, SROCC {fmt_metric(report['srocc'])} PLCC "
             f"{fmt_metric(report['plcc'])} KROCC {fmt_metric(report['krocc'])} RMSE "
             f"{report['rmse']:.3f} -> {out}")
+        if report["spread"]["near_constant"]:
+            log("warning: " + near_constant_message(report["spread"], f"the predictions of {checkpoint}"))
         if report["oriented"]["flipped"]:
             trained = "MOS" if state["database"]["higher_is_better"] else "DMOS"
             log(f"note: the checkpoint predicts {trained}, the database gives the other: oriented "

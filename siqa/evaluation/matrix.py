@@ -24,7 +24,7 @@ from siqa.build import load_model, read_checkpoint
 from siqa.data import load_database_from_config
 from siqa.data.overlap import evaluation_pairs
 from siqa.device import select_device, use_run_threads
-from siqa.errors import UserError
+from siqa.errors import UserError, counted
 from siqa.evaluation.metrics import krocc, plcc, srocc
 from siqa.evaluation.reports import fmt_metric, write_json
 from siqa.files import atomic_write_text
@@ -102,7 +102,7 @@ def cross_database_matrix(checkpoints, tests, out, overrides=(), progress=False,
                             split=SPLIT_LABELS[chosen.split], dropped_seen_pairs=chosen.dropped)
                 cells.append(cell)
                 log(f"{row} -> {label}: SROCC {fmt_metric(cell['srocc'])} PLCC {fmt_metric(cell['plcc'])} "
-                    f"({cell['n']} pairs, {chosen.describe()}"
+                    f"({counted(cell['n'], 'pair')}, {chosen.describe()}"
                     f"{', direction flipped' if cell['flipped'] else ''})")
     result = {"rows": rows, "columns": labels, "cells": cells,
               "note": "correlations oriented so that 1 means agreement (MOS vs DMOS handled); "

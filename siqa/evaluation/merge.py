@@ -26,9 +26,9 @@ from pathlib import Path
 from siqa import config as config_mod
 from siqa.data import load_database_from_config
 from siqa.data.splits import document_sha256, pair_list_sha256
-from siqa.errors import UserError
+from siqa.errors import UserError, counted
 from siqa.evaluation import protocol
-from siqa.evaluation.reports import fmt_metric, pooled_out_of_fold, summarize, write_json
+from siqa.evaluation.reports import fmt_metric, pooled_line, pooled_out_of_fold, summarize, write_json
 from siqa.files import atomic_write_text, read_json
 
 # Config keys that may differ between the parts of one run: where each task writes, and
@@ -107,7 +107,9 @@ def merged_summary(run_dirs, out_dir, log=print) -> dict:
                 seeds={**card["seeds"],
                        "init_and_order": [cfg["train"]["seed"] + r for r in range(count)]},
                 wall_time_s=round(sum(c["wall_time_s"] for c in cards.values()), 3),
-                logistic=[cards[r]["logistic"] for r in range(count)])
+                logistic=[cards[r]["logistic"] for r in range(count)],
+                predictions=[cards[r].get("predictions") or protocol.spread_status(None)
+                             for r in range(count)])
     summary = {**summarize(reports), "protocol": card}
     if doc.get("folds"):
 
@@ -118,8 +120,7 @@ def merged_summary(run_dirs, out_dir, log=print) -> dict:
         summary["pooled"] = pooled_out_of_fold(
             pairs, [found[r] / "predictions.csv" for r in range(count)], doc["folds"])
         for rep in summary["pooled"]["repetitions"]:
-            log(f"pooled out-of-fold, repetition {rep['repetition']} ({rep['pairs']} pairs, "
-                f"{rep['scenes']} scenes): SROCC {fmt_metric(rep['srocc'])} PLCC {fmt_metric(rep['plcc'])}")
+            log(pooled_line(rep))
     summary["merged_from"] = [str(found[r]) for r in range(count)]
     return summary
 
@@ -147,6 +148,6 @@ def merge(run_dirs, out=None, log=print) -> Path:
             os.symlink(Path(source).resolve(), link, target_is_directory=True)
     write_json(out / "summary.json", summary)
     median = {k: fmt_metric((summary[k] or {}).get("median")) for k in ("srocc", "plcc")}
-    log(f"{summary['repeats']} splits merged: SROCC median {median['srocc']}, PLCC median "
+    log(f"{counted(summary['repeats'], 'split')} merged: SROCC median {median['srocc']}, PLCC median "
         f"{median['plcc']} -> {out / 'summary.json'}")
     return out / "summary.json"

@@ -28,7 +28,10 @@ Conventions
   straight line with a non-negative slope (flat where the unconstrained slope is negative)
   when there are fewer than 5 items, when the fit fails or gives non-finite values, or when
   it stops at a worse optimum than that line; when the predictions are constant the mapping
-  is the constant mean(target). A flat mapping leaves plcc_logistic undefined (None). Which
+  is the constant mean(target). A flat mapping leaves plcc_logistic undefined (None). When
+  the targets are constant (a group of pristine pairs, all scored 0) no map says anything:
+  plcc_logistic and rmse_logistic are None (a flat line through them would give an RMSE of
+  0, a perfect fit of nothing). Which
   mapping was used is returned by `fit_logistic` (`LogisticFit.kind`, `.reason`) and by
   `evaluate_scores(..., fit_info=True)` under the extra key "mapping"; the protocol card
   records it.
@@ -252,7 +255,7 @@ def evaluate_scores(pred, target, fit_info=False):
     """
     x, y = score_arrays(pred, target)
     fit = fit_logistic(x, y)
-    if fit.kind == "none":
+    if fit.kind == "none" or _is_constant(y):  # nothing to map onto (see the module docstring)
         mapped = None
     else:
         mapped = fit(x)
@@ -269,6 +272,49 @@ def evaluate_scores(pred, target, fit_info=False):
         result["mapping"] = {"kind": fit.kind, "params": [float(p) for p in fit.params],
                              "reason": fit.reason}
     return result
+
+
+# --------------------------------------------------------------------------- near-constant
+# A network that has not learnt predicts about the same score for every pair (4 epochs of the
+# paper's SGD: 0.0458 .. 0.0463 on a 0 .. 64 scale). Its correlations are still defined and
+# can look like something (SROCC 0.47: the order of differences in the fourth decimal), so
+# the spread is judged against the scale the network should predict on.
+NEAR_CONSTANT_FRACTION = 0.01
+NEAR_CONSTANT_RULE = ("near constant: max(pred) - min(pred) < 1 % of the database's score "
+                      "range (score_max - score_min)")
+
+
+def prediction_spread(pred, score_min, score_max) -> dict:
+    """How far the predictions spread, against the database's score range (the rule, once):
+
+        spread = max(pred) - min(pred),  range = score_max - score_min
+        near_constant = spread < NEAR_CONSTANT_FRACTION * range
+
+    Returns {"min", "max", "spread", "score_range": [score_min, score_max], "fraction":
+    spread / range, "near_constant": bool}; "fraction" and "near_constant" are None where the
+    rule cannot judge (fewer than 2 predictions, or a database whose scores are all equal).
+    """
+    x = _as_vector(pred, "pred")
+    lo, hi = float(score_min), float(score_max)
+    out = {"min": None, "max": None, "spread": None, "score_range": [lo, hi],
+           "fraction": None, "near_constant": None}
+    if x.size == 0:
+        return out
+    out.update(min=float(x.min()), max=float(x.max()), spread=float(x.max() - x.min()))
+    if x.size >= 2 and hi > lo:
+        out["fraction"] = out["spread"] / (hi - lo)
+        out["near_constant"] = bool(out["spread"] < NEAR_CONSTANT_FRACTION * (hi - lo))
+    return out
+
+
+def near_constant_message(spread, what) -> str:
+    """The one-line warning (without "warning: ") for a `prediction_spread` that is near
+    constant; `what` names the predictions ("the test predictions")."""
+    lo, hi = spread["score_range"]
+    return (f"{what} are near constant: {spread['min']:.4g} .. {spread['max']:.4g}, a "
+            f"spread of {100 * spread['fraction']:.2g} % of the score range {lo:.4g} .. {hi:.4g} "
+            f"(below {100 * NEAR_CONSTANT_FRACTION:g} %): the model has not learnt to tell the "
+            "pairs apart, and its correlations rank differences of round-off size")
 
 
 def _plain_label(label):

@@ -15,6 +15,9 @@ Every `metrics.json` and `summary.json` of a run carries it under the key "proto
     logistic    the mapping fitted before PLCC/RMSE "after the logistic" (non-decreasing),
                 its parameters, and whether the fit on the test set converged (or fell
                 back to a straight line with a non-negative slope, or flat, and why)
+    predictions the spread of the test predictions against the database's score range and
+                whether they are near constant (siqa.evaluation.metrics.prediction_spread:
+                a network that has not learnt, whose correlations say little)
     device      the device name and cpu_threads, torch's intra-op threads (a trained network
                 moves with the arithmetic: CPU reductions split another way over another
                 number of threads); wall_time_s the seconds this process spent on the split
@@ -31,6 +34,7 @@ import numpy
 import scipy
 
 from siqa.data.splits import document_sha256, scene_table
+from siqa.evaluation.metrics import NEAR_CONSTANT_RULE
 from siqa.files import sha256_file
 
 SELECTION_RULE = "best validation SROCC, test evaluated once"
@@ -103,6 +107,15 @@ def logistic_status(test_report) -> dict:
             "converged": fit.get("kind") == "logistic", "reason": fit.get("reason", "")}
 
 
+def spread_status(test_report) -> dict:
+    """The card's "predictions": the rule and the spread of a test report (None values for a
+    report without one)."""
+    spread = (test_report or {}).get("spread") or {}
+    return {"rule": NEAR_CONSTANT_RULE, "near_constant": spread.get("near_constant"),
+            "spread": spread.get("spread"), "fraction": spread.get("fraction"),
+            "score_range": spread.get("score_range")}
+
+
 def card(cfg, split_info, device, started, test_reports, repeat=None, code=None) -> dict:
     """The protocol card (see the module docstring).
 
@@ -133,8 +146,10 @@ def card(cfg, split_info, device, started, test_reports, repeat=None, code=None)
     }
     if repeat is not None:
         out["logistic"] = logistic_status(test_reports[0])
+        out["predictions"] = spread_status(test_reports[0])
     else:
         out["logistic"] = [logistic_status(r) for r in test_reports]
+        out["predictions"] = [spread_status(r) for r in test_reports]
     return out
 
 
@@ -160,6 +175,7 @@ def evaluation_card(cfg, checkpoint, device, started, report, pairs) -> dict:
                       "pairs_sha256": hashlib.sha256(names).hexdigest()},
         "selection": SELECTION_RULE + " (at training time)",
         "logistic": logistic_status(report),
+        "predictions": spread_status(report),
         "device": device_name(device),
         "wall_time_s": round(time.perf_counter() - started, 3),
     }

@@ -6,7 +6,17 @@ import statistics
 
 import numpy as np
 
-from siqa.evaluation.metrics import evaluate_scores, krocc, per_group, plcc, rmse, srocc
+from siqa.errors import counted
+from siqa.evaluation.metrics import (
+    evaluate_scores,
+    krocc,
+    near_constant_message,
+    per_group,
+    plcc,
+    prediction_spread,
+    rmse,
+    srocc,
+)
 from siqa.evaluation.stats import (
     BOOTSTRAP_METRICS,
     DEFAULT_RESAMPLES,
@@ -65,13 +75,31 @@ def intervals(pred, target, scenes, n_resamples=DEFAULT_RESAMPLES, seed=BOOTSTRA
     return out
 
 
-def score_report(pairs, predictions) -> dict:
+def spread_of(pred, database) -> dict:
+    """siqa.evaluation.metrics.prediction_spread against the score range of `database` (a
+    siqa.data.records.database_info: the scale the network predicts on)."""
+    return prediction_spread(pred, database["score_min"], database["score_max"])
+
+
+def validation_report(pred, pairs, database) -> dict:
+    """The validation metrics of an epoch (evaluate_scores) and the spread of its predictions
+    ("spread"): a checkpoint keeps them as its best["val"], so that siqa.load and predict.py
+    can tell a near-constant model."""
+    target = np.array([p.score for p in pairs], dtype=np.float64)
+    return {**evaluate_scores(pred, target), "spread": spread_of(pred, database)}
+
+
+def score_report(pairs, predictions, database=None) -> dict:
     """Overall metrics with bootstrap intervals and the logistic fit used, per distortion
-    type and, where the database says it, per symmetry."""
+    type and, where the database says it, per symmetry; with `database` (the
+    database_info of the network's training database) the spread of the predictions on its
+    scale ("spread", siqa.evaluation.metrics.prediction_spread)."""
     target = np.array([p.score for p in pairs], dtype=np.float64)
     pred = np.asarray(predictions, dtype=np.float64)
     report = evaluate_scores(pred, target, fit_info=True)
     report["logistic"] = report.pop("mapping")
+    if database is not None:
+        report["spread"] = spread_of(pred, database)
     if len(pairs) >= 3:
         report.update(intervals(pred, target, [p.content for p in pairs]))
     report["per_distortion"] = per_group(pred, target, [p.distortion for p in pairs])
@@ -80,6 +108,33 @@ def score_report(pairs, predictions) -> dict:
         groups = ["symmetric" if pairs[i].symmetric else "asymmetric" for i in known]
         report["per_symmetry"] = per_group(pred[known], target[known], groups)
     return report
+
+
+def near_constant_lines(report) -> list:
+    """A warning line for each part of a run's report ("val", "test") whose predictions are
+    near constant."""
+    names = {"val": "the validation predictions (best epoch)", "test": "the test predictions"}
+    return ["warning: " + near_constant_message(report[part]["spread"], what)
+            for part, what in names.items()
+            if (report.get(part) or {}).get("spread", {}).get("near_constant")]
+
+
+def split_log_lines(report) -> list:
+    """The log lines of a split's test: its metrics, then a warning where the predictions are
+    near constant."""
+    test = report["test"]
+    line = (f"test ({counted(report['pairs']['test'], 'pair')}, "
+            f"{counted(report['scenes']['test'], 'scene')}, best epoch {report['best_epoch']}): "
+            f"SROCC {fmt_metric(test['srocc'])} PLCC {fmt_metric(test['plcc'])} "
+            f"KROCC {fmt_metric(test['krocc'])} RMSE {test['rmse']:.3f}")
+    return [line, *near_constant_lines(report)]
+
+
+def pooled_line(rep) -> str:
+    """The log line of one repetition of the k-fold design's pooled out-of-fold report."""
+    return (f"pooled out-of-fold, repetition {rep['repetition']} ({counted(rep['pairs'], 'pair')}, "
+            f"{counted(rep['scenes'], 'scene')}): SROCC {fmt_metric(rep['srocc'])} PLCC "
+            f"{fmt_metric(rep['plcc'])} KROCC {fmt_metric(rep['krocc'])} RMSE {rep['rmse']:.3f}")
 
 
 def predictions_csv(pairs, predictions, split_of=None) -> str:

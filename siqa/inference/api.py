@@ -7,6 +7,8 @@
     model.patch_scores(l, r)                 -> (rows, cols) grid of patch predictions
     model.naturalness(l, r)                  -> Naturalness(predicted, computed): 108 + 108
     model.lower_better, model.score_range, model.database, model.name, model.spec
+    model.near_constant                      -> True where its run's validation predictions
+                                                were near constant (NearConstantWarning on load)
 
     siqa.load("runs/mine-kfold")             a run folder: the mean of its splits' best.pt
                                              (FoldEnsemble, siqa/inference/ensemble.py)
@@ -50,6 +52,7 @@ batches the network sees are the same as if every patch had been stacked at once
 from __future__ import annotations
 
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,13 +65,20 @@ from siqa.data.patches import extract_patches, patch_grid, spec_corners, view_pa
 from siqa.data.records import describe_scale
 from siqa.device import select_device
 from siqa.errors import UserError
+from siqa.evaluation.metrics import near_constant_message as spread_message
 from siqa.imageio import grey_cv2, grey_pil, split_side_by_side, view_rgb
 from siqa.inference.ensemble import FoldEnsemble, load_run
 from siqa.models import DEFAULT, MODELS
 from siqa.nss.features import nss_features
 from siqa.scoring import Scorer, batch_size_for, patch_mean, run_batches
 
-__all__ = ["load", "StereoIQA", "FoldEnsemble", "Naturalness", "PairViews"]
+__all__ = ["load", "StereoIQA", "FoldEnsemble", "Naturalness", "PairViews", "NearConstantWarning"]
+
+
+
+class NearConstantWarning(UserWarning):
+    """The checkpoint's network predicted about the same score for every pair of its run's
+    validation split (siqa.evaluation.metrics.prediction_spread): it has not learnt."""
 
 def load(checkpoint, device="auto") -> StereoIQA | FoldEnsemble:
     """The model of a checkpoint written by train.py (best.pt or last.pt), ready to score; or,
@@ -80,6 +90,8 @@ def load(checkpoint, device="auto") -> StereoIQA | FoldEnsemble:
     On CUDA, the run's TF32 and cuDNN switches (train.tf32, train.deterministic) are set for
     the process, as evaluate.py sets them: PyTorch holds them process-wide, so the model
     loaded last decides them.
+    A network whose run measured near-constant validation predictions (`near_constant`) is
+    loaded with a NearConstantWarning.
     """
     device = select_device(device)  # a CUDA device with its index, or a one-line UserError
     if Path(checkpoint).is_dir():
@@ -87,10 +99,14 @@ def load(checkpoint, device="auto") -> StereoIQA | FoldEnsemble:
     state = read_checkpoint(checkpoint, map_location=device)
     cfg = state["config"]
     network = load_model(state, device, source=checkpoint)  # the network of model.name
-    return StereoIQA(network, state["database"], normalisation=cfg["patches"]["normalisation"],
-                     device=device, nss=cfg["nss"], patch_dtype=getattr(torch, cfg["train"]["patch_dtype"]),
-                     amp_dtype=amp_dtype_of(cfg, device), source=str(checkpoint),
-                     name=cfg["model"]["name"])
+    model = StereoIQA(network, state["database"], normalisation=cfg["patches"]["normalisation"],
+                      device=device, nss=cfg["nss"], patch_dtype=getattr(torch, cfg["train"]["patch_dtype"]),
+                      amp_dtype=amp_dtype_of(cfg, device), source=str(checkpoint),
+                      name=cfg["model"]["name"],
+                      validation_spread=((state.get("best") or {}).get("val") or {}).get("spread"))
+    if model.near_constant:
+        warnings.warn(model.near_constant_message(), NearConstantWarning, stacklevel=2)
+    return model
 
 
 @dataclass
@@ -131,7 +147,8 @@ class StereoIQA:
     """
 
     def __init__(self, network, database, normalisation="reference", device="cpu", nss=None,
-                 patch_dtype=torch.float32, amp_dtype=None, source="the model", name=None):
+                 patch_dtype=torch.float32, amp_dtype=None, source="the model", name=None,
+                 validation_spread=None):
         if normalisation not in PATCH_C:
             raise UserError(f"{source}: unknown patch normalisation {normalisation!r} "
                             f"(expected one of {', '.join(PATCH_C)})")
@@ -151,6 +168,8 @@ class StereoIQA:
         self._nss_output = self.spec.outputs.index("nss") if self.spec.predicts_nss else None
         self._outputs = (0,) if self._nss_output is None else (0, self._nss_output)
         self._batch = batch_size_for(self.device)
+        # what its run measured on its validation predictions (best epoch; None: not recorded)
+        self.validation_spread = validation_spread
 
     # -- what the scores mean -------------------------------------------------------------
     @property
@@ -165,6 +184,18 @@ class StereoIQA:
 
     def describe_scale(self) -> str:
         return describe_scale(self.database)
+
+    @property
+    def near_constant(self):
+        """True where the run's validation predictions (at the checkpoint's epoch) were near
+        constant (siqa.evaluation.metrics.prediction_spread), False where they spread; None
+        for a checkpoint that does not record it (written before this check existed)."""
+        return (self.validation_spread or {}).get("near_constant")
+
+    def near_constant_message(self) -> str:
+        """The one-line warning of a near-constant model (NearConstantWarning's text)."""
+        return spread_message(self.validation_spread,
+                                     f"{self.source}: its run's validation predictions")
 
     def __repr__(self):
         return (f"StereoIQA({self.source}, {self.name}, database={self.database['name']!r}, "

@@ -88,7 +88,7 @@ def _mean(values):
 class FoldEnsemble:
     """The mean of several StereoIQA models of one run (see the module docstring); scores
     as StereoIQA does (`score`, `score_pairs`, `iter_scores`, `patch_scores`, `naturalness`,
-    `lower_better`, `score_range`, `database`, `name`, `spec`).
+    `lower_better`, `score_range`, `database`, `name`, `spec`, `near_constant`).
 
     members: the models, in split order; splits: their names ("split_0", ...; "best.pt" for a
     run of one split); left_out: the run's splits not tested yet; design: how the run split its
@@ -131,6 +131,20 @@ class FoldEnsemble:
         if self.left_out:
             line += f"; not tested yet, left out: {', '.join(self.left_out)}"
         return line
+
+    @property
+    def near_constant(self):
+        """True where a member's run measured near-constant validation predictions (each
+        member's load warned of it); None where no member records it."""
+        flags = [member.near_constant for member in self.members]
+        if any(flags):
+            return True
+        return None if all(flag is None for flag in flags) else False
+
+    def near_constant_message(self) -> str:
+        """The near-constant members' warnings, on one line."""
+        return "; ".join(member.near_constant_message() for member in self.members
+                         if member.near_constant)
 
     def __repr__(self):
         left = f", left_out={self.left_out}" if self.left_out else ""

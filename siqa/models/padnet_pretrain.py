@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from siqa.errors import UserError, run_cli
+from siqa.errors import UserError, counted, run_cli
 from siqa.imageio import view_rgb
 from siqa.models.padnet import AutoEncoder
 
@@ -82,7 +82,7 @@ def main(argv):
     model = pretrain(images, args.epochs, args.crop, args.batch, args.lr, args.seed)
     torch.save({"autoencoder": model.state_dict(), "images": [str(f) for f in files],
                 "settings": {k: v for k, v in vars(args).items() if k != "out"}}, args.out)
-    print(f"wrote {args.out} ({len(files)} images, {args.epochs} epochs)")
+    print(f"wrote {args.out} ({counted(len(files), 'image')}, {counted(args.epochs, 'epoch')})")
 
 
 if __name__ == "__main__":

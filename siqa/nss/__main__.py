@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from siqa.errors import UserError, examples, run_cli
+from siqa.errors import UserError, counted, examples, run_cli
 from siqa.files import atomic_write
 from siqa.imageio import check_image
 
@@ -119,7 +119,7 @@ def main(argv=None):
     from siqa.nss.cache import check_targets, nss_targets
     if args.check:
         summary = check_targets(pairs, args.marginal, args.preprocess, args.cache_dir)
-        print(f"{len(pairs)} pairs: {summary['valid']} cached, {summary['missing']} missing, "
+        print(f"{counted(len(pairs), 'pair')}: {summary['valid']} cached, {summary['missing']} missing, "
               f"{summary['corrupt']} corrupt ({args.marginal}, {args.preprocess}, {args.cache_dir})")
         for (left, right), problem in summary["problems"][:20]:
             print(f"  {left}{'' if right is None else ' ' + right}: {problem}")
@@ -137,7 +137,7 @@ def main(argv=None):
         np.save(buf, targets)
         atomic_write(args.output, buf.getvalue())
     blocks = targets.reshape(len(pairs), 6, 18)
-    print(f"{len(pairs)} pairs: targets in {args.cache_dir}/nss ({args.marginal}, {args.preprocess})")
+    print(f"{counted(len(pairs), 'pair')}: targets in {args.cache_dir}/nss ({args.marginal}, {args.preprocess})")
     for p, name in enumerate(PARAMETERS):
         values = blocks[:, p]
         print(f"  {name:9s} min {values.min():.4g}  median {np.median(values):.4g}  max {values.max():.4g}")

@@ -1,9 +1,9 @@
 """train.py's job around a run: one process per run folder, --resume's checks, the
 process's threads and devices, and a clean stop on SIGTERM / SIGINT.
 
-    lock out_dir (each split folder for array tasks) -> config (--resume: the recorded one,
-    changes checked) -> threads, preemption handler, torchrun's process groups
-    -> siqa.training.run.train -> how to resume, or where the run and its curves are
+    lock out_dir (each split folder for array tasks) -> config (--resume: the recorded one of
+    the folder named, changes checked, paths compared as folders) -> threads, preemption
+    handler, torchrun's process groups -> siqa.training.run.train -> how to resume, or where the run and its curves are
 """
 import functools
 import os
@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from siqa import config
-from siqa.errors import UserError
+from siqa.errors import UserError, counted
 from siqa.files import RunLock, remove_dead_temporaries
 
 
@@ -58,14 +58,16 @@ def _run(config_path, overrides, resume, cfg, out_dir):
             raise UserError(f"nothing to resume in {out_dir} (no config.yaml); check out_dir")
         saved = config.load_config(out_dir / "config.yaml")
         cfg = config.load_config(config_path, overrides, base=saved)
-        changes = config.resume_changes(saved, cfg)  # the same run, or a UserError
+        if not config.same_path(config.run_dir_of(cfg), out_dir):  # recorded elsewhere (a copy):
+            cfg["out_dir"] = str(out_dir)  # the folder named is the run resumed
+        changes = config.resume_changes(saved, cfg)  # the same run (paths as folders), or a UserError
     else:
         refuse_existing_run(cfg, out_dir)
     config.check_effect(cfg, overrides)  # no key without an effect
     if cfg["train"]["deterministic"] is True:  # cuBLAS reads it once, when CUDA starts
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     if resume and finished(cfg):
-        print(f"{out_dir} is finished: {cfg['train']['epochs']} epochs trained and tested; "
+        print(f"{out_dir} is finished: {counted(cfg['train']['epochs'], 'epoch')} trained and tested; "
               "nothing to resume (a longer run: --resume train.epochs=N)")
         return 0
     if cfg["train"]["threads"]:

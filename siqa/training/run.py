@@ -31,15 +31,24 @@ from siqa.data import load_database_from_config
 from siqa.data.demo import VIEW_SIZE as DEMO_VIEW
 from siqa.data.inputs import fill_random_crops, split_data
 from siqa.data.nss import nss_from_config
-from siqa.data.overlap import split_identities
+from siqa.data.overlap import split_content_notes, split_identities
 from siqa.data.patches import pixel_statistics, whole_views
 from siqa.data.records import database_info
 from siqa.data.splits import read_split_file, splits_for_run, write_split_file
 from siqa.device import configure_numerics
 from siqa.errors import UserError
 from siqa.evaluation import protocol
-from siqa.evaluation.metrics import evaluate_scores
-from siqa.evaluation.reports import fmt_metric, pooled_out_of_fold, predictions_csv, score_report, summarize, write_json
+from siqa.evaluation.reports import (
+    fmt_metric,
+    pooled_line,
+    pooled_out_of_fold,
+    predictions_csv,
+    score_report,
+    split_log_lines,
+    summarize,
+    validation_report,
+    write_json,
+)
 from siqa.files import atomic_write_text
 from siqa.scoring import Scorer, predict_pairs
 from siqa.training import preempt
@@ -100,12 +109,20 @@ def train(cfg, resume=False, dist=None, progress=True, log=print, changes=None):
     cfg = plan.cfg
     if cfg["train"]["splits"] is not None:  # a part of the run: summarize.py merges the parts
         if dist.is_main:
-            log(f"split(s) {', '.join(map(str, plan.chosen))} of {len(plan.splits)} trained; once "
-                f"every split is, merge them: python summarize.py {plan.out_dir}")
+            log(merge_hint(plan.chosen, len(plan.splits), plan.out_dir))
         return [reports[r] for r in plan.chosen]
     if len(plan.splits) > 1 and dist.is_main:
         write_summary(plan, reports, dist, started, log)
     return reports
+
+
+def merge_hint(chosen, count, out_dir) -> str:
+    """What a part of a run (train.splits) says at its end: summarize.py's --out form, right
+    whether the tasks share out_dir or each have their own (docs/usage.md#on-a-cluster)."""
+    which = f"{'split' if len(chosen) == 1 else 'splits'} {', '.join(map(str, chosen))}"
+    return (f"{which} of {count} trained; once every split is, merge them: python summarize.py "
+            f"{out_dir} [the other tasks' out_dirs] --out MERGED_DIR (tasks that share "
+            f"out_dir={out_dir} give it once)")
 
 
 def prepare(cfg, dist, progress, log, changes) -> Plan:
@@ -129,6 +146,8 @@ def prepare(cfg, dist, progress, log, changes) -> Plan:
         dist.wait_for_main()
     pairs = load_database_from_config(cfg, progress=progress and dist.is_main)
     splits, split_doc = splits_for_run(pairs, cfg)  # seeded, or dataset.split_file
+    for line in split_content_notes(pairs, splits, cfg):  # shared view files (kfold: refused)
+        log(line)
     chosen = chosen_splits(cfg, len(splits))
     check_tested(cfg, splits)
     record = {"splits": split_doc, "split_info": protocol.split_info(cfg, split_doc),
@@ -264,9 +283,7 @@ def write_summary(plan, reports, dist, started, log):
             plan.pairs, [plan.run_dir(r) / "predictions.csv" for r in range(len(plan.splits))],
             split_doc["folds"])
         for rep in summary["pooled"]["repetitions"]:
-            log(f"pooled out-of-fold, repetition {rep['repetition']} ({rep['pairs']} pairs, "
-                f"{rep['scenes']} scenes): SROCC {fmt_metric(rep['srocc'])} PLCC "
-                f"{fmt_metric(rep['plcc'])} KROCC {fmt_metric(rep['krocc'])} RMSE {rep['rmse']:.3f}")
+            log(pooled_line(rep))
     write_json(plan.out_dir / "summary.json", summary)
 
 
@@ -519,7 +536,7 @@ class SplitRun:
                     self.pair.save_best(self._state(epoch, with_optimizer=False))
             return " | no validation split: best.pt is the last epoch"
         pred = predict_pairs(self.model, self.data["val"], amp_dtype=self.amp_dtype, scorer=self.scorer)
-        val = evaluate_scores(pred, np.array([p.score for p in self.pairs["val"]]))
+        val = validation_report(pred, self.pairs["val"], self.plan.info)  # and the spread
         if better(val, self.best):
             self.best = {"epoch": epoch, "val": val}
             if self.dist.is_main:
@@ -583,7 +600,7 @@ class SplitRun:
         report = {"val": best_state["best"]["val"], "best_epoch": best_state["best"]["epoch"],
                   "epochs": self.t["epochs"]}
         test_pred = self._predict("test")
-        report["test"] = score_report(self.pairs["test"], test_pred) if self.pairs["test"] else None
+        report["test"] = score_report(self.pairs["test"], test_pred, self.plan.info) if self.pairs["test"] else None
         report["pairs"] = {name: len(self.pairs[name]) for name in PARTS}
         report["scenes"] = {name: len({p.content for p in self.pairs[name]}) for name in PARTS}
         if self.dist.is_main:
@@ -612,14 +629,12 @@ class SplitRun:
         if not self.t["keep_last"]:  # tested: --resume now knows the split from metrics.json
             (self.run_dir / "last.pt").unlink(missing_ok=True)
         self.logbook.close(report)
-        test = report["test"]
-        if test is None:  # a final fit: every pair trained (or validated) on
+        if report["test"] is None:  # a final fit: every pair trained (or validated) on
             self.log(f"no test split: best.pt is epoch {report['best_epoch']}, trained on "
                      f"{report['pairs']['train']} pairs")
             return
-        self.log(f"test ({report['pairs']['test']} pairs, {report['scenes']['test']} scenes, "
-                 f"best epoch {report['best_epoch']}): SROCC {fmt_metric(test['srocc'])} "
-                 f"PLCC {fmt_metric(test['plcc'])} KROCC {fmt_metric(test['krocc'])} RMSE {test['rmse']:.3f}")
+        for line in split_log_lines(report):  # and a warning where the predictions are near constant
+            self.log(line)
 
 
 def check_fusable(cfg):
