@@ -11,6 +11,7 @@ import pytest
 from conftest import make_tiny_database, run_entry, tiny_overrides
 from siqa.checkpoint import load_checkpoint
 from siqa.data.splits import content_splits, split_document, write_split_file
+from siqa.errors import UserError
 from siqa.evaluation.comparison import Run, compare, load_run, tables
 from siqa.evaluation.stats import holm, pitman_morgan, wilcoxon_signed_rank
 
@@ -371,3 +372,86 @@ def test_compare_cli_with_three_runs_writes_the_leaderboard(runs, tmp_path):
     assert (tmp_path / "cmp" / "leaderboard.csv").read_text().startswith("rank,run,reference,")
     same = run_entry("compare.py", runs / "a", runs / "a")
     assert same.returncode == 2 and "labelled 'a'" in same.stderr
+
+
+# ------------------------------------------- runs written as files on a generated database
+def generated_pairs(folder, scenes=10, levels=4, mos=False):
+    """The pairs of a generated database (make_tiny_database), read by the CSV loader; with
+    mos=True the same images and names scored 100 - DMOS (higher_is_better=true)."""
+    from siqa.data.databases import load_csv
+
+    manifest = folder / "manifest.csv"
+    if not manifest.is_file():
+        make_tiny_database(folder, scenes=scenes, levels=levels)
+    if not mos:
+        return load_csv(manifest)
+    with open(manifest, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        row.update(score=repr(100.0 - float(row["score"])), higher_is_better="true")
+    flipped = folder / "manifest_mos.csv"
+    with open(flipped, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return load_csv(flipped)
+
+
+def write_kfold_run(folder, pairs, predict, folds=5):
+    """A finished k-fold run folder as train.py writes it (splits.json; per split its
+    predictions.csv of the val and test pairs and metrics.json with the test report),
+    the predictions made by predict(score array, rng) instead of a network."""
+    from siqa.data.splits import KFOLD_DESIGN, kfold_splits
+    from siqa.evaluation.reports import predictions_csv, score_report, write_json
+
+    splits = kfold_splits(pairs, folds=folds, repetitions=1, seed=0)
+    folder.mkdir(parents=True)
+    write_split_file(folder / "splits.json", split_document(
+        pairs, splits, "csv", 0, [0.6, 0.2, 0.2], design=KFOLD_DESIGN, folds=folds))
+    rng = np.random.default_rng(len(folder.name))
+    pred = predict(np.array([p.score for p in pairs]), rng)
+    for r, split in enumerate(splits):
+        d = folder / f"split_{r}"
+        d.mkdir()
+        val, test = list(split["val"]), list(split["test"])
+        split_of = {pairs[i].name: part for part, idx in (("val", val), ("test", test)) for i in idx}
+        text = predictions_csv([pairs[i] for i in val + test], pred[val + test], split_of)
+        (d / "predictions.csv").write_text(text)
+        write_json(d / "metrics.json", {"test": score_report([pairs[i] for i in test], pred[test])})
+    return folder
+
+
+def test_runs_trained_on_other_labels_are_refused(tmp_path):
+    """The same images and names scored as DMOS and as 100 - DMOS (MOS) give the same split
+    file; the scores the runs recorded for their test pairs differ, and compare.py refuses
+    them in one line naming both folders and a pair (it used to rank the MOS run against
+    its own labels and scene-test it against the DMOS ones)."""
+    dmos = generated_pairs(tmp_path / "db")
+    mos = generated_pairs(tmp_path / "db", mos=True)
+    assert [p.name for p in dmos] == [p.name for p in mos] and dmos[0].score != mos[0].score
+    a = write_kfold_run(tmp_path / "dmos", dmos, lambda y, rng: y + rng.normal(0, 3, y.size))
+    b = write_kfold_run(tmp_path / "mos", mos, lambda y, rng: y + rng.normal(0, 3, y.size))
+    with pytest.raises(UserError, match="different scores") as err:
+        compare([load_run(a), load_run(b)])
+    assert str(a) in str(err.value) and str(b) in str(err.value) and "\n" not in str(err.value)
+    proc = run_entry("compare.py", a, b)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    pair = proc.stderr.split("test pair ")[1].split()[0]
+    assert pair in {p.name for p in dmos}
+
+
+def test_runs_with_other_fold_counts_are_told_the_setting_that_differs():
+    """5 folds against 3 folds used to be told to match train.repeats; the message names
+    protocol.folds (and the design, for k-fold against random splits)."""
+    runs = synthetic_runs(np.linspace(0.7, 0.8, 5), np.linspace(0.7, 0.8, 5))
+    runs[0].splits = {**runs[0].splits, "folds": 5}
+    runs[1].splits = {**runs[1].splits, "folds": 3, "splits": runs[1].splits["splits"][:3]}
+    runs[1].tests, runs[1].predictions = runs[1].tests[:3], runs[1].predictions[:3]
+    with pytest.raises(UserError) as err:
+        compare(runs, metrics=["srocc"])
+    message = str(err.value)
+    assert "protocol.folds=5" in message and "protocol.folds=3" in message
+    assert "train.repeats" not in message and "\n" not in message
+    runs[1].splits = {k: v for k, v in runs[1].splits.items() if k != "folds"}
+    with pytest.raises(UserError, match=r"protocol.folds=5\) vs random splits \(protocol.design"):
+        compare(runs, metrics=["srocc"])

@@ -2,8 +2,8 @@
 run, and tables that go into a paper (and CSV/Markdown files that other tools read).
 
     reference R (N splits) ─┐
-    run X (N splits) ───────┤  same splits.json (scene ids per split, pair-list hash)? else refuse
-    run Y ...  ─────────────┘
+    run X (N splits) ───────┤  same splits.json (scene ids per split, pair-list hash, folds)?
+    run Y ...  ─────────────┘  same scores of the test pairs (predictions.csv)? else refuse
         │
         ├─ leaderboard: per run and metric the median over the splits and the
         │  distribution-free interval of the median; k-fold runs: the metric of the pooled
@@ -28,6 +28,7 @@ not a scene-level test. With N splits no Wilcoxon p can fall below 2 / 2^N
 """
 import csv
 import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,9 @@ from siqa.files import atomic_write_text, read_json
 DEFAULT_METRICS = ("srocc", "krocc", "plcc", "rmse", "plcc_logistic", "rmse_logistic")
 TITLES = {"srocc": "SROCC", "krocc": "KROCC", "plcc": "PLCC", "rmse": "RMSE",
           "plcc_logistic": "PLCC (logistic)", "rmse_logistic": "RMSE (logistic)"}
+# Scores are written with repr() and read back exactly; the relative tolerance forgives a
+# label that another tool rounded in its last digit, not another scale
+SCORE_RTOL = 1e-9
 
 
 @dataclass
@@ -59,7 +63,7 @@ class Run:
     label: str
     splits: dict  # the splits.json document
     tests: list  # per split: the "test" dict of metrics.json
-    predictions: list  # per split: {pair name: (score, prediction)} of the test pairs
+    predictions: list  # per split: {pair name: (score, prediction, scene)} of the test pairs
 
 
 def _test_predictions(path):
@@ -88,6 +92,12 @@ def load_run(folder, label=None) -> Run:
     return Run(folder, label or folder.name, doc, tests, preds)
 
 
+def _design(doc) -> str:
+    folds = doc.get("folds")
+    return f"{folds} folds (protocol.folds={folds})" if folds else \
+        "random splits (protocol.design=random)"
+
+
 def check_same_splits(runs):
     """UserError (one line) unless every run used the same splits as the first."""
     base = runs[0]
@@ -95,6 +105,10 @@ def check_same_splits(runs):
         if run.splits.get("pairs_sha256") != base.splits.get("pairs_sha256"):
             raise UserError(f"runs {base.folder} and {run.folder} were made on different pair "
                             "lists (pair-list hashes differ): they cannot be compared")
+        if run.splits.get("folds") != base.splits.get("folds"):
+            raise UserError(f"runs {base.folder} and {run.folder} were split differently "
+                            f"({_design(base.splits)} vs {_design(run.splits)}): train both with "
+                            f"dataset.split_file={base.folder / 'splits.json'}")
         a, b = base.splits["splits"], run.splits["splits"]
         if len(a) != len(b):
             raise UserError(f"runs {base.folder} and {run.folder} have {len(a)} and {len(b)} "
@@ -105,6 +119,24 @@ def check_same_splits(runs):
                 raise UserError(f"runs {base.folder} and {run.folder} differ in split {r} "
                                 f"({part} scenes {sorted(sa[part])} vs {sorted(sb[part])}): train "
                                 f"both with dataset.split_file={base.folder / 'splits.json'}")
+
+
+def check_same_scores(runs):
+    """UserError (one line) unless every run recorded the first run's score for each test
+    pair both hold. The split file checks pair names only: the same images scored as DMOS
+    and as 100 - DMOS (a MOS manifest) pass it, and every metric and test would then mix
+    two targets."""
+    base = runs[0]
+    for run in runs[1:]:
+        for r, (pa, pb) in enumerate(zip(base.predictions, run.predictions)):
+            for name in sorted(set(pa) & set(pb)):
+                a, b = pa[name][0], pb[name][0]
+                if not math.isclose(a, b, rel_tol=SCORE_RTOL):
+                    raise UserError(
+                        f"runs {base.folder} and {run.folder} were trained on different scores: "
+                        f"test pair {name} of split {r} has score {a:g} in one and {b:g} in the "
+                        "other (predictions.csv; DMOS vs MOS, or another scale?): compare runs "
+                        "trained on the same labels")
 
 
 def _residuals(predictions, names):
@@ -153,6 +185,7 @@ def compare(runs, metrics=DEFAULT_METRICS, alpha=0.05, reference=None) -> dict:
     ref = reference_index(runs, reference)
     runs = [runs[ref]] + runs[:ref] + runs[ref + 1:]
     check_same_splits(runs)
+    check_same_scores(runs)
     base = runs[0]
     ratio = held_out_ratio(base.splits)
     out = {"alpha": alpha, "splits": len(base.tests), "database": base.splits.get("database"),
