@@ -309,7 +309,10 @@ def test_reference_leaderboard_and_its_files(tmp_path):
     assert [c["label"] for c in result["comparisons"]] == ["ref", "x"]
     assert all(c["baseline"] == "y" for c in result["comparisons"])
     board = result["leaderboard"]
-    assert [r["run"] for r in board] == ["x", "ref", "y"] and [r["rank"] for r in board] == [1, 2, 3]
+    assert [r["run"] for r in board] == ["x", "ref", "y", "constant (score mean)"]
+    assert [r["rank"] for r in board] == [1, 2, 3, None]
+    # made-up runs record no training or validation scores: no constant predictor to judge by
+    assert board[3]["metrics"]["srocc"]["value"] is None and all(r["learned"] for r in board[:3])
     assert board[0]["metrics"]["srocc"]["value"] == pytest.approx(np.median(a + 0.05))
     assert board[0]["metrics"]["srocc"]["winner"] == "x"  # 8 splits all better: p = 2/2^8, Holm x2
     assert board[2]["reference"] and "winner" not in board[2]["metrics"]["srocc"]
@@ -321,7 +324,9 @@ def test_reference_leaderboard_and_its_files(tmp_path):
     with open(tmp_path / "leaderboard.csv", newline="") as f:
         rows = list(csv_mod.DictReader(f))
     assert [(r["run"], r["rank"], r["metric"]) for r in rows] == [
-        ("x", "1", "srocc"), ("ref", "2", "srocc"), ("y", "3", "srocc")]
+        ("x", "1", "srocc"), ("ref", "2", "srocc"), ("y", "3", "srocc"),
+        ("constant (score mean)", "", "srocc")]
+    assert rows[3]["value"] == "" and rows[3]["learned"] == "" and rows[0]["learned"] == "1"
     low, high = board[0]["metrics"]["srocc"]["ci"]
     assert float(rows[0]["value"]) == board[0]["metrics"]["srocc"]["value"]
     assert (float(rows[0]["ci_low"]), float(rows[0]["ci_high"])) == (low, high)
@@ -352,7 +357,7 @@ def test_kfold_leaderboard_gives_the_pooled_out_of_fold_metrics():
                   if (i < 16) == (f == 0)} for f in range(2)]
         runs.append(Run(Path(label), label, doc, [{"srocc": 0.1}, {"srocc": 0.2}], folds))
     board = compare(runs, metrics=["srocc", "rmse"])["leaderboard"]
-    assert [r["run"] for r in board] == ["other", "base"]
+    assert [r["run"] for r in board] == ["other", "base", "constant (score mean)"]
     want = evaluate_scores(preds["other"], y)
     cell = board[0]["metrics"]["srocc"]
     assert cell["value"] == pytest.approx(want["srocc"]) and cell["value"] != 0.2
