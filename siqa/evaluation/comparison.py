@@ -7,9 +7,14 @@ run, and tables that go into a paper (and CSV/Markdown files that other tools re
         │
         ├─ leaderboard: per run and metric the median over the splits and the
         │  distribution-free interval of the median; k-fold runs: the metric of the pooled
-        │  out-of-fold predictions with its scene-bootstrap interval; best first
-        ├─ per metric, each X against R: the N per-split test values; paired differences
-        │  X - R; Wilcoxon signed-rank test (siqa.evaluation.stats), two-sided
+        │  out-of-fold predictions with its scene-bootstrap interval; best first; then the
+        │  constant predictor (each split's training mean: `training_means`), RMSE only
+        ├─ per run: learned or not (`learning_verdict`): its SROCC interval above 0 and its
+        │  RMSE below the constant predictor's, both aggregated as the leaderboard does
+        ├─ per metric, each X against R: the per-split test values where both runs have one
+        │  (the dropped splits counted); paired differences X - R; Wilcoxon signed-rank test
+        │  (siqa.evaluation.stats), two-sided, and the corrected resampled t-test; neither
+        │  below MIN_SPLITS_TO_TEST splits
         ├─ per split: residuals target - logistic(prediction) of each run on the same test
         │  pairs (each run's own fit, siqa.evaluation.metrics.fit_logistic); Pitman-Morgan test of
         │  their variances (paired)
@@ -20,10 +25,13 @@ metrics x comparisons (Wilcoxon), the splits x comparisons (Pitman-Morgan), the 
 comparisons (scene tests); with two runs, one comparison. A winner is named only where the
 Holm-adjusted p < alpha (default 0.05), by the sign of the test statistic (R+ - R- for the
 Wilcoxon, in the direction in which the metric is better; the smaller residual variance
-for Pitman-Morgan); otherwise the cell says "n.s.". The Pitman-Morgan test assumes
+for Pitman-Morgan); otherwise the cell says "n.s.". No winner is named in a comparison
+where either run did not learn ("not tested", the p-values kept and still counted in the
+Holm families). The Pitman-Morgan test assumes
 independent test pairs, which pairs of one scene are not: it is a per-split description,
-not a scene-level test. With N splits no Wilcoxon p can fall below 2 / 2^N
-(`min_wilcoxon_pvalue`): the tables say so. The reference is the first run unless
+not a scene-level test; with a single split it names the smaller variance only as a
+description ("smaller_variance"), never a winner. With N splits no Wilcoxon p can fall
+below 2 / 2^N (`min_wilcoxon_pvalue`): the tables say so. The reference is the first run unless
 `reference` names another. Tables: Markdown, or LaTeX (`tabular`) with --latex.
 """
 import csv
@@ -754,11 +762,12 @@ def tables(result, latex=False) -> str:
 
 
 def _verdict(comp, cell) -> str:
-    """The verdict cell of a test: the winner, n.s., or why it was not tested."""
-    if comp.get("not_tested"):
-        return "not tested"
+    """The verdict cell of a test: the winner, n.s., or why it was not tested (too few
+    splits first: then there is no p-value either)."""
     if cell.get("pvalue") is None and str(cell.get("method", "")).startswith("too few"):
         return cell["method"]
+    if comp.get("not_tested"):
+        return "not tested"
     return cell["winner"] or "n.s."
 
 
