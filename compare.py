@@ -5,9 +5,12 @@ a paired variance test per split against a reference run (Holm-corrected).
                       [--alpha 0.05] [--latex] [--json FILE] [--out DIR]
 
 Each RUN is a finished run folder (`train.repeats=N`, or parts merged by summarize.py; all
-on the same splits, e.g. trained with dataset.split_file=RUN_A/splits.json); the reference
-is the first unless --reference names another (its label or folder). --out DIR also writes
-leaderboard.csv, leaderboard.md, comparison.md (.tex) and comparison.json there.
+on the same splits and the same scores, e.g. trained with
+dataset.split_file=RUN_A/splits.json); the reference is the first unless --reference names
+another (its label or folder). The leaderboard ends with the constant predictor (each
+split's training mean); a run that does not beat it, or whose SROCC interval reaches 0, is
+marked a non-learner and no winner is called against it (docs/statistics.md). --out DIR also
+writes leaderboard.csv, leaderboard.md, comparison.md (.tex) and comparison.json there.
 """
 import argparse
 import sys

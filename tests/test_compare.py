@@ -11,6 +11,7 @@ import pytest
 from conftest import make_tiny_database, run_entry, tiny_overrides
 from siqa.checkpoint import load_checkpoint
 from siqa.data.splits import content_splits, split_document, write_split_file
+from siqa.errors import UserError
 from siqa.evaluation.comparison import Run, compare, load_run, tables
 from siqa.evaluation.stats import holm, pitman_morgan, wilcoxon_signed_rank
 
@@ -86,12 +87,10 @@ def test_compare_markdown_latex_and_statistics(runs, tmp_path):
     assert "2/2^2 = 0.5: no difference across splits can be significant" in proc.stdout
     result = json.loads((tmp_path / "c.json").read_text())
     got = result["comparisons"][0]
-    # the Wilcoxon of the per-split SROCC and the F-test of split 0, recomputed here
-    ta = [json.loads((runs / "a" / f"split_{r}" / "metrics.json").read_text())["test"] for r in range(2)]
-    tb = [json.loads((runs / "b" / f"split_{r}" / "metrics.json").read_text())["test"] for r in range(2)]
-    want = wilcoxon_signed_rank([t["srocc"] for t in ta], [t["srocc"] for t in tb])
-    assert got["metrics"]["srocc"]["pvalue"] == pytest.approx(want.pvalue)
-    assert got["metrics"]["srocc"]["winner"] is None  # two splits: p >= 0.5, never significant
+    # two splits: below the 3 a test across splits needs (Wilcoxon p >= 0.5, t with 1 df);
+    # the Pitman-Morgan test of split 0 recomputed here
+    assert got["metrics"]["srocc"]["pvalue"] is None and got["metrics"]["srocc"]["winner"] is None
+    assert got["metrics"]["srocc"]["n"] == 2 and "too few splits to test (2)" in proc.stdout
     from siqa.evaluation.metrics import fit_logistic
 
     res = {}
@@ -113,15 +112,12 @@ def test_compare_markdown_latex_and_statistics(runs, tmp_path):
     assert [adjusted[i] for i in known] == pytest.approx(list(holm([raw[i] for i in known])))
     assert all(adjusted[i] is None for i in range(len(raw)) if i not in known)
     # the corrected resampled t-test: n_test / n_train from the runs' own pair counts
-    from siqa.evaluation.stats import corrected_resampled_t
-
     counts = [json.loads((runs / "a" / f"split_{r}" / "metrics.json").read_text())["pairs"]
               for r in range(2)]
     ratio = np.mean([c["test"] / c["train"] for c in counts])
     assert result["test_train_ratio"] == pytest.approx(ratio)
-    want_t = corrected_resampled_t([t["srocc"] for t in ta], [t["srocc"] for t in tb], ratio)
-    assert got["corrected_t"]["srocc"]["pvalue"] == pytest.approx(want_t.pvalue)
-    assert got["corrected_t"]["srocc"]["df"] == 1 and "Nadeau-Bengio" in proc.stdout
+    assert got["corrected_t"]["srocc"]["pvalue"] is None and got["corrected_t"]["srocc"]["df"] is None
+    assert "Nadeau-Bengio" in proc.stdout
     latex = run_entry("compare.py", runs / "a", runs / "b", "--latex", "--metric", "srcc")
     assert latex.returncode == 0 and r"\begin{tabular}" in latex.stdout
     assert "KROCC" not in latex.stdout  # --metric with the alias srcc kept SROCC only
@@ -308,7 +304,10 @@ def test_reference_leaderboard_and_its_files(tmp_path):
     assert [c["label"] for c in result["comparisons"]] == ["ref", "x"]
     assert all(c["baseline"] == "y" for c in result["comparisons"])
     board = result["leaderboard"]
-    assert [r["run"] for r in board] == ["x", "ref", "y"] and [r["rank"] for r in board] == [1, 2, 3]
+    assert [r["run"] for r in board] == ["x", "ref", "y", "constant (score mean)"]
+    assert [r["rank"] for r in board] == [1, 2, 3, None]
+    # made-up runs record no training or validation scores: no constant predictor to judge by
+    assert board[3]["metrics"]["srocc"]["value"] is None and all(r["learned"] for r in board[:3])
     assert board[0]["metrics"]["srocc"]["value"] == pytest.approx(np.median(a + 0.05))
     assert board[0]["metrics"]["srocc"]["winner"] == "x"  # 8 splits all better: p = 2/2^8, Holm x2
     assert board[2]["reference"] and "winner" not in board[2]["metrics"]["srocc"]
@@ -320,7 +319,9 @@ def test_reference_leaderboard_and_its_files(tmp_path):
     with open(tmp_path / "leaderboard.csv", newline="") as f:
         rows = list(csv_mod.DictReader(f))
     assert [(r["run"], r["rank"], r["metric"]) for r in rows] == [
-        ("x", "1", "srocc"), ("ref", "2", "srocc"), ("y", "3", "srocc")]
+        ("x", "1", "srocc"), ("ref", "2", "srocc"), ("y", "3", "srocc"),
+        ("constant (score mean)", "", "srocc")]
+    assert rows[3]["value"] == "" and rows[3]["learned"] == "" and rows[0]["learned"] == "1"
     low, high = board[0]["metrics"]["srocc"]["ci"]
     assert float(rows[0]["value"]) == board[0]["metrics"]["srocc"]["value"]
     assert (float(rows[0]["ci_low"]), float(rows[0]["ci_high"])) == (low, high)
@@ -351,7 +352,7 @@ def test_kfold_leaderboard_gives_the_pooled_out_of_fold_metrics():
                   if (i < 16) == (f == 0)} for f in range(2)]
         runs.append(Run(Path(label), label, doc, [{"srocc": 0.1}, {"srocc": 0.2}], folds))
     board = compare(runs, metrics=["srocc", "rmse"])["leaderboard"]
-    assert [r["run"] for r in board] == ["other", "base"]
+    assert [r["run"] for r in board] == ["other", "base", "constant (score mean)"]
     want = evaluate_scores(preds["other"], y)
     cell = board[0]["metrics"]["srocc"]
     assert cell["value"] == pytest.approx(want["srocc"]) and cell["value"] != 0.2
@@ -371,3 +372,245 @@ def test_compare_cli_with_three_runs_writes_the_leaderboard(runs, tmp_path):
     assert (tmp_path / "cmp" / "leaderboard.csv").read_text().startswith("rank,run,reference,")
     same = run_entry("compare.py", runs / "a", runs / "a")
     assert same.returncode == 2 and "labelled 'a'" in same.stderr
+
+
+# ------------------------------------------- runs written as files on a generated database
+def generated_pairs(folder, scenes=10, levels=4, mos=False):
+    """The pairs of a generated database (make_tiny_database), read by the CSV loader; with
+    mos=True the same images and names scored 100 - DMOS (higher_is_better=true)."""
+    from siqa.data.databases import load_csv
+
+    manifest = folder / "manifest.csv"
+    if not manifest.is_file():
+        make_tiny_database(folder, scenes=scenes, levels=levels)
+    if not mos:
+        return load_csv(manifest)
+    with open(manifest, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        row.update(score=repr(100.0 - float(row["score"])), higher_is_better="true")
+    flipped = folder / "manifest_mos.csv"
+    with open(flipped, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return load_csv(flipped)
+
+
+def write_kfold_run(folder, pairs, predict, folds=5):
+    """A finished k-fold run folder as train.py writes it (splits.json; per split its
+    predictions.csv of the val and test pairs and metrics.json with the test report),
+    the predictions made by predict(score array, rng) instead of a network."""
+    from siqa.data.splits import KFOLD_DESIGN, kfold_splits
+    from siqa.evaluation.reports import predictions_csv, score_report, write_json
+
+    splits = kfold_splits(pairs, folds=folds, repetitions=1, seed=0)
+    folder.mkdir(parents=True)
+    write_split_file(folder / "splits.json", split_document(
+        pairs, splits, "csv", 0, [0.6, 0.2, 0.2], design=KFOLD_DESIGN, folds=folds))
+    rng = np.random.default_rng(len(folder.name))
+    pred = predict(np.array([p.score for p in pairs]), rng)
+    for r, split in enumerate(splits):
+        d = folder / f"split_{r}"
+        d.mkdir()
+        val, test = list(split["val"]), list(split["test"])
+        split_of = {pairs[i].name: part for part, idx in (("val", val), ("test", test)) for i in idx}
+        text = predictions_csv([pairs[i] for i in val + test], pred[val + test], split_of)
+        (d / "predictions.csv").write_text(text)
+        write_json(d / "metrics.json", {"test": score_report([pairs[i] for i in test], pred[test])})
+    return folder
+
+
+def test_runs_trained_on_other_labels_are_refused(tmp_path):
+    """The same images and names scored as DMOS and as 100 - DMOS (MOS) give the same split
+    file; the scores the runs recorded for their test pairs differ, and compare.py refuses
+    them in one line naming both folders and a pair (it used to rank the MOS run against
+    its own labels and scene-test it against the DMOS ones)."""
+    dmos = generated_pairs(tmp_path / "db")
+    mos = generated_pairs(tmp_path / "db", mos=True)
+    assert [p.name for p in dmos] == [p.name for p in mos] and dmos[0].score != mos[0].score
+    a = write_kfold_run(tmp_path / "dmos", dmos, lambda y, rng: y + rng.normal(0, 3, y.size))
+    b = write_kfold_run(tmp_path / "mos", mos, lambda y, rng: y + rng.normal(0, 3, y.size))
+    with pytest.raises(UserError, match="different scores") as err:
+        compare([load_run(a), load_run(b)])
+    assert str(a) in str(err.value) and str(b) in str(err.value) and "\n" not in str(err.value)
+    proc = run_entry("compare.py", a, b)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    pair = proc.stderr.split("test pair ")[1].split()[0]
+    assert pair in {p.name for p in dmos}
+
+
+def test_runs_with_other_fold_counts_are_told_the_setting_that_differs():
+    """5 folds against 3 folds used to be told to match train.repeats; the message names
+    protocol.folds (and the design, for k-fold against random splits)."""
+    runs = synthetic_runs(np.linspace(0.7, 0.8, 5), np.linspace(0.7, 0.8, 5))
+    runs[0].splits = {**runs[0].splits, "folds": 5}
+    runs[1].splits = {**runs[1].splits, "folds": 3, "splits": runs[1].splits["splits"][:3]}
+    runs[1].tests, runs[1].predictions = runs[1].tests[:3], runs[1].predictions[:3]
+    with pytest.raises(UserError) as err:
+        compare(runs, metrics=["srocc"])
+    message = str(err.value)
+    assert "protocol.folds=5" in message and "protocol.folds=3" in message
+    assert "train.repeats" not in message and "\n" not in message
+    runs[1].splits = {k: v for k, v in runs[1].splits.items() if k != "folds"}
+    with pytest.raises(UserError, match=r"protocol.folds=5\) vs random splits \(protocol.design"):
+        compare(runs, metrics=["srocc"])
+
+
+# ------------------------------------------------ runs that learned nothing, the constant row
+def noise_around_the_mean(y, rng):
+    """Predictions that know nothing of the scores: the mean plus noise of their spread."""
+    return y.mean() + rng.normal(0, y.std(), y.size)
+
+
+def test_runs_that_learned_nothing_are_marked_and_never_win(tmp_path):
+    """Three k-fold runs predicting noise around the mean: the leaderboard carries the
+    constant predictor, every run is marked a non-learner (in the tables, the CSV and the
+    JSON), no cell gets a * and no comparison names a winner; a run that learned, tested
+    against one of them, is not called a winner either (its scene test would name it)."""
+    from siqa.evaluation.comparison import leaderboard_table, write_outputs
+
+    pairs = generated_pairs(tmp_path / "db")
+    noise = [load_run(write_kfold_run(tmp_path / name, pairs, noise_around_the_mean))
+             for name in ("n1", "n22", "n333")]  # the folder name seeds the noise
+    result = compare(noise)
+    board = result["leaderboard"]
+    assert board[-1]["run"] == "constant (score mean)" and board[-1]["rank"] is None
+    assert board[-1]["metrics"]["srocc"]["value"] is None
+    assert board[-1]["metrics"]["rmse"]["value"] == pytest.approx(result["constant_baseline"]["rmse"])
+    assert [r["learned"] for r in result["runs"]] == [False] * 3
+    for r in result["runs"]:
+        assert "constant predictor" in r["why"] or "includes 0" in r["why"]
+    text = tables(result)
+    cells = [line for line in text.splitlines() if line.startswith("|")]
+    assert not any(" *" in line for line in cells) and "**" not in text
+    assert text.count("[non-learner] n") == 3  # the footnotes under the leaderboard
+    assert all(f"| n{i} [non-learner]" in text or f"| n{i} (reference) [non-learner]" in text
+               for i in ("1", "22", "333"))
+    assert "| — | constant (score mean) | — | — | — |" in text
+    winners = [t["winner"] for c in result["comparisons"]
+               for t in [*c["metrics"].values(), *c["variance_tests"], *c["scene_tests"].values()]]
+    assert winners and set(winners) == {None}
+    assert all(c["not_tested"] for c in result["comparisons"])
+    assert "n22 vs n1: not tested: n22 " in text
+    write_outputs(tmp_path / "out", result)
+    saved = json.loads((tmp_path / "out" / "comparison.json").read_text())
+    assert [(r["learned"], bool(r["why"])) for r in saved["runs"]] == [(False, True)] * 3
+    with open(tmp_path / "out" / "leaderboard.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    constant = [r for r in rows if r["run"] == "constant (score mean)"]
+    assert {r["metric"]: r["value"] for r in constant}["srocc"] == ""
+    assert float({r["metric"]: r["value"] for r in constant}["rmse"]) == pytest.approx(
+        result["constant_baseline"]["rmse"])
+    assert {r["learned"] for r in rows if r["run"] != "constant (score mean)"} == {"0"}
+    assert "constant (score mean)" in leaderboard_table(result, latex=True)
+    # a run that learned against one that did not: the scene test alone would call it
+    good = load_run(write_kfold_run(tmp_path / "good", pairs, lambda y, rng: y + rng.normal(0, 2, y.size)))
+    mixed = compare([noise[0], good])
+    assert [r["learned"] for r in mixed["runs"]] == [False, True]
+    scene = mixed["comparisons"][0]["scene_tests"]["rmse"]
+    assert scene["pvalue_holm"] < 0.05 and scene["winner"] is None
+    assert mixed["comparisons"][0]["not_tested"].startswith("n1 ")
+    cells = [line for line in tables(mixed).splitlines() if line.startswith("|")]
+    assert not any(" *" in line for line in cells)
+    assert any("| good |" in line for line in cells)  # the run that learned: no marker
+
+
+def test_constant_baseline_rmse_is_the_training_mean_scored_on_the_test_pairs(tmp_path):
+    """Recomputed from the files: each fold's test pairs (its predictions.csv) predicted by
+    the mean score of its training scenes (from the manifest), pooled over the 5 folds;
+    without the split file's pair counts, the mean of each fold's validation rows."""
+    from siqa.evaluation.comparison import constant_baseline
+
+    pairs = generated_pairs(tmp_path / "db")
+    folder = write_kfold_run(tmp_path / "run", pairs, noise_around_the_mean)
+    doc = json.loads((folder / "splits.json").read_text())
+    errors, val_errors = [], []
+    for r, split in enumerate(doc["splits"]):
+        train = [p.score for p in pairs if p.content in split["train"]]
+        with open(folder / f"split_{r}" / "predictions.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        val = np.mean([float(row["score"]) for row in rows if row["split"] == "val"])
+        test = [float(row["score"]) for row in rows if row["split"] == "test"]
+        errors += [np.mean(train) - y for y in test]
+        val_errors += [val - y for y in test]
+    want = np.sqrt(np.mean(np.square(errors)))
+    result = compare([load_run(folder), load_run(folder, "again")], metrics=["rmse"])
+    assert result["constant_baseline"]["rmse"] == pytest.approx(want, rel=1e-12)
+    assert result["constant_baseline"]["mean_of"] == "the training scores of each split"
+    assert result["leaderboard"][-1]["metrics"]["rmse"]["value"] == pytest.approx(want, rel=1e-12)
+    run = load_run(folder)
+    run.splits = {k: v for k, v in run.splits.items() if k != "scenes"}
+    fallback = constant_baseline(run)
+    assert fallback["rmse"] == pytest.approx(np.sqrt(np.mean(np.square(val_errors))), rel=1e-12)
+    assert fallback["mean_of"].startswith("the validation scores")
+    assert fallback["rmse"] != pytest.approx(want)
+
+
+# -------------------------------------------------------- splits dropped, too few to test
+def test_splits_without_a_value_are_counted_and_too_few_are_not_tested():
+    """PLCC after the logistic undefined in 2 of 5 splits of one run: 3 of 5 splits tested,
+    the dropped ones named; with 3 undefined, 2 remain and neither the Wilcoxon nor the
+    corrected t-test runs (it would have had 1 degree of freedom)."""
+    values = np.linspace(0.70, 0.80, 5)
+    runs = synthetic_runs(values, values + 0.02, metric="plcc_logistic")
+    doc = {**runs[0].splits, "scenes": {"a": {"pairs": 24}, "b": {"pairs": 8}, "c": {"pairs": 8}}}
+    for run in runs:
+        run.splits = doc
+    for r in (1, 3):
+        runs[1].tests[r]["plcc_logistic"] = None
+    result = compare(runs, metrics=["plcc_logistic"])
+    cell = result["comparisons"][0]["metrics"]["plcc_logistic"]
+    assert (cell["n"], cell["splits"], cell["dropped"]["count"]) == (3, 5, 2)
+    assert cell["pvalue"] == pytest.approx(wilcoxon_signed_rank(values[[0, 2, 4]],
+                                                                values[[0, 2, 4]] + 0.02).pvalue)
+    assert ("3 of 5 splits (2 dropped: PLCC (logistic) undefined in other (splits 1, 3))"
+            in tables(result))
+    runs[0].tests[0]["plcc_logistic"] = None
+    result = compare(runs, metrics=["plcc_logistic"])
+    comp = result["comparisons"][0]
+    cell, t = comp["metrics"]["plcc_logistic"], comp["corrected_t"]["plcc_logistic"]
+    assert cell["n"] == 2 and cell["pvalue"] is None and cell["winner"] is None
+    assert t["pvalue"] is None and t["df"] is None
+    text = tables(result)
+    assert text.count("too few splits to test (2)") == 2  # the Wilcoxon and the t-test rows
+    assert "undefined in base (split 0); PLCC (logistic) undefined in other (splits 1, 3)" in text
+
+
+def test_a_single_split_gives_a_description_not_a_verdict():
+    """One split where one run's residuals vary far less (Pitman-Morgan p tiny): the table
+    describes the smaller variance in plain type; no winner, nothing in bold."""
+    y = np.linspace(0, 60, 40)
+    rng = np.random.default_rng(1)
+    doc = {"database": "toy", "pairs_sha256": "0" * 64,
+           "splits": [{"train": ["a"], "val": ["b"], "test": ["c"]}]}
+    runs = [Run(Path(label), label, doc, [{"srocc": 0.8}],
+                [{f"p{i}": (float(y[i]), float(x)) for i, x in enumerate(y + rng.normal(0, s, y.size))}])
+            for label, s in (("base", 12.0), ("other", 0.5))]
+    result = compare(runs, metrics=["srocc"])
+    test = result["comparisons"][0]["variance_tests"][0]
+    assert test["pvalue_holm"] < 1e-6 and test["winner"] is None
+    assert test["smaller_variance"] == "other"
+    text = tables(result)
+    assert "**" not in text and "a description, not a verdict" in text
+    assert "| other |" in text.splitlines()[-1] or text.rstrip().endswith("| other |")
+    assert "too few splits to test (1)" in text
+    assert r"\textbf" not in tables(result, latex=True)
+
+
+# ---------------------------------------------------------------------- what the header says
+def test_header_names_the_aggregate_the_leaderboard_prints(tmp_path):
+    """k-fold: the pooled out-of-fold metrics (not a median the table does not give);
+    random splits: the median over the splits."""
+    from siqa.evaluation.comparison import _header_line
+
+    pairs = generated_pairs(tmp_path / "db")
+    runs = [load_run(write_kfold_run(tmp_path / name, pairs, lambda y, rng: y + rng.normal(0, 3, y.size)))
+            for name in ("k1", "k22")]
+    kfold = _header_line(compare(runs, metrics=["srocc"]))
+    assert "Leaderboard metrics: the metric of the pooled out-of-fold predictions" in kfold
+    assert "median" not in kfold
+    random = _header_line(compare(synthetic_runs(np.linspace(0.7, 0.8, 6), np.linspace(0.7, 0.8, 6)),
+                                  metrics=["srocc"]))
+    assert "Leaderboard metrics: median over the splits [distribution-free interval" in random
+    assert "pooled" not in random

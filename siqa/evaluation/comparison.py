@@ -2,14 +2,19 @@
 run, and tables that go into a paper (and CSV/Markdown files that other tools read).
 
     reference R (N splits) ─┐
-    run X (N splits) ───────┤  same splits.json (scene ids per split, pair-list hash)? else refuse
-    run Y ...  ─────────────┘
+    run X (N splits) ───────┤  same splits.json (scene ids per split, pair-list hash, folds)?
+    run Y ...  ─────────────┘  same scores of the test pairs (predictions.csv)? else refuse
         │
         ├─ leaderboard: per run and metric the median over the splits and the
         │  distribution-free interval of the median; k-fold runs: the metric of the pooled
-        │  out-of-fold predictions with its scene-bootstrap interval; best first
-        ├─ per metric, each X against R: the N per-split test values; paired differences
-        │  X - R; Wilcoxon signed-rank test (siqa.evaluation.stats), two-sided
+        │  out-of-fold predictions with its scene-bootstrap interval; best first; then the
+        │  constant predictor (each split's training mean: `training_means`), RMSE only
+        ├─ per run: learned or not (`learning_verdict`): its SROCC interval above 0 and its
+        │  RMSE below the constant predictor's, both aggregated as the leaderboard does
+        ├─ per metric, each X against R: the per-split test values where both runs have one
+        │  (the dropped splits counted); paired differences X - R; Wilcoxon signed-rank test
+        │  (siqa.evaluation.stats), two-sided, and the corrected resampled t-test; neither
+        │  below MIN_SPLITS_TO_TEST splits
         ├─ per split: residuals target - logistic(prediction) of each run on the same test
         │  pairs (each run's own fit, siqa.evaluation.metrics.fit_logistic); Pitman-Morgan test of
         │  their variances (paired)
@@ -20,21 +25,32 @@ metrics x comparisons (Wilcoxon), the splits x comparisons (Pitman-Morgan), the 
 comparisons (scene tests); with two runs, one comparison. A winner is named only where the
 Holm-adjusted p < alpha (default 0.05), by the sign of the test statistic (R+ - R- for the
 Wilcoxon, in the direction in which the metric is better; the smaller residual variance
-for Pitman-Morgan); otherwise the cell says "n.s.". The Pitman-Morgan test assumes
+for Pitman-Morgan); otherwise the cell says "n.s.". No winner is named in a comparison
+where either run did not learn ("not tested", the p-values kept and still counted in the
+Holm families). The Pitman-Morgan test assumes
 independent test pairs, which pairs of one scene are not: it is a per-split description,
-not a scene-level test. With N splits no Wilcoxon p can fall below 2 / 2^N
-(`min_wilcoxon_pvalue`): the tables say so. The reference is the first run unless
+not a scene-level test; with a single split it names the smaller variance only as a
+description ("smaller_variance"), never a winner. With N splits no Wilcoxon p can fall
+below 2 / 2^N (`min_wilcoxon_pvalue`): the tables say so. The reference is the first run unless
 `reference` names another. Tables: Markdown, or LaTeX (`tabular`) with --latex.
 """
 import csv
 import io
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from siqa.errors import UserError
-from siqa.evaluation.metrics import LOWER_IS_BETTER, evaluate_scores, fit_logistic, metric_name
+from siqa.evaluation.metrics import (
+    LOWER_IS_BETTER,
+    evaluate_scores,
+    fit_logistic,
+    metric_name,
+    rmse,
+    srocc,
+)
 from siqa.evaluation.reports import intervals, write_json
 from siqa.evaluation.stats import (
     PAIRED_TEST_METRICS,
@@ -51,6 +67,9 @@ from siqa.files import atomic_write_text, read_json
 DEFAULT_METRICS = ("srocc", "krocc", "plcc", "rmse", "plcc_logistic", "rmse_logistic")
 TITLES = {"srocc": "SROCC", "krocc": "KROCC", "plcc": "PLCC", "rmse": "RMSE",
           "plcc_logistic": "PLCC (logistic)", "rmse_logistic": "RMSE (logistic)"}
+# Scores are written with repr() and read back exactly; the relative tolerance forgives a
+# label that another tool rounded in its last digit, not another scale
+SCORE_RTOL = 1e-9
 
 
 @dataclass
@@ -59,15 +78,27 @@ class Run:
     label: str
     splits: dict  # the splits.json document
     tests: list  # per split: the "test" dict of metrics.json
-    predictions: list  # per split: {pair name: (score, prediction)} of the test pairs
+    predictions: list  # per split: {pair name: (score, prediction, scene)} of the test pairs
+    val_scores: list = None  # per split: the scores of its validation pairs
+    known_scores: dict = None  # {pair name: (score, scene)} of every recorded row (val, test)
 
 
-def _test_predictions(path):
+def _recorded_rows(path):
+    """({name: (score, prediction, scene)} of the test rows, [scores of the val rows],
+    {name: (score, scene)} of both) of a predictions.csv."""
     if not path.is_file():
         raise UserError(f"{path} is missing: the run folder is incomplete")
+    test, val, known = {}, [], {}
     with open(path, newline="") as f:
-        return {row["name"]: (float(row["score"]), float(row["prediction"]), row.get("content"))
-                for row in csv.DictReader(f) if row["split"] == "test"}
+        for row in csv.DictReader(f):
+            score = float(row["score"])
+            if row["split"] == "test":
+                test[row["name"]] = (score, float(row["prediction"]), row.get("content"))
+            elif row["split"] == "val":
+                val.append(score)
+            if row["split"] in ("val", "test"):
+                known[row["name"]] = (score, row.get("content"))
+    return test, val, known
 
 
 def load_run(folder, label=None) -> Run:
@@ -78,14 +109,23 @@ def load_run(folder, label=None) -> Run:
     doc = read_json(folder / "splits.json")
     count = len(doc.get("splits", []))
     dirs = [folder] if count == 1 else [folder / f"split_{r}" for r in range(count)]
-    tests, preds = [], []
+    tests, preds, vals, known = [], [], [], {}
     for d in dirs:
         if not (d / "metrics.json").is_file():
             raise UserError(f"{d / 'metrics.json'} is missing: the run has not finished "
                             "(finish it with train.py --resume)")
         tests.append(read_json(d / "metrics.json")["test"])
-        preds.append(_test_predictions(d / "predictions.csv"))
-    return Run(folder, label or folder.name, doc, tests, preds)
+        test, val, rows = _recorded_rows(d / "predictions.csv")
+        preds.append(test)
+        vals.append(val)
+        known.update(rows)
+    return Run(folder, label or folder.name, doc, tests, preds, vals, known)
+
+
+def _design(doc) -> str:
+    folds = doc.get("folds")
+    return f"{folds} folds (protocol.folds={folds})" if folds else \
+        "random splits (protocol.design=random)"
 
 
 def check_same_splits(runs):
@@ -95,6 +135,10 @@ def check_same_splits(runs):
         if run.splits.get("pairs_sha256") != base.splits.get("pairs_sha256"):
             raise UserError(f"runs {base.folder} and {run.folder} were made on different pair "
                             "lists (pair-list hashes differ): they cannot be compared")
+        if run.splits.get("folds") != base.splits.get("folds"):
+            raise UserError(f"runs {base.folder} and {run.folder} were split differently "
+                            f"({_design(base.splits)} vs {_design(run.splits)}): train both with "
+                            f"dataset.split_file={base.folder / 'splits.json'}")
         a, b = base.splits["splits"], run.splits["splits"]
         if len(a) != len(b):
             raise UserError(f"runs {base.folder} and {run.folder} have {len(a)} and {len(b)} "
@@ -105,6 +149,24 @@ def check_same_splits(runs):
                 raise UserError(f"runs {base.folder} and {run.folder} differ in split {r} "
                                 f"({part} scenes {sorted(sa[part])} vs {sorted(sb[part])}): train "
                                 f"both with dataset.split_file={base.folder / 'splits.json'}")
+
+
+def check_same_scores(runs):
+    """UserError (one line) unless every run recorded the first run's score for each test
+    pair both hold. The split file checks pair names only: the same images scored as DMOS
+    and as 100 - DMOS (a MOS manifest) pass it, and every metric and test would then mix
+    two targets."""
+    base = runs[0]
+    for run in runs[1:]:
+        for r, (pa, pb) in enumerate(zip(base.predictions, run.predictions)):
+            for name in sorted(set(pa) & set(pb)):
+                a, b = pa[name][0], pb[name][0]
+                if not math.isclose(a, b, rel_tol=SCORE_RTOL):
+                    raise UserError(
+                        f"runs {base.folder} and {run.folder} were trained on different scores: "
+                        f"test pair {name} of split {r} has score {a:g} in one and {b:g} in the "
+                        "other (predictions.csv; DMOS vs MOS, or another scale?): compare runs "
+                        "trained on the same labels")
 
 
 def _residuals(predictions, names):
@@ -153,14 +215,21 @@ def compare(runs, metrics=DEFAULT_METRICS, alpha=0.05, reference=None) -> dict:
     ref = reference_index(runs, reference)
     runs = [runs[ref]] + runs[:ref] + runs[ref + 1:]
     check_same_splits(runs)
+    check_same_scores(runs)
     base = runs[0]
     ratio = held_out_ratio(base.splits)
     out = {"alpha": alpha, "splits": len(base.tests), "database": base.splits.get("database"),
+           "design": "kfold" if base.splits.get("folds") else "random",
            "test_train_ratio": ratio,
            "min_wilcoxon_pvalue": min_wilcoxon_pvalue(len(base.tests)),
+           "min_splits_to_test": MIN_SPLITS_TO_TEST,
            "pairs_sha256": base.splits.get("pairs_sha256"), "runs": [], "comparisons": []}
+    pooled = {run.label: pooled_report(run) for run in runs} if base.splits.get("folds") else {}
+    constant = constant_baseline(base)
+    out["constant_baseline"] = constant
     for run in runs:
-        out["runs"].append({"label": run.label, "folder": str(run.folder),
+        verdict = learning_verdict(*_headline(run, pooled.get(run.label)), constant["rmse"])
+        out["runs"].append({"label": run.label, "folder": str(run.folder), **verdict,
                             "metrics": _medians(run, metrics)})
     for run in runs[1:]:
         comp = {"label": run.label, "baseline": base.label, "metrics": {},
@@ -177,13 +246,34 @@ def compare(runs, metrics=DEFAULT_METRICS, alpha=0.05, reference=None) -> dict:
     _holm_winners([(c, t) for c in comps for t in c.get("corrected_t", {}).values()], alpha)
     _holm_winners([(c, t) for c in comps for t in c["variance_tests"]], alpha)
     _holm_winners([(c, t) for c in comps for t in c.get("scene_tests", {}).values()], alpha)
+    _withhold_verdicts(out)
     out["holm"] = (f"one family per kind of test over the {len(comps)} comparison(s) with "
                    f"{base.label}: Wilcoxon over metrics x comparisons, the corrected t-test "
                    "over metrics x comparisons, Pitman-Morgan over "
                    "splits x comparisons, scene tests over metrics x comparisons")
     out["reference"] = base.label
-    out["leaderboard"] = leaderboard(runs, metrics, out)
+    out["leaderboard"] = leaderboard(runs, metrics, out, pooled)
     return _finite(out)
+
+
+def _withhold_verdicts(out):
+    """No winner where the run or the reference did not learn (a difference between two
+    runs that learned nothing says nothing), and none from the description of a single
+    split: their p-values stay, the verdict goes."""
+    learned = {r["label"]: r for r in out["runs"]}
+    for comp in out["comparisons"]:
+        tests = [*comp["metrics"].values(), *comp.get("corrected_t", {}).values(),
+                 *comp["variance_tests"], *comp.get("scene_tests", {}).values()]
+        if out["splits"] == 1:
+            for t in comp["variance_tests"]:
+                t["smaller_variance"], t["winner"] = t["winner"], None
+        failed = [label for label in (comp["label"], comp["baseline"])
+                  if not learned[label]["learned"]]
+        if failed:
+            comp["not_tested"] = "; ".join(f"{label} {learned[label]['why']}" for label in failed)
+            for t in tests:
+                t["winner"] = None
+                t.pop("smaller_variance", None)
 
 
 def _medians(run, metrics) -> dict:
@@ -201,17 +291,28 @@ def _medians(run, metrics) -> dict:
 
 def _split_tests(comp, base, run, metrics, ratio):
     """The Wilcoxon test (and the corrected resampled t-test, where the split file gives the
-    test/train ratio) of each metric over the splits, into `comp`."""
+    test/train ratio) of each metric over the splits where both runs have a value, into
+    `comp`; which splits were dropped and why; no test below MIN_SPLITS_TO_TEST splits."""
     for m in metrics:
-        pairs = [(a.get(m), b.get(m)) for a, b in zip(base.tests, run.tests)]
-        pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
-        a = np.array([p[0] for p in pairs])
-        b = np.array([p[1] for p in pairs])
-        res = wilcoxon_signed_rank(a, b)
+        values = [(a.get(m), b.get(m)) for a, b in zip(base.tests, run.tests)]
+        kept = [(a, b) for a, b in values if a is not None and b is not None]
+        a = np.array([p[0] for p in kept])
+        b = np.array([p[1] for p in kept])
         sign = -1 if m in LOWER_IS_BETTER else 1
-        comp["metrics"][m] = {"median_difference": res.median_difference,
-                              "better_on": int(np.sum(sign * (b - a) > 0)),
-                              "worse_on": int(np.sum(sign * (b - a) < 0)), "n": len(pairs),
+        cell = {"n": len(kept), "splits": len(values), "dropped": _dropped(m, values, base, run),
+                "better_on": int(np.sum(sign * (b - a) > 0)),
+                "worse_on": int(np.sum(sign * (b - a) < 0)),
+                "median_difference": float(np.median(b - a)) if kept else None}
+        if len(kept) < MIN_SPLITS_TO_TEST:
+            skipped = {"pvalue": None, "direction": 0, "method": f"too few splits to test ({len(kept)})"}
+            comp["metrics"][m] = {**cell, "statistic": None, "r_plus": None, "r_minus": None,
+                                  **skipped}
+            if ratio is not None:
+                comp.setdefault("corrected_t", {})[m] = {
+                    "mean_difference": None, "t": None, "df": None, "n": len(kept), **skipped}
+            continue
+        res = wilcoxon_signed_rank(a, b)
+        comp["metrics"][m] = {**cell, "median_difference": res.median_difference,
                               "statistic": res.statistic, "r_plus": res.r_plus,
                               "r_minus": res.r_minus, "pvalue": res.pvalue,
                               "method": res.method, "direction": sign * res.direction}
@@ -219,7 +320,24 @@ def _split_tests(comp, base, run, metrics, ratio):
             t = corrected_resampled_t(a, b, ratio)
             comp.setdefault("corrected_t", {})[m] = {
                 "mean_difference": t.mean_difference, "t": t.statistic, "df": t.df,
-                "pvalue": t.pvalue, "direction": sign * t.direction, "n": len(pairs)}
+                "pvalue": t.pvalue, "direction": sign * t.direction, "n": len(kept)}
+
+
+def _dropped(metric, values, base, run):
+    """Why splits were left out of a paired test: the metric is undefined (None in
+    metrics.json) in one run or both; None when none was."""
+    missing = {}
+    for r, pair in enumerate(values):
+        for run_, v in zip((base, run), pair):
+            if v is None:
+                missing.setdefault(run_.label, []).append(r)
+    if not missing:
+        return None
+    count = sum(a is None or b is None for a, b in values)
+    why = "; ".join(f"{TITLES.get(metric, metric)} undefined in {label} (split"
+                    f"{'s' if len(splits) > 1 else ''} {', '.join(map(str, splits))})"
+                    for label, splits in missing.items())
+    return {"count": count, "why": why}
 
 
 def _variance_tests(base, run) -> list:
@@ -243,6 +361,10 @@ def _variance_tests(base, run) -> list:
     return tests
 
 
+BASELINE_LABEL = "constant (score mean)"
+MIN_SPLITS_TO_TEST = 3  # below, no Wilcoxon or t-test across splits (it cannot inform)
+
+
 def pooled_report(run) -> dict:
     """The metrics of a k-fold run's pooled out-of-fold predictions (mean over the
     repetitions, pairs in name order as the scene tests take them), with the scene
@@ -254,27 +376,132 @@ def pooled_report(run) -> dict:
     return {**evaluate_scores(x, y), **intervals(x, y, [str(pooled[n][2]) for n in names])}
 
 
-def leaderboard(runs, metrics, result) -> list:
+def training_means(run) -> list:
+    """Per split (mean, source) of the constant predictor: the mean of the split's training
+    scores where the run folder records a score for every training pair (the pairs of its
+    training scenes, counted by splits.json; predictions.csv holds the val and test rows of
+    each split, so a k-fold run records every pair), else the mean of the split's validation
+    scores, else (None, None). Never the test scores the predictor is scored on."""
+    doc = run.splits
+    scenes = doc.get("scenes") if isinstance(doc.get("scenes"), dict) else {}
+    by_scene = {}
+    for score, scene in (run.known_scores or {}).values():
+        by_scene.setdefault(str(scene), []).append(score)
+    vals = run.val_scores or [None] * len(doc["splits"])
+    out = []
+    for split, val in zip(doc["splits"], vals):
+        train = [str(s) for s in split.get("train", [])]
+        if train and all(len(by_scene.get(s, [])) == (scenes.get(s) or {}).get("pairs")
+                         for s in train):
+            out.append((float(np.mean([y for s in train for y in by_scene[s]])), "training"))
+        elif val:
+            out.append((float(np.mean(val)), "validation"))
+        else:
+            out.append((None, None))
+    return out
+
+
+def constant_baseline(run) -> dict:
+    """The constant predictor at each split's mean (`training_means`), scored on that
+    split's test pairs: its RMSE aggregated as the leaderboard aggregates the runs' (k-fold:
+    the pooled out-of-fold predictions, each pair's mean over the repetitions, with the
+    scene-bootstrap interval; random splits: the median over the splits and the interval of
+    the median). Its correlations are undefined (a constant ranks nothing)."""
+    means = training_means(run)
+    sources = sorted({source for _, source in means}, key=str)
+    if None in sources:
+        return {"rmse": None, "ci": [None, None], "interval": None, "means": None,
+                "mean_of": None, "source": "not available: the run folders record neither "
+                "training nor validation scores"}
+    mean_of = ("the training scores of each split" if sources == ["training"] else
+               "the validation scores of each split (its training scores are not recorded)"
+               if sources == ["validation"] else
+               "the training scores of each split where recorded, else its validation scores")
+    constant = [{name: (v[0], mean, v[2] if len(v) > 2 else None) for name, v in preds.items()}
+                for (mean, _), preds in zip(means, run.predictions)]
+    folds = run.splits.get("folds")
+    if folds:
+        pooled = pooled_predictions(replace(run, predictions=constant), folds)
+        names = sorted(pooled)
+        x, y = (np.array([pooled[n][i] for n in names]) for i in (1, 0))
+        ci = intervals(x, y, [str(pooled[n][2]) for n in names])["ci95"]["rmse"]
+        value, interval = rmse(x, y), "scene bootstrap 95 %" if ci[0] is not None else None
+        source = f"pooled out-of-fold ({folds} folds)"
+    else:
+        values = [rmse([v[1] for v in p.values()], [v[0] for v in p.values()]) for p in constant]
+        low, high, coverage = median_interval(values)
+        value, ci = float(np.median(values)), [low, high]
+        interval = None if coverage is None else \
+            f"interval of the median, coverage {100 * coverage:.1f} %"
+        source = f"median over {len(values)} split(s)"
+    return {"rmse": value, "ci": list(ci), "interval": interval, "source": source,
+            "mean_of": mean_of, "means": [{"mean": m, "of": src} for m, src in means]}
+
+
+def _headline(run, pooled):
+    """(SROCC, the interval the leaderboard prints for it, RMSE) of a run, aggregated as the
+    leaderboard aggregates (whatever --metric asks for): k-fold from `pooled`
+    (pooled_report), else the median over the splits of the values in metrics.json (from
+    the test predictions where metrics.json lacks them)."""
+    if pooled is not None:
+        ci = (pooled.get("ci95") or {}).get("srocc") or [None, None]
+        return pooled.get("srocc"), list(ci), pooled.get("rmse")
+    per_split = {"srocc": [], "rmse": []}
+    for test, preds in zip(run.tests, run.predictions):
+        y, x = [v[0] for v in preds.values()], [v[1] for v in preds.values()]
+        for m, fn in (("srocc", srocc), ("rmse", rmse)):
+            per_split[m].append(test[m] if m in test else fn(x, y))
+    medians = {}
+    for m, values in per_split.items():
+        finite = [v for v in values if v is not None]
+        medians[m] = float(np.median(finite)) if finite else None
+    low, high, _ = median_interval([v for v in per_split["srocc"] if v is not None])
+    return medians["srocc"], [low, high], medians["rmse"]
+
+
+def learning_verdict(srocc_value, srocc_ci, run_rmse, constant_rmse) -> dict:
+    """{"learned", "why"}: a run did not learn when its SROCC interval reaches 0 (without an
+    interval: its SROCC is not above 0) or its RMSE is not below the constant predictor's
+    (when that is known)."""
+    why = []
+    if constant_rmse is not None and run_rmse is not None and not run_rmse < constant_rmse:
+        why.append(f"did not beat the constant predictor (RMSE {run_rmse:.4g}, constant "
+                   f"{constant_rmse:.4g})")
+    low, high = srocc_ci
+    if srocc_value is None:
+        why.append("has no SROCC (constant predictions)")
+    elif low is not None and low <= 0:
+        where = "includes 0" if high >= 0 else "lies below 0"
+        why.append(f"has an SROCC interval [{low:.3f}, {high:.3f}] that {where}")
+    elif low is None and srocc_value <= 0:
+        why.append(f"has an SROCC of {srocc_value:.3f}, not above 0 (no interval)")
+    return {"learned": not why, "why": " and ".join(why) or None}
+
+
+def leaderboard(runs, metrics, result, pooled) -> list:
     """One row per run, best first by the first metric: its value and interval per metric
     (per-split design: the median over the splits and the distribution-free interval of
     the median; k-fold: the pooled out-of-fold metric and its scene-bootstrap 95 %
-    interval) and, against the reference, the Holm p and winner of the test to quote
-    (Wilcoxon across splits; k-fold: the paired scene test where it covers the metric)."""
+    interval; `pooled`: pooled_report per label) and, against the reference, the Holm p and
+    winner of the test to quote (Wilcoxon across splits; k-fold: the paired scene test
+    where it covers the metric); then the constant predictor's row, unranked."""
     rows = []
     for i, run in enumerate(runs):
-        row = {"run": run.label, "folder": str(run.folder), "reference": i == 0, "metrics": {}}
-        if run.splits.get("folds"):
-            pooled = pooled_report(run)
+        status = result["runs"][i]
+        row = {"run": run.label, "folder": str(run.folder), "reference": i == 0,
+               "learned": status["learned"], "why": status["why"], "metrics": {}}
+        if run.label in pooled:
+            report = pooled[run.label]
             row["source"] = (f"pooled out-of-fold ({run.splits['folds']} folds, mean over "
                              f"{len(run.tests) // int(run.splits['folds'])} repetition(s))")
             for m in metrics:
-                low, high = (pooled.get("ci95") or {}).get(m, [None, None])
-                row["metrics"][m] = {"value": pooled.get(m), "ci": [low, high],
+                low, high = (report.get("ci95") or {}).get(m, [None, None])
+                row["metrics"][m] = {"value": report.get(m), "ci": [low, high],
                                      "interval": "scene bootstrap 95 %" if low is not None else None}
         else:
             row["source"] = f"median over {len(run.tests)} split(s)"
             for m in metrics:
-                s = next(r for r in result["runs"] if r["label"] == run.label)["metrics"][m]
+                s = status["metrics"][m]
                 cov = s["median_ci_coverage"]
                 row["metrics"][m] = {"value": s["median"], "ci": s["median_ci"],
                                      "interval": None if cov is None else
@@ -294,7 +521,19 @@ def leaderboard(runs, metrics, result) -> list:
         sign * (rows[i]["metrics"][first]["value"] or 0.0), i))
     for rank, i in enumerate(order, 1):
         rows[i]["rank"] = rank
-    return [rows[i] for i in order]
+    return [rows[i] for i in order] + [_baseline_row(result["constant_baseline"], metrics)]
+
+
+def _baseline_row(constant, metrics) -> dict:
+    """The constant predictor in the leaderboard: raw RMSE only, every other metric None."""
+    cells = {m: {"value": None, "ci": [None, None], "interval": None} for m in metrics}
+    if "rmse" in cells:
+        cells["rmse"] = {"value": constant["rmse"], "ci": constant["ci"],
+                         "interval": constant["interval"]}
+    source = constant["source"] + (f", constant at the mean of {constant['mean_of']}"
+                                   if constant["mean_of"] else "")
+    return {"run": BASELINE_LABEL, "folder": "", "reference": False, "baseline": True,
+            "rank": None, "learned": None, "why": None, "source": source, "metrics": cells}
 
 
 def pooled_predictions(run, folds) -> dict:
@@ -367,7 +606,7 @@ def _p(x):
 def _render(header, rows, latex, bold):
     """rows of cells; bold(i, j) says which cells to emphasise."""
     if latex:
-        esc = lambda s: str(s).replace("_", r"\_").replace("%", r"\%").replace("−", "$-$")
+        esc = _latex_escape
         cell = lambda i, j, s: rf"\textbf{{{esc(s)}}}" if bold(i, j) else esc(s)
         lines = [r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\hline",
                  " & ".join(esc(h) for h in header) + r" \\", r"\hline"]
@@ -384,58 +623,100 @@ def _render(header, rows, latex, bold):
 def _header_line(result) -> str:
     metrics = list(result["runs"][0]["metrics"])
     alpha, n = result["alpha"], result["splits"]
-    coverage = result["runs"][0]["metrics"][metrics[0]]["median_ci_coverage"]
-    if coverage is None:
-        interval = "one split: no interval of the median, and no test across splits"
+    if result.get("design") == "kfold":
+        shown = ("the metric of the pooled out-of-fold predictions (each pair's mean over the "
+                 "repetitions) [scene-bootstrap 95 % interval, from 8 scenes on]; the tests "
+                 "across splits compare the per-fold values")
     else:
-        interval = (f"distribution-free interval of the median, coverage "
-                    f"{_num(100 * coverage, 1)} %")
+        coverage = result["runs"][0]["metrics"][metrics[0]]["median_ci_coverage"]
+        shown = ("median over the splits [" + (
+            "one split: no interval of the median, and no test across splits"
+            if coverage is None else
+            f"distribution-free interval of the median, coverage {_num(100 * coverage, 1)} %")
+            + "]")
     floor = result["min_wilcoxon_pvalue"]
     line = (f"{n} split(s) of {result['database']} (pair list {str(result['pairs_sha256'])[:12]}). "
-            f"Test metrics: median over the splits [{interval}]; winners only where the "
+            f"Leaderboard metrics: {shown}; winners only where the "
             f"Holm-adjusted p < {alpha:g} (one family per kind of test, over the "
-            f"{len(result['comparisons'])} comparison(s) with {result['reference']}). With {n} "
+            f"{len(result['comparisons'])} comparison(s) with {result['reference']}), and only "
+            f"between runs that beat the constant predictor. With {n} "
             f"split(s) the smallest possible two-sided Wilcoxon p is 2/2^{n} = {floor:.3g}")
     if floor >= alpha:
         line += f": no difference across splits can be significant at {alpha:g}"
     return line + "."
 
 
+NON_LEARNER = "[non-learner]"
+
+
+def _leaderboard_notes(result) -> list:
+    """The lines under the leaderboard: why each marked run is a non-learner, and which
+    mean the constant predictor uses."""
+    notes = [f"{NON_LEARNER} {r['run']} {r['why']}: no winner is called against it."
+             for r in result["leaderboard"] if r.get("learned") is False]
+    constant = result["constant_baseline"]
+    if constant["mean_of"]:
+        notes.append(f"{BASELINE_LABEL}: each split's test pairs predicted by the mean of "
+                     f"{constant['mean_of']}; its correlations are undefined (—), its RMSE "
+                     f"({constant['source']}) is the bar a run must beat.")
+    else:
+        notes.append(f"{BASELINE_LABEL}: {constant['source']}; runs judged by their SROCC only.")
+    return notes
+
+
 def leaderboard_table(result, latex=False) -> str:
     """The leaderboard as Markdown (or LaTeX): rank, run, one column per metric ("value
-    [low, high]", "*" where the run is a significant winner against the reference)."""
+    [low, high]", "*" where the run is a significant winner against the reference), the
+    constant predictor's row and, under the table, why a run is marked a non-learner."""
     board = result["leaderboard"]
     metrics = list(board[0]["metrics"])
     header = ["rank", "run"] + [TITLES[m] for m in metrics]
     rows = []
     for r in board:
-        label = r["run"] + (" (reference)" if r["reference"] else "")
+        label = r["run"] + (" (reference)" if r["reference"] else "") + \
+            (f" {NON_LEARNER}" if r.get("learned") is False else "")
         cells = []
         for m in metrics:
             c = r["metrics"][m]
             low, high = c["ci"]
+            if r.get("baseline") and c["value"] is None:
+                cells.append("—" if m != "rmse" else "n/a")
+                continue
             text = _num(c["value"]) if low is None else f"{_num(c['value'])} [{_num(low, 3)}, {_num(high, 3)}]"
             cells.append(text + (" *" if c.get("winner") == r["run"] else ""))
-        rows.append([str(r["rank"]), label] + cells)
-    return _render(header, rows, latex, lambda i, j: False)
+        rows.append(["—" if r["rank"] is None else str(r["rank"]), label] + cells)
+    table = _render(header, rows, latex, lambda i, j: False)
+    notes = _leaderboard_notes(result)
+    if latex:
+        notes = [_latex_escape(n) + r" \\" for n in notes]
+    return "\n".join([table, ""] + notes)
+
+
+def _latex_escape(text):
+    return (str(text).replace("_", r"\_").replace("%", r"\%").replace("−", "$-$")
+            .replace("—", "---"))
 
 
 LEADERBOARD_COLUMNS = ("rank", "run", "reference", "source", "metric", "value", "ci_low",
-                       "ci_high", "interval", "test", "pvalue_holm", "winner", "folder")
+                       "ci_high", "interval", "test", "pvalue_holm", "winner", "folder",
+                       "learned")
 
 
 def leaderboard_csv(result) -> str:
     """The leaderboard as a long CSV (one row per run and metric, LEADERBOARD_COLUMNS; the
-    reference's test cells empty): what a plotting script or a spreadsheet reads."""
+    reference's test cells empty; the constant predictor unranked, its undefined cells
+    empty; learned 1 / 0, empty for the constant): what a plotting script or a spreadsheet
+    reads."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(LEADERBOARD_COLUMNS)
     for r in result["leaderboard"]:
+        learned = "" if r.get("learned") is None else int(r["learned"])
         for m, c in r["metrics"].items():
-            writer.writerow([r["rank"], r["run"], int(r["reference"]), r["source"], m,
-                             _csv(c["value"]), _csv(c["ci"][0]), _csv(c["ci"][1]),
+            writer.writerow(["" if r["rank"] is None else r["rank"], r["run"], int(r["reference"]),
+                             r["source"], m, _csv(c["value"]), _csv(c["ci"][0]), _csv(c["ci"][1]),
                              c["interval"] or "", c.get("test", ""), _csv(c.get("pvalue_holm")),
-                             c.get("winner") or "", r["folder"]])
+                             c.get("winner") or "", r["folder"], learned])
     return buf.getvalue()
 
 
@@ -458,54 +739,103 @@ def write_outputs(folder, result, latex=False) -> list:
 
 def tables(result, latex=False) -> str:
     parts = [_header_line(result)]
-    kfold = any("pooled" in r["source"] for r in result["leaderboard"])
+    kfold = result.get("design") == "kfold"
     parts.append("Leaderboard, best first by " + TITLES[next(iter(result["leaderboard"][0]["metrics"]))]
-                 + (": the pooled out-of-fold metrics [scene bootstrap 95 %]" if kfold else "")
-                 + f"; * = a significant winner against {result['reference']} (Holm):")
+                 + (": the pooled out-of-fold metrics [scene bootstrap 95 %]" if kfold else
+                    ": the median over the splits [interval of the median]")
+                 + f"; * = a significant winner against {result['reference']} (Holm); "
+                 f"{NON_LEARNER} = did not beat the constant predictor or its SROCC interval "
+                 "reaches 0:")
     parts.append(leaderboard_table(result, latex))
     for comp in result["comparisons"]:
         name = f"{comp['label']} vs {comp['baseline']}"
-        parts.append(f"Paired differences across splits ({name}), Wilcoxon signed-rank test "
-                     "(winner by the sign of R+ - R-), Holm over the metrics and the comparisons:")
-        header = ["metric", "median difference", f"{comp['label']} better / worse on",
-                  "R+ / R-", "Wilcoxon p", "Holm p", "significant winner"]
-        rows = [[TITLES[m], _num(c["median_difference"]),
-                 f"{c['better_on']}/{c['worse_on']} of {c['n']}",
-                 f"{_num(c['r_plus'], 1)} / {_num(c['r_minus'], 1)}", _p(c["pvalue"]),
-                 _p(c["pvalue_holm"]), c["winner"] or "n.s."] for m, c in comp["metrics"].items()]
-        parts.append(_render(header, rows, latex,
-                             lambda i, j, rows=rows: j == 6 and rows[i][6] != "n.s."))
+        if comp.get("not_tested"):
+            parts.append(f"{name}: not tested: {comp['not_tested']} (p-values below for the "
+                         "record, no winner).")
+        parts += _wilcoxon_parts(comp, name, latex)
         if comp.get("corrected_t"):
-            parts.append(f"Paired differences across splits ({name}), Nadeau-Bengio corrected "
-                         f"resampled t-test (variance x (1/J + n_test/n_train), n_test/n_train = "
-                         f"{_num(result['test_train_ratio'], 3)}: the splits share training "
-                         "pairs), Holm over the metrics and the comparisons:")
-            header = ["metric", "mean difference", "t", "df", "p", "Holm p", "significant winner"]
-            rows = [[TITLES[m], _num(c["mean_difference"]), _num(c["t"], 3), str(c["df"]),
-                     _p(c["pvalue"]), _p(c["pvalue_holm"]), c["winner"] or "n.s."]
-                    for m, c in comp["corrected_t"].items()]
-            parts.append(_render(header, rows, latex,
-                                 lambda i, j, rows=rows: j == 6 and rows[i][6] != "n.s."))
-        parts.append(f"Per split, Pitman-Morgan test of the paired residual variances after each "
-                     f"run's logistic ({name}), Holm over the splits and the comparisons; it assumes independent "
-                     "test pairs (pairs of one scene are not): a per-split description:")
-        header = ["split", "test pairs", f"residual var {comp['baseline']}",
-                  f"residual var {comp['label']}", "t", "p", "Holm p", "significant winner"]
-        rows = [[str(f["split"]), str(f["pairs"]), _num(f["var_baseline"], 3),
-                 _num(f["var_other"], 3), _num(f["t"], 3), _p(f["pvalue"]),
-                 _p(f["pvalue_holm"]), f["winner"] or "n.s."]
-                for f in comp["variance_tests"]]
-        parts.append(_render(header, rows, latex,
-                             lambda i, j, rows=rows: j == 7 and rows[i][7] != "n.s."))
+            parts += _corrected_t_parts(result, comp, name, latex)
+        parts += _variance_parts(result, comp, name, latex)
         if comp.get("scene_tests"):
-            parts.append(f"Pooled out-of-fold predictions (k-fold, mean over the repetitions), "
-                         f"paired scene permutation test ({name}), Holm over the metrics; the "
-                         "test to quote for a k-fold comparison:")
-            header = ["metric", f"difference ({comp['label']} - {comp['baseline']})", "scenes",
-                      "p", "Holm p", "significant winner"]
-            rows = [[TITLES[m], _num(c["difference"]), str(c["scenes"]), _p(c["pvalue"]),
-                     _p(c["pvalue_holm"]), c["winner"] or "n.s."]
-                    for m, c in comp["scene_tests"].items()]
-            parts.append(_render(header, rows, latex,
-                                 lambda i, j, rows=rows: j == 5 and rows[i][5] != "n.s."))
+            parts += _scene_parts(comp, name, latex)
     return "\n\n".join(parts) + "\n"
+
+
+def _verdict(comp, cell) -> str:
+    """The verdict cell of a test: the winner, n.s., or why it was not tested (too few
+    splits first: then there is no p-value either)."""
+    if cell.get("pvalue") is None and str(cell.get("method", "")).startswith("too few"):
+        return cell["method"]
+    if comp.get("not_tested"):
+        return "not tested"
+    return cell["winner"] or "n.s."
+
+
+def _verdict_table(header, rows, winners, latex):
+    """A table whose last column is the verdict, bold where a winner is named."""
+    return _render(header, rows, latex, lambda i, j: j == len(header) - 1 and winners[i])
+
+
+def _wilcoxon_parts(comp, name, latex):
+    cells = comp["metrics"]
+    header = ["metric", "median difference", f"{comp['label']} better / worse on",
+              "R+ / R-", "Wilcoxon p", "Holm p", "significant winner"]
+    rows = [[TITLES[m], _num(c["median_difference"]),
+             f"{c['better_on']}/{c['worse_on']} of {c['n']}",
+             f"{_num(c['r_plus'], 1)} / {_num(c['r_minus'], 1)}", _p(c["pvalue"]),
+             _p(c["pvalue_holm"]), _verdict(comp, c)] for m, c in cells.items()]
+    parts = [f"Paired differences across splits ({name}), Wilcoxon signed-rank test (winner by "
+             "the sign of R+ - R-; no test below "
+             f"{MIN_SPLITS_TO_TEST} splits), Holm over the metrics and the comparisons:",
+             _verdict_table(header, rows, [bool(c["winner"]) for c in cells.values()], latex)]
+    dropped = [f"{TITLES[m]}: {c['n']} of {c['splits']} splits ({c['dropped']['count']} "
+               f"dropped: {c['dropped']['why']})" for m, c in cells.items() if c.get("dropped")]
+    if dropped:
+        parts.append("Splits left out of the paired tests: " + "; ".join(dropped) + ".")
+    return parts
+
+
+def _corrected_t_parts(result, comp, name, latex):
+    cells = comp["corrected_t"]
+    header = ["metric", "mean difference", "t", "df", "p", "Holm p", "significant winner"]
+    rows = [[TITLES[m], _num(c["mean_difference"]), _num(c["t"], 3),
+             "—" if c["df"] is None else str(c["df"]), _p(c["pvalue"]), _p(c["pvalue_holm"]),
+             _verdict(comp, c)] for m, c in cells.items()]
+    return [f"Paired differences across splits ({name}), Nadeau-Bengio corrected "
+            f"resampled t-test (variance x (1/J + n_test/n_train), n_test/n_train = "
+            f"{_num(result['test_train_ratio'], 3)}: the splits share training "
+            "pairs), Holm over the metrics and the comparisons:",
+            _verdict_table(header, rows, [bool(c["winner"]) for c in cells.values()], latex)]
+
+
+def _variance_parts(result, comp, name, latex):
+    tests = comp["variance_tests"]
+    one = result["splits"] == 1
+    last = ("smaller residual variance (Holm p < alpha; a description, not a verdict)" if one
+            else "significant winner")
+    header = ["split", "test pairs", f"residual var {comp['baseline']}",
+              f"residual var {comp['label']}", "t", "p", "Holm p", last]
+    if one:  # a single split: a description of its test pairs, in plain type
+        verdicts = ["not tested" if comp.get("not_tested") else f.get("smaller_variance") or "n.s."
+                    for f in tests]
+    else:
+        verdicts = [_verdict(comp, f) for f in tests]
+    rows = [[str(f["split"]), str(f["pairs"]), _num(f["var_baseline"], 3), _num(f["var_other"], 3),
+             _num(f["t"], 3), _p(f["pvalue"]), _p(f["pvalue_holm"]), v]
+            for f, v in zip(tests, verdicts)]
+    return [f"Per split, Pitman-Morgan test of the paired residual variances after each "
+            f"run's logistic ({name}), Holm over the splits and the comparisons; it assumes "
+            "independent test pairs (pairs of one scene are not): a per-split description:",
+            _verdict_table(header, rows, [bool(f["winner"]) for f in tests], latex)]
+
+
+def _scene_parts(comp, name, latex):
+    cells = comp["scene_tests"]
+    header = ["metric", f"difference ({comp['label']} - {comp['baseline']})", "scenes",
+              "p", "Holm p", "significant winner"]
+    rows = [[TITLES[m], _num(c["difference"]), str(c["scenes"]), _p(c["pvalue"]),
+             _p(c["pvalue_holm"]), _verdict(comp, c)] for m, c in cells.items()]
+    return [f"Pooled out-of-fold predictions (k-fold, mean over the repetitions), "
+            f"paired scene permutation test ({name}), Holm over the metrics; the "
+            "test to quote for a k-fold comparison:",
+            _verdict_table(header, rows, [bool(c["winner"]) for c in cells.values()], latex)]
