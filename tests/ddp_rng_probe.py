@@ -1,4 +1,4 @@
-"""Run under `torchrun --standalone --nproc_per_node=2` by tests/test_reliability.py: the
+"""Run under `torchrun --standalone --nproc_per_node=2` by tests/test_resume_and_torchrun.py: the
 per-rank random streams of siqa.training.checkpoints, seen from inside two gloo processes.
 
 Each rank initialises the model and then its own stream exactly as train_split does, draws a

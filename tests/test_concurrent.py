@@ -86,7 +86,7 @@ def test_the_splits_really_alternate_and_say_whose_line_it_is(runs):
     epochs = [line for line in log if ": epoch " in line]
     assert [line.split(":")[0] for line in epochs] == ["split 0", "split 1"] * 2
     _, alone = runs[False]
-    sequential = [line for line in alone if ": epoch " in line]  # issue 22: named there too
+    sequential = [line for line in alone if ": epoch " in line]  # named there too
     assert [line.split(":")[0] for line in sequential] == ["split 0"] * 2 + ["split 1"] * 2
     one_after_another = [untimed(line.split(": ", 1)[1]) for line in sequential]
     at_once = [untimed(line.split(": ", 1)[1]) for r in range(SPLITS)

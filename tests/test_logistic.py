@@ -1,4 +1,4 @@
-"""The logistic before plcc_logistic / rmse_logistic never decreases (issue 22, finding 2):
+"""The logistic before plcc_logistic / rmse_logistic never decreases:
 a property test over the predictions that broke it, and the reported case."""
 import numpy as np
 import pytest
@@ -21,7 +21,7 @@ def _assert_non_decreasing(fit, x, y):
 
 
 def reported_case():
-    """The trial of issue 22: 16 test pairs, every prediction ~0.0448 (spread 3e-5),
+    """A reported case: 16 test pairs, every prediction ~0.0448 (spread 3e-5),
     slightly anti-correlated with the DMOS (seed chosen to give SROCC -0.27, PLCC -0.36)."""
     rng = np.random.default_rng(1699)
     y = rng.uniform(0, 80, 16)

@@ -1,8 +1,7 @@
-"""Near-constant predictions are named (a researcher's report, item 3): a 4-epoch SGD model
-predicted 0.0458 .. 0.0463 on a 0 .. 64 scale, and metrics.json still reported SROCC 0.467,
+"""Near-constant predictions are named: a 4-epoch SGD model once predicted 0.0458 .. 0.0463 on a 0 .. 64 scale, and metrics.json still reported SROCC 0.467,
 predict.py three equal scores, without comment. The rule is one function
 (siqa.evaluation.metrics.prediction_spread); the run's log, metrics.json, the protocol card,
-evaluate.py, predict.py and siqa.load say it. And (issue "front door") constant targets leave
+evaluate.py, predict.py and siqa.load say it. And constant targets leave
 the after-logistic metrics undefined."""
 import json
 import warnings
@@ -43,7 +42,7 @@ def test_the_rule_does_not_judge_what_it_cannot(pred, low, high):
 
 
 def test_constant_targets_leave_the_after_logistic_metrics_undefined():
-    """Issue "front door": test.per_distortion.pristine (3 pairs, all scored 0) showed
+    """test.per_distortion.pristine of the demo (3 pairs, all scored 0) would show
     rmse_logistic 0.0, a perfect fit of nothing."""
     flat = evaluate_scores([0.3, 0.1, 0.2], [0.0, 0.0, 0.0], fit_info=True)
     assert flat["plcc_logistic"] is None and flat["rmse_logistic"] is None

@@ -148,7 +148,7 @@ def test_a_full_disk_during_training_stops_with_one_line(tiny_manifest, tmp_path
     run = tmp_path / "run"
     before = (run / "last.pt").read_bytes()
     script = (f"import os, sys, runpy\nsys.path.insert(0, {str(ROOT / 'tests')!r})\n"
-              f"from test_nothing_lost import enospc_for\nos.fsync = enospc_for('last.pt')\n"
+              f"from test_crash_safety import enospc_for\nos.fsync = enospc_for('last.pt')\n"
               f"sys.argv = ['train.py', '--resume', 'out_dir={run}', 'train.epochs=2']\n"
               f"runpy.run_path({str(ROOT / 'train.py')!r}, run_name='__main__')\n")
     import subprocess

@@ -1,4 +1,4 @@
-"""No key without an effect, and a resume is the same run (issue 22, findings 3 and 4)."""
+"""No key without an effect, and a resume is the same run."""
 import json
 
 import pytest

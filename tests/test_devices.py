@@ -1,4 +1,4 @@
-"""The CUDA bugs of the GPU box, each shown on the CPU where its mechanism exists there:
+"""Devices and numerics, each CUDA mechanism shown on the CPU where it exists there:
 resume with RNG states loaded onto another device, the device index passed on, the
 single-process CUDA device made current (tests/test_cuda_host.py, under torch's own checks),
 a graph-mode optimizer state resumed by an eager step, scipy_free_loc sent to the CPU pool, the
