@@ -1,8 +1,8 @@
-"""Near-constant predictions are named: a 4-epoch SGD model once predicted 0.0458 .. 0.0463 on a 0 .. 64 scale, and metrics.json still reported SROCC 0.467,
-predict.py three equal scores, without comment. The rule is one function
-(siqa.evaluation.metrics.prediction_spread); the run's log, metrics.json, the protocol card,
-evaluate.py, predict.py and siqa.load say it. And constant targets leave
-the after-logistic metrics undefined."""
+"""Near-constant predictions are named: a 4-epoch SGD model once predicted 0.0458 .. 0.0463
+on a 0 .. 64 scale, and metrics.json still reported SROCC 0.467, predict.py three equal
+scores, without comment. The rule is one function (siqa.evaluation.metrics.prediction_spread);
+the run's log, metrics.json, the protocol card, evaluate.py, predict.py and siqa.load say it.
+And constant targets leave the after-logistic metrics undefined."""
 import json
 import warnings
 
