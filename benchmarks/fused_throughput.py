@@ -5,7 +5,7 @@ per split, synthetic 32x32 patches resident on the device, SGD (lr 1e-3, momentu
 weight decay 1e-4), NSS weight 25, dropout on. Full rounds only (every split takes a
 full batch):
 
-    sequential  K networks, each with its own torch.optim.SGD and siqa.engine.TrainStep
+    sequential  K networks, each with its own torch.optim.SGD and siqa.training.step.TrainStep
                 (eager); a round is one step of each split, one after another
     fused       siqa.fused.FusedSplits over K networks: a round is one vmapped forward, one
                 backward and one batched SGD update of all K splits

@@ -42,7 +42,7 @@ LOGISTIC = ("q(x) = b1 * (0.5 - 1 / (1 + exp(b2 * (x - b3)))) + b4 * x + b5 (the
             "of Sheikh et al. 2006), non-decreasing: b1, b2, b4 >= 0; one bounded least-squares fit "
             "(scipy curve_fit, trust-region reflective) from a data-driven start, no search over "
             "starts; flat when SROCC < 0; fallback: the straight line with a non-negative slope "
-            "(siqa/metrics.py)")
+            "(siqa/evaluation/metrics.py)")
 ROOT = Path(__file__).resolve().parents[2]  # the checkout
 # torch is imported where a card needs it: summarize.py merges cards without it.
 

@@ -66,7 +66,7 @@ round plan depends only on the orders' lengths (host ints); the small index tens
 built once and cached, Adam's per-split bias corrections are one host-to-device copy a full
 round (not a sync; for a CUDA-graph capture they would have to become device tensors
 filled in place). `epoch` reads the mean losses back once an epoch, as
-siqa.engine.epoch_steps does. On CUDA the masks are drawn from each split's CUDA generator
+siqa.training.step.epoch_steps does. On CUDA the masks are drawn from each split's CUDA generator
 with bernoulli_, which is not the fused dropout kernel F.dropout uses on CUDA, so CUDA masks
 are per split and reproducible, but not those of a sequential CUDA run.
 """
@@ -225,8 +225,8 @@ class FusedSplits:
                 state at the point its sequential run starts training (on the CPU:
                 torch.get_rng_state() after init); split k's dropout masks continue it.
     optimizer   "sgd" (lr, momentum, weight_decay) or "adam" (lr, weight_decay, betas,
-                eps), as siqa.experiment.make_optimizer builds them.
-    nss_weight, amp_dtype, cache_enabled: as siqa.engine.joint_loss takes them.
+                eps), as siqa.training.step.make_optimizer builds them.
+    nss_weight, amp_dtype, cache_enabled: as siqa.training.step.joint_loss takes them.
     initial_lr  when a StepLR drives the rate: the sequential optimizer's param_groups then
                 carry "initial_lr", and split_state's do too.
     """
@@ -295,7 +295,7 @@ class FusedSplits:
 
     @classmethod
     def from_train_config(cls, models, generators, t, amp_dtype=None, **kwargs):
-        """From a run's `train` config section, as siqa.experiment.make_optimizer reads it."""
+        """From a run's `train` config section, as siqa.training.step.make_optimizer reads it."""
         if t["optimizer"] == "adam":
             return cls(models, generators, optimizer="adam", lr=t["lr"], weight_decay=t["weight_decay"],
                        nss_weight=t["nss_weight"], amp_dtype=amp_dtype, **kwargs)
@@ -351,7 +351,7 @@ class FusedSplits:
 
     def _split_losses(self, params, buffers, masks, left, right, targets, pairs):
         """One split's (total, quality, nss) losses of its batch (runs under vmap): exactly
-        siqa.engine.joint_loss, the network being the functional copy with this split's
+        siqa.training.step.joint_loss, the network being the functional copy with this split's
         tensors and masks."""
         self._feed.start(masks)
 
@@ -449,8 +449,8 @@ class FusedSplits:
     def epoch(self, datas, orders, batch_size, progress=None):
         """One epoch as a generator that yields each round's losses ({k: (3,)}) and returns
         each split's mean (total, quality, nss) over its own steps, as a list of dicts (the
-        values siqa.engine.epoch_steps returns for that split). orders[k]: split k's epoch
-        order (siqa.engine.epoch_order) on its data's device."""
+        values siqa.training.step.epoch_steps returns for that split). orders[k]: split k's epoch
+        order (siqa.training.step.epoch_order) on its data's device."""
         sums = [torch.zeros(3, device=self.device) for _ in range(self.num_splits)]
         counts = [0] * self.num_splits
         for groups in plan_rounds([len(o) for o in orders], batch_size):
@@ -678,6 +678,6 @@ class FusedSplits:
 
     def load_into(self, k, model):
         """Copy split k's weights and buffers into `model` (a network of the same build),
-        e.g. to score it with siqa.engine.predict_pairs."""
+        e.g. to score it with siqa.scoring.predict_pairs."""
         model.load_state_dict(self.model_state(k))
         return model
