@@ -30,6 +30,8 @@ def main(argv):
     diffs = ", ".join(f"{k} {v:.3g}" for k, v in result.max_abs_diff.items() if v is not None)
     print(f"check against PyTorch ({result.checked_with}): max |difference| {diffs}" if diffs
           else f"check against PyTorch: {result.checked_with}")
+    if result.warning:
+        print(f"warning: {result.warning}")
     return 0
 
 

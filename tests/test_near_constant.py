@@ -107,6 +107,24 @@ def test_predict_and_siqa_load_say_so(near_constant_run):
     assert model.near_constant is True
 
 
+def test_export_says_so_once_after_writing_and_refuses_in_one_line(near_constant_run, tmp_path):
+    """export.py of a near-constant bourbia2021 checkpoint: one warning line on stdout after
+    the file is written; a refusal after the checkpoint is read (a file where --out's folder
+    should be) stays one line on stderr."""
+    work, _, _ = near_constant_run
+    checkpoint = work / "run" / "best.pt"
+    proc = run_entry("export.py", "--checkpoint", checkpoint, "--format", "torchscript",
+                     "--out", tmp_path / "m.pt", "--no-check")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    warned = [line for line in proc.stdout.splitlines() if line.startswith("warning:")]
+    assert len(warned) == 1 and "validation predictions are near constant" in warned[0]
+    assert (tmp_path / "m.pt").is_file()
+    (tmp_path / "a_file").write_text("")
+    refused = run_entry("export.py", "--checkpoint", checkpoint, "--format", "torchscript",
+                        "--out", tmp_path / "a_file" / "m.pt")
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+
+
 def test_a_model_that_spreads_and_an_older_checkpoint_load_silently(near_constant_run, tmp_path):
     """The same checkpoint with the record of a spread of 20 % (and with none, as written
     before this check): no warning, `near_constant` False (None)."""

@@ -38,7 +38,7 @@ import torch
 from siqa.data.inputs import PATCH_C
 from siqa.errors import UserError
 from siqa.files import WriteFailed, writer_tag
-from siqa.inference.api import load
+from siqa.inference.api import NearConstantWarning, load
 from siqa.models import DEFAULT
 
 FORMATS = ("onnx", "torchscript")
@@ -53,6 +53,7 @@ class ExportResult:
     batch: object  # "dynamic" or an int
     max_abs_diff: dict  # output name -> max |exported - PyTorch|, or None if not checked
     checked_with: str  # "torch.jit.load", "onnxruntime", or why it was not checked
+    warning: str | None = None  # the network's near-constant warning, for the caller to print
 
 
 def metadata(model, batch) -> dict:
@@ -112,7 +113,9 @@ def export(checkpoint, fmt, out, batch="dynamic", check=True) -> ExportResult:
         raise UserError(f"checkpoint {checkpoint} is a run folder: export.py exports one network, "
                         "give one split's best.pt (RUN/best.pt or RUN/split_<r>/best.pt); "
                         "the mean of a run's splits is scored with siqa.load or predict.py")
-    model = load(checkpoint, device="cpu")
+    with warnings.catch_warnings():  # said once in the result, not before a refusal below
+        warnings.simplefilter("ignore", NearConstantWarning)
+        model = load(checkpoint, device="cpu")
     if model.name != DEFAULT:  # the graph and its metadata below are the paper network's
         raise UserError(f"checkpoint {checkpoint} holds a {model.name} network: export.py serves "
                         f"{DEFAULT} checkpoints (grey 32x32 patches, quality and nss); score this "
@@ -148,7 +151,8 @@ def export(checkpoint, fmt, out, batch="dynamic", check=True) -> ExportResult:
     diffs, how = ({name: None for name in OUTPUTS}, "not checked")
     if check:
         diffs, how = compare(module, out, fmt, batch)
-    return ExportResult(out, fmt, batch, diffs, how)
+    warning = model.near_constant_message() if model.near_constant else None
+    return ExportResult(out, fmt, batch, diffs, how, warning)
 
 
 def _example(n, seed):
