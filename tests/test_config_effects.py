@@ -103,3 +103,23 @@ def test_resume_extends_with_overrides_after_the_flag_and_records_it(one_epoch):
     assert changed.returncode == 2 and "train.nss_weight" in changed.stderr
     shorter = run_entry("train.py", "--resume", f"out_dir={one_epoch}", "train.epochs=1")
     assert shorter.returncode == 2 and "only grow" in shorter.stderr
+
+
+@pytest.mark.parametrize("overrides,noted", [
+    (["train.profile=paper", "train.epochs=40"], True),
+    (["train.profile=paper"], True),  # its 500 epochs: no run has gone past 80
+    (["train.profile=paper", "train.epochs=40", "patches.normalisation=contrast"], False),
+    (["train.profile=paper", "train.epochs=40", "model.name=stereoqanet"], False),  # not measured
+])
+def test_the_first_line_notes_the_original_normalisation_has_not_been_seen_to_learn(overrides,
+                                                                                    noted):
+    """The paper's network with the original patch normalisation had not learned after 80
+    epochs on the demo: its first log line says so, and what did learn."""
+    from siqa.training.distributed import Dist
+    from siqa.training.run import first_line
+
+    cfg = config.load_config(overrides=["dataset.name=csv", "dataset.manifest=p.csv", *overrides])
+    line = first_line(cfg, Dist(), {"tf32": False})
+    assert ("had not learned after 80 epochs" in line) is noted, line
+    if noted:
+        assert "contrast 0.876" in line and "\n" not in line
