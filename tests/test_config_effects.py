@@ -6,6 +6,8 @@ import pytest
 from conftest import run_entry, tiny_overrides
 from siqa import config
 from siqa.errors import UserError
+from siqa.training.distributed import Dist
+from siqa.training.run import first_line
 
 
 def _check(*overrides):
@@ -115,9 +117,6 @@ def test_the_first_line_notes_the_original_normalisation_has_not_been_seen_to_le
                                                                                     noted):
     """The paper's network with the original patch normalisation had not learned after 80
     epochs on the demo: its first log line says so, and what did learn."""
-    from siqa.training.distributed import Dist
-    from siqa.training.run import first_line
-
     cfg = config.load_config(overrides=["dataset.name=csv", "dataset.manifest=p.csv", *overrides])
     line = first_line(cfg, Dist(), {"tf32": False})
     assert ("had not learned after 80 epochs" in line) is noted, line

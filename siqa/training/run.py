@@ -178,7 +178,7 @@ def first_line(cfg, dist, numerics) -> str:
                  "float32 with TF32" if numerics["tf32"] else "float32")
     line = (f"profile {t['profile']} on {cfg['dataset']['name']}, model {network}, device {device}, "
             f"step {step}, {precision}: " + ("; ".join(deviations) if deviations else same))
-    line += slow_start_note(cfg)
+    line += unlearned_recipe_note(cfg)
     if fused and device.type == "cpu":  # allowed, so that a CPU shows what a GPU would train
         line += ("; note: fused splits are slower than one after another on a CPU (0.65-0.85x "
                  "on a 2-core machine, benchmarks/fused_throughput.py): they are for a GPU")
@@ -187,7 +187,7 @@ def first_line(cfg, dist, numerics) -> str:
 
 # Measured on the demo (docs/decisions.md#does-the-papers-recipe-learn): the paper's network
 # with the original patch normalisation had not learned after 80 epochs, the longest run seen
-def slow_start_note(cfg) -> str:
+def unlearned_recipe_note(cfg) -> str:
     """The first log line's note for the paper's network with the original patch
     normalisation, whose recipe has not been seen to learn on the demo."""
     if cfg["model"]["name"] != "bourbia2021" or cfg["patches"]["normalisation"] != "reference":
