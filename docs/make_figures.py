@@ -17,13 +17,20 @@
   fit of each view (scipy's `gamma.fit(x, floc=0)`), which is what Sigma summarises.
 
 - paper_recipe.png (only with --recipe-runs RUN_DIR ...): the validation SROCC and the
-  training quality loss by epoch of runs of the paper's recipe, read from each run's own
+  training quality loss by epoch of runs of the paper's optimizer, read from each run's own
   files (its config.yaml and the TensorBoard events train.py wrote), one colour per patch
-  normalisation, one line style per seed (docs/decisions.md#does-the-papers-recipe-learn).
+  normalisation, one line style per seed, a thicker line for a run with fewer epochs than
+  the longest (the 40-epoch demo run beside 500-epoch ones), each labelled with its
+  normalisation, seed and epochs (docs/decisions.md#does-the-papers-recipe-learn). A
+  relative tensorboard.dir is read from the folder the run was made from (the run folder
+  less its out_dir), so runs made in different places, or copied with their TensorBoard
+  folder, go into one figure from any working directory.
 
 The sizes are chosen so that each PNG stays well under 200 KB (they are committed).
 """
 import argparse
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -353,22 +360,73 @@ def draw_copula(path):
 
 
 # --------------------------------------------------------------------------- the recipe's curves
+def run_origin(run, cfg):
+    """The folder a run was made from (train.py's working directory then): the run folder
+    less its config's relative out_dir, so X/runs/recipe/ref_s0 with out_dir
+    runs/recipe/ref_s0 gives X wherever X now is; None for an absolute out_dir. ValueError
+    when the run folder does not end in its out_dir (renamed since)."""
+    from siqa.config import run_dir_of
+
+    out = run_dir_of(cfg)
+    if out.is_absolute():
+        return None
+    folder, parts = Path(os.path.abspath(run)), Path(os.path.normpath(out)).parts
+    if parts == (".",):
+        return folder
+    if ".." in parts or folder.parts[-len(parts):] != parts:
+        raise ValueError(f"{run}: its config.yaml's out_dir {out} is not the end of its path, "
+                         "so the folder it was made from is unknown (give it under that name)")
+    return Path(*folder.parts[:-len(parts)])
+
+
+def tensorboard_folder(run, cfg):
+    """The TensorBoard folder of a run: its tensorboard.dir (a relative one from the folder
+    the run was made from, `run_origin`; from the current directory if out_dir is absolute)
+    / `tensorboard_name`. That name hashes the run folder's path where it was made, so for a
+    run folder copied elsewhere (with its TensorBoard folder) the one folder there named
+    after the run with any 8-hex-digit hash is taken. ValueError if there is none or several."""
+    from siqa.training.logbook import tensorboard_name
+
+    tb = Path(cfg["tensorboard"]["dir"])
+    if not tb.is_absolute():
+        origin = run_origin(run, cfg)
+        tb = (Path.cwd() if origin is None else origin) / tb
+    exact = tb / tensorboard_name(run)
+    if exact.is_dir():
+        return exact
+    name = Path(os.path.abspath(run)).name
+    found = sorted(p for p in tb.glob(f"{name}-*")
+                   if p.is_dir() and re.fullmatch(re.escape(name) + r"-[0-9a-f]{8}", p.name))
+    if len(found) != 1:
+        raise ValueError(f"{run}: {'no' if not found else len(found)} TensorBoard folders "
+                         f"{name}-<hash> in {tb}" + (f" ({', '.join(p.name for p in found)})"
+                                                     if found else ""))
+    return found[0]
+
+
 def run_curves(run):
     """{"val/srocc": [(epoch, value)], "train/loss_quality": [...]} of a run folder, from the
-    TensorBoard events of its own config, and (normalisation, seed, epochs) of that config."""
+    TensorBoard events of its own config (`tensorboard_folder`), and (normalisation, seed,
+    epochs) of that config."""
     import yaml
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from siqa.training.logbook import tensorboard_name
-
     cfg = yaml.safe_load((Path(run) / "config.yaml").read_text())
-    events = EventAccumulator(str(Path(cfg["tensorboard"]["dir"]) / tensorboard_name(run))).Reload()
+    events = EventAccumulator(str(tensorboard_folder(run, cfg))).Reload()
     curves = {tag: [(e.step, e.value) for e in events.Scalars(tag)]
               for tag in ("val/srocc", "train/loss_quality") if tag in events.Tags()["scalars"]}
     return curves, (cfg["patches"]["normalisation"], cfg["train"]["seed"], cfg["train"]["epochs"])
 
 
+def curve_label(normalisation, seed, epochs, last):
+    """A curve's legend entry: normalisation, seed and planned epochs, and where the run
+    stopped if it ended before them."""
+    label = f"{normalisation}, seed {seed}, {epochs} epochs"
+    return label + (f" (stopped after {last})" if last is not None and last < epochs else "")
+
+
 def draw_recipe_curves(path, runs):
+    """paper_recipe.png from run folders (any epoch counts); returns the curves' labels."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -376,21 +434,25 @@ def draw_recipe_curves(path, runs):
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
     colours, styles = {"reference": "tab:red", "contrast": "tab:blue"}, ["-", "--", ":", "-."]
-    for run in runs:
-        curves, (norm, seed, epochs) = run_curves(run)
-        label = f"{norm}, seed {seed}"
+    drawn = [run_curves(run) for run in runs]
+    longest = max(epochs for _, (_, _, epochs) in drawn)
+    labels = []
+    for curves, (norm, seed, epochs) in drawn:
+        val = curves.get("val/srocc", [])
+        labels.append(curve_label(norm, seed, epochs, val[-1][0] if val else None))
         for ax, tag in ((top, "val/srocc"), (bottom, "train/loss_quality")):
             xs, ys = zip(*curves[tag]) if curves.get(tag) else ((), ())
             ax.plot(xs, ys, color=colours.get(norm, "grey"), linestyle=styles[seed % len(styles)],
-                    linewidth=1, label=label)
+                    linewidth=1 if epochs == longest else 2, label=labels[-1])
     top.set_ylabel("validation SROCC")
     top.axhline(0, color="black", linewidth=0.5)
     top.legend(fontsize=8, loc="lower right")
     bottom.set_ylabel("training L1 (quality)")
     bottom.set_xlabel("epoch")
-    top.set_title("The paper's recipe on the small demo (SGD 1e-3, momentum 0.9, batch 128, "
-                  "NSS x25): original vs contrast patch normalisation", fontsize=9)
+    top.set_title("Validation SROCC and training loss by epoch; the paper's optimizer (SGD 1e-3, "
+                  "momentum 0.9, batch 128, NSS x25)", fontsize=9)
     _save(fig, path, dpi=90)
+    return labels
 
 
 def main(argv=None):

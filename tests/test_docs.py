@@ -8,6 +8,7 @@ import unicodedata
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 THIS = Path(__file__).resolve()
@@ -253,3 +254,63 @@ def test_orientation_labels_match_gratings(one_torch_thread):
         best = angles[energy[:, k].argmax()]
         gap = abs((best - label + 90) % 180 - 90)  # stripe angles are defined modulo 180
         assert gap <= 10, (k, label, best)
+
+
+def _fake_run(made_in, out_dir, tensorboard_dir, normalisation, seed, epochs, last):
+    """A run folder made from `made_in` as train.py leaves it for the figure: config.yaml and
+    `last` epochs of TensorBoard scalars (validation SROCC epoch / 1000, loss 30 - epoch)."""
+    import yaml
+    from torch.utils.tensorboard import SummaryWriter
+
+    from siqa.training.logbook import tensorboard_name
+
+    run = made_in / (out_dir or "runs/demo")
+    run.mkdir(parents=True)
+    cfg = {"out_dir": out_dir, "dataset": {"name": "demo"},
+           "patches": {"normalisation": normalisation}, "train": {"seed": seed, "epochs": epochs},
+           "tensorboard": {"dir": str(tensorboard_dir)}}
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    with SummaryWriter(str(made_in / tensorboard_dir / tensorboard_name(run))) as writer:
+        for epoch in range(1, last + 1):
+            writer.add_scalar("val/srocc", epoch / 1000, epoch)
+            writer.add_scalar("train/loss_quality", 30.0 - epoch, epoch)
+    return run
+
+
+def test_recipe_curves_read_each_run_from_the_folder_it_was_made_from(tmp_path, monkeypatch):
+    """--recipe-runs: a relative tensorboard.dir is read from the folder the run was made
+    from (the run folder less its relative out_dir, runs/<dataset> for out_dir null), from
+    any working directory, also after the run and its TensorBoard folder were copied
+    elsewhere (the folder name's hash is of the old path); an absolute one as it is. Runs
+    made in two places and of different lengths go into one figure, each labelled with its
+    normalisation, seed and epochs."""
+    import shutil
+
+    figures = _make_figures()
+    shared, bg, elsewhere = tmp_path / "shared", tmp_path / "bg", tmp_path / "elsewhere"
+    ref = _fake_run(shared, "runs/recipe/ref_s1", "runs/recipe/tb", "reference", 1, 50, 33)
+    demo = _fake_run(bg, None, "runs/tb", "contrast", 0, 4, 4)
+    absolute = _fake_run(bg, "runs/recipe/con_s0", tmp_path / "abs_tb", "contrast", 0, 50, 50)
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    curves, meta = figures.run_curves(os.path.relpath(ref))
+    assert meta == ("reference", 1, 50)
+    assert [e for e, _ in curves["val/srocc"]] == list(range(1, 34))
+    assert curves["train/loss_quality"][-1] == (33, 30.0 - 33)
+    assert figures.run_origin(ref, {"out_dir": "runs/recipe/ref_s1"}) == shared
+    assert figures.run_origin(demo, {"out_dir": None, "dataset": {"name": "demo"}}) == bg
+    assert figures.run_curves(absolute)[1] == ("contrast", 0, 50)
+    copied = tmp_path / "copied"
+    shutil.copytree(shared, copied)  # the hash in the TensorBoard folder's name is of shared/
+    moved = copied / "runs/recipe/ref_s1"
+    assert figures.run_curves(moved)[0]["val/srocc"] == curves["val/srocc"]
+    (copied / "runs/recipe/tb/ref_s1-0123abcd").mkdir()  # two candidates: which is unknown
+    with pytest.raises(ValueError, match="2 TensorBoard folders"):
+        figures.run_curves(moved)
+    shutil.copytree(ref, shared / "renamed")  # out_dir is no longer the end of its path
+    with pytest.raises(ValueError, match="is not the end of its path"):
+        figures.run_curves(shared / "renamed")
+    labels = figures.draw_recipe_curves(tmp_path / "recipe.png", [ref, absolute, demo])
+    assert labels == ["reference, seed 1, 50 epochs (stopped after 33)",
+                      "contrast, seed 0, 50 epochs", "contrast, seed 0, 4 epochs"]
+    assert (tmp_path / "recipe.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
