@@ -109,16 +109,17 @@ def test_resume_extends_with_overrides_after_the_flag_and_records_it(one_epoch):
 
 @pytest.mark.parametrize("overrides,noted", [
     (["train.profile=paper", "train.epochs=40"], True),
-    (["train.profile=paper"], True),  # its 500 epochs: no run has gone past 80
+    (["train.profile=paper"], True),  # its 500 epochs: the plateau is over by about 100-140
     (["train.profile=paper", "train.epochs=40", "patches.normalisation=contrast"], False),
     (["train.profile=paper", "train.epochs=40", "model.name=stereoqanet"], False),  # not measured
 ])
-def test_the_first_line_notes_the_original_normalisation_has_not_been_seen_to_learn(overrides,
-                                                                                    noted):
-    """The paper's network with the original patch normalisation had not learned after 80
-    epochs on the demo: its first log line says so, and what did learn."""
+def test_the_first_line_notes_the_original_normalisations_long_plateau(overrides, noted):
+    """The paper's network with the original patch normalisation learns on the demo after
+    about 100 epochs near a constant predictor: its first log line says to expect that
+    plateau, and nothing in it says the recipe does not learn."""
     cfg = config.load_config(overrides=["dataset.name=csv", "dataset.manifest=p.csv", *overrides])
     line = first_line(cfg, Dist(), {"tf32": False})
-    assert ("had not learned after 80 epochs" in line) is noted, line
-    if noted:
-        assert "contrast 0.876" in line and "\n" not in line
+    note = ("expect a long plateau near a constant predictor (about 100 epochs on the demo) "
+            "before validation SROCC climbs; see docs/decisions.md#does-the-papers-recipe-learn")
+    assert (note in line) is noted, line
+    assert "\n" not in line and "not learned" not in line and "no run has" not in line
