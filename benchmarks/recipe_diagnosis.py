@@ -1,4 +1,4 @@
-"""Why the paper's recipe stalls with the original patch normalisation: measurements.
+"""Why the paper's recipe starts slowly with the original patch normalisation: measurements.
 
 Trains the paper's network with the paper's optimizer on the small demo (default split:
 dataset.split_seed 0, the first 60/20/20 content split; seed 0) under a few variants and
