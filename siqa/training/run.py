@@ -185,10 +185,10 @@ def first_line(cfg, dist, numerics) -> str:
     return line
 
 
-# Measured on the small demo (docs/decisions.md#does-the-papers-recipe-learn): two 500-epoch
-# runs of the paper's recipe with the original patch normalisation learn, after about 100
-# epochs near a constant predictor (validation SROCC near 0.07; its 10-epoch mean first
-# passes 0.1 at epochs 96 and 90, 0.2 at 114 and 136)
+# Measured on the small demo (docs/decisions.md#does-the-papers-recipe-learn): two runs of
+# the paper's 500-epoch recipe with the original patch normalisation (seed 1 stopped after
+# 336) learn, after about 100 epochs near a constant predictor (validation SROCC near 0.07;
+# its 10-epoch mean first passes 0.1 at epochs 96 and 90, 0.2 at 114 and 136)
 def recipe_plateau_note(cfg) -> str:
     """The first log line's note for the paper's network with the original patch
     normalisation: its recipe learns on the demo after a long plateau."""
