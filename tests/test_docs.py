@@ -188,6 +188,32 @@ def test_no_file_refers_to_a_document_outside_the_repository():
     assert not found, "\n".join(f"{f}:{n}: {w}" for f, n, w in found)
 
 
+# --------------------------------------------------------------------------- the paper's recipe
+STALE_RECIPE_CLAIMS = ("had not learned", "not been seen to learn", "not seen to learn",
+                       "recipe learns is open", "Not seen yet", "and then stays one")
+
+
+def test_the_recipe_answer_is_told_once_the_same_way():
+    """The README, decisions.md's section and the first log line of a run with the original
+    normalisation give the same plateau (about 100 epochs on the demo) and point to the
+    section; no page, README line or log note says the recipe was not seen to learn."""
+    from siqa import config
+    from siqa.training.run import recipe_plateau_note
+
+    section = (ROOT / "docs" / "decisions.md").read_text().split("## Does the paper's recipe learn?")[1]
+    section = section.split("\n## ")[0]
+    note = recipe_plateau_note(config.load_config(overrides=[
+        "dataset.name=csv", "dataset.manifest=p.csv", "train.profile=paper"]))
+    readme = (ROOT / "README.md").read_text()
+    for text in (section, note, readme):
+        assert "about 100 epochs" in text
+    assert "docs/decisions.md#does-the-papers-recipe-learn" in note and "figures/paper_recipe.png" in section
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = path.read_text()
+        assert not [c for c in STALE_RECIPE_CLAIMS if c in text], path.name
+    assert not [c for c in STALE_RECIPE_CLAIMS if c in note]
+
+
 # --------------------------------------------------------------------------- the figures
 def _make_figures():
     spec = importlib.util.spec_from_file_location("make_figures", ROOT / "docs" / "make_figures.py")
