@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import entry_points
 import numpy as np
 import pytest
 from PIL import Image
@@ -89,27 +90,35 @@ def python_path():
 
 
 def run_entry(script, *args, cwd=None, timeout=600, env=None):
-    """Run `python <script> args...` as a user would; returns the CompletedProcess."""
-    full_env = {**os.environ, "PYTHONPATH": python_path(), **(env or {})}
+    """Run `python <script> args...` as a user would; returns the CompletedProcess. The
+    process is a fork of a server that has imported torch and siqa (tests/entry_points.py);
+    with `env` (variables read at an interpreter's start) a fresh interpreter."""
+    if env is None:
+        return entry_points.run(str(ROOT / script), args, cwd=cwd, timeout=timeout)
+    full_env = {**os.environ, "PYTHONPATH": python_path(), **env}
     return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
 def tiny_overrides(manifest, work: Path, **extra):
-    """Overrides that point a run at the tiny database and keep every output inside `work`."""
+    """Overrides that point a run at the tiny database and keep every output inside `work`.
+    The network is `tiny` (siqa/models/tiny.py: the paper network's inputs and outputs in
+    20k parameters) unless `extra` names another: a test of the pipeline trains it in a
+    fraction of the time and writes checkpoints of kilobytes."""
     items = {"dataset.name": "csv", "dataset.manifest": manifest, "out_dir": work / "run",
              "nss.cache_dir": work / "cache", "nss.workers": 1, "tensorboard.dir": work / "tb",
-             "train.epochs": 2, "train.batch_size": 16, "train.threads": 1,
+             "model.name": "tiny", "train.epochs": 2, "train.batch_size": 16, "train.threads": 1,
              **extra}
     return [f"{k}={v}" for k, v in items.items()]
 
 
 @pytest.fixture(scope="session")
 def tiny_run(tiny_manifest, tmp_path_factory):
-    """A 2-epoch train.py run on the tiny database, built once per session and shared:
-    (work folder, CompletedProcess); the checkpoints are work/run/best.pt and last.pt."""
+    """A 2-epoch train.py run of the paper's network on the tiny database, built once per
+    session and shared (the API, export and maps tests score it): (work folder,
+    CompletedProcess); the checkpoints are work/run/best.pt and last.pt."""
     work = tmp_path_factory.mktemp("train")
-    proc = run_entry("train.py", *tiny_overrides(tiny_manifest, work))
+    proc = run_entry("train.py", *tiny_overrides(tiny_manifest, work, **{"model.name": "bourbia2021"}))
     assert proc.returncode == 0, proc.stderr
     return work, proc
 

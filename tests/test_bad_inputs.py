@@ -56,7 +56,7 @@ def checkpoints(db, tmp_path_factory, checkpoint):
 
     folder, manifest, rows = db
     work = tmp_path_factory.mktemp("bad_inputs_ckpt")
-    cfg = config.load_config(overrides=tiny_overrides(manifest, work))
+    cfg = config.load_config(overrides=tiny_overrides(manifest, work, **{"model.name": "bourbia2021"}))
     keys = list(MultiTaskSIQA().state_dict())
     names = [f"{Path(r['left']).name}|{Path(r['right']).name}" for r in rows]
     state = {

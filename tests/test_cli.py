@@ -92,7 +92,8 @@ def test_predict_same_score_for_views_and_side_by_side(trained, tiny_manifest, t
 
 def test_resume_after_epoch_one_equals_uninterrupted_run(trained, tiny_manifest, tmp_path):
     work, _ = trained
-    first = run_entry("train.py", *tiny_overrides(tiny_manifest, tmp_path, **{"train.epochs": 1}))
+    first = run_entry("train.py", *tiny_overrides(tiny_manifest, tmp_path, **{
+        "model.name": "bourbia2021", "train.epochs": 1}))  # the network of the session's run
     assert first.returncode == 0, first.stderr
     resumed = run_entry("train.py", "--resume", f"out_dir={tmp_path / 'run'}", "train.epochs=2")
     assert resumed.returncode == 0, resumed.stderr

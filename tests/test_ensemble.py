@@ -67,7 +67,7 @@ def test_siqa_load_of_a_run_folder(kfold_run, tiny_manifest):
     model = siqa.load(kfold_run, device="cpu")
     assert isinstance(model, FoldEnsemble)
     assert model.splits == ["split_0", "split_1", "split_2"] and model.left_out == []
-    assert model.design == "k-fold, 3 folds x 1 repetition" and model.name == "bourbia2021"
+    assert model.design == "k-fold, 3 folds x 1 repetition" and model.name == "tiny"
     assert "splits=['split_0', 'split_1', 'split_2']" in repr(model)
     alone = [siqa.load(kfold_run / f"split_{r}" / "best.pt", device="cpu") for r in range(FOLDS)]
     one = model.score(left, right)

@@ -38,7 +38,7 @@ def test_final_fit_on_every_pair(tiny_manifest, tmp_path):
     assert siqa.load(run, device="cpu").score(*pair) == siqa.load(run / "best.pt", device="cpu").score(*pair)
     predicted = run_entry("predict.py", "--checkpoint", run, "--device", "cpu", *pair)
     assert predicted.returncode == 0, predicted.stderr
-    assert predicted.stdout.startswith(f"# one model (bourbia2021, 1 random split): the best.pt of {run}")
+    assert predicted.stdout.startswith(f"# one model (tiny, 1 random split): the best.pt of {run}")
 
     one_line_error(run_entry("evaluate.py", "--checkpoint", run / "best.pt",
                              f"nss.cache_dir={tmp_path / 'cache'}"), "has no test split")

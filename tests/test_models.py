@@ -25,7 +25,7 @@ PARAMETERS = {"bourbia2021": 15_187_437, "multiscore": 10_389_956, "stereoqanet"
 
 
 def test_list_models_and_default():
-    assert list_models() == ["bourbia2021", "multiscore", "padnet", "stereoqanet"]
+    assert list_models() == ["bourbia2021", "multiscore", "padnet", "stereoqanet", "tiny"]
     assert config.load_config()["model"]["name"] == "bourbia2021"
     assert config.upgrade({})["model"]["name"] == "bourbia2021"  # a config from before model.name
 

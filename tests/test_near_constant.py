@@ -61,7 +61,7 @@ def near_constant_run(tmp_path_factory):
     the network predicts about 0.07 for every pair."""
     work = tmp_path_factory.mktemp("near_constant")
     manifest = make_stereo_database(work / "db")
-    proc = run_entry("train.py", *tiny_overrides(manifest, work))
+    proc = run_entry("train.py", *tiny_overrides(manifest, work, **{"model.name": "bourbia2021"}))
     assert proc.returncode == 0, proc.stderr
     return work, manifest, proc
 

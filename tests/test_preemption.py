@@ -13,7 +13,10 @@ import pytest
 from conftest import ROOT, python_path, run_entry, tiny_overrides
 
 EXTRA = {"train.epochs": 3, "train.batch_size": 8}
-ENV = {**os.environ, "PYTHONPATH": python_path(), "OMP_NUM_THREADS": "1"}
+# The signal is sent when a line of the first epoch is read: tests/paced pauses after every
+# training step, so that the next epoch lasts long enough for the signal to land inside it.
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "paced"), python_path()]),
+       "OMP_NUM_THREADS": "1"}
 
 
 def interrupted(cmd, sig, after):

@@ -25,8 +25,10 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(larger_manifest, tmp
 
     work = tmp_path / "b"
     args = [sys.executable, str(ROOT / "train.py"), *tiny_overrides(larger_manifest, work, **extra)]
+    # tests/paced: a pause after every step, so that the kill lands inside epoch 2
+    paced = os.pathsep.join([str(ROOT / "tests" / "paced"), python_path()])
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONPATH": python_path()})
+                            env={**os.environ, "PYTHONPATH": paced})
     last = work / "run" / "last.pt"
     deadline = time.time() + 300
     while not last.exists() and time.time() < deadline and proc.poll() is None:

@@ -4,6 +4,8 @@
     multiscore   Messai & Chetouani, ICIP 2022: Multi-score SIQA (global, left, right, stereo)
     stereoqanet  Zhou, Chen & Li, IEEE TIP 2019: StereoQA-Net
     padnet       Xu et al. 2020: PAD-Net (predictive auto-encoding + ResNet-18)
+    tiny         not a method: the paper network's inputs and outputs in 20k parameters,
+                 for smoke runs of a database or the pipeline (and the test suite)
 
 Each network carries `spec` (siqa.models.spec.InputSpec): what it consumes and predicts, its
 training recipes and whether it takes the optional NSS head. Adding a network is its file
@@ -12,7 +14,7 @@ the original, and every deviation. Building a run's network from its config:
 siqa/build.py.
 """
 from siqa.errors import UserError
-from siqa.models import bourbia2021, multiscore, padnet, stereoqanet
+from siqa.models import bourbia2021, multiscore, padnet, stereoqanet, tiny
 from siqa.models.spec import InputSpec
 
 __all__ = ["DEFAULT", "MODELS", "InputSpec", "check_name", "count_parameters", "create_model",
@@ -27,6 +29,7 @@ MODELS = {
     "multiscore": multiscore.MultiScore,
     "stereoqanet": stereoqanet.StereoQANet,
     "padnet": padnet.PADNet,
+    "tiny": tiny.TinySIQA,
 }
 
 
