@@ -112,13 +112,14 @@ def test_graph_step_on_cpu_is_a_user_error_naming_the_key():
 
 
 def test_auto_step_is_the_graph_for_one_cuda_process_and_eager_elsewhere():
-    from siqa.training.step import step_of
+    from siqa.training.step import fused_step, step_of
 
     cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
     assert step_of("auto", cuda) == "graph"
     assert step_of("auto", cpu) == "eager"
     assert step_of("auto", cuda, world=2) == "eager"  # DDP's all-reduce between the pieces
-    assert step_of("auto", cuda, fused=True) == "eager"  # the fused step is not captured
+    assert fused_step(step_of("auto", cuda)) == "graph"  # fused splits capture their rounds
+    assert fused_step(step_of("compile", cuda)) == "eager"  # compile: the scoring only
     assert step_of("compile", cpu) == "compile"  # an explicit value as it is
 
 

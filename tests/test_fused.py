@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import needs_cuda
 from siqa.data.inputs import SplitData
 from siqa.data.patches import pixel_statistics
 from siqa.errors import UserError
@@ -550,3 +551,28 @@ def test_graph_rounds_equal_eager_rounds(fail, monkeypatch):
         assert_states_close(b["model"], a["model"], 0.0)
         assert_optimizer_close(b["optimizer"], a["optimizer"], 0.0)
         assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+
+
+@needs_cuda
+@pytest.mark.parametrize("step", ["eager", "graph"])
+def test_on_cuda_rounds_do_not_synchronize(step, monkeypatch):
+    """On CUDA, eager and captured (step="graph": the first epoch warms up, the second
+    captures): the third epoch's rounds run under torch.cuda.set_sync_debug_mode("error"),
+    so any call that waits for the GPU inside a round raises."""
+    monkeypatch.setitem(MODELS, "tiny", TinyNet)
+    datas = [d.to("cuda") for d in splits_of("tiny", (12, 5, 9))]
+    models = [build("tiny", k, torch.float32, datas[k]).cuda() for k in range(3)]
+    generators = [torch.Generator("cuda").manual_seed(k) for k in range(3)]
+    f = FusedSplits(models, generators, step=step, **SGD)
+    for epoch in range(2):
+        f.train_epoch(datas, [o.cuda() for o in tiny_orders(datas, epoch)], 4)
+    rounds = f.plan_epoch(datas, [o.cuda() for o in tiny_orders(datas, 2)], 4)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for groups in rounds:
+            f.run_round(groups)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert f.steps == [9, 6, 9]
+    assert step == "eager" or len(f._graphs.graphs) == 3
