@@ -11,6 +11,8 @@ tail of its LIVE-I size, so an epoch has full rounds (every split steps), partia
     fused       siqa.training.fused.FusedSplits.plan_epoch builds an epoch's index tables on
                 the device (before the clock starts); `run_round` runs a round of them
     full        the full rounds, cycled, timed for >= --min-seconds after --warmup rounds
+                (--step graph: after at least one pass through them, so that no capture
+                is timed)
     partial     the other rounds (some splits inactive, tails), cycled, timed the same way
     sequential  (unless --only fused) K networks, each with its own torch.optim.SGD and
                 siqa.training.step.TrainStep (eager), a full round one step of each split
@@ -142,8 +144,11 @@ def fused_rates(k, args, device, amp):
     for name, chosen in (("full", full), ("partial", partial)):
         if not chosen:
             continue
+        # captured: every round once before the clock (a set of stepping splits is captured
+        # when first met)
+        warmup = max(args.warmup, len(chosen)) if args.step == "graph" else args.warmup
         calls, seconds = timed([lambda groups=groups: fused.run_round(groups) for groups in chosen],
-                               args.warmup, args.min_seconds, device)
+                               warmup, args.min_seconds, device)
         pairs = sum(g.size * len(g.splits) for i in range(calls)
                     for g in chosen[i % len(chosen)])
         out[name] = {"rounds": calls, "seconds": seconds, "round_s": seconds / calls, "pairs_per_s": pairs / seconds}

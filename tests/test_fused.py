@@ -509,6 +509,24 @@ def test_host_ops_of_a_round_do_not_grow_with_the_splits(monkeypatch):
     assert abs(partial - counts[6]) <= 0.1 * counts[6], (partial, counts)
 
 
+@pytest.mark.parametrize("amp", [None, torch.bfloat16], ids=["float32", "bf16"])
+def test_traced_rounds_equal_untraced_rounds_bit_for_bit(amp, monkeypatch):
+    """Two epochs whose full-size groups replay their traced aten ops equal the same epochs
+    run through vmap and autograd each round, bit for bit (float32; and under bf16, with
+    its cast weights and inputs and float32 batch norms)."""
+    traced, datas = tiny_fused(monkeypatch, SGD, dtype=torch.float32, amp_dtype=amp)
+    plain, _ = tiny_fused(monkeypatch, SGD, dtype=torch.float32, amp_dtype=amp)
+    plain._traced[4] = False  # (what a failed trace leaves: untraced rounds)
+    for f in (traced, plain):
+        for epoch in range(2):
+            f.train_epoch(datas, tiny_orders(datas, epoch), 4)
+    assert callable(traced._traced[4]) and plain._traced[4] is False
+    for k in range(3):
+        a, b = plain.split_state(k), traced.split_state(k)
+        assert_states_close(b["model"], a["model"], 0.0)
+        assert_optimizer_close(b["optimizer"], a["optimizer"], 0.0)
+
+
 class StandInGraphs:
     """fused.CudaGraphs on the CPU: a capture records the program without running it (as a
     CUDA capture records kernels without running them) and a replay runs it; `fail`: every

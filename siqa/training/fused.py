@@ -524,7 +524,9 @@ class FusedSplits:
     initial_lr  when a StepLR drives the rate: the sequential optimizer's param_groups then
                 carry "initial_lr", and split_state's do too.
     step        "eager", or "graph" (CUDA: the full-size group of a round captured as a CUDA
-                graph, see the module docstring); `log` takes its one line if capture fails.
+                graph, see the module docstring); `log` takes its one line if a capture (or
+                the trace) fails; `graphs`: what captures and replays (CudaGraphs on CUDA;
+                tests give a CPU stand-in).
     """
 
     def __init__(self, models, generators, *, optimizer="sgd", lr, momentum=0.0,
@@ -591,6 +593,8 @@ class FusedSplits:
         self._data = None
         self.step_mode = step
         self._graphs = None
+        if step == "graph" and graphs is None and self.device.type != "cuda":
+            raise ValueError(f"FusedSplits: step 'graph' needs CUDA (the models are on {self.device})")
         if step == "graph":
             self._graphs = _RoundGraphs(self, graphs or CudaGraphs(self.device), log)
 
