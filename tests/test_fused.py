@@ -209,6 +209,27 @@ def test_tiny_network_three_epochs_float64(opt, monkeypatch):
     assert_matches_sequential(f, runs, train(f, datas, 3))
 
 
+class TinyNetWithAnUnusedLayer(TinyNet):
+    """TinyNet and a linear layer its forward never calls (no gradient: torch.optim does not
+    step it, weight decay included, and keeps no state for it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.unused = nn.Linear(3, 2)
+
+
+@pytest.mark.parametrize("opt", [SGD, ADAM], ids=["sgd", "adam"])
+def test_a_layer_without_gradient_is_not_stepped(opt, monkeypatch):
+    monkeypatch.setitem(MODELS, "tiny", TinyNetWithAnUnusedLayer)
+    monkeypatch.setitem(NSS_WEIGHT, "tiny", 0.0)
+    monkeypatch.setattr(sys.modules[__name__], "BATCH", 4)
+    datas = splits_of("tiny", (12, 5, 9))
+    runs = sequential("tiny", datas, 2, opt)
+    f = fused("tiny", datas, opt)
+    assert f.optimizer.unused == ("unused.weight", "unused.bias")
+    assert_matches_sequential(f, runs, train(f, datas, 2))
+
+
 def test_plan_rounds():
     assert plan_rounds(SIZES, BATCH) == [[(16, [0, 1, 2])],
                                          [(16, [0, 2]), (4, [1])],

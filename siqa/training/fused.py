@@ -85,9 +85,10 @@ Numerics: the arithmetic is the sequential run's, not its exact kernels: a vmapp
 convolution is a grouped convolution and a vmapped linear layer a batched matmul, so sums
 are accumulated in another order, and the optimizer's per-split scalars enter as (K, 1)
 tensors (the paper's network after 2 epochs, relative to each tensor's largest value:
-float64 4e-16 with SGD, 2e-13 with Adam; float32 1.7e-7 with SGD; tests/test_fused.py). On CUDA the masks are drawn from each split's CUDA generator with
-bernoulli_, which is not the fused dropout kernel F.dropout uses on CUDA, so CUDA masks are
-per split and reproducible, but not those of a sequential CUDA run.
+float64 4e-16 with SGD, 2e-13 with Adam; float32 1.7e-7 with SGD; tests/test_fused.py).
+On CUDA the masks are drawn from each split's CUDA generator with bernoulli_, which is not
+the fused dropout kernel F.dropout uses on CUDA, so CUDA masks are per split and
+reproducible, but not those of a sequential CUDA run.
 
 Speed: see docs/performance.md (host operations per round, measured on the CPU; GPU
 throughput: benchmarks/gpu_check.py's `fused` step).
