@@ -59,10 +59,13 @@ class Scorer:
         self._graphs = {}  # batch size -> (graph, static left, static right, static outputs)
 
     def __call__(self, left, right, full=True):
-        """The outputs of a batch (a tuple); `full`: a batch of the static size (graph mode
-        captures it)."""
+        """The outputs of a batch (a tuple, owned by the caller: no later call overwrites
+        them); `full`: a batch of the static size (graph mode captures it)."""
         if self.mode != "graph" or left.device.type != "cuda" or not full:
-            return self._eager(self.forward, left, right)
+            outputs = self._eager(self.forward, left, right)
+            if self.mode == "compile":  # "reduce-overhead": the compiler's CUDA graphs reuse
+                return tuple(out.clone() for out in outputs)  # their outputs' memory next call
+            return outputs
         n = left.shape[0]
         if n not in self._graphs:
             self._graphs[n] = self._capture(left, right)

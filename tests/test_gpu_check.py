@@ -78,6 +78,27 @@ def test_projection_of_the_500_epoch_protocol(gpu_check):
     assert gpu_check.project(100_000, 300_000, 10, aggregate_rate=250_000) == pytest.approx(concurrent)
 
 
+def test_parity_is_each_split_against_itself_and_the_fp32_noise(gpu_check):
+    fp32, again = [0.80, 0.70, 0.60], [0.81, 0.70, 0.58]  # noise up to 0.02
+    assert gpu_check.parity_verdict(fp32, again, [0.79, 0.71, 0.61]) == (True, pytest.approx(0.01),
+                                                                         pytest.approx(0.02))
+    assert gpu_check.parity_verdict(fp32, again, [0.80, 0.70, 0.65])[0] is False  # split 3 moved 0.05
+    assert gpu_check.parity_verdict(fp32, fp32, [0.80, 0.70, 0.61])[0] is None  # no noise to compare
+    assert gpu_check.parity_verdict(fp32, fp32, fp32)[0] is True
+
+
+def test_fused_benchmark_splits_are_unequal_as_the_stored_live1_ones():
+    """10 splits: the stored LIVE-I splits' spread of full batches (611 to 639 of 128) over a
+    base of 4, so an epoch has full rounds, partial rounds and tails; a LIVE-I-sized epoch
+    of 10 splits has 611 full rounds and 29 others."""
+    fused = load("fused_throughput")
+    sizes = fused.split_sizes(10, 128)
+    assert min(n // 128 for n in sizes) == fused.PARTIAL_BASE and max(-(-n // 128) for n in sizes) == 4 + 29
+    assert sizes == fused.split_sizes(10, 128) and len(set(n % 128 for n in sizes)) > 1
+    assert fused.live1_rounds(10, 128)[:2] == (611, 29)
+    assert [n // 8 for n in fused.split_sizes(10, 8)] == [n // 128 for n in sizes]  # any batch: the same rounds
+
+
 def test_parses_train_py_epoch_lines(gpu_check):
     log = ("epoch 1/3 loss 2.0 (quality 1.0, nss 0.04) | val SROCC 0.5000 PLCC 0.6 RMSE 9.000 [1.5s]\n"
            "epoch 2/3 loss 1.0 (quality 0.5, nss 0.02) [0.5s]\n"
@@ -166,9 +187,12 @@ def test_quick_cpu_run_to_the_end(quick_run):
     assert steps["resume"]["result"]["identical"] is True
     assert steps["nss"]["result"]["max_abs_diff"] <= 1e-8
     assert steps["nss"]["result"]["view"] == [128, 96]  # the small demo, from the stereodemo wheel
-    assert set(steps["fused"]["result"]["fused"]) == {"x1 fp32", "x2 fp32"}
+    fused = steps["fused"]["result"]
+    assert set(fused["fused"]) == set(fused["partial"]) == {"x2 fp32 eager"}
+    assert all(v > 0 for v in [*fused["fused"].values(), *fused["partial"].values()])
     parity = steps["parity"]["result"]
-    assert parity["parity"] is True and len(parity["fp32 eager"]["values"]) == 3  # the same run twice
+    assert parity["parity"] is True and len(parity["fp32 eager"]["values"]) == 3  # the same run thrice
+    assert parity["largest_difference"] == parity["largest_noise"] == 0.0
     for norm in ("reference", "contrast"):
         assert steps["protocol"]["result"][norm]["epochs_done"] == 2
     assert "| resume | ok |" in md and "| epoch | reference | contrast |" in md

@@ -1,40 +1,46 @@
 r"""K content splits of one run trained as ONE fused network ("horizontal fusion": HFTA,
 Wang et al., MLSys 2021; PyTorch's torch.func model-ensembling recipe).
 
-The K networks' parameters and buffers are stacked along a new leading split dimension
-(torch.func.stack_module_state); one training round is one vmapped forward of
-functional_call over that dimension, one backward, and one optimizer update written over
-the stacked tensors. Each split keeps what it has when trained alone:
+The K networks' parameters are one (K, N) tensor (siqa.training.fused_optimizer: a row a
+split) and their buffers are stacked along a leading split dimension; a round is one
+vmapped forward of functional_call over that dimension, one backward and one optimizer
+update, the same host operations whatever K (the paper's network: about 1,550 aten ops a
+round, 1.19x one split's eager step, full or partial; docs/performance.md):
 
-    its own data (SplitData) and its own epoch order; in round t it takes the t-th batch of
-    its order, or nothing once its epoch is over:
+    epoch start:  the K orders -> device tables: round t's patch indices (K, b) into the
+                  splits' patches concatenated, and which splits step in it ((K,) bool)
+    round t:      split k's batch = order_k[t*b : (t+1)*b]; a split whose epoch is over, or
+                  whose last (partial) batch comes now, does not step in the full-size group:
 
-        round t:  split k's batch = order_k[t*b : (t+1)*b]  (the last one partial), or none
-                  splits whose batches have the same size form a group: ONE vmapped call
-                  splits without a batch: no forward, no masks drawn, no update
+        group of size b (every round):  gather (K, b) patches -> draw the stepping splits'
+                  masks -> [bf16: weights cast] -> vmapped forward, joint loss (K, 3) and
+                  gradients (traced once: below) -> gradients joined (one cat) -> optimizer
+                  step of the (K,) active splits
+        group of size s < b (a split's last batch; splits with equal tails together): the
+                  same at batch s, the other splits inactive
+
+Each split keeps what it has when trained alone:
+
+    its own data and epoch order (an inactive split's row reads its own first patches, and
+    everything it computes is discarded);
 
     its own dropout masks: each nn.Dropout of the network is replaced, in a functional copy,
-    by a module that multiplies by a mask passed in as a vmapped input; before a group's
-    call the masks are drawn per split from that split's own torch.Generator, per dropout
-    call in the network's call order (found by a tracing pass), with the call F.dropout
-    makes on the CPU (`empty_like(x).bernoulli_(1 - p)`, `div_(1 - p)`, `x * mask`), so a
-    split's masks on the CPU are those its sequential run draws from the global generator;
+    by a module that multiplies by a mask passed in as a vmapped input. The masks of a round
+    are one flat buffer (K, F), F = batch x the per-sample sizes of every dropout call in the
+    network's call order (found by a tracing pass); each stepping split draws its row with
+    ONE bernoulli_ from its own torch.Generator, with a float64 keep-probability per element
+    (1 - p of its call), then the buffer is divided by 1 - p. On the CPU this is, element
+    for element, what F.dropout draws call after call (`empty_like(x).bernoulli_(1 - p)`,
+    `div_(1 - p)`, `x * mask`), so a split's CPU masks are those its sequential run draws
+    from the global generator. Masks are drawn in float32 where the activations are
+    bfloat16 or float16, and cast once;
 
-    its own batch statistics and BatchNorm running statistics (the stacked buffers are
-    vmapped inputs, updated in place by batch_norm under vmap);
+    its own batch statistics and BatchNorm running statistics (vmapped inputs updated in
+    place; an inactive split's are written back as they were);
 
-    its own optimizer state: SGD (momentum buffer set to the first gradient, dampening 0,
-    no Nesterov) and Adam (amsgrad off) as torch.optim's single-tensor path computes them,
-    with weight decay added to the gradient, and a per-split Adam step count for the bias
-    corrections. A split that does not step in a round keeps its parameters, momentum
-    buffer, Adam moments and step count:
-
-        full round (every split, one batch size): the stacked parameters are differentiated
-            and updated by one batched step (Adam's bias corrections per split as (K,)
-            tensors where the step counts differ, else python floats as torch.optim's)
-        any other round: each group differentiates a copy of its splits' rows
-            (index_select, as leaves), and the optimizer updates the stepping splits'
-            rows one by one, with torch.optim's own scalar arithmetic
+    its own optimizer state and step count (siqa.training.fused_optimizer): torch.optim's
+    SGD or Adam over the (K, N) tensors; an inactive split's parameters, momentum buffer,
+    Adam moments and step count are left bit for bit as they were;
 
     its checkpoint: `split_state(k)` gives the model state_dict, an optimizer state_dict
     that torch.optim.SGD / Adam built over that split's own network loads, and its RNG
@@ -42,48 +48,71 @@ the stacked tensors. Each split keeps what it has when trained alone:
     resume sequentially, and a sequential run's resume fused).
 
 The learning rate is shared by all splits (one config) and set per epoch (`set_lr`, e.g.
-from a StepLR). Networks: every network whose forward vmaps (bourbia2021, stereoqanet,
-multiscore). PAD-Net is refused with a UserError: its GDN lower bound is a custom
-torch.autograd.Function without a vmap rule (and it has per-group learning rates, which
-the fused optimizer does not implement either).
+from a StepLR), as a device tensor. Networks: every network whose forward vmaps
+(bourbia2021, stereoqanet, multiscore). PAD-Net is refused with a UserError: its GDN lower
+bound is a custom torch.autograd.Function without a vmap rule (and it has per-group
+learning rates, which the fused optimizer does not implement either).
+
+bfloat16 (train.amp): the weights and biases of every convolution and linear layer are
+cast to bfloat16 once a round, outside vmap (one copy of the flat tensor's first columns),
+and each of those layers casts its input to bfloat16, which is what autocast does to them
+in a sequential step; the rest runs under autocast as there, and the optimizer updates the
+float32 masters. (Under vmap, autocast does not reach the convolutions on the CPU, and a
+batched float32 bias is added after the convolution, torch's `separate_bias`: activations
+would be float32.)
+
+Tracing: the vmapped forward and backward of the full-size group is traced once (torch.fx's
+make_fx on real tensors) into the aten ops it runs, and later rounds replay those: the same
+kernels on the same tensors (bit for bit), without vmap's batching rules, autograd's
+bookkeeping and the composite ops' dispatch in between (1,900 -> 1,550 aten ops a round for
+the paper's network). Tail groups run untraced.
+
+Host synchronisation: none inside a round. The round plan depends only on the orders'
+lengths (host ints), every index table is on the device before the first round, Adam's
+step counts and the learning rate are device tensors, and the losses stay a (K, 3) device
+tensor; `epoch` reads the mean losses back once an epoch (tests/test_fused.py forbids
+`.item()`, `.tolist()`, `.cpu()`, `bool(tensor)` and aten's `_local_scalar_dense` inside
+rounds).
+
+CUDA graphs (step="graph", train.step=auto on CUDA): the full-size group of a round is
+captured once per set of stepping splits (the full round, and each partial one: the set
+shrinks as splits finish their epochs), after WARMUP_ROUNDS eager rounds on a side stream;
+the split generators are registered with each graph, and the graphs share one memory pool.
+Later rounds copy their (K, b) indices into the graph's buffer and replay it. Groups of a
+tail size run eagerly. A capture that fails logs one line and the run goes on eagerly.
 
 Numerics: the arithmetic is the sequential run's, not its exact kernels: a vmapped
 convolution is a grouped convolution and a vmapped linear layer a batched matmul, so sums
-are accumulated in another order (float64: parameters within 3e-16 relative after 2
-epochs; float32 1.7e-7, tests/test_fused.py), and the batched optimizer pass may fuse a
-multiply-add at other element positions than a per-split pass.
+are accumulated in another order, and the optimizer's per-split scalars enter as (K, 1)
+tensors (the paper's network after 2 epochs, relative to each tensor's largest value:
+float64 4e-16 with SGD, 2e-13 with Adam; float32 1.7e-7 with SGD; tests/test_fused.py).
+On CUDA the masks are drawn from each split's CUDA generator with bernoulli_, which is not
+the fused dropout kernel F.dropout uses on CUDA, so CUDA masks are per split and
+reproducible, but not those of a sequential CUDA run.
 
-Speed: gradients are taken with torch.autograd.grad, and each stacked parameter is given
-the memory layout of its gradient once (a vmapped linear layer's weight gradient comes out
-transposed), so that no pass copies across strides. On the CPU the fused step is still
-slower than the splits one after another (benchmarks/fused_throughput.py: 0.8x at K = 3,
-one thread): vmap's batch rules reshape between (K*B, C, H, W) and (B, K*C, H, W) around
-every pooling and grouped convolution. The aim is the GPU, where one launch of K splits'
-work replaces K small ones (not measured here: no GPU was available).
-
-Host synchronisation: none inside a round, by reading the code (not run on CUDA): the
-round plan depends only on the orders' lengths (host ints); the small index tensors are
-built once and cached, Adam's per-split bias corrections are one host-to-device copy a full
-round (not a sync; for a CUDA-graph capture they would have to become device tensors
-filled in place). `epoch` reads the mean losses back once an epoch, as
-siqa.training.step.epoch_steps does. On CUDA the masks are drawn from each split's CUDA generator
-with bernoulli_, which is not the fused dropout kernel F.dropout uses on CUDA, so CUDA masks
-are per split and reproducible, but not those of a sequential CUDA run.
+Speed: see docs/performance.md (host operations per round, measured on the CPU; GPU
+throughput: benchmarks/gpu_check.py's `fused` step).
 """
 import copy
+import math
 from collections import OrderedDict
+from functools import partial
 
 import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
+from torch.fx.experimental.proxy_tensor import make_fx
 
 from siqa.data.inputs import SplitData
 from siqa.errors import UserError
 from siqa.models.spec import NSS_DIM
 from siqa.training.concurrent import finish
+from siqa.training.fused_optimizer import OPTIMIZERS, FlatOptimizer, FlatParameters, dense_strides
 from siqa.training.step import joint_loss
 
-OPTIMIZERS = ("sgd", "adam")
+STEP_MODES = ("eager", "graph")
+WARMUP_ROUNDS = 3  # eager rounds on a side stream before the first capture (PyTorch's recipe)
+CAST_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)  # what autocast runs in bf16
 
 
 def plan_rounds(lengths, batch_size):
@@ -183,34 +212,300 @@ def _trace_dropout(model, spec, dtype, device, amp_dtype):
     return calls
 
 
-def _functional_copy(model, feed):
+def _cast_input(module, args):
+    """A convolution's or linear layer's input in its weight's dtype (bfloat16 under
+    train.amp), as autocast casts it outside vmap."""
+    dtype = module.weight.dtype
+    return tuple(a.to(dtype) if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
+
+class _MixedNorm:
+    """A batch norm's forward on a bfloat16 / float16 input with float32 parameters: in
+    float32, the output cast back (the mixed-dtype kernel a sequential step runs has no
+    batching rule under vmap)."""
+
+    def __init__(self, forward):
+        self.forward = forward
+
+    def __call__(self, x):
+        if x.dtype in (torch.bfloat16, torch.float16):
+            return self.forward(x.float()).to(x.dtype)
+        return self.forward(x)
+
+
+def _functional_copy(model, feed, cast=False):
     """A copy of `model` on the meta device (functional_call supplies every tensor) with each
-    nn.Dropout replaced by a _FedDropout, in training mode."""
+    nn.Dropout replaced by a _FedDropout, in training mode; `cast`: every convolution and
+    linear layer casts its input to its weight's dtype, every batch norm computes in float32
+    and returns its input's dtype."""
     template = copy.deepcopy(model).to("meta")
     for name, module in list(template.named_modules()):
         if type(module) is nn.Dropout:
             parent_name, _, child = name.rpartition(".")
             parent = template.get_submodule(parent_name) if parent_name else template
             setattr(parent, child, _FedDropout(name, float(module.p), module.inplace, feed))
+        elif cast and isinstance(module, CAST_MODULES):
+            module.register_forward_pre_hook(_cast_input)
+        elif cast and isinstance(module, nn.modules.batchnorm._NormBase):
+            module.forward = _MixedNorm(module.forward)
     return template.train()
-
-
-def _dense_strides(t):
-    """t's strides if t is a dense (gap-free) permutation of its dimensions, else None."""
-    order = sorted(range(t.dim()), key=lambda d: (t.stride(d), t.shape[d]))
-    expected, size = [0] * t.dim(), 1
-    for d in order:
-        expected[d] = size
-        size *= t.shape[d]
-    strides = tuple(expected)
-    if t.numel() > 0 and all(t.stride(d) == strides[d] for d in range(t.dim()) if t.shape[d] > 1):
-        return strides
-    return None
 
 
 def _is_vmap_rule_error(err):
     text = str(err)
     return "autograd.Function" in text and ("vmap" in text or "functorch" in text)
+
+
+class _Masks:
+    """The dropout masks of K splits at one batch size: one flat (K, F) buffer, a row a split,
+    the per-call masks (K, size, ...) views of it (see the module docstring)."""
+
+    def __init__(self, calls, num_splits, size, device):
+        sizes = [size * math.prod(shape) for _, _, shape, _ in calls]
+        dtypes = [dtype for *_, dtype in calls]
+        reduced = any(d in (torch.bfloat16, torch.float16) for d in dtypes)
+        draw = torch.float32 if reduced or not dtypes else dtypes[0] if len(set(dtypes)) == 1 else torch.float64
+        keep = [torch.full((n,), 1 - p, dtype=torch.float64) for (_, p, _, _), n in zip(calls, sizes)]
+        self.probability = torch.cat(keep).to(device) if keep else torch.zeros(0, dtype=torch.float64)
+        self.divisor = self.probability.to(draw)  # F.dropout: mask.div_(1 - p) in the mask's dtype
+        self.raw = torch.ones(num_splits, sum(sizes), dtype=draw, device=device)  # finite when unused
+        self.rows = [self.raw[k] for k in range(num_splits)]
+        self.scaled = torch.empty_like(self.raw)
+        common = dtypes[0] if len(set(dtypes)) == 1 else None
+        self.cast = (torch.empty(self.raw.shape, dtype=common, device=device)
+                     if common is not None and common != draw else None)
+        final = self.cast if self.cast is not None else self.scaled
+        views, start = [], 0
+        for (_, _, shape, _), n in zip(calls, sizes):
+            views.append(final[:, start : start + n].view((num_splits, size) + tuple(shape)))
+            start += n
+        self.views = tuple(views)
+        self.dtypes = None if common is not None else tuple(dtypes)
+
+    def draw(self, generators, splits):
+        """Each of `splits` draws its row from its own generator (one bernoulli_ each); the
+        other rows keep what they hold. Returns the per-call masks."""
+        if not self.views:
+            return ()
+        for k in splits:
+            self.rows[k].bernoulli_(self.probability, generator=generators[k])
+        torch.div(self.raw, self.divisor, out=self.scaled)
+        if self.cast is not None:
+            self.cast.copy_(self.scaled)
+        if self.dtypes is not None:  # activations of several dtypes: a cast per call
+            return tuple(v.to(d) for v, d in zip(self.views, self.dtypes))
+        return self.views
+
+
+class _Concatenated:
+    """The K splits' training data as one set of tensors, split after split; pair indices
+    point into the concatenated targets. `gather(idx)`: the batches of a (K, s) table of
+    indices into the concatenated patches, as (K, s, ...) tensors."""
+
+    def __init__(self, datas):
+        self.lengths = [d.num_patches for d in datas]
+        self.starts = [sum(self.lengths[:k]) for k in range(len(datas))]
+        pairs = [d.num_pairs for d in datas]
+        pair_starts = [sum(pairs[:k]) for k in range(len(datas))]
+        self.left = torch.cat([d.left for d in datas])
+        self.right = torch.cat([d.right for d in datas])
+        self.pair_index = torch.cat([d.pair_index + s for d, s in zip(datas, pair_starts)])
+        self.score = torch.cat([d.score for d in datas])
+        self.nss = torch.cat([d.nss for d in datas])
+        self.views = None if datas[0].views is None else torch.cat([d.views for d in datas])
+        self.sources = list(datas)  # what `matches` recognises (views replace them: `split_views`)
+        self._fillers = {}
+
+    def matches(self, datas):
+        return len(datas) == len(self.sources) and all(a is b for a, b in zip(datas, self.sources))
+
+    def split_views(self, datas):
+        """SplitData of each split whose patches are views of the concatenated ones (the
+        originals can then be freed); they replace `sources`."""
+        views = []
+        for d, start, n in zip(datas, self.starts, self.lengths):
+            views.append(SplitData(self.left[start : start + n], self.right[start : start + n],
+                                   d.pair_index, d.score, d.nss, d.views))
+        self.sources = views
+        return views
+
+    def fillers(self, size):
+        """(K, size) indices of each split's own first patches (an inactive split's row)."""
+        if size not in self._fillers:
+            rows = [torch.arange(size) % n + start if n else torch.zeros(size, dtype=torch.int64)
+                    for start, n in zip(self.starts, self.lengths)]
+            self._fillers[size] = torch.stack(rows).to(self.left.device)
+        return self._fillers[size]
+
+    def gather(self, idx):
+        k, size = idx.shape
+        flat = idx.reshape(-1)
+        left = self.left.index_select(0, flat).view((k, size) + tuple(self.left.shape[1:]))
+        right = self.right.index_select(0, flat).view((k, size) + tuple(self.right.shape[1:]))
+        pairs = self.pair_index.index_select(0, flat)
+        targets = {"score": self.score.index_select(0, pairs).view(k, size),
+                   "nss": self.nss.index_select(0, pairs).view(k, size, self.nss.shape[1])}
+        if self.views is not None:
+            targets["views"] = self.views.index_select(0, pairs).view(k, size, 2)
+        return left, right, targets
+
+
+class _Buffers:
+    """The stacked buffers (K, *shape), each dtype's in one flat tensor, so that an inactive
+    split's running statistics are written back as they were in one `where` a dtype."""
+
+    def __init__(self, stacked, num_splits):
+        self.views, self.flats = {}, []
+        by_dtype = {}
+        for n, b in stacked.items():
+            by_dtype.setdefault(b.dtype, []).append(n)
+        for dtype, names in by_dtype.items():
+            sizes = [stacked[n][0].numel() for n in names]
+            device = stacked[names[0]].device
+            flat = torch.empty(num_splits * sum(sizes), dtype=dtype, device=device)
+            owner = torch.cat([torch.arange(num_splits).repeat_interleave(n) for n in sizes]).to(device)
+            start = 0
+            for n, size in zip(names, sizes):
+                view = flat[start : start + num_splits * size].view(stacked[n].shape)
+                view.copy_(stacked[n])
+                self.views[n] = view
+                start += num_splits * size
+            self.flats.append((flat, owner))
+
+    def save(self):
+        return [flat.clone() for flat, _ in self.flats]
+
+    def restore(self, saved, active):
+        for (flat, owner), old in zip(self.flats, saved):
+            torch.where(active[owner], flat, old, out=flat)
+
+
+class _Group:
+    """One vmapped step of a round: batch `size`, (K, size) indices into the concatenated
+    patches, (K,) bool `active` (on the device) and the host tuple of its stepping splits."""
+
+    __slots__ = ("size", "idx", "active", "splits", "capturable")
+
+    def __init__(self, size, idx, active, splits, capturable=False):
+        self.size, self.idx, self.active, self.splits, self.capturable = size, idx, active, splits, capturable
+
+
+class RoundLosses:
+    """A round's losses {k: (total, quality, nss)} of the splits that stepped, read lazily from
+    one (K, 3) device tensor (no op unless a split's row is asked for)."""
+
+    def __init__(self, table, splits):
+        self.table, self.splits = table, tuple(sorted(splits))
+
+    def __getitem__(self, k):
+        if k not in self.splits:
+            raise KeyError(k)
+        return self.table[k]
+
+    def __iter__(self):
+        return iter(self.splits)
+
+    def __len__(self):
+        return len(self.splits)
+
+    def keys(self):
+        return list(self.splits)
+
+    def items(self):
+        return [(k, self[k]) for k in self.splits]
+
+
+class CudaGraphs:
+    """How FusedSplits captures and replays a round on CUDA (tests put a CPU stand-in with
+    the same three methods in its place)."""
+
+    def __init__(self, device):
+        self.device, self.pool, self.stream = device, None, None
+
+    def side_stream(self):
+        """A context in which the warm-up rounds run on a side stream."""
+        if self.stream is None:
+            self.stream = torch.cuda.Stream(self.device)
+        return _OnStream(self.stream, self.device)
+
+    def capture(self, program, generators):
+        """Capture `program()` (its split generators registered with the graph) into the
+        shared memory pool; returns replay() -> the program's output tensor, refreshed."""
+        graph = torch.cuda.CUDAGraph()
+        for g in generators:
+            graph.register_generator_state(g)
+        with torch.cuda.graph(graph, pool=self.pool):
+            out = program()
+        if self.pool is None:
+            self.pool = graph.pool()
+
+        def replay():
+            graph.replay()
+            return out
+
+        return replay
+
+
+class _OnStream:
+    def __init__(self, stream, device):
+        self.stream, self.device = stream, device
+
+    def __enter__(self):
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        self.context = torch.cuda.stream(self.stream)
+        self.context.__enter__()
+
+    def __exit__(self, *exc):
+        self.context.__exit__(*exc)
+        torch.cuda.current_stream(self.device).wait_stream(self.stream)
+        return False
+
+
+class _RoundGraphs:
+    """The capturable groups (the full-size group of a round) of a FusedSplits with
+    step="graph": WARMUP_ROUNDS eager rounds on a side stream, then one graph per set of
+    stepping splits, captured when first met and replayed after; a failed capture logs one
+    line and every later round runs eagerly."""
+
+    def __init__(self, fused, backend, log):
+        self.fused, self.backend, self.log = fused, backend, log
+        self.warmup, self.graphs, self.failed = WARMUP_ROUNDS, {}, False
+
+    def reset(self):
+        """Forget the graphs (they read the tensors they were captured with)."""
+        self.graphs = {}
+
+    def run(self, group):
+        f = self.fused
+        if self.failed:
+            return f._program(group.size, group.idx, group.active, group.splits, traced=True)
+        if self.warmup > 0:
+            self.warmup -= 1
+            with self.backend.side_stream():
+                return f._program(group.size, group.idx, group.active, group.splits, traced=True)
+        key = (group.size, group.splits)
+        if key not in self.graphs and not self._capture(group, key):
+            return f._program(group.size, group.idx, group.active, group.splits, traced=True)
+        static_idx, replay = self.graphs[key]
+        static_idx.copy_(group.idx)
+        return replay().clone()  # the graph's output is overwritten by the next replay
+
+    def _capture(self, group, key):
+        f = self.fused
+        static_idx, active = group.idx.clone(), group.active.clone()
+        states = [g.get_state() for g in f.generators]
+        try:
+            replay = self.backend.capture(
+                lambda: f._program(group.size, static_idx, active, group.splits, traced=True), f.generators)
+        except RuntimeError as err:
+            for g, state in zip(f.generators, states):
+                g.set_state(state)
+            self.failed = True
+            self.log(f"fused splits: the round could not be captured as a CUDA graph "
+                     f"({' '.join(str(err).split())[:200]}); the run goes on eagerly")
+            return False
+        self.graphs[key] = (static_idx, replay)
+        return True
 
 
 class FusedSplits:
@@ -229,11 +524,16 @@ class FusedSplits:
     nss_weight, amp_dtype, cache_enabled: as siqa.training.step.joint_loss takes them.
     initial_lr  when a StepLR drives the rate: the sequential optimizer's param_groups then
                 carry "initial_lr", and split_state's do too.
+    step        "eager", or "graph" (CUDA: the full-size group of a round captured as a CUDA
+                graph, see the module docstring); `log` takes its one line if a capture (or
+                the trace) fails; `graphs`: what captures and replays (CudaGraphs on CUDA;
+                tests give a CPU stand-in).
     """
 
     def __init__(self, models, generators, *, optimizer="sgd", lr, momentum=0.0,
                  weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8, nss_weight=0.0,
-                 amp_dtype=None, cache_enabled=True, initial_lr=None):
+                 amp_dtype=None, cache_enabled=True, initial_lr=None, step="eager", log=print,
+                 graphs=None):
         models = list(models)
         if not models:
             raise ValueError("FusedSplits needs at least one model")
@@ -241,6 +541,8 @@ class FusedSplits:
             raise ValueError(f"{len(models)} models but {len(generators)} generators")
         if optimizer not in OPTIMIZERS:
             raise UserError(f"fused training: optimizer {optimizer!r} (expected sgd or adam)")
+        if step not in STEP_MODES:
+            raise ValueError(f"FusedSplits: step {step!r} (expected one of {', '.join(STEP_MODES)})")
         first = models[0]
         name = type(first).__name__
         keys = [(k, v.shape, v.dtype) for k, v in first.state_dict().items()]
@@ -258,38 +560,44 @@ class FusedSplits:
         self.spec = first.spec
         self._nss_dim = int(getattr(first, "nss_dim", NSS_DIM)) if self.spec.predicts_nss else 0
         self.nss_weight, self.amp_dtype, self.cache_enabled = nss_weight, amp_dtype, cache_enabled
-        self.optimizer, self.lr, self.momentum = optimizer, float(lr), float(momentum)
-        self.weight_decay, self.betas, self.eps = float(weight_decay), tuple(map(float, betas)), float(eps)
+        self.lr = float(lr)
         self.initial_lr = initial_lr
         self.generators = list(generators)
 
         self.calls = _trace_dropout(first, self.spec, self.dtype, self.device, amp_dtype)
         self._feed = _Feed(self.calls)
-        self._template = _functional_copy(first, self._feed)
+        self._template = _functional_copy(first, self._feed, cast=amp_dtype is not None)
         state = first.state_dict()
         self._state_keys = list(state.keys())
         self._state_metadata = getattr(state, "_metadata", None)
         self._strides = {key: value.stride() for key, value in state.items()}  # the network's layouts
-        self.params, self.buffers = stack_module_state(models)
-        self._param_names = list(self.params)
-        if set(self._param_names) | set(self.buffers) != set(self._state_keys):
+        params, buffers = stack_module_state(models)
+        if set(params) | set(buffers) != set(self._state_keys):
             raise ValueError("FusedSplits: parameters and buffers do not match the state_dict keys")
-
-        self._index_cache = {}
-        self._probe(name)  # a network that cannot be vmapped stops here (PAD-Net)
-        # optimizer state, per split along dim 0 (zeros until a split's first step)
-        # optimizer steps per split: Adam's count; for SGD, > 0 = the momentum buffer is set
-        self.steps = [0] * self.num_splits
-        self.state = {}
-        with torch.no_grad():
-            for n, p in self.params.items():
-                if optimizer == "sgd" and self.momentum != 0:
-                    self.state[n] = {"momentum_buffer": torch.zeros_like(p)}
-                elif optimizer == "adam":
-                    self.state[n] = {"exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+        self._aranges = {}  # batch size -> the per-split pair index of its targets
+        self._buffers = _Buffers(buffers, self.num_splits)
+        self.buffers = self._buffers.views
+        self._buffer_names = list(self.buffers)
+        cast = [f"{m}.{p}" if m else p for m, module in first.named_modules()
+                if isinstance(module, CAST_MODULES) for p, _ in module.named_parameters(recurse=False)]
+        self.flat, unused = self._lay_out(name, params, cast if amp_dtype is not None else ())
+        self._leaves = [self.flat.leaves[n] for n in self.flat.names]
         if hasattr(first, "param_groups"):
             raise UserError(f"fused training: {name} has per-group learning rates "
                             "(param_groups), which the fused optimizer does not implement")
+        self.optimizer = FlatOptimizer(self.flat, optimizer, lr=lr, momentum=momentum,
+                                       weight_decay=weight_decay, betas=betas, eps=eps, unused=unused)
+        self._masks = {}  # batch size -> _Masks
+        self._traced = {}  # batch size -> the traced forward and backward (False: untraceable)
+        self._log = log
+        self._sums = torch.zeros(self.num_splits, 3, device=self.device)  # an epoch's losses
+        self._data = None
+        self.step_mode = step
+        self._graphs = None
+        if step == "graph" and graphs is None and self.device.type != "cuda":
+            raise ValueError(f"FusedSplits: step 'graph' needs CUDA (the models are on {self.device})")
+        if step == "graph":
+            self._graphs = _RoundGraphs(self, graphs or CudaGraphs(self.device), log)
 
     # ---------------------------------------------------------------- construction helpers
 
@@ -303,12 +611,26 @@ class FusedSplits:
                    weight_decay=t["weight_decay"], nss_weight=t["nss_weight"], amp_dtype=amp_dtype,
                    **kwargs)
 
-    def _probe(self, name):
+    def _lay_out(self, name, stacked, cast):
+        """FlatParameters whose tensors have the memory layouts of their gradients: a probe of
+        the stacked tensors gives the layouts, a probe of the flat ones checks them (up to
+        three times). Returns it and the names of tensors the loss does not reach."""
+        leaves = {n: p.detach().requires_grad_() for n, p in stacked.items()}
+        grads = self._probe(name, leaves)
+        layouts = {n: None if g is None else dense_strides(g, skip=1) for n, g in zip(leaves, grads)}
+        for _ in range(3):
+            flat = FlatParameters(stacked, layouts, cast, self.amp_dtype)
+            grads = self._probe(name, flat.leaves)
+            found = {n: None if g is None else dense_strides(g, skip=1) for n, g in zip(flat.names, grads)}
+            if all(found[n] in (None, flat.strides[n]) for n in flat.names):
+                break
+            layouts = {n: found[n] or layouts[n] for n in flat.names}
+        return flat, [n for n, g in zip(flat.names, grads) if g is None]
+
+    def _probe(self, name, params):
         """One vmapped forward and gradient of every split on 2 zero patches (buffers cloned,
         no state changes): a network whose forward cannot be vmapped fails here, as a
-        UserError. Then each stacked parameter takes the memory layout of its gradient
-        (a vmapped linear layer's weight gradient comes out transposed), so that neither
-        autograd nor the optimizer's elementwise passes work across strides."""
+        UserError. Returns the gradients of `params` (None where the loss does not reach)."""
         buffers = {n: b.clone() for n, b in self.buffers.items()}
         k = self.num_splits
         masks = tuple(torch.ones((k, 2) + shape, dtype=dtype, device=self.device)
@@ -317,9 +639,8 @@ class FusedSplits:
                         dtype=self.dtype, device=self.device)
         try:
             with torch.enable_grad():
-                losses = self._vmapped(self.params, buffers, masks, x, x, self._zero_targets(k, 2), 2)
-                grads = torch.autograd.grad(losses[:, 0].sum(), list(self.params.values()),
-                                            allow_unused=True)
+                losses = self._vmapped(params, buffers, masks, x, x, self._zero_targets(k, 2), 2)
+                return torch.autograd.grad(losses[:, 0].sum(), list(params.values()), allow_unused=True)
         except RuntimeError as err:
             line = " ".join(str(err).split())[:300]
             if _is_vmap_rule_error(err):
@@ -329,12 +650,6 @@ class FusedSplits:
             raise UserError(f"fused training: {name} cannot run under torch.func.vmap ({line})") from None
         finally:
             self._feed.masks = None
-        with torch.no_grad():
-            for (n, p), g in zip(list(self.params.items()), grads):
-                strides = None if g is None else _dense_strides(g)
-                if strides is not None and strides != p.stride():
-                    q = torch.empty_strided(p.shape, strides, dtype=p.dtype, device=p.device)
-                    self.params[n] = q.copy_(p).requires_grad_()
 
     def _zero_targets(self, groups, size):
         targets = {"score": torch.zeros(groups, size, device=self.device),
@@ -348,6 +663,12 @@ class FusedSplits:
     def set_lr(self, lr):
         """The learning rate of every split from the next round on (e.g. a StepLR's)."""
         self.lr = float(lr)
+        self.optimizer.set_lr(lr)
+
+    @property
+    def steps(self):
+        """Each split's optimizer step count (read back from the device)."""
+        return [int(s) for s in self.optimizer.steps.tolist()]
 
     def _split_losses(self, params, buffers, masks, left, right, targets, pairs):
         """One split's (total, quality, nss) losses of its batch (runs under vmap): exactly
@@ -365,211 +686,193 @@ class FusedSplits:
         return torch.stack([total, quality, nss])
 
     def _vmapped(self, params, buffers, masks, left, right, targets, size):
-        pairs = self._index(("pairs", size), lambda: torch.arange(size, device=self.device))
+        if size not in self._aranges:
+            self._aranges[size] = torch.arange(size, device=self.device)
         return vmap(self._split_losses, in_dims=(0, 0, 0, 0, 0, 0, None),
-                    randomness="error")(params, buffers, masks, left, right, targets, pairs)
+                    randomness="error")(params, buffers, masks, left, right, targets, self._aranges[size])
 
-    def _index(self, key, make):
-        """A small device tensor built once per key (split subsets, masks, aranges)."""
-        if key not in self._index_cache:
-            self._index_cache[key] = make()
-        return self._index_cache[key]
+    def concatenate(self, datas):
+        """The splits' training data concatenated once (what a round gathers from); returns
+        each split's SplitData with its patches as views of the concatenated ones, which a
+        caller keeps instead of its own (one copy of the patches in memory)."""
+        self._set_data(_Concatenated(datas))
+        return self._data.split_views(datas)
 
-    def _draw_masks(self, splits, size):
-        """The dropout masks of a group: per traced call a (G, size, ...) tensor; split k's row
-        drawn from its own generator, its calls in forward order (F.dropout's CPU draw)."""
-        masks = []
-        for _, p, shape, dtype in self.calls:
-            mask = torch.empty((len(splits), size) + shape, dtype=dtype, device=self.device)
-            for row, k in enumerate(splits):
-                mask[row].bernoulli_(1 - p, generator=self.generators[k])
-            masks.append(mask.div_(1 - p))
-        return tuple(masks)
+    def _data_for(self, datas):
+        if len(datas) != self.num_splits:
+            raise ValueError(f"expected {self.num_splits} datas")
+        if self._data is None or not self._data.matches(datas):
+            self._set_data(_Concatenated(datas))
+        return self._data
 
-    def _batch(self, datas, batches, splits):
-        """The stacked inputs and per-patch targets of a group."""
-        left = torch.stack([datas[k].left[batches[k]] for k in splits])
-        right = torch.stack([datas[k].right[batches[k]] for k in splits])
-        targets = {"score": [], "nss": [], "views": []}
-        for k in splits:
-            pairs = datas[k].pair_index[batches[k]]
-            targets["score"].append(datas[k].score[pairs])
-            targets["nss"].append(datas[k].nss[pairs])
-            if self.spec.needs_view_scores:
-                targets["views"].append(datas[k].views[pairs])
-        return left, right, {name: torch.stack(v) for name, v in targets.items() if v}
+    def _set_data(self, data):
+        self._data = data
+        if self._graphs is not None:
+            self._graphs.reset()
+
+    def _masks_of(self, size):
+        if size not in self._masks:
+            self._masks[size] = _Masks(self.calls, self.num_splits, size, self.device)
+        return self._masks[size]
+
+    def _program(self, size, idx, active, splits, traced=False):
+        """One group's step (the device work, capturable): masks of the stepping splits,
+        the gathered batches, the vmapped forward and gradients of every split, the
+        optimizer step of the active ones, their losses added to the epoch's. Returns the
+        (K, 3) losses (an inactive split's row is meaningless). `traced`: the forward and
+        backward replay their aten ops traced once for this batch size (`_trace`)."""
+        everyone = len(splits) == self.num_splits
+        masks = self._masks_of(size).draw(self.generators, splits)
+        left, right, targets = self._data.gather(idx)
+        self.flat.refresh()
+        saved = None if everyone else self._buffers.save()
+        inputs = (self._leaves, [self.buffers[n] for n in self._buffer_names], masks, left, right,
+                  *[targets[n] for n in sorted(targets)])
+        run = self._traced.get(size) if traced else None
+        if traced and run is None:
+            run = self._trace(size, inputs)
+        with torch.no_grad():  # (the traced ops must not be recorded for autograd)
+            out, grads = (run or partial(self._forward_backward, size))(*inputs)
+        self.flat.join(grads)
+        self.optimizer.step(active, everyone)
+        if saved is not None:
+            self._buffers.restore(saved, active)
+        self._sums.add_(out if everyone else torch.where(active.view(-1, 1), out, 0.0))
+        return out
+
+    def _forward_backward(self, size, leaves, buffers, masks, left, right, *targets):
+        """The vmapped forward of every split and the gradients of its loss: the (K, 3)
+        losses (detached) and a gradient per leaf (None where the loss does not reach)."""
+        names = ("nss", "score", "views")[: len(targets)]
+        with torch.enable_grad():
+            out = self._vmapped(dict(zip(self.flat.names, leaves)), dict(zip(self._buffer_names, buffers)),
+                                masks, left, right, dict(zip(names, targets)), size)
+            # autograd.grad, not backward: a vmapped linear layer's weight gradient comes out
+            # transposed, and AccumulateGrad would copy every one into the parameter's layout
+            grads = torch.autograd.grad(out[:, 0].sum(), leaves, allow_unused=True)
+        return out.detach(), grads
+
+    def _trace(self, size, inputs):
+        """`_forward_backward` at this batch size traced once into the aten ops it runs
+        (torch.fx's make_fx, real tensors; on copies of the buffers, which it updates): a
+        replay skips vmap's batching rules, autograd's bookkeeping and the composite ops'
+        dispatch (fewer host operations, the same kernels on the same tensors). A trace
+        that fails logs one line; the round then runs untraced."""
+        leaves, buffers, *rest = inputs
+        try:
+            traced = make_fx(partial(self._forward_backward, size), tracing_mode="real")(
+                leaves, [b.clone() for b in buffers], *rest)
+        except Exception as err:  # torch.fx's errors have no common type
+            traced = False
+            self._log(f"fused splits: the round could not be traced ({type(err).__name__}: "
+                      f"{' '.join(str(err).split())[:200]}); it runs untraced")
+        self._traced[size] = traced
+        return traced
+
+    def run_round(self, groups):
+        """One round (a list of groups, `plan_epoch`'s); returns its RoundLosses."""
+        table, splits = None, []
+        for group in groups:
+            if self._graphs is not None and group.capturable:
+                out = self._graphs.run(group)
+            else:
+                out = self._program(group.size, group.idx, group.active, group.splits, group.capturable)
+            table = out if table is None else torch.where(group.active.view(-1, 1), out, table)
+            splits += group.splits
+        return RoundLosses(table, splits)
+
+    def plan_epoch(self, datas, orders, batch_size):
+        """An epoch's rounds (plan_rounds), each a list of groups whose index tables and active
+        masks are on the device already: what `run_round` takes. orders[k]: split k's epoch
+        order (siqa.training.step.epoch_order), indices into datas[k]."""
+        data = self._data_for(datas)
+        if len(orders) != self.num_splits:
+            raise ValueError(f"expected {self.num_splits} orders")
+        k_all, device = self.num_splits, self.device
+        lengths = [len(o) for o in orders]
+        orders = [o.to(device) for o in orders]
+        plan = plan_rounds(lengths, batch_size)
+        full = max(n // batch_size for n in lengths) if lengths else 0
+        table = active = None
+        if full:  # the full-size batches of every round: (rounds, K, batch)
+            filler = data.fillers(batch_size)
+            rows = []
+            for k, order in enumerate(orders):
+                count = lengths[k] // batch_size
+                body = order[: count * batch_size].view(count, batch_size) + data.starts[k]
+                rows.append(torch.cat([body, filler[k].expand(full - count, batch_size)]))
+            table = torch.stack(rows, dim=1)
+            active = torch.tensor([[lengths[k] // batch_size > t for k in range(k_all)] for t in range(full)],
+                                  device=device)
+        rounds = []
+        for t, groups in enumerate(plan):
+            built = []
+            for size, splits in groups:
+                if size == batch_size:
+                    built.append(_Group(size, table[t], active[t], tuple(splits), capturable=True))
+                    continue
+                idx = data.fillers(size).clone()
+                for k in splits:
+                    idx[k] = orders[k][t * batch_size : t * batch_size + size] + data.starts[k]
+                built.append(_Group(size, idx, self._active(splits), tuple(splits)))
+            rounds.append(built)
+        return rounds
+
+    def _active(self, splits):
+        mask = torch.zeros(self.num_splits, dtype=torch.bool)
+        mask[list(splits)] = True
+        return mask.to(self.device)
 
     def step_round(self, datas, batches):
         """One round: split k takes one step on the patches `batches[k]` (an index tensor on
         datas[k]'s device) of `datas[k]`, or none where batches[k] is None. Splits with
-        batches of one size run as one vmapped call. Returns {k: detached (total, quality,
-        nss) losses, shape (3,)} for the splits that stepped.
-
-        A full round (every split, one batch size) differentiates the stacked parameters
-        themselves and updates them with one batched optimizer step; otherwise each group
-        differentiates a copy of its splits' rows (index_select, as leaves: no full-size
-        zero gradients) and the optimizer updates those splits' rows one by one."""
-        if len(datas) != self.num_splits or len(batches) != self.num_splits:
+        batches of one size run as one vmapped group. Returns the RoundLosses ({k: (3,)})
+        of the splits that stepped. (Builds its index tables now: `epoch` builds an epoch's
+        before its first round.)"""
+        if len(batches) != self.num_splits:
             raise ValueError(f"expected {self.num_splits} datas and batches")
+        data = self._data_for(datas)
         groups = {}
         for k, idx in enumerate(batches):
             if idx is not None and len(idx) > 0:
                 groups.setdefault(len(idx), []).append(k)
-        if not groups:
-            return {}
-        everyone = list(range(self.num_splits))
-        totals, losses, sources = [], {}, []
+        built = []
         for size, splits in sorted(groups.items(), key=lambda item: -item[0]):
-            masks = self._draw_masks(splits, size)
-            left, right, targets = self._batch(datas, batches, splits)
-            if splits == everyone:  # the stacked tensors themselves (BatchNorm updates in place)
-                params = self.params
-                out = self._vmapped(params, self.buffers, masks, left, right, targets, size)
-            else:
-                ids = self._index(("ids", tuple(splits)),
-                                  lambda splits=splits: torch.tensor(splits, device=self.device))
-                params = {n: p.detach().index_select(0, ids).requires_grad_() for n, p in self.params.items()}
-                buffers = {n: b.index_select(0, ids) for n, b in self.buffers.items()}
-                out = self._vmapped(params, buffers, masks, left, right, targets, size)
-                with torch.no_grad():
-                    for n, b in buffers.items():  # this group's running statistics, back in place
-                        self.buffers[n].index_copy_(0, ids, b)
-            sources.append((splits, params))
-            totals.append(out[:, 0].sum())
-            out = out.detach()
-            for row, k in enumerate(splits):
-                losses[k] = out[row]
-        # autograd.grad, not backward: a vmapped linear layer's weight gradient comes out
-        # transposed, and AccumulateGrad would copy every one into the parameter's layout
-        inputs = [t for _, params in sources for t in params.values()]
-        grads = iter(torch.autograd.grad(torch.stack(totals).sum(), inputs, allow_unused=True))
-        self._update([(splits, {n: next(grads) for n in params}) for splits, params in sources])
-        return {k: losses[k] for k in sorted(losses)}
+            idx = data.fillers(size).clone()
+            for k in splits:
+                idx[k] = batches[k].to(self.device) + data.starts[k]
+            built.append(_Group(size, idx, self._active(splits), tuple(splits)))
+        return self.run_round(built)
 
     def epoch(self, datas, orders, batch_size, progress=None):
-        """One epoch as a generator that yields each round's losses ({k: (3,)}) and returns
+        """One epoch as a generator that yields each round's losses (RoundLosses) and returns
         each split's mean (total, quality, nss) over its own steps, as a list of dicts (the
-        values siqa.training.step.epoch_steps returns for that split). orders[k]: split k's epoch
-        order (siqa.training.step.epoch_order) on its data's device."""
-        sums = [torch.zeros(3, device=self.device) for _ in range(self.num_splits)]
+        values siqa.training.step.epoch_steps returns for that split). orders[k]: split k's
+        epoch order (siqa.training.step.epoch_order)."""
+        rounds = self.plan_epoch(datas, orders, batch_size)
+        self._sums.zero_()
         counts = [0] * self.num_splits
-        for groups in plan_rounds([len(o) for o in orders], batch_size):
-            batches = [None] * self.num_splits
-            for size, splits in groups:
-                for k in splits:
-                    start = counts[k] * batch_size
-                    batches[k] = orders[k][start : start + size]
-            losses = self.step_round(datas, batches)
-            for k, value in losses.items():
-                sums[k] += value
-                counts[k] += 1
+        for groups in rounds:
+            losses = self.run_round(groups)
+            for group in groups:
+                for k in group.splits:
+                    counts[k] += 1
             if progress is not None:
-                progress.update(sum(len(b) for b in batches if b is not None))
+                progress.update(sum(group.size * len(group.splits) for group in groups))
             yield losses
-        means = []
-        for k in range(self.num_splits):
-            values = (sums[k] / max(counts[k], 1)).tolist()
-            means.append({"total": values[0], "quality": values[1], "nss": values[2]})
-        return means
+        steps = torch.tensor([max(c, 1) for c in counts], dtype=self._sums.dtype, device=self.device)
+        values = (self._sums / steps.view(-1, 1)).tolist()
+        return [{"total": v[0], "quality": v[1], "nss": v[2]} for v in values]
 
     def train_epoch(self, datas, orders, batch_size, progress=None):
         """`epoch` run to its end: each split's mean losses (a list of dicts)."""
         return finish(self.epoch(datas, orders, batch_size, progress))
 
-    # --------------------------------------------------------------------------- optimizer
-
-    @torch.no_grad()
-    def _update(self, sources):
-        """One optimizer step of the splits that took a step this round. `sources`: (splits,
-        {name: those splits' gradients along dim 0, or None}) per group. The other splits'
-        parameters and optimizer state are not touched."""
-        active = sorted(k for splits, _ in sources for k in splits)
-        fresh = [k for k in active if self.steps[k] == 0]
-        for k in active:
-            self.steps[k] += 1
-        full = len(active) == self.num_splits and len(sources) == 1
-        if full and len(fresh) in (0, self.num_splits):
-            # every split at once; the Adam scalars per split where their step counts differ
-            scalars = self._adam_scalars(active) if self.optimizer == "adam" else None
-            grads = sources[0][1]
-            for n, p in self.params.items():
-                self._step(n, p, slice(None), grads[n], bool(fresh), scalars)
-            return
-        for splits, grads in sources:  # row by row: exactly the sequential arithmetic
-            for row, k in enumerate(splits):
-                scalars = self._adam_scalars([k]) if self.optimizer == "adam" else None
-                for n, p in self.params.items():
-                    grad = grads[n]
-                    if grad is not None:
-                        self._step(n, p[k], k, grad[row], k in fresh, scalars)
-
-    def _step(self, name, p, rows, grad, fresh, scalars):
-        """torch.optim's single-tensor SGD / Adam step of `p` (the stacked parameter, or one
-        split's row of it) with state rows `rows`; `scalars`: Adam's (-lr / bias correction 1,
-        sqrt(bias correction 2)), python floats or per-split (K,) tensors."""
-        if grad is None:  # torch.optim skips a parameter without a gradient
-            return
-        g = grad
-        if self.weight_decay != 0:  # in place (torch.optim: a new tensor): the gradient is ours
-            g = g.add_(p, alpha=self.weight_decay)
-        if self.optimizer == "sgd":
-            if self.momentum != 0:
-                buf = self.state[name]["momentum_buffer"][rows]
-                if fresh:  # torch.optim: buf = clone(grad)
-                    buf.copy_(g)
-                else:
-                    buf.mul_(self.momentum).add_(g)
-                g = buf
-            p.add_(g, alpha=-self.lr)
-            return
-        beta1, beta2 = self.betas
-        exp_avg = self.state[name]["exp_avg"][rows]
-        exp_avg_sq = self.state[name]["exp_avg_sq"][rows]
-        exp_avg.lerp_(g, 1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-        neg_step_size, bias_correction2_sqrt = scalars
-        if torch.is_tensor(neg_step_size):  # per split, broadcast along the split dimension
-            shape = (-1,) + (1,) * (p.dim() - 1)
-            denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt.view(shape)).add_(self.eps)
-            p.addcdiv_(exp_avg * neg_step_size.view(shape), denom)
-        else:
-            denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(self.eps)
-            p.addcdiv_(exp_avg, denom, value=neg_step_size)
-
-    def _adam_scalars(self, splits):
-        """-lr / (1 - beta1^step) and sqrt(1 - beta2^step) of `splits`, in double on the host
-        as torch.optim.Adam computes them: python floats where the splits' step counts agree,
-        else (K,) tensors in the parameters' dtype (torch.optim's python scalars enter its
-        kernels cast to the tensors' dtype; a host-to-device copy, not a sync)."""
-        beta1, beta2 = self.betas
-        values = []
-        for k in splits:
-            step = float(self.steps[k])
-            values.append((-(self.lr / (1 - beta1 ** step)), (1 - beta2 ** step) ** 0.5))
-        if len(set(values)) == 1:
-            return values[0]
-        table = torch.tensor(values, dtype=torch.float64).to(self.dtype).T.contiguous()
-        table = table.to(self.device, non_blocking=True)
-        return table[0], table[1]
-
-    def _new_optimizer(self, params):
-        if self.optimizer == "adam":
-            opt = torch.optim.Adam(params, lr=self.lr, betas=self.betas, eps=self.eps,
-                                   weight_decay=self.weight_decay)
-        else:
-            opt = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum,
-                                  weight_decay=self.weight_decay)
-        if self.initial_lr is not None:
-            for group in opt.param_groups:
-                group["initial_lr"] = self.initial_lr
-        return opt
-
     # ------------------------------------------------------------------ per-split states
 
     def _new(self, key, k):
-        """An empty tensor of split k's `key` in the layout its own network has it in (the
-        stacked tensors may hold it transposed, see _probe)."""
-        like = (self.params if key in self.params else self.buffers)[key][k]
+        """An empty tensor of split k's `key` in the layout its own network has it in."""
+        like = (self.flat.masters if key in self.flat.masters else self.buffers)[key][k]
         return torch.empty_strided(like.shape, self._strides[key], dtype=like.dtype, device=like.device)
 
     def model_state(self, k):
@@ -577,33 +880,16 @@ class FusedSplits:
         network's (copies)."""
         state = OrderedDict()
         for key in self._state_keys:
-            source = self.params if key in self.params else self.buffers
-            state[key] = self._new(key, k).copy_(source[key][k].detach())
+            source = self.flat.masters if key in self.flat.masters else self.buffers
+            state[key] = self._new(key, k).copy_(source[key][k])
         if self._state_metadata is not None:
             state._metadata = copy.deepcopy(self._state_metadata)
         return state
 
     def optimizer_state(self, k):
         """Split k's optimizer state_dict, as torch.optim.SGD / Adam over its network's
-        parameters (in model.parameters() order) writes it: the torch.optim optimizer of a
-        stand-in parameter list takes one zero-gradient step to create its own state in its
-        own format, whose values are then replaced by split k's."""
-        stand_in = [nn.Parameter(self._new(n, k).zero_()) for n in self._param_names]
-        opt = self._new_optimizer(stand_in)
-        if self.steps[k] > 0:
-            for p in stand_in:
-                p.grad = torch.zeros_like(p)
-            opt.step()
-            with torch.no_grad():
-                for n, p in zip(self._param_names, stand_in):
-                    if p not in opt.state:  # (SGD without momentum keeps no state)
-                        continue
-                    state = opt.state[p]
-                    if "step" in state:
-                        state["step"].fill_(self.steps[k])
-                    for key, value in self.state.get(n, {}).items():
-                        state[key].copy_(value[k])
-        return opt.state_dict()
+        parameters (in model.parameters() order) writes it."""
+        return self.optimizer.split_state(k, self._new, self.initial_lr)
 
     def rng_state(self, k):
         """Split k's RNG state as a sequential run's checkpoint holds it: {"torch": ...} for a
@@ -629,52 +915,16 @@ class FusedSplits:
                                 f"(missing {sorted(missing)[:3]}, unexpected {sorted(extra)[:3]})")
             with torch.no_grad():
                 for key in self._state_keys:
-                    target = self.params[key] if key in self.params else self.buffers[key]
+                    target = self.flat.masters[key] if key in self.flat.masters else self.buffers[key]
                     target[k].copy_(model[key])
         if optimizer is not None:
-            self._load_optimizer_state(k, optimizer)
+            def fail(message):
+                raise UserError(f"fused training: {message}") from None
+
+            self.optimizer.load_split_state(k, optimizer, self._new, fail)
         if rng is not None:
             key = "torch" if self.generators[k].device.type == "cpu" else "cuda"
             self.generators[k].set_state(rng[key].to("cpu", torch.uint8))
-
-    def _load_optimizer_state(self, k, saved):
-        stand_in = [nn.Parameter(self._new(n, k).zero_()) for n in self._param_names]
-        opt = self._new_optimizer(stand_in)
-        try:
-            opt.load_state_dict(saved)
-        except (ValueError, KeyError) as err:
-            raise UserError(f"fused training: split {k}'s optimizer state does not fit "
-                            f"({' '.join(str(err).split())[:200]})") from None
-        group = opt.param_groups[0]
-        wanted = {"weight_decay": self.weight_decay}
-        if self.optimizer == "sgd":
-            wanted.update(momentum=self.momentum, dampening=0, nesterov=False)
-        else:
-            wanted.update(betas=self.betas, eps=self.eps, amsgrad=False)
-        for key, value in wanted.items():
-            have = tuple(group[key]) if key == "betas" else group[key]
-            if have != value:
-                raise UserError(f"fused training: split {k}'s optimizer state has {key}={have}, "
-                                f"this run {value}")
-        states = [opt.state.get(p, {}) for p in stand_in]
-        if not any(states):
-            steps = 0
-        else:
-            if not all(states):
-                raise UserError(f"fused training: split {k}'s optimizer state covers only some parameters")
-            if self.optimizer == "adam":
-                counts = {float(s["step"]) for s in states}
-                if len(counts) != 1:
-                    raise UserError(f"fused training: split {k}'s Adam step counts differ between "
-                                    f"parameters ({sorted(counts)[:3]})")
-                steps = int(counts.pop())
-            else:
-                steps = max(self.steps[k], 1)  # SGD keeps no count: any value > 0 means "has a buffer"
-        with torch.no_grad():
-            for n, s in zip(self._param_names, states):
-                for key, value in self.state.get(n, {}).items():
-                    value[k].copy_(s[key] if s else torch.zeros_like(value[k]))
-        self.steps[k] = steps
 
     def load_into(self, k, model):
         """Copy split k's weights and buffers into `model` (a network of the same build),

@@ -70,6 +70,7 @@ from siqa.training.step import (
     check_step_mode,
     epoch_order,
     epoch_steps,
+    fused_step,
     load_optimizer_state,
     make_optimizer,
     step_of,
@@ -130,7 +131,7 @@ def prepare(cfg, dist, progress, log, changes) -> Plan:
     demo database and fills the NSS cache; the other ranks then read them (a long wait on
     the host group, whose timeout fits a cold cache of a large database)."""
     concurrent = cfg["train"]["concurrent_repeats"]
-    check_step_mode(cfg["train"]["step"], dist.device, dist.world, fused=concurrent == "fused")
+    check_step_mode(cfg["train"]["step"], dist.device, dist.world)
     config_mod.check_nss_weight(cfg)
     if concurrent and dist.world > 1:
         raise UserError(f"train.concurrent_repeats={str(concurrent).lower()} is for one process; "
@@ -173,7 +174,10 @@ def first_line(cfg, dist, numerics) -> str:
     same = ("the paper's protocol" if spec_of(cfg).recipe_published
             else f"the {network} recipe (docs/models.md)")
     fused = t["concurrent_repeats"] == "fused"
-    step = step_of(t["step"], device, dist.world, fused) + (", splits fused" if fused else "")
+    step = step_of(t["step"], device, dist.world)
+    if fused:
+        step += (", splits fused (rounds eager, not compiled; scoring compiled)" if step == "compile"
+                 else ", splits fused")
     precision = ("bfloat16 autocast" if amp_dtype_of(cfg, device) else
                  "float32 with TF32" if numerics["tf32"] else "float32")
     line = (f"profile {t['profile']} on {cfg['dataset']['name']}, model {network}, device {device}, "
@@ -448,9 +452,9 @@ class SplitRun:
         self.pair = BestLastPair(self.run_dir, self.saver)  # best.pt never newer than its last.pt
         self.batch = max(1, t["batch_size"] // dist.world)  # the global batch stays batch_size
         self.fused = None  # (FusedSplits, k) once a FusedRuns trains this split
-        mode = step_of(t["step"], dist.device, dist.world, fused)
-        if fused:
-            self.scorer = Scorer(mode, self.model, self.amp_dtype)
+        mode = step_of(t["step"], dist.device, dist.world)
+        if fused:  # K captured scorers would hold K graph memory pools: graph scores eagerly
+            self.scorer = Scorer("compile" if mode == "compile" else "eager", self.model, self.amp_dtype)
         else:
             self.step = TrainStep(mode, self.trained, self.optimizer, self.batch, t["nss_weight"],
                                   self.amp_dtype, concurrent=self.concurrent)
@@ -668,7 +672,8 @@ class FusedRuns:
 
         each split: prepare (data, network, optimizer, last.pt on --resume), then its random
                     stream handed to its own generator
-        FusedSplits(the K networks, the K generators); on --resume their optimizer states
+        FusedSplits(the K networks, the K generators; captured rounds on CUDA), the splits'
+                    training patches concatenated once; on --resume their optimizer states
         per epoch:  K orders -> the fused rounds (one vmapped step per batch size)
                     -> split k: its weights into its network, then its own end of the epoch
     """
@@ -688,10 +693,14 @@ class FusedRuns:
             raise UserError(f"--resume with train.concurrent_repeats=fused: the splits stopped at "
                             f"different epochs ({sorted(starts)}); resume them one after another "
                             "(train.concurrent_repeats=false)")
+        first = self.runs[0]
         self.fused = FusedSplits.from_train_config(
-            [run.model for run in self.runs], generators, self.t, self.runs[0].amp_dtype,
-            initial_lr=self.runs[0].optimizer.param_groups[0].get("initial_lr"))
+            [run.model for run in self.runs], generators, self.t, first.amp_dtype,
+            initial_lr=first.optimizer.param_groups[0].get("initial_lr"),
+            step=fused_step(step_of(self.t["step"], self.device, first.dist.world)), log=self.log)
+        views = self.fused.concatenate([run.data["train"] for run in self.runs])
         for k, run in enumerate(self.runs):
+            run.data["train"] = views[k]  # one copy of the training patches, the concatenated one
             if run.start_epoch:
                 self.fused.load_split_state(k, optimizer=run.optimizer.state_dict())
             run.fused = (self.fused, k)

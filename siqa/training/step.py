@@ -5,8 +5,8 @@ slice of a seeded permutation (no Dataset, no collation, no host sync inside the
 One forward pass per step gives both outputs; the joint loss is
 L1(quality) + nss_weight * L1(nss) (docs/method.md#training).
 
-How a step runs is `train.step` (`auto`: graph for one CUDA process, eager on the CPU,
-under torchrun and for fused splits, whose step is not captured; `step_of`):
+How a step runs is `train.step` (`auto`: graph for one CUDA process, fused splits
+included, eager on the CPU and under torchrun; `step_of`):
 
     eager    forward, loss, backward, optimizer step as plain PyTorch calls (the reference)
     compile  the same with the model under torch.compile (fused kernels; on CUDA in one
@@ -88,23 +88,26 @@ def _device_of(model):
     return next(model.parameters()).device
 
 
-def step_of(setting, device, world=1, fused=False) -> str:
+def step_of(setting, device, world=1) -> str:
     """train.step as this run takes its steps: `auto` is a captured CUDA graph for one CUDA
-    process (the fast path), eager elsewhere: on the CPU (a graph is CUDA's), under torchrun
-    (DDP's all-reduce runs between the graph's pieces) and for fused splits (their step is
-    not captured)."""
+    process (the fast path; fused splits capture their rounds, siqa.training.fused), eager
+    elsewhere: on the CPU (a graph is CUDA's) and under torchrun (DDP's all-reduce runs
+    between the graph's pieces)."""
     if setting != "auto":
         return setting
-    return "graph" if torch.device(device).type == "cuda" and world == 1 and not fused else "eager"
+    return "graph" if torch.device(device).type == "cuda" and world == 1 else "eager"
 
 
-def check_step_mode(mode, device, world=1, fused=False):
+def fused_step(mode) -> str:
+    """How FusedSplits runs its rounds under train.step=`mode` (step_of's answer): captured
+    for graph, eagerly otherwise (train.step=compile compiles the scoring, not the rounds)."""
+    return "graph" if mode == "graph" else "eager"
+
+
+def check_step_mode(mode, device, world=1):
     """A UserError, before any work starts, for a train.step this run cannot use."""
     if mode not in STEP_MODES:
         raise UserError(f"config key train.step: expected one of {', '.join(STEP_MODES)}, got {mode!r}")
-    if mode == "graph" and fused:
-        raise UserError("train.step=graph: the fused splits' step (train.concurrent_repeats=fused) "
-                        "is not captured as a CUDA graph; use train.step=auto or train.step=eager")
     if mode == "graph" and torch.device(device).type != "cuda":
         raise UserError(f"train.step=graph needs CUDA (this run is on {device}); "
                         "use train.step=eager or train.step=compile")
