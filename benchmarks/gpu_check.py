@@ -36,7 +36,7 @@ costs ~2-3 ms of host time, so eager training is bound near 40-60k patch pairs/s
   nss         35 s  NSS targets on the GPU vs the CPU (max abs difference, 1e-8 expected); builds
                     the full-size demo (~20 s) the first time
   fused       90 s  benchmarks/fused_throughput.py: 1, 10 and 20 splits fused (one vmapped network,
-                    train.concurrent_repeats=fused) in bf16, 10 in TF32, against the same splits
+                    train.concurrent_splits=fused) in bf16, 10 in TF32, against the same splits
                     on CUDA streams (graph); patch pairs/s summed over the splits, and the
                     500-epoch LIVE-I-sized protocol projected for 10 splits fused
   parity      90 s  the default demo run (short profile, 3 seeds: train.repeats=3) in fp32 eager
@@ -488,7 +488,7 @@ def step_parity(check, r):
     procs = []
     for name, extra in variants.items():  # side by side: one GPU, two processes
         args = check.train_args(f"parity_{name.replace(' ', '_')}", f"train.repeats={PARITY_SEEDS}",
-                                "train.concurrent_repeats=true", *epochs, *extra)
+                                "train.concurrent_splits=true", *epochs, *extra)
         procs.append((name, *check.start(python("train.py", *args), f"parity_{name.replace(' ', '_')}", 240)))
     for name, proc, timeout in procs:
         try:

@@ -31,10 +31,28 @@ class Setting:
     resume: str = ""  # why --resume may change it ("" = it may not)
     used_when: Callable | None = None  # (resolved config) -> whether the run uses it
     used_with: str = ""  # what would use it, for the refusal of a key without effect
+    formerly: tuple = ()  # its earlier names, still read (with a one-line note where a user wrote one)
 
 
 def _dataset(c):
     return c["dataset"]["name"]
+
+
+def split_count(c) -> int | None:
+    """How many splits a (resolved) config trains: train.repeats, times protocol.folds for the
+    k-fold design; with dataset.split_file, its first train.repeats splits (k-fold files:
+    whole repetitions of their folds). None where a split file cannot be read here (the run
+    refuses it in its own words)."""
+    repeats, path = c["train"]["repeats"], c["dataset"]["split_file"]
+    if path:
+        import json
+
+        try:
+            with open(path, encoding="utf-8") as f:
+                return repeats * int(json.load(f).get("folds") or 1)
+        except (OSError, ValueError, TypeError, AttributeError):
+            return None
+    return repeats * (c["protocol"]["folds"] if c["protocol"]["design"] == "kfold" else 1)
 
 
 def _models():
@@ -72,12 +90,12 @@ SETTINGS = (
     Setting("dataset.split_seed", 0, "seed of the content splits (train.seed only seeds "
             "initialisation and patch order)"),
     Setting("dataset.split_file", None, "a splits.json (of a run, or splits/<name>.json): train on "
-            "exactly its first train.repeats splits"),
+            "exactly its first train.repeats splits (k-fold files: repetitions of their folds)"),
     Setting("dataset.demo_size", "small", "demo only: small = 128x96 views (short CPU run) | full "
             "= native 611x344 views (LIVE-I-sized), in data/demo_full", choices=("small", "full"),
             used_when=lambda c: _dataset(c) == "demo", used_with="dataset.name=demo"),
     Setting("protocol.design", "random", "random: train.repeats random 60/20/20 splits (the "
-            "paper) | kfold: train.repeats repetitions of K folds of scenes",
+            "paper) | kfold: train.repeats repetitions of K folds of scenes, K splits each",
             choices=("random", "kfold")),
     Setting("protocol.folds", 5, "kfold only: K; every scene is tested once per repetition "
             "(validation from dataset.split's train:val ratio)", positive=True),
@@ -118,18 +136,21 @@ SETTINGS = (
     Setting("train.val_every", 1, "validate every k epochs (and always after the last)",
             positive=True),
     Setting("train.seed", 0, "seed of initialisation, patch order and dropout (split r: seed + r)"),
-    Setting("train.repeats", 1, "N independent content splits; a summary gives median, mean and "
-            "std per metric", positive=True),
+    Setting("train.repeats", 1, "N repetitions of protocol.design: random = N content splits, "
+            "kfold = N x protocol.folds splits; a summary gives median, mean and std per metric",
+            positive=True),
     Setting("train.splits", None, "null = all splits; [3, 7] = only those of the train.repeats (x "
             "protocol.folds) splits, each in out_dir/split_<r> (one per array task; summarize.py "
             "merges)", index_list=True,
             resume="which of the run's splits this process trains (an array task's share)"),
-    Setting("train.concurrent_repeats", False, "the N splits at once in one process: false (one "
+    Setting("train.concurrent_splits", False, "the run's splits at once in one process: false (one "
             "after another) | true (a step of each in turn; on CUDA a stream per split) | fused "
             "(one network with a split dimension: one set of kernels a step for all splits, "
             "siqa/training/fused.py; for GPUs)", choices=(False, True, "fused"), value_type=object,
             resume="the splits one after another or at once: the same runs (fused: to rounding)",
-            used_when=lambda c: c["train"]["repeats"] > 1, used_with="train.repeats > 1"),
+            used_when=lambda c: (split_count(c) or 2) > 1,
+            used_with="a run of several splits (train.repeats > 1, or protocol.design=kfold)",
+            formerly=("train.concurrent_repeats",)),
     Setting("train.amp", False, "CUDA only: bfloat16 autocast"),
     Setting("train.channels_last", True, "speed only: channels-last conv weights (same losses, "
             "~15% faster on CPU)"),
@@ -159,6 +180,7 @@ SETTINGS = (
 )
 
 BY_KEY = {s.key: s for s in SETTINGS}
+FORMERLY = {old: s.key for s in SETTINGS for old in s.formerly}  # an earlier name -> the key
 
 HEADER = """\
 # Blind stereo IQA, multi-task CNN of Bourbia et al. (ICIP 2021).

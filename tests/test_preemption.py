@@ -91,18 +91,18 @@ def test_signal_mid_epoch_then_resume_equals_uninterrupted(tiny_manifest, tmp_pa
 
 
 @pytest.mark.parametrize("mode", ["true", "fused"])
-def test_sigterm_with_concurrent_repeats(tiny_manifest, tmp_path, mode):
+def test_sigterm_with_concurrent_splits(tiny_manifest, tmp_path, mode):
     """The splits at once (on streams, or fused) stopped by SIGTERM in their second epoch
     resume to the end of the uninterrupted run: for `true` that is the splits trained one
     after another, for `fused` the uninterrupted fused run (the fused arithmetic equals the
     sequential one to rounding only)."""
     extra = {**EXTRA, "train.repeats": 2}
-    reference = {} if mode == "true" else {"train.concurrent_repeats": mode}
+    reference = {} if mode == "true" else {"train.concurrent_splits": mode}
     ref = run_entry("train.py", *tiny_overrides(tiny_manifest, tmp_path / "a", **extra, **reference))
     assert ref.returncode == 0, ref.stderr
     work = tmp_path / "b"
     cmd = [sys.executable, str(ROOT / "train.py"),
-           *tiny_overrides(tiny_manifest, work, **extra, **{"train.concurrent_repeats": mode})]
+           *tiny_overrides(tiny_manifest, work, **extra, **{"train.concurrent_splits": mode})]
     rc, out, err = interrupted(cmd, signal.SIGTERM, "split 1: epoch 1/3")
     assert rc == 143, err
     assert "resume with" in err and not (work / "run" / "summary.json").exists()

@@ -70,8 +70,9 @@ def split_folders(run_dirs) -> tuple:
 
 
 def _comparable(cfg) -> dict:
-
-    return {k: v for k, v in config_mod.flatten(cfg).items() if k not in PER_TASK_KEYS}
+    """A part's recorded config, flat, by the settings' current names, less the per-task keys."""
+    flat = {config_mod.current_key(k): v for k, v in config_mod.flatten(cfg).items()}
+    return {k: v for k, v in flat.items() if k not in PER_TASK_KEYS}
 
 
 def merged_summary(run_dirs, out_dir, log=print) -> dict:

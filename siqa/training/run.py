@@ -1,7 +1,7 @@
 """A whole training run, from the config to the files it writes.
 
     prepare   checks -> database -> content splits -> NSS targets   (before any folder exists)
-    splits    for each split (one after another, or at once: train.concurrent_repeats):
+    splits    for each split (one after another, or at once: train.concurrent_splits):
                 SplitRun: resident patches -> model, optimizer (or last.pt on --resume)
                   -> epochs: train, validate and log, checkpoint      (siqa.training.checkpoints)
                   -> test of the best-validation checkpoint -> metrics.json, predictions.csv
@@ -129,13 +129,13 @@ def prepare(cfg, dist, progress, log, changes) -> Plan:
     """Every check, the database, the splits and the NSS targets of a run. Rank 0 builds the
     demo database and fills the NSS cache; the other ranks then read them (a long wait on
     the host group, whose timeout fits a cold cache of a large database)."""
-    concurrent = cfg["train"]["concurrent_repeats"]
+    concurrent = cfg["train"]["concurrent_splits"]
     check_step_mode(cfg["train"]["step"], dist.device, dist.world, fused=concurrent == "fused")
     config_mod.check_nss_weight(cfg)
     if concurrent and dist.world > 1:
-        raise UserError(f"train.concurrent_repeats={str(concurrent).lower()} is for one process; "
-                        "under torchrun the repeats run one after another "
-                        "(train.concurrent_repeats=false)")
+        raise UserError(f"train.concurrent_splits={str(concurrent).lower()} is for one process; "
+                        "under torchrun the splits run one after another "
+                        "(train.concurrent_splits=false)")
     if concurrent == "fused":
         check_fusable(cfg)
     numerics = configure_numerics(cfg["train"]["deterministic"], cfg["train"]["tf32"], dist.device)
@@ -172,7 +172,7 @@ def first_line(cfg, dist, numerics) -> str:
     network = cfg["model"]["name"]
     same = ("the paper's protocol" if spec_of(cfg).recipe_published
             else f"the {network} recipe (docs/models.md)")
-    fused = t["concurrent_repeats"] == "fused"
+    fused = t["concurrent_splits"] == "fused"
     step = step_of(t["step"], device, dist.world, fused) + (", splits fused" if fused else "")
     precision = ("bfloat16 autocast" if amp_dtype_of(cfg, device) else
                  "float32 with TF32" if numerics["tf32"] else "float32")
@@ -260,7 +260,7 @@ def train_splits(plan, resume, dist, progress, log) -> list:
             if resume:
                 check_extendable(plan.run_dir(r), plan.cfg["train"]["epochs"])
             todo.append(r)
-    mode = plan.cfg["train"]["concurrent_repeats"] if len(todo) > 1 else False
+    mode = plan.cfg["train"]["concurrent_splits"] if len(todo) > 1 else False
     concurrent = bool(mode)
 
     def split_run(r):
@@ -663,7 +663,7 @@ def check_fusable(cfg):
 
 class FusedRuns:
     """The splits of `runs` (SplitRuns of one plan) trained as one fused network
-    (train.concurrent_repeats=fused, siqa.training.fused): each split prepares, validates,
+    (train.concurrent_splits=fused, siqa.training.fused): each split prepares, validates,
     checkpoints and tests as it does alone; the epochs' steps are FusedSplits' rounds.
 
         each split: prepare (data, network, optimizer, last.pt on --resume), then its random
@@ -685,9 +685,9 @@ class FusedRuns:
             generators.append(self._generator())
         starts = {run.start_epoch for run in self.runs}
         if len(starts) > 1:
-            raise UserError(f"--resume with train.concurrent_repeats=fused: the splits stopped at "
+            raise UserError(f"--resume with train.concurrent_splits=fused: the splits stopped at "
                             f"different epochs ({sorted(starts)}); resume them one after another "
-                            "(train.concurrent_repeats=false)")
+                            "(train.concurrent_splits=false)")
         self.fused = FusedSplits.from_train_config(
             [run.model for run in self.runs], generators, self.t, self.runs[0].amp_dtype,
             initial_lr=self.runs[0].optimizer.param_groups[0].get("initial_lr"))
@@ -729,7 +729,7 @@ class FusedRuns:
 def out_of_memory(err, splits, batch) -> str:
     """The one line of a fused run that did not fit on its GPU."""
     asked = re.search(r"Tried to allocate [0-9.]+ [KMGT]?i?B", str(err))
-    return (f"train.concurrent_repeats=fused: out of GPU memory training {splits} splits at once at "
+    return (f"train.concurrent_splits=fused: out of GPU memory training {splits} splits at once at "
             f"train.batch_size={batch} ({asked.group(0) if asked else 'CUDA out of memory'}); the "
             "run folder holds every completed epoch: --resume with fewer splits at once "
-            "(train.splits=[...] in several jobs) or train.concurrent_repeats=false")
+            "(train.splits=[...] in several jobs) or train.concurrent_splits=false")

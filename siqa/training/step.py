@@ -103,7 +103,7 @@ def check_step_mode(mode, device, world=1, fused=False):
     if mode not in STEP_MODES:
         raise UserError(f"config key train.step: expected one of {', '.join(STEP_MODES)}, got {mode!r}")
     if mode == "graph" and fused:
-        raise UserError("train.step=graph: the fused splits' step (train.concurrent_repeats=fused) "
+        raise UserError("train.step=graph: the fused splits' step (train.concurrent_splits=fused) "
                         "is not captured as a CUDA graph; use train.step=auto or train.step=eager")
     if mode == "graph" and torch.device(device).type != "cuda":
         raise UserError(f"train.step=graph needs CUDA (this run is on {device}); "
