@@ -327,8 +327,40 @@ def resume_changes(saved, cfg) -> dict:
 
 
 def is_path(key) -> bool:
-    """Whether setting `key` holds a path (a string or null: see `check`)."""
-    return key in BY_KEY and BY_KEY[key].default is None
+    """Whether setting `key` holds a file or folder (siqa.settings' `path`)."""
+    return key in BY_KEY and BY_KEY[key].path
+
+
+def absolute_paths(cfg, origin=None) -> dict:
+    """A copy of `cfg` with every relative path setting made absolute against `origin`
+    (default: the working directory) and out_dir the run folder's absolute path
+    (runs/<dataset.name> for null): what a run records, so that its folder, cache, curves
+    and inputs are the same wherever it is resumed or read from. Absolute paths are kept as
+    written (normalised), never through symbolic links."""
+    base = Path(origin) if origin is not None else Path.cwd()
+    out = copy.deepcopy(cfg)
+    out["out_dir"] = str(run_dir_of(cfg))
+    for setting in SETTINGS:
+        value = get(out, setting.key)
+        if setting.path and isinstance(value, str) and value:
+            _set(out, setting.key, os.path.normpath(os.path.join(base, value)))
+    return out
+
+
+def made_in(run_folder, cfg):
+    """The folder a run was made from (train.py's working directory then), for a config
+    that records a relative out_dir (as runs did before they recorded absolute paths): the
+    run folder less that out_dir, so X/runs/a with out_dir runs/a gives X wherever X now is.
+    None where out_dir is absolute, or the run folder does not end in it (renamed since)."""
+    out = run_dir_of(cfg)
+    if out.is_absolute():
+        return None
+    folder, parts = Path(os.path.abspath(run_folder)), Path(os.path.normpath(out)).parts
+    if parts == (".",):
+        return folder
+    if ".." in parts or folder.parts[-len(parts):] != parts:
+        return None
+    return Path(*folder.parts[:-len(parts)])
 
 
 def same_path(a, b) -> bool:

@@ -31,6 +31,7 @@ class Setting:
     resume: str = ""  # why --resume may change it ("" = it may not)
     used_when: Callable | None = None  # (resolved config) -> whether the run uses it
     used_with: str = ""  # what would use it, for the refusal of a key without effect
+    path: bool = False  # a file or folder: a run records it absolute (siqa.config.absolute_paths)
     formerly: tuple = ()  # its earlier names, still read (with a one-line note where a user wrote one)
 
 
@@ -62,15 +63,16 @@ def _models():
 
 
 SETTINGS = (
-    Setting("out_dir", None, "where a run writes; null = runs/<dataset.name>",
+    Setting("out_dir", None, "where a run writes; null = runs/<dataset.name> (a run records "
+            "its paths absolute)",
             resume="the folder named is the run resumed (a copied run folder resumes where it "
-                   "lies; another spelling of the same folder is no change)"),
+                   "lies; another spelling of the same folder is no change)", path=True),
     Setting("device", "auto", "auto (CUDA when available) | cpu | cuda | cuda:N",
             resume="where it computes (the arithmetic may differ as between machines)"),
     Setting("model.name", "bourbia2021", "the network (docs/models.md)",
             choices=lambda: tuple(_models().list_models())),
     Setting("model.init", None, "pre-trained weights of part of the network (padnet: python -m "
-            "siqa.models.padnet_pretrain)"),
+            "siqa.models.padnet_pretrain)", path=True),
     Setting("dataset.name", "demo", "the database (docs/databases.md)",
             choices=("demo", "live3d_phase1", "live3d_phase2", "waterloo3d_phase1",
                      "waterloo3d_phase2", "csv")),
@@ -78,11 +80,11 @@ SETTINGS = (
             "(built on first use)",
             used_when=lambda c: not (_dataset(c) == "csv" and c["dataset"]["manifest"]),
             used_with="a database without a manifest (dataset.name=csv reads the manifest's own "
-                      "folder)"),
+                      "folder)", path=True),
     Setting("dataset.manifest", None, "CSV manifest, with name=csv (left,right,score or "
             "sbs,score; optional ref,distortion,symmetric,left_score,right_score)",
             used_when=lambda c: _dataset(c) in ("csv", "waterloo3d_phase1", "waterloo3d_phase2"),
-            used_with="dataset.name=csv (or a Waterloo database)"),
+            used_with="dataset.name=csv (or a Waterloo database)", path=True),
     Setting("dataset.split", [0.6, 0.2, 0.2], "train / validation / test fractions of the scenes "
             "(content-disjoint)",
             used_when=lambda c: not c["dataset"]["split_file"],
@@ -90,7 +92,7 @@ SETTINGS = (
     Setting("dataset.split_seed", 0, "seed of the content splits (train.seed only seeds "
             "initialisation and patch order)"),
     Setting("dataset.split_file", None, "a splits.json (of a run, or splits/<name>.json): train on "
-            "exactly its first train.repeats splits (k-fold files: repetitions of their folds)"),
+            "exactly its first train.repeats splits (k-fold files: repetitions of their folds)", path=True),
     Setting("dataset.demo_size", "small", "demo only: small = 128x96 views (short CPU run) | full "
             "= native 611x344 views (LIVE-I-sized), in data/demo_full", choices=("small", "full"),
             used_when=lambda c: _dataset(c) == "demo", used_with="dataset.name=demo"),
@@ -108,9 +110,9 @@ SETTINGS = (
     Setting("nss.preprocess", "reference", "reference: /225 then per-column standardisation "
             "(the published targets) | global", choices=("reference", "global")),
     Setting("nss.published", None, "folder with the authors' copula_parametre.txt + "
-            "im_names.txt (LIVE Phase I only)"),
+            "im_names.txt (LIVE Phase I only)", path=True),
     Setting("nss.cache_dir", "data/cache", "NSS targets are computed once per image content and "
-            "setting", resume="where the content-addressed NSS targets are cached"),
+            "setting", resume="where the content-addressed NSS targets are cached", path=True),
     Setting("nss.workers", 0, "processes for the NSS precompute; 0 = one per core",
             resume="processes for the NSS precompute: the same targets"),
     Setting("train.profile", "auto", "auto (short on the demo, paper elsewhere) | paper (the "
@@ -176,7 +178,7 @@ SETTINGS = (
             choices=("auto", "eager", "compile", "graph"),
             resume="eager, compile or graph: the same step, compiled or captured"),
     Setting("tensorboard.dir", "visualize/tensorboard", "where the curves are written",
-            resume="where the curves are written"),
+            resume="where the curves are written", path=True),
 )
 
 BY_KEY = {s.key: s for s in SETTINGS}

@@ -99,7 +99,7 @@ def merged_summary(run_dirs, out_dir, log=print) -> dict:
                             "parts of one run")
     reports = [metrics[r]["test"] for r in range(count)]
     cfg = json.loads(json.dumps(cards[0]["config"]))  # a copy
-    cfg["out_dir"] = str(out_dir)
+    cfg["out_dir"] = os.path.abspath(out_dir)  # recorded absolute, as a run records it
     cfg["train"]["splits"] = None
     card = dict(cards[0])  # the whole run's card, in protocol.card's key order
     card.pop("resumes", None)  # a split's own history; each split's card keeps it

@@ -104,6 +104,7 @@ def train(cfg, resume=False, dist=None, progress=True, log=print, changes=None):
     the run's checkpoints and protocol card."""
     started = time.perf_counter()
     dist = dist or Dist()  # one process on the CPU
+    cfg = config_mod.absolute_paths(cfg)  # as the run records them: one folder from anywhere
     plan = prepare(cfg, dist, progress, log, changes)
     reports = train_splits(plan, resume, dist, progress, log)
     cfg = plan.cfg
