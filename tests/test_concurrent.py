@@ -11,6 +11,7 @@ from conftest import needs_cuda, tiny_overrides
 from siqa import config as config_mod
 from siqa.checkpoint import load_checkpoint
 from siqa.errors import UserError
+from siqa.evaluation.comparison import judgement_line
 from siqa.training import run as runner
 from siqa.training.concurrent import finish, interleave
 from siqa.training.distributed import Dist
@@ -307,6 +308,9 @@ def test_a_kfold_run_fuses_its_folds_as_the_splits_they_are(kfold_runs):
     summary_a, summary_b = (without_card(w / "run" / "summary.json") for w in (alone, fused))
     assert summary_a["pooled"]["repetitions"][0]["pairs"] == 24
     close(summary_a, summary_b)
+    # the run's last line: whether it learned, judged on the pooled out-of-fold predictions
+    assert log[-1] == judgement_line(summary_b["learning"], "this run")
+    assert "judged on the pooled out-of-fold predictions of 2 folds x 1 repetition" in log[-1]
 
 
 def test_a_fused_run_says_so_and_how_it_runs_on_the_cpu(runs):

@@ -101,14 +101,16 @@ def _recorded_rows(path):
     return test, val, known
 
 
-def load_run(folder, label=None) -> Run:
-    """A finished run folder (one split, or `train.repeats=N` with split_0 .. split_N-1)."""
+def load_run(folder, label=None, split_dirs=None) -> Run:
+    """A finished run folder (one split, or several with split_0 .. split_N-1; `split_dirs`:
+    the split folders where they lie elsewhere, as the parts summarize.py merges)."""
     folder = Path(folder)
     if not (folder / "splits.json").is_file():
         raise UserError(f"{folder} is not a finished run folder of this version (no splits.json)")
     doc = read_json(folder / "splits.json")
     count = len(doc.get("splits", []))
     dirs = [folder] if count == 1 else [folder / f"split_{r}" for r in range(count)]
+    dirs = [Path(d) for d in split_dirs] if split_dirs is not None else dirs
     tests, preds, vals, known = [], [], [], {}
     for d in dirs:
         if not (d / "metrics.json").is_file():
@@ -476,6 +478,45 @@ def learning_verdict(srocc_value, srocc_ci, run_rmse, constant_rmse) -> dict:
     elif low is None and srocc_value <= 0:
         why.append(f"has an SROCC of {srocc_value:.3f}, not above 0 (no interval)")
     return {"learned": not why, "why": " and ".join(why) or None}
+
+
+def judge(run) -> dict:
+    """Whether one run learned, judged as compare() judges each run of its leaderboard (the
+    same functions): its SROCC and RMSE aggregated as the leaderboard aggregates them (k-fold:
+    the pooled out-of-fold predictions and their scene-bootstrap interval; random splits:
+    the median over the splits and the interval of the median), against the constant
+    predictor of `constant_baseline`. {"learned", "why", "srocc", "srocc_ci", "rmse",
+    "constant_rmse", "constant", "source"}; what a run writes at its end."""
+    folds = run.splits.get("folds")
+    pooled = pooled_report(run) if folds else None
+    constant = constant_baseline(run)
+    value, ci, run_rmse = _headline(run, pooled)
+    reps = len(run.tests) // int(folds) if folds else 0
+    source = (f"the pooled out-of-fold predictions of {folds} folds x {reps} "
+              f"repetition{'s' if reps > 1 else ''}" if folds else
+              f"the median over {len(run.tests)} splits" if len(run.tests) > 1 else
+              "its one split's test")
+    return {**learning_verdict(value, ci, run_rmse, constant["rmse"]), "srocc": value,
+            "srocc_ci": ci, "rmse": run_rmse, "constant_rmse": constant["rmse"],
+            "constant": (f"the constant at the mean of {constant['mean_of']}"
+                         if constant["mean_of"] else f"no constant predictor: {constant['source']}"),
+            "source": source}
+
+
+def judgement_line(judged, label) -> str:
+    """The log line of `judge`: compare.py's mark and words for a non-learner, the same
+    measures for a run that learned, and what they were judged on."""
+    how = (f": judged on {judged['source']} against {judged['constant']}, as compare.py "
+           "judges (docs/statistics.md#comparing-runs)")
+    if not judged["learned"]:
+        return f"{NON_LEARNER} {label} {judged['why']}{how}"
+    low, high = judged["srocc_ci"]
+    said = [f"has an SROCC interval [{low:.3f}, {high:.3f}] above 0" if low is not None
+            else f"has an SROCC of {judged['srocc']:.3f}, above 0 (no interval)"]
+    if judged["constant_rmse"] is not None:
+        said.insert(0, f"beat the constant predictor (RMSE {judged['rmse']:.4g}, constant "
+                       f"{judged['constant_rmse']:.4g})")
+    return f"[learned] {label} " + " and ".join(said) + how
 
 
 def leaderboard(runs, metrics, result, pooled) -> list:

@@ -7,8 +7,9 @@
         │
         ├─ summarize() of the splits' test reports (metrics.json "test", as the run keeps them)
         ├─ the whole run's protocol card, rebuilt from the splits' cards (siqa.evaluation.protocol.card)
-        └─ k-fold design: the pooled out-of-fold report (reads the database for its pair
-           order: the pooled metrics are computed in database order, as the run does)
+        ├─ k-fold design: the pooled out-of-fold report (reads the database for its pair
+        │  order: the pooled metrics are computed in database order, as the run does)
+        └─ whether the run learned (siqa.evaluation.comparison.judge), as the run says it
 
 What differs by design from the summary of one `train.repeats=N` run (and nothing else:
 tests/test_summarize.py compares them key by key):
@@ -28,6 +29,7 @@ from siqa.data import load_database_from_config
 from siqa.data.splits import document_sha256, pair_list_sha256
 from siqa.errors import UserError, counted
 from siqa.evaluation import protocol
+from siqa.evaluation.comparison import judge, judgement_line, load_run
 from siqa.evaluation.reports import fmt_metric, pooled_line, pooled_out_of_fold, summarize, write_json
 from siqa.files import atomic_write_text, read_json
 
@@ -79,7 +81,8 @@ def merged_summary(run_dirs, out_dir, log=print) -> dict:
     """The summary.json of the run whose parts are in `run_dirs` (see the module docstring),
     its config's out_dir set to `out_dir`."""
 
-    doc, _, found = split_folders(run_dirs)
+    doc, doc_path, found = split_folders(run_dirs)
+    source = doc_path.parent
     count = len(doc["splits"])
     if count == 1:
         raise UserError("a run of one split has no summary.json: there is nothing to merge")
@@ -122,6 +125,8 @@ def merged_summary(run_dirs, out_dir, log=print) -> dict:
             pairs, [found[r] / "predictions.csv" for r in range(count)], doc["folds"])
         for rep in summary["pooled"]["repetitions"]:
             log(pooled_line(rep))
+    summary["learning"] = judge(load_run(source, split_dirs=[found[r] for r in range(count)]))
+    log(judgement_line(summary["learning"], "this run"))
     summary["merged_from"] = [str(found[r]) for r in range(count)]
     return summary
 

@@ -6,6 +6,8 @@
                   -> epochs: train, validate and log, checkpoint      (siqa.training.checkpoints)
                   -> test of the best-validation checkpoint -> metrics.json, predictions.csv
     summary   several splits: summary.json (median, spread; k-fold: pooled out-of-fold)
+    verdict   whether the run learned, as compare.py judges it (summary.json, or a single
+              split's metrics.json: "learning"), its last log line
 
 A split's run is a generator that yields after every training step, so that
 siqa.training.concurrent can interleave the steps of several splits; one after another,
@@ -38,6 +40,7 @@ from siqa.data.splits import read_split_file, splits_for_run, write_split_file
 from siqa.device import configure_numerics
 from siqa.errors import UserError
 from siqa.evaluation import protocol
+from siqa.evaluation.comparison import judge, judgement_line, load_run
 from siqa.evaluation.reports import (
     fmt_metric,
     pooled_line,
@@ -49,7 +52,7 @@ from siqa.evaluation.reports import (
     validation_report,
     write_json,
 )
-from siqa.files import atomic_write_text
+from siqa.files import atomic_write_text, read_json
 from siqa.scoring import Scorer, predict_pairs
 from siqa.training import preempt
 from siqa.training.checkpoints import (
@@ -114,6 +117,11 @@ def train(cfg, resume=False, dist=None, progress=True, log=print, changes=None):
         return [reports[r] for r in plan.chosen]
     if len(plan.splits) > 1 and dist.is_main:
         write_summary(plan, reports, dist, started, log)
+    elif reports[0] is not None and dist.is_main:  # one split, tested (not a final fit)
+        judged = judge(load_run(plan.out_dir))
+        metrics = read_json(plan.out_dir / "metrics.json")
+        write_json(plan.out_dir / "metrics.json", {**metrics, "learning": judged})
+        log(judgement_line(judged, "this run"))
     return reports
 
 
@@ -289,7 +297,8 @@ def train_splits(plan, resume, dist, progress, log) -> list:
 
 def write_summary(plan, reports, dist, started, log):
     """summary.json of a run of several splits: median and spread of each metric, the
-    protocol card, and for k-fold the pooled out-of-fold predictions per repetition."""
+    protocol card, for k-fold the pooled out-of-fold predictions per repetition, and whether
+    the run learned ("learning", siqa.evaluation.comparison.judge: compare.py's verdict)."""
     split_doc = plan.record["splits"]
     card = protocol.card(plan.cfg, plan.record["split_info"], dist.device, started, reports,
                          code=plan.record["code"])
@@ -300,7 +309,9 @@ def write_summary(plan, reports, dist, started, log):
             split_doc["folds"])
         for rep in summary["pooled"]["repetitions"]:
             log(pooled_line(rep))
+    summary["learning"] = judge(load_run(plan.out_dir))  # compare.py's verdict on this run
     write_json(plan.out_dir / "summary.json", summary)
+    log(judgement_line(summary["learning"], "this run"))
 
 
 def split_finished(run_dir, epochs) -> bool:
