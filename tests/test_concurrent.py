@@ -12,6 +12,7 @@ from siqa import config as config_mod
 from siqa.checkpoint import load_checkpoint
 from siqa.errors import UserError
 from siqa.evaluation.comparison import judgement_line
+from siqa.evaluation.reports import final_fit_line
 from siqa.training import run as runner
 from siqa.training.concurrent import finish, interleave
 from siqa.training.distributed import Dist
@@ -308,8 +309,11 @@ def test_a_kfold_run_fuses_its_folds_as_the_splits_they_are(kfold_runs):
     summary_a, summary_b = (without_card(w / "run" / "summary.json") for w in (alone, fused))
     assert summary_a["pooled"]["repetitions"][0]["pairs"] == 24
     close(summary_a, summary_b)
-    # the run's last line: whether it learned, judged on the pooled out-of-fold predictions
-    assert log[-1] == judgement_line(summary_b["learning"], "this run")
+    # the run's last lines: the epochs of a final fit (none: these folds learned nothing,
+    # 1 epoch), and whether it learned, judged on the pooled out-of-fold predictions
+    assert summary_b["learning"]["learned"] is False and summary_b["final_fit"]["epochs"] is None
+    assert log[-2:] == [final_fit_line(summary_b["final_fit"]),
+                        judgement_line(summary_b["learning"], "this run")]
     assert "judged on the pooled out-of-fold predictions of 2 folds x 1 repetition" in log[-1]
 
 

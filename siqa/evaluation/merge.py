@@ -30,7 +30,15 @@ from siqa.data.splits import document_sha256, pair_list_sha256
 from siqa.errors import UserError, counted
 from siqa.evaluation import protocol
 from siqa.evaluation.comparison import judge, judgement_line, load_run
-from siqa.evaluation.reports import fmt_metric, pooled_line, pooled_out_of_fold, summarize, write_json
+from siqa.evaluation.reports import (
+    final_fit_epochs,
+    final_fit_line,
+    fmt_metric,
+    pooled_line,
+    pooled_out_of_fold,
+    summarize,
+    write_json,
+)
 from siqa.files import atomic_write_text, read_json
 
 # Config keys that may differ between the parts of one run: where each task writes, and
@@ -126,6 +134,10 @@ def merged_summary(run_dirs, out_dir, log=print) -> dict:
         for rep in summary["pooled"]["repetitions"]:
             log(pooled_line(rep))
     summary["learning"] = judge(load_run(source, split_dirs=[found[r] for r in range(count)]))
+    if doc.get("folds"):
+        summary["final_fit"] = final_fit_epochs([metrics[r] for r in range(count)],
+                                                summary["learning"])
+        log(final_fit_line(summary["final_fit"]))
     log(judgement_line(summary["learning"], "this run"))
     summary["merged_from"] = [str(found[r]) for r in range(count)]
     return summary

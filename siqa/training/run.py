@@ -42,12 +42,16 @@ from siqa.errors import UserError
 from siqa.evaluation import protocol
 from siqa.evaluation.comparison import judge, judgement_line, load_run
 from siqa.evaluation.reports import (
+    final_fit_epochs,
+    final_fit_line,
     fmt_metric,
+    near_constant_lines,
     pooled_line,
     pooled_out_of_fold,
     predictions_csv,
     score_report,
     split_log_lines,
+    spread_of,
     summarize,
     validation_report,
     write_json,
@@ -297,8 +301,9 @@ def train_splits(plan, resume, dist, progress, log) -> list:
 
 def write_summary(plan, reports, dist, started, log):
     """summary.json of a run of several splits: median and spread of each metric, the
-    protocol card, for k-fold the pooled out-of-fold predictions per repetition, and whether
-    the run learned ("learning", siqa.evaluation.comparison.judge: compare.py's verdict)."""
+    protocol card, for k-fold the pooled out-of-fold predictions per repetition and the
+    epochs of a final fit ("final_fit"), and whether the run learned ("learning",
+    siqa.evaluation.comparison.judge: compare.py's verdict)."""
     split_doc = plan.record["splits"]
     card = protocol.card(plan.cfg, plan.record["split_info"], dist.device, started, reports,
                          code=plan.record["code"])
@@ -310,6 +315,11 @@ def write_summary(plan, reports, dist, started, log):
         for rep in summary["pooled"]["repetitions"]:
             log(pooled_line(rep))
     summary["learning"] = judge(load_run(plan.out_dir))  # compare.py's verdict on this run
+    if split_doc.get("folds"):  # the epochs of a final fit, or why the folds cannot say
+        summary["final_fit"] = final_fit_epochs(
+            [read_json(plan.run_dir(r) / "metrics.json") for r in range(len(plan.splits))],
+            summary["learning"])
+        log(final_fit_line(summary["final_fit"]))
     write_json(plan.out_dir / "summary.json", summary)
     log(judgement_line(summary["learning"], "this run"))
 
@@ -557,8 +567,9 @@ class SplitRun:
         Without a validation part (dataset.split [1, 0, 0], a final fit) nothing is selected:
         best.pt is the last epoch."""
         if not self.pairs["val"]:
-            if last_epoch:
-                self.best = {"epoch": epoch, "val": None}
+            if last_epoch:  # its spread on the training pairs, as siqa.load warns of it
+                train = {"spread": spread_of(self._predict("train"), self.plan.info)}
+                self.best = {"epoch": epoch, "val": None, "train": train}
                 if self.dist.is_main:
                     self.pair.save_best(self._state(epoch, with_optimizer=False))
             return " | no validation split: best.pt is the last epoch"
@@ -628,6 +639,9 @@ class SplitRun:
                   "epochs": self.t["epochs"]}
         test_pred = self._predict("test")
         report["test"] = score_report(self.pairs["test"], test_pred, self.plan.info) if self.pairs["test"] else None
+        if report["test"] is None:  # a final fit: the spread of its predictions on its training pairs
+            report["train"] = best_state["best"].get("train") or {
+                "spread": spread_of(self._predict("train"), self.plan.info)}
         report["pairs"] = {name: len(self.pairs[name]) for name in PARTS}
         report["scenes"] = {name: len({p.content for p in self.pairs[name]}) for name in PARTS}
         if self.dist.is_main:
@@ -659,6 +673,8 @@ class SplitRun:
         if report["test"] is None:  # a final fit: every pair trained (or validated) on
             self.log(f"no test split: best.pt is epoch {report['best_epoch']}, trained on "
                      f"{report['pairs']['train']} pairs")
+            for line in near_constant_lines(report):  # training (and validation) predictions
+                self.log(line)
             return
         for line in split_log_lines(report):  # and a warning where the predictions are near constant
             self.log(line)
