@@ -476,6 +476,7 @@ def test_runs_that_learned_nothing_are_marked_and_never_win(tmp_path):
     result = compare(noise)
     board = result["leaderboard"]
     assert board[-1]["run"] == "constant (score mean)" and board[-1]["rank"] is None
+    assert [r["rank"] for r in board] == [None] * 4  # no non-learner reads as a rank
     assert board[-1]["metrics"]["srocc"]["value"] is None
     assert board[-1]["metrics"]["rmse"]["value"] == pytest.approx(result["constant_baseline"]["rmse"])
     assert [r["learned"] for r in result["runs"]] == [False] * 3
@@ -485,8 +486,8 @@ def test_runs_that_learned_nothing_are_marked_and_never_win(tmp_path):
     cells = [line for line in text.splitlines() if line.startswith("|")]
     assert not any(" *" in line for line in cells) and "**" not in text
     assert text.count("[non-learner] n") == 3  # the footnotes under the leaderboard
-    assert all(f"| n{i} [non-learner]" in text or f"| n{i} (reference) [non-learner]" in text
-               for i in ("1", "22", "333"))
+    assert all(f"| — | n{i} [non-learner]" in text or f"| — | n{i} (reference) [non-learner]"
+               in text for i in ("1", "22", "333"))
     assert "| — | constant (score mean) | — | — | — |" in text
     winners = [t["winner"] for c in result["comparisons"]
                for t in [*c["metrics"].values(), *c["variance_tests"], *c["scene_tests"].values()]]
@@ -508,6 +509,17 @@ def test_runs_that_learned_nothing_are_marked_and_never_win(tmp_path):
     good = load_run(write_kfold_run(tmp_path / "good", pairs, lambda y, rng: y + rng.normal(0, 2, y.size)))
     mixed = compare([noise[0], good])
     assert [r["learned"] for r in mixed["runs"]] == [False, True]
+    # the run that learned is ranked first and alone, whatever the non-learner's SROCC
+    assert [(r["run"], r["rank"]) for r in mixed["leaderboard"]] == [
+        ("good", 1), ("n1", None), ("constant (score mean)", None)]
+    # a non-learner with the best SROCC (every pair ranked right, 100 off the scale: it does
+    # not beat the constant predictor) still comes after the run that learned, unranked
+    offset = load_run(write_kfold_run(tmp_path / "offset", pairs, lambda y, rng: y + 100.0))
+    ordered = compare([good, offset])
+    assert [r["learned"] for r in ordered["runs"]] == [True, False]
+    assert ordered["leaderboard"][1]["metrics"]["srocc"]["value"] > \
+        ordered["leaderboard"][0]["metrics"]["srocc"]["value"]
+    assert [(r["run"], r["rank"]) for r in ordered["leaderboard"]][:2] == [("good", 1), ("offset", None)]
     scene = mixed["comparisons"][0]["scene_tests"]["rmse"]
     assert scene["pvalue_holm"] < 0.05 and scene["winner"] is None
     assert mixed["comparisons"][0]["not_tested"].startswith("n1 ")

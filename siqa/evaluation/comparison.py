@@ -8,7 +8,8 @@ run, and tables that go into a paper (and CSV/Markdown files that other tools re
         ├─ leaderboard: per run and metric the median over the splits and the
         │  distribution-free interval of the median; k-fold runs: the metric of the pooled
         │  out-of-fold predictions with its scene-bootstrap interval; best first; then the
-        │  constant predictor (each split's training mean: `training_means`), RMSE only
+        │  constant predictor (each split's training mean: `training_means`), RMSE only;
+        │  the runs that learned ranked first, the non-learners after them, unranked
         ├─ per run: learned or not (`learning_verdict`): its SROCC interval above 0 and its
         │  RMSE below the constant predictor's, both aggregated as the leaderboard does
         ├─ per metric, each X against R: the per-split test values where both runs have one
@@ -520,7 +521,8 @@ def judgement_line(judged, label) -> str:
 
 
 def leaderboard(runs, metrics, result, pooled) -> list:
-    """One row per run, best first by the first metric: its value and interval per metric
+    """One row per run, the runs that learned first, ranked best first by the first metric,
+    then the non-learners, unranked (rank None), in the same order: its value and interval per metric
     (per-split design: the median over the splits and the distribution-free interval of
     the median; k-fold: the pooled out-of-fold metric and its scene-bootstrap 95 %
     interval; `pooled`: pooled_report per label) and, against the reference, the Holm p and
@@ -558,10 +560,11 @@ def leaderboard(runs, metrics, result, pooled) -> list:
     first = metrics[0]
     sign = 1 if first in LOWER_IS_BETTER else -1
     order = sorted(range(len(rows)), key=lambda i: (
-        rows[i]["metrics"][first]["value"] is None,
+        not rows[i]["learned"], rows[i]["metrics"][first]["value"] is None,
         sign * (rows[i]["metrics"][first]["value"] or 0.0), i))
-    for rank, i in enumerate(order, 1):
-        rows[i]["rank"] = rank
+    learners = [i for i in order if rows[i]["learned"]]
+    for i in order:  # a non-learner has no rank: it is not placed against the runs that learned
+        rows[i]["rank"] = learners.index(i) + 1 if i in learners else None
     return [rows[i] for i in order] + [_baseline_row(result["constant_baseline"], metrics)]
 
 
@@ -781,12 +784,13 @@ def write_outputs(folder, result, latex=False) -> list:
 def tables(result, latex=False) -> str:
     parts = [_header_line(result)]
     kfold = result.get("design") == "kfold"
-    parts.append("Leaderboard, best first by " + TITLES[next(iter(result["leaderboard"][0]["metrics"]))]
+    parts.append("Leaderboard, the runs that learned ranked best first by "
+                 + TITLES[next(iter(result["leaderboard"][0]["metrics"]))]
                  + (": the pooled out-of-fold metrics [scene bootstrap 95 %]" if kfold else
                     ": the median over the splits [interval of the median]")
                  + f"; * = a significant winner against {result['reference']} (Holm); "
                  f"{NON_LEARNER} = did not beat the constant predictor or its SROCC interval "
-                 "reaches 0:")
+                 "reaches 0 (after the runs that learned, unranked):")
     parts.append(leaderboard_table(result, latex))
     for comp in result["comparisons"]:
         name = f"{comp['label']} vs {comp['baseline']}"
