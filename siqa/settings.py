@@ -246,6 +246,55 @@ def config_yaml() -> str:
     return "\n".join(lines) + "\n"
 
 
+def listing(width=100) -> str:
+    """Every setting as `train.py --list-settings` prints it: `key = default`, then its
+    meaning (config.yaml's comment), the values it takes, what uses it, whether --resume may
+    change it and its earlier names, from the one declaration."""
+    import textwrap
+
+    from siqa.models import MODELS
+
+    recipes = {name: cls.spec.recipes for name, cls in MODELS.items()}
+    lines = []
+    for s in SETTINGS:
+        facts = []
+        facts.append("values: " + " | ".join(_takes(s)))
+        if s.used_with:
+            facts.append(f"used with {s.used_with}")
+        facts.append(f"--resume may change it: {s.resume}" if s.resume else
+                     "--resume keeps the recorded value")
+        if s.formerly:
+            facts.append("earlier name: " + ", ".join(s.formerly))
+        lines.append(f"{s.key} = {_yaml(s.default)}")
+        for text in (comment(s, recipes), "; ".join(facts)):
+            lines += textwrap.wrap(text, width, initial_indent="    ", subsequent_indent="    ")
+    return "\n".join(lines) + "\n"
+
+
+def _takes(s) -> list:
+    """What a setting takes, as `listing` says it: its choices, else its kind (the check of
+    siqa.config follows the default's type in the same way), and auto where it may be."""
+    kind = s.value_type or type(s.default)
+    choices = [_yaml(c) for c in choices_of(s)]
+    if choices:
+        pass
+    elif s.index_list:
+        choices = ["null", "a list of split indices"]
+    elif s.default is None or s.path:
+        choices = ["a path" if s.path else "a string"] + (["null"] if s.default is None else [])
+    elif kind is bool:
+        choices = ["true", "false"]
+    elif kind is int:
+        choices = ["a positive integer" if s.positive else "an integer >= 0"]
+    elif kind is float:
+        choices = ["a number"]
+    elif kind is list:
+        choices = [f"a list of {len(s.default)} numbers"]
+    else:
+        choices = ["a string"]
+    return choices + (["auto"] if s.auto else [])
+
+
 def _yaml(value) -> str:
     if value is None:
         return "null"

@@ -237,3 +237,24 @@ def test_an_earlier_name_is_read_as_its_setting_with_one_note(tmp_path, capsys):
                      ["train.concurrent_repeats=true"])
     kfold = ["protocol.design=kfold", "train.concurrent_splits=fused"]  # 5 folds: 5 splits
     check_effect(load_config(overrides=kfold), kfold)
+
+
+def test_train_lists_every_setting_with_its_default_values_and_meaning(capsys):
+    """train.py --list-settings: from siqa.settings' one declaration, each key's default,
+    its meaning, the values it takes, what uses it and what --resume may change."""
+    import train
+    from siqa.settings import SETTINGS, _yaml
+
+    assert train.main(["--list-settings"]) == 0
+    text = capsys.readouterr().out
+    heads = [line for line in text.splitlines() if not line.startswith("    ")]
+    assert heads == [f"{s.key} = {_yaml(s.default)}" for s in SETTINGS]
+    block = text.split("train.concurrent_splits = false\n", 1)[1].split("\ntrain.amp = ", 1)[0]
+    flat = " ".join(block.split())
+    assert flat.startswith("the run's splits at once in one process: false (one after another)")
+    assert "values: false | true | fused; used with a run of several splits" in flat
+    assert "--resume may change it: the splits one after another" in flat
+    assert "earlier name: train.concurrent_repeats" in flat
+    epochs = " ".join(text.split("train.epochs = auto\n", 1)[1].split("\ntrain.")[0].split())
+    assert "auto: the network's recipe (paper: bourbia2021 500" in epochs
+    assert "values: a positive integer | auto;" in epochs
