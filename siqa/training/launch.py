@@ -49,6 +49,7 @@ def _run(config_path, overrides, resume, cfg, out_dir):
     """launch, once this process owns the run folder."""
     import torch  # the heavy part, once the folder is ours (see launch)
 
+    from siqa.progress import for_stream
     from siqa.training import distributed, preempt
     from siqa.training.run import finished, train
 
@@ -76,7 +77,7 @@ def _run(config_path, overrides, resume, cfg, out_dir):
     preempt.install()  # SIGTERM / SIGINT: stop after the current step, last.pt consistent
     dist = distributed.setup(cfg["device"])
     try:
-        train(cfg, resume=resume, dist=dist, progress=sys.stderr.isatty(),
+        train(cfg, resume=resume, dist=dist, progress=for_stream(sys.stderr),
               log=functools.partial(print, flush=True) if dist.is_main else (lambda *a: None),
               changes=changes)
     except preempt.Preempted as stopped:  # every rank stops; rank 0 says how to go on

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from siqa import config as config_mod
 from siqa.build import amp_dtype_of, build_model, check_init, load_init, model_kwargs, spec_of
@@ -57,6 +56,8 @@ from siqa.evaluation.reports import (
     write_json,
 )
 from siqa.files import atomic_write_text, read_json
+from siqa.progress import LINES, shown
+from siqa.progress import bar as progress_bar
 from siqa.scoring import Scorer, predict_pairs
 from siqa.training import preempt
 from siqa.training.checkpoints import (
@@ -157,7 +158,7 @@ def prepare(cfg, dist, progress, log, changes) -> Plan:
     check_init(cfg)
     if not dist.is_main:
         dist.wait_for_main()
-    pairs = load_database_from_config(cfg, progress=progress and dist.is_main)
+    pairs = load_database_from_config(cfg, progress=shown(progress, dist.is_main))
     splits, split_doc = splits_for_run(pairs, cfg)  # seeded, or dataset.split_file
     for line in split_content_notes(pairs, splits, cfg):  # shared view files (kfold: refused)
         log(line)
@@ -167,7 +168,7 @@ def prepare(cfg, dist, progress, log, changes) -> Plan:
               "code": protocol.git_state(), "changes": changes or {}}
     spec = check_model_inputs(cfg, pairs)
     if spec.predicts_nss:  # computed on the run's device: cuda:1 computes on cuda:1
-        nss = nss_from_config(pairs, cfg["nss"], progress=progress and dist.is_main,
+        nss = nss_from_config(pairs, cfg["nss"], progress=shown(progress, dist.is_main),
                               device=dist.device)
     else:  # a network without the NSS task needs no targets (nothing is computed)
         nss = np.zeros((len(pairs), 0), dtype=np.float32)
@@ -279,14 +280,15 @@ def train_splits(plan, resume, dist, progress, log) -> list:
     def split_run(r):
         # several splits: each line says whose it is (concurrently they interleave, no bars)
         split_log = (lambda line: log(f"split {r}: {line}")) if len(plan.splits) > 1 else log
-        return SplitRun(plan, r, dist, progress=progress and not concurrent, log=split_log,
+        return SplitRun(plan, r, dist, progress=shown(progress, not concurrent), log=split_log,
                         concurrent=concurrent)
 
     def steps(r):
         return split_run(r).steps(resume)
 
     if mode == "fused":
-        fused = FusedRuns([split_run(r) for r in todo], progress=progress and dist.is_main, log=log)
+        fused = FusedRuns([split_run(r) for r in todo], progress=shown(progress, dist.is_main),
+                          log=log)
         for r, report in zip(todo, finish(fused.steps(resume))):
             reports[r] = report
     elif concurrent:
@@ -396,7 +398,7 @@ class SplitRun:
         self.cfg, self.t = plan.cfg, plan.cfg["train"]
         self.run_dir = plan.run_dir(r)
         self.seed = self.t["seed"] + r
-        self.show = progress and dist.is_main
+        self.show = shown(progress, dist.is_main)  # True (bars), LINES or False: siqa.progress
         self.pairs = {name: [plan.pairs[i] for i in plan.splits[r][name]] for name in PARTS}
         self.record = {**plan.record, "repeat": r, "started": time.perf_counter()}
         self.run_name = tensorboard_name(plan.out_dir) + ("" if len(plan.splits) == 1 else f"/split_{r}")
@@ -528,8 +530,9 @@ class SplitRun:
         """Train one epoch (yielding after every step), then validate, log and checkpoint."""
         started, t = time.perf_counter(), self.t
         order = self.order(epoch)
-        bar = tqdm(total=len(order), desc=f"epoch {epoch + 1}/{t['epochs']}", unit="patch",
-                   leave=False, disable=not self.show)
+        whose = f"split {self.r}: " if len(self.plan.splits) > 1 else ""
+        bar = progress_bar(total=len(order), desc=f"{whose}epoch {epoch + 1}/{t['epochs']}",
+                           unit="patch", leave=False, progress=first_epoch(self.show, epoch, self.start_epoch))
         losses = yield from preempt.until_stopped(
             epoch_steps(self.trained, self.optimizer, self.data["train"], order, self.batch,
                         t["nss_weight"], self.amp_dtype, progress=bar, step=self.step), self.stop)
@@ -680,6 +683,12 @@ class SplitRun:
             self.log(line)
 
 
+def first_epoch(progress, epoch, start_epoch):
+    """An epoch's progress: bars on a terminal for every epoch; plain lines (a log file) only
+    in the first epoch this process trains, after which each epoch's own line says it lives."""
+    return shown(progress, progress != LINES or epoch == start_epoch)
+
+
 def check_fusable(cfg):
     """UserError (one line), before any work, for a network the fused splits cannot train
     (siqa.training.fused: its forward must run under torch.func.vmap): the probe of
@@ -740,9 +749,9 @@ class FusedRuns:
         started, runs = time.perf_counter(), self.runs
         orders = [run.order(epoch) for run in runs]
         self.fused.set_lr(float(runs[0].optimizer.param_groups[0]["lr"]))  # one schedule for all
-        bar = tqdm(total=sum(len(o) for o in orders), unit="patch", leave=False,
-                   desc=f"epoch {epoch + 1}/{self.t['epochs']}, {len(runs)} splits fused",
-                   disable=not self.progress)
+        bar = progress_bar(total=sum(len(o) for o in orders), unit="patch", leave=False,
+                           desc=f"epoch {epoch + 1}/{self.t['epochs']}, {len(runs)} splits fused",
+                           progress=first_epoch(self.progress, epoch, runs[0].start_epoch))
         rounds = self.fused.epoch([run.data["train"] for run in runs], orders, runs[0].batch, bar)
         try:
             losses = yield from preempt.until_stopped(rounds, runs[0].stop)
