@@ -5,6 +5,7 @@ import pytest
 
 from conftest import tiny_overrides
 from siqa import config as config_mod
+from siqa.evaluation.comparison import per_distortion_lines
 from siqa.evaluation.evaluate import evaluate_run
 from siqa.evaluation.reports import SUMMARY_KEYS, pooled_line
 from siqa.files import read_json
@@ -43,6 +44,31 @@ def test_a_kfold_run_folder_gives_the_numbers_of_its_summary(kfold_run, process_
     pooled = pooled_line(own["pooled"]["repetitions"][0])
     assert pooled in run_log and lines[-1] == pooled
     assert lines[-2].startswith(f"2 splits of {run}: SROCC median ")
+    for png in (run / "scatter.png", written / "scatter.png"):  # the pooled predictions, drawn
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_run_ends_with_its_per_distortion_table(kfold_run):
+    """The run's last lines: the pooled line, the per-distortion table (the numbers of
+    summary.json's per_distortion, which are the pooled report's per distortion), the epochs
+    of a final fit, the verdict."""
+    run, run_log = kfold_run
+    own = read_json(run / "summary.json")
+    table = own["per_distortion"]
+    assert table["source"] == "the pooled out-of-fold predictions of 2 folds x 1 repetition"
+    pooled = own["pooled"]["repetitions"][0]["per_distortion"]
+    assert set(table["groups"]) == set(pooled) == {"blur", "wn"}
+    for kind, cell in table["groups"].items():  # the same pairs, summed in another order
+        assert cell["pairs"] == pooled[kind]["n"]
+        assert cell["srocc"] == pytest.approx(pooled[kind]["srocc"], rel=1e-12)
+        assert cell["rmse"] == pytest.approx(pooled[kind]["rmse"], rel=1e-12)
+    lines = per_distortion_lines(table)
+    assert run_log[-2 - len(lines):-2] == lines
+    assert lines[0] == f"per distortion ({table['source']}):"
+    assert lines[1].split() == ["distortion", "pairs", "SROCC", "PLCC", "RMSE"]
+    blur = table["groups"]["blur"]
+    assert lines[2].split() == ["blur", str(blur["pairs"]), f"{blur['srocc']:.4f}",
+                                f"{blur['plcc']:.4f}", f"{blur['rmse']:.3f}"]
 
 
 def test_a_split_not_tested_yet_is_left_out_and_named(kfold_run, process_numerics, tmp_path):

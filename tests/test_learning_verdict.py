@@ -15,6 +15,8 @@ from siqa.evaluation.comparison import (
     judgement_line,
     leaderboard_table,
     load_run,
+    per_distortion,
+    per_distortion_lines,
 )
 from siqa.files import read_json
 from siqa.training import run as runner
@@ -47,6 +49,14 @@ def test_a_run_that_learned_nothing_says_so_as_compare_does(one_epoch_run):
     assert lines[-1].startswith(f"[non-learner] this run {learning['why']}: judged on its one "
                                 "split's test against the constant at the mean of the validation "
                                 "scores")
+    # before it, the test's per-distortion table: metrics.json's per_distortion, as printed
+    table = per_distortion(load_run(run))
+    test = read_json(run / "metrics.json")["test"]["per_distortion"]
+    assert table["source"] == "its one split's test" and set(table["groups"]) == set(test)
+    assert all(table["groups"][d]["srocc"] == g["srocc"] and table["groups"][d]["pairs"] == g["n"]
+               for d, g in test.items())
+    shown = per_distortion_lines(table)
+    assert lines[-1 - len(shown):-1] == shown
     result = compare([load_run(run, "a"), load_run(run, "b")])  # compare.py on the same folder
     assert verdict(result["runs"][0]) == verdict(learning)
     assert f"[non-learner] a {learning['why']}: no winner is called against it." in \

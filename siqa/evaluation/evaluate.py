@@ -9,7 +9,8 @@ with every tested split of a run folder, as the run summarised them.
     run folder --> each tested split's best.pt as above (into split_<r>/eval_<database>_<split>/)
                --> summary.json: the run's summary of them (siqa.evaluation.reports.summarize)
                    and, for a k-fold run on its own test splits, the pooled out-of-fold report
-                   (reports.pooled_out_of_fold): the numbers of the run's own summary.json
+                   (reports.pooled_out_of_fold): the numbers of the run's own summary.json;
+                   scatter.png of the pooled predictions
 """
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from siqa.data.splits import read_split_file, run_members
 from siqa.device import select_device, use_run_threads
 from siqa.errors import UserError, counted
 from siqa.evaluation import protocol
+from siqa.evaluation.comparison import load_run, save_pooled_scatter
 from siqa.evaluation.matrix import oriented
 from siqa.evaluation.metrics import near_constant_message
 from siqa.evaluation.plots import save_scatter_png
@@ -122,6 +124,8 @@ def evaluate_run(folder, overrides=(), split="test", out=None, progress=True, lo
         summary["pooled"] = pooled_out_of_fold(load_database_from_config(cfg, progress=progress),
                                                [o / "predictions.csv" for _, o, _ in scored],
                                                doc["folds"])
+        save_pooled_scatter(load_run(folder, split_dirs=[o for _, o, _ in scored]),
+                            run_out / "scatter.png")
     write_json(run_out / "summary.json", summary)
     log(f"{counted(len(done), 'split')} of {folder}: SROCC median "
         f"{fmt_metric((summary['srocc'] or {}).get('median'))} PLCC median "

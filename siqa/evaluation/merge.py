@@ -29,7 +29,13 @@ from siqa.data import load_database_from_config
 from siqa.data.splits import document_sha256, pair_list_sha256
 from siqa.errors import UserError, counted
 from siqa.evaluation import protocol
-from siqa.evaluation.comparison import judge, judgement_line, load_run
+from siqa.evaluation.comparison import (
+    judge,
+    judgement_line,
+    load_run,
+    per_distortion,
+    per_distortion_lines,
+)
 from siqa.evaluation.reports import (
     final_fit_epochs,
     final_fit_line,
@@ -133,7 +139,11 @@ def merged_summary(run_dirs, out_dir, log=print) -> dict:
             pairs, [found[r] / "predictions.csv" for r in range(count)], doc["folds"])
         for rep in summary["pooled"]["repetitions"]:
             log(pooled_line(rep))
-    summary["learning"] = judge(load_run(source, split_dirs=[found[r] for r in range(count)]))
+    run = load_run(source, split_dirs=[found[r] for r in range(count)])
+    summary["learning"] = judge(run)
+    summary["per_distortion"] = per_distortion(run)
+    for line in per_distortion_lines(summary["per_distortion"]):
+        log(line)
     if doc.get("folds"):
         summary["final_fit"] = final_fit_epochs([metrics[r] for r in range(count)],
                                                 summary["learning"])

@@ -39,7 +39,14 @@ from siqa.data.splits import read_split_file, splits_for_run, write_split_file
 from siqa.device import configure_numerics
 from siqa.errors import UserError
 from siqa.evaluation import protocol
-from siqa.evaluation.comparison import judge, judgement_line, load_run
+from siqa.evaluation.comparison import (
+    judge,
+    judgement_line,
+    load_run,
+    per_distortion,
+    per_distortion_lines,
+    save_pooled_scatter,
+)
 from siqa.evaluation.reports import (
     final_fit_epochs,
     final_fit_line,
@@ -123,9 +130,12 @@ def train(cfg, resume=False, dist=None, progress=True, log=print, changes=None):
     if len(plan.splits) > 1 and dist.is_main:
         write_summary(plan, reports, dist, started, log)
     elif reports[0] is not None and dist.is_main:  # one split, tested (not a final fit)
-        judged = judge(load_run(plan.out_dir))
+        run = load_run(plan.out_dir)
+        judged = judge(run)
         metrics = read_json(plan.out_dir / "metrics.json")
         write_json(plan.out_dir / "metrics.json", {**metrics, "learning": judged})
+        for line in per_distortion_lines(per_distortion(run)):
+            log(line)
         log(judgement_line(judged, "this run"))
     return reports
 
@@ -303,9 +313,10 @@ def train_splits(plan, resume, dist, progress, log) -> list:
 
 def write_summary(plan, reports, dist, started, log):
     """summary.json of a run of several splits: median and spread of each metric, the
-    protocol card, for k-fold the pooled out-of-fold predictions per repetition and the
-    epochs of a final fit ("final_fit"), and whether the run learned ("learning",
-    siqa.evaluation.comparison.judge: compare.py's verdict)."""
+    protocol card, the metrics per distortion ("per_distortion", as compare.py aggregates
+    them), for k-fold the pooled out-of-fold predictions per repetition, their scatter plot
+    (scatter.png) and the epochs of a final fit ("final_fit"), and whether the run learned
+    ("learning", siqa.evaluation.comparison.judge: compare.py's verdict)."""
     split_doc = plan.record["splits"]
     card = protocol.card(plan.cfg, plan.record["split_info"], dist.device, started, reports,
                          code=plan.record["code"])
@@ -316,8 +327,13 @@ def write_summary(plan, reports, dist, started, log):
             split_doc["folds"])
         for rep in summary["pooled"]["repetitions"]:
             log(pooled_line(rep))
-    summary["learning"] = judge(load_run(plan.out_dir))  # compare.py's verdict on this run
-    if split_doc.get("folds"):  # the epochs of a final fit, or why the folds cannot say
+    run = load_run(plan.out_dir)
+    summary["learning"] = judge(run)  # compare.py's verdict on this run
+    summary["per_distortion"] = per_distortion(run)  # as the leaderboard aggregates
+    for line in per_distortion_lines(summary["per_distortion"]):
+        log(line)
+    if split_doc.get("folds"):  # the pooled scatter, the epochs of a final fit (or why not)
+        save_pooled_scatter(run, plan.out_dir / "scatter.png")
         summary["final_fit"] = final_fit_epochs(
             [read_json(plan.run_dir(r) / "metrics.json") for r in range(len(plan.splits))],
             summary["learning"])
