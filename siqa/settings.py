@@ -69,6 +69,10 @@ SETTINGS = (
                    "lies; another spelling of the same folder is no change)", path=True),
     Setting("device", "auto", "auto (CUDA when available) | cpu | cuda | cuda:N",
             resume="where it computes (the arithmetic may differ as between machines)"),
+    Setting("progress_every", 10.0, "seconds between two progress lines where stderr is not a "
+            "terminal (a cluster's log), while the data is prepared and in each split's first "
+            "epoch; 0 = none (a terminal shows bars)",
+            resume="how often progress is shown"),
     Setting("model.name", "bourbia2021", "the network (docs/models.md)",
             choices=lambda: tuple(_models().list_models())),
     Setting("model.init", None, "pre-trained weights of part of the network (padnet: python -m "

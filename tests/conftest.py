@@ -97,9 +97,11 @@ def run_entry(script, *args, cwd=None, timeout=600, env=None):
 
 def tiny_overrides(manifest, work: Path, **extra):
     """Overrides that point a run at the tiny database and keep every output inside `work`."""
+    # progress_every=0: no progress lines on stderr, which tests of one-line errors count
+    # (on a loaded machine a stage may pass 10 s); tests/test_progress.py tests the lines
     items = {"dataset.name": "csv", "dataset.manifest": manifest, "out_dir": work / "run",
              "nss.cache_dir": work / "cache", "nss.workers": 1, "tensorboard.dir": work / "tb",
-             "train.epochs": 2, "train.batch_size": 16, "train.threads": 1,
+             "train.epochs": 2, "train.batch_size": 16, "train.threads": 1, "progress_every": 0,
              **extra}
     return [f"{k}={v}" for k, v in items.items()]
 

@@ -25,21 +25,33 @@ def _train(work, *args, cwd, **extra):
 @pytest.fixture(scope="module")
 def one_epoch(tmp_path_factory):
     """A one-epoch run written from its work folder with relative paths (out_dir=run,
-    nss.cache_dir=cache, tensorboard.dir=tb, the manifest db/pairs.csv), and a copy of it."""
+    nss.cache_dir=cache, tensorboard.dir=tb, the manifest db/pairs.csv), and a copy of it;
+    progress_every tiny, so that its stderr (a pipe) has a progress line at every update:
+    (work folder, the run's CompletedProcess)."""
     work = tmp_path_factory.mktemp("resume_paths")
     make_stereo_database(work / "db", scenes=3)
     proc = _train(work, cwd=work, out_dir="run", **{
-        "dataset.manifest": "db/pairs.csv", "nss.cache_dir": "cache", "tensorboard.dir": "tb"})
+        "dataset.manifest": "db/pairs.csv", "nss.cache_dir": "cache", "tensorboard.dir": "tb",
+        "progress_every": 1e-9})
     assert proc.returncode == 0, proc.stderr
     shutil.copytree(work / "run", work / "copies" / "run")
-    return work
+    return work, proc
+
+
+def test_train_py_logged_to_a_file_prints_progress_lines_every_progress_every(one_epoch):
+    """train.py with stderr not a terminal: plain lines (siqa/progress.py, progress_every),
+    the data's preparation and the first epoch."""
+    _, proc = one_epoch
+    stages = {line.split(":")[0] for line in proc.stderr.splitlines()}
+    assert stages == {"NSS targets", "patches", "epoch 1/1"}, proc.stderr
+    assert "\r" not in proc.stderr  # no bar redrawn in the file
 
 
 def test_a_run_resumed_from_another_folder_keeps_one_cache_and_one_curve_folder(one_epoch):
     """Resumed from a sibling folder as ../run, with nothing else given: the relative paths
     the run was made with still name the folders it was made with (recorded absolute), so
     no second NSS cache or TensorBoard folder appears, and config.yaml keeps its out_dir."""
-    work = one_epoch
+    work, _ = one_epoch
     recorded = config.load_config(work / "run" / "config.yaml")
     assert recorded["out_dir"] == str(work / "run")
     assert (recorded["nss"]["cache_dir"], recorded["tensorboard"]["dir"],
@@ -60,7 +72,7 @@ def test_a_run_resumed_from_another_folder_keeps_one_cache_and_one_curve_folder(
 
 
 def test_resume_by_absolute_path_trailing_slash_and_from_another_folder(one_epoch):
-    work = one_epoch
+    work, _ = one_epoch
     (work / "elsewhere").mkdir(exist_ok=True)
     for cwd, spelling in [(work, "run/"), (work, f"{work / 'run'}/"), (work / "elsewhere", "../run")]:
         proc = run_entry("train.py", "--resume", f"out_dir={spelling}", "train.epochs=2", cwd=cwd)
@@ -98,7 +110,7 @@ def test_a_run_recorded_with_relative_paths_reads_them_from_where_it_was_made(tm
 def test_a_copied_run_folder_resumes_where_it_lies(one_epoch):
     """Its recorded out_dir (run) is the original's: the folder named (copies/run) is the one
     resumed, the original is left alone, and the move is recorded with the resume."""
-    work = one_epoch
+    work, _ = one_epoch
     copy = work / "copies" / "run"
     original = (work / "run" / "config.yaml").read_bytes()
     proc = run_entry("train.py", "--resume", "out_dir=copies/run", "train.epochs=2", cwd=work)

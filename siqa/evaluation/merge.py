@@ -50,7 +50,7 @@ from siqa.files import atomic_write_text, read_json
 # Config keys that may differ between the parts of one run: where each task writes, and
 # where caches and logs go. Anything else (threads, device, learning rate, ...) changes
 # the numbers or the protocol, and the parts are refused.
-PER_TASK_KEYS = ("out_dir", "train.splits", "tensorboard.dir", "nss.cache_dir")
+PER_TASK_KEYS = ("out_dir", "train.splits", "tensorboard.dir", "nss.cache_dir", "progress_every")
 
 
 def split_folders(run_dirs) -> tuple:

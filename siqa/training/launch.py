@@ -77,7 +77,7 @@ def _run(config_path, overrides, resume, cfg, out_dir):
     preempt.install()  # SIGTERM / SIGINT: stop after the current step, last.pt consistent
     dist = distributed.setup(cfg["device"])
     try:
-        train(cfg, resume=resume, dist=dist, progress=for_stream(sys.stderr),
+        train(cfg, resume=resume, dist=dist, progress=for_stream(sys.stderr, cfg["progress_every"]),
               log=functools.partial(print, flush=True) if dist.is_main else (lambda *a: None),
               changes=changes)
     except preempt.Preempted as stopped:  # every rank stops; rank 0 says how to go on

@@ -63,7 +63,7 @@ from siqa.evaluation.reports import (
     write_json,
 )
 from siqa.files import atomic_write_text, read_json
-from siqa.progress import LINES, shown
+from siqa.progress import Every, shown
 from siqa.progress import bar as progress_bar
 from siqa.scoring import Scorer, predict_pairs
 from siqa.training import preempt
@@ -414,7 +414,7 @@ class SplitRun:
         self.cfg, self.t = plan.cfg, plan.cfg["train"]
         self.run_dir = plan.run_dir(r)
         self.seed = self.t["seed"] + r
-        self.show = shown(progress, dist.is_main)  # True (bars), LINES or False: siqa.progress
+        self.show = shown(progress, dist.is_main)  # True (bars), Every(s) or False: siqa.progress
         self.pairs = {name: [plan.pairs[i] for i in plan.splits[r][name]] for name in PARTS}
         self.record = {**plan.record, "repeat": r, "started": time.perf_counter()}
         self.run_name = tensorboard_name(plan.out_dir) + ("" if len(plan.splits) == 1 else f"/split_{r}")
@@ -702,7 +702,7 @@ class SplitRun:
 def first_epoch(progress, epoch, start_epoch):
     """An epoch's progress: bars on a terminal for every epoch; plain lines (a log file) only
     in the first epoch this process trains, after which each epoch's own line says it lives."""
-    return shown(progress, progress != LINES or epoch == start_epoch)
+    return shown(progress, not isinstance(progress, Every) or epoch == start_epoch)
 
 
 def check_fusable(cfg):
