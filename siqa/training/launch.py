@@ -81,6 +81,7 @@ def _run(config_path, overrides, resume, cfg, out_dir):
               log=functools.partial(print, flush=True) if dist.is_main else (lambda *a: None),
               changes=changes)
     except preempt.Preempted as stopped:  # every rank stops; rank 0 says how to go on
+        preempt.stopping()  # a second signal from here on ends the process, quietly
         launcher = "torchrun --nproc_per_node=N " if dist.world > 1 else "python "
         if dist.is_main and (out_dir / "config.yaml").is_file():
             print(f"{stopped}: {out_dir} holds its last completed epoch; resume with: "
@@ -90,6 +91,7 @@ def _run(config_path, overrides, resume, cfg, out_dir):
                   "run the same command again", file=sys.stderr, flush=True)
         return stopped.exit_code
     finally:
+        preempt.stopping()
         distributed.teardown()
     if dist.is_main:
         print(f"run written to {out_dir}; TensorBoard: {tensorboard_command(cfg)}")
