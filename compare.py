@@ -2,7 +2,7 @@
 a paired variance test per split against a reference run (Holm-corrected).
 
     python compare.py RUN_A RUN_B [RUN_C ...] [--reference LABEL] [--metric srocc ...]
-                      [--alpha 0.05] [--latex] [--json FILE] [--out DIR]
+                      [--alpha 0.05] [--per-distortion] [--latex] [--json FILE] [--out DIR]
 
 Each RUN is a finished run folder (`train.repeats=N`, or parts merged by summarize.py; all
 on the same splits and the same scores, e.g. trained with
@@ -28,6 +28,8 @@ def main(argv):
     parser.add_argument("--reference", help="the run every other is tested against: a label or "
                         "a RUN folder (default: the first)")
     parser.add_argument("--alpha", type=float, default=0.05)
+    parser.add_argument("--per-distortion", action="store_true",
+                        help="also a table of each run's first metric per distortion type")
     parser.add_argument("--latex", action="store_true", help="LaTeX tabulars instead of Markdown")
     parser.add_argument("--json", help="also write the statistics as JSON to this file")
     parser.add_argument("--out", help="also write leaderboard.csv, leaderboard.md, the tables and "
@@ -46,14 +48,15 @@ def main(argv):
     runs = [comparison.load_run(r, label) for r, label in zip(args.runs, labels)]
     result = comparison.compare(runs, args.metric or comparison.DEFAULT_METRICS, alpha=args.alpha,
                                 reference=args.reference)
-    text = comparison.tables(result, latex=args.latex)
+    text = comparison.tables(result, latex=args.latex, per_distortion=args.per_distortion)
     if args.json:
         from siqa.evaluation.reports import write_json
 
         write_json(args.json, result)
     print(text, end="")
     if args.out:
-        written = comparison.write_outputs(args.out, result, latex=args.latex)
+        written = comparison.write_outputs(args.out, result, latex=args.latex,
+                                           per_distortion=args.per_distortion)
         print(f"written: {', '.join(str(p) for p in written)}")
     return 0
 

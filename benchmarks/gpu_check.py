@@ -36,7 +36,7 @@ costs ~2-3 ms of host time, so eager training is bound near 40-60k patch pairs/s
   nss         35 s  NSS targets on the GPU vs the CPU (max abs difference, 1e-8 expected); builds
                     the full-size demo (~20 s) the first time
   fused       90 s  benchmarks/fused_throughput.py: 1, 10 and 20 splits fused (one vmapped network,
-                    train.concurrent_repeats=fused, rounds captured as CUDA graphs) in bf16, 10
+                    train.concurrent_splits=fused, rounds captured as CUDA graphs) in bf16, 10
                     in TF32, full and partial rounds of unequal splits (as the stored LIVE-I
                     ones) each timed for >= 2 s, against 10 splits on CUDA streams (graph);
                     patch pairs/s summed over the splits, the 500-epoch LIVE-I-sized protocol
@@ -538,7 +538,7 @@ def step_parity(check, r):
     procs = []
     for name, extra in variants.items():  # side by side: one device, three processes
         log = f"parity_{name.replace(' ', '_')}"
-        args = check.train_args(log, f"train.repeats={PARITY_SEEDS}", "train.concurrent_repeats=true",
+        args = check.train_args(log, f"train.repeats={PARITY_SEEDS}", "train.concurrent_splits=true",
                                 *epochs, *extra)
         if deadline - time.perf_counter() < 1:
             raise OutOfTime(f"the step's estimate is spent before {log}: not started")

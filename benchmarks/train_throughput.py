@@ -39,7 +39,7 @@ it). Only the timed steps' patches are held for the other networks; the original
 validation and epoch projections are the paper's network's alone.
 
 With --splits N, N models train at once on the same patches, a step of each in turn, as
-train.concurrent_repeats=true runs the N content splits (siqa.training.concurrent: on CUDA a stream
+train.concurrent_splits=true runs the N content splits (siqa.training.concurrent: on CUDA a stream
 and a generator state per split); the project's rate is then the sum over the N splits.
 
     python benchmarks/train_throughput.py [--model NAME|all] [--device cpu|cuda] [--step eager|compile|graph]
@@ -328,7 +328,7 @@ def make_parser():
                         help="time at least this long after the warm-up (default: 2 on CUDA, 0 on CPU)")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--splits", type=int, default=1,
-                        help="models trained at once, a step of each in turn (train.concurrent_repeats);"
+                        help="models trained at once, a step of each in turn (train.concurrent_splits);"
                              " the rate is their sum")
     parser.add_argument("--pairs", type=int, default=PAIRS,
                         help="synthetic training pairs held (364 patch pairs each; a smoke test needs "

@@ -361,22 +361,17 @@ def draw_copula(path):
 
 # --------------------------------------------------------------------------- the recipe's curves
 def run_origin(run, cfg):
-    """The folder a run was made from (train.py's working directory then): the run folder
-    less its config's relative out_dir, so X/runs/recipe/ref_s0 with out_dir
-    runs/recipe/ref_s0 gives X wherever X now is; None for an absolute out_dir. ValueError
-    when the run folder does not end in its out_dir (renamed since)."""
-    from siqa.config import run_dir_of
+    """The folder a run was made from (siqa.config.made_in): X for X/runs/recipe/ref_s0
+    with out_dir runs/recipe/ref_s0, wherever X now is; None for an absolute out_dir.
+    ValueError when the run folder does not end in its out_dir (renamed since)."""
+    from siqa.config import made_in, run_dir_of
 
     out = run_dir_of(cfg)
-    if out.is_absolute():
-        return None
-    folder, parts = Path(os.path.abspath(run)), Path(os.path.normpath(out)).parts
-    if parts == (".",):
-        return folder
-    if ".." in parts or folder.parts[-len(parts):] != parts:
+    origin = made_in(run, cfg)
+    if origin is None and not out.is_absolute():
         raise ValueError(f"{run}: its config.yaml's out_dir {out} is not the end of its path, "
                          "so the folder it was made from is unknown (give it under that name)")
-    return Path(*folder.parts[:-len(parts)])
+    return origin
 
 
 def tensorboard_folder(run, cfg):

@@ -16,12 +16,13 @@ import copy
 import difflib
 import math
 import os
+import sys
 from pathlib import Path
 
 import yaml
 
 from siqa.errors import UserError
-from siqa.settings import BY_KEY, SETTINGS, choices_of, defaults
+from siqa.settings import BY_KEY, FORMERLY, SETTINGS, choices_of, defaults
 
 # The checkout's config.yaml: edited, it changes the defaults of every run of this checkout
 # (an installed package has none and takes siqa/settings.py's).
@@ -39,15 +40,33 @@ def load_config(path=None, overrides=(), base=None, resolve=True) -> dict:
     if base is not None:
         _merge(cfg, base)
     if path is not None and Path(path).resolve() != DEFAULT_CONFIG:
-        _merge(cfg, _read_yaml(path))
+        _merge(cfg, _read_yaml(path), source=path)
     for key, value in parse_overrides(overrides).items():
         _set(cfg, key, check(key, value))
     return resolve_auto(cfg) if resolve else cfg
 
 
-def _merge(cfg, tree):
+def _merge(cfg, tree, source=None):
     for key, value in flatten(tree).items():
+        key = current_key(key, source)
         _set(cfg, key, check(key, value))
+
+
+_noted = set()  # (where, old name): each note once per process (a config is read several times)
+
+
+def current_key(key, source=None):
+    """The current name of setting `key` (an earlier name, siqa.settings' `formerly`, is read
+    as the key it became); a one-line note on stderr where the user wrote the earlier name
+    (`source`: the config file, or "the command line"; None for a recorded config, such as a
+    checkpoint's, which is read silently)."""
+    if key not in FORMERLY:
+        return key
+    if source is not None and (str(source), key) not in _noted:
+        _noted.add((str(source), key))
+        print(f"note: {key} is the earlier name of {FORMERLY[key]}, read as it ({source})",
+              file=sys.stderr, flush=True)
+    return FORMERLY[key]
 
 
 def check(key, value):
@@ -133,10 +152,11 @@ def parse_overrides(items) -> dict:
         if "=" not in item:
             raise UserError(f"override {item!r} is not of the form key.sub=value")
         key, text = item.split("=", 1)
+        key = current_key(key.strip(), "the command line")
         try:
-            out[key.strip()] = yaml.safe_load(text) if text.strip() else None
+            out[key] = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError:
-            out[key.strip()] = text
+            out[key] = text
     return out
 
 
@@ -307,8 +327,40 @@ def resume_changes(saved, cfg) -> dict:
 
 
 def is_path(key) -> bool:
-    """Whether setting `key` holds a path (a string or null: see `check`)."""
-    return key in BY_KEY and BY_KEY[key].default is None
+    """Whether setting `key` holds a file or folder (siqa.settings' `path`)."""
+    return key in BY_KEY and BY_KEY[key].path
+
+
+def absolute_paths(cfg, origin=None) -> dict:
+    """A copy of `cfg` with every relative path setting made absolute against `origin`
+    (default: the working directory) and out_dir the run folder's absolute path
+    (runs/<dataset.name> for null): what a run records, so that its folder, cache, curves
+    and inputs are the same wherever it is resumed or read from. Absolute paths are kept as
+    written (normalised), never through symbolic links."""
+    base = Path(origin) if origin is not None else Path.cwd()
+    out = copy.deepcopy(cfg)
+    out["out_dir"] = str(run_dir_of(cfg))
+    for setting in SETTINGS:
+        value = get(out, setting.key)
+        if setting.path and isinstance(value, str) and value:
+            _set(out, setting.key, os.path.normpath(os.path.join(base, value)))
+    return out
+
+
+def made_in(run_folder, cfg):
+    """The folder a run was made from (train.py's working directory then), for a config
+    that records a relative out_dir (as runs did before they recorded absolute paths): the
+    run folder less that out_dir, so X/runs/a with out_dir runs/a gives X wherever X now is.
+    None where out_dir is absolute, or the run folder does not end in it (renamed since)."""
+    out = run_dir_of(cfg)
+    if out.is_absolute():
+        return None
+    folder, parts = Path(os.path.abspath(run_folder)), Path(os.path.normpath(out)).parts
+    if parts == (".",):
+        return folder
+    if ".." in parts or folder.parts[-len(parts):] != parts:
+        return None
+    return Path(*folder.parts[:-len(parts)])
 
 
 def same_path(a, b) -> bool:

@@ -31,10 +31,29 @@ class Setting:
     resume: str = ""  # why --resume may change it ("" = it may not)
     used_when: Callable | None = None  # (resolved config) -> whether the run uses it
     used_with: str = ""  # what would use it, for the refusal of a key without effect
+    path: bool = False  # a file or folder: a run records it absolute (siqa.config.absolute_paths)
+    formerly: tuple = ()  # its earlier names, still read (with a one-line note where a user wrote one)
 
 
 def _dataset(c):
     return c["dataset"]["name"]
+
+
+def split_count(c) -> int | None:
+    """How many splits a (resolved) config trains: train.repeats, times protocol.folds for the
+    k-fold design; with dataset.split_file, its first train.repeats splits (k-fold files:
+    whole repetitions of their folds). None where a split file cannot be read here (the run
+    refuses it in its own words)."""
+    repeats, path = c["train"]["repeats"], c["dataset"]["split_file"]
+    if path:
+        import json
+
+        try:
+            with open(path, encoding="utf-8") as f:
+                return repeats * int(json.load(f).get("folds") or 1)
+        except (OSError, ValueError, TypeError, AttributeError):
+            return None
+    return repeats * (c["protocol"]["folds"] if c["protocol"]["design"] == "kfold" else 1)
 
 
 def _models():
@@ -44,15 +63,20 @@ def _models():
 
 
 SETTINGS = (
-    Setting("out_dir", None, "where a run writes; null = runs/<dataset.name>",
+    Setting("out_dir", None, "where a run writes; null = runs/<dataset.name> (a run records "
+            "its paths absolute)",
             resume="the folder named is the run resumed (a copied run folder resumes where it "
-                   "lies; another spelling of the same folder is no change)"),
+                   "lies; another spelling of the same folder is no change)", path=True),
     Setting("device", "auto", "auto (CUDA when available) | cpu | cuda | cuda:N",
             resume="where it computes (the arithmetic may differ as between machines)"),
+    Setting("progress_every", 10.0, "seconds between two progress lines where stderr is not a "
+            "terminal (a cluster's log), while the data is prepared and in each split's first "
+            "epoch; 0 = none (a terminal shows bars)",
+            resume="how often progress is shown"),
     Setting("model.name", "bourbia2021", "the network (docs/models.md)",
             choices=lambda: tuple(_models().list_models())),
     Setting("model.init", None, "pre-trained weights of part of the network (padnet: python -m "
-            "siqa.models.padnet_pretrain)"),
+            "siqa.models.padnet_pretrain)", path=True),
     Setting("dataset.name", "demo", "the database (docs/databases.md)",
             choices=("demo", "live3d_phase1", "live3d_phase2", "waterloo3d_phase1",
                      "waterloo3d_phase2", "csv")),
@@ -60,11 +84,11 @@ SETTINGS = (
             "(built on first use)",
             used_when=lambda c: not (_dataset(c) == "csv" and c["dataset"]["manifest"]),
             used_with="a database without a manifest (dataset.name=csv reads the manifest's own "
-                      "folder)"),
+                      "folder)", path=True),
     Setting("dataset.manifest", None, "CSV manifest, with name=csv (left,right,score or "
             "sbs,score; optional ref,distortion,symmetric,left_score,right_score)",
             used_when=lambda c: _dataset(c) in ("csv", "waterloo3d_phase1", "waterloo3d_phase2"),
-            used_with="dataset.name=csv (or a Waterloo database)"),
+            used_with="dataset.name=csv (or a Waterloo database)", path=True),
     Setting("dataset.split", [0.6, 0.2, 0.2], "train / validation / test fractions of the scenes "
             "(content-disjoint)",
             used_when=lambda c: not c["dataset"]["split_file"],
@@ -72,12 +96,12 @@ SETTINGS = (
     Setting("dataset.split_seed", 0, "seed of the content splits (train.seed only seeds "
             "initialisation and patch order)"),
     Setting("dataset.split_file", None, "a splits.json (of a run, or splits/<name>.json): train on "
-            "exactly its first train.repeats splits"),
+            "exactly its first train.repeats splits (k-fold files: repetitions of their folds)", path=True),
     Setting("dataset.demo_size", "small", "demo only: small = 128x96 views (short CPU run) | full "
             "= native 611x344 views (LIVE-I-sized), in data/demo_full", choices=("small", "full"),
             used_when=lambda c: _dataset(c) == "demo", used_with="dataset.name=demo"),
     Setting("protocol.design", "random", "random: train.repeats random 60/20/20 splits (the "
-            "paper) | kfold: train.repeats repetitions of K folds of scenes",
+            "paper) | kfold: train.repeats repetitions of K folds of scenes, K splits each",
             choices=("random", "kfold")),
     Setting("protocol.folds", 5, "kfold only: K; every scene is tested once per repetition "
             "(validation from dataset.split's train:val ratio)", positive=True),
@@ -90,9 +114,9 @@ SETTINGS = (
     Setting("nss.preprocess", "reference", "reference: /225 then per-column standardisation "
             "(the published targets) | global", choices=("reference", "global")),
     Setting("nss.published", None, "folder with the authors' copula_parametre.txt + "
-            "im_names.txt (LIVE Phase I only)"),
+            "im_names.txt (LIVE Phase I only)", path=True),
     Setting("nss.cache_dir", "data/cache", "NSS targets are computed once per image content and "
-            "setting", resume="where the content-addressed NSS targets are cached"),
+            "setting", resume="where the content-addressed NSS targets are cached", path=True),
     Setting("nss.workers", 0, "processes for the NSS precompute; 0 = one per core",
             resume="processes for the NSS precompute: the same targets"),
     Setting("train.profile", "auto", "auto (short on the demo, paper elsewhere) | paper (the "
@@ -118,18 +142,21 @@ SETTINGS = (
     Setting("train.val_every", 1, "validate every k epochs (and always after the last)",
             positive=True),
     Setting("train.seed", 0, "seed of initialisation, patch order and dropout (split r: seed + r)"),
-    Setting("train.repeats", 1, "N independent content splits; a summary gives median, mean and "
-            "std per metric", positive=True),
+    Setting("train.repeats", 1, "N repetitions of protocol.design: random = N content splits, "
+            "kfold = N x protocol.folds splits; a summary gives median, mean and std per metric",
+            positive=True),
     Setting("train.splits", None, "null = all splits; [3, 7] = only those of the train.repeats (x "
             "protocol.folds) splits, each in out_dir/split_<r> (one per array task; summarize.py "
             "merges)", index_list=True,
             resume="which of the run's splits this process trains (an array task's share)"),
-    Setting("train.concurrent_repeats", False, "the N splits at once in one process: false (one "
+    Setting("train.concurrent_splits", False, "the run's splits at once in one process: false (one "
             "after another) | true (a step of each in turn; on CUDA a stream per split) | fused "
             "(one network with a split dimension: one set of kernels a step for all splits, "
             "siqa/training/fused.py; for GPUs)", choices=(False, True, "fused"), value_type=object,
             resume="the splits one after another or at once: the same runs (fused: to rounding)",
-            used_when=lambda c: c["train"]["repeats"] > 1, used_with="train.repeats > 1"),
+            used_when=lambda c: (split_count(c) or 2) > 1,
+            used_with="a run of several splits (train.repeats > 1, or protocol.design=kfold)",
+            formerly=("train.concurrent_repeats",)),
     Setting("train.amp", False, "CUDA only: bfloat16 autocast"),
     Setting("train.channels_last", True, "speed only: channels-last conv weights (same losses, "
             "~15% faster on CPU)"),
@@ -155,10 +182,11 @@ SETTINGS = (
             choices=("auto", "eager", "compile", "graph"),
             resume="eager, compile or graph: the same step, compiled or captured"),
     Setting("tensorboard.dir", "visualize/tensorboard", "where the curves are written",
-            resume="where the curves are written"),
+            resume="where the curves are written", path=True),
 )
 
 BY_KEY = {s.key: s for s in SETTINGS}
+FORMERLY = {old: s.key for s in SETTINGS for old in s.formerly}  # an earlier name -> the key
 
 HEADER = """\
 # Blind stereo IQA, multi-task CNN of Bourbia et al. (ICIP 2021).
@@ -220,6 +248,55 @@ def config_yaml() -> str:
         text = f"{indent}{leaf}: {_yaml(s.default)}"
         lines.append(f"{text.ljust(COLUMN - 1)} # {comment(s, recipes)}")
     return "\n".join(lines) + "\n"
+
+
+def listing(width=100) -> str:
+    """Every setting as `train.py --list-settings` prints it: `key = default`, then its
+    meaning (config.yaml's comment), the values it takes, what uses it, whether --resume may
+    change it and its earlier names, from the one declaration."""
+    import textwrap
+
+    from siqa.models import MODELS
+
+    recipes = {name: cls.spec.recipes for name, cls in MODELS.items()}
+    lines = []
+    for s in SETTINGS:
+        facts = []
+        facts.append("values: " + " | ".join(_takes(s)))
+        if s.used_with:
+            facts.append(f"used with {s.used_with}")
+        facts.append(f"--resume may change it: {s.resume}" if s.resume else
+                     "--resume keeps the recorded value")
+        if s.formerly:
+            facts.append("earlier name: " + ", ".join(s.formerly))
+        lines.append(f"{s.key} = {_yaml(s.default)}")
+        for text in (comment(s, recipes), "; ".join(facts)):
+            lines += textwrap.wrap(text, width, initial_indent="    ", subsequent_indent="    ")
+    return "\n".join(lines) + "\n"
+
+
+def _takes(s) -> list:
+    """What a setting takes, as `listing` says it: its choices, else its kind (the check of
+    siqa.config follows the default's type in the same way), and auto where it may be."""
+    kind = s.value_type or type(s.default)
+    choices = [_yaml(c) for c in choices_of(s)]
+    if choices:
+        pass
+    elif s.index_list:
+        choices = ["null", "a list of split indices"]
+    elif s.default is None or s.path:
+        choices = ["a path" if s.path else "a string"] + (["null"] if s.default is None else [])
+    elif kind is bool:
+        choices = ["true", "false"]
+    elif kind is int:
+        choices = ["a positive integer" if s.positive else "an integer >= 0"]
+    elif kind is float:
+        choices = ["a number"]
+    elif kind is list:
+        choices = [f"a list of {len(s.default)} numbers"]
+    else:
+        choices = ["a string"]
+    return choices + (["auto"] if s.auto else [])
 
 
 def _yaml(value) -> str:

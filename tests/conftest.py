@@ -105,9 +105,12 @@ def tiny_overrides(manifest, work: Path, **extra):
     The network is `tiny` (siqa/models/tiny.py: the paper network's inputs and outputs in
     20k parameters) unless `extra` names another: a test of the pipeline trains it in a
     fraction of the time and writes checkpoints of kilobytes."""
+    # progress_every=0: no progress lines on stderr, which tests of one-line errors count
+    # (on a loaded machine a stage may pass 10 s); tests/test_progress.py tests the lines
     items = {"dataset.name": "csv", "dataset.manifest": manifest, "out_dir": work / "run",
              "nss.cache_dir": work / "cache", "nss.workers": 1, "tensorboard.dir": work / "tb",
              "model.name": "tiny", "train.epochs": 2, "train.batch_size": 16, "train.threads": 1,
+             "progress_every": 0,
              **extra}
     return [f"{k}={v}" for k, v in items.items()]
 

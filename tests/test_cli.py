@@ -165,7 +165,14 @@ def test_predict_scores_several_pairs_as_each_alone(checkpoint, tiny_manifest):
     assert odd.returncode == 2 and "in pairs" in odd.stderr
 
 
-def test_a_run_folder_as_checkpoint_points_at_its_best_pt(checkpoint, tmp_path):
+def test_a_run_folder_is_evaluated_as_its_best_pt(checkpoint, tmp_path):
+    """evaluate.py takes a run folder as predict.py and siqa.load do: a run of one split is
+    its best.pt on its test split (several splits: tests/test_evaluate_run.py)."""
     proc = run_entry("evaluate.py", "--checkpoint", checkpoint.parent, "--out", tmp_path / "ev")
-    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
-    assert "is a folder" in proc.stderr and str(checkpoint) in proc.stderr
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads((tmp_path / "ev" / "metrics.json").read_text())["test"]
+    want = json.loads((checkpoint.parent / "metrics.json").read_text())["test"]
+    assert (got["n"], got["srocc"], got["rmse"]) == (want["n"], want["srocc"], want["rmse"])
+    empty = run_entry("evaluate.py", "--checkpoint", tmp_path)
+    assert empty.returncode == 2 and len(empty.stderr.strip().splitlines()) == 1
+    assert f"{tmp_path} holds no tested split" in empty.stderr

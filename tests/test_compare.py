@@ -362,9 +362,12 @@ def test_kfold_leaderboard_gives_the_pooled_out_of_fold_metrics():
 
 def test_compare_cli_with_three_runs_writes_the_leaderboard(runs, tmp_path):
     proc = run_entry("compare.py", runs / "a", runs / "b", runs / "a", "--label", "A",
-                     "--label", "B", "--label", "A2", "--reference", "B", "--out", tmp_path / "cmp")
+                     "--label", "B", "--label", "A2", "--reference", "B", "--out", tmp_path / "cmp",
+                     "--per-distortion")
     assert proc.returncode == 0, proc.stderr
     assert "| rank | run | SROCC |" in proc.stdout and "B (reference)" in proc.stdout
+    assert "| distortion | pairs |" in proc.stdout  # --per-distortion
+    assert "Per distortion, SROCC" in (tmp_path / "cmp" / "comparison.md").read_text()
     assert "A vs B" in proc.stdout and "A2 vs B" in proc.stdout
     assert "2 comparison(s) with B" in proc.stdout
     result = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
@@ -476,6 +479,7 @@ def test_runs_that_learned_nothing_are_marked_and_never_win(tmp_path):
     result = compare(noise)
     board = result["leaderboard"]
     assert board[-1]["run"] == "constant (score mean)" and board[-1]["rank"] is None
+    assert [r["rank"] for r in board] == [None] * 4  # no non-learner reads as a rank
     assert board[-1]["metrics"]["srocc"]["value"] is None
     assert board[-1]["metrics"]["rmse"]["value"] == pytest.approx(result["constant_baseline"]["rmse"])
     assert [r["learned"] for r in result["runs"]] == [False] * 3
@@ -485,8 +489,8 @@ def test_runs_that_learned_nothing_are_marked_and_never_win(tmp_path):
     cells = [line for line in text.splitlines() if line.startswith("|")]
     assert not any(" *" in line for line in cells) and "**" not in text
     assert text.count("[non-learner] n") == 3  # the footnotes under the leaderboard
-    assert all(f"| n{i} [non-learner]" in text or f"| n{i} (reference) [non-learner]" in text
-               for i in ("1", "22", "333"))
+    assert all(f"| — | n{i} [non-learner]" in text or f"| — | n{i} (reference) [non-learner]"
+               in text for i in ("1", "22", "333"))
     assert "| — | constant (score mean) | — | — | — |" in text
     winners = [t["winner"] for c in result["comparisons"]
                for t in [*c["metrics"].values(), *c["variance_tests"], *c["scene_tests"].values()]]
@@ -508,6 +512,17 @@ def test_runs_that_learned_nothing_are_marked_and_never_win(tmp_path):
     good = load_run(write_kfold_run(tmp_path / "good", pairs, lambda y, rng: y + rng.normal(0, 2, y.size)))
     mixed = compare([noise[0], good])
     assert [r["learned"] for r in mixed["runs"]] == [False, True]
+    # the run that learned is ranked first and alone, whatever the non-learner's SROCC
+    assert [(r["run"], r["rank"]) for r in mixed["leaderboard"]] == [
+        ("good", 1), ("n1", None), ("constant (score mean)", None)]
+    # a non-learner with the best SROCC (every pair ranked right, 100 off the scale: it does
+    # not beat the constant predictor) still comes after the run that learned, unranked
+    offset = load_run(write_kfold_run(tmp_path / "offset", pairs, lambda y, rng: y + 100.0))
+    ordered = compare([good, offset])
+    assert [r["learned"] for r in ordered["runs"]] == [True, False]
+    assert ordered["leaderboard"][1]["metrics"]["srocc"]["value"] > \
+        ordered["leaderboard"][0]["metrics"]["srocc"]["value"]
+    assert [(r["run"], r["rank"]) for r in ordered["leaderboard"]][:2] == [("good", 1), ("offset", None)]
     scene = mixed["comparisons"][0]["scene_tests"]["rmse"]
     assert scene["pvalue_holm"] < 0.05 and scene["winner"] is None
     assert mixed["comparisons"][0]["not_tested"].startswith("n1 ")
@@ -614,3 +629,39 @@ def test_header_names_the_aggregate_the_leaderboard_prints(tmp_path):
                                   metrics=["srocc"]))
     assert "Leaderboard metrics: median over the splits [distribution-free interval" in random
     assert "pooled" not in random
+
+
+def test_per_distortion_gives_each_runs_metric_per_distortion_as_the_leaderboard(tmp_path):
+    """--per-distortion: k-fold runs, the metric of the pooled out-of-fold predictions of each
+    distortion (recomputed here from the files); random splits, the median over the splits
+    of each split's per-distortion value."""
+    from siqa.evaluation.comparison import per_distortion
+    from siqa.evaluation.metrics import srocc
+
+    pairs = generated_pairs(tmp_path / "db")
+    good = load_run(write_kfold_run(tmp_path / "good", pairs, lambda y, rng: y + rng.normal(0, 9, y.size)))
+    noisy = load_run(write_kfold_run(tmp_path / "noisy", pairs, noise_around_the_mean))
+    result = compare([good, noisy], metrics=["srocc"])
+    for run in (good, noisy):
+        preds = {n: v for split in run.predictions for n, v in split.items()}
+        for kind in ("blur", "wn"):
+            names = [p.name for p in pairs if p.distortion == kind]
+            cell = result["per_distortion"][run.label]["groups"][kind]
+            assert cell["pairs"] == len(names)
+            assert cell["srocc"] == pytest.approx(srocc([preds[n][1] for n in names],
+                                                        [preds[n][0] for n in names]), rel=1e-12)
+    text = tables(result, per_distortion=True)
+    assert ("Per distortion, SROCC (the pooled out-of-fold predictions of 5 folds x 1 repetition, "
+            "as the leaderboard):") in text
+    blur = result["per_distortion"]
+    want = (f"| blur | {blur['good']['groups']['blur']['pairs']} | "
+            f"{blur['good']['groups']['blur']['srocc']:.4f} | {blur['noisy']['groups']['blur']['srocc']:.4f} |")
+    assert want in text.splitlines()
+    assert "Per distortion" not in tables(result)
+    splits = Run(Path("r"), "r", {"splits": [{}, {}, {}]}, [
+        {"per_distortion": {"blur": {"n": 4, "srocc": v, "rmse": 2 * v}}} for v in (0.5, 0.9, 0.7)],
+        [{}, {}, {}])
+    random = per_distortion(splits)
+    assert random["source"] == "the median over 3 splits"
+    assert random["groups"]["blur"]["pairs"] == 12 and random["groups"]["blur"]["srocc"] == 0.7
+    assert random["groups"]["blur"]["rmse"] == 1.4 and random["groups"]["blur"]["plcc"] is None

@@ -1,6 +1,7 @@
-"""train.concurrent_repeats: the splits trained at once equal the splits trained one after
+"""train.concurrent_splits: the splits trained at once equal the splits trained one after
 another (2 splits x 2 epochs on the CPU), down to the checkpoints and TensorBoard curves; fused
-(one network with a split dimension) to rounding, with each split's own dropout stream."""
+(one network with a split dimension) to rounding, with each split's own dropout stream; the
+folds of a k-fold run are splits like any other."""
 import json
 
 import pytest
@@ -10,6 +11,8 @@ from conftest import needs_cuda, tiny_overrides
 from siqa import config as config_mod
 from siqa.checkpoint import load_checkpoint
 from siqa.errors import UserError
+from siqa.evaluation.comparison import judgement_line
+from siqa.evaluation.reports import final_fit_line
 from siqa.training import run as runner
 from siqa.training.concurrent import finish, interleave
 from siqa.training.distributed import Dist
@@ -31,7 +34,7 @@ def runs(tiny_manifest, tmp_path_factory, one_torch_thread):
     out = {}
     for concurrent in (False, True, "fused"):
         work = tmp_path_factory.mktemp(f"concurrent_{concurrent}")
-        out[concurrent] = work, train(tiny_manifest, work, **{"train.concurrent_repeats": concurrent})
+        out[concurrent] = work, train(tiny_manifest, work, **{"train.concurrent_splits": concurrent})
     return out
 
 
@@ -109,11 +112,11 @@ def test_a_stopped_concurrent_run_resumes_to_the_same_end(runs, tiny_manifest, t
 
     monkeypatch.setattr(runner, "epoch_steps", stopping)
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_manifest, tmp_path, **{"train.concurrent_repeats": True})
+        train(tiny_manifest, tmp_path, **{"train.concurrent_splits": True})
     monkeypatch.setattr(runner, "epoch_steps", real)
     for r in range(SPLITS):
         assert load_checkpoint(tmp_path / "run" / f"split_{r}" / "last.pt")["epoch"] == 1
-    train(tiny_manifest, tmp_path, resume=True, **{"train.concurrent_repeats": True})
+    train(tiny_manifest, tmp_path, resume=True, **{"train.concurrent_splits": True})
     alone, _ = runs[False]
     for r in range(SPLITS):
         a, b = alone / "run" / f"split_{r}", tmp_path / "run" / f"split_{r}"
@@ -121,10 +124,10 @@ def test_a_stopped_concurrent_run_resumes_to_the_same_end(runs, tiny_manifest, t
         assert (a / "predictions.csv").read_bytes() == (b / "predictions.csv").read_bytes()
 
 
-def test_concurrent_repeats_refuse_several_processes(tiny_manifest, tmp_path):
+def test_concurrent_splits_refuse_several_processes(tiny_manifest, tmp_path):
     cfg = config_mod.load_config(overrides=tiny_overrides(
-        tiny_manifest, tmp_path, **{"train.repeats": 2, "train.concurrent_repeats": True}))
-    with pytest.raises(UserError, match="train.concurrent_repeats=true is for one process"):
+        tiny_manifest, tmp_path, **{"train.repeats": 2, "train.concurrent_splits": True}))
+    with pytest.raises(UserError, match="train.concurrent_splits=true is for one process"):
         runner.train(cfg, dist=Dist(world=2), progress=False, log=lambda line: None)
     assert not (tmp_path / "run").exists()
 
@@ -212,7 +215,7 @@ def test_on_cuda_graph_captured_splits_at_once_equal_one_after_another(tiny_mani
     for concurrent in (False, True):
         cfg = config_mod.load_config(overrides=tiny_overrides(
             tiny_manifest, tmp_path / str(concurrent), **{"train.repeats": SPLITS,
-                                                          "train.concurrent_repeats": concurrent,
+                                                          "train.concurrent_splits": concurrent,
                                                           **extra}))
         runner.train(cfg, dist=Dist(device=torch.device("cuda")), progress=False,
                          log=lambda line: None)
@@ -279,6 +282,45 @@ def test_fused_splits_end_as_when_trained_alone_to_rounding(runs, split):
     assert curves.keys() == fused_curves.keys() and curves["val/srocc"]
 
 
+@pytest.fixture(scope="module")
+def kfold_runs(tiny_manifest, tmp_path_factory, one_torch_thread):
+    """One repetition of 2 folds (2 splits), 1 epoch, one after another and fused. Contrast
+    normalisation: after 1 epoch with the reference one the predictions spread over 4e-5 and
+    a per-distortion PLCC near 0 moved by 3e-3 of itself between the two (beyond close()'s
+    1e-3, which is calibrated on 2 epochs); with contrast every value is within close()."""
+    out = {}
+    for mode in (False, "fused"):
+        work = tmp_path_factory.mktemp(f"kfold_{mode}")
+        out[mode] = work, train(tiny_manifest, work, **{
+            "protocol.design": "kfold", "protocol.folds": 2, "train.repeats": 1,
+            "train.epochs": 1, "patches.normalisation": "contrast", "train.keep_last": False,
+            "train.concurrent_splits": mode})
+    return out
+
+
+def test_a_kfold_run_fuses_its_folds_as_the_splits_they_are(kfold_runs):
+    """protocol.design=kfold with train.repeats=1 has K splits: fused, each fold ends as when
+    trained one after another (close(): the fused tolerances), and so does the pooled
+    out-of-fold summary."""
+    (alone, log_alone), (fused, log) = kfold_runs[False], kfold_runs["fused"]
+    assert "splits fused" in log[0] and "splits fused" not in log_alone[0]
+    assert [line.split(":")[0] for line in log if ": epoch " in line] == ["split 0", "split 1"]
+    for r in range(2):
+        a, b = alone / "run" / f"split_{r}", fused / "run" / f"split_{r}"
+        close(without_card(a / "metrics.json"), without_card(b / "metrics.json"))
+        pa, pb = predictions(a / "predictions.csv"), predictions(b / "predictions.csv")
+        assert pa.keys() == pb.keys() and all(pb[n] == pytest.approx(pa[n], rel=1e-5) for n in pa)
+    summary_a, summary_b = (without_card(w / "run" / "summary.json") for w in (alone, fused))
+    assert summary_a["pooled"]["repetitions"][0]["pairs"] == 24
+    close(summary_a, summary_b)
+    # the run's last lines: the epochs of a final fit (none: these folds learned nothing,
+    # 1 epoch), and whether it learned, judged on the pooled out-of-fold predictions
+    assert summary_b["learning"]["learned"] is False and summary_b["final_fit"]["epochs"] is None
+    assert log[-2:] == [final_fit_line(summary_b["final_fit"]),
+                        judgement_line(summary_b["learning"], "this run")]
+    assert "judged on the pooled out-of-fold predictions of 2 folds x 1 repetition" in log[-1]
+
+
 def test_a_fused_run_says_so_and_how_it_runs_on_the_cpu(runs):
     _, log = runs["fused"]
     assert "step eager, splits fused" in log[0] and "fused splits are slower" in log[0]
@@ -299,11 +341,11 @@ def stopped_in_epoch_2(tiny_manifest, work, monkeypatch, **extra):
 
     monkeypatch.setattr(runner.FusedSplits, "epoch", stopping)
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_manifest, work, **{"train.concurrent_repeats": "fused", **extra})
+        train(tiny_manifest, work, **{"train.concurrent_splits": "fused", **extra})
     monkeypatch.setattr(runner.FusedSplits, "epoch", real)
     for r in range(SPLITS):
         assert load_checkpoint(work / "run" / f"split_{r}" / "last.pt")["epoch"] == 1
-    return train(tiny_manifest, work, resume=True, **{"train.concurrent_repeats": "fused", **extra})
+    return train(tiny_manifest, work, resume=True, **{"train.concurrent_splits": "fused", **extra})
 
 
 def test_a_stopped_fused_run_resumes_to_the_uninterrupted_end(runs, tiny_manifest, tmp_path,
@@ -321,7 +363,7 @@ def test_a_stopped_fused_run_resumes_to_the_uninterrupted_end(runs, tiny_manifes
 
 def test_first_line_says_train_step_compile_does_not_compile_the_fused_rounds(tiny_manifest, tmp_path):
     cfg = config_mod.load_config(overrides=tiny_overrides(tiny_manifest, tmp_path, **{
-        "train.repeats": 2, "train.concurrent_repeats": "fused", "train.step": "compile"}))
+        "train.repeats": 2, "train.concurrent_splits": "fused", "train.step": "compile"}))
     line = runner.first_line(cfg, Dist(), {"tf32": False})
     assert "step compile, splits fused (rounds eager, not compiled; scoring compiled)" in line
 
@@ -338,7 +380,7 @@ def test_on_cuda_captured_fused_rounds_resumed_equal_eager_fused_rounds(tiny_man
 
     common = {"device": "cuda", "train.deterministic": True, "train.tf32": False, "train.batch_size": 4}
     eager = tmp_path / "eager"
-    train(tiny_manifest, eager, **{"train.concurrent_repeats": "fused", "train.step": "eager", **common})
+    train(tiny_manifest, eager, **{"train.concurrent_splits": "fused", "train.step": "eager", **common})
     captures = []
     real = fused_module.CudaGraphs.capture
     monkeypatch.setattr(fused_module.CudaGraphs, "capture",
@@ -358,12 +400,12 @@ def test_on_cuda_captured_fused_rounds_resumed_equal_eager_fused_rounds(tiny_man
 def test_fused_refusals_are_one_line_before_anything_is_written(tiny_manifest, tmp_path):
     def refused(match, dist=None, **extra):
         cfg = config_mod.load_config(overrides=tiny_overrides(tiny_manifest, tmp_path, **{
-            "train.repeats": 2, "train.concurrent_repeats": "fused", **extra}))
+            "train.repeats": 2, "train.concurrent_splits": "fused", **extra}))
         with pytest.raises(UserError, match=match) as err:
             runner.train(cfg, dist=dist or Dist(), progress=False, log=lambda line: None)
         assert "\n" not in str(err.value) and not (tmp_path / "run").exists()
 
-    refused("train.concurrent_repeats=fused is for one process", dist=Dist(world=2))
+    refused("train.concurrent_splits=fused is for one process", dist=Dist(world=2))
     refused("train.step=graph needs CUDA", **{"train.step": "graph"})
     refused(r"fused training: PADNet cannot run under torch.func.vmap",
             **{"model.name": "padnet", "train.batch_size": 2})

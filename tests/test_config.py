@@ -205,3 +205,56 @@ def test_every_declaration_is_enforced():
             check(key, value)
         assert "\n" not in str(err.value)
     assert check("train.splits", 3) == [3] and check("train.epochs", "auto") == "auto"
+
+
+def test_an_earlier_name_is_read_as_its_setting_with_one_note(tmp_path, capsys):
+    """train.concurrent_repeats (the splits at once; a k-fold run has K splits) is now
+    train.concurrent_splits: written by the user it is read with one note on stderr, from a
+    recorded config (a checkpoint's, an old run folder's) silently; and the refusal of a key
+    without effect names what uses it in the new words."""
+    from siqa.config import _noted, check_effect
+    from siqa.settings import FORMERLY
+
+    assert FORMERLY == {"train.concurrent_repeats": "train.concurrent_splits"}
+    _noted.clear()
+    overrides = ["train.repeats=2", "train.concurrent_repeats=fused"]
+    cfg = load_config(overrides=overrides)
+    assert cfg["train"]["concurrent_splits"] == "fused" and "concurrent_repeats" not in cfg["train"]
+    check_effect(cfg, overrides)
+    load_config(overrides=overrides)  # read again (train.py reads its config twice): no second note
+    assert capsys.readouterr().err.splitlines() == [
+        "note: train.concurrent_repeats is the earlier name of train.concurrent_splits, read as "
+        "it (the command line)"]
+    old = tmp_path / "config.yaml"
+    old.write_text("train:\n  repeats: 2\n  concurrent_repeats: true\n")
+    assert load_config(old)["train"]["concurrent_splits"] is True
+    assert f"({old})" in capsys.readouterr().err
+    recorded = load_config(base={"train": {"repeats": 2, "concurrent_repeats": True}})
+    assert recorded["train"]["concurrent_splits"] is True and capsys.readouterr().err == ""
+    with pytest.raises(UserError, match=r"train.concurrent_splits=true has no effect in this run "
+                                        r"\(train.repeats=1.*used with a run of several splits"):
+        check_effect(load_config(overrides=["train.concurrent_repeats=true"]),
+                     ["train.concurrent_repeats=true"])
+    kfold = ["protocol.design=kfold", "train.concurrent_splits=fused"]  # 5 folds: 5 splits
+    check_effect(load_config(overrides=kfold), kfold)
+
+
+def test_train_lists_every_setting_with_its_default_values_and_meaning(capsys):
+    """train.py --list-settings: from siqa.settings' one declaration, each key's default,
+    its meaning, the values it takes, what uses it and what --resume may change."""
+    import train
+    from siqa.settings import SETTINGS, _yaml
+
+    assert train.main(["--list-settings"]) == 0
+    text = capsys.readouterr().out
+    heads = [line for line in text.splitlines() if not line.startswith("    ")]
+    assert heads == [f"{s.key} = {_yaml(s.default)}" for s in SETTINGS]
+    block = text.split("train.concurrent_splits = false\n", 1)[1].split("\ntrain.amp = ", 1)[0]
+    flat = " ".join(block.split())
+    assert flat.startswith("the run's splits at once in one process: false (one after another)")
+    assert "values: false | true | fused; used with a run of several splits" in flat
+    assert "--resume may change it: the splits one after another" in flat
+    assert "earlier name: train.concurrent_repeats" in flat
+    epochs = " ".join(text.split("train.epochs = auto\n", 1)[1].split("\ntrain.")[0].split())
+    assert "auto: the network's recipe (paper: bourbia2021 500" in epochs
+    assert "values: a positive integer | auto;" in epochs

@@ -23,7 +23,7 @@ def _check(*overrides):
     (["dataset.split_file=s.json", "dataset.split=[0.5,0.25,0.25]"], "dataset.split_file"),
     (["train.optimizer=adam", "train.momentum=0.5"], "train.optimizer=sgd"),
     (["train.lr_gamma=0.5"], "train.lr_step > 0"),  # auto: constant on the demo
-    (["train.concurrent_repeats=true"], "train.repeats > 1"),
+    (["train.concurrent_splits=true"], "train.repeats > 1"),
 ])
 def test_a_key_the_run_does_not_use_is_refused_naming_what_uses_it(overrides, user):
     with pytest.raises(UserError, match=overrides[-1].split("=")[0]) as err:
@@ -38,7 +38,8 @@ def test_a_key_the_run_does_not_use_is_refused_naming_what_uses_it(overrides, us
     ["dataset.root=data/demo", "dataset.demo_size=full"],  # where the demo is built
     ["train.momentum=0.5"], ["train.optimizer=sgd", "train.momentum=0.5"],
     ["train.lr_step=10", "train.lr_gamma=0.5"],
-    ["train.repeats=2", "train.concurrent_repeats=true"],
+    ["train.repeats=2", "train.concurrent_splits=true"],
+    ["protocol.design=kfold", "train.concurrent_splits=fused"],  # K folds: K splits
     ["dataset.manifest=null"],  # asks for nothing
 ])
 def test_a_key_the_run_uses_passes(overrides):
@@ -105,6 +106,27 @@ def test_resume_extends_with_overrides_after_the_flag_and_records_it(one_epoch):
     assert changed.returncode == 2 and "train.nss_weight" in changed.stderr
     shorter = run_entry("train.py", "--resume", f"out_dir={one_epoch}", "train.epochs=1")
     assert shorter.returncode == 2 and "only grow" in shorter.stderr
+
+
+def test_a_run_folder_recorded_with_an_earlier_name_still_resumes(one_epoch, tmp_path, capsys):
+    """A config.yaml written before train.concurrent_repeats was named
+    train.concurrent_splits: --resume reads it (one note), finds the same run, and says it
+    is finished (the files --resume reads to know it: a tested split without last.pt)."""
+    import shutil
+
+    from siqa.training.launch import launch
+
+    old = tmp_path / "old"
+    old.mkdir()
+    for name in ("splits.json", "metrics.json"):
+        shutil.copy(one_epoch / name, old / name)
+    text = (one_epoch / "config.yaml").read_text()
+    assert "  concurrent_splits: false\n" in text
+    (old / "config.yaml").write_text(text.replace("concurrent_splits:", "concurrent_repeats:"))
+    assert launch(None, [f"out_dir={old}"], resume=True) == 0
+    out, err = capsys.readouterr()
+    assert "is finished" in out
+    assert "note: train.concurrent_repeats is the earlier name of train.concurrent_splits" in err
 
 
 @pytest.mark.parametrize("overrides,noted", [

@@ -174,7 +174,7 @@ def test_load_optimizer_state_keeps_the_saved_numbers():
 
 def test_concurrent_splits_tell_their_step_so(tiny_manifest, tmp_path, monkeypatch, one_torch_thread,
                                              process_numerics):
-    """train.concurrent_repeats hands `concurrent=True` to each split's TrainStep (compile
+    """train.concurrent_splits hands `concurrent=True` to each split's TrainStep (compile
     then leaves out the compiler's CUDA graphs, siqa.scoring.compile_mode); one split alone
     does not."""
     flags = []
@@ -182,7 +182,7 @@ def test_concurrent_splits_tell_their_step_so(tiny_manifest, tmp_path, monkeypat
     monkeypatch.setattr(runner, "TrainStep",
                         lambda *a, concurrent=False, **kw: flags.append(concurrent) or real_step(*a, **kw))
     run(tiny_cfg(tiny_manifest, tmp_path / "a", **{"train.epochs": 1, "train.repeats": 2,
-                                                   "train.concurrent_repeats": True}))
+                                                   "train.concurrent_splits": True}))
     run(tiny_cfg(tiny_manifest, tmp_path / "b", **{"train.epochs": 1}))
     assert flags == [True, True, False]
 

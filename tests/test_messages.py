@@ -52,8 +52,9 @@ def test_other_files_given_as_a_checkpoint_are_named(tmp_path, content, kind):
     (["train.lr_gamma=0.5"], "(train.lr_step=0)"),
     (["dataset.name=csv", "dataset.manifest=a/p.csv", "dataset.root=a"],
      "(dataset.name=csv, dataset.manifest=a/p.csv)"),
-    (["train.concurrent_repeats=true"], "train.concurrent_repeats=true has no effect in this run "
-                                        "(train.repeats=1)"),
+    (["train.concurrent_splits=true"], "train.concurrent_splits=true has no effect in this run "
+                                        "(train.repeats=1, dataset.split_file=null, "
+                                        "protocol.design=random)"),
 ])
 def test_the_no_effect_refusal_names_the_settings_that_decided_it(overrides, context):
     with pytest.raises(UserError) as err:

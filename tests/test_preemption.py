@@ -94,18 +94,18 @@ def test_signal_mid_epoch_then_resume_equals_uninterrupted(tiny_manifest, tmp_pa
 
 
 @pytest.mark.parametrize("mode", ["true", "fused"])
-def test_sigterm_with_concurrent_repeats(tiny_manifest, tmp_path, mode):
+def test_sigterm_with_concurrent_splits(tiny_manifest, tmp_path, mode):
     """The splits at once (on streams, or fused) stopped by SIGTERM in their second epoch
     resume to the end of the uninterrupted run: for `true` that is the splits trained one
     after another, for `fused` the uninterrupted fused run (the fused arithmetic equals the
     sequential one to rounding only)."""
     extra = {**EXTRA, "train.repeats": 2}
-    reference = {} if mode == "true" else {"train.concurrent_repeats": mode}
+    reference = {} if mode == "true" else {"train.concurrent_splits": mode}
     ref = run_entry("train.py", *tiny_overrides(tiny_manifest, tmp_path / "a", **extra, **reference))
     assert ref.returncode == 0, ref.stderr
     work = tmp_path / "b"
     cmd = [sys.executable, str(ROOT / "train.py"),
-           *tiny_overrides(tiny_manifest, work, **extra, **{"train.concurrent_repeats": mode})]
+           *tiny_overrides(tiny_manifest, work, **extra, **{"train.concurrent_splits": mode})]
     rc, out, err = interrupted(cmd, signal.SIGTERM, "split 1: epoch 1/3")
     assert rc == 143, err
     assert "resume with" in err and not (work / "run" / "summary.json").exists()
@@ -141,3 +141,43 @@ def test_sigterm_to_torchrun_stops_every_rank_then_resumes_exactly(tiny_manifest
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "after epoch 1" in resumed.stdout
     assert_same(results(run), results(tmp_path / "a" / "run"))
+
+
+def test_a_second_sigterm_while_stopping_ends_the_run_without_a_traceback(tmp_path):
+    """SIGTERM, then another while the stopped run shuts down (here: in
+    distributed.teardown, where it used to raise a second Preempted out of the process with
+    a traceback): the one line of the first stop, exit 143, nothing else on stderr. The
+    first signal is sent by train (replaced: no data, no training), the second by teardown."""
+    script = (
+        "import signal, sys, runpy\n"
+        "import siqa.training.run as run, siqa.training.distributed as distributed\n"
+        "def train(*args, **kwargs):\n"
+        "    signal.raise_signal(signal.SIGTERM)\n"
+        "def teardown():\n"
+        "    signal.raise_signal(signal.SIGTERM)\n"
+        "    raise AssertionError('the second SIGTERM did not end the process')\n"
+        "run.train, distributed.teardown = train, teardown\n"
+        f"sys.argv = ['train.py', 'out_dir={tmp_path / 'run'}']\n"
+        f"runpy.run_path({str(ROOT / 'train.py')!r}, run_name='__main__')\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=ENV, timeout=600)
+    assert proc.returncode == 143, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"stopped by SIGTERM before training started (nothing written to {tmp_path / 'run'}): "
+        "run the same command again"]
+
+
+def test_a_signal_once_stopping_is_a_quiet_exit_with_the_first_signals_code(monkeypatch):
+    from siqa.training import preempt
+
+    monkeypatch.setattr(preempt, "_state", {"signum": None, "deferring": 1, "installed": True,
+                                            "stopping": False})
+    preempt._handler(signal.SIGTERM, None)  # while training: the flag, the step finishes
+    assert preempt.requested() == signal.SIGTERM
+    with pytest.raises(preempt.Preempted):  # a second one while training: at once
+        preempt._handler(signal.SIGINT, None)
+    preempt.stopping()
+    with pytest.raises(SystemExit) as ended:  # once stopping: the process ends
+        preempt._handler(signal.SIGINT, None)
+    assert ended.value.code == 143

@@ -86,6 +86,7 @@ from PIL import Image
 
 from siqa.errors import UserError
 from siqa.files import DIR_MODE, remove_dead_temporaries, writer_tag
+from siqa.progress import bar as progress_bar
 
 DEFAULT_ROOT = Path("data/demo")
 FULL_ROOT = Path("data/demo_full")
@@ -423,10 +424,8 @@ def build_demo(out_dir, progress=False, size="small", workers=1) -> Path:
     scenes = source_scenes(folder)
     if not scenes:
         raise UserError(f"no stereo pairs found in {folder}: run `{INSTALL_HINT}`")
-    from tqdm import tqdm
-
     jobs = [(out, s_idx, scene, lpath, rpath, size) for s_idx, (scene, lpath, rpath) in enumerate(scenes)]
-    bar = tqdm(total=len(jobs), desc="demo", disable=not progress)
+    bar = progress_bar(total=len(jobs), desc="demo", unit="scene", progress=progress)
     if workers > 1:
         with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn")) as pool:
             results = []

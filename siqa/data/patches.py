@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from siqa.errors import UserError
 from siqa.imageio import grey_pil, header_size, read_views, view_rgb
+from siqa.progress import bar as progress_bar
 
 PATCH = 32
 STRIDE = 24
@@ -123,13 +124,11 @@ def extract_patch_set(pairs, progress=True, dtype=torch.float32, sizes=None, c=C
     pair_index = torch.repeat_interleave(
         torch.arange(len(pairs), dtype=torch.int64), torch.tensor(counts, dtype=torch.int64)
     )
-    from tqdm import tqdm
-
     start = 0
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the per-image ops are small: one thread is faster (measured)
     try:
-        for p, n in zip(tqdm(pairs, desc="patches", unit="pair", disable=not progress), counts):
+        for p, n in zip(progress_bar(pairs, desc="patches", unit="pair", progress=progress), counts):
             lv, rv = read_views(p.left, p.right, grey=grey_pil)
             a = extract_patches(lv, dtype, source=p.left, c=c)
             b = extract_patches(rv, dtype, source=p.right or p.left, c=c)
@@ -206,10 +205,8 @@ def view_patch_set(pairs, spec, progress=True, dtype=torch.float32) -> PatchSet:
     normalisation: `spec.channels` (grey: PIL 'L'; RGB: PIL 'RGB', three equal channels for a
     grey file) squares of `spec.patch` on the `spec.grid` corners, intensities / 255
     (standardisation, where asked, is the network's own: siqa/models/stereoqanet.py)."""
-    from tqdm import tqdm
-
     lefts, rights, counts = [], [], []
-    for p in tqdm(pairs, desc="patches", unit="pair", disable=not progress):
+    for p in progress_bar(pairs, desc="patches", unit="pair", progress=progress):
         lv, rv = _pair_views(p, spec)
         lefts.append(view_patches(lv, spec, dtype))
         rights.append(view_patches(rv, spec, dtype))
@@ -232,10 +229,8 @@ def whole_views(pairs, spec, progress=True) -> list:
     """(left, right) uint8 tensors (C, H, W) of each pair's whole views, read as
     `view_patch_set` reads them: where a network's spec trains on random crops
     (`train_crop="random"`), drawn anew every epoch by `random_crops`."""
-    from tqdm import tqdm
-
     out = []
-    for p in tqdm(pairs, desc="views", unit="pair", disable=not progress):
+    for p in progress_bar(pairs, desc="views", unit="pair", progress=progress):
         out.append(tuple(_chw(v, spec.channels).contiguous() for v in _pair_views(p, spec)))
     return out
 

@@ -8,7 +8,8 @@ run, and tables that go into a paper (and CSV/Markdown files that other tools re
         ├─ leaderboard: per run and metric the median over the splits and the
         │  distribution-free interval of the median; k-fold runs: the metric of the pooled
         │  out-of-fold predictions with its scene-bootstrap interval; best first; then the
-        │  constant predictor (each split's training mean: `training_means`), RMSE only
+        │  constant predictor (each split's training mean: `training_means`), RMSE only;
+        │  the runs that learned ranked first, the non-learners after them, unranked
         ├─ per run: learned or not (`learning_verdict`): its SROCC interval above 0 and its
         │  RMSE below the constant predictor's, both aggregated as the leaderboard does
         ├─ per metric, each X against R: the per-split test values where both runs have one
@@ -48,6 +49,7 @@ from siqa.evaluation.metrics import (
     evaluate_scores,
     fit_logistic,
     metric_name,
+    per_group,
     rmse,
     srocc,
 )
@@ -81,11 +83,13 @@ class Run:
     predictions: list  # per split: {pair name: (score, prediction, scene)} of the test pairs
     val_scores: list = None  # per split: the scores of its validation pairs
     known_scores: dict = None  # {pair name: (score, scene)} of every recorded row (val, test)
+    distortions: dict = None  # {pair name: distortion} of every recorded test row
 
 
-def _recorded_rows(path):
+def _recorded_rows(path, distortions):
     """({name: (score, prediction, scene)} of the test rows, [scores of the val rows],
-    {name: (score, scene)} of both) of a predictions.csv."""
+    {name: (score, scene)} of both) of a predictions.csv; each test row's distortion into
+    `distortions`."""
     if not path.is_file():
         raise UserError(f"{path} is missing: the run folder is incomplete")
     test, val, known = {}, [], {}
@@ -94,6 +98,7 @@ def _recorded_rows(path):
             score = float(row["score"])
             if row["split"] == "test":
                 test[row["name"]] = (score, float(row["prediction"]), row.get("content"))
+                distortions[row["name"]] = row.get("distortion")
             elif row["split"] == "val":
                 val.append(score)
             if row["split"] in ("val", "test"):
@@ -101,25 +106,27 @@ def _recorded_rows(path):
     return test, val, known
 
 
-def load_run(folder, label=None) -> Run:
-    """A finished run folder (one split, or `train.repeats=N` with split_0 .. split_N-1)."""
+def load_run(folder, label=None, split_dirs=None) -> Run:
+    """A finished run folder (one split, or several with split_0 .. split_N-1; `split_dirs`:
+    the split folders where they lie elsewhere, as the parts summarize.py merges)."""
     folder = Path(folder)
     if not (folder / "splits.json").is_file():
         raise UserError(f"{folder} is not a finished run folder of this version (no splits.json)")
     doc = read_json(folder / "splits.json")
     count = len(doc.get("splits", []))
     dirs = [folder] if count == 1 else [folder / f"split_{r}" for r in range(count)]
-    tests, preds, vals, known = [], [], [], {}
+    dirs = [Path(d) for d in split_dirs] if split_dirs is not None else dirs
+    tests, preds, vals, known, distortions = [], [], [], {}, {}
     for d in dirs:
         if not (d / "metrics.json").is_file():
             raise UserError(f"{d / 'metrics.json'} is missing: the run has not finished "
                             "(finish it with train.py --resume)")
         tests.append(read_json(d / "metrics.json")["test"])
-        test, val, rows = _recorded_rows(d / "predictions.csv")
+        test, val, rows = _recorded_rows(d / "predictions.csv", distortions)
         preds.append(test)
         vals.append(val)
         known.update(rows)
-    return Run(folder, label or folder.name, doc, tests, preds, vals, known)
+    return Run(folder, label or folder.name, doc, tests, preds, vals, known, distortions)
 
 
 def _design(doc) -> str:
@@ -253,6 +260,7 @@ def compare(runs, metrics=DEFAULT_METRICS, alpha=0.05, reference=None) -> dict:
                    "splits x comparisons, scene tests over metrics x comparisons")
     out["reference"] = base.label
     out["leaderboard"] = leaderboard(runs, metrics, out, pooled)
+    out["per_distortion"] = {run.label: per_distortion(run) for run in runs}
     return _finite(out)
 
 
@@ -478,8 +486,109 @@ def learning_verdict(srocc_value, srocc_ci, run_rmse, constant_rmse) -> dict:
     return {"learned": not why, "why": " and ".join(why) or None}
 
 
+def judge(run) -> dict:
+    """Whether one run learned, judged as compare() judges each run of its leaderboard (the
+    same functions): its SROCC and RMSE aggregated as the leaderboard aggregates them (k-fold:
+    the pooled out-of-fold predictions and their scene-bootstrap interval; random splits:
+    the median over the splits and the interval of the median), against the constant
+    predictor of `constant_baseline`. {"learned", "why", "srocc", "srocc_ci", "rmse",
+    "constant_rmse", "constant", "source"}; what a run writes at its end."""
+    folds = run.splits.get("folds")
+    pooled = pooled_report(run) if folds else None
+    constant = constant_baseline(run)
+    value, ci, run_rmse = _headline(run, pooled)
+    reps = len(run.tests) // int(folds) if folds else 0
+    source = (f"the pooled out-of-fold predictions of {folds} folds x {reps} "
+              f"repetition{'s' if reps > 1 else ''}" if folds else
+              f"the median over {len(run.tests)} splits" if len(run.tests) > 1 else
+              "its one split's test")
+    return {**learning_verdict(value, ci, run_rmse, constant["rmse"]), "srocc": value,
+            "srocc_ci": ci, "rmse": run_rmse, "constant_rmse": constant["rmse"],
+            "constant": (f"the constant at the mean of {constant['mean_of']}"
+                         if constant["mean_of"] else f"no constant predictor: {constant['source']}"),
+            "source": source}
+
+
+PER_DISTORTION_METRICS = ("srocc", "plcc", "rmse")
+
+
+def per_distortion(run) -> dict:
+    """{"source", "groups": {distortion: {"pairs", metric: value}}} of a run, aggregated as
+    the leaderboard aggregates it: k-fold, the metrics of the pooled out-of-fold predictions
+    of each distortion (siqa.evaluation.metrics.per_group); random splits, the median over
+    the splits of each split's test value (metrics.json per_distortion; one split: its own)
+    and the pairs summed."""
+    folds = run.splits.get("folds")
+    if folds:
+        pooled = pooled_predictions(run, folds)
+        names = sorted(pooled)
+        groups = per_group([pooled[n][1] for n in names], [pooled[n][0] for n in names],
+                           [(run.distortions or {}).get(n) for n in names])
+        reps = len(run.tests) // int(folds)
+        return {"source": f"the pooled out-of-fold predictions of {folds} folds x {reps} "
+                          f"repetition{'s' if reps > 1 else ''}",
+                "groups": {str(d): {"pairs": g["n"], **{m: g.get(m) for m in DEFAULT_METRICS}}
+                           for d, g in groups.items()}}
+    out = {}
+    for test in run.tests:
+        for d, g in (test.get("per_distortion") or {}).items():
+            cell = out.setdefault(str(d), {"pairs": 0, **{m: [] for m in DEFAULT_METRICS}})
+            cell["pairs"] += int(g.get("n") or 0)
+            for m in DEFAULT_METRICS:
+                if g.get(m) is not None:
+                    cell[m].append(g[m])
+    for cell in out.values():
+        for m in DEFAULT_METRICS:
+            cell[m] = float(np.median(cell[m])) if cell[m] else None
+    count = len(run.tests)
+    return {"source": "its one split's test" if count == 1 else f"the median over {count} splits",
+            "groups": dict(sorted(out.items()))}
+
+
+def per_distortion_lines(table) -> list:
+    """The log lines of `per_distortion`: a small table, one distortion a row."""
+    head = f"  {'distortion':<12}{'pairs':>6}" + "".join(f"{TITLES[m]:>9}" for m in PER_DISTORTION_METRICS)
+    rows = [f"  {d:<12}{g['pairs']:>6}" + "".join(f"{_num(g[m], 3 if m == 'rmse' else 4):>9}"
+                                                 for m in PER_DISTORTION_METRICS)
+            for d, g in table["groups"].items()]
+    return [f"per distortion ({table['source']}):", head, *rows]
+
+
+def save_pooled_scatter(run, path, title=None):
+    """scatter.png of a k-fold run: its pooled out-of-fold predictions (each pair's mean over
+    the repetitions) against the scores, coloured by distortion, with the straight line and
+    the logistic of siqa.evaluation.plots."""
+    from siqa.evaluation.plots import save_scatter_png  # matplotlib: only where a plot is drawn
+
+    folds = run.splits["folds"]
+    pooled = pooled_predictions(run, folds)
+    names = sorted(pooled)
+    reps = len(run.tests) // int(folds)
+    save_scatter_png(path, [pooled[n][1] for n in names], [pooled[n][0] for n in names],
+                     [(run.distortions or {}).get(n) for n in names],
+                     title=title or f"{run.splits.get('database')}: pooled out-of-fold, {folds} folds "
+                                    f"x {reps} repetition{'s' if reps > 1 else ''}, {len(names)} pairs")
+
+
+def judgement_line(judged, label) -> str:
+    """The log line of `judge`: compare.py's mark and words for a non-learner, the same
+    measures for a run that learned, and what they were judged on."""
+    how = (f": judged on {judged['source']} against {judged['constant']}, as compare.py "
+           "judges (docs/statistics.md#comparing-runs)")
+    if not judged["learned"]:
+        return f"{NON_LEARNER} {label} {judged['why']}{how}"
+    low, high = judged["srocc_ci"]
+    said = [f"has an SROCC interval [{low:.3f}, {high:.3f}] above 0" if low is not None
+            else f"has an SROCC of {judged['srocc']:.3f}, above 0 (no interval)"]
+    if judged["constant_rmse"] is not None:
+        said.insert(0, f"beat the constant predictor (RMSE {judged['rmse']:.4g}, constant "
+                       f"{judged['constant_rmse']:.4g})")
+    return f"[learned] {label} " + " and ".join(said) + how
+
+
 def leaderboard(runs, metrics, result, pooled) -> list:
-    """One row per run, best first by the first metric: its value and interval per metric
+    """One row per run, the runs that learned first, ranked best first by the first metric,
+    then the non-learners, unranked (rank None), in the same order: its value and interval per metric
     (per-split design: the median over the splits and the distribution-free interval of
     the median; k-fold: the pooled out-of-fold metric and its scene-bootstrap 95 %
     interval; `pooled`: pooled_report per label) and, against the reference, the Holm p and
@@ -517,10 +626,11 @@ def leaderboard(runs, metrics, result, pooled) -> list:
     first = metrics[0]
     sign = 1 if first in LOWER_IS_BETTER else -1
     order = sorted(range(len(rows)), key=lambda i: (
-        rows[i]["metrics"][first]["value"] is None,
+        not rows[i]["learned"], rows[i]["metrics"][first]["value"] is None,
         sign * (rows[i]["metrics"][first]["value"] or 0.0), i))
-    for rank, i in enumerate(order, 1):
-        rows[i]["rank"] = rank
+    learners = [i for i in order if rows[i]["learned"]]
+    for i in order:  # a non-learner has no rank: it is not placed against the runs that learned
+        rows[i]["rank"] = learners.index(i) + 1 if i in learners else None
     return [rows[i] for i in order] + [_baseline_row(result["constant_baseline"], metrics)]
 
 
@@ -724,29 +834,33 @@ def _csv(x):
     return "" if x is None else repr(float(x))
 
 
-def write_outputs(folder, result, latex=False) -> list:
-    """leaderboard.csv, leaderboard.md, comparison.md (or .tex) and comparison.json in
-    `folder`; returns their paths."""
+def write_outputs(folder, result, latex=False, per_distortion=False) -> list:
+    """leaderboard.csv, leaderboard.md, comparison.md (or .tex; with the per-distortion table
+    where asked) and comparison.json in `folder`; returns their paths."""
     folder = Path(folder)
     paths = [folder / "leaderboard.csv", folder / "leaderboard.md",
              folder / ("comparison.tex" if latex else "comparison.md"), folder / "comparison.json"]
     atomic_write_text(paths[0], leaderboard_csv(result))
     atomic_write_text(paths[1], leaderboard_table(result) + "\n")
-    atomic_write_text(paths[2], tables(result, latex=latex))
+    atomic_write_text(paths[2], tables(result, latex=latex, per_distortion=per_distortion))
     write_json(paths[3], result)
     return paths
 
 
-def tables(result, latex=False) -> str:
+def tables(result, latex=False, per_distortion=False) -> str:
+    """Every table of a comparison (Markdown, or LaTeX), the per-distortion one where asked."""
     parts = [_header_line(result)]
     kfold = result.get("design") == "kfold"
-    parts.append("Leaderboard, best first by " + TITLES[next(iter(result["leaderboard"][0]["metrics"]))]
+    parts.append("Leaderboard, the runs that learned ranked best first by "
+                 + TITLES[next(iter(result["leaderboard"][0]["metrics"]))]
                  + (": the pooled out-of-fold metrics [scene bootstrap 95 %]" if kfold else
                     ": the median over the splits [interval of the median]")
                  + f"; * = a significant winner against {result['reference']} (Holm); "
                  f"{NON_LEARNER} = did not beat the constant predictor or its SROCC interval "
-                 "reaches 0:")
+                 "reaches 0 (after the runs that learned, unranked):")
     parts.append(leaderboard_table(result, latex))
+    if per_distortion:
+        parts += per_distortion_parts(result, latex)
     for comp in result["comparisons"]:
         name = f"{comp['label']} vs {comp['baseline']}"
         if comp.get("not_tested"):
@@ -759,6 +873,23 @@ def tables(result, latex=False) -> str:
         if comp.get("scene_tests"):
             parts += _scene_parts(comp, name, latex)
     return "\n\n".join(parts) + "\n"
+
+
+def per_distortion_parts(result, latex=False) -> list:
+    """The per-distortion table of a comparison: one row per distortion, its pairs and each
+    run's value of the leaderboard's first metric, aggregated as the leaderboard aggregates
+    (`per_distortion`), the runs in the leaderboard's order."""
+    metric = next(iter(result["leaderboard"][0]["metrics"]))
+    runs = [r["run"] for r in result["leaderboard"] if not r.get("baseline")]
+    tables = result["per_distortion"]
+    names = list(dict.fromkeys(d for label in runs for d in tables[label]["groups"]))
+    reference = tables[result["reference"]]
+    header = ["distortion", "pairs"] + runs
+    rows = [[d, str((reference["groups"].get(d) or {}).get("pairs", "—"))]
+            + [_num((tables[label]["groups"].get(d) or {}).get(metric)) for label in runs]
+            for d in names]
+    return [f"Per distortion, {TITLES[metric]} ({reference['source']}, as the leaderboard):",
+            _render(header, rows, latex, lambda i, j: False)]
 
 
 def _verdict(comp, cell) -> str:

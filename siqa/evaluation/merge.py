@@ -7,8 +7,9 @@
         │
         ├─ summarize() of the splits' test reports (metrics.json "test", as the run keeps them)
         ├─ the whole run's protocol card, rebuilt from the splits' cards (siqa.evaluation.protocol.card)
-        └─ k-fold design: the pooled out-of-fold report (reads the database for its pair
-           order: the pooled metrics are computed in database order, as the run does)
+        ├─ k-fold design: the pooled out-of-fold report (reads the database for its pair
+        │  order: the pooled metrics are computed in database order, as the run does)
+        └─ whether the run learned (siqa.evaluation.comparison.judge), as the run says it
 
 What differs by design from the summary of one `train.repeats=N` run (and nothing else:
 tests/test_summarize.py compares them key by key):
@@ -28,13 +29,28 @@ from siqa.data import load_database_from_config
 from siqa.data.splits import document_sha256, pair_list_sha256
 from siqa.errors import UserError, counted
 from siqa.evaluation import protocol
-from siqa.evaluation.reports import fmt_metric, pooled_line, pooled_out_of_fold, summarize, write_json
+from siqa.evaluation.comparison import (
+    judge,
+    judgement_line,
+    load_run,
+    per_distortion,
+    per_distortion_lines,
+)
+from siqa.evaluation.reports import (
+    final_fit_epochs,
+    final_fit_line,
+    fmt_metric,
+    pooled_line,
+    pooled_out_of_fold,
+    summarize,
+    write_json,
+)
 from siqa.files import atomic_write_text, read_json
 
 # Config keys that may differ between the parts of one run: where each task writes, and
 # where caches and logs go. Anything else (threads, device, learning rate, ...) changes
 # the numbers or the protocol, and the parts are refused.
-PER_TASK_KEYS = ("out_dir", "train.splits", "tensorboard.dir", "nss.cache_dir")
+PER_TASK_KEYS = ("out_dir", "train.splits", "tensorboard.dir", "nss.cache_dir", "progress_every")
 
 
 def split_folders(run_dirs) -> tuple:
@@ -70,15 +86,17 @@ def split_folders(run_dirs) -> tuple:
 
 
 def _comparable(cfg) -> dict:
-
-    return {k: v for k, v in config_mod.flatten(cfg).items() if k not in PER_TASK_KEYS}
+    """A part's recorded config, flat, by the settings' current names, less the per-task keys."""
+    flat = {config_mod.current_key(k): v for k, v in config_mod.flatten(cfg).items()}
+    return {k: v for k, v in flat.items() if k not in PER_TASK_KEYS}
 
 
 def merged_summary(run_dirs, out_dir, log=print) -> dict:
     """The summary.json of the run whose parts are in `run_dirs` (see the module docstring),
     its config's out_dir set to `out_dir`."""
 
-    doc, _, found = split_folders(run_dirs)
+    doc, doc_path, found = split_folders(run_dirs)
+    source = doc_path.parent
     count = len(doc["splits"])
     if count == 1:
         raise UserError("a run of one split has no summary.json: there is nothing to merge")
@@ -98,7 +116,7 @@ def merged_summary(run_dirs, out_dir, log=print) -> dict:
                             "parts of one run")
     reports = [metrics[r]["test"] for r in range(count)]
     cfg = json.loads(json.dumps(cards[0]["config"]))  # a copy
-    cfg["out_dir"] = str(out_dir)
+    cfg["out_dir"] = os.path.abspath(out_dir)  # recorded absolute, as a run records it
     cfg["train"]["splits"] = None
     card = dict(cards[0])  # the whole run's card, in protocol.card's key order
     card.pop("resumes", None)  # a split's own history; each split's card keeps it
@@ -121,6 +139,16 @@ def merged_summary(run_dirs, out_dir, log=print) -> dict:
             pairs, [found[r] / "predictions.csv" for r in range(count)], doc["folds"])
         for rep in summary["pooled"]["repetitions"]:
             log(pooled_line(rep))
+    run = load_run(source, split_dirs=[found[r] for r in range(count)])
+    summary["learning"] = judge(run)
+    summary["per_distortion"] = per_distortion(run)
+    for line in per_distortion_lines(summary["per_distortion"]):
+        log(line)
+    if doc.get("folds"):
+        summary["final_fit"] = final_fit_epochs([metrics[r] for r in range(count)],
+                                                summary["learning"])
+        log(final_fit_line(summary["final_fit"]))
+    log(judgement_line(summary["learning"], "this run"))
     summary["merged_from"] = [str(found[r]) for r in range(count)]
     return summary
 

@@ -2,6 +2,7 @@
 import csv
 import io
 import json
+import math
 import statistics
 
 import numpy as np
@@ -111,9 +112,10 @@ def score_report(pairs, predictions, database=None) -> dict:
 
 
 def near_constant_lines(report) -> list:
-    """A warning line for each part of a run's report ("val", "test") whose predictions are
-    near constant."""
-    names = {"val": "the validation predictions (best epoch)", "test": "the test predictions"}
+    """A warning line for each part of a run's report ("train": a final fit's, "val",
+    "test") whose predictions are near constant."""
+    names = {"train": "the training predictions (best.pt, a final fit)",
+             "val": "the validation predictions (best epoch)", "test": "the test predictions"}
     return ["warning: " + near_constant_message(report[part]["spread"], what)
             for part, what in names.items()
             if (report.get(part) or {}).get("spread", {}).get("near_constant")]
@@ -135,6 +137,48 @@ def pooled_line(rep) -> str:
     return (f"pooled out-of-fold, repetition {rep['repetition']} ({counted(rep['pairs'], 'pair')}, "
             f"{counted(rep['scenes'], 'scene')}): SROCC {fmt_metric(rep['srocc'])} PLCC "
             f"{fmt_metric(rep['plcc'])} KROCC {fmt_metric(rep['krocc'])} RMSE {rep['rmse']:.3f}")
+
+
+FINAL_FIT_RULE = ("the median of the folds' best epochs (rounded up), over the folds whose "
+                  "validation predictions at their best epoch were not near constant")
+
+
+def final_fit_epochs(split_metrics, learning) -> dict:
+    """The epoch count of a final fit after k-fold (docs/usage.md#after-k-fold), from the
+    folds' metrics.json (`split_metrics`, in split order) and the run's `learning`
+    (siqa.evaluation.comparison.judge): FINAL_FIT_RULE, refused ("epochs": None and "why")
+    where the run did not learn or no fold's best epoch spread its predictions; the folds
+    left out ("near_constant_splits"): their best epoch is that of a network that had not
+    learnt, often the first."""
+    best = [m["best_epoch"] for m in split_metrics]
+    flat = [r for r, m in enumerate(split_metrics)
+            if (((m.get("val") or {}).get("spread") or {}).get("near_constant"))]
+    kept = [e for r, e in enumerate(best) if r not in flat]
+    out = {"rule": FINAL_FIT_RULE, "best_epochs": best, "near_constant_splits": flat,
+           "epochs": None, "why": None}
+    if not learning["learned"]:
+        out["why"] = f"the run did not learn: it {learning['why']}"
+    elif not kept:
+        out["why"] = "every fold's validation predictions were near constant at its best epoch"
+    else:
+        out["epochs"] = math.ceil(statistics.median(kept))
+    return out
+
+
+def final_fit_line(rule) -> str:
+    """The log line of `final_fit_epochs`: the epoch count, or a warning why there is none,
+    or which folds it left out."""
+    epochs = ", ".join(map(str, rule["best_epochs"]))
+    flat = rule["near_constant_splits"]
+    left_out = (f"split{'s' if len(flat) > 1 else ''} {', '.join(map(str, flat))} left out "
+                "(near-constant validation predictions at their best epoch)") if flat else ""
+    if rule["epochs"] is None:
+        return (f"warning: no epoch count for a final fit: the folds' best epochs ({epochs}) "
+                f"say nothing about how long to train, since {rule['why']} "
+                "(docs/usage.md#after-k-fold)")
+    line = (f"final fit (docs/usage.md#after-k-fold): train.epochs={rule['epochs']}, the median "
+            f"of the folds' best epochs ({epochs})")
+    return f"warning: {line}; {left_out}" if flat else line
 
 
 def predictions_csv(pairs, predictions, split_of=None) -> str:

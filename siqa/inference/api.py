@@ -8,7 +8,8 @@
     model.naturalness(l, r)                  -> Naturalness(predicted, computed): 108 + 108
     model.lower_better, model.score_range, model.database, model.name, model.spec
     model.near_constant                      -> True where its run's validation predictions
-                                                were near constant (NearConstantWarning on load)
+                                                (a final fit's: its training predictions) were
+                                                near constant (NearConstantWarning on load)
 
     siqa.load("runs/mine-kfold")             a run folder: the mean of its splits' best.pt
                                              (FoldEnsemble, siqa/inference/ensemble.py)
@@ -102,11 +103,21 @@ def load(checkpoint, device="auto") -> StereoIQA | FoldEnsemble:
     model = StereoIQA(network, state["database"], normalisation=cfg["patches"]["normalisation"],
                       device=device, nss=cfg["nss"], patch_dtype=getattr(torch, cfg["train"]["patch_dtype"]),
                       amp_dtype=amp_dtype_of(cfg, device), source=str(checkpoint),
-                      name=cfg["model"]["name"],
-                      validation_spread=((state.get("best") or {}).get("val") or {}).get("spread"))
+                      name=cfg["model"]["name"], **recorded_spread(state.get("best") or {}))
     if model.near_constant:
         warnings.warn(model.near_constant_message(), NearConstantWarning, stacklevel=2)
     return model
+
+
+def recorded_spread(best) -> dict:
+    """What a checkpoint's run measured of its predictions' spread (its "best"): on the
+    validation pairs at the best epoch, or for a final fit without validation on its training
+    pairs; {"validation_spread": None} where it recorded neither."""
+    if best.get("val"):
+        return {"validation_spread": best["val"].get("spread")}
+    if best.get("train"):
+        return {"validation_spread": best["train"].get("spread"), "spread_of": "training"}
+    return {"validation_spread": None}
 
 
 @dataclass
@@ -148,7 +159,7 @@ class StereoIQA:
 
     def __init__(self, network, database, normalisation="reference", device="cpu", nss=None,
                  patch_dtype=torch.float32, amp_dtype=None, source="the model", name=None,
-                 validation_spread=None):
+                 validation_spread=None, spread_of="validation"):
         if normalisation not in PATCH_C:
             raise UserError(f"{source}: unknown patch normalisation {normalisation!r} "
                             f"(expected one of {', '.join(PATCH_C)})")
@@ -168,8 +179,9 @@ class StereoIQA:
         self._nss_output = self.spec.outputs.index("nss") if self.spec.predicts_nss else None
         self._outputs = (0,) if self._nss_output is None else (0, self._nss_output)
         self._batch = batch_size_for(self.device)
-        # what its run measured on its validation predictions (best epoch; None: not recorded)
-        self.validation_spread = validation_spread
+        # what its run measured on its validation predictions (best epoch; None: not recorded),
+        # or on its training predictions (spread_of="training": a final fit without validation)
+        self.validation_spread, self.spread_of = validation_spread, spread_of
 
     # -- what the scores mean -------------------------------------------------------------
     @property
@@ -187,15 +199,16 @@ class StereoIQA:
 
     @property
     def near_constant(self):
-        """True where the run's validation predictions (at the checkpoint's epoch) were near
-        constant (siqa.evaluation.metrics.prediction_spread), False where they spread; None
-        for a checkpoint that does not record it (written before this check existed)."""
+        """True where the run's validation predictions (at the checkpoint's epoch; a final
+        fit's: its training predictions) were near constant
+        (siqa.evaluation.metrics.prediction_spread), False where they spread; None for a
+        checkpoint that does not record it (written before this check existed)."""
         return (self.validation_spread or {}).get("near_constant")
 
     def near_constant_message(self) -> str:
         """The one-line warning of a near-constant model (NearConstantWarning's text)."""
         return spread_message(self.validation_spread,
-                                     f"{self.source}: its run's validation predictions")
+                              f"{self.source}: its run's {self.spread_of} predictions")
 
     def __repr__(self):
         return (f"StereoIQA({self.source}, {self.name}, database={self.database['name']!r}, "

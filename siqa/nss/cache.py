@@ -29,6 +29,7 @@ from siqa.errors import UserError
 from siqa.files import WriteFailed, atomic_write, remove_dead_temporaries, sha256_bytes, sha256_file, try_lock, unlock
 from siqa.imageio import grey_cv2, read_views
 from siqa.nss.features import MARGINALS, N_FEATURES, PREPROCESS, nss_features, nss_features_batch
+from siqa.progress import bar as progress_bar
 
 NSS_VERSION = 2  # 2: left-censored mle0 marginals (siqa.nss.features); every cached target is recomputed
 MAGIC = b"SIQA-NSS"
@@ -198,8 +199,6 @@ def nss_targets(pairs, marginal="mle0", preprocess="reference", cache_dir="data/
     "cuda:N", except marginal="scipy_free_loc", whose scipy fits always go to the CPU workers)
     and written atomically.
     """
-    from tqdm import tqdm
-
     settings = _settings(marginal, preprocess)
     pairs = [(str(p[0]), None if p[1] is None else str(p[1])) for p in pairs]
     remove_dead_temporaries(Path(cache_dir) / "nss", recursive=True)  # of killed writers
@@ -216,7 +215,8 @@ def nss_targets(pairs, marginal="mle0", preprocess="reference", cache_dir="data/
             jobs.append((index, left, right))
         else:
             out[index] = values
-    with tqdm(total=len(jobs), desc="NSS targets", unit="pair", disable=not progress or not jobs) as bar:
+    with progress_bar(total=len(jobs), desc="NSS targets", unit="pair",
+                      progress=progress if jobs else False) as bar:
         pending = jobs
         while pending:  # in rounds: claim what no other job computes, compute it, then wait
             held, others = {}, []

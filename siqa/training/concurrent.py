@@ -1,4 +1,4 @@
-"""Several content splits trained at once in one process (train.concurrent_repeats).
+"""Several content splits trained at once in one process (train.concurrent_splits).
 
 A split's run is a generator that yields after every training step
 (siqa.training.run.SplitRun.steps, siqa.training.step.epoch_steps). `interleave` advances the runs in

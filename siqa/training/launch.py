@@ -2,7 +2,8 @@
 process's threads and devices, and a clean stop on SIGTERM / SIGINT.
 
     lock out_dir (each split folder for array tasks) -> config (--resume: the recorded one of
-    the folder named, changes checked, paths compared as folders) -> threads, preemption
+    the folder named, changes checked, paths compared as folders; every path made absolute,
+    as the run records it) -> threads, preemption
     handler, torchrun's process groups -> siqa.training.run.train -> how to resume, or where the run and its curves are
 """
 import functools
@@ -48,26 +49,27 @@ def _run(config_path, overrides, resume, cfg, out_dir):
     """launch, once this process owns the run folder."""
     import torch  # the heavy part, once the folder is ours (see launch)
 
+    from siqa.progress import for_stream
     from siqa.training import distributed, preempt
     from siqa.training.run import finished, train
 
     cfg = config.load_config(config_path, overrides)
     changes = {}
     if resume:
-        if not (out_dir / "config.yaml").is_file():
-            raise UserError(f"nothing to resume in {out_dir} (no config.yaml); check out_dir")
-        saved = config.load_config(out_dir / "config.yaml")
+        saved = recorded_config(out_dir)
         cfg = config.load_config(config_path, overrides, base=saved)
         if not config.same_path(config.run_dir_of(cfg), out_dir):  # recorded elsewhere (a copy):
             cfg["out_dir"] = str(out_dir)  # the folder named is the run resumed
+        cfg = config.absolute_paths(cfg)  # what was given here: from here
         changes = config.resume_changes(saved, cfg)  # the same run (paths as folders), or a UserError
     else:
         refuse_existing_run(cfg, out_dir)
+        cfg = config.absolute_paths(cfg)
     config.check_effect(cfg, overrides)  # no key without an effect
     if cfg["train"]["deterministic"] is True:  # cuBLAS reads it once, when CUDA starts
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     if resume and finished(cfg):
-        print(f"{out_dir} is finished: {counted(cfg['train']['epochs'], 'epoch')} trained and tested; "
+        print(f"{Path(out_dir).resolve()} is finished: {counted(cfg['train']['epochs'], 'epoch')} trained and tested; "
               "nothing to resume (a longer run: --resume train.epochs=N)")
         return 0
     if cfg["train"]["threads"]:
@@ -75,10 +77,11 @@ def _run(config_path, overrides, resume, cfg, out_dir):
     preempt.install()  # SIGTERM / SIGINT: stop after the current step, last.pt consistent
     dist = distributed.setup(cfg["device"])
     try:
-        train(cfg, resume=resume, dist=dist, progress=sys.stderr.isatty(),
+        train(cfg, resume=resume, dist=dist, progress=for_stream(sys.stderr, cfg["progress_every"]),
               log=functools.partial(print, flush=True) if dist.is_main else (lambda *a: None),
               changes=changes)
     except preempt.Preempted as stopped:  # every rank stops; rank 0 says how to go on
+        preempt.stopping()  # a second signal from here on ends the process, quietly
         launcher = "torchrun --nproc_per_node=N " if dist.world > 1 else "python "
         if dist.is_main and (out_dir / "config.yaml").is_file():
             print(f"{stopped}: {out_dir} holds its last completed epoch; resume with: "
@@ -88,10 +91,23 @@ def _run(config_path, overrides, resume, cfg, out_dir):
                   "run the same command again", file=sys.stderr, flush=True)
         return stopped.exit_code
     finally:
+        preempt.stopping()
         distributed.teardown()
     if dist.is_main:
         print(f"run written to {out_dir}; TensorBoard: {tensorboard_command(cfg)}")
     return 0
+
+
+def recorded_config(out_dir) -> dict:
+    """The config a run folder records, its relative paths (a run made before runs recorded
+    absolute ones) taken from the folder the run was made from where that is known (the run
+    folder less its relative out_dir), else from here; UserError naming the absolute folder
+    where there is none."""
+    if not (out_dir / "config.yaml").is_file():
+        raise UserError(f"nothing to resume in {Path(out_dir).resolve()} (no config.yaml); "
+                        "check out_dir")
+    saved = config.load_config(out_dir / "config.yaml")
+    return config.absolute_paths(saved, config.made_in(out_dir, saved))
 
 
 def refuse_existing_run(cfg, out_dir):

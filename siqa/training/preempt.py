@@ -14,6 +14,9 @@ Outside the epoch loop (reading the data, the NSS cache, the test of the best ch
 there is no step to finish: the signal raises Preempted at once. Every file is written
 atomically, so whatever was being written is either complete or absent. A second signal
 during the epoch loop also stops at once (the last.pt on disk stays consistent, only older).
+Once the stopped run shuts down (`stopping`: its last lines, leaving torchrun's process
+groups), another signal ends the process at once, with the first signal's exit code and no
+traceback.
 """
 import signal
 import threading
@@ -24,7 +27,7 @@ import torch.distributed as tdist
 CHECK_EVERY = 8  # under torchrun: steps between the ranks' agreements on stopping
 
 _lock = threading.Lock()
-_state = {"signum": None, "deferring": 0, "installed": False}
+_state = {"signum": None, "deferring": 0, "installed": False, "stopping": False}
 
 
 class Preempted(Exception):
@@ -47,6 +50,8 @@ def signal_name(signum):
 
 
 def _handler(signum, frame):
+    if _state["stopping"]:  # the run is already on its way out: end it now, quietly
+        raise SystemExit(128 + (_state["signum"] or signum))
     first = _state["signum"] is None
     _state["signum"] = signum if first else _state["signum"]
     if not _state["deferring"] or not first:
@@ -54,10 +59,18 @@ def _handler(signum, frame):
 
 
 def install():
-    """Catch SIGTERM and SIGINT in this process (call from the main thread)."""
+    """Catch SIGTERM and SIGINT in this process (call from the main thread); no signal
+    received yet."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _handler)
-    _state["installed"] = True
+    _state.update(signum=None, installed=True, stopping=False)
+
+
+def stopping():
+    """From here on the process is shutting down (a stopped run says how to resume and
+    leaves its process groups; a finished one too): a signal ends it at once (SystemExit,
+    128 + the first signal), without a traceback from wherever it lands."""
+    _state["stopping"] = True
 
 
 def requested():

@@ -1,11 +1,13 @@
 """A whole training run, from the config to the files it writes.
 
     prepare   checks -> database -> content splits -> NSS targets   (before any folder exists)
-    splits    for each split (one after another, or at once: train.concurrent_repeats):
+    splits    for each split (one after another, or at once: train.concurrent_splits):
                 SplitRun: resident patches -> model, optimizer (or last.pt on --resume)
                   -> epochs: train, validate and log, checkpoint      (siqa.training.checkpoints)
                   -> test of the best-validation checkpoint -> metrics.json, predictions.csv
     summary   several splits: summary.json (median, spread; k-fold: pooled out-of-fold)
+    verdict   whether the run learned, as compare.py judges it (summary.json, or a single
+              split's metrics.json: "learning"), its last log line
 
 A split's run is a generator that yields after every training step, so that
 siqa.training.concurrent can interleave the steps of several splits; one after another,
@@ -22,7 +24,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from siqa import config as config_mod
 from siqa.build import amp_dtype_of, build_model, check_init, load_init, model_kwargs, spec_of
@@ -38,18 +39,32 @@ from siqa.data.splits import read_split_file, splits_for_run, write_split_file
 from siqa.device import configure_numerics
 from siqa.errors import UserError
 from siqa.evaluation import protocol
+from siqa.evaluation.comparison import (
+    judge,
+    judgement_line,
+    load_run,
+    per_distortion,
+    per_distortion_lines,
+    save_pooled_scatter,
+)
 from siqa.evaluation.reports import (
+    final_fit_epochs,
+    final_fit_line,
     fmt_metric,
+    near_constant_lines,
     pooled_line,
     pooled_out_of_fold,
     predictions_csv,
     score_report,
     split_log_lines,
+    spread_of,
     summarize,
     validation_report,
     write_json,
 )
-from siqa.files import atomic_write_text
+from siqa.files import atomic_write_text, read_json
+from siqa.progress import Every, shown
+from siqa.progress import bar as progress_bar
 from siqa.scoring import Scorer, predict_pairs
 from siqa.training import preempt
 from siqa.training.checkpoints import (
@@ -105,6 +120,7 @@ def train(cfg, resume=False, dist=None, progress=True, log=print, changes=None):
     the run's checkpoints and protocol card."""
     started = time.perf_counter()
     dist = dist or Dist()  # one process on the CPU
+    cfg = config_mod.absolute_paths(cfg)  # as the run records them: one folder from anywhere
     plan = prepare(cfg, dist, progress, log, changes)
     reports = train_splits(plan, resume, dist, progress, log)
     cfg = plan.cfg
@@ -114,6 +130,14 @@ def train(cfg, resume=False, dist=None, progress=True, log=print, changes=None):
         return [reports[r] for r in plan.chosen]
     if len(plan.splits) > 1 and dist.is_main:
         write_summary(plan, reports, dist, started, log)
+    elif reports[0] is not None and dist.is_main:  # one split, tested (not a final fit)
+        run = load_run(plan.out_dir)
+        judged = judge(run)
+        metrics = read_json(plan.out_dir / "metrics.json")
+        write_json(plan.out_dir / "metrics.json", {**metrics, "learning": judged})
+        for line in per_distortion_lines(per_distortion(run)):
+            log(line)
+        log(judgement_line(judged, "this run"))
     return reports
 
 
@@ -130,13 +154,13 @@ def prepare(cfg, dist, progress, log, changes) -> Plan:
     """Every check, the database, the splits and the NSS targets of a run. Rank 0 builds the
     demo database and fills the NSS cache; the other ranks then read them (a long wait on
     the host group, whose timeout fits a cold cache of a large database)."""
-    concurrent = cfg["train"]["concurrent_repeats"]
+    concurrent = cfg["train"]["concurrent_splits"]
     check_step_mode(cfg["train"]["step"], dist.device, dist.world)
     config_mod.check_nss_weight(cfg)
     if concurrent and dist.world > 1:
-        raise UserError(f"train.concurrent_repeats={str(concurrent).lower()} is for one process; "
-                        "under torchrun the repeats run one after another "
-                        "(train.concurrent_repeats=false)")
+        raise UserError(f"train.concurrent_splits={str(concurrent).lower()} is for one process; "
+                        "under torchrun the splits run one after another "
+                        "(train.concurrent_splits=false)")
     if concurrent == "fused":
         check_fusable(cfg)
     numerics = configure_numerics(cfg["train"]["deterministic"], cfg["train"]["tf32"], dist.device)
@@ -145,7 +169,7 @@ def prepare(cfg, dist, progress, log, changes) -> Plan:
     check_init(cfg)
     if not dist.is_main:
         dist.wait_for_main()
-    pairs = load_database_from_config(cfg, progress=progress and dist.is_main)
+    pairs = load_database_from_config(cfg, progress=shown(progress, dist.is_main))
     splits, split_doc = splits_for_run(pairs, cfg)  # seeded, or dataset.split_file
     for line in split_content_notes(pairs, splits, cfg):  # shared view files (kfold: refused)
         log(line)
@@ -155,7 +179,7 @@ def prepare(cfg, dist, progress, log, changes) -> Plan:
               "code": protocol.git_state(), "changes": changes or {}}
     spec = check_model_inputs(cfg, pairs)
     if spec.predicts_nss:  # computed on the run's device: cuda:1 computes on cuda:1
-        nss = nss_from_config(pairs, cfg["nss"], progress=progress and dist.is_main,
+        nss = nss_from_config(pairs, cfg["nss"], progress=shown(progress, dist.is_main),
                               device=dist.device)
     else:  # a network without the NSS task needs no targets (nothing is computed)
         nss = np.zeros((len(pairs), 0), dtype=np.float32)
@@ -173,7 +197,7 @@ def first_line(cfg, dist, numerics) -> str:
     network = cfg["model"]["name"]
     same = ("the paper's protocol" if spec_of(cfg).recipe_published
             else f"the {network} recipe (docs/models.md)")
-    fused = t["concurrent_repeats"] == "fused"
+    fused = t["concurrent_splits"] == "fused"
     step = step_of(t["step"], device, dist.world)
     if fused:
         step += (", splits fused (rounds eager, not compiled; scoring compiled)" if step == "compile"
@@ -264,20 +288,21 @@ def train_splits(plan, resume, dist, progress, log) -> list:
             if resume:
                 check_extendable(plan.run_dir(r), plan.cfg["train"]["epochs"])
             todo.append(r)
-    mode = plan.cfg["train"]["concurrent_repeats"] if len(todo) > 1 else False
+    mode = plan.cfg["train"]["concurrent_splits"] if len(todo) > 1 else False
     concurrent = bool(mode)
 
     def split_run(r):
         # several splits: each line says whose it is (concurrently they interleave, no bars)
         split_log = (lambda line: log(f"split {r}: {line}")) if len(plan.splits) > 1 else log
-        return SplitRun(plan, r, dist, progress=progress and not concurrent, log=split_log,
+        return SplitRun(plan, r, dist, progress=shown(progress, not concurrent), log=split_log,
                         concurrent=concurrent)
 
     def steps(r):
         return split_run(r).steps(resume)
 
     if mode == "fused":
-        fused = FusedRuns([split_run(r) for r in todo], progress=progress and dist.is_main, log=log)
+        fused = FusedRuns([split_run(r) for r in todo], progress=shown(progress, dist.is_main),
+                          log=log)
         for r, report in zip(todo, finish(fused.steps(resume))):
             reports[r] = report
     elif concurrent:
@@ -292,7 +317,10 @@ def train_splits(plan, resume, dist, progress, log) -> list:
 
 def write_summary(plan, reports, dist, started, log):
     """summary.json of a run of several splits: median and spread of each metric, the
-    protocol card, and for k-fold the pooled out-of-fold predictions per repetition."""
+    protocol card, the metrics per distortion ("per_distortion", as compare.py aggregates
+    them), for k-fold the pooled out-of-fold predictions per repetition, their scatter plot
+    (scatter.png) and the epochs of a final fit ("final_fit"), and whether the run learned
+    ("learning", siqa.evaluation.comparison.judge: compare.py's verdict)."""
     split_doc = plan.record["splits"]
     card = protocol.card(plan.cfg, plan.record["split_info"], dist.device, started, reports,
                          code=plan.record["code"])
@@ -303,7 +331,19 @@ def write_summary(plan, reports, dist, started, log):
             split_doc["folds"])
         for rep in summary["pooled"]["repetitions"]:
             log(pooled_line(rep))
+    run = load_run(plan.out_dir)
+    summary["learning"] = judge(run)  # compare.py's verdict on this run
+    summary["per_distortion"] = per_distortion(run)  # as the leaderboard aggregates
+    for line in per_distortion_lines(summary["per_distortion"]):
+        log(line)
+    if split_doc.get("folds"):  # the pooled scatter, the epochs of a final fit (or why not)
+        save_pooled_scatter(run, plan.out_dir / "scatter.png")
+        summary["final_fit"] = final_fit_epochs(
+            [read_json(plan.run_dir(r) / "metrics.json") for r in range(len(plan.splits))],
+            summary["learning"])
+        log(final_fit_line(summary["final_fit"]))
     write_json(plan.out_dir / "summary.json", summary)
+    log(judgement_line(summary["learning"], "this run"))
 
 
 def split_finished(run_dir, epochs) -> bool:
@@ -378,7 +418,7 @@ class SplitRun:
         self.cfg, self.t = plan.cfg, plan.cfg["train"]
         self.run_dir = plan.run_dir(r)
         self.seed = self.t["seed"] + r
-        self.show = progress and dist.is_main
+        self.show = shown(progress, dist.is_main)  # True (bars), Every(s) or False: siqa.progress
         self.pairs = {name: [plan.pairs[i] for i in plan.splits[r][name]] for name in PARTS}
         self.record = {**plan.record, "repeat": r, "started": time.perf_counter()}
         self.run_name = tensorboard_name(plan.out_dir) + ("" if len(plan.splits) == 1 else f"/split_{r}")
@@ -510,8 +550,9 @@ class SplitRun:
         """Train one epoch (yielding after every step), then validate, log and checkpoint."""
         started, t = time.perf_counter(), self.t
         order = self.order(epoch)
-        bar = tqdm(total=len(order), desc=f"epoch {epoch + 1}/{t['epochs']}", unit="patch",
-                   leave=False, disable=not self.show)
+        whose = f"split {self.r}: " if len(self.plan.splits) > 1 else ""
+        bar = progress_bar(total=len(order), desc=f"{whose}epoch {epoch + 1}/{t['epochs']}",
+                           unit="patch", leave=False, progress=first_epoch(self.show, epoch, self.start_epoch))
         losses = yield from preempt.until_stopped(
             epoch_steps(self.trained, self.optimizer, self.data["train"], order, self.batch,
                         t["nss_weight"], self.amp_dtype, progress=bar, step=self.step), self.stop)
@@ -549,8 +590,9 @@ class SplitRun:
         Without a validation part (dataset.split [1, 0, 0], a final fit) nothing is selected:
         best.pt is the last epoch."""
         if not self.pairs["val"]:
-            if last_epoch:
-                self.best = {"epoch": epoch, "val": None}
+            if last_epoch:  # its spread on the training pairs, as siqa.load warns of it
+                train = {"spread": spread_of(self._predict("train"), self.plan.info)}
+                self.best = {"epoch": epoch, "val": None, "train": train}
                 if self.dist.is_main:
                     self.pair.save_best(self._state(epoch, with_optimizer=False))
             return " | no validation split: best.pt is the last epoch"
@@ -620,6 +662,9 @@ class SplitRun:
                   "epochs": self.t["epochs"]}
         test_pred = self._predict("test")
         report["test"] = score_report(self.pairs["test"], test_pred, self.plan.info) if self.pairs["test"] else None
+        if report["test"] is None:  # a final fit: the spread of its predictions on its training pairs
+            report["train"] = best_state["best"].get("train") or {
+                "spread": spread_of(self._predict("train"), self.plan.info)}
         report["pairs"] = {name: len(self.pairs[name]) for name in PARTS}
         report["scenes"] = {name: len({p.content for p in self.pairs[name]}) for name in PARTS}
         if self.dist.is_main:
@@ -651,9 +696,17 @@ class SplitRun:
         if report["test"] is None:  # a final fit: every pair trained (or validated) on
             self.log(f"no test split: best.pt is epoch {report['best_epoch']}, trained on "
                      f"{report['pairs']['train']} pairs")
+            for line in near_constant_lines(report):  # training (and validation) predictions
+                self.log(line)
             return
         for line in split_log_lines(report):  # and a warning where the predictions are near constant
             self.log(line)
+
+
+def first_epoch(progress, epoch, start_epoch):
+    """An epoch's progress: bars on a terminal for every epoch; plain lines (a log file) only
+    in the first epoch this process trains, after which each epoch's own line says it lives."""
+    return shown(progress, not isinstance(progress, Every) or epoch == start_epoch)
 
 
 def check_fusable(cfg):
@@ -667,7 +720,7 @@ def check_fusable(cfg):
 
 class FusedRuns:
     """The splits of `runs` (SplitRuns of one plan) trained as one fused network
-    (train.concurrent_repeats=fused, siqa.training.fused): each split prepares, validates,
+    (train.concurrent_splits=fused, siqa.training.fused): each split prepares, validates,
     checkpoints and tests as it does alone; the epochs' steps are FusedSplits' rounds.
 
         each split: prepare (data, network, optimizer, last.pt on --resume), then its random
@@ -690,9 +743,9 @@ class FusedRuns:
             generators.append(self._generator())
         starts = {run.start_epoch for run in self.runs}
         if len(starts) > 1:
-            raise UserError(f"--resume with train.concurrent_repeats=fused: the splits stopped at "
+            raise UserError(f"--resume with train.concurrent_splits=fused: the splits stopped at "
                             f"different epochs ({sorted(starts)}); resume them one after another "
-                            "(train.concurrent_repeats=false)")
+                            "(train.concurrent_splits=false)")
         first = self.runs[0]
         self.fused = FusedSplits.from_train_config(
             [run.model for run in self.runs], generators, self.t, first.amp_dtype,
@@ -721,9 +774,9 @@ class FusedRuns:
         started, runs = time.perf_counter(), self.runs
         orders = [run.order(epoch) for run in runs]
         self.fused.set_lr(float(runs[0].optimizer.param_groups[0]["lr"]))  # one schedule for all
-        bar = tqdm(total=sum(len(o) for o in orders), unit="patch", leave=False,
-                   desc=f"epoch {epoch + 1}/{self.t['epochs']}, {len(runs)} splits fused",
-                   disable=not self.progress)
+        bar = progress_bar(total=sum(len(o) for o in orders), unit="patch", leave=False,
+                           desc=f"epoch {epoch + 1}/{self.t['epochs']}, {len(runs)} splits fused",
+                           progress=first_epoch(self.progress, epoch, runs[0].start_epoch))
         rounds = self.fused.epoch([run.data["train"] for run in runs], orders, runs[0].batch, bar)
         try:
             losses = yield from preempt.until_stopped(rounds, runs[0].stop)
@@ -738,7 +791,7 @@ class FusedRuns:
 def out_of_memory(err, splits, batch) -> str:
     """The one line of a fused run that did not fit on its GPU."""
     asked = re.search(r"Tried to allocate [0-9.]+ [KMGT]?i?B", str(err))
-    return (f"train.concurrent_repeats=fused: out of GPU memory training {splits} splits at once at "
+    return (f"train.concurrent_splits=fused: out of GPU memory training {splits} splits at once at "
             f"train.batch_size={batch} ({asked.group(0) if asked else 'CUDA out of memory'}); the "
             "run folder holds every completed epoch: --resume with fewer splits at once "
-            "(train.splits=[...] in several jobs) or train.concurrent_repeats=false")
+            "(train.splits=[...] in several jobs) or train.concurrent_splits=false")
