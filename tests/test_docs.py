@@ -340,3 +340,63 @@ def test_recipe_curves_read_each_run_from_the_folder_it_was_made_from(tmp_path, 
     assert labels == ["reference, seed 1, 50 epochs (stopped after 33)",
                       "contrast, seed 0, 50 epochs", "contrast, seed 0, 4 epochs"]
     assert (tmp_path / "recipe.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --------------------------------------------------------------------------- README commands
+def readme_commands():
+    """The command lines of README.md's indented code blocks."""
+    text = FENCE.sub("", (ROOT / "README.md").read_text(encoding="utf-8"))
+    return [line.strip() for block in INDENTED_CODE.findall(text) for line in block.splitlines()
+            if line.strip()]
+
+
+def test_readme_commands_name_the_environments_python():
+    """A fresh shell has no activated environment (its `python` may have no torch): every
+    README command runs the Python of setup.sh's .venv, as the quick start does."""
+    commands = readme_commands()
+    assert len(commands) >= 10
+    for line in commands:
+        words = line.split()
+        if any(w.endswith("python") or w.startswith("python3") for w in words[:1]):
+            assert words[0] == ".venv/bin/python", line
+        assert not line.startswith("python"), line
+
+
+def test_readme_python_runs_from_a_shell_with_nothing_set():
+    """`.venv/bin/python train.py --list-settings` from the checkout, with an environment that
+    holds PATH only (no activation, no PYTHONPATH): the README's form of a command works."""
+    import subprocess
+
+    python = ROOT / ".venv" / "bin" / "python"
+    if not python.exists():
+        pytest.skip("no .venv in this checkout (installed into another environment)")
+    proc = subprocess.run([".venv/bin/python", "train.py", "--list-settings"], cwd=ROOT,
+                          env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "train.epochs" in proc.stdout
+
+
+def test_readme_scores_files_the_quick_start_builds():
+    """Every data/demo/ file a README command or snippet names is one the demo builder writes
+    (siqa/data/demo.py: build_scene's names, the stereodemo scenes, the manifest)."""
+    from siqa.data import demo
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"data/demo/[\w/.]+", text))
+    assert named, "the README scores no demo file"
+    scenes = {scene for scene, _, _ in demo.source_scenes(demo.source_dir())}
+    levels = set(demo.SYMMETRIC_LEVELS) | {lv for pair in demo.ASYMMETRIC_LEVELS for lv in pair} - {0}
+    for path in named:
+        if path == "data/demo/manifest.csv":
+            continue
+        match = re.fullmatch(r"data/demo/(\w+)/(\w+)_(\d)_([lr])\.png", path)
+        assert match, path
+        kind, scene, level, _ = match.groups()
+        assert kind in demo.TYPES and scene in scenes and int(level) in levels, path
+
+
+def test_the_documentation_index_lists_every_page():
+    index = (ROOT / "docs" / "README.md").read_text(encoding="utf-8")
+    listed = set(re.findall(r"\]\(([\w-]+\.md)\)", index))
+    pages = {p.name for p in (ROOT / "docs").glob("*.md")} - {"README.md"}
+    assert pages <= listed, sorted(pages - listed)

@@ -36,7 +36,7 @@ Build (deterministic, seeded by `SEED`; about 10 s on 2 cores):
    as in LIVE Phase II: one view pristine or one view more distorted than the other; which
    eye gets the stronger level is drawn once per scene and type, so the profiles of a type
    are comparable). With the defaults:
-   12 scenes x (1 + 5 x (3 + 3)) = 372 pairs.
+   12 captures x (1 + 5 x (3 + 3)) = 372 pairs.
 
 Label (a DMOS-like score, 0 = pristine, higher = worse, about 0..60 with the defaults),
 a full-reference stereo model computed against the pristine pair:
@@ -120,8 +120,8 @@ INSTALL_HINT = "pip install --no-deps stereodemo==0.7"
 # --------------------------------------------------------------------------- sources
 # Near-duplicate scenes of the source share one content id, so that splits never separate
 # them: `desk`, `pov_hands` and `pov_controllers` show the same desk from nearly the same
-# viewpoint; `kid_bedroom` and `donkey_toy` share a crib. 12 scenes, 9 content groups. The
-# manifest keeps each scene's own `ref`; the loader (load_database) maps it to its group.
+# viewpoint; `kid_bedroom` and `donkey_toy` share a crib. 12 captures, 9 scenes. The
+# manifest keeps each capture's own `ref`; the loader (load_database) maps it to its scene.
 CONTENT_GROUPS = {"pov_hands": "desk", "pov_controllers": "desk", "donkey_toy": "kid_bedroom"}
 
 
