@@ -40,6 +40,10 @@ def make_tiny_database(folder: Path, scenes=8, levels=3, size=(80, 64), seed=0):
     return folder / "manifest.csv"
 
 
+def pytest_sessionfinish(session):
+    entry_points.stop()
+
+
 def needs_cuda(test):
     """Marked `cuda` (benchmarks/gpu_check.py runs `pytest -m cuda`) and skipped without a GPU."""
     import torch

@@ -5,11 +5,10 @@ Every case must give: exit code 2; exactly one non-empty stderr line that starts
 files in it; no NSS cache entry.
 """
 import csv
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import entry_points
 import numpy as np
 import pytest
 import scipy.io
@@ -464,19 +463,9 @@ def _files_under(path: Path):
 def run_case(case, tmp):
     if not case.script.startswith("-m "):
         return run_entry(case.script, *case.args, cwd=tmp, timeout=TIMEOUT)
-    import subprocess
-    import sys
-
-    from conftest import python_path
-
-    return subprocess.run([sys.executable, *case.script.split(), *map(str, case.args)], cwd=tmp,
-                          capture_output=True, text=True, timeout=TIMEOUT,
-                          env={**os.environ, "PYTHONPATH": python_path()})
+    return entry_points.run(case.script, case.args, cwd=tmp, timeout=TIMEOUT)  # python -m ...
 
 
-# The entry points spend ~5 s importing torch and scipy before they look at their input, so
-# the selected cases are prepared first and then run a few at a time.
-PARALLEL = max(2, min(4, os.cpu_count() or 1))
 
 
 @pytest.fixture(scope="module")
@@ -501,8 +490,7 @@ def outcomes(request, db, checkpoints, tmp_path_factory):
         except Exception as err:  # e.g. a timeout: reported by that case's test only
             return name, err
 
-    with ThreadPoolExecutor(PARALLEL) as pool:
-        results.update(pool.map(run, prepared.items()))
+    results.update(map(run, prepared.items()))
     return results
 
 

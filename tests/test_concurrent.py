@@ -236,6 +236,13 @@ def close(a, b, rtol=1e-3, atol=1e-6):
     if isinstance(a, dict):
         assert a.keys() == b.keys()
         for key in a:
+            if key == "logistic" and isinstance(a[key], dict):
+                # the fitted map, not its parameters: 5 parameters fitted to a few nearly
+                # collinear points are not identified (measured: b2 0.00121 vs 0.00056, its
+                # plcc_logistic and rmse_logistic equal to 1e-8); compared through those two
+                fit_a, fit_b = ({k: v for k, v in x[key].items() if k != "params"} for x in (a, b))
+                close(fit_a, fit_b, rtol, atol)
+                continue
             close(a[key], b[key], rtol, atol)
     elif isinstance(a, list):
         assert len(a) == len(b)
