@@ -229,10 +229,13 @@ def test_on_cuda_graph_captured_splits_at_once_equal_one_after_another(tiny_mani
 
 def close(a, b, rtol=1e-3, atol=1e-6):
     """float32 fused arithmetic against one split alone: a grouped convolution and a batched
-    matmul sum in another order (1.7e-7 relative on the weights after 2 epochs,
-    tests/test_fused.py; the predictions below agree to 1e-5). A correlation of a 2-epoch
-    network's nearly constant predictions multiplies their relative difference by their
-    mean / spread (~100 here: PLCC -0.30475 vs -0.30470, 1.7e-4), hence 1e-3 for the metrics."""
+    matmul sum in another order. A correlation of a 2-epoch network's nearly constant
+    predictions multiplies their relative difference by their mean / spread, hence a metric
+    tolerance 1e-3 where the predictions agree to 1e-5. Measured with the runs of this module
+    (the tiny network) on a 2-core Intel Xeon (AVX-512), and under ATEN_CPU_CAPABILITY=avx2
+    ONEDNN_MAX_CPU_ISA=AVX2 (the kernels of an AVX2 CPU, such as the AMD EPYC of CI's other
+    machine) and =default / SSE41: metrics at most 2.5e-5 relative, predictions 1.5e-7,
+    weights within 1e-6 absolute (docs/install.md, the float32 tolerances)."""
     if isinstance(a, dict):
         assert a.keys() == b.keys()
         for key in a:
@@ -279,12 +282,14 @@ def test_fused_splits_end_as_when_trained_alone_to_rounding(runs, split):
     assert torch.equal(last_a["rng"][0]["torch"], last_b["rng"][0]["torch"])
     assert last_a["optimizer"]["param_groups"] == last_b["optimizer"]["param_groups"]
     # A momentum buffer sums raw gradients, in which a sample whose L1 sign or max-pool winner
-    # flips under float32 rounding moves entries by up to 1/batch of the gradient's size
-    # (measured: 7.4e-4 of a tensor's largest entry); the float64 tests of
+    # flips under float32 rounding moves entries by up to 1/batch of the gradient's size: not
+    # an element-wise claim (an entry near 0 moved 0.2 % on one CPU), but against the tensor's
+    # largest entry. Measured 4.4e-7 of it here (three instruction sets, as in close()), 7.4e-4
+    # for the paper's network, where one such flip happened; the float64 tests of
     # tests/test_fused.py hold the arithmetic to 1e-9.
     for k, state in last_a["optimizer"]["state"].items():
         a_buf, b_buf = state["momentum_buffer"], last_b["optimizer"]["state"][k]["momentum_buffer"]
-        assert (a_buf - b_buf).abs().max() <= 1e-2 * a_buf.abs().max(), k
+        assert (a_buf - b_buf).abs().max() <= 1e-3 * a_buf.abs().max(), k
     curves, fused_curves = scalars(alone, split), scalars(fused, split)
     assert curves.keys() == fused_curves.keys() and curves["val/srocc"]
 
