@@ -10,9 +10,9 @@
 Each family's file describes its layout as distributed. A loader takes, as keyword
 arguments, the dataset keys it reads (`root`, `manifest`, `demo_size`) and `progress`, and
 returns a list of `StereoPair` records (siqa/data/records.py): its parameters are what it
-reads, so the settings (`dataset.manifest` and `dataset.demo_size` are used by the databases
-whose loaders take them) and `load_database` ask the loader, not a list of names. A loader
-that reads a manifest but no folder is given `root`/manifest.csv when only `root` is set.
+reads, so the settings (which databases use dataset.root, .manifest and .demo_size) and
+`load_database` ask the loader, not a list of names. A loader that takes a manifest but no
+folder, given only `root`, reads `root`/manifest.csv where that file exists.
 Adding a database layout is its file and one line in DATABASES; docs/databases.md says what
 each one expects.
 """
