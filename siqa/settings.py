@@ -62,6 +62,12 @@ def _models():
     return siqa.models
 
 
+def _databases():
+    import siqa.data.databases  # the loaders: imported once a value needs it
+
+    return siqa.data.databases
+
+
 SETTINGS = (
     Setting("out_dir", None, "where a run writes; null = runs/<dataset.name> (a run records "
             "its paths absolute)",
@@ -78,16 +84,16 @@ SETTINGS = (
     Setting("model.init", None, "pre-trained weights of part of the network (padnet: python -m "
             "siqa.models.padnet_pretrain)", path=True),
     Setting("dataset.name", "demo", "the database (docs/databases.md)",
-            choices=("demo", "live3d_phase1", "live3d_phase2", "waterloo3d_phase1",
-                     "waterloo3d_phase2", "csv")),
+            choices=lambda: tuple(_databases().DATABASES)),
     Setting("dataset.root", None, "database folder as distributed; demo: null = data/demo "
             "(built on first use)",
-            used_when=lambda c: not (_dataset(c) == "csv" and c["dataset"]["manifest"]),
+            used_when=lambda c: (_databases().takes(_dataset(c), "root")
+                                 or not c["dataset"]["manifest"]),
             used_with="a database without a manifest (dataset.name=csv reads the manifest's own "
                       "folder)", path=True),
     Setting("dataset.manifest", None, "CSV manifest, with name=csv (left,right,score or "
             "sbs,score; optional ref,distortion,symmetric,left_score,right_score)",
-            used_when=lambda c: _dataset(c) in ("csv", "waterloo3d_phase1", "waterloo3d_phase2"),
+            used_when=lambda c: _databases().takes(_dataset(c), "manifest"),
             used_with="dataset.name=csv (or a Waterloo database)", path=True),
     Setting("dataset.split", [0.6, 0.2, 0.2], "train / validation / test fractions of the scenes "
             "(content-disjoint)",
@@ -99,7 +105,8 @@ SETTINGS = (
             "exactly its first train.repeats splits (k-fold files: repetitions of their folds)", path=True),
     Setting("dataset.demo_size", "small", "demo only: small = 128x96 views (short CPU run) | full "
             "= native 611x344 views (LIVE-I-sized), in data/demo_full", choices=("small", "full"),
-            used_when=lambda c: _dataset(c) == "demo", used_with="dataset.name=demo"),
+            used_when=lambda c: _databases().takes(_dataset(c), "demo_size"),
+            used_with="dataset.name=demo"),
     Setting("protocol.design", "random", "random: train.repeats random 60/20/20 splits (the "
             "paper) | kfold: train.repeats repetitions of K folds of scenes, K splits each",
             choices=("random", "kfold")),

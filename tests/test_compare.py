@@ -127,7 +127,7 @@ def test_compare_refuses_runs_on_other_splits(runs, tmp_path):
     other = tmp_path / "c"
     shutil.copytree(runs / "a", other)
     doc = json.loads((other / "splits.json").read_text())
-    from siqa.data.databases import load_csv
+    from siqa.data.databases.csv_manifest import load_csv
 
     pairs = load_csv(runs / "db" / "manifest.csv")
     seeded = content_splits(pairs, ratios=(0.4, 0.2, 0.4), seed=1, repeats=2)
@@ -381,7 +381,7 @@ def test_compare_cli_with_three_runs_writes_the_leaderboard(runs, tmp_path):
 def generated_pairs(folder, scenes=10, levels=4, mos=False):
     """The pairs of a generated database (make_tiny_database), read by the CSV loader; with
     mos=True the same images and names scored 100 - DMOS (higher_is_better=true)."""
-    from siqa.data.databases import load_csv
+    from siqa.data.databases.csv_manifest import load_csv
 
     manifest = folder / "manifest.csv"
     if not manifest.is_file():

@@ -353,3 +353,58 @@ def test_config_keys(tmp_path):
     cfg = load_config(overrides=["dataset.name=live3d_phase1", f"dataset.root={tmp_path}"])
     pairs = load_database_from_config(cfg)
     assert len(pairs) == len(LIVE1)
+
+
+# ---------------------------------------------------------------- a new layout
+def load_toy(root):
+    """A layout added as a new one is: this loader (its file) and one line in DATABASES.
+    `root`/scores.txt holds one pair a line: left view, right view, DMOS, scene."""
+    from siqa.data.databases.common import require_dir
+    from siqa.data.records import StereoPair
+
+    root = require_dir(root, "toy")
+    pairs = []
+    for line in (root / "scores.txt").read_text().splitlines():
+        left, right, score, scene = line.split()
+        pairs.append(StereoPair(name=left, left=root / left, right=root / right, score=float(score),
+                                higher_is_better=False, content=scene, distortion="unknown"))
+    return pairs
+
+
+def test_a_new_layout_is_its_file_and_one_line_in_the_dict(tmp_path, monkeypatch, process_numerics):
+    """Train the tiny network for an epoch on a toy layout that only DATABASES knows: the
+    settings take its name, use dataset.root for it and refuse dataset.manifest (its loader
+    takes no manifest), and the run reads its pairs."""
+    import json
+
+    from conftest import make_tiny_database, tiny_overrides
+    from siqa import config
+    from siqa.data.databases import DATABASES as REGISTRY
+    from siqa.settings import config_yaml
+    from siqa.training import run as runner
+
+    folder = make_tiny_database(tmp_path / "toy").parent
+    with open(folder / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    (folder / "scores.txt").write_text("".join(f"{r['left']} {r['right']} {r['score']} {r['ref']}\n"
+                                               for r in rows))
+    (folder / "manifest.csv").unlink()
+    monkeypatch.setitem(REGISTRY, "toy", load_toy)
+    assert "| csv | toy" in config_yaml()  # dataset.name's choices, in the comments
+    overrides = [o for o in tiny_overrides(None, tmp_path, **{"train.epochs": 1})
+                 if not o.startswith(("dataset.name", "dataset.manifest"))]
+    overrides += ["dataset.name=toy", f"dataset.root={folder}"]
+    cfg = config.load_config(overrides=overrides)
+    with pytest.raises(UserError, match=r"dataset.manifest=m.csv has no effect in this run "
+                                        r"\(dataset.name=toy\)"):
+        config.check_effect(cfg, ["dataset.manifest=m.csv"])
+    config.check_effect(cfg, overrides)  # dataset.root is used
+    lines = []
+    runner.train(cfg, progress=False, log=lines.append)
+    assert lines[0].startswith("profile paper on toy, model tiny, device cpu")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["epochs"] == 1 and metrics["protocol"]["config"]["dataset"]["name"] == "toy"
+    with open(tmp_path / "run" / "predictions.csv", newline="") as f:
+        predicted = list(csv.DictReader(f))
+    assert {r["split"] for r in predicted} == {"val", "test"}  # validated and tested
+    assert {r["name"] for r in predicted} <= {r["left"] for r in rows}  # pairs of scores.txt

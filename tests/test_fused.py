@@ -125,7 +125,14 @@ def fused(name, datas, opt, dtype=torch.float64, seed=SEED, **kwargs):
 
 
 def train(f, datas, epochs, start=0):
-    return [f.train_epoch(datas, orders(datas, e), BATCH) for e in range(start, epochs)]
+    return [finish(f.epoch(datas, orders(datas, e), BATCH)) for e in range(start, epochs)]
+
+
+def split_state(f, k):
+    """{"model", "optimizer", "rng"} of split k, in a sequential run's formats, as a fused run
+    scores and checkpoints it (model_state, optimizer_state, rng_state);
+    `f.load_split_state(k, **state)` takes it back."""
+    return {"model": f.model_state(k), "optimizer": f.optimizer_state(k), "rng": f.rng_state(k)}
 
 
 def relative_error(a, b):
@@ -160,7 +167,7 @@ def assert_optimizer_close(state, reference, rel):
 
 def assert_matches_sequential(f, runs, fused_losses, rel=1e-9):
     for k, run in enumerate(runs):
-        state = f.split_state(k)
+        state = split_state(f, k)
         assert_states_close(state["model"], run["model"].state_dict(), rel, f"split {k} ")
         assert_optimizer_close(state["optimizer"], run["optimizer"].state_dict(), rel)
         # the same number of masks drawn from the same stream
@@ -248,7 +255,7 @@ def test_paper_network_float64_equals_splits_one_after_another(opt):
     losses = train(f, datas, 2)
     assert_matches_sequential(f, runs, losses)
     if opt is ADAM:  # per-split step counts: 3, 2, 3 steps an epoch
-        assert [int(f.split_state(k)["optimizer"]["state"][0]["step"]) for k in range(3)] == [6, 4, 6]
+        assert [int(split_state(f, k)["optimizer"]["state"][0]["step"]) for k in range(3)] == [6, 4, 6]
 
 
 def test_stereoqanet_float64_equals_splits_one_after_another():
@@ -268,7 +275,7 @@ def test_multiscore_batchnorm_float64_equals_splits_one_after_another():
     f = fused("multiscore", datas, SGD)
     losses = train(f, datas, 2)
     assert_matches_sequential(f, runs, losses)
-    tracked = [int(f.split_state(k)["model"]["stream_left.bn1.num_batches_tracked"]) for k in range(3)]
+    tracked = [int(split_state(f, k)["model"]["stream_left.bn1.num_batches_tracked"]) for k in range(3)]
     assert tracked == [6, 4, 6]  # one per step of each split, not per round
 
 
@@ -280,7 +287,7 @@ def test_split_state_loads_into_torch_optim_and_back():
     datas = splits_of("bourbia2021")
     f = fused("bourbia2021", datas, ADAM)
     train(f, datas, 1)
-    state = f.split_state(1)
+    state = split_state(f, 1)
     model = build("bourbia2021", 1, torch.float64, datas[1], seed=SEED + 50)  # other weights
     model.load_state_dict(state["model"])
     optimizer = torch_optimizer(model, ADAM)
@@ -289,22 +296,22 @@ def test_split_state_loads_into_torch_optim_and_back():
     batch = orders(datas, 1)[1][:BATCH]
     TrainStep("eager", AsDouble(model), optimizer, BATCH, 25.0)(datas[1], batch)
 
-    idle = [f.split_state(k) for k in (0, 2)]
+    idle = [split_state(f, k) for k in (0, 2)]
     f.step_round(datas, [None, batch, None])
-    after = f.split_state(1)
+    after = split_state(f, 1)
     assert_states_close(after["model"], model.state_dict(), 1e-9)
     assert_optimizer_close(after["optimizer"], optimizer.state_dict(), 1e-9)
     assert torch.equal(after["rng"]["torch"], torch.get_rng_state())
     assert f.steps == [3, 3, 3]
     for k, before in zip((0, 2), idle):
-        now = f.split_state(k)
+        now = split_state(f, k)
         assert_states_close(now["model"], before["model"], 0.0)
         assert_optimizer_close(now["optimizer"], before["optimizer"], 0.0)
         assert torch.equal(now["rng"]["torch"], before["rng"]["torch"])
 
     # the sequential split's state, loaded into the fused splits, reads back unchanged
     f.load_split_state(1, model.state_dict(), optimizer.state_dict(), {"torch": torch.get_rng_state()})
-    back = f.split_state(1)
+    back = split_state(f, 1)
     assert_states_close(back["model"], model.state_dict(), 0.0)
     assert_optimizer_close(back["optimizer"], optimizer.state_dict(), 0.0)
 
@@ -316,7 +323,7 @@ def test_resume_from_split_states_equals_uninterrupted_run():
     datas = splits_of("bourbia2021")
     whole = fused("bourbia2021", datas, SGD, torch.float32)
     train(whole, datas, 1)
-    saved = [copy.deepcopy(whole.split_state(k)) for k in range(3)]
+    saved = [copy.deepcopy(split_state(whole, k)) for k in range(3)]
     resumed = fused("bourbia2021", datas, SGD, torch.float32, seed=SEED + 100)
     for k, state in enumerate(saved):
         resumed.load_split_state(k, **state)
@@ -324,7 +331,7 @@ def test_resume_from_split_states_equals_uninterrupted_run():
     again = train(resumed, datas, 2, start=1)
     assert again == second
     for k in range(3):
-        a, b = whole.split_state(k), resumed.split_state(k)
+        a, b = split_state(whole, k), split_state(resumed, k)
         assert_states_close(b["model"], a["model"], 0.0)
         assert_optimizer_close(b["optimizer"], a["optimizer"], 0.0)
         assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
@@ -459,7 +466,7 @@ def test_no_host_read_inside_a_round(opt, monkeypatch):
     f, datas = tiny_fused(monkeypatch, opt)
     with monkeypatch.context() as m:
         monkeypatch.setattr(sys.modules[__name__], "BATCH", 4)
-        f.train_epoch(datas, tiny_orders(datas, 0), 4)
+        finish(f.epoch(datas, tiny_orders(datas, 0), 4))
     rounds = f.plan_epoch(datas, tiny_orders(datas, 1), 4)
     assert [[(g.size, g.splits) for g in groups] for groups in rounds] == \
         [[(4, (0, 1, 2))], [(4, (0, 2)), (1, (1,))], [(4, (0,)), (1, (2,))]]
@@ -482,13 +489,13 @@ def test_a_split_that_does_not_step_keeps_every_bit(monkeypatch):
     parameters, running statistics, batch counts, momentum buffers, step counts and
     generator states bit for bit."""
     f, datas = tiny_fused(monkeypatch, SGD)
-    f.train_epoch(datas, tiny_orders(datas, 0), 4)
-    idle = [copy.deepcopy(f.split_state(k)) for k in (0, 2)]
+    finish(f.epoch(datas, tiny_orders(datas, 0), 4))
+    idle = [copy.deepcopy(split_state(f, k)) for k in (0, 2)]
     f.step_round(datas, [None, torch.arange(4), None])
     f.step_round(datas, [None, torch.arange(1), None])
     assert f.steps == [3, 4, 3]
     for k, before in zip((0, 2), idle):
-        now = f.split_state(k)
+        now = split_state(f, k)
         assert_states_close(now["model"], before["model"], 0.0)
         assert_optimizer_close(now["optimizer"], before["optimizer"], 0.0)
         assert torch.equal(now["rng"]["torch"], before["rng"]["torch"])
@@ -542,10 +549,10 @@ def test_traced_rounds_equal_untraced_rounds_bit_for_bit(amp, monkeypatch):
     plain._traced[4] = False  # (what a failed trace leaves: untraced rounds)
     for f in (traced, plain):
         for epoch in range(2):
-            f.train_epoch(datas, tiny_orders(datas, epoch), 4)
+            finish(f.epoch(datas, tiny_orders(datas, epoch), 4))
     assert callable(traced._traced[4]) and plain._traced[4] is False
     for k in range(3):
-        a, b = plain.split_state(k), traced.split_state(k)
+        a, b = split_state(plain, k), split_state(traced, k)
         assert_states_close(b["model"], a["model"], 0.0)
         assert_optimizer_close(b["optimizer"], a["optimizer"], 0.0)
 
@@ -581,14 +588,14 @@ def test_graph_rounds_equal_eager_rounds(fail, monkeypatch):
     for f in (eager, captured):
         for epoch in range(3):
             f.set_lr(1e-4 * (epoch + 1))  # read from a device tensor by the captured rounds
-            f.train_epoch(datas, tiny_orders(datas, epoch), 4)
+            finish(f.epoch(datas, tiny_orders(datas, epoch), 4))
     assert graphs.captures == ([] if fail else [3, 3, 3])
     assert len(captured._graphs.graphs) == (0 if fail else 3)
     assert len(lines) == (1 if fail else 0) and "\n" not in "".join(lines)
     if fail:
         assert "could not be captured as a CUDA graph" in lines[0] and "eagerly" in lines[0]
     for k in range(3):
-        a, b = eager.split_state(k), captured.split_state(k)
+        a, b = split_state(eager, k), split_state(captured, k)
         assert_states_close(b["model"], a["model"], 0.0)
         assert_optimizer_close(b["optimizer"], a["optimizer"], 0.0)
         assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
@@ -606,7 +613,7 @@ def test_on_cuda_rounds_do_not_synchronize(step, monkeypatch):
     generators = [torch.Generator("cuda").manual_seed(k) for k in range(3)]
     f = FusedSplits(models, generators, step=step, **SGD)
     for epoch in range(2):
-        f.train_epoch(datas, [o.cuda() for o in tiny_orders(datas, epoch)], 4)
+        finish(f.epoch(datas, [o.cuda() for o in tiny_orders(datas, epoch)], 4))
     rounds = f.plan_epoch(datas, [o.cuda() for o in tiny_orders(datas, 2)], 4)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")

@@ -181,7 +181,7 @@ def test_predict_scores_multiscore_and_padnet_as_evaluate_does(name, size, tmp_p
     from siqa import config
     from siqa.build import load_model
     from siqa.checkpoint import load_checkpoint, save_checkpoint
-    from siqa.data.databases import load_csv
+    from siqa.data.databases.csv_manifest import load_csv
     from siqa.models import create_model
     from siqa.scoring import predict_database
 

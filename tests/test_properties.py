@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, event, given, reject, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from siqa.data.databases import load_csv, load_database, load_live3d_phase1, load_live3d_phase2
+from siqa.data.databases import live3d, load_database
+from siqa.data.databases.csv_manifest import load_csv
 from siqa.data.records import StereoPair
 from siqa.errors import UserError
 
@@ -274,7 +275,7 @@ def live1_root(tmp_path_factory):
                            "dmos": number_var()}, LIVE1_GOOD))
 def test_live1_mat_gives_records_or_user_error(live1_root, variables):
     _write_mat(live1_root / "data.mat", variables)
-    _load(load_live3d_phase1, live1_root)
+    _load(live3d.load_phase1, live1_root)
     _load(lambda r: load_database("live3d_phase1", root=r), live1_root, validated=True)
 
 
@@ -300,7 +301,7 @@ def live2_root(tmp_path_factory):
                            "Dmos": number_var()}, LIVE2_GOOD))
 def test_live2_mat_gives_records_or_user_error(live2_root, variables):
     _write_mat(live2_root / "3DDmosRelease.mat", variables)
-    _load(load_live3d_phase2, live2_root)
+    _load(live3d.load_phase2, live2_root)
     _load(lambda r: load_database("live3d_phase2", root=r), live2_root, validated=True)
 
 
@@ -309,7 +310,7 @@ def test_live2_mat_gives_records_or_user_error(live2_root, variables):
 def test_damaged_mat_file_is_a_user_error(live1_root, tmp_path, content):
     (tmp_path / "data.mat").write_bytes(content)
     with pytest.raises(UserError, match=r"data\.mat"):
-        load_live3d_phase1(tmp_path)
+        live3d.load_phase1(tmp_path)
 
 
 def test_mat_properties_see_valid_files(live1_root, live2_root):
@@ -324,4 +325,4 @@ def test_mat_properties_see_valid_files(live1_root, live2_root):
         "Dmos": np.array([[30.0], [np.nan]]), "RefFilename": _cell(["003image_0_0.bmp"] * 2, (2, 1)),
         "StiFilename": _cell(["003image_1_4.bmp", "003image_2_1.bmp"], (2, 1))})
     with pytest.raises(UserError, match=r"'Dmos'.*entry 2 = nan"):
-        load_live3d_phase2(live2_root)
+        live3d.load_phase2(live2_root)

@@ -37,7 +37,7 @@ def test_card_fields(tmp_path):
     import time
 
     from conftest import make_tiny_database
-    from siqa.data.databases import load_csv
+    from siqa.data.databases.csv_manifest import load_csv
     from siqa.data.splits import content_splits, split_document, write_split_file
 
     pairs = load_csv(make_tiny_database(tmp_path / "db", scenes=5, levels=1, size=(40, 36)))

@@ -16,7 +16,7 @@ import scipy.io
 from PIL import Image
 
 from siqa.data import load_database
-from siqa.data.databases import WATERLOO_LAYOUTS, waterloo_structure
+from siqa.data.databases.waterloo3d import WATERLOO_LAYOUTS, waterloo_structure
 from siqa.errors import UserError
 
 

@@ -69,7 +69,6 @@ renamed into place at the end, so an interrupted build is never used.
 from __future__ import annotations
 
 import csv
-import hashlib
 import importlib.util
 import io
 import json
@@ -333,13 +332,6 @@ def pooled_label(q_l, g_l, q_r, g_r) -> float:
     return round(max(0.0, 100.0 * (1.0 - q)), 4)
 
 
-def stereo_label(ref_l, ref_r, dist_l, dist_r):
-    """DMOS-like label (0 = pristine, higher = worse) and its parts, see module doc."""
-    q_l, g_l = (1.0, 1.0) if np.array_equal(ref_l, dist_l) else view_quality(ref_l, dist_l)
-    q_r, g_r = (1.0, 1.0) if np.array_equal(ref_r, dist_r) else view_quality(ref_r, dist_r)
-    return pooled_label(q_l, g_l, q_r, g_r), dict(q_l=q_l, q_r=q_r, g_l=g_l, g_r=g_r)
-
-
 # --------------------------------------------------------------------------- build
 def settings(size="small") -> dict:
     _check_size(size)
@@ -496,12 +488,3 @@ def ensure_demo(root=DEFAULT_ROOT, progress=True, size="small") -> Path:
             shutil.rmtree(tmp, ignore_errors=True)
     return root
 
-
-def folder_digest(root) -> str:
-    """sha256 over the relative paths and contents of every file (for reproducibility checks)."""
-    h = hashlib.sha256()
-    root = Path(root)
-    for p in sorted(q for q in root.rglob("*") if q.is_file()):
-        h.update(p.relative_to(root).as_posix().encode() + b"\0")
-        h.update(p.read_bytes())
-    return h.hexdigest()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from siqa.data.databases import LIVE1_FOLDERS
+from siqa.data.databases.live3d import LIVE1_FOLDERS
 from siqa.errors import UserError, counted
 
 N_TARGETS = 108

@@ -21,8 +21,9 @@ Layout for one 256x256 RGB crop of each view (intensities / 255):
 
 forward(left, right) -> (score,) of shape (B,). The image score is the mean over the crops
 (spec grid "cover": six 256x256 crops of a 640x360 view at x 0/192/384, y 0/104, as
-main_live1.py's crop_patch). `reconstruct(x)` runs the auto-encoder alone (the pre-training
-stage, `python -m siqa.models.padnet_pretrain`). 14,163,698 parameters at N=128, M=192.
+main_live1.py's crop_patch). The auto-encoder alone is pre-trained by `python -m
+siqa.models.padnet_pretrain` (`load_pretrained` reads its file). 14,163,698 parameters at
+N=128, M=192.
 
 Optional NSS head (not in the original; `PADNet(nss_head=True)`, built when
 train.nss_weight > 0, docs/models.md): a linear 512 -> 108 on the pooled vector that fc reads;
@@ -149,9 +150,6 @@ class PADNet(nn.Module):
     def load_pretrained(self, state):
         """The auto-encoder written by `python -m siqa.models.padnet_pretrain`."""
         self.autoencoder.load_state_dict(state["autoencoder"])
-
-    def reconstruct(self, x):
-        return self.autoencoder(x)[2]
 
     def forward(self, left, right):
         e_l, p_l, _ = self.autoencoder(left)

@@ -42,10 +42,10 @@ Each split keeps what it has when trained alone:
     SGD or Adam over the (K, N) tensors; an inactive split's parameters, momentum buffer,
     Adam moments and step count are left bit for bit as they were;
 
-    its checkpoint: `split_state(k)` gives the model state_dict, an optimizer state_dict
-    that torch.optim.SGD / Adam built over that split's own network loads, and its RNG
-    state; `load_split_state(k, ...)` takes them back (a fused run's per-split states
-    resume sequentially, and a sequential run's resume fused).
+    its checkpoint: `model_state(k)`, `optimizer_state(k)` and `rng_state(k)` give the model
+    state_dict, an optimizer state_dict that torch.optim.SGD / Adam built over that split's
+    own network loads, and its RNG state; `load_split_state(k, ...)` takes them back (a
+    fused run's per-split states resume sequentially, and a sequential run's resume fused).
 
 The learning rate is shared by all splits (one config) and set per epoch (`set_lr`, e.g.
 from a StepLR), as a device tensor. Networks: every network whose forward vmaps
@@ -106,7 +106,6 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from siqa.data.inputs import SplitData
 from siqa.errors import UserError
 from siqa.models.spec import NSS_DIM
-from siqa.training.concurrent import finish
 from siqa.training.fused_optimizer import OPTIMIZERS, FlatOptimizer, FlatParameters, dense_strides
 from siqa.training.step import joint_loss
 
@@ -523,7 +522,7 @@ class FusedSplits:
                 eps), as siqa.training.step.make_optimizer builds them.
     nss_weight, amp_dtype, cache_enabled: as siqa.training.step.joint_loss takes them.
     initial_lr  when a StepLR drives the rate: the sequential optimizer's param_groups then
-                carry "initial_lr", and split_state's do too.
+                carry "initial_lr", and optimizer_state's do too.
     step        "eager", or "graph" (CUDA: the full-size group of a round captured as a CUDA
                 graph, see the module docstring); `log` takes its one line if a capture (or
                 the trace) fails; `graphs`: what captures and replays (CudaGraphs on CUDA;
@@ -864,10 +863,6 @@ class FusedSplits:
         values = (self._sums / steps.view(-1, 1)).tolist()
         return [{"total": v[0], "quality": v[1], "nss": v[2]} for v in values]
 
-    def train_epoch(self, datas, orders, batch_size, progress=None):
-        """`epoch` run to its end: each split's mean losses (a list of dicts)."""
-        return finish(self.epoch(datas, orders, batch_size, progress))
-
     # ------------------------------------------------------------------ per-split states
 
     def _new(self, key, k):
@@ -896,12 +891,6 @@ class FusedSplits:
         CPU generator, {"cuda": ...} for a CUDA one (the integrator adds the other)."""
         g = self.generators[k]
         return {"torch" if g.device.type == "cpu" else "cuda": g.get_state()}
-
-    def split_state(self, k):
-        """{"model", "optimizer", "rng"} of split k, in a sequential run's formats
-        (`load_split_state(k, **state)` takes it back)."""
-        return {"model": self.model_state(k), "optimizer": self.optimizer_state(k),
-                "rng": self.rng_state(k)}
 
     def load_split_state(self, k, model=None, optimizer=None, rng=None):
         """Put back split k's model state_dict, optimizer state_dict (of torch.optim.SGD /
