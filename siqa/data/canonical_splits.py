@@ -32,7 +32,7 @@ from pathlib import Path, PurePosixPath
 from siqa.data.databases import load_database
 from siqa.data.records import StereoPair
 from siqa.data.splits import content_splits, split_document, write_split_file
-from siqa.errors import UserError, run_cli, counted
+from siqa.errors import UserError, counted, run_cli
 
 SEED, RATIOS, REPEATS = 0, (0.6, 0.2, 0.2), 10
 ROOT = Path(__file__).resolve().parents[2]

@@ -260,7 +260,8 @@ def fast_fading(image, n_tiles, seed, tile=FF_TILE):
             break
         first, end = segments[tile]
         safe = np.array([i for i in range(first, end) if stream[i] != 0xFF and stream[i - 1] != 0xFF])
-        ys, xs = slice((tile // per_row) * th, (tile // per_row + 1) * th), slice((tile % per_row) * tw, (tile % per_row + 1) * tw)
+        row, col = divmod(tile, per_row)
+        ys, xs = slice(row * th, (row + 1) * th), slice(col * tw, (col + 1) * tw)
         for attempt in range(FF_ATTEMPTS):
             rng = np.random.default_rng([*seed, 1 + tile, attempt])
             positions = rng.permutation(safe)[:FF_BYTES_PER_TILE]

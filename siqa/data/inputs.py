@@ -10,13 +10,11 @@ targets of its outputs, resident on one device (`SplitData`).
           --> SplitData(left, right, pair_index, score, nss, views)
 """
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import torch
 
-from siqa.data.patches import (PatchSet, crop_generator, extract_patch_set, random_crops,
-                               view_patch_set)
+from siqa.data.patches import PatchSet, crop_generator, extract_patch_set, random_crops, view_patch_set
 
 PATCH_C = {"reference": 1.0, "contrast": 1.0 / 255}  # C of (p - mean) / (std + C) on [0, 1]
 
@@ -30,7 +28,7 @@ class SplitData:
     pair_index: torch.Tensor  # (N,) int64
     score: torch.Tensor  # (P,) float32
     nss: torch.Tensor  # (P, 108) float32; (P, 0) for a network without the NSS task
-    views: Optional[torch.Tensor] = None  # (P, 2) per-view scores, for networks that predict them
+    views: torch.Tensor | None = None  # (P, 2) per-view scores, for networks that predict them
 
     @property
     def num_patches(self):

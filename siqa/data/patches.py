@@ -12,9 +12,10 @@ For one grey view (PIL `convert('L')`, uint8) scaled to [0, 1]:
 Everything is vectorised with torch: all patches of a view are cut with `unfold`, padded
 (flipped slices) and filtered with one `avg_pool2d` over the stacked x and x^2. The
 arithmetic is in float64 when float64 is asked for and in float32 otherwise (it agrees with
-a float64 computation to about 1e-6; tests/test_data_patches.py checks both). `extract_patch_set` fills preallocated contiguous tensors
-for a whole list of pairs (sizes come from the image headers first, so nothing is
-concatenated and the peak memory is the result plus one image).
+a float64 computation to about 1e-6; tests/test_data_patches.py checks both).
+`extract_patch_set` fills preallocated contiguous tensors for a whole list of pairs (sizes
+come from the image headers first, so nothing is concatenated and the peak memory is the
+result plus one image).
 """
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """The one record type every database loader yields."""
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 
 @dataclass(frozen=True)
@@ -13,15 +12,15 @@ class StereoPair:
 
     name: str  # unique within its database (relative path of the distorted file)
     left: Path
-    right: Optional[Path]
+    right: Path | None
     score: float  # as the database gives it (DMOS or MOS)
     higher_is_better: bool  # False for DMOS (LIVE, demo), True for MOS (Waterloo)
     content: str  # reference scene id: splits never share one
     distortion: str  # 'jp2k', 'jpeg', 'wn', 'blur', 'ff', 'pristine', or the CSV's label
-    symmetric: Optional[bool] = None  # None where the database does not say
+    symmetric: bool | None = None  # None where the database does not say
     # (left, right) per-view scores on the pair's scale, where the database has them (the
     # demo's full-reference model; Waterloo-IVC's per-view MOS): Multi-score SIQA's targets
-    view_scores: Optional[tuple] = None
+    view_scores: tuple | None = None
 
     @property
     def files(self):

@@ -14,8 +14,6 @@ import math
 from collections import Counter
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
-
 from siqa.data.splits import scene_counts
 from siqa.errors import UserError, examples
 from siqa.imageio import check_image
