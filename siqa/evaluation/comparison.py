@@ -65,6 +65,7 @@ from siqa.evaluation.stats import (
     wilcoxon_signed_rank,
 )
 from siqa.files import atomic_write_text, read_json
+from siqa.runfolder import PREDICTIONS, SPLITS, RunFolder, SplitFolder
 
 DEFAULT_METRICS = ("srocc", "krocc", "plcc", "rmse", "plcc_logistic", "rmse_logistic")
 TITLES = {"srocc": "SROCC", "krocc": "KROCC", "plcc": "PLCC", "rmse": "RMSE",
@@ -110,19 +111,19 @@ def load_run(folder, label=None, split_dirs=None) -> Run:
     """A finished run folder (one split, or several with split_0 .. split_N-1; `split_dirs`:
     the split folders where they lie elsewhere, as the parts summarize.py merges)."""
     folder = Path(folder)
-    if not (folder / "splits.json").is_file():
-        raise UserError(f"{folder} is not a finished run folder of this version (no splits.json)")
-    doc = read_json(folder / "splits.json")
+    run = RunFolder(folder)
+    if not run.splits_file.is_file():
+        raise UserError(f"{folder} is not a finished run folder of this version (no {SPLITS})")
+    doc = read_json(run.splits_file)
     count = len(doc.get("splits", []))
-    dirs = [folder] if count == 1 else [folder / f"split_{r}" for r in range(count)]
-    dirs = [Path(d) for d in split_dirs] if split_dirs is not None else dirs
+    splits = run.splits(count) if split_dirs is None else [SplitFolder(d) for d in split_dirs]
     tests, preds, vals, known, distortions = [], [], [], {}, {}
-    for d in dirs:
-        if not (d / "metrics.json").is_file():
-            raise UserError(f"{d / 'metrics.json'} is missing: the run has not finished "
+    for split in splits:
+        if not split.metrics.is_file():
+            raise UserError(f"{split.metrics} is missing: the run has not finished "
                             "(finish it with train.py --resume)")
-        tests.append(read_json(d / "metrics.json")["test"])
-        test, val, rows = _recorded_rows(d / "predictions.csv", distortions)
+        tests.append(read_json(split.metrics)["test"])
+        test, val, rows = _recorded_rows(split.predictions, distortions)
         preds.append(test)
         vals.append(val)
         known.update(rows)
@@ -145,7 +146,7 @@ def check_same_splits(runs):
         if run.splits.get("folds") != base.splits.get("folds"):
             raise UserError(f"runs {base.folder} and {run.folder} were split differently "
                             f"({_design(base.splits)} vs {_design(run.splits)}): train both with "
-                            f"dataset.split_file={base.folder / 'splits.json'}")
+                            f"dataset.split_file={RunFolder(base.folder).splits_file}")
         a, b = base.splits["splits"], run.splits["splits"]
         if len(a) != len(b):
             raise UserError(f"runs {base.folder} and {run.folder} have {len(a)} and {len(b)} "
@@ -155,7 +156,7 @@ def check_same_splits(runs):
                 part = next(k for k in ("train", "val", "test") if sorted(sa[k]) != sorted(sb[k]))
                 raise UserError(f"runs {base.folder} and {run.folder} differ in split {r} "
                                 f"({part} scenes {sorted(sa[part])} vs {sorted(sb[part])}): train "
-                                f"both with dataset.split_file={base.folder / 'splits.json'}")
+                                f"both with dataset.split_file={RunFolder(base.folder).splits_file}")
 
 
 def check_same_scores(runs):
@@ -172,7 +173,7 @@ def check_same_scores(runs):
                     raise UserError(
                         f"runs {base.folder} and {run.folder} were trained on different scores: "
                         f"test pair {name} of split {r} has score {a:g} in one and {b:g} in the "
-                        "other (predictions.csv; DMOS vs MOS, or another scale?): compare runs "
+                        f"other ({PREDICTIONS}; DMOS vs MOS, or another scale?): compare runs "
                         "trained on the same labels")
 
 
@@ -354,7 +355,7 @@ def _variance_tests(base, run) -> list:
     for r, (pa, pb) in enumerate(zip(base.predictions, run.predictions)):
         if set(pa) != set(pb):
             raise UserError(f"split {r}: the test pairs of {base.folder} and {run.folder} "
-                            "differ (predictions.csv)")
+                            f"differ ({PREDICTIONS})")
         names = sorted(pa)
         res_a, res_b = _residuals(pa, names), _residuals(pb, names)
         if len(names) >= 3:

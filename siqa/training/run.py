@@ -35,7 +35,7 @@ from siqa.data.nss import nss_from_config
 from siqa.data.overlap import split_content_notes, split_identities
 from siqa.data.patches import pixel_statistics, whole_views
 from siqa.data.records import database_info
-from siqa.data.splits import read_split_file, splits_for_run, write_split_file
+from siqa.data.splits import splits_for_run, write_split_file
 from siqa.device import configure_numerics
 from siqa.errors import UserError
 from siqa.evaluation import protocol
@@ -65,6 +65,7 @@ from siqa.evaluation.reports import (
 from siqa.files import atomic_write_text, read_json
 from siqa.progress import Every, shown
 from siqa.progress import bar as progress_bar
+from siqa.runfolder import BEST, RunFolder, split_name
 from siqa.scoring import Scorer, predict_pairs
 from siqa.training import preempt
 from siqa.training.checkpoints import (
@@ -74,6 +75,7 @@ from siqa.training.checkpoints import (
     rank_states,
     reconcile_best,
     restore_rank_rng,
+    saved_epoch,
     seed_rank_stream,
 )
 from siqa.training.concurrent import finish, interleave
@@ -110,8 +112,12 @@ class Plan:
     def out_dir(self):
         return config_mod.run_dir_of(self.cfg)
 
-    def run_dir(self, r):
-        return self.out_dir if len(self.splits) == 1 else self.out_dir / f"split_{r}"
+    @property
+    def folder(self) -> RunFolder:
+        return RunFolder(self.out_dir)
+
+    def split_folder(self, r):
+        return self.folder.split(r, len(self.splits))
 
 
 def train(cfg, resume=False, dist=None, progress=True, log=print, changes=None):
@@ -133,8 +139,8 @@ def train(cfg, resume=False, dist=None, progress=True, log=print, changes=None):
     elif reports[0] is not None and dist.is_main:  # one split, tested (not a final fit)
         run = load_run(plan.out_dir)
         judged = judge(run)
-        metrics = read_json(plan.out_dir / "metrics.json")
-        write_json(plan.out_dir / "metrics.json", {**metrics, "learning": judged})
+        metrics = read_json(plan.folder.single.metrics)
+        write_json(plan.folder.single.metrics, {**metrics, "learning": judged})
         for line in per_distortion_lines(per_distortion(run)):
             log(line)
         log(judgement_line(judged, "this run"))
@@ -281,12 +287,14 @@ def train_splits(plan, resume, dist, progress, log) -> list:
     finished split of a resumed run is read back, not trained again."""
     reports = [None] * len(plan.splits)
     todo = []
+    epochs = plan.cfg["train"]["epochs"]
     for r in plan.chosen:
-        if resume and split_finished(plan.run_dir(r), plan.cfg["train"]["epochs"]):
-            reports[r] = json.loads((plan.run_dir(r) / "metrics.json").read_text())["test"]
+        split = plan.split_folder(r)
+        if resume and split.finished(epochs, saved_epoch):
+            reports[r] = json.loads(split.metrics.read_text())["test"]
         else:
             if resume:
-                check_extendable(plan.run_dir(r), plan.cfg["train"]["epochs"])
+                split.check_extendable(epochs)
             todo.append(r)
     mode = plan.cfg["train"]["concurrent_splits"] if len(todo) > 1 else False
     concurrent = bool(mode)
@@ -327,7 +335,7 @@ def write_summary(plan, reports, dist, started, log):
     summary = {**summarize(reports), "protocol": card}
     if split_doc.get("folds"):
         summary["pooled"] = pooled_out_of_fold(
-            plan.pairs, [plan.run_dir(r) / "predictions.csv" for r in range(len(plan.splits))],
+            plan.pairs, [split.predictions for split in plan.folder.splits(len(plan.splits))],
             split_doc["folds"])
         for rep in summary["pooled"]["repetitions"]:
             log(pooled_line(rep))
@@ -337,54 +345,27 @@ def write_summary(plan, reports, dist, started, log):
     for line in per_distortion_lines(summary["per_distortion"]):
         log(line)
     if split_doc.get("folds"):  # the pooled scatter, the epochs of a final fit (or why not)
-        save_pooled_scatter(run, plan.out_dir / "scatter.png")
+        save_pooled_scatter(run, plan.folder.scatter)
         summary["final_fit"] = final_fit_epochs(
-            [read_json(plan.run_dir(r) / "metrics.json") for r in range(len(plan.splits))],
+            [read_json(split.metrics) for split in plan.folder.splits(len(plan.splits))],
             summary["learning"])
         log(final_fit_line(summary["final_fit"]))
-    write_json(plan.out_dir / "summary.json", summary)
+    write_json(plan.folder.summary, summary)
     log(judgement_line(summary["learning"], "this run"))
-
-
-def split_finished(run_dir, epochs) -> bool:
-    """A split whose run reached `epochs` and was tested (resume skips it): its metrics.json,
-    with a last.pt of `epochs`, or without last.pt (train.keep_last=false deleted it once the
-    split was tested) the epochs its metrics.json records."""
-    if not (run_dir / "metrics.json").is_file():
-        return False
-    if (run_dir / "last.pt").is_file():
-        return load_checkpoint(run_dir / "last.pt")["epoch"] >= epochs
-    return tested_epochs(run_dir) >= epochs
-
-
-def tested_epochs(run_dir) -> int:
-    """The train.epochs of a tested split (its metrics.json)."""
-    return int(json.loads((run_dir / "metrics.json").read_text()).get("epochs", 0))
-
-
-def check_extendable(run_dir, epochs):
-    """UserError (one line), before --resume trains anything, for a tested split without its
-    last.pt (train.keep_last=false): a larger train.epochs cannot continue it."""
-    if (run_dir / "metrics.json").is_file() and not (run_dir / "last.pt").is_file():
-        raise UserError(f"--resume train.epochs={epochs}: {run_dir} was tested after "
-                        f"{tested_epochs(run_dir)} epochs and its last.pt deleted "
-                        "(train.keep_last=false), so it cannot be continued; train a new run "
-                        "(another out_dir=...)")
 
 
 def finished(cfg) -> bool:
     """Every split this run trains (train.splits, or all) reached train.epochs and was
-    tested, and a whole run of several splits wrote its summary. The splits are counted in
-    the run's own splits.json (k-fold: repeats x folds; a split file: its own count)."""
-    out_dir, epochs = config_mod.run_dir_of(cfg), cfg["train"]["epochs"]
-    if not (out_dir / "splits.json").is_file():  # no split has started
+    tested, and a whole run of several splits wrote its summary (siqa.runfolder). The splits
+    are counted in the run's own splits.json (k-fold: repeats x folds; a split file: its own
+    count)."""
+    folder = RunFolder(config_mod.run_dir_of(cfg))
+    if not folder.splits_file.is_file():  # no split has started
         return False
-    count = len(read_split_file(out_dir / "splits.json")["splits"])
-    if count == 1:
-        return split_finished(out_dir, epochs)
-    whole = cfg["train"]["splits"] is None
-    return (all(split_finished(out_dir / f"split_{r}", epochs) for r in chosen_splits(cfg, count))
-            and (not whole or (out_dir / "summary.json").is_file()))
+    count = folder.split_count()
+    chosen = [0] if count == 1 else chosen_splits(cfg, count)
+    return folder.finished(chosen, count, cfg["train"]["epochs"], saved_epoch,
+                           whole=cfg["train"]["splits"] is None)
 
 
 def release_freed_memory():
@@ -416,12 +397,13 @@ class SplitRun:
     def __init__(self, plan, r, dist, progress, log, concurrent=False):
         self.plan, self.r, self.dist, self.log, self.concurrent = plan, r, dist, log, concurrent
         self.cfg, self.t = plan.cfg, plan.cfg["train"]
-        self.run_dir = plan.run_dir(r)
+        self.folder = plan.split_folder(r)
+        self.run_dir = self.folder.path
         self.seed = self.t["seed"] + r
         self.show = shown(progress, dist.is_main)  # True (bars), Every(s) or False: siqa.progress
         self.pairs = {name: [plan.pairs[i] for i in plan.splits[r][name]] for name in PARTS}
         self.record = {**plan.record, "repeat": r, "started": time.perf_counter()}
-        self.run_name = tensorboard_name(plan.out_dir) + ("" if len(plan.splits) == 1 else f"/split_{r}")
+        self.run_name = tensorboard_name(plan.out_dir) + ("" if len(plan.splits) == 1 else f"/{split_name(r)}")
         self.names = {name: [p.name for p in self.pairs[name]] for name in PARTS}
         self.identities = split_identities(self.pairs)  # evaluation recognises these pairs by content
 
@@ -467,8 +449,8 @@ class SplitRun:
             # the whole run's config (train.splits: null): array tasks sharing out_dir write
             # the same file, and --resume without train.splits finishes every split
             whole = {**cfg, "train": {**t, "splits": None}}
-            atomic_write_text(self.plan.out_dir / "config.yaml", config_mod.dump(whole))
-            write_split_file(self.plan.out_dir / "splits.json", self.record["splits"])
+            atomic_write_text(self.plan.folder.config, config_mod.dump(whole))
+            write_split_file(self.plan.folder.splits_file, self.record["splits"])
         self.amp_dtype = amp_dtype_of(cfg, dist.device)
         torch.manual_seed(self.seed)
         self.model = build_model(cfg, dist.device)  # the same initial weights on every rank
@@ -523,13 +505,13 @@ class SplitRun:
         if dist.is_main:
             reconcile_best(run_dir)
         dist.barrier()
-        if not (run_dir / "last.pt").is_file():
+        if not self.folder.last.is_file():
             return
         # On the CPU whatever the device: the RNG states must stay CPU byte tensors;
         # load_state_dict moves the weights and the optimizer state to the device.
-        state = load_checkpoint(run_dir / "last.pt", map_location="cpu")
+        state = load_checkpoint(self.folder.last, map_location="cpu")
         if model_kwargs(self.cfg).get("nss_head") and "nss_head.weight" not in state["model"]:
-            raise UserError(f"--resume: {run_dir / 'last.pt'} has no NSS head: it was written "
+            raise UserError(f"--resume: {self.folder.last} has no NSS head: it was written "
                             f"before train.nss_weight had an effect on model.name={self.cfg['model']['name']} "
                             "(its recorded value was ignored); evaluate.py reads it, but a resume "
                             "would train another network: retrain")
@@ -595,7 +577,7 @@ class SplitRun:
                 self.best = {"epoch": epoch, "val": None, "train": train}
                 if self.dist.is_main:
                     self.pair.save_best(self._state(epoch, with_optimizer=False))
-            return " | no validation split: best.pt is the last epoch"
+            return f" | no validation split: {BEST} is the last epoch"
         pred = predict_pairs(self.model, self.data["val"], amp_dtype=self.amp_dtype, scorer=self.scorer)
         val = validation_report(pred, self.pairs["val"], self.plan.info)  # and the spread
         if better(val, self.best):
@@ -656,7 +638,7 @@ class SplitRun:
     def _test_best(self) -> dict:
         """Test the checkpoint with the best validation SROCC (model selection on validation
         only); write predictions.csv and metrics.json."""
-        best_state = load_checkpoint(self.run_dir / "best.pt", map_location="cpu")
+        best_state = load_checkpoint(self.folder.best, map_location="cpu")
         self.model.load_state_dict(best_state["model"])
         report = {"val": best_state["best"]["val"], "best_epoch": best_state["best"]["epoch"],
                   "epochs": self.t["epochs"]}
@@ -682,19 +664,19 @@ class SplitRun:
         split_of = {p.name: name for name in ("val", "test") for p in self.pairs[name]}
         csv_text = predictions_csv(self.pairs["val"] + self.pairs["test"],
                                    np.concatenate([val_pred, test_pred]), split_of)
-        atomic_write_text(self.run_dir / "predictions.csv", csv_text)
+        atomic_write_text(self.folder.predictions, csv_text)
         report["protocol"] = protocol.card(self.cfg, self.record["split_info"], self.dist.device,
                                            self.record["started"], [report["test"]],
                                            repeat=self.r, code=self.record["code"])
         report["protocol"]["resumes"] = self.resumes  # each resume: its epoch and changes
         if not self.pairs["val"]:
             report["protocol"]["selection"] = "none: the last epoch (no validation split)"
-        write_json(self.run_dir / "metrics.json", report)
+        write_json(self.folder.metrics, report)
         if not self.t["keep_last"]:  # tested: --resume now knows the split from metrics.json
-            (self.run_dir / "last.pt").unlink(missing_ok=True)
+            self.folder.last.unlink(missing_ok=True)
         self.logbook.close(report)
         if report["test"] is None:  # a final fit: every pair trained (or validated) on
-            self.log(f"no test split: best.pt is epoch {report['best_epoch']}, trained on "
+            self.log(f"no test split: {BEST} is epoch {report['best_epoch']}, trained on "
                      f"{report['pairs']['train']} pairs")
             for line in near_constant_lines(report):  # training (and validation) predictions
                 self.log(line)
