@@ -14,6 +14,7 @@ import torch
 from conftest import ROOT, python_path, run_entry, tiny_overrides
 from siqa import config
 from siqa.checkpoint import load_checkpoint, save_checkpoint
+from siqa.evaluation import selection
 from siqa.files import WriteFailed, atomic_write
 from siqa.training import run as runner
 
@@ -39,7 +40,7 @@ def same_weights(a, b):
 @pytest.fixture
 def every_epoch_better(monkeypatch):
     """Every validation improves: best.pt is written every epoch, also between two last.pt."""
-    monkeypatch.setattr(runner, "better", lambda val, best: True)
+    monkeypatch.setattr(selection, "better", lambda val, best: True)
 
 
 def test_a_kill_at_every_point_of_the_checkpoint_writes(tiny_manifest, tmp_path, monkeypatch,

@@ -38,7 +38,7 @@ from siqa.data.records import database_info
 from siqa.data.splits import splits_for_run, write_split_file
 from siqa.device import configure_numerics
 from siqa.errors import UserError
-from siqa.evaluation import protocol
+from siqa.evaluation import protocol, selection
 from siqa.evaluation.comparison import (
     judge,
     judgement_line,
@@ -383,14 +383,6 @@ def release_freed_memory():
         pass
 
 
-def better(val, best) -> bool:
-    """Whether validation metrics `val` beat the best so far (SROCC; an undefined SROCC never
-    wins over a defined one)."""
-    srocc = val.get("srocc")
-    return best is None or (srocc is not None and (best["val"].get("srocc") is None
-                                                   or srocc > best["val"]["srocc"]))
-
-
 class SplitRun:
     """Train, validate and test split `r` of `plan` (see the module docstring)."""
 
@@ -577,10 +569,10 @@ class SplitRun:
                 self.best = {"epoch": epoch, "val": None, "train": train}
                 if self.dist.is_main:
                     self.pair.save_best(self._state(epoch, with_optimizer=False))
-            return f" | no validation split: {BEST} is the last epoch"
+            return selection.NO_VALIDATION_LOG
         pred = predict_pairs(self.model, self.data["val"], amp_dtype=self.amp_dtype, scorer=self.scorer)
         val = validation_report(pred, self.pairs["val"], self.plan.info)  # and the spread
-        if better(val, self.best):
+        if selection.better(val, self.best):
             self.best = {"epoch": epoch, "val": val}
             if self.dist.is_main:
                 self.pair.save_best(self._state(epoch, with_optimizer=False))
@@ -670,7 +662,7 @@ class SplitRun:
                                            repeat=self.r, code=self.record["code"])
         report["protocol"]["resumes"] = self.resumes  # each resume: its epoch and changes
         if not self.pairs["val"]:
-            report["protocol"]["selection"] = "none: the last epoch (no validation split)"
+            report["protocol"]["selection"] = selection.NO_VALIDATION_RULE
         write_json(self.folder.metrics, report)
         if not self.t["keep_last"]:  # tested: --resume now knows the split from metrics.json
             self.folder.last.unlink(missing_ok=True)
