@@ -52,7 +52,8 @@ def _run(config_path, overrides, resume, cfg, out_dir):
 
     from siqa.progress import for_stream
     from siqa.training import distributed, preempt
-    from siqa.training.run import finished, train
+    from siqa.training.run import train
+    from siqa.training.schedule import finished
 
     cfg = config.load_config(config_path, overrides)
     changes = {}
