@@ -11,7 +11,7 @@ from conftest import needs_cuda, tiny_overrides
 from siqa import config as config_mod
 from siqa.checkpoint import load_checkpoint
 from siqa.errors import UserError
-from siqa.evaluation.comparison import judgement_line
+from siqa.evaluation.comparison_tables import judgement_line
 from siqa.evaluation.reports import final_fit_line
 from siqa.training import fused_runs, notes, split_run
 from siqa.training import run as runner

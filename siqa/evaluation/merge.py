@@ -29,13 +29,8 @@ from siqa.data import load_database_from_config
 from siqa.data.splits import document_sha256, pair_list_sha256
 from siqa.errors import UserError, counted
 from siqa.evaluation import protocol
-from siqa.evaluation.comparison import (
-    judge,
-    judgement_line,
-    load_run,
-    per_distortion,
-    per_distortion_lines,
-)
+from siqa.evaluation.comparison import judge, load_run, per_distortion
+from siqa.evaluation.comparison_tables import judgement_line, per_distortion_lines
 from siqa.evaluation.reports import (
     final_fit_epochs,
     final_fit_line,

@@ -17,14 +17,8 @@ import time
 
 from siqa import config as config_mod
 from siqa.evaluation import protocol
-from siqa.evaluation.comparison import (
-    judge,
-    judgement_line,
-    load_run,
-    per_distortion,
-    per_distortion_lines,
-    save_pooled_scatter,
-)
+from siqa.evaluation.comparison import judge, load_run, per_distortion, save_pooled_scatter
+from siqa.evaluation.comparison_tables import judgement_line, per_distortion_lines
 from siqa.evaluation.reports import (
     final_fit_epochs,
     final_fit_line,
