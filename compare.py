@@ -42,20 +42,20 @@ def main(argv):
     if args.label and len(args.label) != len(args.runs):
         raise UserError(f"{len(args.label)} --label for {len(args.runs)} runs: give one per run")
 
-    from siqa.evaluation import comparison
+    from siqa.evaluation import comparison, comparison_tables
 
     labels = args.label or [None] * len(args.runs)
     runs = [comparison.load_run(r, label) for r, label in zip(args.runs, labels)]
     result = comparison.compare(runs, args.metric or comparison.DEFAULT_METRICS, alpha=args.alpha,
                                 reference=args.reference)
-    text = comparison.tables(result, latex=args.latex, per_distortion=args.per_distortion)
+    text = comparison_tables.tables(result, latex=args.latex, per_distortion=args.per_distortion)
     if args.json:
         from siqa.evaluation.reports import write_json
 
         write_json(args.json, result)
     print(text, end="")
     if args.out:
-        written = comparison.write_outputs(args.out, result, latex=args.latex,
+        written = comparison_tables.write_outputs(args.out, result, latex=args.latex,
                                            per_distortion=args.per_distortion)
         print(f"written: {', '.join(str(p) for p in written)}")
     return 0

@@ -35,6 +35,7 @@ import torch
 
 from siqa.errors import UserError
 from siqa.files import atomic_write
+from siqa.runfolder import BEST, LAST, RunFolder
 
 DIGEST_KEY = "sha256"
 MAGIC = b"SIQA-CHECKPOINT-1\n"  # the first format: MAGIC, hex digest, newline, payload
@@ -87,14 +88,15 @@ def load_checkpoint(path, map_location="cpu", required=()) -> dict:
     missing = [key for key in required if key not in state]
     if missing:
         raise UserError(f"checkpoint {path} has no {', '.join(missing)}: "
-                        "use a best.pt or last.pt written by train.py")
+                        f"use a {BEST} or {LAST} written by train.py")
     return state
 
 
 def _give(folder) -> str:
     """What to give instead: the best.pt of the run folder `folder`, where there is one."""
-    inside = [p for p in (folder / "best.pt", folder / "split_0" / "best.pt") if p.is_file()]
-    return (f"give {inside[0]}" if inside else "give the best.pt (or last.pt) a run wrote")
+    run = RunFolder(folder)
+    inside = [p for p in (run.single.best, run.split_folder(0).best) if p.is_file()]
+    return (f"give {inside[0]}" if inside else f"give the {BEST} (or {LAST}) a run wrote")
 
 
 def _other_kind(head) -> str:

@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from siqa.errors import UserError
+from siqa.runfolder import CONFIG
 from siqa.settings import BY_KEY, FORMERLY, SETTINGS, choices_of, defaults
 
 # The checkout's config.yaml: edited, it changes the defaults of every run of this checkout
@@ -319,7 +320,7 @@ def resume_changes(saved, cfg) -> dict:
             continue
         if not BY_KEY[key].resume:
             more = " (train.epochs may only grow)" if key == "train.epochs" else ""
-            raise UserError(f"--resume continues the run as recorded in its config.yaml: {key}="
+            raise UserError(f"--resume continues the run as recorded in its {CONFIG}: {key}="
                             f"{now} differs from the recorded {was}{more}; start a new run "
                             f"(another out_dir=...) to change it. Settings that may change "
                             f"on resume: {', '.join(free)}, a larger train.epochs")

@@ -17,6 +17,8 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from siqa.runfolder import BEST, LAST, METRICS, SPLITS
+
 
 @dataclass(frozen=True)
 class Setting:
@@ -101,7 +103,7 @@ SETTINGS = (
             used_with="a run without dataset.split_file (the file's splits replace the ratios)"),
     Setting("dataset.split_seed", 0, "seed of the content splits (train.seed only seeds "
             "initialisation and patch order)"),
-    Setting("dataset.split_file", None, "a splits.json (of a run, or splits/<name>.json): train on "
+    Setting("dataset.split_file", None, f"a {SPLITS} (of a run, or splits/<name>.json): train on "
             "exactly its first train.repeats splits (k-fold files: repetitions of their folds)", path=True),
     Setting("dataset.demo_size", "small", "demo only: small = 128x96 views (short CPU run) | full "
             "= native 611x344 views (LIVE-I-sized), in data/demo_full", choices=("small", "full"),
@@ -175,12 +177,12 @@ SETTINGS = (
             "deterministic kernels (exact resume on CUDA)", value_type=bool, auto="device"),
     Setting("train.tf32", "auto", "auto (on for CUDA unless deterministic) | true | false: TF32 "
             "matmuls and convolutions on CUDA", value_type=bool, auto="device"),
-    Setting("train.checkpoint_every", 1, "write last.pt every k epochs (and after the last), from a "
-            "background copy", positive=True, resume="how often last.pt is written"),
-    Setting("train.keep_last", True, "false: delete a split's last.pt once it is tested "
-            "(metrics.json written; best.pt stays, --resume skips the split, but it can no longer "
+    Setting("train.checkpoint_every", 1, f"write {LAST} every k epochs (and after the last), from a "
+            "background copy", positive=True, resume=f"how often {LAST} is written"),
+    Setting("train.keep_last", True, f"false: delete a split's {LAST} once it is tested "
+            f"({METRICS} written; {BEST} stays, --resume skips the split, but it can no longer "
             "be extended with a larger train.epochs)",
-            resume="whether a tested split keeps its last.pt (disk only)"),
+            resume=f"whether a tested split keeps its {LAST} (disk only)"),
     Setting("train.scatter_every", 5, "TensorBoard scatter plot every k validations (and at the "
             "last)", positive=True),
     Setting("train.step", "auto", "auto (graph for one CUDA process, eager elsewhere) | eager | "

@@ -114,7 +114,7 @@ def test_first_format_still_loads(tmp_path):
 
 def test_best_pt_opens_with_plain_torch_load(tiny_manifest, tmp_path, one_torch_thread):
     """What a PyTorch user does with a best.pt/last.pt, without this project's loader. The
-    state is assembled as siqa/training/run.py does (model, SGD with momentum
+    state is assembled as siqa/training/split_run.py does (model, SGD with momentum
     after one step, StepLR, RNG states, the resolved config, validation metrics with numpy
     scalars in them, split)."""
     from siqa import config

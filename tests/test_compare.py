@@ -12,7 +12,8 @@ from conftest import make_tiny_database, run_entry, tiny_overrides
 from siqa.checkpoint import load_checkpoint
 from siqa.data.splits import content_splits, split_document, write_split_file
 from siqa.errors import UserError
-from siqa.evaluation.comparison import Run, compare, load_run, tables
+from siqa.evaluation.comparison import Run, compare, load_run
+from siqa.evaluation.comparison_tables import tables
 from siqa.evaluation.stats import holm, pitman_morgan, wilcoxon_signed_rank
 
 
@@ -295,7 +296,7 @@ def test_reference_leaderboard_and_its_files(tmp_path):
     runs best first with their medians and intervals, and goes to CSV and Markdown."""
     import csv as csv_mod
 
-    from siqa.evaluation.comparison import write_outputs
+    from siqa.evaluation.comparison_tables import write_outputs
 
     a = np.linspace(0.70, 0.80, 8)
     runs = three_runs({"ref": a, "x": a + 0.05, "y": a - 0.05})
@@ -471,7 +472,7 @@ def test_runs_that_learned_nothing_are_marked_and_never_win(tmp_path):
     constant predictor, every run is marked a non-learner (in the tables, the CSV and the
     JSON), no cell gets a * and no comparison names a winner; a run that learned, tested
     against one of them, is not called a winner either (its scene test would name it)."""
-    from siqa.evaluation.comparison import leaderboard_table, write_outputs
+    from siqa.evaluation.comparison_tables import leaderboard_table, write_outputs
 
     pairs = generated_pairs(tmp_path / "db")
     noise = [load_run(write_kfold_run(tmp_path / name, pairs, noise_around_the_mean))
@@ -617,7 +618,7 @@ def test_a_single_split_gives_a_description_not_a_verdict():
 def test_header_names_the_aggregate_the_leaderboard_prints(tmp_path):
     """k-fold: the pooled out-of-fold metrics (not a median the table does not give);
     random splits: the median over the splits."""
-    from siqa.evaluation.comparison import _header_line
+    from siqa.evaluation.comparison_tables import _header_line
 
     pairs = generated_pairs(tmp_path / "db")
     runs = [load_run(write_kfold_run(tmp_path / name, pairs, lambda y, rng: y + rng.normal(0, 3, y.size)))

@@ -11,8 +11,9 @@ from conftest import needs_cuda, tiny_overrides
 from siqa import config as config_mod
 from siqa.checkpoint import load_checkpoint
 from siqa.errors import UserError
-from siqa.evaluation.comparison import judgement_line
+from siqa.evaluation.comparison_tables import judgement_line
 from siqa.evaluation.reports import final_fit_line
+from siqa.training import fused_runs, notes, split_run
 from siqa.training import run as runner
 from siqa.training.concurrent import finish, interleave
 from siqa.training.distributed import Dist
@@ -101,7 +102,7 @@ def test_a_stopped_concurrent_run_resumes_to_the_same_end(runs, tiny_manifest, t
                                                          monkeypatch, one_torch_thread):
     """Stopped as split 1 starts its second epoch (both splits have written last.pt after
     epoch 1), resumed concurrently: every split ends as the uninterrupted sequential run."""
-    real = runner.epoch_steps
+    real = split_run.epoch_steps
     started = []
 
     def stopping(*args, **kw):
@@ -110,10 +111,10 @@ def test_a_stopped_concurrent_run_resumes_to_the_same_end(runs, tiny_manifest, t
             raise KeyboardInterrupt
         return (yield from real(*args, **kw))
 
-    monkeypatch.setattr(runner, "epoch_steps", stopping)
+    monkeypatch.setattr(split_run, "epoch_steps", stopping)
     with pytest.raises(KeyboardInterrupt):
         train(tiny_manifest, tmp_path, **{"train.concurrent_splits": True})
-    monkeypatch.setattr(runner, "epoch_steps", real)
+    monkeypatch.setattr(split_run, "epoch_steps", real)
     for r in range(SPLITS):
         assert load_checkpoint(tmp_path / "run" / f"split_{r}" / "last.pt")["epoch"] == 1
     train(tiny_manifest, tmp_path, resume=True, **{"train.concurrent_splits": True})
@@ -342,7 +343,7 @@ def test_a_fused_run_says_so_and_how_it_runs_on_the_cpu(runs):
 def stopped_in_epoch_2(tiny_manifest, work, monkeypatch, **extra):
     """A fused run stopped (as a kill would) in its second epoch, after every split wrote
     last.pt of epoch 1, then resumed; the resumed run's log."""
-    real = runner.FusedSplits.epoch
+    real = fused_runs.FusedSplits.epoch
     calls = []
 
     def stopping(self, *args, **kw):
@@ -351,10 +352,10 @@ def stopped_in_epoch_2(tiny_manifest, work, monkeypatch, **extra):
             raise KeyboardInterrupt
         return (yield from real(self, *args, **kw))
 
-    monkeypatch.setattr(runner.FusedSplits, "epoch", stopping)
+    monkeypatch.setattr(fused_runs.FusedSplits, "epoch", stopping)
     with pytest.raises(KeyboardInterrupt):
         train(tiny_manifest, work, **{"train.concurrent_splits": "fused", **extra})
-    monkeypatch.setattr(runner.FusedSplits, "epoch", real)
+    monkeypatch.setattr(fused_runs.FusedSplits, "epoch", real)
     for r in range(SPLITS):
         assert load_checkpoint(work / "run" / f"split_{r}" / "last.pt")["epoch"] == 1
     return train(tiny_manifest, work, resume=True, **{"train.concurrent_splits": "fused", **extra})
@@ -376,7 +377,7 @@ def test_a_stopped_fused_run_resumes_to_the_uninterrupted_end(runs, tiny_manifes
 def test_first_line_says_train_step_compile_does_not_compile_the_fused_rounds(tiny_manifest, tmp_path):
     cfg = config_mod.load_config(overrides=tiny_overrides(tiny_manifest, tmp_path, **{
         "train.repeats": 2, "train.concurrent_splits": "fused", "train.step": "compile"}))
-    line = runner.first_line(cfg, Dist(), {"tf32": False})
+    line = notes.first_line(cfg, Dist(), {"tf32": False})
     assert "step compile, splits fused (rounds eager, not compiled; scoring compiled)" in line
 
 
@@ -426,6 +427,6 @@ def test_fused_refusals_are_one_line_before_anything_is_written(tiny_manifest, t
 def test_fused_out_of_memory_is_one_line_naming_batch_splits_and_memory():
     err = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.50 GiB. GPU 0 has a "
                                       "total capacity of 139.81 GiB of which 1.2 GiB is free.")
-    line = runner.out_of_memory(err, 10, 128)
+    line = fused_runs.out_of_memory(err, 10, 128)
     assert "\n" not in line and "10 splits" in line and "train.batch_size=128" in line
     assert "Tried to allocate 2.50 GiB" in line and "--resume" in line

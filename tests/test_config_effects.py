@@ -7,7 +7,7 @@ from conftest import run_entry, tiny_overrides
 from siqa import config
 from siqa.errors import UserError
 from siqa.training.distributed import Dist
-from siqa.training.run import first_line
+from siqa.training.notes import first_line
 
 
 def _check(*overrides):

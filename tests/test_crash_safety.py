@@ -14,7 +14,9 @@ import torch
 from conftest import ROOT, python_path, run_entry, tiny_overrides
 from siqa import config
 from siqa.checkpoint import load_checkpoint, save_checkpoint
+from siqa.evaluation import selection
 from siqa.files import WriteFailed, atomic_write
+from siqa.training import checkpoints
 from siqa.training import run as runner
 
 
@@ -39,13 +41,13 @@ def same_weights(a, b):
 @pytest.fixture
 def every_epoch_better(monkeypatch):
     """Every validation improves: best.pt is written every epoch, also between two last.pt."""
-    monkeypatch.setattr(runner, "better", lambda val, best: True)
+    monkeypatch.setattr(selection, "better", lambda val, best: True)
 
 
 def test_a_kill_at_every_point_of_the_checkpoint_writes(tiny_manifest, tmp_path, monkeypatch,
                                                         every_epoch_better, one_torch_thread):
     ops, bests = [], {}
-    real_call = runner.BackgroundSaver.call
+    real_call = checkpoints.BackgroundSaver.call
 
     def recording(self, fn, *args):  # the reference run: every write, in order
         ops.append((fn.__name__, args[0].name if fn is save_checkpoint else ""))
@@ -53,7 +55,7 @@ def test_a_kill_at_every_point_of_the_checkpoint_writes(tiny_manifest, tmp_path,
             bests[args[1]["epoch"]] = args[1]["model"]
         return real_call(self, fn, *args)
 
-    monkeypatch.setattr(runner.BackgroundSaver, "call", recording)
+    monkeypatch.setattr(checkpoints.BackgroundSaver, "call", recording)
     want = train(tiny_manifest, tmp_path / "whole")
     want_best = model_of(tmp_path / "whole" / "run" / "best.pt")
     # backup, best 1, best 2, last 2, unlink, backup, best 3, best 4, last 4, unlink
@@ -70,13 +72,13 @@ def test_a_kill_at_every_point_of_the_checkpoint_writes(tiny_manifest, tmp_path,
                 return real_call(self, killed)
             return real_call(self, fn, *args)
 
-        monkeypatch.setattr(runner.BackgroundSaver, "call", dying)
+        monkeypatch.setattr(checkpoints.BackgroundSaver, "call", dying)
         work = tmp_path / f"kill{k}"
         with pytest.raises(Killed):
             train(tiny_manifest, work)
         run = work / "run"
-        monkeypatch.setattr(runner.BackgroundSaver, "call", real_call)
-        done = runner.reconcile_best(run)
+        monkeypatch.setattr(checkpoints.BackgroundSaver, "call", real_call)
+        done = checkpoints.reconcile_best(run)
         restored += done == "restored"
         if (run / "last.pt").is_file() and load_checkpoint(run / "last.pt")["best"] is not None:
             best_epoch = load_checkpoint(run / "last.pt")["best"]["epoch"]

@@ -15,6 +15,7 @@ from siqa import config as config_mod
 from siqa.checkpoint import load_checkpoint, restore_rng, rng_state
 from siqa.device import configure_numerics, select_device
 from siqa.errors import UserError
+from siqa.training import checkpoints, plan, split_run
 from siqa.training import run as runner
 from siqa.training.distributed import Dist
 from siqa.training.logbook import Logbook
@@ -93,7 +94,7 @@ def test_checkpoint_every_k_then_resume_on_cpu_whatever_the_device(whole_run, ti
     exactly as the uninterrupted run. The resume never maps last.pt onto the training
     device: a loader that sends every device-mapped load to 'meta' (as map_location=<the
     GPU> left the RNG states on the GPU, where set_rng_state cannot take them) still resumes."""
-    real_epoch = runner.epoch_steps
+    real_epoch = split_run.epoch_steps
     calls = []
 
     def stopped_in_epoch_3(*args, **kw):
@@ -102,20 +103,20 @@ def test_checkpoint_every_k_then_resume_on_cpu_whatever_the_device(whole_run, ti
             raise KeyboardInterrupt
         return (yield from real_epoch(*args, **kw))
 
-    monkeypatch.setattr(runner, "epoch_steps", stopped_in_epoch_3)
+    monkeypatch.setattr(split_run, "epoch_steps", stopped_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
         run(tiny_cfg(tiny_manifest, tmp_path, **EXTRA))
-    monkeypatch.setattr(runner, "epoch_steps", real_epoch)
+    monkeypatch.setattr(split_run, "epoch_steps", real_epoch)
     assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 2  # not 1, not 3
 
-    real_load = runner.load_checkpoint
+    real_load = split_run.load_checkpoint
     seen = []
 
     def load_as_on_gpu(path, map_location="cpu", **kw):
         seen.append(map_location)
         return real_load(path, map_location="meta" if map_location != "cpu" else "cpu", **kw)
 
-    monkeypatch.setattr(runner, "load_checkpoint", load_as_on_gpu)
+    monkeypatch.setattr(split_run, "load_checkpoint", load_as_on_gpu)
     lines = run(tiny_cfg(tiny_manifest, tmp_path, **EXTRA), resume=True)
     assert any("after epoch 2" in line for line in lines)
     assert seen and all(m == "cpu" for m in seen)
@@ -136,8 +137,8 @@ def test_a_graph_runs_optimizer_state_resumes_as_this_runs_own(tiny_manifest, tm
 
     save_checkpoint(tmp_path / "run" / "last.pt", state)
     seen = []
-    real_step = runner.TrainStep
-    monkeypatch.setattr(runner, "TrainStep",
+    real_step = split_run.TrainStep
+    monkeypatch.setattr(split_run, "TrainStep",
                         lambda mode, model, optimizer, *a, **kw: seen.append(optimizer) or
                         real_step(mode, model, optimizer, *a, **kw))
     run(tiny_cfg(tiny_manifest, tmp_path, **{"train.epochs": 1}), resume=True)  # finished: skipped
@@ -164,7 +165,7 @@ def test_load_optimizer_state_keeps_the_saved_numbers():
     saved = captured.state_dict()
     v = torch.nn.Parameter(torch.zeros(3))
     eager = torch.optim.SGD([v], lr=1.0, momentum=0.5)
-    runner.load_optimizer_state(eager, saved)
+    split_run.load_optimizer_state(eager, saved)
     group = eager.param_groups[0]
     assert group["lr"] == 0.25 and type(group["lr"]) is float
     assert (group["momentum"], group["weight_decay"]) == (0.9, 0.01)
@@ -178,8 +179,8 @@ def test_concurrent_splits_tell_their_step_so(tiny_manifest, tmp_path, monkeypat
     then leaves out the compiler's CUDA graphs, siqa.scoring.compile_mode); one split alone
     does not."""
     flags = []
-    real_step = runner.TrainStep
-    monkeypatch.setattr(runner, "TrainStep",
+    real_step = split_run.TrainStep
+    monkeypatch.setattr(split_run, "TrainStep",
                         lambda *a, concurrent=False, **kw: flags.append(concurrent) or real_step(*a, **kw))
     run(tiny_cfg(tiny_manifest, tmp_path / "a", **{"train.epochs": 1, "train.repeats": 2,
                                                    "train.concurrent_splits": True}))
@@ -192,12 +193,12 @@ def test_resume_from_an_older_single_state_checkpoint():
     torch.manual_seed(5)
     old = rng_state()
     want = torch.rand(4)
-    assert runner.restore_rank_rng(old, Dist(), seed=0, epoch=1)
+    assert checkpoints.restore_rank_rng(old, Dist(), seed=0, epoch=1)
     assert torch.equal(torch.rand(4), want)
 
 
 def test_background_saver_writes_in_order_and_reports_a_failed_write(tmp_path):
-    saver = runner.BackgroundSaver()
+    saver = checkpoints.BackgroundSaver()
     weights = torch.arange(4.0)
     saver.save(tmp_path / "a.pt", {"w": weights})
     weights += 100  # training goes on: the checkpoint keeps the state at save time
@@ -223,9 +224,9 @@ def test_nss_precompute_gets_the_device_with_its_index(tiny_manifest, tmp_path, 
         seen["device"] = device
         raise Stop
 
-    monkeypatch.setattr(runner, "nss_from_config", fake_nss)
+    monkeypatch.setattr(plan, "nss_from_config", fake_nss)
     # the switches a CUDA run would set, without setting them in this process
-    monkeypatch.setattr(runner, "configure_numerics",
+    monkeypatch.setattr(plan, "configure_numerics",
                         lambda *a: {"deterministic": True, "tf32": False})
     with pytest.raises(Stop):
         runner.train(tiny_cfg(tiny_manifest, tmp_path), dist=Dist(device=torch.device("cuda", 1)),

@@ -198,7 +198,7 @@ def test_the_recipe_answer_is_told_once_the_same_way():
     normalisation give the same plateau (about 100 epochs on the demo) and point to the
     section; no page, README line or log note says the recipe was not seen to learn."""
     from siqa import config
-    from siqa.training.run import recipe_plateau_note
+    from siqa.training.notes import recipe_plateau_note
 
     section = (ROOT / "docs" / "decisions.md").read_text().split("## Does the paper's recipe learn?")[1]
     section = section.split("\n## ")[0]

@@ -5,7 +5,7 @@ import pytest
 
 from conftest import tiny_overrides
 from siqa import config as config_mod
-from siqa.evaluation.comparison import per_distortion_lines
+from siqa.evaluation.comparison_tables import per_distortion_lines
 from siqa.evaluation.evaluate import evaluate_run
 from siqa.evaluation.reports import SUMMARY_KEYS, pooled_line
 from siqa.files import read_json

@@ -2,7 +2,7 @@
 
 The reference is each split trained alone, one after another, by siqa.training.step.epoch_steps
 (TrainStep, eager) with torch.optim.SGD / Adam, dropout drawn from the global generator
-continuing after the split's initialisation: what siqa.training.run.SplitRun runs.
+continuing after the split's initialisation: what siqa.training.split_run.SplitRun runs.
 
 Tiny data, real networks: split sizes 48, 20 and 36 patches at batch 16, so every epoch has
 

@@ -9,15 +9,8 @@ import pytest
 
 from conftest import tiny_overrides
 from siqa import config as config_mod
-from siqa.evaluation.comparison import (
-    compare,
-    judge,
-    judgement_line,
-    leaderboard_table,
-    load_run,
-    per_distortion,
-    per_distortion_lines,
-)
+from siqa.evaluation.comparison import compare, judge, load_run, per_distortion
+from siqa.evaluation.comparison_tables import judgement_line, leaderboard_table, per_distortion_lines
 from siqa.files import read_json
 from siqa.training import run as runner
 from siqa.training.distributed import Dist

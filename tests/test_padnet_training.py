@@ -133,15 +133,16 @@ def test_every_epoch_trains_on_its_own_crops_of_the_training_views(tmp_path, mon
     training pairs' views (not the grid's six crops, not the previous epoch's)."""
     from siqa import config
     from siqa.training import run as runner
+    from siqa.training import split_run
 
     manifest = make_tiny_database(tmp_path / "db", scenes=5, levels=1, size=(300, 260))
-    seen, real_order = [], runner.epoch_order
+    seen, real_order = [], split_run.epoch_order
 
     def order(num_patches, seed, epoch, rank=0, world=1):  # called right after the crops
         seen.append((epoch, seed, num_patches))
         return real_order(num_patches, seed, epoch, rank, world)
 
-    real_fill = runner.fill_random_crops
+    real_fill = split_run.fill_random_crops
 
     def fill(data, views, size, seed, epoch):
         real_fill(data, views, size, seed, epoch)
@@ -149,8 +150,8 @@ def test_every_epoch_trains_on_its_own_crops_of_the_training_views(tmp_path, mon
         assert torch.equal(data.left, expect[0]) and torch.equal(data.right, expect[1])
         seen.append(("crops", epoch, data.left.clone(), [tuple(v[0].shape) for v in views]))
 
-    monkeypatch.setattr(runner, "epoch_order", order)
-    monkeypatch.setattr(runner, "fill_random_crops", fill)
+    monkeypatch.setattr(split_run, "epoch_order", order)
+    monkeypatch.setattr(split_run, "fill_random_crops", fill)
     cfg = config.load_config(overrides=tiny_overrides(manifest, tmp_path, **{
         "model.name": "padnet", "dataset.split": "[0.6,0.2,0.2]", "train.batch_size": 2}))
     runner.train(cfg, progress=False, log=lambda *a: None)

@@ -9,6 +9,7 @@ from conftest import tiny_overrides
 from siqa import config as config_mod
 from siqa import progress
 from siqa.training import run as runner
+from siqa.training import split_run
 from siqa.training.distributed import Dist
 
 
@@ -72,5 +73,5 @@ def test_a_run_logged_to_a_file_shows_its_preparation_and_first_epoch(
 
 @pytest.mark.parametrize("mode,expected", [(progress.Every(10), False), (True, True), (False, False)])
 def test_later_epochs_show_progress_only_on_a_terminal(mode, expected):
-    assert (runner.first_epoch(mode, 0, 0) == mode)
-    assert bool(runner.first_epoch(mode, 3, 0)) is expected
+    assert (split_run.first_epoch(mode, 0, 0) == mode)
+    assert bool(split_run.first_epoch(mode, 3, 0)) is expected

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from siqa.config import load_config
-from siqa.evaluation import protocol
+from siqa.evaluation import protocol, selection
 
 
 def test_config_hash_is_canonical_and_changes_with_any_key():
@@ -53,7 +53,7 @@ def test_card_fields(tmp_path):
     assert card["seeds"] == {"split": 3, "init_and_order": [4]}
     assert card["logistic"]["converged"] is False and card["logistic"]["mapping"] == "linear"
     assert "5-parameter" in card["logistic"]["function"]
-    assert card["selection"] == protocol.SELECTION_RULE
+    assert card["selection"] == selection.RULE
     assert card["versions"]["torch"] == torch.__version__ and "cuda" not in card["versions"]
     assert card["wall_time_s"] >= 2.0
     assert card["cpu_threads"] == torch.get_num_threads() >= 1

@@ -147,7 +147,7 @@ def test_waterloo_headerless_public_table(tmp_path, phase):
     assert [p.view_scores for p in pairs] == [(float(r[3]), float(r[4])) for r in rows]
     assert all(p.view_scores[0] == p.view_scores[1] for p in pairs if p.distortion == "pristine")
     from siqa.config import load_config
-    from siqa.training.run import check_model_inputs
+    from siqa.training.preflight import check_model_inputs
 
     cfg = load_config(overrides=["model.name=multiscore", f"dataset.name={name}"])
     assert check_model_inputs(cfg, pairs).needs_view_scores  # multiscore trains on Waterloo

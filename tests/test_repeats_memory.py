@@ -5,13 +5,13 @@ import weakref
 
 from conftest import tiny_overrides
 from siqa import config
-from siqa.training import checkpoints
+from siqa.training import checkpoints, split_run
 from siqa.training import run as runner
 
 
 def test_nothing_of_a_finished_split_stays_alive(tiny_manifest, tmp_path, monkeypatch, one_torch_thread):
     kept = []
-    real_build, real_copy = runner.build_model, checkpoints.cpu_copy
+    real_build, real_copy = split_run.build_model, checkpoints.cpu_copy
 
     def build(cfg, device):
         model = real_build(cfg, device)
@@ -26,7 +26,7 @@ def test_nothing_of_a_finished_split_stays_alive(tiny_manifest, tmp_path, monkey
     import threading
 
     before = set(threading.enumerate())  # writers of other tests' savers are not this run's
-    monkeypatch.setattr(runner, "build_model", build)
+    monkeypatch.setattr(split_run, "build_model", build)
     monkeypatch.setattr(checkpoints, "cpu_copy", copy)
     cfg = config.load_config(overrides=tiny_overrides(tiny_manifest, tmp_path, **{
         "train.repeats": 3, "train.epochs": 1}))

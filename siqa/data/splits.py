@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 from pathlib import Path
 
 import numpy as np
@@ -341,19 +340,3 @@ def splits_for_run(pairs, cfg):
     splits = content_splits(pairs, ratios=tuple(ds["split"]), seed=seed, repeats=t["repeats"])
     return splits, split_document(pairs, splits, ds["name"], seed, ds["split"])
 
-
-def run_members(folder):
-    """(the folders of the splits the run tested, in split order; the names of those it did
-    not). A run of one split is its own folder; a run of several names them in splits.json,
-    or else by its split_<r> folders."""
-    folder = Path(folder)
-    if (folder / "best.pt").is_file() or (folder / "metrics.json").is_file():
-        candidates = [folder]
-    elif (folder / "splits.json").is_file():
-        count = len(read_split_file(folder / "splits.json")["splits"])
-        candidates = [folder / f"split_{r}" for r in range(count)]
-    else:
-        found = [p for p in folder.glob("split_*") if re.fullmatch(r"split_\d+", p.name) and p.is_dir()]
-        candidates = sorted(found, key=lambda p: int(p.name.split("_")[1]))
-    done = [d for d in candidates if (d / "metrics.json").is_file() and (d / "best.pt").is_file()]
-    return done, [d.name for d in candidates if d not in done]

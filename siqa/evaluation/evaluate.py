@@ -19,7 +19,7 @@ from siqa import config as config_mod
 from siqa.build import load_model, read_checkpoint
 from siqa.data import load_database_from_config
 from siqa.data.overlap import evaluation_pairs
-from siqa.data.splits import read_split_file, run_members
+from siqa.data.splits import read_split_file
 from siqa.device import select_device, use_run_threads
 from siqa.errors import UserError, counted
 from siqa.evaluation import protocol
@@ -37,6 +37,7 @@ from siqa.evaluation.reports import (
     write_json,
 )
 from siqa.files import atomic_write_text
+from siqa.runfolder import BEST, METRICS, SPLIT_PLACEHOLDER, RunFolder, SplitFolder
 from siqa.scoring import predict_database
 
 
@@ -70,13 +71,15 @@ def evaluate(checkpoint, overrides=(), split="test", out=None, progress=True, lo
         report = score_report(pairs, pred, state["database"])  # spread: on the scale it learnt
         # MOS against DMOS, as --matrix: 1 means agreement
         report["oriented"] = oriented(pred, pairs, state["database"]["higher_is_better"])
-        out = Path(out) if out else Path(checkpoint).parent / f"eval_{cfg['dataset']['name']}_{split}"
-        write_json(out / "metrics.json", {split: report, "evaluated": chosen.describe(),
-                                          "dropped_seen_pairs": chosen.dropped,
-                                          "protocol": protocol.evaluation_card(
-                                              cfg, checkpoint, device, started, report, pairs)})
-        atomic_write_text(out / "predictions.csv", predictions_csv(pairs, pred, {p.name: split for p in pairs}))
-        save_scatter_png(out / "scatter.png", pred, [p.score for p in pairs],
+        out = (Path(out) if out else
+               SplitFolder(Path(checkpoint).parent).evaluation(cfg["dataset"]["name"], split))
+        written = SplitFolder(out)  # laid out as a split's reports
+        write_json(written.metrics, {split: report, "evaluated": chosen.describe(),
+                                     "dropped_seen_pairs": chosen.dropped,
+                                     "protocol": protocol.evaluation_card(
+                                         cfg, checkpoint, device, started, report, pairs)})
+        atomic_write_text(written.predictions, predictions_csv(pairs, pred, {p.name: split for p in pairs}))
+        save_scatter_png(written.scatter, pred, [p.score for p in pairs],
                          [p.distortion for p in pairs],
                          title=f"{cfg['dataset']['name']} ({split}, {counted(len(pairs), 'pair')})")
         log(f"{split}: {counted(len(pairs), 'pair')}, SROCC {fmt_metric(report['srocc'])} PLCC "
@@ -88,7 +91,7 @@ def evaluate(checkpoint, overrides=(), split="test", out=None, progress=True, lo
             trained = "MOS" if state["database"]["higher_is_better"] else "DMOS"
             log(f"note: the checkpoint predicts {trained}, the database gives the other: oriented "
                 f"SROCC {fmt_metric(report['oriented']['srocc'])} PLCC "
-                f"{fmt_metric(report['oriented']['plcc'])} (metrics.json: oriented)")
+                f"{fmt_metric(report['oriented']['plcc'])} ({METRICS}: oriented)")
         return report, out, split
 
 
@@ -100,36 +103,37 @@ def evaluate_run(folder, overrides=(), split="test", out=None, progress=True, lo
     the pooled out-of-fold report. A run of one split is its one evaluation. Returns the
     summary (None for one split)."""
     folder = Path(folder)
-    done, left_out = run_members(folder)
+    run = RunFolder(folder)
+    done, left_out = run.members()
     if not done:
-        raise UserError(f"{folder} holds no tested split (a split_<r>/ or the folder itself with "
-                        "best.pt and metrics.json): finish the run (python train.py --resume "
+        raise UserError(f"{folder} holds no tested split (a {SPLIT_PLACEHOLDER}/ or the folder itself with "
+                        f"{BEST} and {METRICS}): finish the run (python train.py --resume "
                         f"out_dir={folder}) or give a checkpoint file")
     if done == [folder]:
-        evaluate(folder / "best.pt", overrides, split, out, progress, log)
+        evaluate(run.single.best, overrides, split, out, progress, log)
         return None
     scored = []
     for d in done:
         def say(line, name=d.name):
             log(f"{name}: {line}")
-        scored.append(evaluate(d / "best.pt", overrides, split, Path(out) / d.name if out else None,
+        scored.append(evaluate(SplitFolder(d).best, overrides, split, Path(out) / d.name if out else None,
                                progress, say))
-    run_out = Path(out) if out else folder / scored[0][1].name
+    run_out = RunFolder(Path(out) if out else folder / scored[0][1].name)  # laid out as a run's
     summary = {**summarize([report for report, _, _ in scored]),
                "evaluated": [str(d) for d in done], "left_out": left_out}
-    doc = read_split_file(folder / "splits.json")
+    doc = read_split_file(run.splits_file)
     if doc.get("folds") and not left_out and all(part == "test" for _, _, part in scored):
-        state = read_checkpoint(done[0] / "best.pt", required=("config",))
+        state = read_checkpoint(SplitFolder(done[0]).best, required=("config",))
         cfg = config_mod.load_config(overrides=overrides, base=state["config"])
         summary["pooled"] = pooled_out_of_fold(load_database_from_config(cfg, progress=progress),
-                                               [o / "predictions.csv" for _, o, _ in scored],
+                                               [SplitFolder(o).predictions for _, o, _ in scored],
                                                doc["folds"])
         save_pooled_scatter(load_run(folder, split_dirs=[o for _, o, _ in scored]),
-                            run_out / "scatter.png")
-    write_json(run_out / "summary.json", summary)
+                            run_out.scatter)
+    write_json(run_out.summary, summary)
     log(f"{counted(len(done), 'split')} of {folder}: SROCC median "
         f"{fmt_metric((summary['srocc'] or {}).get('median'))} PLCC median "
-        f"{fmt_metric((summary['plcc'] or {}).get('median'))} -> {run_out / 'summary.json'}"
+        f"{fmt_metric((summary['plcc'] or {}).get('median'))} -> {run_out.summary}"
         + (f" ({', '.join(left_out)} not tested yet: left out)" if left_out else ""))
     for rep in (summary.get("pooled") or {}).get("repetitions", []):
         log(pooled_line(rep))

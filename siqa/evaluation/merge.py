@@ -29,13 +29,8 @@ from siqa.data import load_database_from_config
 from siqa.data.splits import document_sha256, pair_list_sha256
 from siqa.errors import UserError, counted
 from siqa.evaluation import protocol
-from siqa.evaluation.comparison import (
-    judge,
-    judgement_line,
-    load_run,
-    per_distortion,
-    per_distortion_lines,
-)
+from siqa.evaluation.comparison import judge, load_run, per_distortion
+from siqa.evaluation.comparison_tables import judgement_line, per_distortion_lines
 from siqa.evaluation.reports import (
     final_fit_epochs,
     final_fit_line,
@@ -46,6 +41,7 @@ from siqa.evaluation.reports import (
     write_json,
 )
 from siqa.files import atomic_write_text, read_json
+from siqa.runfolder import SPLITS, SUMMARY, RunFolder, SplitFolder
 
 # Config keys that may differ between the parts of one run: where each task writes, and
 # where caches and logs go. Anything else (threads, device, learning rate, ...) changes
@@ -60,18 +56,19 @@ def split_folders(run_dirs) -> tuple:
     doc = source = None
     found = {}
     for folder in dict.fromkeys(Path(d).resolve() for d in run_dirs):
-        if not (folder / "splits.json").is_file():
-            raise UserError(f"{folder} is not a run folder (no splits.json)")
-        this = read_json(folder / "splits.json")
+        run = RunFolder(folder)
+        if not run.splits_file.is_file():
+            raise UserError(f"{folder} is not a run folder (no {SPLITS})")
+        this = read_json(run.splits_file)
         if doc is None:
             doc, source = this, folder
         elif document_sha256(this) != document_sha256(doc):
             raise UserError(f"{source} and {folder} were trained on different splits (their "
-                            "splits.json differ): they are not parts of one run")
+                            f"{SPLITS} differ): they are not parts of one run")
         count = len(this["splits"])
-        for r in range(count):
-            d = folder if count == 1 else folder / f"split_{r}"
-            if not (d / "metrics.json").is_file():
+        for r, split in enumerate(run.splits(count)):
+            d = split.path
+            if not split.metrics.is_file():
                 continue  # not this task's split, or not finished
             if r in found and found[r].resolve() != d.resolve():
                 raise UserError(f"split {r} is in both {found[r]} and {d}: give each split once")
@@ -82,7 +79,7 @@ def split_folders(run_dirs) -> tuple:
         raise UserError(f"split(s) {listed} of {len(doc['splits'])} are not finished in "
                         f"{', '.join(str(Path(d)) for d in run_dirs)}: train them with "
                         f"train.splits=[{listed}] (or finish them with --resume)")
-    return doc, source / "splits.json", found
+    return doc, RunFolder(source).splits_file, found
 
 
 def _comparable(cfg) -> dict:
@@ -99,12 +96,13 @@ def merged_summary(run_dirs, out_dir, log=print) -> dict:
     source = doc_path.parent
     count = len(doc["splits"])
     if count == 1:
-        raise UserError("a run of one split has no summary.json: there is nothing to merge")
-    metrics = {r: read_json(found[r] / "metrics.json") for r in range(count)}
+        raise UserError(f"a run of one split has no {SUMMARY}: there is nothing to merge")
+    split = {r: SplitFolder(found[r]) for r in range(count)}
+    metrics = {r: read_json(split[r].metrics) for r in range(count)}
     cards = {r: m.get("protocol") for r, m in metrics.items()}
     for r, card in cards.items():
         if not card or card["splits"].get("repeat") != r:
-            raise UserError(f"{found[r] / 'metrics.json'} has no protocol card of split {r}: "
+            raise UserError(f"{split[r].metrics} has no protocol card of split {r}: "
                             "written by another version")
     base = _comparable(cards[0]["config"])
     for r in range(1, count):
@@ -136,7 +134,7 @@ def merged_summary(run_dirs, out_dir, log=print) -> dict:
             raise UserError(f"the database of {found[0]} ({cfg['dataset']['name']}) is not the "
                             "one the run was trained on (pair-list hash differs)")
         summary["pooled"] = pooled_out_of_fold(
-            pairs, [found[r] / "predictions.csv" for r in range(count)], doc["folds"])
+            pairs, [split[r].predictions for r in range(count)], doc["folds"])
         for rep in summary["pooled"]["repetitions"]:
             log(pooled_line(rep))
     run = load_run(source, split_dirs=[found[r] for r in range(count)])
@@ -165,17 +163,18 @@ def merge(run_dirs, out=None, log=print) -> Path:
     out = Path(out)
     summary = merged_summary(run_dirs, out, log=log)
     out.mkdir(parents=True, exist_ok=True)
+    merged = RunFolder(out)
     doc_path = split_folders(run_dirs)[1]
-    if not (out / "splits.json").is_file():
-        atomic_write_text(out / "splits.json", doc_path.read_text())
-    if not (out / "config.yaml").is_file():
-        atomic_write_text(out / "config.yaml", config_mod.dump(summary["protocol"]["config"]))
+    if not merged.splits_file.is_file():
+        atomic_write_text(merged.splits_file, doc_path.read_text())
+    if not merged.config.is_file():
+        atomic_write_text(merged.config, config_mod.dump(summary["protocol"]["config"]))
     for r, source in enumerate(summary["merged_from"]):
-        link = out / f"split_{r}"
+        link = merged.split_folder(r).path
         if not link.exists():
             os.symlink(Path(source).resolve(), link, target_is_directory=True)
-    write_json(out / "summary.json", summary)
+    write_json(merged.summary, summary)
     median = {k: fmt_metric((summary[k] or {}).get("median")) for k in ("srocc", "plcc")}
     log(f"{counted(summary['repeats'], 'split')} merged: SROCC median {median['srocc']}, PLCC median "
-        f"{median['plcc']} -> {out / 'summary.json'}")
-    return out / "summary.json"
+        f"{median['plcc']} -> {merged.summary}")
+    return merged.summary

@@ -11,7 +11,7 @@ Every `metrics.json` and `summary.json` of a run carries it under the key "proto
                 SHA-256 of the split document the run used (siqa.data.splits), the hash of
                 the pair list, which split of how many
     seeds       the split seed and the initialisation / patch-order seed of each split
-    selection   how the tested checkpoint was chosen
+    selection   how the tested checkpoint was chosen (siqa.evaluation.selection)
     logistic    the mapping fitted before PLCC/RMSE "after the logistic" (non-decreasing),
                 its parameters, and whether the fit on the test set converged (or fell
                 back to a straight line with a non-negative slope, or flat, and why)
@@ -34,10 +34,10 @@ import numpy
 import scipy
 
 from siqa.data.splits import document_sha256, scene_table
+from siqa.evaluation import selection
 from siqa.evaluation.metrics import NEAR_CONSTANT_RULE
 from siqa.files import sha256_file
 
-SELECTION_RULE = "best validation SROCC, test evaluated once"
 LOGISTIC = ("q(x) = b1 * (0.5 - 1 / (1 + exp(b2 * (x - b3)))) + b4 * x + b5 (the 5-parameter form "
             "of Sheikh et al. 2006), non-decreasing: b1, b2, b4 >= 0; one bounded least-squares fit "
             "(scipy curve_fit, trust-region reflective) from a data-driven start, no search over "
@@ -138,7 +138,7 @@ def card(cfg, split_info, device, started, test_reports, repeat=None, code=None)
         "splits": {**split_info, "repeat": repeat},
         "seeds": {"split": split_info.get("seed", t["seed"]),
                   "init_and_order": [t["seed"] + r for r in indices]},
-        "selection": SELECTION_RULE,
+        "selection": selection.RULE,
         "model": model_card(cfg),
         "device": device_name(device),
         "cpu_threads": _threads(),
@@ -173,7 +173,7 @@ def evaluation_card(cfg, checkpoint, device, started, report, pairs) -> dict:
         "checkpoint_sha256": sha256_file(checkpoint),
         "evaluated": {"pairs": len(pairs), "scenes": len(scene_table(pairs)),
                       "pairs_sha256": hashlib.sha256(names).hexdigest()},
-        "selection": SELECTION_RULE + " (at training time)",
+        "selection": selection.RULE + " (at training time)",
         "logistic": logistic_status(report),
         "predictions": spread_status(report),
         "device": device_name(device),

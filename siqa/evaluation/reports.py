@@ -27,6 +27,7 @@ from siqa.evaluation.stats import (
     median_interval,
 )
 from siqa.files import atomic_write_text
+from siqa.runfolder import BEST
 
 BOOTSTRAP_SEED = 0
 
@@ -114,7 +115,7 @@ def score_report(pairs, predictions, database=None) -> dict:
 def near_constant_lines(report) -> list:
     """A warning line for each part of a run's report ("train": a final fit's, "val",
     "test") whose predictions are near constant."""
-    names = {"train": "the training predictions (best.pt, a final fit)",
+    names = {"train": f"the training predictions ({BEST}, a final fit)",
              "val": "the validation predictions (best epoch)", "test": "the test predictions"}
     return ["warning: " + near_constant_message(report[part]["spread"], what)
             for part, what in names.items()

@@ -1,7 +1,7 @@
 """The model of a run folder: the mean of its splits' best.pt (after k-fold, the fold models).
 
     siqa.load("runs/mine-kfold")                 a run folder, not a checkpoint file
-      -> run_members: every split the run tested, in split order: split_<r>/ holding its
+      -> RunFolder.members: every split the run tested, in split order: split_<r>/ holding its
          metrics.json (written once the split's best.pt is tested) and best.pt; a run of
          one split is the folder itself. Splits not tested yet are left out and named.
       -> each best.pt loaded as siqa.load loads one (a StereoIQA each)
@@ -27,28 +27,29 @@ from pathlib import Path
 
 import numpy as np
 
-from siqa.data.splits import read_split_file, run_members
+from siqa.data.splits import read_split_file
 from siqa.errors import UserError
+from siqa.runfolder import BEST, METRICS, SPLIT_PLACEHOLDER, RunFolder, SplitFolder
 
 
 def load_run(folder, load_checkpoint) -> FoldEnsemble:
     """The FoldEnsemble of a run folder; `load_checkpoint(path)` loads one best.pt (siqa.load
     with the caller's device). UserError (one line) for a folder without a tested split."""
     folder = Path(folder)
-    done, left_out = run_members(folder)
+    done, left_out = RunFolder(folder).members()
     if not done:
-        raise UserError(f"{folder} holds no finished split (a split_<r>/ or the folder itself with "
-                        "best.pt and metrics.json, written once a split is tested): finish the run "
+        raise UserError(f"{folder} holds no finished split (a {SPLIT_PLACEHOLDER}/ or the folder itself with "
+                        f"{BEST} and {METRICS}, written once a split is tested): finish the run "
                         f"(python train.py --resume out_dir={folder}) or give a checkpoint file")
-    members = [load_checkpoint(d / "best.pt") for d in done]
-    names = [d.name if d != folder else "best.pt" for d in done]
+    members = [load_checkpoint(SplitFolder(d).best) for d in done]
+    names = [d.name if d != folder else BEST for d in done]
     return FoldEnsemble(members, names, source=str(folder), left_out=left_out,
                         design=describe_design(folder))
 
 
 def describe_design(folder) -> str:
     """'k-fold, 5 folds x 2 repetitions' / '3 random splits' from a run's splits.json ('' if none)."""
-    path = Path(folder) / "splits.json"
+    path = RunFolder(folder).splits_file
     if not path.is_file():
         return ""
     doc = read_split_file(path)
@@ -106,10 +107,10 @@ class FoldEnsemble:
     def describe_members(self) -> str:
         """One line: which models are averaged (predict.py's header)."""
         design = f", {self.design}" if self.design else ""
-        if self.splits == ["best.pt"]:  # a run of one split: its folder holds the one model
-            return f"one model ({self.name}{design}): the best.pt of {self.source}"
+        if self.splits == [BEST]:  # a run of one split: its folder holds the one model
+            return f"one model ({self.name}{design}): the {BEST} of {self.source}"
         line = (f"mean of {len(self.members)} model{'s' if len(self.members) > 1 else ''} "
-                f"({self.name}{design}): the best.pt of {', '.join(self.splits)} in {self.source}")
+                f"({self.name}{design}): the {BEST} of {', '.join(self.splits)} in {self.source}")
         if self.left_out:
             line += f"; not tested yet, left out: {', '.join(self.left_out)}"
         return line

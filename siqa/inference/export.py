@@ -40,6 +40,7 @@ from siqa.errors import UserError
 from siqa.files import WriteFailed, writer_tag
 from siqa.inference.api import NearConstantWarning, load
 from siqa.models import DEFAULT
+from siqa.runfolder import BEST, SPLIT_PLACEHOLDER
 
 FORMATS = ("onnx", "torchscript")
 INPUTS = ("left", "right")
@@ -111,7 +112,7 @@ def export(checkpoint, fmt, out, batch="dynamic", check=True) -> ExportResult:
                             f"{'s' if len(missing) > 1 else ''}: pip install {' '.join(missing)}")
     if Path(checkpoint).is_dir():
         raise UserError(f"checkpoint {checkpoint} is a run folder: export.py exports one network, "
-                        "give one split's best.pt (RUN/best.pt or RUN/split_<r>/best.pt); "
+                        f"give one split's {BEST} (RUN/{BEST} or RUN/{SPLIT_PLACEHOLDER}/{BEST}); "
                         "the mean of a run's splits is scored with siqa.load or predict.py")
     with warnings.catch_warnings():  # said once in the result, not before a refusal below
         warnings.simplefilter("ignore", NearConstantWarning)

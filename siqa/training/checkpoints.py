@@ -12,12 +12,12 @@ import os
 import queue
 import shutil
 import threading
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from siqa.checkpoint import load_checkpoint, map_tensors, restore_rng, save_checkpoint
+from siqa.runfolder import SplitFolder
 
 
 def seed_rank_stream(seed, rank):
@@ -50,9 +50,6 @@ def cpu_copy(state):
     return map_tensors(state, lambda x: x.detach().to("cpu", copy=True))
 
 
-BEST_BACKUP = ".best-at-last.pt"  # best.pt as it was when last.pt was written
-
-
 class BestLastPair:
     """Writes best.pt and last.pt (through `saver`, in order) so that a resume always finds
     the best.pt that goes with its last.pt.
@@ -67,23 +64,23 @@ class BestLastPair:
     """
 
     def __init__(self, run_dir, saver):
-        self.run_dir, self.saver = Path(run_dir), saver
+        self.folder, self.saver = SplitFolder(run_dir), saver
         self.backed_up = False
 
     def save_best(self, state):
         if not self.backed_up:
-            self.saver.call(_backup_best, self.run_dir)
+            self.saver.call(_backup_best, self.folder)
             self.backed_up = True
-        self.saver.save(self.run_dir / "best.pt", state)
+        self.saver.save(self.folder.best, state)
 
     def save_last(self, state):
-        self.saver.save(self.run_dir / "last.pt", state)
-        self.saver.call(_unlink, self.run_dir / BEST_BACKUP)
+        self.saver.save(self.folder.last, state)
+        self.saver.call(_unlink, self.folder.best_backup)
         self.backed_up = False
 
 
-def _backup_best(run_dir):
-    best, backup = run_dir / "best.pt", run_dir / BEST_BACKUP
+def _backup_best(folder):
+    best, backup = folder.best, folder.best_backup
     _unlink(backup)
     if best.is_file():
         try:
@@ -99,13 +96,18 @@ def _unlink(path):
         pass
 
 
+def saved_epoch(path) -> int:
+    """The epoch after which the checkpoint `path` was written."""
+    return load_checkpoint(path)["epoch"]
+
+
 def reconcile_best(run_dir):
     """Before resuming: make best.pt the one that goes with last.pt (see BestLastPair).
     Returns what was done: None, "restored" (the older best.pt put back) or "removed" (a
     best.pt newer than a last.pt without any best, or without a last.pt: the resumed run
     writes it again)."""
-    run_dir = Path(run_dir)
-    best, backup, last = run_dir / "best.pt", run_dir / BEST_BACKUP, run_dir / "last.pt"
+    folder = SplitFolder(run_dir)
+    best, backup, last = folder.best, folder.best_backup, folder.last
     last_best = load_checkpoint(last)["best"] if last.is_file() else None
     best_epoch = load_checkpoint(best)["epoch"] if best.is_file() else None
     done = None

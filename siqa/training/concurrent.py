@@ -1,7 +1,7 @@
 """Several content splits trained at once in one process (train.concurrent_splits).
 
 A split's run is a generator that yields after every training step
-(siqa.training.run.SplitRun.steps, siqa.training.step.epoch_steps). `interleave` advances the runs in
+(siqa.training.split_run.SplitRun.steps, siqa.training.step.epoch_steps). `interleave` advances the runs in
 turn, one step each, until every one has returned:
 
     round 1: split 0 step, split 1 step, ..., split N-1 step

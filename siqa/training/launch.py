@@ -14,6 +14,7 @@ from pathlib import Path
 from siqa import config
 from siqa.errors import UserError, counted
 from siqa.files import RunLock, remove_dead_temporaries
+from siqa.runfolder import CONFIG, RunFolder, split_name
 
 
 def launch(config_path, overrides, resume=False) -> int:
@@ -25,7 +26,7 @@ def launch(config_path, overrides, resume=False) -> int:
     locks = []
     if os.environ.get("RANK", "0") == "0":  # one job per run folder (rank 0 is the writer)
         # array tasks sharing out_dir (train.splits) each own the folders of their splits
-        parts = ([f"split_{r}" for r in cfg["train"]["splits"]]
+        parts = ([split_name(r) for r in cfg["train"]["splits"]]
                  if cfg["train"]["splits"] is not None else [None])
         try:
             for part in parts:
@@ -51,7 +52,8 @@ def _run(config_path, overrides, resume, cfg, out_dir):
 
     from siqa.progress import for_stream
     from siqa.training import distributed, preempt
-    from siqa.training.run import finished, train
+    from siqa.training.run import train
+    from siqa.training.schedule import finished
 
     cfg = config.load_config(config_path, overrides)
     changes = {}
@@ -83,7 +85,7 @@ def _run(config_path, overrides, resume, cfg, out_dir):
     except preempt.Preempted as stopped:  # every rank stops; rank 0 says how to go on
         preempt.stopping()  # a second signal from here on ends the process, quietly
         launcher = "torchrun --nproc_per_node=N " if dist.world > 1 else "python "
-        if dist.is_main and (out_dir / "config.yaml").is_file():
+        if dist.is_main and RunFolder(out_dir).config.is_file():
             print(f"{stopped}: {out_dir} holds its last completed epoch; resume with: "
                   f"{launcher}train.py --resume out_dir={out_dir}", file=sys.stderr, flush=True)
         elif dist.is_main:
@@ -103,23 +105,20 @@ def recorded_config(out_dir) -> dict:
     absolute ones) taken from the folder the run was made from where that is known (the run
     folder less its relative out_dir), else from here; UserError naming the absolute folder
     where there is none."""
-    if not (out_dir / "config.yaml").is_file():
-        raise UserError(f"nothing to resume in {Path(out_dir).resolve()} (no config.yaml); "
+    folder = RunFolder(out_dir)
+    if not folder.config.is_file():
+        raise UserError(f"nothing to resume in {Path(out_dir).resolve()} (no {CONFIG}); "
                         "check out_dir")
-    saved = config.load_config(out_dir / "config.yaml")
+    saved = config.load_config(folder.config)
     return config.absolute_paths(saved, config.made_in(out_dir, saved))
 
 
 def refuse_existing_run(cfg, out_dir):
     """UserError where a new run would write over a run's files (array tasks sharing out_dir
     with train.splits: over their own splits' files)."""
-    if cfg["train"]["splits"] is not None:
-        for d in [out_dir, *(out_dir / f"split_{r}" for r in cfg["train"]["splits"])]:
-            if any((d / name).exists() for name in ("last.pt", "metrics.json")):
-                raise UserError(f"{d} already holds a run: add --resume to continue it, "
-                                f"or choose another out_dir=...")
-    elif any((out_dir / name).exists() for name in ("config.yaml", "last.pt", "metrics.json")):
-        raise UserError(f"{out_dir} already holds a run: add --resume to continue it, "
+    held = RunFolder(out_dir).occupied(cfg["train"]["splits"])
+    if held is not None:
+        raise UserError(f"{held} already holds a run: add --resume to continue it, "
                         f"or choose another out_dir=...")
 
 
