@@ -96,6 +96,21 @@ def test_config_file_overrides_and_its_errors(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
+@pytest.mark.parametrize("content, problem", [
+    (b"train: [1,\n", "line 2, column 1"),  # PyYAML: "expected ',' or ']'", the line it gave up on
+    (b"'", "line 1, column 2"),
+    (b"\xff\xfe", "not UTF-8 text"),
+])
+def test_a_config_file_that_is_not_yaml_is_one_line_naming_the_file_and_where(tmp_path, content,
+                                                                               problem):
+    path = tmp_path / "broken.yaml"
+    path.write_bytes(content)
+    with pytest.raises(UserError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert "\n" not in message and str(path) in message and problem in message, message
+
+
 def test_override_without_equals_is_an_error():
     with pytest.raises(UserError, match="key.sub=value"):
         parse_overrides(["train.epochs"])

@@ -1,6 +1,7 @@
 """Property tests: malformed manifests (predict.py --manifest, python -m siqa.nss) and
-malformed configs (files and key=value overrides) give a result or a UserError, never
-another exception (which an entry point would print as a traceback)."""
+malformed configs (files and key=value overrides) give a result or a UserError of one line
+naming the file (or the key) at fault, never another exception (which an entry point would
+print as a traceback)."""
 import string
 
 import yaml
@@ -27,6 +28,24 @@ def csv_texts(draw):
     return text
 
 
+def assert_names_the_culprit(err, *culprits):
+    """A UserError is one line naming one of the culprits (a file's name, an override)."""
+    message = str(err).strip()
+    assert message and "\n" not in message, message
+    named = [form for c in culprits for form in (c, c.split("=")[0], c.split("=")[0].strip())]
+    assert any((c and c in message) or repr(c) in message for c in named), (message, culprits)
+
+
+def dotted_keys(tree, prefix=""):
+    """Every key of a nested config document, dotted, with the sections above it."""
+    keys = []
+    for key, value in tree.items():
+        keys.append(f"{prefix}{key}")
+        if isinstance(value, dict):
+            keys += dotted_keys(value, f"{prefix}{key}.")
+    return keys
+
+
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
@@ -43,7 +62,7 @@ def test_predict_manifest_gives_pairs_or_user_error(tmp_path, text, encoding):
     try:
         read_manifest(path)
     except UserError as err:
-        assert "\n" not in str(err).strip() or str(path) in str(err)
+        assert_names_the_culprit(err, path.name)
 
 
 @SETTINGS
@@ -55,8 +74,8 @@ def test_nss_pairs_csv_gives_pairs_or_user_error(tmp_path, text):
     path.write_text(text, errors="replace")
     try:
         read_pairs_csv(path)
-    except UserError:
-        pass
+    except UserError as err:
+        assert_names_the_culprit(err, path.name)
 
 
 SCHEMA = config.load_config()
@@ -88,8 +107,8 @@ def test_config_file_gives_a_config_or_user_error(tmp_path, doc, raw, text):
     path.write_text(text if raw else yaml.safe_dump(doc))
     try:
         config.load_config(path)
-    except UserError:
-        pass
+    except UserError as err:  # a file that is not a mapping: the file; a bad entry: its key
+        assert_names_the_culprit(err, path.name, *([] if raw else dotted_keys(doc)))
 
 
 @SETTINGS
@@ -101,5 +120,5 @@ def test_config_file_gives_a_config_or_user_error(tmp_path, doc, raw, text):
 def test_overrides_give_a_config_or_user_error(overrides):
     try:
         config.load_config(overrides=overrides)
-    except UserError:
-        pass
+    except UserError as err:
+        assert_names_the_culprit(err, *overrides)
