@@ -428,8 +428,8 @@ def write_kfold_run(folder, pairs, predict, folds=5):
 def test_runs_trained_on_other_labels_are_refused(tmp_path):
     """The same images and names scored as DMOS and as 100 - DMOS (MOS) give the same split
     file; the scores the runs recorded for their test pairs differ, and compare.py refuses
-    them in one line naming both folders and a pair (it used to rank the MOS run against
-    its own labels and scene-test it against the DMOS ones)."""
+    them in one line naming both folders and a pair (ranked, the MOS run would be scored
+    against its own labels and scene-tested against the DMOS ones)."""
     dmos = generated_pairs(tmp_path / "db")
     mos = generated_pairs(tmp_path / "db", mos=True)
     assert [p.name for p in dmos] == [p.name for p in mos] and dmos[0].score != mos[0].score
@@ -445,8 +445,8 @@ def test_runs_trained_on_other_labels_are_refused(tmp_path):
 
 
 def test_runs_with_other_fold_counts_are_told_the_setting_that_differs():
-    """5 folds against 3 folds used to be told to match train.repeats; the message names
-    protocol.folds (and the design, for k-fold against random splits)."""
+    """5 folds against 3 folds: the message names protocol.folds, not train.repeats (and
+    the design, for k-fold against random splits)."""
     runs = synthetic_runs(np.linspace(0.7, 0.8, 5), np.linspace(0.7, 0.8, 5))
     runs[0].splits = {**runs[0].splits, "folds": 5}
     runs[1].splits = {**runs[1].splits, "folds": 3, "splits": runs[1].splits["splits"][:3]}

@@ -47,7 +47,7 @@ def test_a_key_the_run_uses_passes(overrides):
 
 
 def test_train_refuses_a_manifest_without_dataset_name_csv(tiny_manifest, tmp_path):
-    """Issue 22, finding 3: this trained and tested on the demo, exit 0."""
+    """A manifest with the default dataset.name is refused, not a silent run on the demo."""
     proc = run_entry("train.py", f"dataset.manifest={tiny_manifest}", "train.epochs=1",
                      f"out_dir={tmp_path / 'run'}", f"nss.cache_dir={tmp_path / 'cache'}",
                      f"tensorboard.dir={tmp_path / 'tb'}", cwd=tmp_path)
@@ -73,7 +73,7 @@ def one_epoch(tiny_manifest, tmp_path_factory):
 
 
 def test_resume_refuses_a_changed_setting(one_epoch):
-    """Issue 22, finding 4: lr and nss_weight changed on resume were taken silently."""
+    """lr and nss_weight changed on resume are refused in one line naming both values."""
     before = (one_epoch / "metrics.json").read_bytes()
     proc = run_entry("train.py", f"out_dir={one_epoch}", "--resume", "train.epochs=2",
                      "train.lr=0.01", "train.nss_weight=0")

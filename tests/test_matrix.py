@@ -76,8 +76,8 @@ def _seen_names(work):
 
 
 def test_matrix_recognises_its_database_by_a_relative_manifest_path(checkpoint, tmp_path):
-    """Issue 22, finding 1: the run was given an absolute manifest path; the same manifest by
-    a relative path scored all pairs, training pairs included, unmarked."""
+    """The run was given an absolute manifest path; the same manifest by a relative path is
+    the same database: its training pairs are marked, not scored as unseen."""
     work, manifest = checkpoint
     relative = manifest.relative_to(work)  # db/manifest.csv, from the run's work folder
     proc = run_entry("evaluate.py", "--matrix", "--checkpoint", work / "run" / "best.pt",

@@ -11,8 +11,8 @@ from siqa.checkpoint import load_checkpoint, save_checkpoint
 
 def test_evaluate_recognises_its_database_by_a_relative_manifest_path(checkpoint, tiny_manifest,
                                                                       tmp_path):
-    """Issue 22, finding 1 (evaluate.py): the run was given an absolute manifest path; the
-    same manifest by a relative path was 'another database' and all its pairs were scored."""
+    """evaluate.py: the run was given an absolute manifest path; the same manifest by a
+    relative path is the same database, not 'another database' with all its pairs scored."""
     cwd = tiny_manifest.parent.parent
     relative = os.path.relpath(tiny_manifest, cwd)
     proc = run_entry("evaluate.py", "--checkpoint", checkpoint, f"dataset.manifest={relative}",
@@ -34,7 +34,7 @@ def test_split_all_is_refused_on_a_database_with_training_pairs(checkpoint, tiny
 
 @pytest.mark.parametrize("identity", ["name", "content"])
 def test_the_demo_is_its_database_with_root_null_or_data_demo(checkpoint, tmp_path, identity):
-    """Issue 22, finding 1 (the demo): the checkpoint stores `root: null`, the user passes
+    """The demo: the checkpoint stores `root: null`, the user passes
     `data/demo`; both are the same 372 pairs. A demo checkpoint is made from the tiny run's
     weights and a content split of the demo (as old, name-only, or with content hashes)."""
     from siqa.data import load_database

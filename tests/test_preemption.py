@@ -145,8 +145,8 @@ def test_sigterm_to_torchrun_stops_every_rank_then_resumes_exactly(tiny_manifest
 
 def test_a_second_sigterm_while_stopping_ends_the_run_without_a_traceback(tmp_path):
     """SIGTERM, then another while the stopped run shuts down (here: in
-    distributed.teardown, where it used to raise a second Preempted out of the process with
-    a traceback): the one line of the first stop, exit 143, nothing else on stderr. The
+    distributed.teardown, where a second Preempted must not leave the process with a
+    traceback): the one line of the first stop, exit 143, nothing else on stderr. The
     first signal is sent by train (replaced: no data, no training), the second by teardown."""
     script = (
         "import signal, sys, runpy\n"
