@@ -5,7 +5,7 @@
 # own torch, and runs the whole suite.
 #
 #   bash scripts/check_pythons.sh                      # every Python found, the whole suite
-#   bash scripts/check_pythons.sh --pythons "3.12 3.13" --tests "tests/test_model.py"
+#   bash scripts/check_pythons.sh --pythons "3.12 3.13" --tests "tests/test_bourbia2021.py"
 #   bash scripts/check_pythons.sh --keep               # keep the clones (and their .venv)
 #
 # Interpreters are looked up as python3.X on PATH, then ~/.pyenv/versions/3.X.*/bin/python.
