@@ -226,6 +226,12 @@ def choices_of(setting) -> tuple:
     return setting.choices() if callable(setting.choices) else setting.choices
 
 
+def setting_choices(key) -> tuple:
+    """The values a key takes, from its declaration: the one list the code that acts on them
+    checks against."""
+    return tuple(choices_of(BY_KEY[key]))
+
+
 def comment(setting, recipes) -> str:
     """config.yaml's comment of a setting: its doc, the choices the doc does not name, and for
     a recipe key each network's paper value."""

@@ -273,3 +273,13 @@ def test_train_lists_every_setting_with_its_default_values_and_meaning(capsys):
     epochs = " ".join(text.split("train.epochs = auto\n", 1)[1].split("\ntrain.")[0].split())
     assert "auto: the network's recipe (paper: bourbia2021 500" in epochs
     assert "values: a positive integer | auto;" in epochs
+
+
+def test_the_patch_constants_cover_exactly_the_declared_normalisations():
+    """PATCH_C holds a number for each name patches.normalisation takes (the scoring API and
+    export read it): a normalisation declared without its C, or a C without its declaration,
+    fails here, not in a user's run."""
+    from siqa.data.inputs import PATCH_C
+    from siqa.settings import setting_choices
+
+    assert tuple(PATCH_C) == setting_choices("patches.normalisation")

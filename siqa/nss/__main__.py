@@ -10,10 +10,11 @@ import numpy as np
 from siqa.errors import UserError, counted, examples, run_cli
 from siqa.files import atomic_write
 from siqa.imageio import check_image
+from siqa.settings import setting_choices
 
-# kept equal to siqa.nss.features (not imported here so that --help does not load torch)
-MARGINALS = ("mle0", "scipy_free_loc")
-PREPROCESS = ("reference", "global")
+# from the declaration, as siqa.nss.features reads them (which would load torch for --help)
+MARGINALS = setting_choices("nss.marginal")
+PREPROCESS = setting_choices("nss.preprocess")
 PARAMETERS = ("a_R", "scale_R", "Sigma_RR", "Sigma_RL", "Sigma_LR", "Sigma_LL")
 
 

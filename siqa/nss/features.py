@@ -86,12 +86,13 @@ import numpy as np
 import torch
 
 from siqa.nss.transform import COMPUTED_ORIENTATIONS, Workspace, dtcwt_squared_magnitudes_torch
+from siqa.settings import setting_choices
 
 LEVELS = 3
 N_SUBBANDS = 6 * LEVELS
 N_FEATURES = 6 * N_SUBBANDS
-MARGINALS = ("mle0", "scipy_free_loc")
-PREPROCESS = ("reference", "global")
+MARGINALS = setting_choices("nss.marginal")
+PREPROCESS = setting_choices("nss.preprocess")
 # logs of exact zeros; only reached when delta < 1e-12 (a subband of round-off only) or censor_k = 0
 MAG_FLOOR = 1e-12
 CENSOR_K = 3e-3

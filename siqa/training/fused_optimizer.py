@@ -34,7 +34,9 @@ import math
 import torch
 from torch import nn
 
-OPTIMIZERS = ("sgd", "adam")
+from siqa.settings import setting_choices
+
+OPTIMIZERS = setting_choices("train.optimizer")
 
 
 def dense_strides(t, skip=0):

@@ -28,8 +28,9 @@ import torch.nn.functional as F
 from siqa.data.inputs import SplitData
 from siqa.errors import UserError
 from siqa.scoring import Scorer, compile_mode
+from siqa.settings import setting_choices
 
-STEP_MODES = ("auto", "eager", "compile", "graph")
+STEP_MODES = setting_choices("train.step")
 GRAPH_WARMUP_STEPS = 3  # eager steps on a side stream before capture (PyTorch's CUDA-graph recipe)
 
 
