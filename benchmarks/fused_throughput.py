@@ -48,14 +48,15 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from siqa.config import load_config  # noqa: E402
 from siqa.data.inputs import SplitData  # noqa: E402
 from siqa.device import configure_numerics, select_device  # noqa: E402
 from siqa.models import MODELS  # noqa: E402
 from siqa.training.fused import FusedSplits  # noqa: E402
-from siqa.training.step import TrainStep, epoch_order  # noqa: E402
+from siqa.training.step import TrainStep, epoch_order, make_optimizer  # noqa: E402
 
-NSS_WEIGHT = 25.0
-SGD = {"lr": 1e-3, "momentum": 0.9, "weight_decay": 1e-4}
+# the paper's recipe as train.py resolves it (SGD, lr 1e-3, momentum 0.9, weight decay 1e-4, NSS weight 25)
+PAPER = load_config(overrides=["model.name=bourbia2021", "train.profile=paper"])["train"]
 PARTIAL_BASE = 4  # full batches every split has (the LIVE-I splits' 611, scaled down)
 LIVE1_SPLITS = ROOT / "splits" / "live3d_phase1.json"
 LIVE1_PATCHES_PER_PAIR, LIVE1_BATCH = 364, 128
@@ -120,7 +121,7 @@ def timed(fns, warmup, min_seconds, device):
 def fused_splits(k, device, amp, step="eager"):
     models, generators = networks(k, device)
     extra = {"step": step} if step != "eager" else {}
-    return FusedSplits(models, generators, optimizer="sgd", nss_weight=NSS_WEIGHT, amp_dtype=amp, **SGD, **extra)
+    return FusedSplits.from_train_config(models, generators, PAPER, amp_dtype=amp, **extra)
 
 
 def live1_rounds(k, batch):
@@ -165,8 +166,8 @@ def sequential_rate(k, args, device, amp):
     steps = []
     for model in models:
         model.train()
-        optimizer = torch.optim.SGD(model.parameters(), **SGD)
-        steps.append(TrainStep("eager", model, optimizer, args.batch, NSS_WEIGHT, amp))
+        optimizer = make_optimizer(model, PAPER)
+        steps.append(TrainStep("eager", model, optimizer, args.batch, PAPER["nss_weight"], amp))
     batches = [[epoch_order(len(d.left), r, 0).to(device)[t * args.batch : (t + 1) * args.batch]
                 for r, d in enumerate(datas)] for t in range(PARTIAL_BASE)]
 
@@ -209,7 +210,7 @@ def ops_table(ks, args, device):
     torch.manual_seed(0)
     data = synthetic_split(args.batch, 100, device)
     model = networks(1, device)[0][0]
-    step = TrainStep("eager", model, torch.optim.SGD(model.parameters(), **SGD), args.batch, NSS_WEIGHT)
+    step = TrainStep("eager", model, make_optimizer(model, PAPER), args.batch, PAPER["nss_weight"])
     idx = epoch_order(args.batch, 0, 0)
     step(data, idx)
     eager = count_ops(lambda: step(data, idx))

@@ -31,9 +31,10 @@ variant per call this way).
 step train.py runs: siqa.training.step.TrainStep / joint_loss with the network's own spec, on
 synthetic patches of its own size and channels (32x32 grey for bourbia2021, 32x32 RGB for
 multiscore and stereoqanet, 256x256 RGB crops for padnet) and targets of its own outputs
-(per-view scores for multiscore; NSS targets, weight 25, for bourbia2021 only). Optimizer:
-SGD (lr 1e-3, momentum 0.9, weight decay 1e-4) as for the paper's network, Adam over its own
-parameter groups for padnet (its authors' recipe). Batch 128 patch pairs, except padnet:
+(per-view scores for multiscore; NSS targets for bourbia2021 only). Optimizer, learning rate,
+weight decay and NSS weight: the network's paper recipe as train.py resolves it (SGD with NSS
+weight 25 for the paper's network, Adam over its own parameter groups for padnet; the timings
+do not depend on the rates). Batch 128 patch pairs, except padnet:
 4 crops a step on the CPU (a 256x256 RGB crop costs over 100 times a 32x32 patch; --batch sets
 it). Only the timed steps' patches are held for the other networks; the original loop,
 validation and epoch projections are the paper's network's alone.
@@ -59,7 +60,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 PAIRS, PATCHES_PER_PAIR, VAL_PAIRS, BATCH = 365, 364, 73, 128
 DEFAULT_MODEL = "bourbia2021"
 CPU_BATCH = {"padnet": 4}  # 256x256 crops: a small batch keeps a CPU step near a second
-ADAM = {"padnet"}  # the authors' optimizer (main_live1.py); SGD for the others
 
 
 def synthetic(num_pairs, device, dtype, spec=None, per_pair=PATCHES_PER_PAIR, nss_dim=108):
@@ -129,6 +129,7 @@ def timed_chunks(epoch, order, first, steps, min_seconds, device, batch=BATCH):
 def run_project(args, device):
     import torch
 
+    from siqa.config import load_config
     from siqa.models import MODELS, create_model
     from siqa.scoring import predict_pairs
     from siqa.training.concurrent import finish, interleave
@@ -137,7 +138,9 @@ def run_project(args, device):
     torch.manual_seed(0)
     paper = args.model == DEFAULT_MODEL
     spec, batch = MODELS[args.model].spec, batch_of(args, device)
-    nss_weight = 25.0 if spec.predicts_nss else 0.0
+    # the network's paper recipe as train.py resolves it (optimizer, lr, weight decay, NSS weight)
+    recipe = load_config(overrides=[f"model.name={args.model}", "train.profile=paper"])["train"]
+    nss_weight = recipe["nss_weight"]
     dtype = getattr(torch, args.patch_dtype)
     if paper:  # a LIVE-Phase-I-sized database (--pairs), shared by the splits
         data = synthetic(args.pairs, device, dtype)
@@ -145,8 +148,6 @@ def run_project(args, device):
         data = synthetic(batch * (args.warmup + args.steps), device, dtype, spec, 1,
                          108 if spec.predicts_nss else 0)
     amp, numerics = set_numerics(args.precision, device)
-    recipe = {"optimizer": "adam" if args.model in ADAM else "sgd", "lr": 1e-3,
-              "momentum": 0.9, "weight_decay": 1e-4}
     splits = []  # (model, optimizer, step) of each split trained at once
     for _ in range(args.splits):
         model = create_model(args.model).to(device).to(memory_format=torch.channels_last)  # train.channels_last
