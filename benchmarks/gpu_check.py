@@ -80,6 +80,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+SUBPROCESS_STEPS = ROOT / "benchmarks" / "gpu_check_steps.py"  # the steps run in a subprocess of their own
 sys.path.insert(0, str(ROOT))
 from siqa.files import atomic_write_text  # noqa: E402
 
@@ -412,33 +413,13 @@ def step_resume(check, r):
         raise StepFailed(f"resumed metrics differ from the uninterrupted run (largest {r['max_diff']:.2e})")
 
 
-NSS_SNIPPET = r"""
-import json, sys, time, torch
-from siqa import config
-from siqa.data import load_database_from_config as load_pairs
-from siqa.nss.cache import read_pair
-from siqa.nss.features import nss_features_batch
-device, n = sys.argv[1], int(sys.argv[2])
-pairs = load_pairs(config.load_config(overrides=sys.argv[3:]))[:n]
-views = [read_pair(p.left, p.right) for p in pairs]
-lefts, rights = [v[0] for v in views], [v[1] for v in views]
-nss_features_batch(lefts[:1], rights[:1], device=device)  # warm-up
-t0 = time.perf_counter(); cpu = nss_features_batch(lefts, rights, device="cpu"); cpu_s = time.perf_counter() - t0
-if device.startswith("cuda"): torch.cuda.synchronize()
-t0 = time.perf_counter(); dev = nss_features_batch(lefts, rights, device=device); dev_s = time.perf_counter() - t0
-print("RESULT " + json.dumps({"pairs": n, "view": list(lefts[0].shape[::-1]),
-      "max_abs_diff": float(abs(dev - cpu).max()), "cpu_pairs_per_s": n / cpu_s,
-      "device_pairs_per_s": n / dev_s}))
-"""
-
-
 def step_nss(check, r):
     n = 2 if check.quick else 32
     # --quick: 2 pairs of the small demo, built in the work folder from the stereodemo wheel
     # (2-3 s): the quick step that needs a carried wheel in a subprocess, as the box's steps do
     data = (["dataset.name=demo", f"dataset.root={check.work / 'demo'}", f"nss.cache_dir={check.work / 'cache'}"]
             if check.quick else check.data("full"))
-    rc, log = check.run(python("-c", NSS_SNIPPET, check.device, n, *data), "nss", 180)
+    rc, log = check.run(python(SUBPROCESS_STEPS, "nss", check.device, n, *data), "nss", 180)
     check.check(rc, log, "NSS")
     r.update(json.loads(re.search(r"^RESULT (.*)$", log, re.M).group(1)))
     print(f"  {n} pairs of {r['view'][0]}x{r['view'][1]}: max |{check.device} - cpu| = {r['max_abs_diff']:.2e}; "
@@ -561,18 +542,6 @@ def step_parity(check, r):
           f"fp32 run-to-run noise {r['largest_noise']:.4f}: parity {r['parity']}")
 
 
-PREPARE_SNIPPET = r"""
-import sys
-from siqa import config
-from siqa.data.nss import nss_from_config
-from siqa.data import load_database_from_config as load_pairs
-cfg = config.load_config(overrides=sys.argv[2:])
-pairs = load_pairs(cfg)
-nss_from_config(pairs, cfg["nss"], progress=False, device=sys.argv[1])
-print(f"RESULT {len(pairs)}")
-"""
-
-
 def protocol_curves(check, r, epochs):
     """What the protocol's logs say so far (the report keeps it if the check is cut short)."""
     for norm in ("reference", "contrast"):
@@ -588,7 +557,7 @@ def protocol_curves(check, r, epochs):
 def step_protocol(check, r):
     epochs = 2 if check.quick else PAPER_EPOCHS
     t0 = time.perf_counter()
-    rc, log = check.run(python("-c", PREPARE_SNIPPET, check.device, *check.data("full")), "protocol_prepare", 240)
+    rc, log = check.run(python(SUBPROCESS_STEPS, "prepare", check.device, *check.data("full")), "protocol_prepare", 240)
     check.check(rc, log, "building the database and its NSS targets")
     print(f"  {'tiny' if check.quick else 'full-size demo'} database and NSS targets ready: "
           f"{time.perf_counter() - t0:.1f} s")
