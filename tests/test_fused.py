@@ -26,6 +26,7 @@ relative (or a running statistic by 100 %) when tried on siqa/fused.py.
 import contextlib
 import copy
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -501,22 +502,17 @@ def test_a_split_that_does_not_step_keeps_every_bit(monkeypatch):
         assert torch.equal(now["rng"]["torch"], before["rng"]["torch"])
 
 
-CONVOLUTIONS = ("aten::_convolution", "aten::convolution_backward")
-
-
 def aten_ops(fn):
-    """The aten ops `fn` runs (the profiler's count, nested ones included), less those a CPU
-    convolution kernel runs inside itself (its loop over groups: one kernel on a GPU)."""
-    def in_convolution(e):
-        while e.cpu_parent is not None:
-            e = e.cpu_parent
-            if e.name in CONVOLUTIONS:
-                return True
-        return False
+    """The aten ops `fn` runs outside CPU convolution kernels, counted as
+    benchmarks/fused_throughput.py --ops counts them (its loop over groups inside a CPU
+    convolution is one kernel on a GPU)."""
+    import importlib.util
 
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        fn()
-    return sum(1 for e in prof.events() if e.name.startswith("aten::") and not in_convolution(e))
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "fused_throughput.py"
+    spec = importlib.util.spec_from_file_location("fused_throughput", path)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    return benchmark.count_ops(fn)[0]
 
 
 def test_host_ops_of_a_round_do_not_grow_with_the_splits(monkeypatch):
