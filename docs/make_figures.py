@@ -386,6 +386,8 @@ def tensorboard_folder(run, cfg):
     if not tb.is_absolute():
         origin = run_origin(run, cfg)
         tb = (Path.cwd() if origin is None else origin) / tb
+    elif not tb.is_dir():
+        tb = moved_tensorboard_dir(run, cfg, tb)
     exact = tb / tensorboard_name(run)
     if exact.is_dir():
         return exact
@@ -397,6 +399,26 @@ def tensorboard_folder(run, cfg):
                          f"{name}-<hash> in {tb}" + (f" ({', '.join(p.name for p in found)})"
                                                      if found else ""))
     return found[0]
+
+
+def moved_tensorboard_dir(run, cfg, tb):
+    """Where an absolute tensorboard.dir that is gone now lies, for a run folder copied with
+    it (runs record absolute paths): the two kept their places under the folder they shared
+    (/old/runs/demo and /old/visualize/tensorboard: X/runs/demo and X/visualize/tensorboard).
+    ValueError where the run's out_dir is not absolute or the run folder does not end in
+    the part of it below that folder."""
+    from siqa.config import run_dir_of
+
+    out = run_dir_of(cfg)
+    if not out.is_absolute():
+        raise ValueError(f"{run}: its TensorBoard folder {tb} is gone")
+    shared = Path(os.path.commonpath([out, tb]))
+    below = out.relative_to(shared).parts
+    folder = Path(os.path.abspath(run))
+    if not below or folder.parts[-len(below):] != below:
+        raise ValueError(f"{run}: its TensorBoard folder {tb} is gone, and the run folder does "
+                         f"not end in {Path(*below) if below else out} to find a copy beside it")
+    return Path(*folder.parts[:-len(below)]) / tb.relative_to(shared)
 
 
 def run_curves(run):

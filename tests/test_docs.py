@@ -333,6 +333,14 @@ def test_recipe_curves_read_each_run_from_the_folder_it_was_made_from(tmp_path, 
     (copied / "runs/recipe/tb/ref_s1-0123abcd").mkdir()  # two candidates: which is unknown
     with pytest.raises(ValueError, match="2 TensorBoard folders"):
         figures.run_curves(moved)
+    recorded = tmp_path / "made"  # a run as runs are now: out_dir and tensorboard.dir absolute
+    _fake_run(recorded, str(recorded / "runs/demo"), recorded / "visualize/tb", "contrast", 0, 40, 40)
+    shutil.move(recorded, tmp_path / "kept")  # copied with its TensorBoard folder, the original gone
+    kept = figures.run_curves(tmp_path / "kept/runs/demo")
+    assert kept[1] == ("contrast", 0, 40) and len(kept[0]["val/srocc"]) == 40
+    shutil.move(tmp_path / "kept/runs/demo", tmp_path / "kept/demo")  # no longer beside it
+    with pytest.raises(ValueError, match="does not end in runs/demo"):
+        figures.run_curves(tmp_path / "kept/demo")
     shutil.copytree(ref, shared / "renamed")  # out_dir is no longer the end of its path
     with pytest.raises(ValueError, match="is not the end of its path"):
         figures.run_curves(shared / "renamed")

@@ -11,9 +11,9 @@ from siqa.build import amp_dtype_of, spec_of
 from siqa.training.step import step_of
 
 # Measured on the small demo (docs/decisions.md#does-the-papers-recipe-learn): two runs of
-# the paper's 500-epoch recipe with the original patch normalisation (seed 1 stopped after
-# 336) learn, after about 100 epochs near a constant predictor (validation SROCC near 0.07;
-# its 10-epoch mean first passes 0.1 at epochs 96 and 90, 0.2 at 114 and 136)
+# the paper's 500-epoch recipe with the original patch normalisation learn, after about 100
+# epochs near a constant predictor (validation SROCC near 0.07; its 10-epoch mean first
+# passes 0.1 at epochs 96 and 90, 0.2 at 114 and 136)
 RECIPE_PLATEAU = ("; note: with patches.normalisation=reference expect a long plateau near a constant "
                   "predictor (about 100 epochs on the demo) before validation SROCC climbs; see "
                   "docs/decisions.md#does-the-papers-recipe-learn")
