@@ -19,7 +19,9 @@ start. No subprocess starts with less than 10 s of it left (the step is recorded
 and each subprocess's timeout is cut to what is left. Exit status 1 when a step failed or was
 skipped, 0 when every chosen step ran. `--quick` shrinks every step to a smoke test on the
 tiny synthetic database, NSS on 2 pairs of the small demo (`--device cpu --quick`: 75-110 s
-on a 2-core CPU). `--plan` prints the chosen steps with their estimates and runs nothing.
+on a 2-core CPU); its parity and protocol steps, which run several trainings side by side,
+train the `tiny` network (the paper's network in the user and resume steps and in the
+benchmarks: the three parity runs of it wrote 1.6 GB of checkpoints at once). `--plan` prints the chosen steps with their estimates and runs nothing.
 
 Steps (names for --skip / --only), with their estimates on one H200 (from the CPU figures of
 this repository and the FLOP count: ~0.26 GFLOP a patch pair per training step; an eager step
@@ -230,6 +232,11 @@ class Check:
         """train.py's overrides for a run of this check: its folders in the work folder."""
         return [f"device={device or self.device}", f"out_dir={self.work / 'runs' / name}",
                 f"tensorboard.dir={self.work / 'tensorboard'}", *self.data(), *extra]
+
+    def side_by_side_network(self):
+        """The network of the steps that train several runs at once: the paper's, or with
+        --quick the `tiny` one (the same inputs, outputs and recipe in 20k parameters)."""
+        return ["model.name=tiny"] if self.quick else []
 
     def start(self, cmd, log, want_s):
         """Start `cmd` in its own process group, its output going to OUT/logs/`log`.log;
@@ -520,7 +527,7 @@ def step_parity(check, r):
     for name, extra in variants.items():  # side by side: one device, three processes
         log = f"parity_{name.replace(' ', '_')}"
         args = check.train_args(log, f"train.repeats={PARITY_SEEDS}", "train.concurrent_splits=true",
-                                *epochs, *extra)
+                                *check.side_by_side_network(), *epochs, *extra)
         if deadline - time.perf_counter() < 1:
             raise OutOfTime(f"the step's estimate is spent before {log}: not started")
         procs.append((name, *check.start(python("train.py", *args), log, deadline - time.perf_counter())))
@@ -563,7 +570,8 @@ def step_protocol(check, r):
           f"{time.perf_counter() - t0:.1f} s")
     procs = []
     for norm in ("reference", "contrast"):  # side by side: one GPU, two processes
-        args = check.train_args(f"protocol_{norm}", *check.data("full"), *PAPER, f"train.epochs={epochs}",
+        args = check.train_args(f"protocol_{norm}", *check.data("full"), *PAPER, *check.side_by_side_network(),
+                                f"train.epochs={epochs}",
                                 f"patches.normalisation={norm}", "train.checkpoint_every=10",
                                 "train.scatter_every=20")
         procs.append(check.start(python("train.py", *args), f"protocol_{norm}", 3600))

@@ -43,7 +43,7 @@ def test_train_kfold_on_a_live2_like_layout_tests_every_scene_once_per_repetitio
     make_live2_like(root)
     out = tmp_path / "run"
     proc = run_entry("train.py", "dataset.name=live3d_phase2", f"dataset.root={root}",
-                     "protocol.design=kfold", "protocol.folds=4", "train.repeats=2",
+                     "model.name=tiny", "protocol.design=kfold", "protocol.folds=4", "train.repeats=2",
                      "train.epochs=1", "train.batch_size=8", "train.threads=1",
                      f"out_dir={out}", f"nss.cache_dir={tmp_path / 'cache'}", "nss.workers=1",
                      f"tensorboard.dir={tmp_path / 'tb'}")
