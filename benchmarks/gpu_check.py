@@ -21,7 +21,8 @@ skipped, 0 when every chosen step ran. `--quick` shrinks every step to a smoke t
 tiny synthetic database, NSS on 2 pairs of the small demo (`--device cpu --quick`: 75-110 s
 on a 2-core CPU); its parity and protocol steps, which run several trainings side by side,
 train the `tiny` network (the paper's network in the user and resume steps and in the
-benchmarks: the three parity runs of it wrote 1.6 GB of checkpoints at once). `--plan` prints the chosen steps with their estimates and runs nothing.
+benchmarks: the three parity runs of it wrote 1.6 GB of checkpoints at once). `--plan`
+prints the chosen steps with their estimates and runs nothing.
 
 Steps (names for --skip / --only), with their estimates on one H200 (from the CPU figures of
 this repository and the FLOP count: ~0.26 GFLOP a patch pair per training step; an eager step

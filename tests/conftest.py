@@ -87,6 +87,18 @@ def tiny_manifest(tmp_path_factory):
     return make_tiny_database(tmp_path_factory.mktemp("tinydb"))
 
 
+def load_script(relative_path):
+    """A repository script that is not part of the package (a benchmark, docs/make_figures.py)
+    imported as a module, so that a test calls its functions."""
+    import importlib.util
+
+    path = ROOT / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def python_path():
     """PYTHONPATH for a subprocess: the repository first, then the caller's own (packages
     installed with `pip install --target DIR` reach the process only through it)."""

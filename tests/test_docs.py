@@ -1,7 +1,6 @@
 """The documentation stands on its own: every relative link of README.md and docs/*.md
 resolves (file and anchor), no file of the repository refers to a document that is not
 in it, and the figures' script draws what the code computes."""
-import importlib.util
 import os
 import re
 import unicodedata
@@ -9,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 THIS = Path(__file__).resolve()
@@ -216,10 +217,7 @@ def test_the_recipe_answer_is_told_once_the_same_way():
 
 # --------------------------------------------------------------------------- the figures
 def _make_figures():
-    spec = importlib.util.spec_from_file_location("make_figures", ROOT / "docs" / "make_figures.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("docs/make_figures.py")
 
 
 def test_figures_exist_small_and_made_by_the_named_command():

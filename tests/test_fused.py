@@ -26,14 +26,13 @@ relative (or a running statistic by 100 %) when tried on siqa/fused.py.
 import contextlib
 import copy
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import needs_cuda
+from conftest import load_script, needs_cuda
 from siqa.data.inputs import SplitData
 from siqa.data.patches import pixel_statistics
 from siqa.errors import UserError
@@ -502,20 +501,16 @@ def test_a_split_that_does_not_step_keeps_every_bit(monkeypatch):
         assert torch.equal(now["rng"]["torch"], before["rng"]["torch"])
 
 
-def aten_ops(fn):
-    """The aten ops `fn` runs outside CPU convolution kernels, counted as
+@pytest.fixture(scope="module")
+def aten_ops():
+    """The aten ops a function runs outside CPU convolution kernels, counted as
     benchmarks/fused_throughput.py --ops counts them (its loop over groups inside a CPU
     convolution is one kernel on a GPU)."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "fused_throughput.py"
-    spec = importlib.util.spec_from_file_location("fused_throughput", path)
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
-    return benchmark.count_ops(fn)[0]
+    count_ops = load_script("benchmarks/fused_throughput.py").count_ops
+    return lambda fn: count_ops(fn)[0]
 
 
-def test_host_ops_of_a_round_do_not_grow_with_the_splits(monkeypatch):
+def test_host_ops_of_a_round_do_not_grow_with_the_splits(monkeypatch, aten_ops):
     """A round's aten ops at 6 splits exceed those at 2 splits by 2 ops a split (each
     stepping split's one mask draw, bernoulli_ and the `to` it runs inside), and a partial
     round (half of the splits stepping) costs what a full one does, +-10 %. (From 1 split

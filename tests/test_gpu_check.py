@@ -3,7 +3,6 @@ and budget rules, and runs on the CPU (--quick: the tiny synthetic database): on
 end, one cut by SIGTERM / SIGINT, one by a tiny budget. Every subprocess of the full run
 imports a probe `sitecustomize` that exists only on the caller's PYTHONPATH, which shows that
 the check keeps that path (the way a bare GPU box takes its carried wheels)."""
-import importlib.util
 import json
 import os
 import re
@@ -14,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, load_script
 
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 PROBE = """import os, sys
@@ -24,10 +23,7 @@ with open(os.path.join(os.environ["GPU_CHECK_PROBE"], f"{os.getpid()}.txt"), "w"
 
 
 def load(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"benchmarks/{name}.py")
 
 
 @pytest.fixture(scope="module")
