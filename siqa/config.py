@@ -50,7 +50,12 @@ def load_config(path=None, overrides=(), base=None, resolve=True) -> dict:
 def _merge(cfg, tree, source=None):
     for key, value in flatten(tree).items():
         key = current_key(key, source)
-        _set(cfg, key, check(key, value))
+        try:
+            _set(cfg, key, check(key, value))
+        except UserError as err:
+            if source is None:
+                raise
+            raise UserError(f"config file {source}: {err}") from None
 
 
 _noted = set()  # (where, old name): each note once per process (a config is read several times)
@@ -75,7 +80,9 @@ def check(key, value):
     if key not in BY_KEY:
         close = difflib.get_close_matches(str(key), list(BY_KEY), n=1, cutoff=0.6)
         hint = f" (did you mean {close[0]}?)" if close else ""
-        raise UserError(f"unknown config key {key}{hint}; valid keys: {', '.join(BY_KEY)}")
+        shown = str(key)  # quoted where it would not show: empty, blank-edged, control characters
+        shown = shown if shown and shown.isprintable() and shown.strip() == shown else repr(shown)
+        raise UserError(f"unknown config key {shown}{hint}; valid keys: {', '.join(BY_KEY)}")
     setting = BY_KEY[key]
 
     def bad(expected):

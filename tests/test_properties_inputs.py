@@ -5,7 +5,7 @@ print as a traceback)."""
 import string
 
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from siqa import config
@@ -102,6 +102,7 @@ def config_docs(draw):
 
 @SETTINGS
 @given(doc=config_docs(), raw=st.booleans(), text=st.text(max_size=40))
+@example(doc={"": None}, raw=False, text="")  # an empty key: named quoted, with its file
 def test_config_file_gives_a_config_or_user_error(tmp_path, doc, raw, text):
     path = tmp_path / "c.yaml"
     path.write_text(text if raw else yaml.safe_dump(doc))
