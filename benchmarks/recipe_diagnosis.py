@@ -16,15 +16,15 @@ records, per epoch, what the network and its gradients do (docs/recipe-diagnosis
                      not a recipe: it skips the phase where every L1 residual has one sign)
     contrast_nss0    `contrast` with train.nss_weight 0
 
-The training loop is this script's own and does what siqa.training.step does, step for step: the
-model built right after torch.manual_seed(seed) (channels_last, as train.channels_last), the
-epoch order of siqa.training.step.epoch_order, one forward per step, loss = L1(quality) +
-w * L1(nss) (means over the batch),
-zero_grad(set_to_none) / backward / SGD step, the last partial batch kept. Every probe runs
-under torch.random.fork_rng, so the probes never change the dropout masks of training: the
-training trajectory is the one `python train.py train.profile=paper train.threads=1
-train.epochs=N ...` follows (the script prints its epoch-1 losses for comparing with such a
-run's log).
+Training is the package's: the recipe of `train.profile=paper` (siqa.config), its optimizer
+(siqa.training.step.make_optimizer) and its steps (epoch_steps: the epoch order, the joint
+loss, zero_grad / backward / step), the model built right after torch.manual_seed(seed)
+(channels_last, as train.channels_last); validation scores are siqa.scoring's pair means and
+the correlations siqa.evaluation.metrics'. The script only watches: a forward hook records
+each step's quality outputs, an optimizer pre-step hook its gradient norms, and every probe
+runs under torch.random.fork_rng, so no probe changes the dropout masks of training: the
+trajectory is the one `python train.py train.profile=paper train.threads=1 train.epochs=N
+...` follows (the script prints its epoch-1 losses for comparing with such a run's log).
 
 Per epoch: the two loss terms; the training batches' mean prediction and the fraction of
 L1 residuals with prediction < target; validation SROCC / PLCC, the spread (std) of the
@@ -53,20 +53,23 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import stats
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from siqa.config import load_config  # noqa: E402
 from siqa.data import content_splits, load_database  # noqa: E402
+from siqa.data.inputs import PATCH_C, SplitData  # noqa: E402
 from siqa.data.nss import nss_from_config  # noqa: E402
 from siqa.data.patches import extract_patch_set  # noqa: E402
+from siqa.evaluation.metrics import plcc, srocc  # noqa: E402
 from siqa.models import create_model  # noqa: E402
-from siqa.training.step import epoch_order  # noqa: E402
+from siqa.scoring import Scorer, pair_means, predict_pairs, run_batches  # noqa: E402
+from siqa.training.step import epoch_order, epoch_steps, make_optimizer  # noqa: E402
 
 OUT = ROOT / "runs" / "recipe_diagnosis"
-C = {"reference": 1.0, "contrast": 1.0 / 255}  # C of (p - mean) / (std + C) on [0, 1]
-PAPER = {"lr": 1e-3, "momentum": 0.9, "weight_decay": 1e-4, "batch": 128, "nss_weight": 25.0}
+C = {norm: PATCH_C[norm] for norm in ("reference", "contrast")}  # C of (p - mean) / (std + C)
+PAPER = load_config(overrides=["model.name=bourbia2021", "train.profile=paper"])["train"]
 VARIANTS = {
     "reference": {"norm": "reference"},
     "contrast": {"norm": "contrast"},
@@ -241,30 +244,46 @@ def gradient_probe(model, left, right, score, nss, weight_decay):
     return out
 
 
-@torch.no_grad()
-def predict(model, left, right, pair_index, n_pairs, dropout_seed=None, batch=128):
-    """Pair scores (mean of patch predictions), as siqa.training.step.predict_pairs; eval mode, or
-    with dropout on (the original's scoring) under a forked RNG when dropout_seed is set."""
-    sums = torch.zeros(n_pairs, dtype=torch.float64, device=left.device)
+def predict(model, data, dropout_seed=None):
+    """Pair scores: siqa.scoring.predict_pairs (eval mode), or, when dropout_seed is set, the
+    same batches and pair means with dropout on (the original's scoring) under a forked RNG."""
+    if dropout_seed is None:
+        return predict_pairs(model, data)
     was = model.training
-    model.train(dropout_seed is not None)
-    with torch.random.fork_rng(devices=_rng_devices()):
-        if dropout_seed is not None:
-            torch.manual_seed(dropout_seed)
-        for start in range(0, left.shape[0], batch):
-            sl = slice(start, start + batch)
-            sums.index_add_(0, pair_index[sl], model(left[sl], right[sl])[0].double())
+    model.train()
+    with torch.no_grad(), torch.random.fork_rng(devices=_rng_devices()):
+        torch.manual_seed(dropout_seed)
+        [((quality,), _)] = list(run_batches(Scorer("eager", model), [(data.left, data.right, None)],
+                                             PAPER["batch_size"], DEVICE))
     model.train(was)
-    counts = torch.zeros_like(sums).index_add_(0, pair_index, torch.ones_like(sums[pair_index]))
-    return (sums / counts).cpu().numpy()
+    return pair_means(quality, data.pair_index, data.num_pairs)
 
 
-def srocc(a, b):
-    return None if np.std(a) == 0 else float(stats.spearmanr(a, b)[0])
+def split_data(split, norm, scale):
+    """One split's patches of normalisation `norm` (times `scale`) with its targets, on DEVICE."""
+    left, right = (t * scale if scale != 1.0 else t for t in split["patches"][norm])
+    return SplitData(*(t.to(DEVICE) for t in (left, right, split["pair_index"], split["score"], split["nss"])))
 
 
-def plcc(a, b):
-    return None if np.std(a) == 0 else float(stats.pearsonr(a, b)[0])
+class StepWatch:
+    """What the package's steps do, seen from outside: the quality outputs of each training
+    forward (a forward hook) and the gradient norms each optimizer step applies (a pre-step
+    hook). Neither changes a value the step computes."""
+
+    def __init__(self, model, optimizer, params):
+        self.params = params
+        self.outputs, self.grad_sums, self.steps = [], torch.zeros(len(params), dtype=torch.float64, device=DEVICE), 0
+        self.hooks = [model.register_forward_hook(lambda _, __, out: self.outputs.append(out[0].detach())),
+                      optimizer.register_step_pre_hook(lambda *_: self._gradients())]
+
+    @torch.no_grad()
+    def _gradients(self):
+        self.grad_sums += torch.stack(torch._foreach_norm([p.grad for p in self.params])).double()
+        self.steps += 1
+
+    def remove(self):
+        for hook in self.hooks:
+            hook.remove()
 
 
 # ------------------------------------------------------------------------------ training
@@ -272,43 +291,37 @@ def run_variant(name, data, epochs, seed, scale_match, light=False, log=print):
     cfg = {**PAPER, **VARIANTS[name]}
     norm = cfg["norm"]
     scale = scale_match if cfg.get("scale") == "match_contrast" else 1.0
-    tr, va = data["train"], data["val"]
-    left, right = (t * scale if scale != 1.0 else t for t in tr["patches"][norm])
-    v_left, v_right = (t * scale if scale != 1.0 else t for t in va["patches"][norm])
-    pair_index, score, nss = tr["pair_index"], tr["score"], tr["nss"]
-    n_train, n_val = score.shape[0], va["score"].shape[0]
-    val_score = va["score"].numpy().astype(np.float64)
-    train_score = score.numpy().astype(np.float64)
-    val_energy = pair_energy(va, norm, scale)
-    left, right, v_left, v_right, pair_index, score, nss = (
-        t.to(DEVICE) for t in (left, right, v_left, v_right, pair_index, score, nss))
-    v_pair_index = va["pair_index"].to(DEVICE)
+    train, val = split_data(data["train"], norm, scale), split_data(data["val"], norm, scale)
+    val_score = data["val"]["score"].numpy().astype(np.float64)
+    train_score = data["train"]["score"].numpy().astype(np.float64)
+    val_energy = pair_energy(data["val"], norm, scale)
+    target_mean = float(train.score[train.pair_index].mean())
 
-    probe_idx = torch.randperm(left.shape[0], generator=torch.Generator().manual_seed(PROBE_SEED))[:128].to(DEVICE)
-    probe = (left[probe_idx], right[probe_idx], score[pair_index[probe_idx]], nss[pair_index[probe_idx]])
+    probe_idx = torch.randperm(train.num_patches, generator=torch.Generator().manual_seed(PROBE_SEED))[:128].to(DEVICE)
+    probe_pairs = train.pair_index[probe_idx]
+    probe = (train.left[probe_idx], train.right[probe_idx], train.score[probe_pairs], train.nss[probe_pairs])
 
     torch.manual_seed(seed)  # as split_run: the model right after the seed, then the optimizer
     model = create_model("bourbia2021").to(DEVICE, memory_format=torch.channels_last)
     if cfg.get("qbias") == "train_mean":
         with torch.no_grad():
-            model.quality_out.bias.fill_(float(score[pair_index].mean()))
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
-                                weight_decay=cfg["weight_decay"])
+            model.quality_out.bias.fill_(target_mean)
+    optimizer = make_optimizer(model, cfg)
     names = [n for n, _ in model.named_parameters()]
     params = [p for _, p in model.named_parameters()]
     probe_epochs = sorted({0, 1, 2, 5, 10, epochs} & set(range(epochs + 1)))
 
     def evaluate(epoch):
-        val = predict(model, v_left, v_right, v_pair_index, n_val)
-        out = {"val_srocc": srocc(val, val_score), "val_plcc": plcc(val, val_score),
-               "val_pred_std": float(val.std()), "val_pred_mean": float(val.mean()),
+        scores = predict(model, val)
+        out = {"val_srocc": srocc(scores, val_score), "val_plcc": plcc(scores, val_score),
+               "val_pred_std": float(scores.std()), "val_pred_mean": float(scores.mean()),
                "val_target_std": float(val_score.std()), "val_target_mean": float(val_score.mean()),
-               "val_srocc_vs_input_rms": srocc(val, val_energy),
+               "val_srocc_vs_input_rms": srocc(scores, val_energy),
                "val_srocc_dropout_on": None, "train_srocc": None}
         if light and epoch not in probe_epochs:  # the two extra scorings: probe epochs only
             return out
-        val_do = predict(model, v_left, v_right, v_pair_index, n_val, dropout_seed=10_000 + epoch)
-        train_pred = predict(model, left, right, pair_index, n_train)
+        val_do = predict(model, val, dropout_seed=10_000 + epoch)
+        train_pred = predict(model, train)
         return {**out, "val_srocc_dropout_on": srocc(val_do, val_score),
                 "train_srocc": srocc(train_pred, train_score),
                 "train_pred_std": float(train_pred.std()), "train_target_std": float(train_score.std())}
@@ -320,44 +333,29 @@ def run_variant(name, data, epochs, seed, scale_match, light=False, log=print):
               "weight_norm": {n: p.detach().norm().item() for n, p in zip(names, params)}}
     history.append(record)
     started = time.perf_counter()
-    steps = -(-left.shape[0] // cfg["batch"])
     for epoch in range(epochs):
         t0 = time.perf_counter()
-        model.train()
-        order = epoch_order(left.shape[0], seed, epoch).to(DEVICE)
+        order = epoch_order(train.num_patches, seed, epoch).to(DEVICE)
         before = [p.detach().clone() for p in params]
-        grad_sums = torch.zeros(len(params), dtype=torch.float64, device=DEVICE)
-        sums = torch.zeros(3, dtype=torch.float64, device=DEVICE)
-        below, count, pred_sum, steps = 0, 0, 0.0, 0
-        for start in range(0, len(order), cfg["batch"]):
-            idx = order[start : start + cfg["batch"]]
-            pairs = pair_index[idx]
-            quality, nss_out = model(left[idx].float(), right[idx].float())
-            target = score[pairs]
-            loss_q = F.l1_loss(quality.float(), target)
-            loss_n = F.l1_loss(nss_out.float(), nss[pairs])
-            loss = loss_q + cfg["nss_weight"] * loss_n
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            with torch.no_grad():  # observation only: nothing below changes the step
-                grad_sums += torch.stack(torch._foreach_norm([p.grad for p in params])).double()
-                below += int((quality < target).sum())
-                count += int(idx.numel())
-                pred_sum += float(quality.sum())
-            optimizer.step()
-            sums += torch.stack([loss.detach(), loss_q.detach(), loss_n.detach()]).double()
-            steps += 1
+        watch = StepWatch(model, optimizer, params)
+        steps = epoch_steps(model, optimizer, train, order, cfg["batch_size"], cfg["nss_weight"])
+        try:
+            while True:
+                next(steps)
+        except StopIteration as done:
+            losses = done.value
+        watch.remove()
         train_time = time.perf_counter() - t0
+        quality, targets = torch.cat(watch.outputs), train.score[train.pair_index[order]]
         with torch.no_grad():
             step_rel = {n: ((p.detach() - b).norm() / b.norm().clamp_min(1e-30)).item()
                         for n, p, b in zip(names, params, before)}
-        means = (sums / steps).tolist()
-        record = {"epoch": epoch + 1, "loss_total": means[0], "loss_quality": means[1],
-                  "loss_nss": means[2], "train_batch_pred_mean": pred_sum / count,
-                  "train_target_mean": float(score[pair_index].mean()),
+        record = {"epoch": epoch + 1, "loss_total": losses["total"], "loss_quality": losses["quality"],
+                  "loss_nss": losses["nss"], "train_batch_pred_mean": float(quality.double().mean()),
+                  "train_target_mean": target_mean,
                   "quality_out_bias": float(model.quality_out.bias.detach()),
-                  "frac_pred_below_target": below / count,
-                  "grad_norm_mean": dict(zip(names, (grad_sums / steps).tolist())),
+                  "frac_pred_below_target": float((quality < targets).double().mean()),
+                  "grad_norm_mean": dict(zip(names, (watch.grad_sums / watch.steps).tolist())),
                   "step_rel": step_rel,
                   "weight_norm": {n: p.detach().norm().item() for n, p in zip(names, params)},
                   **evaluate(epoch + 1),
@@ -366,14 +364,14 @@ def run_variant(name, data, epochs, seed, scale_match, light=False, log=print):
         if epoch + 1 in probe_epochs:
             record["activations"] = activation_probe(model, probe[0], probe[1])
         history.append(record)
-        log(f"{name} epoch {epoch + 1}/{epochs} loss {means[0]:.4f} (quality {means[1]:.4f}, "
-            f"nss {means[2]:.4f}) | val SROCC {_f(record['val_srocc'])} pred std "
+        log(f"{name} epoch {epoch + 1}/{epochs} loss {losses['total']:.4f} (quality {losses['quality']:.4f}, "
+            f"nss {losses['nss']:.4f}) | val SROCC {_f(record['val_srocc'])} pred std "
             f"{record['val_pred_std']:.3f} | mean pred {record['train_batch_pred_mean']:.2f} "
             f"below {record['frac_pred_below_target']:.3f} [{time.perf_counter() - t0:.1f}s]")
     return {"variant": name, "config": {**cfg, "scale": scale}, "seed": seed, "epochs": epochs,
             "device": str(DEVICE), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "steps_per_epoch": steps, "train_patches": int(left.shape[0]),
-            "val_pairs": n_val, "train_pairs": n_train,
+            "steps_per_epoch": -(-train.num_patches // cfg["batch_size"]), "train_patches": train.num_patches,
+            "val_pairs": val.num_pairs, "train_pairs": train.num_pairs,
             "val_srocc_input_rms_vs_score": srocc(val_energy, val_score),
             "wall_seconds": time.perf_counter() - started, "history": history}
 
