@@ -28,6 +28,7 @@ from siqa.build import build_model  # noqa: E402
 from siqa.checkpoint import rng_state, save_checkpoint, serialize_torch  # noqa: E402
 from siqa.config import load_config  # noqa: E402
 from siqa.models import list_models  # noqa: E402
+from siqa.settings import Settings  # noqa: E402
 from siqa.training.step import make_optimizer  # noqa: E402
 
 MB = 1e6
@@ -45,8 +46,8 @@ def split_of(pairs):
 def profiles_using(network, optimizer) -> str:
     """The profiles whose recipe of `network` trains with `optimizer` ("" if none)."""
     used = [profile for profile in ("paper", "short")
-            if load_config(overrides=[f"model.name={network}", f"train.profile={profile}",
-                                      "dataset.name=csv"])["train"]["optimizer"] == optimizer]
+            if Settings(load_config(overrides=[f"model.name={network}", f"train.profile={profile}",
+                                               "dataset.name=csv"])).train.optimizer == optimizer]
     return ", ".join(used)
 
 
@@ -56,7 +57,7 @@ def states(network, optimizer, pairs):
                                  "train.profile=paper", "dataset.name=csv"])
     torch.manual_seed(0)
     model = build_model(cfg, torch.device("cpu"))
-    optimizer = make_optimizer(model, cfg["train"])
+    optimizer = make_optimizer(model, cfg)
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
     optimizer.step()  # the optimizer's state now exists, as after any training step

@@ -52,11 +52,13 @@ from siqa.config import load_config  # noqa: E402
 from siqa.data.inputs import SplitData  # noqa: E402
 from siqa.device import configure_numerics, select_device  # noqa: E402
 from siqa.models import MODELS  # noqa: E402
+from siqa.settings import Settings  # noqa: E402
 from siqa.training.fused import FusedSplits  # noqa: E402
 from siqa.training.step import TrainStep, epoch_order, make_optimizer  # noqa: E402
 
 # the paper's recipe as train.py resolves it (SGD, lr 1e-3, momentum 0.9, weight decay 1e-4, NSS weight 25)
-PAPER = load_config(overrides=["model.name=bourbia2021", "train.profile=paper"])["train"]
+PAPER = load_config(overrides=["model.name=bourbia2021", "train.profile=paper"])
+NSS_WEIGHT = Settings(PAPER).train.nss_weight
 PARTIAL_BASE = 4  # full batches every split has (the LIVE-I splits' 611, scaled down)
 LIVE1_SPLITS = ROOT / "splits" / "live3d_phase1.json"
 LIVE1_PATCHES_PER_PAIR, LIVE1_BATCH = 364, 128
@@ -121,7 +123,7 @@ def timed(fns, warmup, min_seconds, device):
 def fused_splits(k, device, amp, step="eager"):
     models, generators = networks(k, device)
     extra = {"step": step} if step != "eager" else {}
-    return FusedSplits.from_train_config(models, generators, PAPER, amp_dtype=amp, **extra)
+    return FusedSplits.from_config(models, generators, PAPER, amp_dtype=amp, **extra)
 
 
 def live1_rounds(k, batch):
@@ -167,7 +169,7 @@ def sequential_rate(k, args, device, amp):
     for model in models:
         model.train()
         optimizer = make_optimizer(model, PAPER)
-        steps.append(TrainStep("eager", model, optimizer, args.batch, PAPER["nss_weight"], amp))
+        steps.append(TrainStep("eager", model, optimizer, args.batch, NSS_WEIGHT, amp))
     batches = [[epoch_order(len(d.left), r, 0).to(device)[t * args.batch : (t + 1) * args.batch]
                 for r, d in enumerate(datas)] for t in range(PARTIAL_BASE)]
 
@@ -210,7 +212,7 @@ def ops_table(ks, args, device):
     torch.manual_seed(0)
     data = synthetic_split(args.batch, 100, device)
     model = networks(1, device)[0][0]
-    step = TrainStep("eager", model, make_optimizer(model, PAPER), args.batch, PAPER["nss_weight"])
+    step = TrainStep("eager", model, make_optimizer(model, PAPER), args.batch, NSS_WEIGHT)
     idx = epoch_order(args.batch, 0, 0)
     step(data, idx)
     eager = count_ops(lambda: step(data, idx))

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from siqa import config  # noqa: E402
 from siqa.data import load_database_from_config  # noqa: E402
+from siqa.settings import Settings
 
 
 def nss_parity(device, n, overrides):
@@ -26,7 +27,7 @@ def nss_parity(device, n, overrides):
     from siqa.nss.cache import read_pair
     from siqa.nss.features import nss_features_batch
 
-    pairs = load_database_from_config(config.load_config(overrides=overrides))[:n]
+    pairs = load_database_from_config(Settings(config.load_config(overrides=overrides)))[:n]
     views = [read_pair(p.left, p.right) for p in pairs]
     lefts, rights = [v[0] for v in views], [v[1] for v in views]
     nss_features_batch(lefts[:1], rights[:1], device=device)  # warm-up
@@ -46,8 +47,8 @@ def prepare(device, overrides):
     from siqa.data.nss import nss_from_config
 
     cfg = config.load_config(overrides=overrides)
-    pairs = load_database_from_config(cfg)
-    nss_from_config(pairs, cfg["nss"], progress=False, device=device)
+    pairs = load_database_from_config(Settings(cfg))
+    nss_from_config(pairs, Settings(cfg), progress=False, device=device)
     return len(pairs)
 
 

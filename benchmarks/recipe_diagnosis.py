@@ -65,19 +65,20 @@ from siqa.data.patches import extract_patch_set  # noqa: E402
 from siqa.evaluation.metrics import plcc, srocc  # noqa: E402
 from siqa.models import create_model  # noqa: E402
 from siqa.scoring import Scorer, pair_means, predict_pairs, run_batches  # noqa: E402
+from siqa.settings import Settings  # noqa: E402
 from siqa.training.step import epoch_order, epoch_steps, make_optimizer  # noqa: E402
 
 OUT = ROOT / "runs" / "recipe_diagnosis"
 C = {norm: PATCH_C[norm] for norm in ("reference", "contrast")}  # C of (p - mean) / (std + C)
-PAPER = load_config(overrides=["model.name=bourbia2021", "train.profile=paper"])["train"]
-VARIANTS = {
+PAPER = ["model.name=bourbia2021", "train.profile=paper"]  # the recipe as train.py resolves it
+VARIANTS = {  # the patches' normalisation, and the settings or the diagnostic changed
     "reference": {"norm": "reference"},
     "contrast": {"norm": "contrast"},
-    "ref_nss0": {"norm": "reference", "nss_weight": 0.0},
+    "ref_nss0": {"norm": "reference", "overrides": ["train.nss_weight=0"]},
     "ref_scaled": {"norm": "reference", "scale": "match_contrast"},
-    "ref_lr10": {"norm": "reference", "lr": 1e-2},
+    "ref_lr10": {"norm": "reference", "overrides": ["train.lr=1e-2"]},
     "ref_qbias": {"norm": "reference", "qbias": "train_mean"},
-    "contrast_nss0": {"norm": "contrast", "nss_weight": 0.0},
+    "contrast_nss0": {"norm": "contrast", "overrides": ["train.nss_weight=0"]},
 }
 PROBE_SEED = 1234  # the probe batch and its dropout mask
 DEVICE = torch.device("cpu")  # `run --device`; the project's paper runs on the demo: the CPU
@@ -93,9 +94,9 @@ RELU_AFTER = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc.fc2", "nss_fc1", 
 def load_data(split_seed=0, demo_size="small", with_nss=True, device="cpu"):
     pairs = load_database("demo", demo_size=demo_size)
     split = content_splits(pairs, ratios=(0.6, 0.2, 0.2), seed=split_seed, repeats=1)[0]
-    nss = (nss_from_config(pairs, {"marginal": "mle0", "preprocess": "reference",
-                                   "cache_dir": str(ROOT / "data" / "cache"), "workers": 1},
-                           progress=False, device=str(device)) if with_nss else np.zeros((len(pairs), 108)))
+    settings = Settings(load_config(overrides=[f"nss.cache_dir={ROOT / 'data' / 'cache'}", "nss.workers=1"]))
+    nss = (nss_from_config(pairs, settings, progress=False, device=str(device)) if with_nss
+           else np.zeros((len(pairs), 108)))
     out = {}
     for name in ("train", "val"):
         chosen = [pairs[i] for i in split[name]]
@@ -244,9 +245,10 @@ def gradient_probe(model, left, right, score, nss, weight_decay):
     return out
 
 
-def predict(model, data, dropout_seed=None):
-    """Pair scores: siqa.scoring.predict_pairs (eval mode), or, when dropout_seed is set, the
-    same batches and pair means with dropout on (the original's scoring) under a forked RNG."""
+def predict(model, data, dropout_seed=None, batch_size=128):
+    """Pair scores: siqa.scoring.predict_pairs (eval mode), or, when dropout_seed is set, its
+    pair means with dropout on in batches of `batch_size` (the original's scoring), under a
+    forked RNG."""
     if dropout_seed is None:
         return predict_pairs(model, data)
     was = model.training
@@ -254,7 +256,7 @@ def predict(model, data, dropout_seed=None):
     with torch.no_grad(), torch.random.fork_rng(devices=_rng_devices()):
         torch.manual_seed(dropout_seed)
         [((quality,), _)] = list(run_batches(Scorer("eager", model), [(data.left, data.right, None)],
-                                             PAPER["batch_size"], DEVICE))
+                                             batch_size, DEVICE))
     model.train(was)
     return pair_means(quality, data.pair_index, data.num_pairs)
 
@@ -288,9 +290,11 @@ class StepWatch:
 
 # ------------------------------------------------------------------------------ training
 def run_variant(name, data, epochs, seed, scale_match, light=False, log=print):
-    cfg = {**PAPER, **VARIANTS[name]}
-    norm = cfg["norm"]
-    scale = scale_match if cfg.get("scale") == "match_contrast" else 1.0
+    variant = VARIANTS[name]
+    cfg = load_config(overrides=PAPER + variant.get("overrides", []))
+    t = Settings(cfg).train
+    norm = variant["norm"]
+    scale = scale_match if variant.get("scale") == "match_contrast" else 1.0
     train, val = split_data(data["train"], norm, scale), split_data(data["val"], norm, scale)
     val_score = data["val"]["score"].numpy().astype(np.float64)
     train_score = data["train"]["score"].numpy().astype(np.float64)
@@ -303,7 +307,7 @@ def run_variant(name, data, epochs, seed, scale_match, light=False, log=print):
 
     torch.manual_seed(seed)  # as split_run: the model right after the seed, then the optimizer
     model = create_model("bourbia2021").to(DEVICE, memory_format=torch.channels_last)
-    if cfg.get("qbias") == "train_mean":
+    if variant.get("qbias") == "train_mean":
         with torch.no_grad():
             model.quality_out.bias.fill_(target_mean)
     optimizer = make_optimizer(model, cfg)
@@ -320,7 +324,7 @@ def run_variant(name, data, epochs, seed, scale_match, light=False, log=print):
                "val_srocc_dropout_on": None, "train_srocc": None}
         if light and epoch not in probe_epochs:  # the two extra scorings: probe epochs only
             return out
-        val_do = predict(model, val, dropout_seed=10_000 + epoch)
+        val_do = predict(model, val, dropout_seed=10_000 + epoch, batch_size=t.batch_size)
         train_pred = predict(model, train)
         return {**out, "val_srocc_dropout_on": srocc(val_do, val_score),
                 "train_srocc": srocc(train_pred, train_score),
@@ -328,7 +332,7 @@ def run_variant(name, data, epochs, seed, scale_match, light=False, log=print):
 
     history = []
     record = {"epoch": 0, **evaluate(0),
-              "grad_probe": gradient_probe(model, *probe, cfg["weight_decay"]),
+              "grad_probe": gradient_probe(model, *probe, t.weight_decay),
               "activations": activation_probe(model, probe[0], probe[1]),
               "weight_norm": {n: p.detach().norm().item() for n, p in zip(names, params)}}
     history.append(record)
@@ -338,7 +342,7 @@ def run_variant(name, data, epochs, seed, scale_match, light=False, log=print):
         order = epoch_order(train.num_patches, seed, epoch).to(DEVICE)
         before = [p.detach().clone() for p in params]
         watch = StepWatch(model, optimizer, params)
-        steps = epoch_steps(model, optimizer, train, order, cfg["batch_size"], cfg["nss_weight"])
+        steps = epoch_steps(model, optimizer, train, order, t.batch_size, t.nss_weight)
         try:
             while True:
                 next(steps)
@@ -359,7 +363,7 @@ def run_variant(name, data, epochs, seed, scale_match, light=False, log=print):
                   "step_rel": step_rel,
                   "weight_norm": {n: p.detach().norm().item() for n, p in zip(names, params)},
                   **evaluate(epoch + 1),
-                  "grad_probe": gradient_probe(model, *probe, cfg["weight_decay"]),
+                  "grad_probe": gradient_probe(model, *probe, t.weight_decay),
                   "train_seconds": train_time}
         if epoch + 1 in probe_epochs:
             record["activations"] = activation_probe(model, probe[0], probe[1])
@@ -368,9 +372,10 @@ def run_variant(name, data, epochs, seed, scale_match, light=False, log=print):
             f"nss {losses['nss']:.4f}) | val SROCC {_f(record['val_srocc'])} pred std "
             f"{record['val_pred_std']:.3f} | mean pred {record['train_batch_pred_mean']:.2f} "
             f"below {record['frac_pred_below_target']:.3f} [{time.perf_counter() - t0:.1f}s]")
-    return {"variant": name, "config": {**cfg, "scale": scale}, "seed": seed, "epochs": epochs,
+    recorded = {**cfg["train"], **{k: v for k, v in variant.items() if k != "overrides"}, "scale": scale}
+    return {"variant": name, "config": recorded, "seed": seed, "epochs": epochs,
             "device": str(DEVICE), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "steps_per_epoch": -(-train.num_patches // cfg["batch_size"]), "train_patches": train.num_patches,
+            "steps_per_epoch": -(-train.num_patches // t.batch_size), "train_patches": train.num_patches,
             "val_pairs": val.num_pairs, "train_pairs": train.num_pairs,
             "val_srocc_input_rms_vs_score": srocc(val_energy, val_score),
             "wall_seconds": time.perf_counter() - started, "history": history}

@@ -132,6 +132,7 @@ def run_project(args, device):
     from siqa.config import load_config
     from siqa.models import MODELS, create_model
     from siqa.scoring import predict_pairs
+    from siqa.settings import Settings
     from siqa.training.concurrent import finish, interleave
     from siqa.training.step import TrainStep, epoch_order, epoch_steps, make_optimizer
 
@@ -139,8 +140,8 @@ def run_project(args, device):
     paper = args.model == DEFAULT_MODEL
     spec, batch = MODELS[args.model].spec, batch_of(args, device)
     # the network's paper recipe as train.py resolves it (optimizer, lr, weight decay, NSS weight)
-    recipe = load_config(overrides=[f"model.name={args.model}", "train.profile=paper"])["train"]
-    nss_weight = recipe["nss_weight"]
+    recipe = load_config(overrides=[f"model.name={args.model}", "train.profile=paper"])
+    nss_weight = Settings(recipe).train.nss_weight
     dtype = getattr(torch, args.patch_dtype)
     if paper:  # a LIVE-Phase-I-sized database (--pairs), shared by the splits
         data = synthetic(args.pairs, device, dtype)

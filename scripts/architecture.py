@@ -9,7 +9,10 @@ included (they are dependencies too). The rules:
 - the scoring side (siqa.inference, the matrix, merged runs, evaluate.py's module, siqa.scoring)
   imports nothing of siqa.training;
 - no function longer than MAX_FUNCTION lines;
-- at most MAX_ROOT modules at the package root.
+- at most MAX_ROOT modules at the package root;
+- a setting is read through siqa.settings.Settings (`Settings(cfg).train.epochs`), never as
+  `cfg["train"]["epochs"]`, so that renaming a key is its declaration alone (writes into the
+  config dict stay subscripts).
 """
 import argparse
 import ast
@@ -89,6 +92,29 @@ def long_functions() -> list:
     return out
 
 
+def declared_keys() -> set:
+    """The dotted keys declared in siqa/settings.py (the first argument of each Setting(...))."""
+    tree = ast.parse((PACKAGE / "settings.py").read_text())
+    return {node.args[0].value for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Setting"
+            and node.args and isinstance(node.args[0], ast.Constant)}
+
+
+def subscript_reads() -> list:
+    """(module path, line, key) of every read of a declared two-level key as a subscript chain,
+    x["section"]["name"]."""
+    keys, out = declared_keys(), []
+    for path in modules().values():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load)
+                    and isinstance(node.value, ast.Subscript)
+                    and isinstance(node.slice, ast.Constant) and isinstance(node.value.slice, ast.Constant)):
+                key = f"{node.value.slice.value}.{node.slice.value}"
+                if key in keys:
+                    out.append((str(path.relative_to(ROOT)), node.lineno, key))
+    return out
+
+
 def problems() -> list:
     edges = graph()
     out = [f"import cycle: {' -> '.join(c)}" for c in cycles(edges)]
@@ -97,6 +123,8 @@ def problems() -> list:
             out += [f"{name} (scoring) imports {d} (training)" for d in sorted(deps)
                     if d.startswith("siqa.training")]
     out += [f"{path}: {fn} is {n} lines (at most {MAX_FUNCTION})" for path, fn, n in long_functions()]
+    out += [f"{path}:{line}: {key} read as a subscript (read it through siqa.settings.Settings)"
+            for path, line, key in subscript_reads()]
     root = [p for p in PACKAGE.glob("*.py")]
     if len(root) > MAX_ROOT:
         out.append(f"{len(root)} modules at the package root (at most {MAX_ROOT})")
@@ -141,7 +169,7 @@ def main(argv):
     if args.check:
         found = problems()
         print("\n".join(found) if found else "architecture: no cycle, scoring imports no training "
-              f"code, no function over {MAX_FUNCTION} lines")
+              f"code, no function over {MAX_FUNCTION} lines, settings read through Settings")
         return 1 if found else 0
     if args.write:  # the page's own text, down to the marker, then the generated part
         page = Path(args.write)

@@ -14,6 +14,7 @@ from siqa.config import upgrade
 from siqa.device import configure_run_numerics
 from siqa.errors import UserError
 from siqa.models import MODELS, count_parameters
+from siqa.settings import Settings
 
 
 def read_checkpoint(path, map_location="cpu", required=("model", "config", "database")) -> dict:
@@ -27,8 +28,9 @@ def read_checkpoint(path, map_location="cpu", required=("model", "config", "data
 def nss_head_of(cfg) -> bool:
     """Whether the network of `cfg` carries its optional NSS head: a network whose spec
     offers one (`spec.nss_head`) with train.nss_weight > 0 (`auto` is 0 for them, so no head)."""
-    weight = cfg["train"]["nss_weight"]
-    return MODELS[cfg["model"]["name"]].spec.nss_head and weight != "auto" and float(weight) > 0
+    settings = Settings(cfg)
+    weight = settings.train.nss_weight
+    return MODELS[settings.model.name].spec.nss_head and weight != "auto" and float(weight) > 0
 
 
 def model_kwargs(cfg) -> dict:
@@ -38,42 +40,43 @@ def model_kwargs(cfg) -> dict:
 
 def spec_of(cfg):
     """The InputSpec of the network `cfg` builds (without building it)."""
-    spec = MODELS[cfg["model"]["name"]].spec
+    spec = MODELS[Settings(cfg).model.name].spec
     return spec.with_nss() if nss_head_of(cfg) else spec
 
 
 def amp_dtype_of(cfg, device):
     """bfloat16 autocast where the run asked for it (train.amp) and can have it (CUDA)."""
-    return torch.bfloat16 if cfg["train"]["amp"] and device.type == "cuda" else None
+    return torch.bfloat16 if Settings(cfg).train.amp and device.type == "cuda" else None
 
 
 def build_model(cfg, device):
     """The network in the memory layout the run trained it in (evaluation must use the same
     layout to reproduce the run's numbers bit for bit)."""
-    model = MODELS[cfg["model"]["name"]](**model_kwargs(cfg)).to(device)
-    if cfg["train"]["channels_last"]:
+    settings = Settings(cfg)
+    model = MODELS[settings.model.name](**model_kwargs(cfg)).to(device)
+    if settings.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
 
 
 def load_init(model, cfg):
     """model.init: pre-trained weights of part of the network (PAD-Net's auto-encoder)."""
-    path = cfg["model"]["init"]
+    path = Settings(cfg).model.init
     if not path:
         return
     check_init(cfg)
     try:
         model.load_pretrained(torch.load(path, map_location="cpu", weights_only=True))
     except (RuntimeError, KeyError) as err:
-        raise UserError(f"model.init: {path} does not fit model.name={cfg['model']['name']} "
+        raise UserError(f"model.init: {path} does not fit model.name={Settings(cfg).model.name} "
                         f"({str(err).splitlines()[0][:200]})") from None
 
 
 def check_init(cfg):
     """UserError (one line) for a model.init the network cannot take or that is missing."""
-    path = cfg["model"]["init"]
-    if path and not hasattr(MODELS[cfg["model"]["name"]], "load_pretrained"):
-        raise UserError(f"model.init: model.name={cfg['model']['name']} has no pre-trained part")
+    path, name = Settings(cfg).model.init, Settings(cfg).model.name
+    if path and not hasattr(MODELS[name], "load_pretrained"):
+        raise UserError(f"model.init: model.name={name} has no pre-trained part")
     if path and not Path(path).is_file():
         raise UserError(f"model.init: file not found: {path}")
 
@@ -99,7 +102,7 @@ def model_card(cfg) -> dict:
     """The network of a run: model.name, its parameter count and its InputSpec, with the NSS
     head where the run has one (`nss_head`; built on the meta device, under a forked RNG:
     nothing is allocated and no random state moves)."""
-    name, kwargs = cfg["model"]["name"], model_kwargs(cfg)
+    name, kwargs = Settings(cfg).model.name, model_kwargs(cfg)
     with torch.random.fork_rng(devices=[]), torch.device("meta"):
         parameters = count_parameters(MODELS[name](**kwargs))
     return {"name": name, "parameters": parameters, "nss_head": bool(kwargs.get("nss_head")),

@@ -23,7 +23,7 @@ import yaml
 
 from siqa.errors import UserError
 from siqa.runfolder import CONFIG
-from siqa.settings import BY_KEY, FORMERLY, SETTINGS, choices_of, defaults
+from siqa.settings import BY_KEY, FORMERLY, SETTINGS, Settings, choices_of, defaults
 
 # The checkout's config.yaml: edited, it changes the defaults of every run of this checkout
 # (an installed package has none and takes siqa/settings.py's).
@@ -222,15 +222,16 @@ def dump(cfg) -> str:
 
 def run_dir_of(cfg) -> Path:
     """Where a run writes: `out_dir`, or runs/<dataset.name> when it is null."""
-    return Path(cfg["out_dir"] or Path("runs") / cfg["dataset"]["name"])
+    settings = Settings(cfg)
+    return Path(settings.out_dir or Path("runs") / settings.dataset.name)
 
 
 # --------------------------------------------------------------------------- recipes
 def profile_of(cfg) -> str:
     """train.profile, with `auto` resolved: short on the demo database, paper elsewhere."""
-    profile = cfg["train"]["profile"]
+    profile = Settings(cfg).train.profile
     if profile == "auto":
-        return "short" if cfg["dataset"]["name"] == "demo" else "paper"
+        return "short" if Settings(cfg).dataset.name == "demo" else "paper"
     return profile
 
 
@@ -247,7 +248,7 @@ def resolve_auto(cfg) -> dict:
     in its profile; train.profile itself is recorded resolved."""
     profile = profile_of(cfg)
     out = copy.deepcopy(cfg)
-    for key, value in recipe(out["model"]["name"], profile).items():
+    for key, value in recipe(Settings(out).model.name, profile).items():
         if get(out, key) == "auto":
             _set(out, key, value)
     out["train"]["profile"] = profile
@@ -260,7 +261,7 @@ def deviations_from_paper(cfg) -> list:
     recipe was not published."""
     from siqa.models import MODELS
 
-    spec = MODELS[cfg["model"]["name"]].spec
+    spec = MODELS[Settings(cfg).model.name].spec
     label = "paper" if spec.recipe_published else "recipe"
     paper = {**spec.recipes["paper"], "dataset.split": [0.6, 0.2, 0.2]}
     return [f"{key}={get(cfg, key)} ({label}: {value})" for key, value in paper.items()
@@ -273,7 +274,8 @@ def check_nss_weight(cfg):
     refused."""
     from siqa.models import MODELS
 
-    network, weight = cfg["model"]["name"], cfg["train"]["nss_weight"]
+    settings = Settings(cfg)
+    network, weight = settings.model.name, settings.train.nss_weight
     spec = MODELS[network].spec
     if weight > 0 and not spec.predicts_nss and not spec.nss_head:
         heads = [name for name, cls in MODELS.items() if cls.spec.nss_head]
@@ -400,9 +402,9 @@ def upgrade(cfg, model_state=None) -> dict:
     `model_state` has none, train.nss_weight 0 (the checkpoint was written before the head
     existed, when its recorded value was ignored)."""
     cfg = load_config(base=cfg)
-    if model_state is not None and cfg["train"]["nss_weight"] > 0:
+    if model_state is not None and Settings(cfg).train.nss_weight > 0:
         from siqa.models import MODELS
 
-        if MODELS[cfg["model"]["name"]].spec.nss_head and "nss_head.weight" not in model_state:
+        if MODELS[Settings(cfg).model.name].spec.nss_head and "nss_head.weight" not in model_state:
             cfg["train"]["nss_weight"] = 0.0
     return cfg

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 import torch
 
 from siqa.errors import UserError
+from siqa.settings import Settings
 
 
 def select_device(name) -> torch.device:
@@ -74,8 +75,8 @@ def configure_run_numerics(cfg, device):
     call such as siqa.load should not turn on deterministic algorithms for its caller)."""
     if torch.device(device).type != "cuda":
         return None
-    t = cfg["train"]
-    numerics = configure_numerics(t["deterministic"], t["tf32"], torch.device(device))
+    t = Settings(cfg).train
+    numerics = configure_numerics(t.deterministic, t.tf32, torch.device(device))
     # scoring only: cuDNN's kernels by heuristics, the same in every process (see
     # cudnn_heuristics, which training's validation and test scoring use)
     torch.backends.cudnn.benchmark = False
@@ -106,7 +107,7 @@ def use_run_threads(cfg):
     bit for bit only with its count. Yields the count in force; the caller's count is put
     back when the block ends (an in-process caller keeps its own threads)."""
     before = torch.get_num_threads()
-    threads = cfg["train"]["threads"]
+    threads = Settings(cfg).train.threads
     if threads:
         torch.set_num_threads(threads)
     try:

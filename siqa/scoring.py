@@ -23,6 +23,7 @@ import torch
 from siqa.build import amp_dtype_of
 from siqa.data.inputs import split_data
 from siqa.device import cudnn_heuristics
+from siqa.settings import Settings
 
 CPU_BATCH, GPU_BATCH = 128, 4096
 
@@ -184,7 +185,8 @@ def predict_database(model, pairs, cfg, device, progress=True) -> np.ndarray:
     spec = model.spec
     if spec.needs_view_scores:  # the per-view targets are not used to score
         pairs = [p if p.view_scores else replace(p, view_scores=(0.0, 0.0)) for p in pairs]
+    settings = Settings(cfg)
     data = split_data(pairs, np.zeros((len(pairs), getattr(model, "nss_dim", 0))),
-                      getattr(torch, cfg["train"]["patch_dtype"]), cfg["patches"]["normalisation"],
+                      getattr(torch, settings.train.patch_dtype), settings.patches.normalisation,
                       spec, progress=progress).to(device)
     return predict_pairs(model, data, amp_dtype=amp_dtype_of(cfg, device))

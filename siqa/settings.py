@@ -38,7 +38,7 @@ class Setting:
 
 
 def _dataset(c):
-    return c["dataset"]["name"]
+    return Settings(c).dataset.name
 
 
 def split_count(c) -> int | None:
@@ -46,7 +46,8 @@ def split_count(c) -> int | None:
     k-fold design; with dataset.split_file, its first train.repeats splits (k-fold files:
     whole repetitions of their folds). None where a split file cannot be read here (the run
     refuses it in its own words)."""
-    repeats, path = c["train"]["repeats"], c["dataset"]["split_file"]
+    settings = Settings(c)
+    repeats, path = settings.train.repeats, settings.dataset.split_file
     if path:
         import json
 
@@ -55,7 +56,8 @@ def split_count(c) -> int | None:
                 return repeats * int(json.load(f).get("folds") or 1)
         except (OSError, ValueError, TypeError, AttributeError):
             return None
-    return repeats * (c["protocol"]["folds"] if c["protocol"]["design"] == "kfold" else 1)
+    protocol = settings.protocol
+    return repeats * (protocol.folds if protocol.design == "kfold" else 1)
 
 
 def _models():
@@ -90,7 +92,7 @@ SETTINGS = (
     Setting("dataset.root", None, "database folder as distributed; demo: null = data/demo "
             "(built on first use)",
             used_when=lambda c: (_databases().takes(_dataset(c), "root")
-                                 or not c["dataset"]["manifest"]),
+                                 or not Settings(c).dataset.manifest),
             used_with="a database without a manifest (dataset.name=csv reads the manifest's own "
                       "folder)", path=True),
     Setting("dataset.manifest", None, "CSV manifest, with name=csv (left,right,score or "
@@ -99,7 +101,7 @@ SETTINGS = (
             used_with="dataset.name=csv (or a Waterloo database)", path=True),
     Setting("dataset.split", [0.6, 0.2, 0.2], "train / validation / test fractions of the scenes "
             "(content-disjoint)",
-            used_when=lambda c: not c["dataset"]["split_file"],
+            used_when=lambda c: not Settings(c).dataset.split_file,
             used_with="a run without dataset.split_file (the file's splits replace the ratios)"),
     Setting("dataset.split_seed", 0, "seed of the content splits (train.seed only seeds "
             "initialisation and patch order)"),
@@ -138,7 +140,7 @@ SETTINGS = (
             value_type=float, auto="recipe"),
     Setting("train.batch_size", "auto", "patch pairs (crops) a step", value_type=int, auto="recipe",
             positive=True),
-    Setting("train.momentum", 0.9, "SGD only", used_when=lambda c: c["train"]["optimizer"] == "sgd",
+    Setting("train.momentum", 0.9, "SGD only", used_when=lambda c: Settings(c).train.optimizer == "sgd",
             used_with="train.optimizer=sgd"),
     Setting("train.weight_decay", "auto", "L2 penalty of the optimizer", value_type=float, auto="recipe"),
     Setting("train.nss_weight", "auto", "loss = L1(quality) + nss_weight * L1(nss); 0 = "
@@ -147,7 +149,7 @@ SETTINGS = (
     Setting("train.lr_step", "auto", "0 = constant LR; N = x lr_gamma every N epochs", value_type=int,
             auto="recipe"),
     Setting("train.lr_gamma", "auto", "the LR factor of each step", value_type=float, auto="recipe",
-            used_when=lambda c: c["train"]["lr_step"] > 0, used_with="train.lr_step > 0"),
+            used_when=lambda c: Settings(c).train.lr_step > 0, used_with="train.lr_step > 0"),
     Setting("train.val_every", 1, "validate every k epochs (and always after the last)",
             positive=True),
     Setting("train.seed", 0, "seed of initialisation, patch order and dropout (split r: seed + r)"),
@@ -220,6 +222,40 @@ def defaults() -> dict:
             node = node.setdefault(name, {})
         node[leaf] = list(s.default) if isinstance(s.default, list) else s.default
     return tree
+
+
+class Settings:
+    """A config read by setting: `Settings(cfg).train.epochs` is cfg["train"]["epochs"].
+
+    The names are the declared keys, and an earlier name (`formerly`) reads the key it became,
+    so renaming a key is its declaration alone; a name that is not a setting fails, naming it.
+    The values are those `siqa.config.check` converted to the declared types. Read-only: runs
+    record, merge and compare the plain dict; code reads through this view."""
+
+    __slots__ = ("_cfg", "_prefix")
+
+    def __init__(self, cfg: dict, prefix=""):
+        object.__setattr__(self, "_cfg", cfg)
+        object.__setattr__(self, "_prefix", prefix)
+
+    def __getattr__(self, name):
+        if name.startswith("__"):  # copy, pickle and friends ask for dunders
+            raise AttributeError(name)
+        key = FORMERLY.get(self._prefix + name, self._prefix + name)
+        if key in BY_KEY:
+            node = self._cfg
+            for part in key.split("."):
+                node = node[part]
+            return node
+        if any(k.startswith(key + ".") for k in (*BY_KEY, *FORMERLY)):  # a section
+            return Settings(self._cfg, key + ".")
+        raise AttributeError(f"no setting {key} (siqa/settings.py declares every key)")
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"Settings is read-only: set {self._prefix}{name} in the config dict")
+
+    def __repr__(self):
+        return f"Settings({self._prefix.rstrip('.') or 'config'})"
 
 
 def choices_of(setting) -> tuple:

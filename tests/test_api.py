@@ -10,6 +10,7 @@ from PIL import Image
 import siqa
 from conftest import needs_cuda, run_entry
 from siqa.errors import UserError
+from siqa.settings import Settings
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -141,7 +142,7 @@ def test_naturalness_computed_equals_the_training_targets(model, tiny_run, tiny_
 
     cfg = load_checkpoint(tiny_run[0] / "run" / "best.pt")["config"]
     pairs = load_database("csv", manifest=tiny_manifest)[:2]
-    targets = nss_from_config(pairs, cfg["nss"], progress=False)  # the run's cache
+    targets = nss_from_config(pairs, Settings(cfg), progress=False)  # the run's cache
     for pair, target in zip(pairs, targets):
         nat = model.naturalness(pair.left, pair.right)
         assert nat.predicted.shape == nat.computed.shape == (108,)

@@ -283,3 +283,41 @@ def test_the_patch_constants_cover_exactly_the_declared_normalisations():
     from siqa.settings import setting_choices
 
     assert tuple(PATCH_C) == setting_choices("patches.normalisation")
+
+
+def test_settings_reads_every_key_by_its_name_and_an_earlier_name_as_the_key_it_became():
+    """siqa.settings.Settings: Settings(cfg).section.name is the dict's value for every
+    declared key; train.concurrent_repeats (the earlier name) reads train.concurrent_splits;
+    a name that is not a setting is an AttributeError naming it; the view is read-only."""
+    from siqa.settings import Settings
+
+    cfg = load_config(overrides=["model.name=padnet", "train.concurrent_splits=fused", "train.repeats=2"])
+    settings = Settings(cfg)
+    for key, value in flatten(cfg).items():
+        node = settings
+        for part in key.split("."):
+            node = getattr(node, part)
+        assert node is value or node == value, key
+    assert settings.train.concurrent_repeats == "fused"
+    with pytest.raises(AttributeError, match=r"no setting train\.epochz"):
+        _ = settings.train.epochz
+    with pytest.raises(AttributeError, match=r"no setting modle"):
+        _ = settings.modle
+    with pytest.raises(AttributeError, match="read-only"):
+        settings.train.epochs = 3
+    assert settings.train.epochs == cfg["train"]["epochs"]
+
+
+def test_a_renamed_key_is_its_declaration_alone(monkeypatch):
+    """Were train.nss_weight renamed loss.nss_weight (declared with formerly=("train.nss_weight",)),
+    code that reads Settings(cfg).train.nss_weight would read the new key: the declaration is
+    the one edit (the table is patched here as the rename would change it)."""
+    import siqa.settings as declared
+
+    setting = declared.BY_KEY["train.nss_weight"]
+    renamed = {**{k: v for k, v in declared.BY_KEY.items() if k != setting.key}, "loss.nss_weight": setting}
+    monkeypatch.setattr(declared, "BY_KEY", renamed)
+    monkeypatch.setattr(declared, "FORMERLY", {**declared.FORMERLY, "train.nss_weight": "loss.nss_weight"})
+    cfg = {"loss": {"nss_weight": 7.0}, "train": {"lr": 0.1}}
+    assert declared.Settings(cfg).train.nss_weight == 7.0 and declared.Settings(cfg).loss.nss_weight == 7.0
+    assert declared.Settings(cfg).train.lr == 0.1

@@ -21,6 +21,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from conftest import synthetic_split, tiny_overrides
 from siqa.errors import UserError
+from siqa.settings import Settings
 
 CUDA0 = torch.device("cuda", 0)
 
@@ -107,7 +108,7 @@ def test_train_py_with_device_auto_runs_to_the_first_kernel(one_gpu, tiny_manife
     from siqa.data.nss import nss_from_config
 
     cfg = config.load_config(overrides=overrides)
-    nss_from_config(load_pairs(cfg), cfg["nss"], progress=False, device="cpu")
+    nss_from_config(load_pairs(Settings(cfg)), Settings(cfg), progress=False, device="cpu")
     file, _, line = stops_at_first_kernel(lambda: train.main(overrides))
     assert file == "inputs.py" and "t.to(device" in line  # SplitData.to
     assert torch.backends.cudnn.benchmark and torch.backends.cudnn.allow_tf32  # CUDA's numerics

@@ -9,6 +9,7 @@ from PIL import Image
 from siqa.data import DATABASES, load_database, load_database_from_config
 from siqa.errors import UserError
 from siqa.imageio import read_views
+from siqa.settings import Settings
 
 W, H = 40, 36  # a view; the smallest sizes that still give one patch are 33x33
 
@@ -351,7 +352,7 @@ def test_config_keys(tmp_path):
     from siqa.config import load_config
 
     cfg = load_config(overrides=["dataset.name=live3d_phase1", f"dataset.root={tmp_path}"])
-    pairs = load_database_from_config(cfg)
+    pairs = load_database_from_config(Settings(cfg))
     assert len(pairs) == len(LIVE1)
 
 

@@ -8,6 +8,7 @@ from siqa.config import load_config
 from siqa.data.records import StereoPair
 from siqa.data.splits import content_splits, distinct_splits, kfold_splits, scene_counts, split_scenes, splits_for_run
 from siqa.errors import UserError
+from siqa.settings import Settings
 
 SCENES = [f"im{i}" for i in (2, 3, 5, 7, 11, 12, 13, 17, 19, 21, 22, 23, 25, 27, 28, 30, 31, 33, 34, 36)]
 
@@ -102,10 +103,10 @@ def test_a_tiny_database_gets_every_distinct_split_then_an_error():
 
 def test_split_seed_is_its_own_key():
     pairs = pairs_of([f"s{i}" for i in range(10)])
-    base, doc = splits_for_run(pairs, load_config(overrides=["train.repeats=3"]))
-    other_train_seed, doc2 = splits_for_run(pairs, load_config(overrides=["train.repeats=3", "train.seed=7"]))
+    base, doc = splits_for_run(pairs, Settings(load_config(overrides=["train.repeats=3"])))
+    other_train_seed, doc2 = splits_for_run(pairs, Settings(load_config(overrides=["train.repeats=3", "train.seed=7"])))
     assert doc2["splits"] == doc["splits"] and doc["seed"] == 0
-    _, doc3 = splits_for_run(pairs, load_config(overrides=["train.repeats=3", "dataset.split_seed=7"]))
+    _, doc3 = splits_for_run(pairs, Settings(load_config(overrides=["train.repeats=3", "dataset.split_seed=7"])))
     assert doc3["splits"] != doc["splits"] and doc3["seed"] == 7
 
 

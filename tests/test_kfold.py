@@ -14,6 +14,7 @@ from siqa.config import load_config
 from siqa.data import load_database
 from siqa.data.splits import split_scenes, splits_for_run
 from siqa.evaluation.metrics import evaluate_scores
+from siqa.settings import Settings
 
 LIVE2_SCENES = ["003", "007", "008", "009", "010", "013", "015", "021"]  # LIVE-II's 8 ids
 
@@ -86,7 +87,7 @@ def test_train_kfold_on_a_live2_like_layout_tests_every_scene_once_per_repetitio
 def test_kfold_on_the_demo_keeps_near_duplicates_together(tmp_path):
     pairs = load_database("demo", root=tmp_path / "demo")
     cfg = load_config(overrides=["protocol.design=kfold", "protocol.folds=3", "train.repeats=2"])
-    splits, doc = splits_for_run(pairs, cfg)
+    splits, doc = splits_for_run(pairs, Settings(cfg))
     assert len(splits) == 6
     groups = {p.content for p in pairs}
     assert len(groups) == 9

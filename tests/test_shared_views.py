@@ -11,13 +11,14 @@ from siqa.data import load_database
 from siqa.data.overlap import shared_view_files, split_content_notes
 from siqa.data.splits import splits_for_run
 from siqa.errors import UserError
+from siqa.settings import Settings
 
 
 def _notes(manifest, *overrides):
     cfg = config.load_config(overrides=["dataset.name=csv", f"dataset.manifest={manifest}", *overrides])
     pairs = load_database("csv", manifest=manifest)
-    splits, _ = splits_for_run(pairs, cfg)
-    return pairs, splits, split_content_notes(pairs, splits, cfg)
+    splits, _ = splits_for_run(pairs, Settings(cfg))
+    return pairs, splits, split_content_notes(pairs, splits, Settings(cfg))
 
 
 def test_a_manifest_without_ref_is_said_and_its_shared_views_warned(tmp_path):

@@ -20,6 +20,7 @@ from siqa.data.splits import (
     write_split_file,
 )
 from siqa.errors import UserError
+from siqa.settings import Settings
 
 SHIPPED = Path(__file__).resolve().parent.parent / "splits"
 METADATA = canon.find_metadata()
@@ -106,12 +107,12 @@ def toy_pairs():
 def test_run_document_round_trip_and_split_file_key(tmp_path):
     pairs = toy_pairs()
     cfg = load_config(overrides=["dataset.name=csv", "dataset.split_seed=5", "train.repeats=3"])
-    splits, doc = splits_for_run(pairs, cfg)
+    splits, doc = splits_for_run(pairs, Settings(cfg))
     write_split_file(tmp_path / "splits.json", doc)
     assert read_split_file(tmp_path / "splits.json") == doc
     cfg2 = load_config(overrides=["dataset.name=csv", "train.seed=99", "train.repeats=2",
                                   f"dataset.split_file={tmp_path / 'splits.json'}"])
-    again, doc2 = splits_for_run(pairs, cfg2)
+    again, doc2 = splits_for_run(pairs, Settings(cfg2))
     assert len(again) == 2 and doc2["splits"] == doc["splits"][:2] and doc2["seed"] == 5
     for a, b in zip(again, splits):
         for part in SPLITS:
@@ -119,7 +120,7 @@ def test_run_document_round_trip_and_split_file_key(tmp_path):
     cfg3 = load_config(overrides=["dataset.name=csv", "train.repeats=4",
                                   f"dataset.split_file={tmp_path / 'splits.json'}"])
     with pytest.raises(UserError, match="holds 3 split"):
-        splits_for_run(pairs, cfg3)
+        splits_for_run(pairs, Settings(cfg3))
 
 
 def test_a_file_of_another_database_names_the_file_and_the_scene(tmp_path):

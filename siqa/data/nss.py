@@ -39,17 +39,15 @@ def nss_for_pairs(
     return targets
 
 
-def nss_from_config(pairs, nss_cfg=None, progress=True, device="cpu") -> np.ndarray:
-    """The targets a config's `nss` section asks for: computed through the cache, or the
-    authors' published values when `published` names their folder (LIVE Phase I only).
-    `workers: 0` means one process per core."""
-    cfg = dict(nss_cfg or {})
-    if cfg.get("published"):
-        return published_targets(pairs, cfg["published"])
-    workers = cfg.get("workers") or None
-    known = {"marginal", "preprocess", "cache_dir"}
-    return nss_for_pairs(pairs, progress=progress, workers=workers, device=device,
-                         **{k: v for k, v in cfg.items() if k in known})
+def nss_from_config(pairs, settings, progress=True, device="cpu") -> np.ndarray:
+    """The targets a run's `nss` settings (a siqa.settings.Settings view) ask for: computed
+    through the cache, or the authors' published values when `nss.published` names their
+    folder (LIVE Phase I only). `nss.workers: 0` means one process per core."""
+    nss = settings.nss
+    if nss.published:
+        return published_targets(pairs, nss.published)
+    return nss_for_pairs(pairs, marginal=nss.marginal, preprocess=nss.preprocess, cache_dir=nss.cache_dir,
+                         workers=nss.workers or None, device=device, progress=progress)
 
 
 def _live1_key(name: str) -> str:

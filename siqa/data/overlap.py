@@ -137,13 +137,14 @@ def shared_view_files(pairs, split) -> dict:
     return shared
 
 
-def split_content_notes(pairs, splits, cfg) -> list:
+def split_content_notes(pairs, splits, settings) -> list:
     """Lines for the run's log about what its scenes are: a note where every pair is its own
     scene (a manifest without `ref`), a warning where a split's training pairs share view files
-    with its validation or test pairs; the latter a UserError under protocol.design=kfold."""
+    with its validation or test pairs; the latter a UserError under protocol.design=kfold.
+    `settings`: the run's siqa.settings.Settings view."""
     lines = []
     if len(pairs) > 1 and all(p.content == p.name for p in pairs):
-        lines.append(f"note: {cfg['dataset']['manifest'] or 'the manifest'} has no ref "
+        lines.append(f"note: {settings.dataset.manifest or 'the manifest'} has no ref "
                      f"column: every pair is its own scene ({counted(len(pairs), 'pair')}, "
                      f"{counted(len(pairs), 'scene')}) and the splits are by pair; a ref column "
                      "(each pair's reference scene) keeps the pairs of a scene in one part")
@@ -158,7 +159,7 @@ def split_content_notes(pairs, splits, cfg) -> list:
             f"{counted(len(shared), 'file')}; e.g. {path} of {part} pair {other.name} is "
             f"byte-identical to a view of train pair {train_pair.name})")
     advice = "pairs that share a view are one scene: give them one ref in the manifest"
-    if cfg["protocol"]["design"] == "kfold":
+    if settings.protocol.design == "kfold":
         raise UserError(f"protocol.design=kfold: {what}, so the out-of-fold test would score "
                         f"views the network trained on; {advice}")
     lines.append(f"warning: {what}: the test is not blind to those views; {advice}")

@@ -316,27 +316,28 @@ def splits_from_document(pairs, doc, source, repeats=None) -> list[dict]:
     return out
 
 
-def splits_for_run(pairs, cfg):
+def splits_for_run(pairs, settings):
     """(splits, document) of a run: from `dataset.split_file` when set (its first
     `train.repeats` splits; its ratios and seed replace `dataset.split` and the split seed),
-    else `content_splits` with `dataset.split`, `dataset.split_seed`, `train.repeats`."""
-    ds, t = cfg["dataset"], cfg["train"]
-    path = ds["split_file"]
+    else `content_splits` with `dataset.split`, `dataset.split_seed`, `train.repeats`.
+    `settings`: the run's siqa.settings.Settings view."""
+    ds, t = settings.dataset, settings.train
+    path = ds.split_file
     if path:
         doc = read_split_file(path)
-        count = t["repeats"] * int(doc.get("folds") or 1)  # kfold: whole repetitions
+        count = t.repeats * int(doc.get("folds") or 1)  # kfold: whole repetitions
         splits = splits_from_document(pairs, doc, path, repeats=count)
         doc = {**doc, "splits": doc["splits"][: len(splits)]}
         return splits, doc
-    seed = ds["split_seed"]
-    design = cfg["protocol"]["design"]
+    seed = ds.split_seed
+    design = settings.protocol.design
     if design == "kfold":
-        r = ds["split"]
-        folds = cfg["protocol"]["folds"]
+        r = ds.split
+        folds = settings.protocol.folds
         val_fraction = r[1] / (r[0] + r[1]) if r[0] + r[1] > 0 else 0.25
-        splits = kfold_splits(pairs, folds, t["repeats"], seed, val_fraction)
-        return splits, split_document(pairs, splits, ds["name"], seed, ds["split"],
+        splits = kfold_splits(pairs, folds, t.repeats, seed, val_fraction)
+        return splits, split_document(pairs, splits, ds.name, seed, ds.split,
                                       design=KFOLD_DESIGN, folds=folds)
-    splits = content_splits(pairs, ratios=tuple(ds["split"]), seed=seed, repeats=t["repeats"])
-    return splits, split_document(pairs, splits, ds["name"], seed, ds["split"])
+    splits = content_splits(pairs, ratios=tuple(ds.split), seed=seed, repeats=t.repeats)
+    return splits, split_document(pairs, splits, ds.name, seed, ds.split)
 

@@ -39,6 +39,7 @@ from siqa.evaluation.reports import (
 from siqa.files import atomic_write_text
 from siqa.runfolder import BEST, METRICS, SPLIT_PLACEHOLDER, RunFolder, SplitFolder
 from siqa.scoring import predict_database
+from siqa.settings import Settings
 
 
 def evaluate(checkpoint, overrides=(), split="test", out=None, progress=True, log=print):
@@ -50,9 +51,10 @@ def evaluate(checkpoint, overrides=(), split="test", out=None, progress=True, lo
     cfg = config_mod.load_config(overrides=overrides, base=state["config"])
     config_mod.check_effect(cfg, overrides)  # no key without an effect
     cfg["patches"] = state["config"]["patches"]  # the model only knows its own input normalisation
-    device = select_device(cfg["device"])
+    settings = Settings(cfg)
+    device = select_device(settings.device)
     with use_run_threads(cfg):  # the caller's thread count is back afterwards
-        pairs = load_database_from_config(cfg, progress=progress)
+        pairs = load_database_from_config(settings, progress=progress)
         # which pairs the checkpoint trained, validated and tested on: by content (siqa.data.overlap)
         chosen = evaluation_pairs(pairs, state, split)
         if not chosen.pairs and not state["split"]["test"]:  # dataset.split [1, 0, 0]: a final fit
@@ -72,7 +74,7 @@ def evaluate(checkpoint, overrides=(), split="test", out=None, progress=True, lo
         # MOS against DMOS, as --matrix: 1 means agreement
         report["oriented"] = oriented(pred, pairs, state["database"]["higher_is_better"])
         out = (Path(out) if out else
-               SplitFolder(Path(checkpoint).parent).evaluation(cfg["dataset"]["name"], split))
+               SplitFolder(Path(checkpoint).parent).evaluation(settings.dataset.name, split))
         written = SplitFolder(out)  # laid out as a split's reports
         write_json(written.metrics, {split: report, "evaluated": chosen.describe(),
                                      "dropped_seen_pairs": chosen.dropped,
@@ -81,7 +83,7 @@ def evaluate(checkpoint, overrides=(), split="test", out=None, progress=True, lo
         atomic_write_text(written.predictions, predictions_csv(pairs, pred, {p.name: split for p in pairs}))
         save_scatter_png(written.scatter, pred, [p.score for p in pairs],
                          [p.distortion for p in pairs],
-                         title=f"{cfg['dataset']['name']} ({split}, {counted(len(pairs), 'pair')})")
+                         title=f"{settings.dataset.name} ({split}, {counted(len(pairs), 'pair')})")
         log(f"{split}: {counted(len(pairs), 'pair')}, SROCC {fmt_metric(report['srocc'])} PLCC "
             f"{fmt_metric(report['plcc'])} KROCC {fmt_metric(report['krocc'])} RMSE "
             f"{report['rmse']:.3f} -> {out}")
@@ -125,7 +127,7 @@ def evaluate_run(folder, overrides=(), split="test", out=None, progress=True, lo
     if doc.get("folds") and not left_out and all(part == "test" for _, _, part in scored):
         state = read_checkpoint(SplitFolder(done[0]).best, required=("config",))
         cfg = config_mod.load_config(overrides=overrides, base=state["config"])
-        summary["pooled"] = pooled_out_of_fold(load_database_from_config(cfg, progress=progress),
+        summary["pooled"] = pooled_out_of_fold(load_database_from_config(Settings(cfg), progress=progress),
                                                [SplitFolder(o).predictions for _, o, _ in scored],
                                                doc["folds"])
         save_pooled_scatter(load_run(folder, split_dirs=[o for _, o, _ in scored]),

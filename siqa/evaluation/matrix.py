@@ -29,6 +29,7 @@ from siqa.evaluation.metrics import krocc, plcc, srocc
 from siqa.evaluation.reports import fmt_metric, write_json
 from siqa.files import atomic_write_text
 from siqa.scoring import predict_database
+from siqa.settings import Settings
 
 SPLIT_LABELS = {"test": "checkpoint test split", "all": "all",
                 "all less seen": "all less the checkpoint's training/validation pairs"}
@@ -85,14 +86,15 @@ def cross_database_matrix(checkpoints, tests, out, overrides=(), progress=False,
         row = _checkpoint_label(path, state, used)
         rows.append(row)
         own = config_mod.load_config(overrides=overrides, base=state["config"])
-        device = select_device(own["device"])
+        device = select_device(Settings(own).device)
         with use_run_threads(own):  # the run's arithmetic on the CPU (siqa.device)
             model = load_model(state, device, source=path)  # once per checkpoint
             for label, (_, dataset) in zip(labels, specs):
                 cfg = config_mod.load_config(overrides=overrides, base=state["config"])
                 cfg["dataset"].update(dataset)
                 cfg["patches"] = state["config"]["patches"]
-                chosen = evaluation_pairs(load_database_from_config(cfg, progress), state, "test")  # by content
+                pairs = load_database_from_config(Settings(cfg), progress)
+                chosen = evaluation_pairs(pairs, state, "test")  # by content
                 if not chosen.pairs:
                     raise UserError(f"--test {label}: every pair is a training or validation pair "
                                     f"of {path}: nothing to score")

@@ -42,6 +42,7 @@ from siqa.evaluation.reports import (
 )
 from siqa.files import atomic_write_text, read_json
 from siqa.runfolder import SPLITS, SUMMARY, RunFolder, SplitFolder
+from siqa.settings import Settings
 
 # Config keys that may differ between the parts of one run: where each task writes, and
 # where caches and logs go. Anything else (threads, device, learning rate, ...) changes
@@ -121,7 +122,7 @@ def merged_summary(run_dirs, out_dir, log=print) -> dict:
     card.update(config=cfg, config_sha256=protocol.config_sha256(cfg),
                 splits={**card["splits"], "repeat": None},
                 seeds={**card["seeds"],
-                       "init_and_order": [cfg["train"]["seed"] + r for r in range(count)]},
+                       "init_and_order": [Settings(cfg).train.seed + r for r in range(count)]},
                 wall_time_s=round(sum(c["wall_time_s"] for c in cards.values()), 3),
                 logistic=[cards[r]["logistic"] for r in range(count)],
                 predictions=[cards[r].get("predictions") or protocol.spread_status(None)
@@ -129,9 +130,10 @@ def merged_summary(run_dirs, out_dir, log=print) -> dict:
     summary = {**summarize(reports), "protocol": card}
     if doc.get("folds"):
 
-        pairs = load_database_from_config(cfg)
+        settings = Settings(cfg)
+        pairs = load_database_from_config(settings)
         if pair_list_sha256(pairs) != doc["pairs_sha256"]:
-            raise UserError(f"the database of {found[0]} ({cfg['dataset']['name']}) is not the "
+            raise UserError(f"the database of {found[0]} ({settings.dataset.name}) is not the "
                             "one the run was trained on (pair-list hash differs)")
         summary["pooled"] = pooled_out_of_fold(
             pairs, [split[r].predictions for r in range(count)], doc["folds"])

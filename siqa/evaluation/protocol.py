@@ -37,6 +37,7 @@ from siqa.data.splits import document_sha256, scene_table
 from siqa.evaluation import selection
 from siqa.evaluation.metrics import NEAR_CONSTANT_RULE
 from siqa.files import sha256_file
+from siqa.settings import Settings
 
 LOGISTIC = ("q(x) = b1 * (0.5 - 1 / (1 + exp(b2 * (x - b3)))) + b4 * x + b5 (the 5-parameter form "
             "of Sheikh et al. 2006), non-decreasing: b1, b2, b4 >= 0; one bounded least-squares fit "
@@ -127,7 +128,7 @@ def card(cfg, split_info, device, started, test_reports, repeat=None, code=None)
     """
     from siqa.build import model_card  # torch: summarize.py merges cards without it
 
-    t = cfg["train"]
+    t = Settings(cfg).train
     count = split_info["count"]
     indices = range(count) if repeat is None else [repeat]
     out = {
@@ -136,8 +137,8 @@ def card(cfg, split_info, device, started, test_reports, repeat=None, code=None)
         "config": cfg,
         "config_sha256": config_sha256(cfg),
         "splits": {**split_info, "repeat": repeat},
-        "seeds": {"split": split_info.get("seed", t["seed"]),
-                  "init_and_order": [t["seed"] + r for r in indices]},
+        "seeds": {"split": split_info.get("seed", t.seed),
+                  "init_and_order": [t.seed + r for r in indices]},
         "selection": selection.RULE,
         "model": model_card(cfg),
         "device": device_name(device),
@@ -155,7 +156,7 @@ def card(cfg, split_info, device, started, test_reports, repeat=None, code=None)
 
 def split_info(cfg, doc) -> dict:
     """The "splits" entry of the card for a run's split document."""
-    path = cfg["dataset"]["split_file"]
+    path = Settings(cfg).dataset.split_file
     return {"file": path, "file_sha256": sha256_file(path) if path else None,
             "document_sha256": document_sha256(doc), "pairs_sha256": doc["pairs_sha256"],
             "count": len(doc["splits"]), "seed": doc["seed"]}

@@ -72,6 +72,7 @@ from siqa.inference.ensemble import FoldEnsemble, load_run
 from siqa.models import DEFAULT, MODELS
 from siqa.nss.features import nss_features
 from siqa.scoring import Scorer, batch_size_for, patch_mean, run_batches
+from siqa.settings import Settings
 
 __all__ = ["load", "StereoIQA", "FoldEnsemble", "Naturalness", "PairViews", "NearConstantWarning"]
 
@@ -99,11 +100,13 @@ def load(checkpoint, device="auto") -> StereoIQA | FoldEnsemble:
         return load_run(checkpoint, lambda path: load(path, device))
     state = read_checkpoint(checkpoint, map_location=device)
     cfg = state["config"]
+    settings = Settings(cfg)
     network = load_model(state, device, source=checkpoint)  # the network of model.name
-    model = StereoIQA(network, state["database"], normalisation=cfg["patches"]["normalisation"],
-                      device=device, nss=cfg["nss"], patch_dtype=getattr(torch, cfg["train"]["patch_dtype"]),
+    model = StereoIQA(network, state["database"], normalisation=settings.patches.normalisation, device=device,
+                      nss={"marginal": settings.nss.marginal, "preprocess": settings.nss.preprocess},
+                      patch_dtype=getattr(torch, settings.train.patch_dtype),
                       amp_dtype=amp_dtype_of(cfg, device), source=str(checkpoint),
-                      name=cfg["model"]["name"], **recorded_spread(state.get("best") or {}))
+                      name=settings.model.name, **recorded_spread(state.get("best") or {}))
     if model.near_constant:
         warnings.warn(model.near_constant_message(), NearConstantWarning, stacklevel=2)
     return model

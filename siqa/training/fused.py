@@ -106,6 +106,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from siqa.data.inputs import SplitData
 from siqa.errors import UserError
 from siqa.models.spec import NSS_DIM
+from siqa.settings import Settings
 from siqa.training.fused_optimizer import OPTIMIZERS, FlatOptimizer, FlatParameters, dense_strides
 from siqa.training.step import joint_loss
 
@@ -601,13 +602,14 @@ class FusedSplits:
     # ---------------------------------------------------------------- construction helpers
 
     @classmethod
-    def from_train_config(cls, models, generators, t, amp_dtype=None, **kwargs):
-        """From a run's `train` config section, as siqa.training.step.make_optimizer reads it."""
-        if t["optimizer"] == "adam":
-            return cls(models, generators, optimizer="adam", lr=t["lr"], weight_decay=t["weight_decay"],
-                       nss_weight=t["nss_weight"], amp_dtype=amp_dtype, **kwargs)
-        return cls(models, generators, optimizer="sgd", lr=t["lr"], momentum=t["momentum"],
-                   weight_decay=t["weight_decay"], nss_weight=t["nss_weight"], amp_dtype=amp_dtype,
+    def from_config(cls, models, generators, cfg, amp_dtype=None, **kwargs):
+        """From a run's resolved config, as siqa.training.step.make_optimizer reads it."""
+        t = Settings(cfg).train
+        if t.optimizer == "adam":
+            return cls(models, generators, optimizer="adam", lr=t.lr, weight_decay=t.weight_decay,
+                       nss_weight=t.nss_weight, amp_dtype=amp_dtype, **kwargs)
+        return cls(models, generators, optimizer="sgd", lr=t.lr, momentum=t.momentum,
+                   weight_decay=t.weight_decay, nss_weight=t.nss_weight, amp_dtype=amp_dtype,
                    **kwargs)
 
     def _lay_out(self, name, stacked, cast):

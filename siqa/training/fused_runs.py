@@ -46,10 +46,10 @@ class FusedRuns:
                             f"different epochs ({sorted(starts)}); resume them one after another "
                             "(train.concurrent_splits=false)")
         first = self.runs[0]
-        self.fused = FusedSplits.from_train_config(
-            [run.model for run in self.runs], generators, self.t, first.amp_dtype,
+        self.fused = FusedSplits.from_config(
+            [run.model for run in self.runs], generators, self.cfg, first.amp_dtype,
             initial_lr=first.optimizer.param_groups[0].get("initial_lr"),
-            step=fused_step(step_of(self.t["step"], self.device, first.dist.world)), log=self.log)
+            step=fused_step(step_of(self.t.step, self.device, first.dist.world)), log=self.log)
         views = self.fused.concatenate([run.data["train"] for run in self.runs])
         for k, run in enumerate(self.runs):
             run.data["train"] = views[k]  # one copy of the training patches, the concatenated one
@@ -59,7 +59,7 @@ class FusedRuns:
         with ExitStack() as stack:
             for run in self.runs:
                 stack.enter_context(run.training())
-            for epoch in range(starts.pop(), self.t["epochs"]):
+            for epoch in range(starts.pop(), self.t.epochs):
                 yield from self._epoch(epoch)
         return [run.finish() for run in self.runs]
 
@@ -74,7 +74,7 @@ class FusedRuns:
         orders = [run.order(epoch) for run in runs]
         self.fused.set_lr(float(runs[0].optimizer.param_groups[0]["lr"]))  # one schedule for all
         bar = progress_bar(total=sum(len(o) for o in orders), unit="patch", leave=False,
-                           desc=f"epoch {epoch + 1}/{self.t['epochs']}, {len(runs)} splits fused",
+                           desc=f"epoch {epoch + 1}/{self.t.epochs}, {len(runs)} splits fused",
                            progress=first_epoch(self.progress, epoch, runs[0].start_epoch))
         rounds = self.fused.epoch([run.data["train"] for run in runs], orders, runs[0].batch, bar)
         try:

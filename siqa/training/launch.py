@@ -15,6 +15,7 @@ from siqa import config
 from siqa.errors import UserError, counted
 from siqa.files import RunLock, remove_dead_temporaries
 from siqa.runfolder import CONFIG, RunFolder, split_name
+from siqa.settings import Settings
 
 
 def launch(config_path, overrides, resume=False) -> int:
@@ -26,8 +27,8 @@ def launch(config_path, overrides, resume=False) -> int:
     locks = []
     if os.environ.get("RANK", "0") == "0":  # one job per run folder (rank 0 is the writer)
         # array tasks sharing out_dir (train.splits) each own the folders of their splits
-        parts = ([split_name(r) for r in cfg["train"]["splits"]]
-                 if cfg["train"]["splits"] is not None else [None])
+        chosen = Settings(cfg).train.splits
+        parts = [split_name(r) for r in chosen] if chosen is not None else [None]
         try:
             for part in parts:
                 locks.append(RunLock(out_dir, part).acquire())
@@ -68,18 +69,19 @@ def _run(config_path, overrides, resume, cfg, out_dir):
         refuse_existing_run(cfg, out_dir)
         cfg = config.absolute_paths(cfg)
     config.check_effect(cfg, overrides)  # no key without an effect
-    if cfg["train"]["deterministic"] is True:  # cuBLAS reads it once, when CUDA starts
+    settings = Settings(cfg)
+    if settings.train.deterministic is True:  # cuBLAS reads it once, when CUDA starts
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     if resume and finished(cfg):
-        print(f"{Path(out_dir).resolve()} is finished: {counted(cfg['train']['epochs'], 'epoch')} trained and tested; "
+        print(f"{Path(out_dir).resolve()} is finished: {counted(settings.train.epochs, 'epoch')} trained and tested; "
               "nothing to resume (a longer run: --resume train.epochs=N)")
         return 0
-    if cfg["train"]["threads"]:
-        torch.set_num_threads(cfg["train"]["threads"])
+    if settings.train.threads:
+        torch.set_num_threads(settings.train.threads)
     preempt.install()  # SIGTERM / SIGINT: stop after the current step, last.pt consistent
-    dist = distributed.setup(cfg["device"])
+    dist = distributed.setup(settings.device)
     try:
-        train(cfg, resume=resume, dist=dist, progress=for_stream(sys.stderr, cfg["progress_every"]),
+        train(cfg, resume=resume, dist=dist, progress=for_stream(sys.stderr, settings.progress_every),
               log=functools.partial(print, flush=True) if dist.is_main else (lambda *a: None),
               changes=changes)
     except preempt.Preempted as stopped:  # every rank stops; rank 0 says how to go on
@@ -116,7 +118,7 @@ def recorded_config(out_dir) -> dict:
 def refuse_existing_run(cfg, out_dir):
     """UserError where a new run would write over a run's files (array tasks sharing out_dir
     with train.splits: over their own splits' files)."""
-    held = RunFolder(out_dir).occupied(cfg["train"]["splits"])
+    held = RunFolder(out_dir).occupied(Settings(cfg).train.splits)
     if held is not None:
         raise UserError(f"{held} already holds a run: add --resume to continue it, "
                         f"or choose another out_dir=...")
@@ -125,11 +127,11 @@ def refuse_existing_run(cfg, out_dir):
 def tensorboard_command(cfg) -> str:
     """The command that shows the curves from here: the tensorboard beside this interpreter
     (the quick start's .venv is not activated, so a bare `tensorboard` is not on the PATH)."""
-    exe = Path(sys.executable).parent / "tensorboard"
+    exe, logdir = Path(sys.executable).parent / "tensorboard", Settings(cfg).tensorboard.dir
     if not exe.is_file():
-        return f"{sys.executable} -m tensorboard.main --logdir {cfg['tensorboard']['dir']}"
+        return f"{sys.executable} -m tensorboard.main --logdir {logdir}"
     try:
         exe = exe.relative_to(Path.cwd())
     except ValueError:
         pass
-    return f"{exe} --logdir {cfg['tensorboard']['dir']}"
+    return f"{exe} --logdir {logdir}"

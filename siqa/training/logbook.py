@@ -13,6 +13,7 @@ import hashlib
 from pathlib import Path
 
 from siqa import config as config_mod
+from siqa.settings import Settings
 
 
 def tensorboard_name(out_dir) -> str:
@@ -30,7 +31,7 @@ class Logbook:
         from torch.utils.tensorboard import SummaryWriter  # TensorBoard loads slowly
 
         self.cfg = cfg
-        self.writer = SummaryWriter(str(Path(cfg["tensorboard"]["dir"]) / run_name),
+        self.writer = SummaryWriter(str(Path(Settings(cfg).tensorboard.dir) / run_name),
                                     purge_step=start_epoch + 1)
 
     def validation(self, val, epoch):

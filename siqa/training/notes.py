@@ -8,6 +8,7 @@ with the measurements behind each note written beside it.
 """
 from siqa import config as config_mod
 from siqa.build import amp_dtype_of, spec_of
+from siqa.settings import Settings
 from siqa.training.step import step_of
 
 # Measured on the small demo (docs/decisions.md#does-the-papers-recipe-learn): two runs of
@@ -27,19 +28,20 @@ FUSED_ON_CPU = ("; note: fused splits are slower than one after another on a CPU
 def first_line(cfg, dist, numerics) -> str:
     """The run's first log line: its profile, network, device, step and precision, and every
     deviation from the network's recipe."""
-    t, device = cfg["train"], dist.device
+    settings, device = Settings(cfg), dist.device
+    t = settings.train
     deviations = config_mod.deviations_from_paper(cfg)
-    network = cfg["model"]["name"]
+    network = settings.model.name
     same = ("the paper's protocol" if spec_of(cfg).recipe_published
             else f"the {network} recipe (docs/models.md)")
-    fused = t["concurrent_splits"] == "fused"
-    step = step_of(t["step"], device, dist.world)
+    fused = t.concurrent_splits == "fused"
+    step = step_of(t.step, device, dist.world)
     if fused:
         step += (", splits fused (rounds eager, not compiled; scoring compiled)" if step == "compile"
                  else ", splits fused")
     precision = ("bfloat16 autocast" if amp_dtype_of(cfg, device) else
                  "float32 with TF32" if numerics["tf32"] else "float32")
-    line = (f"profile {t['profile']} on {cfg['dataset']['name']}, model {network}, device {device}, "
+    line = (f"profile {t.profile} on {settings.dataset.name}, model {network}, device {device}, "
             f"step {step}, {precision}: " + ("; ".join(deviations) if deviations else same))
     line += recipe_plateau_note(cfg)
     if fused and device.type == "cpu":  # allowed, so that a CPU shows what a GPU would train
@@ -50,6 +52,7 @@ def first_line(cfg, dist, numerics) -> str:
 def recipe_plateau_note(cfg) -> str:
     """The first log line's note for the paper's network with the original patch
     normalisation: its recipe learns on the demo after a long plateau."""
-    if cfg["model"]["name"] != "bourbia2021" or cfg["patches"]["normalisation"] != "reference":
+    settings = Settings(cfg)
+    if settings.model.name != "bourbia2021" or settings.patches.normalisation != "reference":
         return ""
     return RECIPE_PLATEAU

@@ -23,6 +23,7 @@ from siqa.device import configure_numerics
 from siqa.evaluation import protocol
 from siqa.progress import shown
 from siqa.runfolder import RunFolder
+from siqa.settings import Settings
 from siqa.training.notes import first_line
 from siqa.training.preflight import (
     check_config,
@@ -60,15 +61,16 @@ class Plan:
 def prepare(cfg, dist, progress, log, changes) -> Plan:
     """Every check, the database, the splits and the NSS targets of a run."""
     check_config(cfg, dist)
-    numerics = configure_numerics(cfg["train"]["deterministic"], cfg["train"]["tf32"], dist.device)
+    settings = Settings(cfg)
+    numerics = configure_numerics(settings.train.deterministic, settings.train.tf32, dist.device)
     log(first_line(cfg, dist, numerics))
     check_demo_size(cfg)
     check_init(cfg)
     if not dist.is_main:
         dist.wait_for_main()
-    pairs = load_database_from_config(cfg, progress=shown(progress, dist.is_main))
-    splits, split_doc = splits_for_run(pairs, cfg)  # seeded, or dataset.split_file
-    for line in split_content_notes(pairs, splits, cfg):  # shared view files (kfold: refused)
+    pairs = load_database_from_config(settings, progress=shown(progress, dist.is_main))
+    splits, split_doc = splits_for_run(pairs, settings)  # seeded, or dataset.split_file
+    for line in split_content_notes(pairs, splits, settings):  # shared view files (kfold: refused)
         log(line)
     chosen = chosen_splits(cfg, len(splits))
     check_tested(cfg, splits)
@@ -76,11 +78,11 @@ def prepare(cfg, dist, progress, log, changes) -> Plan:
               "code": protocol.git_state(), "changes": changes or {}}
     spec = check_model_inputs(cfg, pairs)
     if spec.predicts_nss:  # computed on the run's device: cuda:1 computes on cuda:1
-        nss = nss_from_config(pairs, cfg["nss"], progress=shown(progress, dist.is_main),
+        nss = nss_from_config(pairs, settings, progress=shown(progress, dist.is_main),
                               device=dist.device)
     else:  # a network without the NSS task needs no targets (nothing is computed)
         nss = np.zeros((len(pairs), 0), dtype=np.float32)
     if dist.is_main:
         dist.wait_for_main()
-    return Plan(cfg, pairs, splits, record, nss, database_info(cfg["dataset"]["name"], pairs),
+    return Plan(cfg, pairs, splits, record, nss, database_info(settings.dataset.name, pairs),
                 chosen)

@@ -15,6 +15,7 @@ from siqa import config as config_mod
 from siqa.build import build_model, spec_of
 from siqa.data.demo import VIEW_SIZE as DEMO_VIEW
 from siqa.errors import UserError
+from siqa.settings import Settings
 from siqa.training.fused import FusedSplits
 from siqa.training.step import check_step_mode
 
@@ -22,8 +23,9 @@ from siqa.training.step import check_step_mode
 def check_config(cfg, dist):
     """Every check of the config alone, before the database is read (see the module docstring;
     the demo's size is checked before the demo is built)."""
-    concurrent = cfg["train"]["concurrent_splits"]
-    check_step_mode(cfg["train"]["step"], dist.device, dist.world)
+    t = Settings(cfg).train
+    concurrent = t.concurrent_splits
+    check_step_mode(t.step, dist.device, dist.world)
     config_mod.check_nss_weight(cfg)
     if concurrent and dist.world > 1:
         raise UserError(f"train.concurrent_splits={str(concurrent).lower()} is for one process; "
@@ -39,15 +41,15 @@ def check_fusable(cfg):
     FusedSplits on one network built on the CPU, under a forked RNG (no random state moves)."""
     with torch.random.fork_rng(devices=[]):
         model = build_model(cfg, torch.device("cpu"))
-        FusedSplits.from_train_config([model], [torch.Generator()], cfg["train"])
+        FusedSplits.from_config([model], [torch.Generator()], cfg)
 
 
 def check_demo_size(cfg):
     """UserError (one line), before the demo is built, for a network whose crops do not fit
     the small demo's views (PAD-Net's 256x256)."""
-    ds, spec = cfg["dataset"], spec_of(cfg)
-    if ds["name"] == "demo" and ds["demo_size"] == "small" and spec.patch > min(DEMO_VIEW):
-        raise UserError(f"model.name={cfg['model']['name']} cuts {spec.patch}x{spec.patch} crops, larger than "
+    ds, spec = Settings(cfg).dataset, spec_of(cfg)
+    if ds.name == "demo" and ds.demo_size == "small" and spec.patch > min(DEMO_VIEW):
+        raise UserError(f"model.name={Settings(cfg).model.name} cuts {spec.patch}x{spec.patch} crops, larger than "
                         f"the small demo's {DEMO_VIEW[0]}x{DEMO_VIEW[1]} views: use "
                         "dataset.demo_size=full (611x344 views)")
 
@@ -55,14 +57,15 @@ def check_demo_size(cfg):
 def chosen_splits(cfg, count) -> list:
     """The split indices this run trains: `train.splits` (in its order), or all `count`;
     UserError (one line) for an index outside the run's splits."""
-    chosen = cfg["train"]["splits"]
+    chosen = Settings(cfg).train.splits
     if chosen is None:
         return list(range(count))
     outside = [r for r in chosen if r >= count]
     if outside:
-        source = cfg["dataset"]["split_file"] or f"the {cfg['protocol']['design']} design"
+        settings = Settings(cfg)
+        source = settings.dataset.split_file or f"the {settings.protocol.design} design"
         raise UserError(f"train.splits={chosen}: split {outside[0]} does not exist; {source} "
-                        f"with train.repeats={cfg['train']['repeats']} gives splits 0..{count - 1}")
+                        f"with train.repeats={settings.train.repeats} gives splits 0..{count - 1}")
     return list(chosen)
 
 
@@ -71,7 +74,8 @@ def check_tested(cfg, splits):
     part: a split without a test is one final model on every pair (dataset.split [1, 0, 0]),
     and a run of several has no test to summarise."""
     if len(splits) > 1 and any(len(split["test"]) == 0 for split in splits):
-        source = cfg["dataset"]["split_file"] or f"dataset.split={cfg['dataset']['split']}"
+        ds = Settings(cfg).dataset
+        source = ds.split_file or f"dataset.split={ds.split}"
         raise UserError(f"{source} leaves the test part empty: that trains one final model "
                         f"(train.repeats=1), not {len(splits)} splits with no test to summarise")
 
@@ -83,8 +87,8 @@ def check_model_inputs(cfg, pairs):
     if spec.needs_view_scores:
         missing = [p.name for p in pairs if p.view_scores is None]
         if missing:
-            raise UserError(f"model.name={cfg['model']['name']} predicts per-view scores, but "
-                            f"{len(missing)} pairs of dataset.name={cfg['dataset']['name']} have "
+            raise UserError(f"model.name={Settings(cfg).model.name} predicts per-view scores, but "
+                            f"{len(missing)} pairs of dataset.name={Settings(cfg).dataset.name} have "
                             f"none (first: {missing[0]}); use a database that carries them "
                             "(the demo, Waterloo-IVC, a CSV manifest with left_score,right_score "
                             "columns)")

@@ -28,6 +28,7 @@ from siqa.evaluation.reports import (
     write_json,
 )
 from siqa.files import read_json
+from siqa.settings import Settings
 from siqa.training.distributed import Dist
 from siqa.training.plan import prepare
 from siqa.training.schedule import train_splits
@@ -43,7 +44,7 @@ def train(cfg, resume=False, dist=None, progress=True, log=print, changes=None):
     plan = prepare(cfg, dist, progress, log, changes)
     reports = train_splits(plan, resume, dist, progress, log)
     cfg = plan.cfg
-    if cfg["train"]["splits"] is not None:  # a part of the run: summarize.py merges the parts
+    if Settings(cfg).train.splits is not None:  # a part of the run: summarize.py merges the parts
         if dist.is_main:
             log(merge_hint(plan.chosen, len(plan.splits), plan.out_dir))
         return [reports[r] for r in plan.chosen]

@@ -14,6 +14,7 @@ import json
 from siqa import config as config_mod
 from siqa.progress import shown
 from siqa.runfolder import RunFolder
+from siqa.settings import Settings
 from siqa.training.checkpoints import saved_epoch
 from siqa.training.concurrent import finish, interleave
 from siqa.training.fused_runs import FusedRuns
@@ -26,7 +27,8 @@ def train_splits(plan, resume, dist, progress, log) -> list:
     finished split of a resumed run is read back, not trained again."""
     reports = [None] * len(plan.splits)
     todo = []
-    epochs = plan.cfg["train"]["epochs"]
+    t = Settings(plan.cfg).train
+    epochs = t.epochs
     for r in plan.chosen:
         split = plan.split_folder(r)
         if resume and split.finished(epochs, saved_epoch):
@@ -35,7 +37,7 @@ def train_splits(plan, resume, dist, progress, log) -> list:
             if resume:
                 split.check_extendable(epochs)
             todo.append(r)
-    mode = plan.cfg["train"]["concurrent_splits"] if len(todo) > 1 else False
+    mode = t.concurrent_splits if len(todo) > 1 else False
     concurrent = bool(mode)
 
     def split_run(r):
@@ -87,5 +89,5 @@ def finished(cfg) -> bool:
         return False
     count = folder.split_count()
     chosen = [0] if count == 1 else chosen_splits(cfg, count)
-    return folder.finished(chosen, count, cfg["train"]["epochs"], saved_epoch,
-                           whole=cfg["train"]["splits"] is None)
+    t = Settings(cfg).train
+    return folder.finished(chosen, count, t.epochs, saved_epoch, whole=t.splits is None)

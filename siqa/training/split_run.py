@@ -41,6 +41,7 @@ from siqa.progress import Every, shown
 from siqa.progress import bar as progress_bar
 from siqa.runfolder import BEST, split_name
 from siqa.scoring import Scorer, predict_pairs
+from siqa.settings import Settings
 from siqa.training import preempt
 from siqa.training.checkpoints import (
     BackgroundSaver,
@@ -69,10 +70,10 @@ class SplitRun:
 
     def __init__(self, plan, r, dist, progress, log, concurrent=False):
         self.plan, self.r, self.dist, self.log, self.concurrent = plan, r, dist, log, concurrent
-        self.cfg, self.t = plan.cfg, plan.cfg["train"]
+        self.cfg, self.t = plan.cfg, Settings(plan.cfg).train
         self.folder = plan.split_folder(r)
         self.run_dir = self.folder.path
-        self.seed = self.t["seed"] + r
+        self.seed = self.t.seed + r
         self.show = shown(progress, dist.is_main)  # True (bars), Every(s) or False: siqa.progress
         self.pairs = {name: [plan.pairs[i] for i in plan.splits[r][name]] for name in PARTS}
         self.record = {**plan.record, "repeat": r, "started": time.perf_counter()}
@@ -84,7 +85,7 @@ class SplitRun:
         """The split's run as a generator of its training steps; returns its test report."""
         self.prepare(resume)
         with self.training():
-            for epoch in range(self.start_epoch, self.t["epochs"]):
+            for epoch in range(self.start_epoch, self.t.epochs):
                 yield from self._epoch(epoch)
         return self.finish()
 
@@ -121,7 +122,7 @@ class SplitRun:
         if dist.is_main:  # every input has been read: from here on the run folder exists
             # the whole run's config (train.splits: null): array tasks sharing out_dir write
             # the same file, and --resume without train.splits finishes every split
-            whole = {**cfg, "train": {**t, "splits": None}}
+            whole = {**cfg, "train": {**cfg["train"], "splits": None}}
             atomic_write_text(self.plan.folder.config, config_mod.dump(whole))
             write_split_file(self.plan.folder.splits_file, self.record["splits"])
         self.amp_dtype = amp_dtype_of(cfg, dist.device)
@@ -132,9 +133,9 @@ class SplitRun:
             self.model.set_standardisation(*pixel_statistics(self.data["train"].left),
                                            *pixel_statistics(self.data["train"].right))
         seed_rank_stream(self.seed, dist.rank)  # then each rank its own dropout masks
-        self.optimizer = make_optimizer(self.model, t)
-        self.scheduler = (torch.optim.lr_scheduler.StepLR(self.optimizer, t["lr_step"], t["lr_gamma"])
-                          if t["lr_step"] else None)
+        self.optimizer = make_optimizer(self.model, cfg)
+        self.scheduler = (torch.optim.lr_scheduler.StepLR(self.optimizer, t.lr_step, t.lr_gamma)
+                          if t.lr_step else None)
         self.start_epoch, self.best, self.resumes = 0, None, []
         if resume:
             self._resume()
@@ -145,13 +146,13 @@ class SplitRun:
         self.logbook = Logbook(cfg, self.run_name, self.start_epoch) if dist.is_main else None
         self.saver = BackgroundSaver()
         self.pair = BestLastPair(self.run_dir, self.saver)  # best.pt never newer than its last.pt
-        self.batch = max(1, t["batch_size"] // dist.world)  # the global batch stays batch_size
+        self.batch = max(1, t.batch_size // dist.world)  # the global batch stays batch_size
         self.fused = None  # (FusedSplits, k) once a FusedRuns trains this split
-        mode = step_of(t["step"], dist.device, dist.world)
+        mode = step_of(t.step, dist.device, dist.world)
         if fused:  # K captured scorers would hold K graph memory pools: graph scores eagerly
             self.scorer = Scorer("compile" if mode == "compile" else "eager", self.model, self.amp_dtype)
         else:
-            self.step = TrainStep(mode, self.trained, self.optimizer, self.batch, t["nss_weight"],
+            self.step = TrainStep(mode, self.trained, self.optimizer, self.batch, t.nss_weight,
                                   self.amp_dtype, concurrent=self.concurrent)
             self.scorer = self.step.scorer
         self.stop = preempt.Stopper(dist)
@@ -165,9 +166,9 @@ class SplitRun:
         cfg, plan, r = self.cfg, self.plan, self.r
         self.crop_views = (whole_views(self.pairs["train"], self.spec, self.show)
                            if self.spec.train_crop == "random" else None)
-        dtype = getattr(torch, self.t["patch_dtype"])
+        dtype = getattr(torch, self.t.patch_dtype)
         self.data = {name: split_data(self.pairs[name], plan.nss[plan.splits[r][name]], dtype,
-                                      cfg["patches"]["normalisation"], self.spec, progress=self.show,
+                                      Settings(cfg).patches.normalisation, self.spec, progress=self.show,
                                       crops=self.crop_views is not None and name == "train"
                                       ).to(self.dist.device)
                      for name in PARTS}
@@ -185,7 +186,7 @@ class SplitRun:
         state = load_checkpoint(self.folder.last, map_location="cpu")
         if model_kwargs(self.cfg).get("nss_head") and "nss_head.weight" not in state["model"]:
             raise UserError(f"--resume: {self.folder.last} has no NSS head: it was written "
-                            f"before train.nss_weight had an effect on model.name={self.cfg['model']['name']} "
+                            f"before train.nss_weight had an effect on model.name={Settings(self.cfg).model.name} "
                             "(its recorded value was ignored); evaluate.py reads it, but a resume "
                             "would train another network: retrain")
         self.model.load_state_dict(state["model"])
@@ -206,11 +207,11 @@ class SplitRun:
         started, t = time.perf_counter(), self.t
         order = self.order(epoch)
         whose = f"split {self.r}: " if len(self.plan.splits) > 1 else ""
-        bar = progress_bar(total=len(order), desc=f"{whose}epoch {epoch + 1}/{t['epochs']}",
+        bar = progress_bar(total=len(order), desc=f"{whose}epoch {epoch + 1}/{t.epochs}",
                            unit="patch", leave=False, progress=first_epoch(self.show, epoch, self.start_epoch))
         losses = yield from preempt.until_stopped(
             epoch_steps(self.trained, self.optimizer, self.data["train"], order, self.batch,
-                        t["nss_weight"], self.amp_dtype, progress=bar, step=self.step), self.stop)
+                        t.nss_weight, self.amp_dtype, progress=bar, step=self.step), self.stop)
         bar.close()
         self.end_epoch(epoch, losses, started)
 
@@ -225,13 +226,13 @@ class SplitRun:
     def end_epoch(self, epoch, losses, started):
         """After an epoch's steps: the learning rate's schedule, validation, the logs, last.pt."""
         t = self.t
-        last_epoch = epoch + 1 == t["epochs"]
+        last_epoch = epoch + 1 == t.epochs
         lr = float(self.optimizer.param_groups[0]["lr"])  # a tensor under train.step=graph
         if self.scheduler is not None:
             self.scheduler.step()
-        line = (f"epoch {epoch + 1}/{t['epochs']} loss {losses['total']:.4f} "
+        line = (f"epoch {epoch + 1}/{t.epochs} loss {losses['total']:.4f} "
                 f"(quality {losses['quality']:.4f}, nss {losses['nss']:.4f})")
-        if (epoch + 1) % t["val_every"] == 0 or last_epoch:
+        if (epoch + 1) % t.val_every == 0 or last_epoch:
             line += self._validate(epoch + 1, last_epoch)
         if self.logbook is not None:
             self.logbook.epoch(losses, lr, epoch + 1)
@@ -260,7 +261,7 @@ class SplitRun:
         if self.logbook is not None:
             self.logbook.validation(val, epoch)
             # numbered by epoch, so that a resumed run draws the same ones
-            if (epoch // self.t["val_every"]) % self.t["scatter_every"] == 0 or last_epoch:
+            if (epoch // self.t.val_every) % self.t.scatter_every == 0 or last_epoch:
                 self.logbook.scatter(pred, self.pairs["val"], epoch)
         return f" | val SROCC {fmt_metric(val['srocc'])} PLCC {fmt_metric(val['plcc'])} RMSE {val['rmse']:.3f}"
 
@@ -268,7 +269,7 @@ class SplitRun:
         """last.pt every train.checkpoint_every epochs (and after the last); in between, where a
         signal can stop the run, the epoch's state is kept in memory for a preempted run."""
         dist = self.dist
-        if epoch % self.t["checkpoint_every"] == 0 or last_epoch:
+        if epoch % self.t.checkpoint_every == 0 or last_epoch:
             rng = self.rng_states()
             if dist.is_main:
                 self.pair.save_last(dict(self._state(epoch, with_optimizer=True), rng=rng))
@@ -314,7 +315,7 @@ class SplitRun:
         best_state = load_checkpoint(self.folder.best, map_location="cpu")
         self.model.load_state_dict(best_state["model"])
         report = {"val": best_state["best"]["val"], "best_epoch": best_state["best"]["epoch"],
-                  "epochs": self.t["epochs"]}
+                  "epochs": self.t.epochs}
         test_pred = self._predict("test")
         report["test"] = score_report(self.pairs["test"], test_pred, self.plan.info) if self.pairs["test"] else None
         if report["test"] is None:  # a final fit: the spread of its predictions on its training pairs
@@ -345,7 +346,7 @@ class SplitRun:
         if not self.pairs["val"]:
             report["protocol"]["selection"] = selection.NO_VALIDATION_RULE
         write_json(self.folder.metrics, report)
-        if not self.t["keep_last"]:  # tested: --resume now knows the split from metrics.json
+        if not self.t.keep_last:  # tested: --resume now knows the split from metrics.json
             self.folder.last.unlink(missing_ok=True)
         self.logbook.close(report)
         if report["test"] is None:  # a final fit: every pair trained (or validated) on

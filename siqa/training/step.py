@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from siqa.data.inputs import SplitData
 from siqa.errors import UserError
 from siqa.scoring import Scorer, compile_mode
-from siqa.settings import setting_choices
+from siqa.settings import Settings, setting_choices
 
 STEP_MODES = setting_choices("train.step")
 GRAPH_WARMUP_STEPS = 3  # eager steps on a side stream before capture (PyTorch's CUDA-graph recipe)
@@ -254,15 +254,15 @@ def epoch_steps(model, optimizer, data: SplitData, order, batch_size, nss_weight
     return {"total": means[0], "quality": means[1], "nss": means[2]}
 
 
-def make_optimizer(model, t):
+def make_optimizer(model, cfg):
     """train.optimizer over the network's parameters, or over its own parameter groups where
-    it has them (`param_groups(lr)`: PAD-Net's per-group learning rates). `t`: the run's
-    resolved `train` section."""
-    params = model.param_groups(t["lr"]) if hasattr(model, "param_groups") else model.parameters()
-    if t["optimizer"] == "adam":
-        return torch.optim.Adam(params, lr=t["lr"], weight_decay=t["weight_decay"])
-    return torch.optim.SGD(params, lr=t["lr"], momentum=t["momentum"],
-                           weight_decay=t["weight_decay"])
+    it has them (`param_groups(lr)`: PAD-Net's per-group learning rates). `cfg`: the run's
+    resolved config."""
+    t = Settings(cfg).train
+    params = model.param_groups(t.lr) if hasattr(model, "param_groups") else model.parameters()
+    if t.optimizer == "adam":
+        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+    return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
 
 
 # How a step runs its optimizer, not what the optimizer is: train.step=graph sets these (and

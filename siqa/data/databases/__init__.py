@@ -68,8 +68,8 @@ def load_database(name, root=None, manifest=None, validate=True, demo_size="smal
     return pairs
 
 
-def load_database_from_config(cfg, progress=True) -> list[StereoPair]:
-    """`load_database` with a run config's `dataset` section."""
-    ds = cfg["dataset"]
-    return load_database(ds["name"], root=ds["root"], manifest=ds["manifest"],
-                         demo_size=ds["demo_size"], progress=progress)
+def load_database_from_config(settings, progress=True) -> list[StereoPair]:
+    """`load_database` with a run's `dataset` settings (a siqa.settings.Settings view)."""
+    ds = settings.dataset
+    return load_database(ds.name, root=ds.root, manifest=ds.manifest, demo_size=ds.demo_size,
+                         progress=progress)
