@@ -254,6 +254,9 @@ class Settings:
     def __setattr__(self, name, value):
         raise AttributeError(f"Settings is read-only: set {self._prefix}{name} in the config dict")
 
+    def __reduce__(self):  # copy and pickle rebuild the view (setting slots is refused above)
+        return Settings, (self._cfg, self._prefix)
+
     def __repr__(self):
         return f"Settings({self._prefix.rstrip('.') or 'config'})"
 

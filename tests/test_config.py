@@ -288,7 +288,8 @@ def test_the_patch_constants_cover_exactly_the_declared_normalisations():
 def test_settings_reads_every_key_by_its_name_and_an_earlier_name_as_the_key_it_became():
     """siqa.settings.Settings: Settings(cfg).section.name is the dict's value for every
     declared key; train.concurrent_repeats (the earlier name) reads train.concurrent_splits;
-    a name that is not a setting is an AttributeError naming it; the view is read-only."""
+    a name that is not a setting is an AttributeError naming it; the view is read-only, and
+    copies and pickles of it read the same."""
     from siqa.settings import Settings
 
     cfg = load_config(overrides=["model.name=padnet", "train.concurrent_splits=fused", "train.repeats=2"])
@@ -306,6 +307,10 @@ def test_settings_reads_every_key_by_its_name_and_an_earlier_name_as_the_key_it_
     with pytest.raises(AttributeError, match="read-only"):
         settings.train.epochs = 3
     assert settings.train.epochs == cfg["train"]["epochs"]
+    import copy
+    import pickle
+
+    assert pickle.loads(pickle.dumps(settings.train)).lr == copy.deepcopy(settings).train.lr == cfg["train"]["lr"]
 
 
 def test_a_renamed_key_is_its_declaration_alone(monkeypatch):
