@@ -61,20 +61,21 @@ def build_model(cfg, device):
 
 def load_init(model, cfg):
     """model.init: pre-trained weights of part of the network (PAD-Net's auto-encoder)."""
-    path = Settings(cfg).model.init
-    if not path:
+    network = Settings(cfg).model
+    if not network.init:
         return
     check_init(cfg)
     try:
-        model.load_pretrained(torch.load(path, map_location="cpu", weights_only=True))
+        model.load_pretrained(torch.load(network.init, map_location="cpu", weights_only=True))
     except (RuntimeError, KeyError) as err:
-        raise UserError(f"model.init: {path} does not fit model.name={Settings(cfg).model.name} "
+        raise UserError(f"model.init: {network.init} does not fit model.name={network.name} "
                         f"({str(err).splitlines()[0][:200]})") from None
 
 
 def check_init(cfg):
     """UserError (one line) for a model.init the network cannot take or that is missing."""
-    path, name = Settings(cfg).model.init, Settings(cfg).model.name
+    network = Settings(cfg).model
+    path, name = network.init, network.name
     if path and not hasattr(MODELS[name], "load_pretrained"):
         raise UserError(f"model.init: model.name={name} has no pre-trained part")
     if path and not Path(path).is_file():

@@ -229,9 +229,10 @@ def run_dir_of(cfg) -> Path:
 # --------------------------------------------------------------------------- recipes
 def profile_of(cfg) -> str:
     """train.profile, with `auto` resolved: short on the demo database, paper elsewhere."""
-    profile = Settings(cfg).train.profile
+    settings = Settings(cfg)
+    profile = settings.train.profile
     if profile == "auto":
-        return "short" if Settings(cfg).dataset.name == "demo" else "paper"
+        return "short" if settings.dataset.name == "demo" else "paper"
     return profile
 
 
@@ -402,9 +403,10 @@ def upgrade(cfg, model_state=None) -> dict:
     `model_state` has none, train.nss_weight 0 (the checkpoint was written before the head
     existed, when its recorded value was ignored)."""
     cfg = load_config(base=cfg)
-    if model_state is not None and Settings(cfg).train.nss_weight > 0:
+    settings = Settings(cfg)
+    if model_state is not None and settings.train.nss_weight > 0:
         from siqa.models import MODELS
 
-        if MODELS[Settings(cfg).model.name].spec.nss_head and "nss_head.weight" not in model_state:
+        if MODELS[settings.model.name].spec.nss_head and "nss_head.weight" not in model_state:
             cfg["train"]["nss_weight"] = 0.0
     return cfg

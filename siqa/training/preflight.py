@@ -47,9 +47,10 @@ def check_fusable(cfg):
 def check_demo_size(cfg):
     """UserError (one line), before the demo is built, for a network whose crops do not fit
     the small demo's views (PAD-Net's 256x256)."""
-    ds, spec = Settings(cfg).dataset, spec_of(cfg)
+    settings, spec = Settings(cfg), spec_of(cfg)
+    ds = settings.dataset
     if ds.name == "demo" and ds.demo_size == "small" and spec.patch > min(DEMO_VIEW):
-        raise UserError(f"model.name={Settings(cfg).model.name} cuts {spec.patch}x{spec.patch} crops, larger than "
+        raise UserError(f"model.name={settings.model.name} cuts {spec.patch}x{spec.patch} crops, larger than "
                         f"the small demo's {DEMO_VIEW[0]}x{DEMO_VIEW[1]} views: use "
                         "dataset.demo_size=full (611x344 views)")
 
@@ -87,8 +88,9 @@ def check_model_inputs(cfg, pairs):
     if spec.needs_view_scores:
         missing = [p.name for p in pairs if p.view_scores is None]
         if missing:
-            raise UserError(f"model.name={Settings(cfg).model.name} predicts per-view scores, but "
-                            f"{len(missing)} pairs of dataset.name={Settings(cfg).dataset.name} have "
+            settings = Settings(cfg)
+            raise UserError(f"model.name={settings.model.name} predicts per-view scores, but "
+                            f"{len(missing)} pairs of dataset.name={settings.dataset.name} have "
                             f"none (first: {missing[0]}); use a database that carries them "
                             "(the demo, Waterloo-IVC, a CSV manifest with left_score,right_score "
                             "columns)")
