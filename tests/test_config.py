@@ -214,7 +214,7 @@ def test_every_declaration_is_enforced():
              ("train.tf32", "yes", "auto, true or false"),
              ("dataset.split", [0.5, 0.5], "a list of 3 numbers"), ("out_dir", 3, "a string (path) or null"),
              ("protocol.design", "loo", "one of random, kfold"), ("train.amp", 1, "true or false"),
-             ("model.name", "resnet", "one of bourbia2021, multiscore, padnet, stereoqanet")]
+             ("model.name", "resnet", "one of bourbia2021, multiscore, padnet, stereoqanet, tiny,")]
     for key, value, expected in cases:
         with pytest.raises(UserError, match=re.escape(f"config key {key}: expected {expected}")) as err:
             check(key, value)

@@ -15,20 +15,29 @@ def _check(*overrides):
     config.check_effect(cfg, overrides)
 
 
-@pytest.mark.parametrize("overrides,user", [
-    (["dataset.manifest=pairs.csv"], "dataset.name=csv"),  # the demo, by default
-    (["dataset.name=live3d_phase1", "dataset.manifest=pairs.csv"], "dataset.name=csv"),
-    (["dataset.name=csv", "dataset.manifest=a/pairs.csv", "dataset.root=a"], "without a manifest"),
-    (["dataset.name=csv", "dataset.manifest=p.csv", "dataset.demo_size=full"], "dataset.name=demo"),
-    (["dataset.split_file=s.json", "dataset.split=[0.5,0.25,0.25]"], "dataset.split_file"),
-    (["train.optimizer=adam", "train.momentum=0.5"], "train.optimizer=sgd"),
-    (["train.lr_gamma=0.5"], "train.lr_step > 0"),  # auto: constant on the demo
-    (["train.concurrent_splits=true"], "train.repeats > 1"),
+@pytest.mark.parametrize("overrides,decided,user", [
+    (["dataset.manifest=pairs.csv"], "(dataset.name=demo)", "dataset.name=csv"),  # the demo, by default
+    (["dataset.name=live3d_phase1", "dataset.manifest=pairs.csv"], "(dataset.name=live3d_phase1)",
+     "dataset.name=csv"),
+    (["dataset.name=csv", "dataset.manifest=a/pairs.csv", "dataset.root=a"],
+     "(dataset.name=csv, dataset.manifest=a/pairs.csv)", "without a manifest"),
+    (["dataset.name=csv", "dataset.manifest=p.csv", "dataset.demo_size=full"], "(dataset.name=csv)",
+     "dataset.name=demo"),
+    (["dataset.split_file=s.json", "dataset.split=[0.5,0.25,0.25]"], "(dataset.split_file=s.json)",
+     "without dataset.split_file"),
+    (["train.optimizer=adam", "train.momentum=0.5"], "(train.optimizer=adam)", "train.optimizer=sgd"),
+    (["train.lr_gamma=0.5"], "(train.lr_step=0)", "train.lr_step > 0"),  # auto: constant on the demo
+    (["train.concurrent_splits=true"], "(train.repeats=1, dataset.split_file=null, protocol.design=random)",
+     "train.repeats > 1"),
 ])
-def test_a_key_the_run_does_not_use_is_refused_naming_what_uses_it(overrides, user):
-    with pytest.raises(UserError, match=overrides[-1].split("=")[0]) as err:
+def test_a_key_the_run_does_not_use_is_refused_naming_what_uses_it(overrides, decided, user):
+    """The one line names the key, the settings of this run that decided it has no effect,
+    and what would use it."""
+    with pytest.raises(UserError) as err:
         _check(*overrides)
-    assert user in str(err.value)
+    message = str(err.value)
+    assert message.startswith(f"{overrides[-1].split('=')[0]}=") and "\n" not in message
+    assert f"has no effect in this run {decided}: it is used with" in message and user in message
 
 
 @pytest.mark.parametrize("overrides", [

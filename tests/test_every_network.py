@@ -72,7 +72,7 @@ def build(layout, root):
 LAYOUTS = ["live3d_phase1", "live3d_phase2", "waterloo3d_phase1", "waterloo3d_phase2", "csv"]
 REFUSED = {  # (network, layout) -> what the one line names
     **{("multiscore", layout): "per-view scores" for layout in ("live3d_phase1", "live3d_phase2", "csv")},
-    **{("padnet", layout): "256" for layout in LAYOUTS},
+    **{("padnet", layout): "256x256" for layout in LAYOUTS},
 }
 
 

@@ -7,7 +7,6 @@ import shutil
 import pytest
 
 from conftest import run_entry
-from siqa import config
 from siqa.data.splits import scene_counts
 from siqa.errors import UserError, counted
 from siqa.evaluation.reports import pooled_line, split_log_lines
@@ -44,24 +43,6 @@ def test_other_files_given_as_a_checkpoint_are_named(tmp_path, content, kind):
     (tmp_path / "x.pt").write_bytes(content)
     with pytest.raises(UserError, match=f"x.pt is not a checkpoint but {kind}: give the best.pt"):
         load_checkpoint(tmp_path / "x.pt")
-
-
-@pytest.mark.parametrize("overrides,context", [
-    (["dataset.manifest=pairs.csv"], "(dataset.name=demo)"),
-    (["train.optimizer=adam", "train.momentum=0.5"], "(train.optimizer=adam)"),
-    (["train.lr_gamma=0.5"], "(train.lr_step=0)"),
-    (["dataset.name=csv", "dataset.manifest=a/p.csv", "dataset.root=a"],
-     "(dataset.name=csv, dataset.manifest=a/p.csv)"),
-    (["train.concurrent_splits=true"], "train.concurrent_splits=true has no effect in this run "
-                                        "(train.repeats=1, dataset.split_file=null, "
-                                        "protocol.design=random)"),
-])
-def test_the_no_effect_refusal_names_the_settings_that_decided_it(overrides, context):
-    with pytest.raises(UserError) as err:
-        config.check_effect(config.load_config(overrides=overrides), overrides)
-    assert context in str(err.value)
-    if "train.optimizer" not in context:
-        assert "train.optimizer" not in str(err.value)
 
 
 def test_counts_agree_with_their_nouns():

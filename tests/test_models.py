@@ -20,8 +20,10 @@ TOY_RECIPE = {"train.epochs": 2, "train.optimizer": "sgd", "train.lr": 0.05, "tr
               "train.lr_gamma": 0.1, "train.weight_decay": 0.0, "train.batch_size": 8,
               "train.nss_weight": 0.0}
 GOLDEN = json.loads((Path(__file__).parent / "data" / "golden_networks.json").read_text())
-PARAMETERS = {"bourbia2021": 15_187_437, "multiscore": 10_389_956, "stereoqanet": 8_821_313,
-              "padnet": 14_163_698}
+# the paper's network is counted by hand in test_bourbia2021.py; StereoQA-Net against the
+# original Keras model's count, recorded with the golden outputs
+PARAMETERS = {"multiscore": 10_389_956, "padnet": 14_163_698,
+              "stereoqanet": GOLDEN["stereoqanet"]["max_abs_diff_vs_original"]["keras parameters"]}
 
 
 def test_list_models_and_default():
@@ -30,22 +32,10 @@ def test_list_models_and_default():
     assert config.upgrade({})["model"]["name"] == "bourbia2021"  # a config from before model.name
 
 
-def test_unknown_name_is_one_line_listing_the_names():
-    with pytest.raises(UserError) as err:
-        config.load_config(overrides=["model.name=resnet"])
-    message = str(err.value)
-    assert "\n" not in message and "model.name" in message
-    assert all(name in message for name in list_models())
-
-
 @pytest.mark.parametrize("name", sorted(PARAMETERS))
 def test_parameter_counts(name):
     torch.manual_seed(0)
     assert count_parameters(create_model(name)) == PARAMETERS[name]
-
-
-def test_stereoqanet_keras_count_was_checked():
-    assert GOLDEN["stereoqanet"]["max_abs_diff_vs_original"]["keras parameters"] == 8_821_313
 
 
 def test_siqa_model_alias_is_the_papers_network():
@@ -109,9 +99,12 @@ def test_port_reproduces_the_originals_numbers(name):
 
 
 def test_multiscore_dropout_only_in_training():
+    """Two calls differ in train() mode (dropout's masks) and are equal in eval() mode."""
     torch.manual_seed(0)
     model = create_model("multiscore")
     x = torch.rand(4, 3, 32, 32)
+    model.train()
+    assert not all(torch.equal(a, b) for a, b in zip(model(x, x), model(x, x)))
     model.eval()
     assert all(torch.equal(a, b) for a, b in zip(model(x, x), model(x, x)))
 
@@ -167,15 +160,6 @@ def test_train_stereoqanet_on_the_tiny_database(tiny_manifest, tmp_path):
     assert not torch.equal(model.left_std, torch.ones(3, 32, 32))
 
 
-def test_multiscore_without_view_scores_is_refused_in_one_line(tiny_manifest, tmp_path):
-    from conftest import run_entry, tiny_overrides
-
-    proc = run_entry("train.py", *tiny_overrides(tiny_manifest, tmp_path, **{"model.name": "multiscore"}))
-    assert proc.returncode == 2
-    assert "per-view scores" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "run").exists()
-
-
 def test_padnet_pretrain_writes_what_model_init_loads(tmp_path):
     import numpy as np
     from PIL import Image
@@ -196,14 +180,6 @@ def test_padnet_pretrain_writes_what_model_init_loads(tmp_path):
     assert all(torch.equal(v, model.autoencoder.state_dict()[k]) for k, v in saved.items())
     with pytest.raises(UserError, match="no pre-trained part"):
         load_init(create_model("multiscore"), {"model": {"name": "multiscore", "init": str(out)}})
-
-
-def test_padnet_on_views_smaller_than_its_crops_is_one_line(tiny_manifest, tmp_path):
-    from conftest import run_entry, tiny_overrides
-
-    proc = run_entry("train.py", *tiny_overrides(tiny_manifest, tmp_path, **{"model.name": "padnet"}))
-    assert proc.returncode == 2 and "256x256" in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_protocol_card_names_the_network_without_moving_the_rng():
