@@ -46,9 +46,9 @@ def nss_parity(device, n, overrides):
 def prepare(device, overrides):
     from siqa.data.nss import nss_from_config
 
-    cfg = config.load_config(overrides=overrides)
-    pairs = load_database_from_config(Settings(cfg))
-    nss_from_config(pairs, Settings(cfg), progress=False, device=device)
+    settings = Settings(config.load_config(overrides=overrides))
+    pairs = load_database_from_config(settings)
+    nss_from_config(pairs, settings, progress=False, device=device)
     return len(pairs)
 
 

@@ -66,6 +66,7 @@ from siqa.evaluation.metrics import plcc, srocc  # noqa: E402
 from siqa.models import create_model  # noqa: E402
 from siqa.scoring import Scorer, pair_means, predict_pairs, run_batches  # noqa: E402
 from siqa.settings import Settings  # noqa: E402
+from siqa.training.concurrent import finish  # noqa: E402
 from siqa.training.step import epoch_order, epoch_steps, make_optimizer  # noqa: E402
 
 OUT = ROOT / "runs" / "recipe_diagnosis"
@@ -261,7 +262,7 @@ def predict(model, data, dropout_seed=None, batch_size=128):
     return pair_means(quality, data.pair_index, data.num_pairs)
 
 
-def split_data(split, norm, scale):
+def on_device(split, norm, scale):
     """One split's patches of normalisation `norm` (times `scale`) with its targets, on DEVICE."""
     left, right = (t * scale if scale != 1.0 else t for t in split["patches"][norm])
     return SplitData(*(t.to(DEVICE) for t in (left, right, split["pair_index"], split["score"], split["nss"])))
@@ -295,7 +296,7 @@ def run_variant(name, data, epochs, seed, scale_match, light=False, log=print):
     t = Settings(cfg).train
     norm = variant["norm"]
     scale = scale_match if variant.get("scale") == "match_contrast" else 1.0
-    train, val = split_data(data["train"], norm, scale), split_data(data["val"], norm, scale)
+    train, val = on_device(data["train"], norm, scale), on_device(data["val"], norm, scale)
     val_score = data["val"]["score"].numpy().astype(np.float64)
     train_score = data["train"]["score"].numpy().astype(np.float64)
     val_energy = pair_energy(data["val"], norm, scale)
@@ -342,12 +343,7 @@ def run_variant(name, data, epochs, seed, scale_match, light=False, log=print):
         order = epoch_order(train.num_patches, seed, epoch).to(DEVICE)
         before = [p.detach().clone() for p in params]
         watch = StepWatch(model, optimizer, params)
-        steps = epoch_steps(model, optimizer, train, order, t.batch_size, t.nss_weight)
-        try:
-            while True:
-                next(steps)
-        except StopIteration as done:
-            losses = done.value
+        losses = finish(epoch_steps(model, optimizer, train, order, t.batch_size, t.nss_weight))
         watch.remove()
         train_time = time.perf_counter() - t0
         quality, targets = torch.cat(watch.outputs), train.score[train.pair_index[order]]

@@ -107,8 +107,8 @@ def test_train_py_with_device_auto_runs_to_the_first_kernel(one_gpu, tiny_manife
     from siqa.data import load_database_from_config as load_pairs
     from siqa.data.nss import nss_from_config
 
-    cfg = config.load_config(overrides=overrides)
-    nss_from_config(load_pairs(Settings(cfg)), Settings(cfg), progress=False, device="cpu")
+    settings = Settings(config.load_config(overrides=overrides))
+    nss_from_config(load_pairs(settings), settings, progress=False, device="cpu")
     file, _, line = stops_at_first_kernel(lambda: train.main(overrides))
     assert file == "inputs.py" and "t.to(device" in line  # SplitData.to
     assert torch.backends.cudnn.benchmark and torch.backends.cudnn.allow_tf32  # CUDA's numerics

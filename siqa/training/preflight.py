@@ -58,12 +58,12 @@ def check_demo_size(cfg):
 def chosen_splits(cfg, count) -> list:
     """The split indices this run trains: `train.splits` (in its order), or all `count`;
     UserError (one line) for an index outside the run's splits."""
-    chosen = Settings(cfg).train.splits
+    settings = Settings(cfg)
+    chosen = settings.train.splits
     if chosen is None:
         return list(range(count))
     outside = [r for r in chosen if r >= count]
     if outside:
-        settings = Settings(cfg)
         source = settings.dataset.split_file or f"the {settings.protocol.design} design"
         raise UserError(f"train.splits={chosen}: split {outside[0]} does not exist; {source} "
                         f"with train.repeats={settings.train.repeats} gives splits 0..{count - 1}")

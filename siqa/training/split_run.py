@@ -166,9 +166,9 @@ class SplitRun:
         cfg, plan, r = self.cfg, self.plan, self.r
         self.crop_views = (whole_views(self.pairs["train"], self.spec, self.show)
                            if self.spec.train_crop == "random" else None)
-        dtype = getattr(torch, self.t.patch_dtype)
+        dtype, normalisation = getattr(torch, self.t.patch_dtype), Settings(cfg).patches.normalisation
         self.data = {name: split_data(self.pairs[name], plan.nss[plan.splits[r][name]], dtype,
-                                      Settings(cfg).patches.normalisation, self.spec, progress=self.show,
+                                      normalisation, self.spec, progress=self.show,
                                       crops=self.crop_views is not None and name == "train"
                                       ).to(self.dist.device)
                      for name in PARTS}
