@@ -8,7 +8,7 @@ import pytest
 
 from conftest import make_tiny_database, run_entry, tiny_overrides
 from siqa.data.records import StereoPair
-from siqa.evaluation.matrix import oriented
+from siqa.evaluation.matrix import oriented, parse_test
 from siqa.evaluation.reports import fmt_metric as _fmt
 
 
@@ -24,6 +24,21 @@ def test_right_dmos_predictions_on_a_mos_database_give_positive_correlations():
     assert not same["flipped"] and same["srocc"] == pytest.approx(1.0)
     wrong = oriented(-dmos, mos_pairs, trained_higher_is_better=False)
     assert wrong["srocc"] == pytest.approx(-1.0)
+
+
+@pytest.mark.parametrize("spec, key", [
+    ("csv=/data/own/mos.csv", "manifest"),        # the csv loader reads only a manifest
+    ("csv=/data/own", "root"),                     # a folder holding manifest.csv
+    ("waterloo3d_phase1=/data/ivc/mos.CSV", "root"),  # Waterloo takes a root (and a manifest)
+    ("live3d_phase1=/data/LIVE3D-I", "root"),
+])
+def test_a_test_database_path_is_a_manifest_only_for_a_manifest_only_loader(spec, key):
+    name, overrides = parse_test(spec)
+    path = spec.split("=", 1)[1]
+    assert name == spec.split("=", 1)[0] and overrides["name"] == name
+    assert overrides[key] == path
+    other = "root" if key == "manifest" else "manifest"
+    assert overrides[other] is None
 
 
 @pytest.fixture(scope="module")

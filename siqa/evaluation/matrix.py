@@ -22,6 +22,7 @@ import numpy as np
 from siqa import config as config_mod
 from siqa.build import load_model, read_checkpoint
 from siqa.data import load_database_from_config
+from siqa.data.databases import takes
 from siqa.data.overlap import evaluation_pairs
 from siqa.device import select_device, use_run_threads
 from siqa.errors import UserError, counted
@@ -38,11 +39,13 @@ MARKS = ("* = the checkpoint's own test split; + = without the checkpoint's trai
 
 
 def parse_test(spec):
-    """'NAME=PATH' -> (label, dataset overrides): PATH is the root (a CSV file for csv)."""
+    """'NAME=PATH' -> (label, dataset overrides): PATH is the root, or the manifest file of a
+    database whose loader reads only a manifest (csv)."""
     if "=" not in spec:
         raise UserError(f"--test {spec!r}: expected NAME=PATH, e.g. live3d_phase2=/data/LIVE3D-II")
     name, path = (s.strip() for s in spec.split("=", 1))
-    key = "manifest" if name == "csv" and path.lower().endswith(".csv") else "root"
+    manifest_only = takes(name, "manifest") and not takes(name, "root")
+    key = "manifest" if manifest_only and path.lower().endswith(".csv") else "root"
     return name, {"name": name, "root": None, "manifest": None, key: path}
 
 
