@@ -44,11 +44,15 @@ def _check_records(pairs, validated):
                     im.load()
 
 
-def _load(loader, *args, validated=False):
+def _load(loader, path, validated=False):
+    """loader(path)'s records, checked, or None after a UserError naming the fuzzed file or
+    a file of its folder (whose name every such path holds). A name read from the file may
+    hold a line break; the entry points print the message on one line (siqa.errors.run_cli)."""
     try:
-        pairs = loader(*args)
+        pairs = loader(path)
     except UserError as err:
-        assert str(err).strip()
+        message = str(err).strip()
+        assert path.name in message or path.parent.name in message, (message, path)
         event(f"{'validated' if validated else 'direct'}: UserError")
         return None
     _check_records(pairs, validated)
@@ -275,8 +279,8 @@ def live1_root(tmp_path_factory):
                            "dmos": number_var()}, LIVE1_GOOD))
 def test_live1_mat_gives_records_or_user_error(live1_root, variables):
     _write_mat(live1_root / "data.mat", variables)
-    _load(live3d.load_phase1, live1_root)
-    _load(lambda r: load_database("live3d_phase1", root=r), live1_root, validated=True)
+    _load(lambda m: live3d.load_phase1(m.parent), live1_root / "data.mat")
+    _load(lambda m: load_database("live3d_phase1", root=m.parent), live1_root / "data.mat", validated=True)
 
 
 LIVE2_NAMES = ["003image_1_4.bmp", "003image_2_1.bmp", "010image_3_9.bmp", "003image_0_0.bmp",
@@ -301,8 +305,9 @@ def live2_root(tmp_path_factory):
                            "Dmos": number_var()}, LIVE2_GOOD))
 def test_live2_mat_gives_records_or_user_error(live2_root, variables):
     _write_mat(live2_root / "3DDmosRelease.mat", variables)
-    _load(live3d.load_phase2, live2_root)
-    _load(lambda r: load_database("live3d_phase2", root=r), live2_root, validated=True)
+    _load(lambda m: live3d.load_phase2(m.parent), live2_root / "3DDmosRelease.mat")
+    _load(lambda m: load_database("live3d_phase2", root=m.parent), live2_root / "3DDmosRelease.mat",
+          validated=True)
 
 
 @pytest.mark.parametrize("content", [b"", b"MATLAB 5.0 MAT-file" + b"\0" * 200, b"\x89HDF\r\n\x1a\n" * 8,

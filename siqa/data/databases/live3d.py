@@ -130,12 +130,12 @@ def load_phase1(root) -> list[StereoPair]:
     for name, ref, score in zip(names, refs, dmos):
         rel = posix_path(name)
         if len(rel.parts) < 2:
-            raise UserError(f"entry '{name}' in {mat_path} has no distortion folder")
+            raise UserError(f"entry {name!r} in {mat_path} has no distortion folder")
         folder = rel.parts[0]
         kind = LIVE1_FOLDERS.get(folder.lower())
         if kind is None:
             raise UserError(
-                f"entry '{name}' in {mat_path}: unknown distortion folder '{folder}' "
+                f"entry {name!r} in {mat_path}: unknown distortion folder {folder!r} "
                 f"(expected one of {', '.join(sorted(set(LIVE1_FOLDERS)))})"
             )
         folder_path = root.joinpath(*rel.parts[:-1])
@@ -171,20 +171,20 @@ def live2_codes(filename: str):
     """(distortion, symmetric) from a LIVE Phase II stimulus name ``..._{type}_{profile}.bmp``."""
     m = _LIVE2_NAME.search(posix_path(filename).stem)
     if m is None:
-        raise UserError(f"LIVE Phase II stimulus name '{filename}' does not end in _<type>_<profile>")
+        raise UserError(f"LIVE Phase II stimulus name {filename!r} does not end in _<type>_<profile>")
     try:
         kind, profile = int(m.group(1)), int(m.group(2))
     except ValueError:  # more digits than int() takes
-        raise UserError(f"LIVE Phase II stimulus name '{filename}': type/profile codes too long") from None
+        raise UserError(f"LIVE Phase II stimulus name {filename!r}: type/profile codes too long") from None
     if profile == 0:
         return "pristine", True
     if kind not in LIVE2_TYPES:
-        raise UserError(f"LIVE Phase II stimulus '{filename}': unknown type code {kind} (1..5)")
+        raise UserError(f"LIVE Phase II stimulus {filename!r}: unknown type code {kind} (1..5)")
     if profile in LIVE2_SYMMETRIC_PROFILES:
         return LIVE2_TYPES[kind], True
     if profile in LIVE2_ASYMMETRIC_PROFILES:
         return LIVE2_TYPES[kind], False
-    raise UserError(f"LIVE Phase II stimulus '{filename}': unknown profile code {profile} (0..9)")
+    raise UserError(f"LIVE Phase II stimulus {filename!r}: unknown profile code {profile} (0..9)")
 
 
 def _resolve_in(root: Path, folder: str, name: str) -> Path:
@@ -205,8 +205,11 @@ def load_phase2(root) -> list[StereoPair]:
     stims = _mat_strings(mat, "StiFilename", mat_path)
     _check_lengths(mat_path, Dmos=dmos, RefFilename=refs, StiFilename=stims)
     pairs = []
-    for stim, ref, score in zip(stims, refs, dmos):
-        kind, symmetric = live2_codes(stim)
+    for number, (stim, ref, score) in enumerate(zip(stims, refs, dmos), 1):
+        try:
+            kind, symmetric = live2_codes(stim)
+        except UserError as err:
+            raise UserError(f"variable 'StiFilename' in {mat_path}, entry {number}: {err}") from None
         pairs.append(
             StereoPair(
                 name=posix_path(stim).name,
