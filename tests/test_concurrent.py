@@ -389,14 +389,14 @@ def test_on_cuda_captured_fused_rounds_resumed_equal_eager_fused_rounds(tiny_man
     float32 kernels; the predictions agree to 1e-5 relative (float32 rounding of the same
     kernels; a wrong mask, index or update moves them by far more), the dropout streams end
     in the same state, the metrics to close()'s tolerances."""
-    from siqa.training import fused as fused_module
+    from siqa.training import fused_graphs
 
     common = {"device": "cuda", "train.deterministic": True, "train.tf32": False, "train.batch_size": 4}
     eager = tmp_path / "eager"
     train(tiny_manifest, eager, **{"train.concurrent_splits": "fused", "train.step": "eager", **common})
     captures = []
-    real = fused_module.CudaGraphs.capture
-    monkeypatch.setattr(fused_module.CudaGraphs, "capture",
+    real = fused_graphs.CudaGraphs.capture
+    monkeypatch.setattr(fused_graphs.CudaGraphs, "capture",
                         lambda self, *a: captures.append(1) or real(self, *a))
     lines = stopped_in_epoch_2(tiny_manifest, tmp_path / "graph", monkeypatch, **common)
     assert "step graph, splits fused" in lines[0] and captures

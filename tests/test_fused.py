@@ -549,7 +549,7 @@ def test_traced_rounds_equal_untraced_rounds_bit_for_bit(amp, monkeypatch):
 
 
 class StandInGraphs:
-    """fused.CudaGraphs on the CPU: a capture records the program without running it (as a
+    """fused_graphs.CudaGraphs on the CPU: a capture records the program without running it (as a
     CUDA capture records kernels without running them) and a replay runs it; `fail`: every
     capture raises as a failed CUDA capture does."""
 

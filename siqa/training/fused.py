@@ -74,12 +74,7 @@ tensor; `epoch` reads the mean losses back once an epoch (tests/test_fused.py fo
 `.item()`, `.tolist()`, `.cpu()`, `bool(tensor)` and aten's `_local_scalar_dense` inside
 rounds).
 
-CUDA graphs (step="graph", train.step=auto on CUDA): the full-size group of a round is
-captured once per set of stepping splits (the full round, and each partial one: the set
-shrinks as splits finish their epochs), after WARMUP_ROUNDS eager rounds on a side stream;
-the split generators are registered with each graph, and the graphs share one memory pool.
-Later rounds copy their (K, b) indices into the graph's buffer and replay it. Groups of a
-tail size run eagerly. A capture that fails logs one line and the run goes on eagerly.
+CUDA graphs (step="graph", train.step=auto on CUDA): siqa.training.fused_graphs.
 
 Numerics: the arithmetic is the sequential run's, not its exact kernels: a vmapped
 convolution is a grouped convolution and a vmapped linear layer a batched matmul, so sums
@@ -107,11 +102,11 @@ from siqa.data.inputs import SplitData
 from siqa.errors import UserError
 from siqa.models.spec import NSS_DIM
 from siqa.settings import Settings
+from siqa.training.fused_graphs import CudaGraphs, _RoundGraphs
 from siqa.training.fused_optimizer import OPTIMIZERS, FlatOptimizer, FlatParameters, dense_strides
 from siqa.training.step import joint_loss
 
 STEP_MODES = ("eager", "graph")
-WARMUP_ROUNDS = 3  # eager rounds on a side stream before the first capture (PyTorch's recipe)
 CAST_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)  # what autocast runs in bf16
 
 
@@ -415,99 +410,6 @@ class RoundLosses:
         return [(k, self[k]) for k in self.splits]
 
 
-class CudaGraphs:
-    """How FusedSplits captures and replays a round on CUDA (tests put a CPU stand-in with
-    the same three methods in its place)."""
-
-    def __init__(self, device):
-        self.device, self.pool, self.stream = device, None, None
-
-    def side_stream(self):
-        """A context in which the warm-up rounds run on a side stream."""
-        if self.stream is None:
-            self.stream = torch.cuda.Stream(self.device)
-        return _OnStream(self.stream, self.device)
-
-    def capture(self, program, generators):
-        """Capture `program()` (its split generators registered with the graph) into the
-        shared memory pool; returns replay() -> the program's output tensor, refreshed."""
-        graph = torch.cuda.CUDAGraph()
-        for g in generators:
-            graph.register_generator_state(g)
-        with torch.cuda.graph(graph, pool=self.pool):
-            out = program()
-        if self.pool is None:
-            self.pool = graph.pool()
-
-        def replay():
-            graph.replay()
-            return out
-
-        return replay
-
-
-class _OnStream:
-    def __init__(self, stream, device):
-        self.stream, self.device = stream, device
-
-    def __enter__(self):
-        self.stream.wait_stream(torch.cuda.current_stream(self.device))
-        self.context = torch.cuda.stream(self.stream)
-        self.context.__enter__()
-
-    def __exit__(self, *exc):
-        self.context.__exit__(*exc)
-        torch.cuda.current_stream(self.device).wait_stream(self.stream)
-        return False
-
-
-class _RoundGraphs:
-    """The capturable groups (the full-size group of a round) of a FusedSplits with
-    step="graph": WARMUP_ROUNDS eager rounds on a side stream, then one graph per set of
-    stepping splits, captured when first met and replayed after; a failed capture logs one
-    line and every later round runs eagerly."""
-
-    def __init__(self, fused, backend, log):
-        self.fused, self.backend, self.log = fused, backend, log
-        self.warmup, self.graphs, self.failed = WARMUP_ROUNDS, {}, False
-
-    def reset(self):
-        """Forget the graphs (they read the tensors they were captured with)."""
-        self.graphs = {}
-
-    def run(self, group):
-        f = self.fused
-        if self.failed:
-            return f._program(group.size, group.idx, group.active, group.splits, traced=True)
-        if self.warmup > 0:
-            self.warmup -= 1
-            with self.backend.side_stream():
-                return f._program(group.size, group.idx, group.active, group.splits, traced=True)
-        key = (group.size, group.splits)
-        if key not in self.graphs and not self._capture(group, key):
-            return f._program(group.size, group.idx, group.active, group.splits, traced=True)
-        static_idx, replay = self.graphs[key]
-        static_idx.copy_(group.idx)
-        return replay().clone()  # the graph's output is overwritten by the next replay
-
-    def _capture(self, group, key):
-        f = self.fused
-        static_idx, active = group.idx.clone(), group.active.clone()
-        states = [g.get_state() for g in f.generators]
-        try:
-            replay = self.backend.capture(
-                lambda: f._program(group.size, static_idx, active, group.splits, traced=True), f.generators)
-        except RuntimeError as err:
-            for g, state in zip(f.generators, states):
-                g.set_state(state)
-            self.failed = True
-            self.log(f"fused splits: the round could not be captured as a CUDA graph "
-                     f"({' '.join(str(err).split())[:200]}); the run goes on eagerly")
-            return False
-        self.graphs[key] = (static_idx, replay)
-        return True
-
-
 class FusedSplits:
     """K splits of one network trained as one fused network (see the module docstring).
 
@@ -525,7 +427,7 @@ class FusedSplits:
     initial_lr  when a StepLR drives the rate: the sequential optimizer's param_groups then
                 carry "initial_lr", and optimizer_state's do too.
     step        "eager", or "graph" (CUDA: the full-size group of a round captured as a CUDA
-                graph, see the module docstring); `log` takes its one line if a capture (or
+                graph, see siqa.training.fused_graphs); `log` takes its one line if a capture (or
                 the trace) fails; `graphs`: what captures and replays (CudaGraphs on CUDA;
                 tests give a CPU stand-in).
     """
