@@ -28,6 +28,7 @@ from siqa.build import build_model  # noqa: E402
 from siqa.checkpoint import rng_state, save_checkpoint, serialize_torch  # noqa: E402
 from siqa.config import load_config  # noqa: E402
 from siqa.models import list_models  # noqa: E402
+from siqa.runfolder import SplitFolder  # noqa: E402
 from siqa.settings import Settings  # noqa: E402
 from siqa.training.step import make_optimizer  # noqa: E402
 
@@ -79,18 +80,17 @@ def main():
         for network in list_models():
             for optimizer in ("sgd", "adam"):
                 cfg, best, last = states(network, optimizer, args.pairs)
-                sizes = {}
-                for name, state in (("best.pt", best), ("last.pt", last)):
-                    path = Path(tmp) / name
+                split = SplitFolder(tmp)  # the two checkpoints as a split's folder holds them
+                for path, state in ((split.best, best), (split.last, last)):
                     save_checkpoint(path, state)
-                    sizes[name] = path.stat().st_size
+                best_size, last_size = split.best.stat().st_size, split.last.stat().st_size
                 parts = {key: len(serialize_torch(value)) for key, value in last.items()}
-                rest = sizes["last.pt"] - parts["model"] - parts["optimizer"]
-                rows.append((network, optimizer, profiles_using(network, optimizer), sizes["best.pt"] / MB,
-                             sizes["last.pt"] / MB, parts["model"] / MB, parts["optimizer"] / MB,
+                rest = last_size - parts["model"] - parts["optimizer"]
+                rows.append((network, optimizer, profiles_using(network, optimizer), best_size / MB,
+                             last_size / MB, parts["model"] / MB, parts["optimizer"] / MB,
                              rest / 1e3))
-                print(f"{network} {optimizer}: best.pt {sizes['best.pt'] / MB:.1f} MB, last.pt "
-                      f"{sizes['last.pt'] / MB:.1f} MB", flush=True)
+                print(f"{network} {optimizer}: best.pt {best_size / MB:.1f} MB, last.pt "
+                      f"{last_size / MB:.1f} MB", flush=True)
     print(f"\n| network | optimizer | its recipe in | best.pt (MB) | last.pt (MB) | of which weights | "
           f"optimizer state | everything else (kB, {args.pairs} pairs) |")
     print("|---|---|---|---|---|---|---|---|")

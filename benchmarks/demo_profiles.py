@@ -21,6 +21,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from siqa.runfolder import RunFolder  # noqa: E402
 
 # The three departures of the paper's protocol that a short CPU run may need, named.
 VARIANTS = {
@@ -61,7 +64,7 @@ def run_one(out: Path, variant: str, seed: int, epochs_sgd: int, threads: int) -
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         return {"variant": variant, "seed": seed, "error": proc.stderr.strip().splitlines()[-1:]}
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = json.loads(RunFolder(run_dir).single.metrics.read_text())
     return {
         "variant": variant, "seed": seed, "overrides": overrides, "wall_s": round(wall, 1),
         "best_epoch": metrics["best_epoch"], "epochs": metrics["epochs"],

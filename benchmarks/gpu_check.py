@@ -86,6 +86,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SUBPROCESS_STEPS = ROOT / "benchmarks" / "gpu_check_steps.py"  # the steps run in a subprocess of their own
 sys.path.insert(0, str(ROOT))
 from siqa.files import atomic_write_text  # noqa: E402
+from siqa.runfolder import RunFolder, SplitFolder  # noqa: E402
 
 STEPS = ("user", "tests", "throughput", "resume", "nss", "fused", "parity", "protocol")
 DEFAULT_STEPS = STEPS[:-1]  # the protocol's 40-epoch curves: asked for by name
@@ -229,9 +230,13 @@ class Check:
                     f"nss.cache_dir={self.work / 'cache'}", "nss.workers=1"]
         return [f"dataset.demo_size={demo_size}"]
 
+    def run_folder(self, name):
+        """The run folder of this check's run `name` (its out_dir in train_args)."""
+        return RunFolder(self.work / "runs" / name)
+
     def train_args(self, name, *extra, device=None):
         """train.py's overrides for a run of this check: its folders in the work folder."""
-        return [f"device={device or self.device}", f"out_dir={self.work / 'runs' / name}",
+        return [f"device={device or self.device}", f"out_dir={self.run_folder(name).path}",
                 f"tensorboard.dir={self.work / 'tensorboard'}", *self.data(), *extra]
 
     def side_by_side_network(self):
@@ -305,20 +310,21 @@ class Check:
 
 # --------------------------------------------------------------------------- steps
 def step_user(check, r):
-    run_dir = check.work / "runs" / "user"
+    run = check.run_folder("user").single
     train = python("train.py", *check.train_args("user", f"train.epochs={USER_EPOCHS}", device="auto"))
     rc, log = check.run(train, "user_train", 120 if check.quick else 300)
     check.check(rc, log, "train.py")
-    trained = json.loads((run_dir / "metrics.json").read_text())
+    trained = json.loads(run.metrics.read_text())
     r["device_used"] = trained["protocol"]["device"]
     r["test_srocc"] = trained["test"]["srocc"]
     print(f"  train.py device=auto, {USER_EPOCHS} epochs: ran on {r['device_used']}; test SROCC {r['test_srocc']:.4f}")
     if check.device == "cuda" and not r["device_used"].startswith("cuda"):
         raise StepFailed(f"device=auto did not choose the GPU: {r['device_used']}")
-    rc, log = check.run(python("evaluate.py", "--checkpoint", run_dir / "best.pt", "--out", run_dir / "eval"),
+    evaluation = SplitFolder(run.path / "eval")  # evaluate.py --out: laid out as a split's folder
+    rc, log = check.run(python("evaluate.py", "--checkpoint", run.best, "--out", evaluation.path),
                         "user_evaluate", 120)
     check.check(rc, log, "evaluate.py")
-    evaluated = json.loads((run_dir / "eval" / "metrics.json").read_text())["test"]
+    evaluated = json.loads(evaluation.metrics.read_text())["test"]
     r["evaluate_max_diff"] = max(abs(trained["test"][k] - evaluated[k]) for k in HEADLINE)
     print(f"  evaluate.py: test SROCC {evaluated['srocc']:.4f}, largest difference from metrics.json "
           f"{r['evaluate_max_diff']:.2e} (tolerance {EVALUATE_TOLERANCE:.0e})")
@@ -326,7 +332,7 @@ def step_user(check, r):
         raise StepFailed(f"evaluate.py's test metrics differ from the run's by {r['evaluate_max_diff']:.2e}")
     manifest = check.tiny if check.quick else ROOT / "data" / "demo" / "manifest.csv"
     first = dict(zip(*(line.split(",") for line in manifest.read_text().splitlines()[:2])))
-    rc, log = check.run(python("predict.py", "--checkpoint", run_dir / "best.pt",
+    rc, log = check.run(python("predict.py", "--checkpoint", run.best,
                                manifest.parent / first["left"], manifest.parent / first["right"]),
                         "user_predict", 60)
     check.check(rc, log, "predict.py")
@@ -396,22 +402,22 @@ def step_resume(check, r):
              "train.checkpoint_every=1", "train.scatter_every=1000"]
     rc, log = check.run(python("train.py", *check.train_args("resume_whole", *extra)), "resume_whole", 240)
     check.check(rc, log, "uninterrupted run")
-    cut = check.work / "runs" / "resume_cut"
+    cut = check.run_folder("resume_cut").single  # a run of one split: its own split folder
     proc, timeout = check.start(python("train.py", *check.train_args("resume_cut", *extra)), "resume_cut", 240)
     deadline = time.time() + timeout
-    while not (cut / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
+    while not cut.last.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.005)
     check.finish(proc, timed_out=True)  # SIGKILL: last.pt of epoch 1 is there, epoch 2 is running
-    if not (cut / "last.pt").exists():
+    if not cut.last.exists():
         raise StepFailed(f"the run to kill wrote no last.pt: {tail(check.log('resume_cut'))}")
-    if (cut / "metrics.json").exists():
+    if cut.metrics.exists():
         raise StepFailed("the run ended before it could be killed (raise the epochs)")
-    rc, log = check.run(python("train.py", "--resume", f"out_dir={cut}"), "resume_resumed", 240)
+    rc, log = check.run(python("train.py", "--resume", f"out_dir={cut.path}"), "resume_resumed", 240)
     check.check(rc, log, "resumed run")
     after = re.search(r"after epoch (\d+)", log)
     r["killed_after_epoch"] = int(after.group(1)) if after else None
-    got = json.loads((cut / "metrics.json").read_text())
-    want = json.loads((check.work / "runs" / "resume_whole" / "metrics.json").read_text())
+    got = json.loads(cut.metrics.read_text())
+    want = json.loads(check.run_folder("resume_whole").single.metrics.read_text())
     for m in (got, want):  # the protocol cards differ by design (out_dir, wall time)
         m.pop("protocol", None)
     r["max_diff"], r["identical"] = numbers_diff(got, want), got == want
@@ -538,7 +544,7 @@ def step_parity(check, r):
         except subprocess.TimeoutExpired:
             pass
         check.finish(proc, timed_out=proc.poll() is None)
-        summary = check.work / "runs" / f"parity_{name.replace(' ', '_')}" / "summary.json"
+        summary = check.run_folder(f"parity_{name.replace(' ', '_')}").summary
         if not summary.is_file():
             raise StepFailed(f"{name}: no summary ({tail(check.log('parity_' + name.replace(' ', '_')), 1)})")
         srocc = json.loads(summary.read_text())["srocc"]
@@ -555,7 +561,7 @@ def protocol_curves(check, r, epochs):
     for norm in ("reference", "contrast"):
         text = check.log(f"protocol_{norm}")
         curve, secs = val_curve(text), epoch_seconds(text)
-        metrics = check.work / "runs" / f"protocol_{norm}" / "metrics.json"
+        metrics = check.run_folder(f"protocol_{norm}").single.metrics
         test = json.loads(metrics.read_text())["test"] if metrics.is_file() else None
         r[norm] = {"epochs": epochs, "epochs_done": len(curve), "val_srocc": curve,
                    "mean_epoch_s": sum(secs) / len(secs) if secs else None,

@@ -368,6 +368,7 @@ def run_variant(name, data, epochs, seed, scale_match, light=False, log=print):
             f"nss {losses['nss']:.4f}) | val SROCC {_f(record['val_srocc'])} pred std "
             f"{record['val_pred_std']:.3f} | mean pred {record['train_batch_pred_mean']:.2f} "
             f"below {record['frac_pred_below_target']:.3f} [{time.perf_counter() - t0:.1f}s]")
+    # the whole train section, recorded as the plain dict (Settings reads one key, it lists none)
     recorded = {**cfg["train"], **{k: v for k, v in variant.items() if k != "overrides"}, "scale": scale}
     return {"variant": name, "config": recorded, "seed": seed, "epochs": epochs,
             "device": str(DEVICE), "torch": torch.__version__, "threads": torch.get_num_threads(),

@@ -380,9 +380,10 @@ def tensorboard_folder(run, cfg):
     / `tensorboard_name`. That name hashes the run folder's path where it was made, so for a
     run folder copied elsewhere (with its TensorBoard folder) the one folder there named
     after the run with any 8-hex-digit hash is taken. ValueError if there is none or several."""
+    from siqa.settings import Settings
     from siqa.training.logbook import tensorboard_name
 
-    tb = Path(cfg["tensorboard"]["dir"])
+    tb = Path(Settings(cfg).tensorboard.dir)
     if not tb.is_absolute():
         origin = run_origin(run, cfg)
         tb = (Path.cwd() if origin is None else origin) / tb
@@ -428,11 +429,15 @@ def run_curves(run):
     import yaml
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    cfg = yaml.safe_load((Path(run) / "config.yaml").read_text())
+    from siqa.runfolder import RunFolder
+    from siqa.settings import Settings
+
+    cfg = yaml.safe_load(RunFolder(run).config.read_text())
     events = EventAccumulator(str(tensorboard_folder(run, cfg))).Reload()
     curves = {tag: [(e.step, e.value) for e in events.Scalars(tag)]
               for tag in ("val/srocc", "train/loss_quality") if tag in events.Tags()["scalars"]}
-    return curves, (cfg["patches"]["normalisation"], cfg["train"]["seed"], cfg["train"]["epochs"])
+    settings = Settings(cfg)  # a recorded config.yaml, read as it was written (a missing key fails as before)
+    return curves, (settings.patches.normalisation, settings.train.seed, settings.train.epochs)
 
 
 def curve_label(normalisation, seed, epochs, last):
