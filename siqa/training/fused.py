@@ -102,7 +102,7 @@ from siqa.data.inputs import SplitData
 from siqa.errors import UserError
 from siqa.models.spec import NSS_DIM
 from siqa.settings import Settings
-from siqa.training.fused_graphs import CudaGraphs, _RoundGraphs
+from siqa.training.fused_graphs import CudaGraphs, RoundGraphs
 from siqa.training.fused_optimizer import OPTIMIZERS, FlatOptimizer, FlatParameters, dense_strides
 from siqa.training.step import joint_loss
 
@@ -499,7 +499,7 @@ class FusedSplits:
         if step == "graph" and graphs is None and self.device.type != "cuda":
             raise ValueError(f"FusedSplits: step 'graph' needs CUDA (the models are on {self.device})")
         if step == "graph":
-            self._graphs = _RoundGraphs(self, graphs or CudaGraphs(self.device), log)
+            self._graphs = RoundGraphs(self, graphs or CudaGraphs(self.device), log)
 
     # ---------------------------------------------------------------- construction helpers
 

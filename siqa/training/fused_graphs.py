@@ -64,7 +64,7 @@ class _OnStream:
         return False
 
 
-class _RoundGraphs:
+class RoundGraphs:
     """The capturable groups (the full-size group of a round) of a FusedSplits with
     step="graph": WARMUP_ROUNDS eager rounds on a side stream, then one graph per set of
     stepping splits, captured when first met and replayed after; a failed capture logs one
