@@ -165,6 +165,16 @@ def assert_optimizer_close(state, reference, rel):
             assert_tensors_close(state["state"][i][key], want, rel, f"optimizer state {i} {key}")
 
 
+def assert_idle_splits_unchanged(f, idle):
+    """Each split k of `idle` ({k: its split_state before}) is as it was, bit for bit:
+    parameters, buffers, optimizer state and generator."""
+    for k, before in idle.items():
+        now = split_state(f, k)
+        assert_states_close(now["model"], before["model"], 0.0)
+        assert_optimizer_close(now["optimizer"], before["optimizer"], 0.0)
+        assert torch.equal(now["rng"]["torch"], before["rng"]["torch"])
+
+
 def assert_matches_sequential(f, runs, fused_losses, rel=1e-9):
     for k, run in enumerate(runs):
         state = split_state(f, k)
@@ -296,18 +306,14 @@ def test_split_state_loads_into_torch_optim_and_back():
     batch = orders(datas, 1)[1][:BATCH]
     TrainStep("eager", AsDouble(model), optimizer, BATCH, 25.0)(datas[1], batch)
 
-    idle = [split_state(f, k) for k in (0, 2)]
+    idle = {k: split_state(f, k) for k in (0, 2)}
     f.step_round(datas, [None, batch, None])
     after = split_state(f, 1)
     assert_states_close(after["model"], model.state_dict(), 1e-9)
     assert_optimizer_close(after["optimizer"], optimizer.state_dict(), 1e-9)
     assert torch.equal(after["rng"]["torch"], torch.get_rng_state())
     assert f.steps == [3, 3, 3]
-    for k, before in zip((0, 2), idle):
-        now = split_state(f, k)
-        assert_states_close(now["model"], before["model"], 0.0)
-        assert_optimizer_close(now["optimizer"], before["optimizer"], 0.0)
-        assert torch.equal(now["rng"]["torch"], before["rng"]["torch"])
+    assert_idle_splits_unchanged(f, idle)
 
     # the sequential split's state, loaded into the fused splits, reads back unchanged
     f.load_split_state(1, model.state_dict(), optimizer.state_dict(), {"torch": torch.get_rng_state()})
@@ -490,15 +496,11 @@ def test_a_split_that_does_not_step_keeps_every_bit(monkeypatch):
     generator states bit for bit."""
     f, datas = tiny_fused(monkeypatch, SGD)
     finish(f.epoch(datas, tiny_orders(datas, 0), 4))
-    idle = [copy.deepcopy(split_state(f, k)) for k in (0, 2)]
+    idle = {k: copy.deepcopy(split_state(f, k)) for k in (0, 2)}
     f.step_round(datas, [None, torch.arange(4), None])
     f.step_round(datas, [None, torch.arange(1), None])
     assert f.steps == [3, 4, 3]
-    for k, before in zip((0, 2), idle):
-        now = split_state(f, k)
-        assert_states_close(now["model"], before["model"], 0.0)
-        assert_optimizer_close(now["optimizer"], before["optimizer"], 0.0)
-        assert torch.equal(now["rng"]["torch"], before["rng"]["torch"])
+    assert_idle_splits_unchanged(f, idle)
 
 
 @pytest.fixture(scope="module")
