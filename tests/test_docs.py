@@ -209,9 +209,12 @@ def test_the_recipe_answer_is_told_once_the_same_way():
     for text in (section, note, readme):
         assert "about 100 epochs" in text
     assert "docs/decisions.md#does-the-papers-recipe-learn" in note and "figures/paper_recipe.png" in section
-    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
-        text = path.read_text()
-        assert not [c for c in STALE_RECIPE_CLAIMS if c in text], path.name
+    pages = [ROOT / "README.md", ROOT / "config.yaml", *sorted((ROOT / "docs").glob("*.md"))]
+    code = [*sorted((ROOT / "siqa").rglob("*.py")), *sorted((ROOT / "benchmarks").glob("*.py")),
+            *sorted((ROOT / "docs").glob("*.py")), *sorted(ROOT.glob("*.py"))]
+    for path in pages + code:  # log lines and docstrings as well as pages
+        text = " ".join(path.read_text().split())
+        assert not [c for c in STALE_RECIPE_CLAIMS if c in text], path.relative_to(ROOT)
     assert not [c for c in STALE_RECIPE_CLAIMS if c in note]
 
 
@@ -230,6 +233,26 @@ def test_figures_exist_small_and_made_by_the_named_command():
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert path.stat().st_size < FIGURE_LIMIT, (name, path.stat().st_size)
         assert f"figures/{name}" in method, name  # each figure is shown in the method page
+
+
+def test_every_figure_a_page_shows_is_a_small_png_named_by_make_figures():
+    """Each image the README or a docs page shows exists, is a PNG under FIGURE_LIMIT, and has
+    its row in docs/README.md's list of figures: one docs/make_figures.py writes by name, or
+    one whose row names the command that made it."""
+    script = (ROOT / "docs" / "make_figures.py").read_text()
+    rows = {line.split("](figures/")[1].split(")")[0]: line
+            for line in (ROOT / "docs" / "README.md").read_text().splitlines() if "](figures/" in line}
+    shown = set()
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for link in re.findall(r"!\[[^\]]*\]\(([^)\s]+\.png)\)", page.read_text()):
+            path = (page.parent / link).resolve()
+            assert path.is_file(), (page.name, link)
+            assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", link
+            assert path.stat().st_size < FIGURE_LIMIT, (link, path.stat().st_size)
+            row = rows.get(path.name, "")
+            assert f'"{path.name}"' in script or "made by `python" in row, (path.name, row)
+            shown.add(path.name)
+    assert {"network.png", "paper_recipe.png", "demo_profiles.png"} <= shown, shown
 
 
 def test_network_figure_shapes_are_the_models(one_torch_thread):
