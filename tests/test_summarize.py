@@ -7,6 +7,7 @@ import shutil
 import pytest
 
 from conftest import make_tiny_database, run_entry, tiny_overrides
+from siqa.evaluation.comparison_tables import NON_LEARNER, judgement_line
 
 # what differs by design between a merged summary and one run's (siqa/evaluation/merge.py)
 BY_DESIGN = ("wall_time_s", "config_sha256")
@@ -66,6 +67,11 @@ def test_merged_parts_equal_one_run(runs):
     one = json.loads((work / "one" / "summary.json").read_text())
     assert comparable(merged) == comparable(one)
     assert merged["srocc"]["values"] == one["srocc"]["values"]  # bit for bit, not approx
+    # the verdict on learning, as the one run's, recorded and said before the closing line
+    assert merged["learning"] == one["learning"] and isinstance(one["learning"]["learned"], bool)
+    said = proc.stdout.strip().splitlines()[-2]
+    assert said == judgement_line(one["learning"], "this run"), proc.stdout
+    assert said.startswith("[learned]" if one["learning"]["learned"] else NON_LEARNER), said
     assert merged["protocol"]["config"]["out_dir"] == str(work / "parts")
     assert merged["protocol"]["config"]["train"]["splits"] is None
     assert merged["merged_from"] == [str((work / "parts" / f"split_{r}").resolve()) for r in range(2)]
