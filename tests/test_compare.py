@@ -56,7 +56,7 @@ def test_runs_carry_protocol_cards_and_intervals(runs):
         metrics = json.loads((runs / d / "split_1" / "metrics.json").read_text())
         card = metrics["protocol"]
         assert card["selection"] == "best validation SROCC, test evaluated once"
-        assert card["splits"]["repeat"] == 1 and card["splits"]["count"] == 2
+        assert card["splits"]["index"] == 1 and card["splits"]["count"] == 2
         assert card["config"]["train"]["epochs"] == 1 and len(card["config_sha256"]) == 64
         assert set(card["versions"]) >= {"torch", "numpy", "scipy"}
         assert card["logistic"]["mapping"] in ("logistic", "linear", "constant")
@@ -72,7 +72,7 @@ def test_runs_carry_protocol_cards_and_intervals(runs):
         low, high = test["ci95_pair_level"]["rmse"]
         assert low <= test["rmse"] <= high
         summary = json.loads((runs / d / "summary.json").read_text())
-        assert summary["protocol"]["splits"]["repeat"] is None
+        assert summary["protocol"]["splits"]["index"] is None
         assert summary["srocc"]["min"] <= summary["srocc"]["median"] <= summary["srocc"]["max"]
     card_b = json.loads((runs / "b" / "summary.json").read_text())["protocol"]
     assert card_b["splits"]["file"].endswith("splits.json") and len(card_b["splits"]["file_sha256"]) == 64

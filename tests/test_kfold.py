@@ -81,7 +81,7 @@ def test_train_kfold_on_a_live2_like_layout_tests_every_scene_once_per_repetitio
     want = evaluate_scores(np.array([preds[p.name] for p in pairs]), np.array([p.score for p in pairs]))
     assert rep["srocc"] == pytest.approx(want["srocc"]) and rep["rmse"] == pytest.approx(want["rmse"])
     assert "pooled out-of-fold, repetition 1 (24 pairs, 8 scenes)" in proc.stdout
-    assert summary["pooled"]["summary"]["repeats"] == 2
+    assert summary["pooled"]["summary"]["repetitions"] == 2
 
 
 def test_kfold_on_the_demo_keeps_near_duplicates_together(tmp_path):

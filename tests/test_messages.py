@@ -27,7 +27,7 @@ def test_evaluate_on_a_summary_json_says_it_is_not_a_checkpoint(tmp_path, checkp
     run = tmp_path / "run"
     (run / "split_0").mkdir(parents=True)
     shutil.copy(checkpoint, run / "split_0" / "best.pt")
-    (run / "summary.json").write_text(json.dumps({"repeats": 2, "srocc": {"median": 0.5}}))
+    (run / "summary.json").write_text(json.dumps({"splits": 2, "srocc": {"median": 0.5}}))
     proc = run_entry("evaluate.py", "--checkpoint", run / "summary.json")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [

@@ -94,6 +94,26 @@ def test_parts_in_separate_out_dirs_merge_into_one_run_folder(runs, tmp_path):
     assert cmp.returncode == 0, cmp.stderr
 
 
+def test_parts_whose_cards_say_repeat_still_merge(runs, tmp_path):
+    """Cards written before a split's index was named "index" call it "repeat": such parts
+    merge into the same summary."""
+    work, _, _ = runs
+    shutil.copytree(work / "parts", tmp_path / "old", symlinks=False)
+    (tmp_path / "old" / "summary.json").unlink(missing_ok=True)
+    for r in range(2):
+        path = tmp_path / "old" / f"split_{r}" / "metrics.json"
+        metrics = json.loads(path.read_text())
+        splits = metrics["protocol"]["splits"]
+        metrics["protocol"]["splits"] = {**{k: v for k, v in splits.items() if k != "index"},
+                                         "repeat": splits["index"]}
+        path.write_text(json.dumps(metrics))
+    proc = run_entry("summarize.py", tmp_path / "old")
+    assert proc.returncode == 0, proc.stderr
+    merged = json.loads((tmp_path / "old" / "summary.json").read_text())
+    one = json.loads((work / "one" / "summary.json").read_text())
+    assert comparable(merged) == comparable(one) and merged["protocol"]["splits"]["index"] is None
+
+
 def one_line_error(proc, *words):
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
@@ -179,7 +199,7 @@ def test_resume_finishes_every_fold_of_a_kfold_run(runs):
     assert "is finished" not in proc.stdout
     assert "split 3: test" in proc.stdout and "pooled out-of-fold, repetition 1" in proc.stdout
     assert all((out / f"split_{r}" / "metrics.json").is_file() for r in range(4))
-    assert json.loads((out / "summary.json").read_text())["repeats"] == 4
+    assert json.loads((out / "summary.json").read_text())["splits"] == 4
     again = run_entry("train.py", "--resume", f"out_dir={out}")
     assert again.returncode == 0 and "is finished" in again.stdout, again.stderr
     part = run_entry("train.py", "--resume", f"out_dir={out}", "train.splits=[3]")

@@ -102,7 +102,7 @@ def merged_summary(run_dirs, out_dir, log=print) -> dict:
     metrics = {r: read_json(split[r].metrics) for r in range(count)}
     cards = {r: m.get("protocol") for r, m in metrics.items()}
     for r, card in cards.items():
-        if not card or card["splits"].get("repeat") != r:
+        if not card or protocol.split_index(card) != r:
             raise UserError(f"{split[r].metrics} has no protocol card of split {r}: "
                             "written by another version")
     base = _comparable(cards[0]["config"])
@@ -120,7 +120,7 @@ def merged_summary(run_dirs, out_dir, log=print) -> dict:
     card = dict(cards[0])  # the whole run's card, in protocol.card's key order
     card.pop("resumes", None)  # a split's own history; each split's card keeps it
     card.update(config=cfg, config_sha256=protocol.config_sha256(cfg),
-                splits={**card["splits"], "repeat": None},
+                splits={**protocol.split_entry(card["splits"]), "index": None},
                 seeds={**card["seeds"],
                        "init_and_order": [Settings(cfg).train.seed + r for r in range(count)]},
                 wall_time_s=round(sum(c["wall_time_s"] for c in cards.values()), 3),
@@ -177,6 +177,6 @@ def merge(run_dirs, out=None, log=print) -> Path:
             os.symlink(Path(source).resolve(), link, target_is_directory=True)
     write_json(merged.summary, summary)
     median = {k: fmt_metric((summary[k] or {}).get("median")) for k in ("srocc", "plcc")}
-    log(f"{counted(summary['repeats'], 'split')} merged: SROCC median {median['srocc']}, PLCC median "
+    log(f"{counted(summary['splits'], 'split')} merged: SROCC median {median['srocc']}, PLCC median "
         f"{median['plcc']} -> {merged.summary}")
     return merged.summary

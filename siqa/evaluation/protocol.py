@@ -9,7 +9,8 @@ Every `metrics.json` and `summary.json` of a run carries it under the key "proto
                 of its canonical JSON (sorted keys, no spaces): any changed key changes it
     splits      the split file given (dataset.split_file) and the SHA-256 of its bytes, the
                 SHA-256 of the split document the run used (siqa.data.splits), the hash of
-                the pair list, which split of how many
+                the pair list, how many splits ("count") and which one this card is of
+                ("index": None in a summary; "repeat" in the cards of earlier versions)
     seeds       the split seed and the initialisation / patch-order seed of each split
     selection   how the tested checkpoint was chosen (siqa.evaluation.selection)
     logistic    the mapping fitted before PLCC/RMSE "after the logistic" (non-decreasing),
@@ -117,12 +118,12 @@ def spread_status(test_report) -> dict:
             "score_range": spread.get("score_range")}
 
 
-def card(cfg, split_info, device, started, test_reports, repeat=None, code=None) -> dict:
+def card(cfg, split_info, device, started, test_reports, split=None, code=None) -> dict:
     """The protocol card (see the module docstring).
 
     split_info: {"file", "file_sha256", "document_sha256", "pairs_sha256", "count"};
     started: time.perf_counter() when the timed work began; test_reports: the test
-    report(s) whose logistic fit is recorded; repeat: the split (None for a summary);
+    report(s) whose logistic fit is recorded; split: the split's index (None for a summary);
     code: git_state() taken when the run began (the code it imported: the checkout may
     be edited or committed to while a long run trains); None = now.
     """
@@ -130,13 +131,13 @@ def card(cfg, split_info, device, started, test_reports, repeat=None, code=None)
 
     t = Settings(cfg).train
     count = split_info["count"]
-    indices = range(count) if repeat is None else [repeat]
+    indices = range(count) if split is None else [split]
     out = {
         "code": code if code is not None else git_state(),
         "versions": versions(device),
         "config": cfg,
         "config_sha256": config_sha256(cfg),
-        "splits": {**split_info, "repeat": repeat},
+        "splits": {**split_info, "index": split},
         "seeds": {"split": split_info.get("seed", t.seed),
                   "init_and_order": [t.seed + r for r in indices]},
         "selection": selection.RULE,
@@ -145,13 +146,24 @@ def card(cfg, split_info, device, started, test_reports, repeat=None, code=None)
         "cpu_threads": _threads(),
         "wall_time_s": round(time.perf_counter() - started, 3),
     }
-    if repeat is not None:
+    if split is not None:
         out["logistic"] = logistic_status(test_reports[0])
         out["predictions"] = spread_status(test_reports[0])
     else:
         out["logistic"] = [logistic_status(r) for r in test_reports]
         out["predictions"] = [spread_status(r) for r in test_reports]
     return out
+
+
+def split_index(card):
+    """Which split a card is of (None: the whole run), read from either spelling."""
+    splits = card["splits"]
+    return splits["index"] if "index" in splits else splits.get("repeat")
+
+
+def split_entry(splits):
+    """A card's "splits" entry without the split's index, in either spelling."""
+    return {k: v for k, v in splits.items() if k not in ("index", "repeat")}
 
 
 def split_info(cfg, doc) -> dict:

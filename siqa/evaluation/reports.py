@@ -220,17 +220,18 @@ def pooled_out_of_fold(pairs, prediction_files, folds) -> dict:
         report = score_report(chosen, [preds[p.name] for p in chosen])
         report.update(repetition=r, pairs=len(chosen), scenes=len({p.content for p in chosen}))
         repetitions.append(report)
-    return {"folds": int(folds), "repetitions": repetitions, "summary": summarize(repetitions)}
+    return {"folds": int(folds), "repetitions": repetitions, "summary": summarize(repetitions, unit="repetitions")}
 
 
 SUMMARY_KEYS = ("srocc", "plcc", "krocc", "rmse", "plcc_logistic", "rmse_logistic")
 
 
-def summarize(test_reports) -> dict:
-    """Median, mean, std (ddof=1 where defined), min, max of each test metric over repeated
-    splits, and the distribution-free interval of the median (order statistics; its
-    coverage is given: below 6 splits no interval reaches 95 %, see siqa.evaluation.stats)."""
-    out = {"repeats": len(test_reports)}
+def summarize(test_reports, unit="splits") -> dict:
+    """Median, mean, std (ddof=1 where defined), min, max of each test metric over the
+    reports (of splits; of a k-fold run's repetitions with unit="repetitions"), their count
+    under `unit`, and the distribution-free interval of the median (order statistics; its
+    coverage is given: below 6 reports no interval reaches 95 %, see siqa.evaluation.stats)."""
+    out = {unit: len(test_reports)}
     for key in SUMMARY_KEYS:
         values = [r[key] for r in test_reports if r.get(key) is not None]
         if not values:

@@ -76,7 +76,7 @@ class SplitRun:
         self.seed = self.t.seed + r
         self.show = shown(progress, dist.is_main)  # True (bars), Every(s) or False: siqa.progress
         self.pairs = {name: [plan.pairs[i] for i in plan.splits[r][name]] for name in PARTS}
-        self.record = {**plan.record, "repeat": r, "started": time.perf_counter()}
+        self.record = {**plan.record, "split": r, "started": time.perf_counter()}
         self.run_name = tensorboard_name(plan.out_dir) + ("" if len(plan.splits) == 1 else f"/{split_name(r)}")
         self.names = {name: [p.name for p in self.pairs[name]] for name in PARTS}
         self.identities = split_identities(self.pairs)  # evaluation recognises these pairs by content
@@ -341,7 +341,7 @@ class SplitRun:
         atomic_write_text(self.folder.predictions, csv_text)
         report["protocol"] = protocol.card(self.cfg, self.record["split_info"], self.dist.device,
                                            self.record["started"], [report["test"]],
-                                           repeat=self.r, code=self.record["code"])
+                                           split=self.r, code=self.record["code"])
         report["protocol"]["resumes"] = self.resumes  # each resume: its epoch and changes
         if not self.pairs["val"]:
             report["protocol"]["selection"] = selection.NO_VALIDATION_RULE
