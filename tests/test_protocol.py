@@ -49,8 +49,9 @@ def test_card_fields(tmp_path):
     assert info["file_sha256"] == hashlib.sha256((tmp_path / "s.json").read_bytes()).hexdigest()
     assert info["count"] == 2 and info["seed"] == 3
     test = {"logistic": {"kind": "linear", "reason": "fewer than 5 items"}}
-    card = protocol.card(cfg, info, torch.device("cpu"), time.perf_counter() - 2.0, [test], repeat=1)
+    card = protocol.card(cfg, info, torch.device("cpu"), time.perf_counter() - 2.0, [test], split=1)
     assert card["seeds"] == {"split": 3, "init_and_order": [4]}
+    assert card["splits"] == {**info, "index": 1} and protocol.split_index(card) == 1
     assert card["logistic"]["converged"] is False and card["logistic"]["mapping"] == "linear"
     assert "5-parameter" in card["logistic"]["function"]
     assert card["selection"] == selection.RULE
@@ -62,6 +63,9 @@ def test_card_fields(tmp_path):
                             [test, {"logistic": {"kind": "logistic"}}])
     assert [c["converged"] for c in summary["logistic"]] == [False, True]
     assert summary["seeds"]["init_and_order"] == [3, 4]
+    assert summary["splits"]["index"] is None
+    earlier = {"splits": {**info, "repeat": 1}}  # a card of an earlier version
+    assert protocol.split_index(earlier) == 1 and protocol.split_entry(earlier["splits"]) == info
     json.dumps(card, allow_nan=False)  # JSON as it is
 
 
