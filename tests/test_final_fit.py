@@ -49,6 +49,12 @@ def test_final_fit_on_every_pair(tiny_manifest, tmp_path):
     assert spread["near_constant"] is True
     assert (f"warning: the training predictions (best.pt, a final fit) are near constant: "
             f"{spread['min']:.4g} .. {spread['max']:.4g}") in proc.stdout
+    # and the run's last word before where it was written: it did not learn
+    assert metrics["learning"]["learned"] is False and metrics["learning"]["spread"] == spread
+    said = proc.stdout.strip().splitlines()[-2]
+    assert said.startswith("[non-learner] this run predicts near-constant scores for its own "
+                           f"training pairs; its predictions on its training pairs spread "
+                           f"{spread['min']:.4g} .. {spread['max']:.4g}"), said
     with pytest.warns(NearConstantWarning, match="its run's training predictions are near constant"):
         model = siqa.load(run / "best.pt", device="cpu")
     assert model.near_constant is True
@@ -113,3 +119,29 @@ def test_the_epoch_rule_refuses_folds_that_learned_nothing():
         "warning: no epoch count for a final fit: the folds' best epochs (1, 14, 9) say nothing "
         "about how long to train, since the run did not learn: it did not beat the constant "
         "predictor (RMSE 30, constant 20) (docs/usage.md#after-k-fold)")
+
+
+@pytest.mark.parametrize("spread, learned, mark", [
+    ({"min": 36.15, "max": 60.92, "spread": 24.77, "score_range": [0.0, 65.5],
+      "fraction": 0.3782, "near_constant": False}, None, "[not judged]"),
+    ({"min": 29.0, "max": 29.1, "spread": 0.1, "score_range": [0.0, 64.0],
+      "fraction": 0.1 / 64, "near_constant": True}, False, "[non-learner]"),
+    ({"min": 3.0, "max": 3.0, "spread": 0.0, "score_range": [5.0, 5.0],
+      "fraction": None, "near_constant": None}, None, "[not judged]"),  # equal scores: no rule
+])
+def test_a_final_fits_verdict_rests_on_its_training_spread(spread, learned, mark):
+    """Without test pairs only near-constant training predictions say a run did not learn;
+    a spread that is not near constant leaves it unjudged, and says what was measured."""
+    from siqa.evaluation.comparison import judge_untested
+    from siqa.evaluation.comparison_tables import untested_line
+
+    judged = judge_untested({"test": None, "train": {"spread": spread}})
+    assert judged["learned"] is learned and judged["spread"] == spread
+    line = untested_line(judged, "this run")
+    assert line.startswith(f"{mark} this run ")
+    if spread["fraction"] is not None:
+        lo, hi = spread["score_range"]
+        assert (f"spread {spread['min']:.4g} .. {spread['max']:.4g}, "
+                f"{100 * spread['fraction']:.2g} % of the score range {lo:.4g} .. {hi:.4g}") in line
+    else:
+        assert "spread" not in line

@@ -510,6 +510,19 @@ def judge(run) -> dict:
             "source": source}
 
 
+def judge_untested(report) -> dict:
+    """Whether a run with no test pairs (a final fit) learned, as far as it can be told: judge()
+    needs held-out predictions, so only the spread of its predictions on its own training
+    pairs speaks: near constant, it did not learn; else it is not judged. {"learned" (False
+    or None), "why", "spread", "source"}; what such a run writes at its end."""
+    spread = (report.get("train") or {}).get("spread") or {}
+    near = bool(spread.get("near_constant"))
+    why = ("predicts near-constant scores for its own training pairs" if near else
+           "has no test pairs to be judged on as compare.py judges")
+    return {"learned": False if near else None, "why": why, "spread": spread,
+            "source": "its predictions on its training pairs (no test pairs: a final fit)"}
+
+
 def per_distortion(run) -> dict:
     """{"source", "groups": {distortion: {"pairs", metric: value}}} of a run, aggregated as
     the leaderboard aggregates it: k-fold, the metrics of the pooled out-of-fold predictions

@@ -51,6 +51,21 @@ def judgement_line(judged, label) -> str:
     return f"[learned] {label} " + " and ".join(said) + how
 
 
+def untested_line(judged, label) -> str:
+    """The log line of `judge_untested`: a non-learner's mark where the training predictions
+    are near constant, else what was not judged and the spread that was measured."""
+    spread = judged["spread"]
+    if spread.get("fraction") is None:  # fewer than 2 pairs, or equal scores: no spread to tell
+        return f"[not judged] {label} {judged['why']}"
+    lo, hi = spread["score_range"]
+    near = judged["learned"] is False
+    measured = (f"its predictions on its training pairs spread {spread['min']:.4g} .. "
+                f"{spread['max']:.4g}, {100 * spread['fraction']:.2g} % of the score range "
+                f"{lo:.4g} .. {hi:.4g}{'' if near else ', not near constant'} "
+                "(docs/usage.md#after-k-fold)")
+    return f"{NON_LEARNER if near else '[not judged]'} {label} {judged['why']}; {measured}"
+
+
 def _num(x, digits=4):
     return "n/a" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
 

@@ -9,7 +9,8 @@
                 -> test of the best-validation checkpoint -> metrics.json, predictions.csv
     summary   several splits: summary.json (median, spread; k-fold: pooled out-of-fold)
     verdict   whether the run learned, as compare.py judges it (summary.json, or a single
-              split's metrics.json: "learning"), its last log line
+              split's metrics.json: "learning"), its last log line; a final fit (no test
+              pairs): only near-constant training predictions say it did not
 
 Where each file lies is siqa.runfolder's; which epoch is tested, siqa.evaluation.selection's.
 """
@@ -17,8 +18,14 @@ import time
 
 from siqa import config as config_mod
 from siqa.evaluation import protocol
-from siqa.evaluation.comparison import judge, load_run, per_distortion, save_pooled_scatter
-from siqa.evaluation.comparison_tables import judgement_line, per_distortion_lines
+from siqa.evaluation.comparison import (
+    judge,
+    judge_untested,
+    load_run,
+    per_distortion,
+    save_pooled_scatter,
+)
+from siqa.evaluation.comparison_tables import judgement_line, per_distortion_lines, untested_line
 from siqa.evaluation.reports import (
     final_fit_epochs,
     final_fit_line,
@@ -52,6 +59,8 @@ def train(cfg, resume=False, dist=None, progress=True, log=print, changes=None):
         write_summary(plan, reports, dist, started, log)
     elif reports[0] is not None and dist.is_main:  # one split, tested (not a final fit)
         judge_split(plan, log)
+    elif dist.is_main:  # a final fit: only its training predictions can tell
+        judge_final_fit(plan, log)
     return reports
 
 
@@ -65,6 +74,15 @@ def judge_split(plan, log):
     for line in per_distortion_lines(per_distortion(run)):
         log(line)
     log(judgement_line(judged, "this run"))
+
+
+def judge_final_fit(plan, log):
+    """A run of one split without test pairs: as far as its training predictions tell,
+    whether it learned ("learning" added to its metrics.json), logged."""
+    metrics = read_json(plan.folder.single.metrics)
+    judged = judge_untested(metrics)
+    write_json(plan.folder.single.metrics, {**metrics, "learning": judged})
+    log(untested_line(judged, "this run"))
 
 
 def merge_hint(chosen, count, out_dir) -> str:
