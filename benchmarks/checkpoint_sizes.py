@@ -77,10 +77,10 @@ def main():
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        split = SplitFolder(tmp)  # the two checkpoints as a split's folder holds them
         for network in list_models():
             for optimizer in ("sgd", "adam"):
                 cfg, best, last = states(network, optimizer, args.pairs)
-                split = SplitFolder(tmp)  # the two checkpoints as a split's folder holds them
                 for path, state in ((split.best, best), (split.last, last)):
                     save_checkpoint(path, state)
                 best_size, last_size = split.best.stat().st_size, split.last.stat().st_size

@@ -436,7 +436,7 @@ def run_curves(run):
     events = EventAccumulator(str(tensorboard_folder(run, cfg))).Reload()
     curves = {tag: [(e.step, e.value) for e in events.Scalars(tag)]
               for tag in ("val/srocc", "train/loss_quality") if tag in events.Tags()["scalars"]}
-    settings = Settings(cfg)  # a recorded config.yaml, read as it was written (a missing key fails as before)
+    settings = Settings(cfg)  # the recorded config.yaml as written: a key it lacks raises KeyError
     return curves, (settings.patches.normalisation, settings.train.seed, settings.train.epochs)
 
 
